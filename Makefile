@@ -1,0 +1,37 @@
+# Every target creates and reuses .venv itself: a fresh clone needs nothing else.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test lint demo bench soak plots clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,lint,bench]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check aicp sim tests
+	$(BIN)/mypy
+
+demo: $(STAMP)
+	$(BIN)/python -m aicp demo
+
+bench: $(STAMP)
+	$(BIN)/python -m aicp bench-core
+
+soak: $(STAMP)
+	$(BIN)/python -m aicp soak
+
+plots: $(STAMP)
+	$(BIN)/python -m aicp plots
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""``python -m aicp`` is the ``aicp`` command."""
+
+from aicp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""Wire messages: a signed envelope around a tagged union of message bodies.
+
+A frame on the wire is one JSON object::
+
+    {"sender": "...", "key": "ed25519:...", "sig": "<base64>", "body": {...}}
+
+``body`` is kept as ``msgspec.Raw``: its exact bytes are what the signature
+covers, and the router forwards the whole frame without re-encoding it. A
+receiver decodes the envelope first, verifies, and only then decodes ``body``.
+See docs/PROTOCOL.md for every field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+import msgspec
+from msgspec import Meta, Raw, Struct
+
+from aicp import errors
+from aicp.signing import Identity, encode_signature
+
+PROTOCOL_VERSION: Final = 1
+MAX_FRAME_BYTES: Final = 1 << 20
+
+Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/+=-]+$")]
+Method = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")]
+Timestamp = Annotated[float, Meta(ge=0.0, le=1.0e12)]
+Text = Annotated[str, Meta(max_length=4096)]
+KeyText = Annotated[str, Meta(min_length=1, max_length=128)]
+SigText = Annotated[str, Meta(min_length=1, max_length=128)]
+Nonce = Annotated[str, Meta(min_length=16, max_length=128)]
+Seconds = Annotated[float, Meta(gt=0.0, le=1.0e6)]
+Millis = Annotated[float, Meta(gt=0.0, le=1.0e9)]
+Count = Annotated[int, Meta(ge=0, le=1_000_000)]
+
+#: Role of a registered peer.
+Role = Literal["agent", "controller"]
+
+
+class Frame(Struct, forbid_unknown_fields=True, frozen=True):
+    """The signed envelope. Only ``sender``, ``key`` and ``sig`` are read before verifying."""
+
+    sender: Id
+    key: KeyText
+    sig: SigText
+    body: Raw
+
+
+class Body(Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
+    """Fields every message body carries."""
+
+    v: int
+    id: Id
+    sender: Id
+    ts: Timestamp
+
+
+class Challenge(Body, tag="challenge"):
+    """Router → peer, first frame on every connection: sign ``nonce`` to register."""
+
+    nonce: Nonce
+    heartbeat_s: Seconds
+    lease_s: Seconds
+    window_s: Seconds
+
+
+class Register(Body, tag="register"):
+    """Peer → router: proves possession of ``key`` by signing the connection's nonce."""
+
+    nonce: Nonce
+    role: Role
+    key: KeyText
+    capabilities: Annotated[list[Method], Meta(max_length=256)] = []
+    concurrency: Annotated[int, Meta(ge=1, le=100_000)] = 1
+
+
+class RegisterAck(Body, tag="register-ack"):
+    """Router → peer: registration accepted."""
+
+    ref: Id
+    peer: Id
+    role: Role
+    heartbeat_s: Seconds
+    lease_s: Seconds
+
+
+class Heartbeat(Body, tag="heartbeat"):
+    """Peer → router: renews the lease. ``load`` is the agent's own count of running tasks."""
+
+    load: Count = 0
+
+
+class Task(Body, tag="task"):
+    """Controller → router → agent (forwarded verbatim)."""
+
+    method: Method
+    payload: Raw
+    timeout_ms: Millis | None = None
+
+
+class Result(Body, tag="result"):
+    """Agent → router → controller (forwarded verbatim). ``ok=False`` is a handler failure."""
+
+    task_id: Id
+    method: Method
+    payload: Raw
+    ok: bool = True
+    reason: Text = ""
+
+
+class Error(Body, tag="error"):
+    """Router → peer: a refusal or a task's error outcome. ``ref`` names the message refused."""
+
+    code: Annotated[str, Meta(max_length=64)]
+    message: Text = ""
+    ref: Id | None = None
+    task_id: Id | None = None
+    method: Method | None = None
+
+
+class Deregister(Body, tag="deregister"):
+    """Peer → router: leave cleanly; in-flight tasks fail over at once."""
+
+    reason: Text = ""
+
+
+class Goaway(Body, tag="goaway"):
+    """Router → peer: the router is draining; send no new work, finish within ``drain_s``."""
+
+    drain_s: Annotated[float, Meta(ge=0.0, le=1.0e6)]
+    reason: Text = ""
+
+
+AnyBody = Challenge | Register | RegisterAck | Heartbeat | Task | Result | Error | Deregister | Goaway
+
+_frame_decoder: Final = msgspec.json.Decoder(Frame)
+_body_decoder: Final = msgspec.json.Decoder(AnyBody)
+_encoder: Final = msgspec.json.Encoder()
+
+
+def _decode_error(exc: BaseException) -> errors.DecodeError:
+    if isinstance(exc, msgspec.ValidationError):
+        return errors.DecodeError(errors.INVALID_MESSAGE, str(exc))
+    return errors.DecodeError(errors.MALFORMED, str(exc) or type(exc).__name__)
+
+
+def decode_frame(data: bytes | str) -> Frame:
+    """Decode the envelope only. Raises ``DecodeError`` and nothing else."""
+    try:
+        return _frame_decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError) as exc:
+        raise _decode_error(exc) from None
+
+
+def decode_body(raw: bytes | Raw | memoryview) -> AnyBody:
+    """Decode a verified body. Raises ``DecodeError`` and nothing else."""
+    try:
+        body = _body_decoder.decode(raw)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError) as exc:
+        raise _decode_error(exc) from None
+    if body.v != PROTOCOL_VERSION:
+        raise errors.DecodeError(errors.UNSUPPORTED_VERSION, f"protocol version {body.v} is not {PROTOCOL_VERSION}")
+    return body
+
+
+def encode(obj: object) -> bytes:
+    """Encode any msgspec-encodable value as compact JSON."""
+    return _encoder.encode(obj)
+
+
+def payload(obj: object) -> Raw:
+    """Wrap a JSON-encodable value as a message payload."""
+    return Raw(_encoder.encode(obj))
+
+
+def seal(identity: Identity, sender: str, body: Body) -> bytes:
+    """Encode ``body``, sign its exact bytes, and wrap them in a frame."""
+    raw = _encoder.encode(body)
+    return seal_raw(identity, sender, raw)
+
+
+def seal_raw(identity: Identity, sender: str, raw_body: bytes) -> bytes:
+    """Sign already-encoded body bytes and wrap them in a frame, byte for byte."""
+    frame = Frame(sender=sender, key=identity.public_key_text, sig=encode_signature(identity.sign(raw_body)), body=Raw(raw_body))
+    return _encoder.encode(frame)

@@ -1,0 +1,457 @@
+"""The routing state machine: tasks in, dispatch decisions and outcomes out.
+
+No I/O and no clock: every entry point takes ``now`` (seconds, any epoch, never
+decreasing) and returns a list of actions for the driver to carry out. The driver
+calls ``on_timer(now)`` at ``next_deadline()``. Heartbeat leases, attempt
+timeouts, retry backoff and hold-outs are all deadlines here, so they behave the
+same under asyncio and under SimPy.
+
+Task life cycle (one row per state, see docs/PROTOCOL.md for the diagram)::
+
+    submit ──▶ DISPATCHED ──result ok──────────────▶ Completed   (ends)
+                 │  ▲   └──result fail / timeout / agent lost──▶ BACKOFF
+                 │  └──────────── backoff elapsed ─────────────────┘
+                 └──no attempts, no time, no budget, no agent──▶ Failed(code) (ends)
+
+Every submitted task ends exactly once: it leaves ``_tasks`` in the same step
+that emits its ``Completed`` or ``Failed`` action.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Iterable
+
+import msgspec
+
+from aicp import errors
+from aicp.registry import AgentState, Registry, Status
+from aicp.strategies import Strategy
+from aicp.strategies import get as get_strategy
+
+
+class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Every knob of the routing core. Durations in seconds."""
+
+    heartbeat_s: float = 30.0  # the interval agents are told to use
+    lease_s: float = 90.0  # an agent not heard from for this long is dead
+    attempt_timeout_s: float = 5.0  # one dispatch's time limit
+    default_deadline_s: float = 30.0  # a task's overall limit when it names none
+    max_deadline_s: float = 3600.0
+    max_attempts: int = 3
+    backoff_base_s: float = 0.005  # full jitter: uniform(0, min(cap, base * 2**(attempt-1)))
+    backoff_cap_s: float = 1.0
+    retry_budget_ratio: float = 0.2  # each submit earns this many retry tokens
+    retry_budget_reserve: float = 10.0  # tokens at start (lets a quiet router still retry)
+    retry_budget_max: float = 1000.0
+    trust_prior: float = 0.5
+    trust_gain: float = 0.05  # success: trust += gain * (1 - trust)
+    trust_loss: float = 0.2  # failure or timeout: trust -= loss * trust
+    bad_signature_loss: float = 0.5  # a forged or broken signature: trust -= this * trust
+    latency_alpha: float = 0.2  # EWMA weight of a new latency sample (peaks are taken at once)
+    success_alpha: float = 0.05
+    suspect_after_failures: int = 5  # consecutive failures before an agent is held out
+    holdout_base_s: float = 1.0  # hold-out doubles with every flap
+    holdout_cap_s: float = 60.0
+    flap_window_s: float = 60.0  # re-registering this soon after dying counts as a flap
+    max_tasks: int = 100_000  # tasks in the router at once; beyond this, new ones get `overloaded`
+    max_dead_agents: int = 10_000  # dead agents remembered (their stats and flap history)
+
+
+# ----------------------------------------------------------------------------- actions
+class Dispatch(msgspec.Struct, frozen=True, gc=False):
+    """Send task ``task_id`` to agent ``agent_id`` (``attempt`` counts from 1)."""
+
+    task_id: str
+    agent_id: str
+    attempt: int
+
+
+class Completed(msgspec.Struct, frozen=True, gc=False):
+    """The task ended with a verified result from ``agent_id``."""
+
+    task_id: str
+    agent_id: str
+    attempts: int
+
+
+class Failed(msgspec.Struct, frozen=True, gc=False):
+    """The task ended with an error ``code``."""
+
+    task_id: str
+    code: str
+    message: str
+    attempts: int
+
+
+class AgentDown(msgspec.Struct, frozen=True, gc=False):
+    """The router declared ``agent_id`` dead (lease expired): close its connection."""
+
+    agent_id: str
+    reason: str
+
+
+Action = Dispatch | Completed | Failed | AgentDown
+
+# result() verdicts
+ACCEPTED = "accepted"
+LATE = "late"
+NOT_ASSIGNED = "not-assigned"
+
+_DISPATCHED = 1
+_BACKOFF = 2
+
+_T_TASK = 0
+_T_LEASE = 1
+_T_HOLDOUT = 2
+
+
+class _Task:
+    __slots__ = ("agent", "attempts", "created", "deadline", "dispatched_at", "id", "last_code", "last_message", "method", "phase", "token", "tried")
+
+    def __init__(self, task_id: str, method: str, now: float, deadline: float) -> None:
+        self.id = task_id
+        self.method = method
+        self.created = now
+        self.deadline = deadline
+        self.attempts = 0
+        self.agent: AgentState | None = None
+        self.dispatched_at = now
+        self.tried: list[str] = []
+        self.phase = 0
+        self.token = 0
+        self.last_code = errors.NO_AGENT
+        self.last_message = ""
+
+
+class RouterStats:
+    """Counters the drivers export (Prometheus live, summaries in the simulator)."""
+
+    __slots__ = ("agents_lost", "completed", "dispatched", "failed", "late_results", "not_assigned", "retries", "shed", "submitted")
+
+    def __init__(self) -> None:
+        self.submitted = 0
+        self.dispatched = 0
+        self.completed = 0
+        self.failed: dict[str, int] = {}
+        self.retries = 0
+        self.late_results = 0
+        self.not_assigned = 0
+        self.shed = 0
+        self.agents_lost = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class Router:
+    """Registry + strategy + task state machine. Drivers feed it; it never waits."""
+
+    def __init__(self, config: RouterConfig | None = None, strategy: Strategy | str = "round_robin", rng: random.Random | None = None) -> None:
+        self.config = config or RouterConfig()
+        self.strategy: Strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
+        self.rng = rng if rng is not None else random.Random(0)
+        self.registry = Registry()
+        self.stats = RouterStats()
+        self._tasks: dict[str, _Task] = {}
+        self._by_agent: dict[str, dict[str, _Task]] = {}
+        self._timers: list[tuple[float, int, int, str, int]] = []
+        self._seq = 0
+        self._retry_tokens = self.config.retry_budget_reserve
+        self._dead: deque[str] = deque()
+
+    # ------------------------------------------------------------------ queries
+    def __contains__(self, task_id: str) -> bool:
+        return task_id in self._tasks
+
+    @property
+    def tasks_in_flight(self) -> int:
+        return len(self._tasks)
+
+    def assigned_agent(self, task_id: str) -> str | None:
+        task = self._tasks.get(task_id)
+        return task.agent.agent_id if task is not None and task.agent is not None else None
+
+    def tasks_on(self, agent_id: str) -> list[str]:
+        return list(self._by_agent.get(agent_id, {}))
+
+    def next_deadline(self) -> float | None:
+        """When ``on_timer`` must next be called, or ``None`` if nothing is pending."""
+        timers = self._timers
+        while timers and not self._timer_live(timers[0]):
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+    # ------------------------------------------------------------------ agents
+    def register_agent(self, agent_id: str, capabilities: Iterable[str], now: float, concurrency: int = 1, trust: float | None = None) -> list[Action]:
+        """Add an agent, or bring a dead one back. A live agent re-registering just updates."""
+        cfg = self.config
+        state = self.registry.get(agent_id)
+        if state is None:
+            state = AgentState(agent_id, capabilities, concurrency, cfg.trust_prior if trust is None else trust, now, cfg.lease_s)
+            self.registry.add(state)
+            self._push(state.lease_expiry, _T_LEASE, agent_id, state.epoch)
+        else:
+            state.concurrency = max(1, concurrency)
+            state.lease_expiry = now + cfg.lease_s
+            state.last_seen = now
+            if state.status is Status.DEAD:
+                state.epoch += 1
+                recent = state.died_at is not None and now - state.died_at <= cfg.flap_window_s
+                state.flaps = state.flaps + 1 if recent else 0
+                state.died_at = None
+                self.registry.set_capabilities(state, capabilities)
+                if state.flaps:
+                    self._hold_out(state, now)
+                else:
+                    self.registry.set_status(state, Status.ACTIVE)
+                self._push(state.lease_expiry, _T_LEASE, agent_id, state.epoch)
+            elif tuple(capabilities) != state.capabilities:
+                self.registry.set_capabilities(state, capabilities)
+        return []
+
+    def heartbeat(self, agent_id: str, now: float, load: int = 0) -> None:
+        state = self.registry.get(agent_id)
+        if state is None or state.status is Status.DEAD:
+            return
+        state.lease_expiry = now + self.config.lease_s
+        state.last_seen = now
+        state.reported_load = load
+
+    def drain_agent(self, agent_id: str, now: float) -> None:
+        """Take no new tasks to this agent; its in-flight tasks run on."""
+        state = self.registry.get(agent_id)
+        if state is not None and state.status is not Status.DEAD:
+            self.registry.set_status(state, Status.DRAINING)
+
+    def agent_lost(self, agent_id: str, now: float, reason: str = "connection lost") -> list[Action]:
+        """The agent is gone (disconnect, deregister, lease): its tasks fail over."""
+        state = self.registry.get(agent_id)
+        if state is None or state.status is Status.DEAD:
+            return []
+        self.registry.set_status(state, Status.DEAD)
+        state.died_at = now
+        state.epoch += 1
+        self.stats.agents_lost += 1
+        self._remember_dead(agent_id)
+        actions: list[Action] = []
+        for task in list(self._by_agent.pop(agent_id, {}).values()):
+            self._release(task)
+            self._penalise(state, now)
+            self._retry_or_fail(task, errors.AGENT_FAILED, f"agent {agent_id} {reason}", now, actions)
+        return actions
+
+    def penalise_bad_signature(self, agent_id: str) -> None:
+        """An agent sent a result whose signature failed: trust falls hard."""
+        state = self.registry.get(agent_id)
+        if state is not None:
+            state.bad_signatures += 1
+            state.trust -= self.config.bad_signature_loss * state.trust
+
+    # ------------------------------------------------------------------ tasks
+    def submit(self, task_id: str, method: str, now: float, timeout_s: float | None = None) -> list[Action]:
+        """Accept a task and dispatch it, or end it at once (``overloaded``, ``no-agent``)."""
+        if task_id in self._tasks:
+            raise errors.LocalError(f"task {task_id!r} is already in the router")
+        cfg = self.config
+        self.stats.submitted += 1
+        if len(self._tasks) >= cfg.max_tasks:
+            self.stats.shed += 1
+            return [self._count_fail(Failed(task_id, errors.OVERLOADED, "router is at max_tasks", 0))]
+        budget = min(timeout_s if timeout_s is not None else cfg.default_deadline_s, cfg.max_deadline_s)
+        task = _Task(task_id, method, now, now + budget)
+        self._tasks[task_id] = task
+        tokens = self._retry_tokens + cfg.retry_budget_ratio
+        self._retry_tokens = tokens if tokens < cfg.retry_budget_max else cfg.retry_budget_max
+        actions: list[Action] = []
+        self._dispatch(task, now, actions)
+        return actions
+
+    def result(self, agent_id: str, task_id: str, ok: bool, now: float, reason: str = "") -> tuple[str, list[Action]]:
+        """An agent answered. Returns the verdict (ACCEPTED, LATE, NOT_ASSIGNED) and actions."""
+        task = self._tasks.get(task_id)
+        if task is None or task.agent is None or task.agent.agent_id != agent_id:
+            if task is not None and agent_id not in task.tried:
+                self.stats.not_assigned += 1
+                return NOT_ASSIGNED, []
+            self.stats.late_results += 1
+            return LATE, []
+        agent = task.agent
+        self._release(task)
+        self._by_agent[agent_id].pop(task_id, None)
+        cfg = self.config
+        sample = now - task.dispatched_at
+        if sample >= agent.latency_ewma:
+            agent.latency_ewma = sample  # peak: react to slowness at once
+        else:
+            agent.latency_ewma += cfg.latency_alpha * (sample - agent.latency_ewma)
+        if ok:
+            agent.succeeded += 1
+            agent.consecutive_failures = 0
+            agent.success_rate += cfg.success_alpha * (1.0 - agent.success_rate)
+            agent.trust += cfg.trust_gain * (1.0 - agent.trust)
+            del self._tasks[task_id]
+            self.stats.completed += 1
+            return ACCEPTED, [Completed(task_id, agent_id, task.attempts)]
+        agent.failed += 1
+        self._penalise(agent, now)
+        actions: list[Action] = []
+        self._retry_or_fail(task, errors.AGENT_FAILED, reason or f"agent {agent_id} failed the task", now, actions)
+        return ACCEPTED, actions
+
+    def cancel_all(self, code: str, message: str) -> list[Action]:
+        """End every task still in the router with ``code`` (used at shutdown)."""
+        actions: list[Action] = []
+        for task in list(self._tasks.values()):
+            if task.agent is not None:
+                self._release(task)
+                self._by_agent.get(task.agent.agent_id, {}).pop(task.id, None)
+            actions.append(self._end(task, code, message))
+        return actions
+
+    # ------------------------------------------------------------------ time
+    def on_timer(self, now: float) -> list[Action]:
+        """Run every deadline that is due at ``now``."""
+        actions: list[Action] = []
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, kind, key, token = heapq.heappop(timers)
+            if kind == _T_TASK:
+                task = self._tasks.get(key)
+                if task is None or task.token != token:
+                    continue
+                if task.phase == _BACKOFF:
+                    self._dispatch(task, now, actions)
+                    continue
+                # the attempt timed out
+                agent = task.agent
+                assert agent is not None
+                self._release(task)
+                self._by_agent[agent.agent_id].pop(task.id, None)
+                agent.timed_out += 1
+                self._penalise(agent, now)
+                self._retry_or_fail(task, errors.TIMEOUT, f"agent {agent.agent_id} did not answer in time", now, actions)
+            elif kind == _T_LEASE:
+                state = self.registry.get(key)
+                if state is None or state.epoch != token or state.status is Status.DEAD:
+                    continue
+                if now >= state.lease_expiry:
+                    actions.append(AgentDown(key, "lease expired"))
+                    actions.extend(self.agent_lost(key, now, "lease expired"))
+                else:
+                    self._push(state.lease_expiry, _T_LEASE, key, token)
+            else:  # _T_HOLDOUT
+                state = self.registry.get(key)
+                if state is not None and state.epoch == token and state.status is Status.SUSPECT:
+                    self.registry.set_status(state, Status.ACTIVE)
+        return actions
+
+    # ------------------------------------------------------------------ internals
+    def _push(self, when: float, kind: int, key: str, token: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (when, self._seq, kind, key, token))
+
+    def _timer_live(self, entry: tuple[float, int, int, str, int]) -> bool:
+        _, _, kind, key, token = entry
+        if kind == _T_TASK:
+            task = self._tasks.get(key)
+            return task is not None and task.token == token
+        state = self.registry.get(key)
+        if state is None or state.epoch != token:
+            return False
+        return state.status is not Status.DEAD if kind == _T_LEASE else state.status is Status.SUSPECT
+
+    def _dispatch(self, task: _Task, now: float, actions: list[Action]) -> None:
+        candidates = self.registry.agents_with(task.method)
+        agent = None
+        if candidates:
+            agent = self.strategy.choose(task.method, candidates, self.rng, task.tried)
+            if agent is None and task.tried:
+                # Every capable agent was tried: allow any but the one that failed last.
+                agent = self.strategy.choose(task.method, candidates, self.rng, task.tried[-1:])
+        if agent is None:
+            if task.attempts == 0:
+                actions.append(self._end(task, errors.NO_AGENT, f"no active agent has capability {task.method!r}"))
+            else:
+                actions.append(self._end(task, task.last_code, task.last_message))
+            return
+        task.attempts += 1
+        task.agent = agent
+        task.phase = _DISPATCHED
+        task.dispatched_at = now
+        task.tried.append(agent.agent_id)
+        task.token += 1
+        agent.in_flight += 1
+        agent.dispatched += 1
+        self.stats.dispatched += 1
+        by_agent = self._by_agent.get(agent.agent_id)
+        if by_agent is None:
+            by_agent = self._by_agent[agent.agent_id] = {}
+        by_agent[task.id] = task
+        limit = now + self.config.attempt_timeout_s
+        self._push(limit if limit < task.deadline else task.deadline, _T_TASK, task.id, task.token)
+        actions.append(Dispatch(task.id, agent.agent_id, task.attempts))
+
+    def _release(self, task: _Task) -> None:
+        agent = task.agent
+        if agent is not None:
+            agent.in_flight -= 1
+            task.agent = None
+
+    def _retry_or_fail(self, task: _Task, code: str, message: str, now: float, actions: list[Action]) -> None:
+        cfg = self.config
+        task.last_code, task.last_message = code, message
+        if task.attempts >= cfg.max_attempts:
+            actions.append(self._end(task, code, f"{message} (after {task.attempts} attempts)"))
+            return
+        if now >= task.deadline:
+            actions.append(self._end(task, errors.TIMEOUT, f"deadline passed; last error: {message}"))
+            return
+        if self._retry_tokens < 1.0:
+            actions.append(self._end(task, code, f"{message} (retry budget exhausted)"))
+            return
+        delay = self.rng.random() * min(cfg.backoff_cap_s, cfg.backoff_base_s * (1 << min(task.attempts - 1, 30)))
+        if now + delay >= task.deadline:
+            actions.append(self._end(task, errors.TIMEOUT, f"no time left to retry; last error: {message}"))
+            return
+        self._retry_tokens -= 1.0
+        self.stats.retries += 1
+        task.phase = _BACKOFF
+        task.token += 1
+        self._push(now + delay, _T_TASK, task.id, task.token)
+
+    def _end(self, task: _Task, code: str, message: str) -> Failed:
+        del self._tasks[task.id]
+        return self._count_fail(Failed(task.id, code, message, task.attempts))
+
+    def _count_fail(self, failed: Failed) -> Failed:
+        self.stats.failed[failed.code] = self.stats.failed.get(failed.code, 0) + 1
+        return failed
+
+    def _penalise(self, agent: AgentState, now: float) -> None:
+        cfg = self.config
+        agent.trust -= cfg.trust_loss * agent.trust
+        agent.success_rate -= cfg.success_alpha * agent.success_rate
+        agent.consecutive_failures += 1
+        if agent.consecutive_failures >= cfg.suspect_after_failures and agent.status is Status.ACTIVE:
+            agent.consecutive_failures = 0
+            agent.flaps += 1
+            self._hold_out(agent, now)
+
+    def _hold_out(self, agent: AgentState, now: float) -> None:
+        cfg = self.config
+        hold = min(cfg.holdout_cap_s, cfg.holdout_base_s * (1 << min(max(agent.flaps - 1, 0), 30)))
+        agent.holdout_until = now + hold
+        self.registry.set_status(agent, Status.SUSPECT)
+        self._push(agent.holdout_until, _T_HOLDOUT, agent.agent_id, agent.epoch)
+
+    def _remember_dead(self, agent_id: str) -> None:
+        self._dead.append(agent_id)
+        while len(self._dead) > self.config.max_dead_agents:
+            old = self._dead.popleft()
+            state = self.registry.get(old)
+            if state is not None and state.status is Status.DEAD:
+                self.registry.remove(old)
+                self._by_agent.pop(old, None)

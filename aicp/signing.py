@@ -1,0 +1,143 @@
+"""Ed25519 identities, the public-key text encoding, and detached signatures.
+
+A signature covers ``CONTEXT + body`` where ``body`` is the exact bytes of the
+frame's ``body`` value as sent. ``CONTEXT`` separates AICP signatures from any
+other use of the same key (domain separation).
+
+Public keys have one text form: ``ed25519:`` followed by the 32 raw key bytes in
+unpadded base64url (43 characters).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import stat
+from pathlib import Path
+from typing import Final
+
+import nacl.bindings as _sodium
+import nacl.exceptions
+import nacl.signing
+
+from aicp import errors
+
+CONTEXT: Final = b"AICP-v1 signed body\x00"
+KEY_PREFIX: Final = "ed25519:"
+SIGNATURE_BYTES: Final = 64
+PUBLIC_KEY_BYTES: Final = 32
+SEED_BYTES: Final = 32
+
+
+def encode_public_key(raw: bytes) -> str:
+    """Raw 32-byte public key to its one text form."""
+    if len(raw) != PUBLIC_KEY_BYTES:
+        raise errors.LocalError(f"a public key is {PUBLIC_KEY_BYTES} bytes, got {len(raw)}")
+    return KEY_PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_public_key(text: str) -> bytes:
+    """Text form to raw bytes; rejects anything but the one canonical encoding."""
+    if not text.startswith(KEY_PREFIX):
+        raise errors.VerifyError(errors.INVALID_KEY, "public key must start with 'ed25519:'")
+    body = text[len(KEY_PREFIX) :]
+    if len(body) != 43:
+        raise errors.VerifyError(errors.INVALID_KEY, "public key must be 43 base64url characters")
+    try:
+        raw = base64.urlsafe_b64decode(body + "=")
+    except (binascii.Error, ValueError) as exc:
+        raise errors.VerifyError(errors.INVALID_KEY, "public key is not base64url") from exc
+    if encode_public_key(raw) != text:  # rejects non-zero padding bits
+        raise errors.VerifyError(errors.INVALID_KEY, "public key is not canonically encoded")
+    return raw
+
+
+def check_public_key(raw: bytes) -> None:
+    """Refuse keys no honest party has: small-order or non-canonical points."""
+    if len(raw) != PUBLIC_KEY_BYTES or not _sodium.crypto_core_ed25519_is_valid_point(raw):
+        raise errors.VerifyError(errors.INVALID_KEY, "public key is not a valid Ed25519 point")
+
+
+def encode_signature(sig: bytes) -> str:
+    return base64.b64encode(sig).decode("ascii")
+
+
+def decode_signature(text: str) -> bytes:
+    if len(text) != 88:
+        raise errors.VerifyError(errors.INVALID_SIGNATURE, "signature must be 88 base64 characters")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise errors.VerifyError(errors.INVALID_SIGNATURE, "signature is not base64") from exc
+    if len(raw) != SIGNATURE_BYTES:
+        raise errors.VerifyError(errors.INVALID_SIGNATURE, "signature must be 64 bytes")
+    return raw
+
+
+def verify(public_key: bytes, body: bytes, signature: bytes) -> None:
+    """Raise ``VerifyError(invalid-signature)`` unless ``signature`` covers CONTEXT+body.
+
+    libsodium's verifier rejects non-canonical S (S >= L) and small-order keys.
+    """
+    try:
+        _sodium.crypto_sign_open(signature + CONTEXT + body, public_key)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError) as exc:
+        raise errors.VerifyError(errors.INVALID_SIGNATURE, "signature does not verify") from exc
+
+
+class Identity:
+    """An Ed25519 key pair: the only place a secret key lives."""
+
+    __slots__ = ("_secret", "public_key", "public_key_text", "seed")
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != SEED_BYTES:
+            raise errors.LocalError(f"an Ed25519 seed is {SEED_BYTES} bytes")
+        key = nacl.signing.SigningKey(seed)
+        self.seed = seed
+        self._secret = key._signing_key  # 64-byte libsodium secret, for the fast path
+        self.public_key = bytes(key.verify_key)
+        self.public_key_text = encode_public_key(self.public_key)
+
+    @classmethod
+    def generate(cls) -> Identity:
+        return cls(os.urandom(SEED_BYTES))
+
+    def sign(self, body: bytes) -> bytes:
+        """Detached signature over CONTEXT + body."""
+        return _sodium.crypto_sign(CONTEXT + body, self._secret)[:SIGNATURE_BYTES]
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the seed as hex to a file readable by the owner only (0600)."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, (self.seed.hex() + "\n").encode("ascii"))
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Identity:
+        p = Path(path)
+        mode = stat.S_IMODE(p.stat().st_mode)
+        if mode & 0o077:
+            raise errors.LocalError(f"{p} is readable by others (mode {mode:o}); chmod 600 it")
+        try:
+            seed = bytes.fromhex(p.read_text("ascii").strip())
+        except ValueError as exc:
+            raise errors.LocalError(f"{p} does not hold a hex Ed25519 seed") from exc
+        return cls(seed)
+
+    @classmethod
+    def load_or_create(cls, path: str | os.PathLike[str]) -> Identity:
+        if Path(path).exists():
+            return cls.load(path)
+        ident = cls.generate()
+        ident.save(path)
+        return ident
+
+    def __repr__(self) -> str:
+        return f"Identity({self.public_key_text})"
