@@ -100,9 +100,13 @@ class Task(Body, tag="task"):
 
 
 class Result(Body, tag="result"):
-    """Agent → router → controller (forwarded verbatim). ``ok=False`` is a handler failure."""
+    """Agent → router → requester (forwarded verbatim). ``ok=False`` is a handler failure.
+
+    ``requester`` and ``task_id`` are the task's ``sender`` and ``id``: together they name it.
+    """
 
     task_id: Id
+    requester: Id
     method: Method
     payload: Raw
     ok: bool = True

@@ -1,0 +1,484 @@
+"""The router's side of the wire protocol, sans I/O: frames in, frames out.
+
+``RouterProtocol`` wraps a ``Router`` with connections, the registration
+handshake, signature checks, freshness and replay rules, and task bookkeeping
+by controller. A driver calls::
+
+    out = proto.connection_made(conn, now)      # -> [Send(challenge)]
+    out = proto.frame_received(conn, data, now)
+    out = proto.connection_lost(conn, now)
+    out = proto.on_timer(now)                   # at proto.next_deadline()
+
+and carries out each ``Send`` (write ``data`` to ``conn`` as one text frame)
+and ``Close`` (close ``conn`` with ``code``). Errors from peers never escape:
+they become error frames, counters and, for registration, a close.
+
+Forwarded tasks and results are the peer's exact bytes: the router never
+re-encodes a frame it did not sign.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Final, Literal
+
+import msgspec
+
+from aicp import errors
+from aicp.messages import (
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    AnyBody,
+    Challenge,
+    Deregister,
+    Error,
+    Frame,
+    Goaway,
+    Heartbeat,
+    Register,
+    RegisterAck,
+    Result,
+    Task,
+    decode_body,
+    decode_frame,
+    seal,
+)
+from aicp.replay import OutcomeCache, ReplayCache
+from aicp.router import ACCEPTED, NOT_ASSIGNED, Action, AgentDown, Completed, Dispatch, Failed, Router
+from aicp.signing import Identity, check_public_key, decode_public_key, decode_signature, verify
+
+# WebSocket close codes the router uses.
+CLOSE_NORMAL: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_POLICY: Final = 1008
+CLOSE_TOO_BIG: Final = 1009
+CLOSE_LEASE_EXPIRED: Final = 4000
+CLOSE_REPLACED: Final = 4001
+
+VerifyPolicy = Literal["every-hop", "edge"]
+
+
+class ProtocolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    router_id: str = "router"
+    window_s: float = 60.0  # freshness: |ts - now| <= window_s
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    replay_cache_size: int = 1_000_000
+    outcome_cache_size: int = 100_000
+    max_peers: int = 100_000  # id->key bindings remembered
+    allowlist: frozenset[str] | None = None  # public keys (text form) admitted; None admits all
+    rate_per_s: float = 20_000.0  # per-connection message rate ...
+    rate_burst: float = 5_000.0  # ... and burst, as a token bucket
+    verify: VerifyPolicy = "every-hop"
+
+
+class Send(msgspec.Struct, frozen=True, gc=False):
+    conn: int
+    data: bytes
+
+
+class Close(msgspec.Struct, frozen=True, gc=False):
+    conn: int
+    code: int
+    reason: str
+
+
+Output = Send | Close
+
+
+class _Conn:
+    __slots__ = ("closed", "id", "nonce", "peer", "tokens", "updated")
+
+    def __init__(self, conn_id: int, nonce: str, now: float, burst: float) -> None:
+        self.id = conn_id
+        self.nonce: str | None = nonce
+        self.peer: _Peer | None = None
+        self.tokens = burst
+        self.updated = now
+        self.closed = False
+
+
+class _Peer:
+    __slots__ = ("conn", "key_raw", "key_text", "peer_id", "role")
+
+    def __init__(self, peer_id: str, key_text: str, key_raw: bytes, role: str) -> None:
+        self.peer_id = peer_id
+        self.key_text = key_text
+        self.key_raw = key_raw
+        self.role = role
+        self.conn: _Conn | None = None
+
+
+class _Pending:
+    __slots__ = ("frame", "method", "requester", "task_id")
+
+    def __init__(self, requester: str, task_id: str, method: str, frame: bytes) -> None:
+        self.requester = requester
+        self.task_id = task_id
+        self.method = method
+        self.frame = frame
+
+
+def task_key(requester: str, task_id: str) -> str:
+    """The router-wide key of a task: ids are unique per requester only."""
+    return requester + "\n" + task_id
+
+
+class RouterProtocol:
+    """Connections, handshake, verification and task bookkeeping around a ``Router``."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        router: Router,
+        config: ProtocolConfig | None = None,
+        nonce_source: Callable[[], str] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.router = router
+        self.config = config or ProtocolConfig()
+        self._nonce = nonce_source or (lambda: secrets.token_urlsafe(24))
+        self._conns: dict[int, _Conn] = {}
+        self._peers: dict[str, _Peer] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._replay = ReplayCache(self.config.window_s, self.config.replay_cache_size)
+        self._outcomes: OutcomeCache[bytes] = OutcomeCache(self.config.window_s, self.config.outcome_cache_size)
+        self._msg_seq = 0
+        self._msg_prefix = "r" + self._nonce()[:8] + "-"
+        self.draining = False
+        #: rejections by wire code, and other counters, for /metrics
+        self.rejections: dict[str, int] = {}
+        self.counters: dict[str, int] = {
+            "frames_in": 0,
+            "tasks_accepted": 0,
+            "tasks_resubmitted": 0,
+            "results_forwarded": 0,
+            "results_late": 0,
+            "results_duplicate": 0,
+            "outcomes_completed": 0,
+            "outcomes_failed": 0,
+        }
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    def peer_of(self, conn: int) -> str | None:
+        c = self._conns.get(conn)
+        return c.peer.peer_id if c is not None and c.peer is not None else None
+
+    def connected_peers(self) -> dict[str, str]:
+        """peer id -> role, for peers with a live connection."""
+        return {p.peer_id: p.role for p in self._peers.values() if p.conn is not None}
+
+    def pending_tasks(self) -> int:
+        return len(self._pending)
+
+    def next_deadline(self) -> float | None:
+        return self.router.next_deadline()
+
+    # ------------------------------------------------------------------ events
+    def connection_made(self, conn: int, now: float) -> list[Output]:
+        """A transport connected: remember it and challenge it."""
+        nonce = self._nonce()
+        self._conns[conn] = _Conn(conn, nonce, now, self.config.rate_burst)
+        cfg, rcfg = self.config, self.router.config
+        body = Challenge(
+            v=PROTOCOL_VERSION,
+            id=self._next_id(),
+            sender=cfg.router_id,
+            ts=now,
+            nonce=nonce,
+            heartbeat_s=rcfg.heartbeat_s,
+            lease_s=rcfg.lease_s,
+            window_s=cfg.window_s,
+        )
+        return [Send(conn, seal(self.identity, cfg.router_id, body))]
+
+    def connection_lost(self, conn: int, now: float) -> list[Output]:
+        c = self._conns.pop(conn, None)
+        if c is None or c.peer is None:
+            return []
+        c.closed = True
+        peer = c.peer
+        if peer.conn is not c:
+            return []
+        peer.conn = None
+        if peer.role != "agent":
+            return []
+        return self._apply(self.router.agent_lost(peer.peer_id, now, "disconnected"), now)
+
+    def on_timer(self, now: float) -> list[Output]:
+        return self._apply(self.router.on_timer(now), now)
+
+    def begin_drain(self, now: float, drain_s: float, reason: str = "router shutting down") -> list[Output]:
+        """Refuse new tasks from now on and tell every peer to finish within ``drain_s``."""
+        self.draining = True
+        out: list[Output] = []
+        for c in self._conns.values():
+            if c.peer is not None:
+                body = Goaway(v=PROTOCOL_VERSION, id=self._next_id(), sender=self.config.router_id, ts=now, drain_s=drain_s, reason=reason)
+                out.append(Send(c.id, seal(self.identity, self.config.router_id, body)))
+        return out
+
+    def shutdown(self, now: float) -> list[Output]:
+        """End every task still pending with ``shutting-down`` and close every connection."""
+        out = self._apply(self.router.cancel_all(errors.SHUTTING_DOWN, "router stopped before the task finished"), now)
+        for c in list(self._conns.values()):
+            out.append(Close(c.id, CLOSE_GOING_AWAY, "router shutting down"))
+        return out
+
+    def frame_received(self, conn: int, data: bytes | str, now: float) -> list[Output]:
+        """One complete frame from ``conn``. Never raises for anything the peer sent."""
+        c = self._conns.get(conn)
+        if c is None or c.closed:
+            return []
+        self.counters["frames_in"] += 1
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        if len(data) > self.config.max_frame_bytes:
+            self._count(errors.TOO_LARGE)
+            return [Close(conn, CLOSE_TOO_BIG, "frame too large")]
+        if not self._take_token(c, now):
+            return [self._reject(c, errors.RATE_LIMITED, "message rate over the limit", now)]
+        try:
+            frame = decode_frame(data)
+            if c.peer is None:
+                return self._handle_unregistered(c, frame, now)
+            return self._handle_registered(c, c.peer, frame, data, now)
+        except errors.ProtocolError as exc:
+            out: list[Output] = [self._reject(c, exc.code, exc.message, now)]
+            if c.peer is None:  # a failed handshake ends the connection
+                c.closed = True
+                out.append(Close(conn, CLOSE_POLICY, exc.code))
+            return out
+
+    # ------------------------------------------------------------------ handshake
+    def _handle_unregistered(self, c: _Conn, frame: Frame, now: float) -> list[Output]:
+        key_raw = decode_public_key(frame.key)
+        sig = decode_signature(frame.sig)
+        verify(key_raw, frame.body, sig)
+        body = decode_body(frame.body)
+        if not isinstance(body, Register):
+            raise errors.VerifyError(errors.AUTH_REQUIRED, "register first")
+        if body.sender != frame.sender or body.key != frame.key:
+            raise errors.VerifyError(errors.KEY_MISMATCH, "body sender/key differ from the envelope's")
+        if c.nonce is None or not secrets.compare_digest(body.nonce, c.nonce):
+            raise errors.VerifyError(errors.BAD_NONCE, "registration must sign this connection's challenge nonce")
+        c.nonce = None  # single use
+        check_public_key(key_raw)
+        cfg = self.config
+        if cfg.allowlist is not None and frame.key not in cfg.allowlist:
+            raise errors.VerifyError(errors.NOT_ALLOWED, "public key is not on the allowlist")
+        self._check_fresh(body, now)
+        peer = self._peers.get(body.sender)
+        if peer is not None and peer.key_text != frame.key:
+            raise errors.VerifyError(errors.KEY_MISMATCH, f"id {body.sender!r} is bound to another key")
+        if body.role == "controller" and body.capabilities:
+            raise errors.DecodeError(errors.INVALID_MESSAGE, "a controller registers no capabilities")
+        if peer is None:
+            if len(self._peers) >= cfg.max_peers:
+                raise errors.VerifyError(errors.OVERLOADED, "too many peer ids")
+            peer = self._peers[body.sender] = _Peer(body.sender, frame.key, key_raw, body.role)
+        elif peer.role != body.role:
+            raise errors.DecodeError(errors.INVALID_MESSAGE, f"id {body.sender!r} registered before as {peer.role}")
+        self._remember(body, now)
+        out: list[Output] = []
+        old = peer.conn
+        if old is not None and old is not c:
+            # The same key connected again: the new connection wins, the old one is closed.
+            old.peer = None
+            old.closed = True
+            out.append(Close(old.id, CLOSE_REPLACED, "replaced by a newer connection"))
+            if peer.role == "agent":
+                out.extend(self._apply(self.router.agent_lost(peer.peer_id, now, "replaced by a newer connection"), now))
+        peer.conn = c
+        c.peer = peer
+        if body.role == "agent":
+            self.router.register_agent(body.sender, body.capabilities, now, concurrency=body.concurrency)
+        rcfg = self.router.config
+        ack = RegisterAck(
+            v=PROTOCOL_VERSION,
+            id=self._next_id(),
+            sender=cfg.router_id,
+            ts=now,
+            ref=body.id,
+            peer=body.sender,
+            role=body.role,
+            heartbeat_s=rcfg.heartbeat_s,
+            lease_s=rcfg.lease_s,
+        )
+        out.append(Send(c.id, seal(self.identity, cfg.router_id, ack)))
+        return out
+
+    # ------------------------------------------------------------------ registered peers
+    def _handle_registered(self, c: _Conn, peer: _Peer, frame: Frame, data: bytes, now: float) -> list[Output]:
+        if frame.sender != peer.peer_id or frame.key != peer.key_text:
+            raise errors.VerifyError(errors.KEY_MISMATCH, "frame sender/key are not this connection's")
+        if self.config.verify == "every-hop":
+            verify(peer.key_raw, frame.body, decode_signature(frame.sig))
+        body = decode_body(frame.body)
+        if body.sender != peer.peer_id:
+            raise errors.VerifyError(errors.KEY_MISMATCH, "body sender is not this connection's peer")
+        self._check_fresh(body, now)
+        if isinstance(body, Task):
+            return self._on_task(c, peer, body, data, now)
+        if isinstance(body, Result):
+            return self._on_result(c, peer, body, data, now)
+        self._check_new(body)
+        self._remember(body, now)
+        if isinstance(body, Heartbeat):
+            if peer.role == "agent":
+                self.router.heartbeat(peer.peer_id, now, body.load)
+            return []
+        if isinstance(body, Deregister):
+            out: list[Output] = []
+            peer.conn = None
+            c.peer = None
+            c.closed = True
+            if peer.role == "agent":
+                out.extend(self._apply(self.router.agent_lost(peer.peer_id, now, "deregistered"), now))
+            out.append(Close(c.id, CLOSE_NORMAL, "deregistered"))
+            return out
+        if isinstance(body, Register):
+            raise errors.VerifyError(errors.BAD_NONCE, "already registered on this connection")
+        raise errors.DecodeError(errors.INVALID_MESSAGE, f"peers do not send {type(body).__name__} messages")
+
+    def _on_task(self, c: _Conn, peer: _Peer, body: Task, data: bytes, now: float) -> list[Output]:
+        key = task_key(peer.peer_id, body.id)
+        if key in self._pending:  # resubmitted while running: it will get the one outcome
+            self.counters["tasks_resubmitted"] += 1
+            return []
+        stored = self._outcomes.get(key, now)
+        if stored is not None:
+            self.counters["tasks_resubmitted"] += 1
+            return [Send(c.id, stored)]
+        self._check_new(body)
+        self._remember(body, now)
+        if self.draining:
+            return [self._task_error(c, body, errors.SHUTTING_DOWN, "router is draining", now)]
+        self._pending[key] = _Pending(peer.peer_id, body.id, body.method, data)
+        self.counters["tasks_accepted"] += 1
+        timeout_s = body.timeout_ms / 1000.0 if body.timeout_ms is not None else None
+        return self._apply(self.router.submit(key, body.method, now, timeout_s), now)
+
+    def _on_result(self, c: _Conn, peer: _Peer, body: Result, data: bytes, now: float) -> list[Output]:
+        if peer.role != "agent":
+            raise errors.DecodeError(errors.INVALID_MESSAGE, "only agents send results")
+        key = task_key(body.requester, body.task_id)
+        if (peer.peer_id, body.id) in self._replay:
+            self.counters["results_duplicate"] += 1  # a re-sent result we already have: deduplicated
+            return []
+        self._remember(body, now)
+        pending = self._pending.get(key)
+        if pending is not None and pending.method != body.method:
+            raise errors.DecodeError(errors.INVALID_MESSAGE, "result method differs from the task's")
+        verdict, actions = self.router.result(peer.peer_id, key, body.ok, now, body.reason)
+        if verdict == NOT_ASSIGNED:
+            raise errors.VerifyError(errors.NOT_ASSIGNED, "this task was not dispatched to you")
+        if verdict != ACCEPTED:
+            self.counters["results_late"] += 1
+            return []
+        return self._apply(actions, now, result_frame=data)
+
+    # ------------------------------------------------------------------ router actions
+    def _apply(self, actions: list[Action], now: float, result_frame: bytes | None = None) -> list[Output]:
+        out: list[Output] = []
+        for action in actions:
+            if isinstance(action, Dispatch):
+                pending = self._pending[action.task_id]
+                agent = self._peers[action.agent_id]
+                if agent.conn is not None:
+                    out.append(Send(agent.conn.id, pending.frame))
+            elif isinstance(action, Completed):
+                pending = self._pending.pop(action.task_id)
+                assert result_frame is not None
+                self.counters["results_forwarded"] += 1
+                self.counters["outcomes_completed"] += 1
+                out.extend(self._deliver(pending, action.task_id, result_frame, now))
+            elif isinstance(action, Failed):
+                pending = self._pending.pop(action.task_id)
+                self.counters["outcomes_failed"] += 1
+                body = Error(
+                    v=PROTOCOL_VERSION,
+                    id=self._next_id(),
+                    sender=self.config.router_id,
+                    ts=now,
+                    code=action.code,
+                    message=action.message,
+                    ref=pending.task_id,
+                    task_id=pending.task_id,
+                    method=pending.method,
+                )
+                out.extend(self._deliver(pending, action.task_id, seal(self.identity, self.config.router_id, body), now))
+            elif isinstance(action, AgentDown):
+                down = self._peers.get(action.agent_id)
+                if down is not None and down.conn is not None:
+                    conn = down.conn
+                    down.conn = None
+                    conn.peer = None
+                    conn.closed = True
+                    out.append(Close(conn.id, CLOSE_LEASE_EXPIRED, action.reason))
+        return out
+
+    def _deliver(self, pending: _Pending, key: str, frame: bytes, now: float) -> list[Output]:
+        self._outcomes.put(key, frame, now)
+        requester = self._peers.get(pending.requester)
+        if requester is None or requester.conn is None:
+            return []  # kept in the outcome cache for a resubmission
+        return [Send(requester.conn.id, frame)]
+
+    # ------------------------------------------------------------------ helpers
+    def _check_fresh(self, body: AnyBody, now: float) -> None:
+        if not self._replay.is_fresh(body.ts, now):
+            raise errors.VerifyError(errors.STALE, f"timestamp {body.ts:.3f} is outside ±{self.config.window_s:g} s of {now:.3f}")
+
+    def _check_new(self, body: AnyBody) -> None:
+        if (body.sender, body.id) in self._replay:
+            raise errors.VerifyError(errors.DUPLICATE, f"message id {body.id!r} was seen before")
+
+    def _remember(self, body: AnyBody, now: float) -> None:
+        if not self._replay.add((body.sender, body.id), body.ts, now):
+            if (body.sender, body.id) in self._replay:
+                raise errors.VerifyError(errors.DUPLICATE, f"message id {body.id!r} was seen before")
+            raise errors.VerifyError(errors.OVERLOADED, "replay cache is full")
+
+    def _take_token(self, c: _Conn, now: float) -> bool:
+        cfg = self.config
+        tokens = c.tokens + (now - c.updated) * cfg.rate_per_s
+        c.updated = now
+        if tokens > cfg.rate_burst:
+            tokens = cfg.rate_burst
+        if tokens < 1.0:
+            c.tokens = tokens
+            return False
+        c.tokens = tokens - 1.0
+        return True
+
+    def _count(self, code: str) -> None:
+        self.rejections[code] = self.rejections.get(code, 0) + 1
+
+    def _reject(self, c: _Conn, code: str, message: str, now: float, ref: str | None = None) -> Send:
+        self._count(code)
+        body = Error(v=PROTOCOL_VERSION, id=self._next_id(), sender=self.config.router_id, ts=now, code=code, message=message[:4096], ref=ref)
+        return Send(c.id, seal(self.identity, self.config.router_id, body))
+
+    def _task_error(self, c: _Conn, task: Task, code: str, message: str, now: float) -> Send:
+        self._count(code)
+        body = Error(
+            v=PROTOCOL_VERSION,
+            id=self._next_id(),
+            sender=self.config.router_id,
+            ts=now,
+            code=code,
+            message=message,
+            ref=task.id,
+            task_id=task.id,
+            method=task.method,
+        )
+        return Send(c.id, seal(self.identity, self.config.router_id, body))
+
+    def _next_id(self) -> str:
+        self._msg_seq += 1
+        return self._msg_prefix + str(self._msg_seq)
