@@ -257,6 +257,7 @@ class RouterProtocol:
     # ------------------------------------------------------------------ handshake
     def _handle_unregistered(self, c: _Conn, frame: Frame, now: float) -> list[Output]:
         key_raw = decode_public_key(frame.key)
+        check_public_key(key_raw)  # before verifying: a small-order key "verifies" forged bodies
         sig = decode_signature(frame.sig)
         verify(key_raw, frame.body, sig)
         body = decode_body(frame.body)
@@ -267,7 +268,6 @@ class RouterProtocol:
         if c.nonce is None or not secrets.compare_digest(body.nonce, c.nonce):
             raise errors.VerifyError(errors.BAD_NONCE, "registration must sign this connection's challenge nonce")
         c.nonce = None  # single use
-        check_public_key(key_raw)
         cfg = self.config
         if cfg.allowlist is not None and frame.key not in cfg.allowlist:
             raise errors.VerifyError(errors.NOT_ALLOWED, "public key is not on the allowlist")

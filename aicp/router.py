@@ -280,7 +280,6 @@ class Router:
             return LATE, []
         agent = task.agent
         self._release(task)
-        self._by_agent[agent_id].pop(task_id, None)
         cfg = self.config
         sample = now - task.dispatched_at
         if sample >= agent.latency_ewma:
@@ -305,9 +304,7 @@ class Router:
         """End every task still in the router with ``code`` (used at shutdown)."""
         actions: list[Action] = []
         for task in list(self._tasks.values()):
-            if task.agent is not None:
-                self._release(task)
-                self._by_agent.get(task.agent.agent_id, {}).pop(task.id, None)
+            self._release(task)
             actions.append(self._end(task, code, message))
         return actions
 
@@ -329,7 +326,6 @@ class Router:
                 agent = task.agent
                 assert agent is not None
                 self._release(task)
-                self._by_agent[agent.agent_id].pop(task.id, None)
                 agent.timed_out += 1
                 self._penalise(agent, now)
                 self._retry_or_fail(task, errors.TIMEOUT, f"agent {agent.agent_id} did not answer in time", now, actions)
@@ -395,10 +391,14 @@ class Router:
         actions.append(Dispatch(task.id, agent.agent_id, task.attempts))
 
     def _release(self, task: _Task) -> None:
+        """Take the task off its agent: in-flight count and the per-agent index."""
         agent = task.agent
         if agent is not None:
             agent.in_flight -= 1
             task.agent = None
+            on_agent = self._by_agent.get(agent.agent_id)
+            if on_agent is not None:
+                on_agent.pop(task.id, None)
 
     def _retry_or_fail(self, task: _Task, code: str, message: str, now: float, actions: list[Action]) -> None:
         cfg = self.config
@@ -409,7 +409,7 @@ class Router:
         if now >= task.deadline:
             actions.append(self._end(task, errors.TIMEOUT, f"deadline passed; last error: {message}"))
             return
-        if self._retry_tokens < 1.0:
+        if self._retry_tokens < 1.0 - 1e-9:  # tolerate float sums such as 10 * 0.1
             actions.append(self._end(task, code, f"{message} (retry budget exhausted)"))
             return
         delay = self.rng.random() * min(cfg.backoff_cap_s, cfg.backoff_base_s * (1 << min(task.attempts - 1, 30)))
