@@ -12,7 +12,9 @@ See docs/PROTOCOL.md for every field.
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+import json
+import math
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import Meta, Raw, Struct
@@ -142,6 +144,66 @@ _frame_decoder: Final = msgspec.json.Decoder(Frame)
 _body_decoder: Final = msgspec.json.Decoder(AnyBody)
 _encoder: Final = msgspec.json.Encoder()
 
+#: Integers on the wire must fit in 64 bits (signed or unsigned), as in msgspec, Go and serde.
+INT_MIN: Final = -(1 << 63)
+INT_MAX: Final = (1 << 64) - 1
+
+
+class _Versioned(Struct):
+    """Just the version of a body that failed to decode, to name the real problem."""
+
+    v: int = PROTOCOL_VERSION
+
+
+_version_decoder: Final = msgspec.json.Decoder(_Versioned)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> None:
+    if len(dict(pairs)) != len(pairs):
+        raise ValueError("duplicate key in a JSON object")
+
+
+def _bounded_int(text: str) -> int:
+    value = int(text) if len(text) <= 20 else INT_MAX + 1  # longer is out of range: skip the parse
+    if value < INT_MIN or value > INT_MAX:
+        raise ValueError("integer outside the 64-bit range")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("number overflows a double")
+    return value
+
+
+def _no_constant(text: str) -> None:
+    raise ValueError(f"{text} is not JSON")
+
+
+# msgspec decodes duplicate keys (last wins) and skips over a Raw value without
+# looking at its numbers or its UTF-8. Another parser (first wins, or one that
+# overflows differently) could then read a signed frame differently from us: a
+# confused deputy. So every frame is also run once through the standard
+# library's C scanner with these hooks, which see every object and number.
+_strict_decoder: Final = json.JSONDecoder(
+    object_pairs_hook=_unique_keys, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant
+)
+
+
+def check_strict(data: bytes | str) -> None:
+    """Raise ``DecodeError(malformed)`` unless ``data`` is JSON every parser reads the same way.
+
+    Refused: invalid UTF-8 (encoded surrogates too), duplicate keys in any object,
+    numbers that overflow a double, integers outside the 64-bit range, NaN and
+    Infinity, and nesting deeper than the interpreter's recursion limit.
+    """
+    try:
+        text = data if isinstance(data, str) else data.decode("utf-8")
+        _strict_decoder.decode(text)
+    except (RecursionError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise errors.DecodeError(errors.MALFORMED, str(exc) or type(exc).__name__) from None
+
 
 def _decode_error(exc: BaseException) -> errors.DecodeError:
     if isinstance(exc, msgspec.ValidationError):
@@ -150,18 +212,30 @@ def _decode_error(exc: BaseException) -> errors.DecodeError:
 
 
 def decode_frame(data: bytes | str) -> Frame:
-    """Decode the envelope only. Raises ``DecodeError`` and nothing else."""
+    """Decode the envelope, and check the whole frame is strict JSON. Raises ``DecodeError`` and nothing else."""
     try:
-        return _frame_decoder.decode(data)
+        frame = _frame_decoder.decode(data)
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError) as exc:
         raise _decode_error(exc) from None
+    check_strict(data)
+    return frame
 
 
 def decode_body(raw: bytes | Raw | memoryview) -> AnyBody:
-    """Decode a verified body. Raises ``DecodeError`` and nothing else."""
+    """Decode a verified body. Raises ``DecodeError`` and nothing else.
+
+    The version is checked first: a body from another protocol version is
+    ``unsupported-version`` even when its shape is unknown to this one.
+    """
     try:
         body = _body_decoder.decode(raw)
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError) as exc:
+        try:
+            version = _version_decoder.decode(raw).v
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError):
+            version = PROTOCOL_VERSION
+        if version != PROTOCOL_VERSION:
+            raise errors.DecodeError(errors.UNSUPPORTED_VERSION, f"protocol version {version} is not {PROTOCOL_VERSION}") from None
         raise _decode_error(exc) from None
     if body.v != PROTOCOL_VERSION:
         raise errors.DecodeError(errors.UNSUPPORTED_VERSION, f"protocol version {body.v} is not {PROTOCOL_VERSION}")
