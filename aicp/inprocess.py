@@ -88,7 +88,8 @@ class Hub:
         self.proto = proto
         self.now = now
         self.endpoints: dict[int, Endpoint] = {}
-        self._queue: deque[tuple[str, int, bytes]] = deque()  # ("router"|"peer", conn, data)
+        self._queue: deque[tuple[str, int, bytes]] = deque()  # ("router"|"peer"|"close", conn, data)
+        self._closes: dict[int, tuple[int, str]] = {}
         self._next_conn = 0
         self.sent_to_peers = 0
 
@@ -135,6 +136,11 @@ class Hub:
             if where == "router":
                 if conn in self.endpoints:
                     self._apply(self.proto.frame_received(conn, data, self.now))
+            elif where == "close":
+                ep = self.endpoints.pop(conn, None)
+                if ep is not None:
+                    ep.closed = self._closes.pop(conn)
+                    self._apply(self.proto.connection_lost(conn, self.now))
             else:
                 ep = self.endpoints.get(conn)
                 if ep is not None:
@@ -146,8 +152,6 @@ class Hub:
         for out in outputs:
             if isinstance(out, Send):
                 self._queue.append(("peer", out.conn, out.data))
-            else:
-                ep = self.endpoints.pop(out.conn, None)
-                if ep is not None:
-                    ep.closed = (out.code, out.reason)
-                    self._apply(self.proto.connection_lost(out.conn, self.now))
+            elif out.conn not in self._closes:  # closes after the frames sent before them, like a socket
+                self._closes[out.conn] = (out.code, out.reason)
+                self._queue.append(("close", out.conn, b""))
