@@ -96,7 +96,7 @@ def run_benchmarks(repeat: int = 7, agents: int = 100) -> list[dict[str, Any]]:
         ("decode frame+body", lambda: decode_body(decode_frame(frame).body), "msgspec decode untyped", lambda: msgspec.json.decode(frame)),
         (f"route (submit+result, {agents} agents)", route_once, "random.choice", choice_once),
     ]
-    results = []
+    results: list[dict[str, Any]] = []
     for name, fn, base_name, base in rows:
         ours, raw = _per_op(fn, repeat), _per_op(base, repeat)
         results.append({"operation": name, "us_per_op": ours * 1e6, "baseline": base_name, "baseline_us_per_op": raw * 1e6, "ratio": ours / raw})
