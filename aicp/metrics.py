@@ -1,0 +1,74 @@
+"""Prometheus metrics for a live router, in its own ``CollectorRegistry``.
+
+Counts that the core already keeps (tasks by outcome, retries, rejections,
+agents by status, connections) are read from it at scrape time, so there is one
+source of truth. Latency is a histogram fed by ``RouterProtocol.outcome_observer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from aicp.protocol import RouterProtocol
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: Seconds: from 100 µs (loopback round trips) to a minute (long tasks).
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class _CoreCollector(Collector):
+    def __init__(self, proto: RouterProtocol, open_connections: Callable[[], int]) -> None:
+        self.proto = proto
+        self.open_connections = open_connections
+
+    def collect(self) -> Iterator[Metric]:
+        proto = self.proto
+        stats = proto.router.stats
+        tasks = CounterMetricFamily("aicp_tasks", "Tasks that ended, by outcome (completed or the error code)", labels=["outcome"])
+        tasks.add_metric(["completed"], stats.completed)
+        for code, n in sorted(stats.failed.items()):
+            tasks.add_metric([code], n)
+        yield tasks
+        yield CounterMetricFamily("aicp_tasks_submitted", "Tasks accepted by the router core", value=stats.submitted)
+        yield CounterMetricFamily("aicp_dispatches", "Dispatches of a task to an agent (first attempts and retries)", value=stats.dispatched)
+        yield CounterMetricFamily("aicp_retries", "Task attempts retried on another agent", value=stats.retries)
+        yield CounterMetricFamily("aicp_late_results", "Results that arrived after their task had moved on", value=stats.late_results)
+        yield CounterMetricFamily("aicp_agents_lost", "Agents declared dead (disconnect, deregister, lease)", value=stats.agents_lost)
+        rejections = CounterMetricFamily("aicp_rejections", "Frames refused, by wire error code", labels=["code"])
+        for code, n in sorted(proto.rejections.items()):
+            rejections.add_metric([code], n)
+        yield rejections
+        agents = GaugeMetricFamily("aicp_agents", "Known agents by status", labels=["status"])
+        for status, n in proto.router.registry.count_by_status().items():
+            agents.add_metric([status], n)
+        yield agents
+        yield GaugeMetricFamily("aicp_open_connections", "Open WebSocket connections", value=self.open_connections())
+        yield GaugeMetricFamily("aicp_tasks_in_flight", "Tasks in the router now", value=proto.pending_tasks())
+        frames = CounterMetricFamily("aicp_frames", "Frames received from peers", value=proto.counters["frames_in"])
+        yield frames
+
+
+class RouterMetrics:
+    """One server's metrics. ``render()`` is the body of ``GET /metrics``."""
+
+    def __init__(self, proto: RouterProtocol, open_connections: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_CoreCollector(proto, open_connections))
+        self.latency = Histogram(
+            "aicp_task_latency_seconds",
+            "Time from a task's arrival at the router to its outcome",
+            labelnames=["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_outcome(self, method: str, outcome: str, seconds: float) -> None:
+        self.latency.labels("completed" if outcome == "completed" else "failed").observe(max(seconds, 0.0))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
