@@ -110,13 +110,14 @@ class _Peer:
 
 
 class _Pending:
-    __slots__ = ("frame", "method", "requester", "task_id")
+    __slots__ = ("frame", "method", "requester", "submitted_at", "task_id")
 
-    def __init__(self, requester: str, task_id: str, method: str, frame: bytes) -> None:
+    def __init__(self, requester: str, task_id: str, method: str, frame: bytes, submitted_at: float) -> None:
         self.requester = requester
         self.task_id = task_id
         self.method = method
         self.frame = frame
+        self.submitted_at = submitted_at
 
 
 def task_key(requester: str, task_id: str) -> str:
@@ -146,6 +147,9 @@ class RouterProtocol:
         self._msg_seq = 0
         self._msg_prefix = "r" + self._nonce()[:8] + "-"
         self.draining = False
+        #: called as ``(method, outcome, seconds)`` when a task ends; outcome is "completed" or the
+        #: error code. Drivers use it for latency histograms; it must not call back into the protocol.
+        self.outcome_observer: Callable[[str, str, float], None] | None = None
         #: rejections by wire code, and other counters, for /metrics
         self.rejections: dict[str, int] = {}
         self.counters: dict[str, int] = {
@@ -171,6 +175,11 @@ class RouterProtocol:
     def connected_peers(self) -> dict[str, str]:
         """peer id -> role, for peers with a live connection."""
         return {p.peer_id: p.role for p in self._peers.values() if p.conn is not None}
+
+    def conn_of(self, peer_id: str) -> int | None:
+        """The connection a registered peer is on now, if any."""
+        peer = self._peers.get(peer_id)
+        return peer.conn.id if peer is not None and peer.conn is not None else None
 
     def pending_tasks(self) -> int:
         return len(self._pending)
@@ -358,7 +367,7 @@ class RouterProtocol:
         self._remember(body, now)
         if self.draining:
             return [self._task_error(c, body, errors.SHUTTING_DOWN, "router is draining", now)]
-        self._pending[key] = _Pending(peer.peer_id, body.id, body.method, data)
+        self._pending[key] = _Pending(peer.peer_id, body.id, body.method, data, now)
         self.counters["tasks_accepted"] += 1
         timeout_s = body.timeout_ms / 1000.0 if body.timeout_ms is not None else None
         return self._apply(self.router.submit(key, body.method, now, timeout_s), now)
@@ -396,10 +405,14 @@ class RouterProtocol:
                 assert result_frame is not None
                 self.counters["results_forwarded"] += 1
                 self.counters["outcomes_completed"] += 1
+                if self.outcome_observer is not None:
+                    self.outcome_observer(pending.method, "completed", now - pending.submitted_at)
                 out.extend(self._deliver(pending, action.task_id, result_frame, now))
             elif isinstance(action, Failed):
                 pending = self._pending.pop(action.task_id)
                 self.counters["outcomes_failed"] += 1
+                if self.outcome_observer is not None:
+                    self.outcome_observer(pending.method, action.code, now - pending.submitted_at)
                 body = Error(
                     v=PROTOCOL_VERSION,
                     id=self._next_id(),
