@@ -72,6 +72,8 @@ def decode_signature(text: str) -> bytes:
         raise errors.VerifyError(errors.INVALID_SIGNATURE, "signature is not base64") from exc
     if len(raw) != SIGNATURE_BYTES:
         raise errors.VerifyError(errors.INVALID_SIGNATURE, "signature must be 64 bytes")
+    if encode_signature(raw) != text:  # non-zero padding bits: one signature, one text form
+        raise errors.VerifyError(errors.INVALID_SIGNATURE, "signature is not canonically encoded")
     return raw
 
 
