@@ -1,0 +1,146 @@
+"""Helpers for real-socket tests (imported by the tests and by conftest.py): servers on 127.0.0.1 port 0, agents in-process or as subprocesses.
+
+No pytest-asyncio: each test runs its coroutine with ``run(coro)``, bounded by a timeout.
+Every subprocess started here is killed in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aicp.client import AICPWebSocketClient
+from aicp.handlers import Handler
+from aicp.server import AICPWebSocketServer
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(coro: Awaitable[T], timeout: float = 20.0) -> T:
+    """Run one test coroutine on a fresh loop, failing it if it takes longer than ``timeout``."""
+
+    async def bounded() -> T:
+        async with asyncio.timeout(timeout):
+            return await coro
+
+    return asyncio.run(bounded())
+
+
+@contextlib.asynccontextmanager
+async def serving(**kwargs: Any) -> AsyncIterator[AICPWebSocketServer]:
+    kwargs.setdefault("port", 0)
+    server = AICPWebSocketServer("127.0.0.1", **kwargs)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(drain_s=0.0)
+
+
+@contextlib.asynccontextmanager
+async def agent(url: str, agent_id: str, handlers: dict[str, Handler], heartbeat: float | None = None, **kwargs: Any) -> AsyncIterator[AICPWebSocketClient]:
+    """An in-process agent, connected and registered, listening (and heart-beating if asked) until the block ends."""
+    kwargs.setdefault("backoff_cap_s", 0.2)
+    client = AICPWebSocketClient(url, agent_id, **kwargs)
+    for method, handler in handlers.items():
+        client.register_handler(method, handler)
+    await client.connect()
+    tasks = [asyncio.get_running_loop().create_task(client.listen())]
+    if heartbeat is not None:
+        tasks.append(asyncio.get_running_loop().create_task(client.heartbeat_loop(heartbeat)))
+    try:
+        yield client
+    finally:
+        await client.close()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str, bytes]:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.status, resp.headers.get("Content-Type", ""), resp.read()
+
+
+def http_json(url: str) -> Any:
+    return json.loads(http_get(url)[2])
+
+
+# ----------------------------------------------------------------------------- subprocesses
+def python_cmd(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Proc:
+    """A child process whose output lines are collected by a thread, killed at the end of the test."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.args = args
+        self.popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, env=_env(), text=True)
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for_line(self, pattern: str, timeout: float = 10.0, start: int = 0) -> re.Match[str]:
+        """Block until an output line (from index ``start``) matches ``pattern``."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = start
+        with self._cond:
+            while True:
+                for line in self.lines[seen:]:
+                    m = rx.search(line)
+                    if m:
+                        return m
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.popen.poll() is not None and not self._reader.is_alive()):
+                    break
+                self._cond.wait(min(left, 0.1))
+        raise AssertionError(f"{self.args[1:4]} printed no line matching {pattern!r}; output:\n" + self.output())
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def output(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
