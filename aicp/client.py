@@ -146,9 +146,10 @@ class PeerClient:
     # ------------------------------------------------------------------ connection
     async def connect(self) -> None:
         """Open one connection and register on its challenge. Raises one of ``CONNECT_ERRORS``."""
+        tls: dict[str, Any] = {} if self.ssl is None else {"ssl": self.ssl}  # wss:// without one: system trust store
         ws = await ws_connect(
             self.server_url,
-            ssl=self.ssl,
+            **tls,
             open_timeout=self.open_timeout_s,
             close_timeout=2.0,
             max_size=self.max_frame_bytes,
