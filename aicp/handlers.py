@@ -88,10 +88,12 @@ _TRAINING: dict[str, tuple[str, ...]] = {
 }
 
 _TOKEN = re.compile(r"[a-z']+")
+#: Function words carry no sentiment; left in, they tilt short texts toward the wordiest class.
+_STOPWORDS = frozenset("a an the is it it's i i'm am are was were be been this that of on in at to for with and or my me we our you your so has have had do does did from".split())
 
 
 def _tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower())
+    return [w for w in _TOKEN.findall(text.lower()) if w not in _STOPWORDS]
 
 
 class NaiveBayesClassifier:

@@ -12,6 +12,7 @@ import json
 import secrets
 import ssl as ssl_module
 import sys
+import time
 from typing import Any
 
 from aicp import errors
@@ -31,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-id", default=None, help="task id: the same id submitted again gets the same outcome")
     parser.add_argument("--router-key", default=None, help="expected router public key (default: trust the first one seen)")
     parser.add_argument("--cafile", default=None, help="CA bundle for wss:// URLs")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N", help="submit N times in sequence over one connection and print round-trip latency percentiles to stderr")
 
 
 async def _submit(args: argparse.Namespace, obj: Any) -> Any:
@@ -39,7 +41,18 @@ async def _submit(args: argparse.Namespace, obj: Any) -> Any:
     ctl = AICPController(args.url, args.id or f"controller-{secrets.token_hex(4)}", identity, router_key=args.router_key, ssl=ssl_ctx, reconnect=False)
     await ctl.start()
     try:
-        return await ctl.submit(args.method, obj, timeout=args.timeout, task_id=args.task_id)
+        if args.repeat <= 1:
+            return await ctl.submit(args.method, obj, timeout=args.timeout, task_id=args.task_id)
+        samples = []
+        result = None
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            result = await ctl.submit(args.method, obj, timeout=args.timeout)
+            samples.append(time.perf_counter() - t0)
+        samples.sort()
+        pct = {p: samples[min(len(samples) - 1, int(p / 100 * len(samples)))] * 1000 for p in (50, 90, 99)}
+        print(f"{len(samples)} round trips of {args.method}: median {pct[50]:.3f} ms, p90 {pct[90]:.3f} ms, p99 {pct[99]:.3f} ms, max {samples[-1] * 1000:.3f} ms", file=sys.stderr)
+        return result
     finally:
         await ctl.close()
 

@@ -1,0 +1,89 @@
+"""The built-in handlers agents serve: echo, text.classify and synthetic (no sockets needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+
+import pytest
+
+from aicp.handlers import Synthetic, builtin, echo, invoke, parse_service_time, text_classify
+
+
+def test_echo_returns_its_payload() -> None:
+    assert echo({"a": [1, 2]}) == {"a": [1, 2]}
+
+
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [
+        ("I love it, the quality is excellent", "positive"),
+        ("terrible, it broke after a day and support was rude", "negative"),
+        ("the box arrived on monday", "neutral"),
+        ("awesome team, very helpful", "positive"),
+        ("a waste of money, I want a refund", "negative"),
+    ],
+)
+def test_text_classify_labels_unseen_sentences(text: str, label: str) -> None:
+    out = text_classify({"text": text})
+    assert out["label"] == label
+    assert abs(sum(out["scores"].values()) - 1.0) < 1e-5
+    assert out["scores"][label] == max(out["scores"].values())
+
+
+def test_text_classify_refuses_a_payload_without_text() -> None:
+    with pytest.raises(ValueError, match="text"):
+        text_classify({"txt": "x"})
+
+
+@pytest.mark.parametrize("dist", ["constant", "exponential", "lognormal"])
+def test_synthetic_service_time_has_the_requested_mean(dist: str) -> None:
+    h = Synthetic(dist, mean_ms=10.0, seed=1)  # type: ignore[arg-type]
+    samples = [h.service_time_s() for _ in range(20_000)]
+    assert statistics.fmean(samples) == pytest.approx(0.010, rel=0.05)
+    if dist == "constant":
+        assert min(samples) == max(samples) == 0.010
+
+
+def test_synthetic_failure_probability_and_zero_default() -> None:
+    async def main() -> tuple[int, int]:
+        h = Synthetic(fail_prob=0.3, seed=2)
+        failures = 0
+        for _ in range(2000):
+            try:
+                await h("x")
+            except RuntimeError:
+                failures += 1
+        ok = await Synthetic(seed=3)("y")
+        assert ok == {"service_ms": 0.0, "echo": "y"}
+        return failures, 2000
+
+    failures, n = asyncio.run(main())
+    assert 0.25 < failures / n < 0.35
+
+
+def test_parse_service_time_and_builtin_lookup() -> None:
+    assert parse_service_time("5") == ("constant", 5.0)
+    assert parse_service_time("lognormal:2.5") == ("lognormal", 2.5)
+    with pytest.raises(ValueError):
+        parse_service_time("gamma:3")
+    assert builtin("echo") is echo
+    with pytest.raises(ValueError):
+        builtin("nope")
+
+
+def test_invoke_runs_sync_inline_async_awaited_and_blocking_in_a_thread() -> None:
+    main_thread = threading.get_ident()
+
+    async def async_handler(p: int) -> int:
+        await asyncio.sleep(0)
+        return p + 1
+
+    async def main() -> None:
+        assert await invoke(lambda p: (p, threading.get_ident()), 1) == (1, main_thread)
+        assert await invoke(async_handler, 1) == 2
+        _, tid = await invoke(lambda p: (p, threading.get_ident()), 1, in_thread=True)
+        assert tid != main_thread
+
+    asyncio.run(main())
