@@ -8,6 +8,7 @@ import time
 import pytest
 from live_helpers import agent, run, serving
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
 
 from aicp import errors
 from aicp.controller import AICPController
@@ -15,6 +16,7 @@ from aicp.handlers import echo
 from aicp.messages import PROTOCOL_VERSION, Error, Heartbeat, Register, seal
 from aicp.peer import PeerSession
 from aicp.protocol import CLOSE_POLICY
+from aicp.server import ServerLimits
 from aicp.signing import Identity
 
 pytestmark = pytest.mark.live
@@ -105,5 +107,16 @@ def test_oversized_frame_closes_only_that_connection() -> None:
             await ws.wait_closed()
             assert ws.close_code == 1009  # message too big, closed by websockets before the core sees it
             assert await ctl.submit("echo", "still here", timeout=5) == "still here"
+
+    run(main())
+
+
+def test_connections_over_the_limit_are_refused_with_503() -> None:
+    async def main() -> None:
+        async with serving(limits=ServerLimits(max_connections=2)) as server, agent(server.url, "a", {"echo": echo}), AICPController(server.url, "c") as ctl:
+            with pytest.raises(InvalidStatus) as info:
+                await connect(server.url)
+            assert info.value.response.status_code == 503
+            assert await ctl.submit("echo", 1, timeout=5) == 1
 
     run(main())

@@ -16,6 +16,7 @@ from aicp.controller import AICPController
 from aicp.handlers import echo, text_classify
 from aicp.protocol import ProtocolConfig
 from aicp.registry import Status
+from aicp.router import RouterConfig
 from aicp.server import AICPWebSocketServer
 from aicp.signing import Identity
 
@@ -198,5 +199,25 @@ def test_per_connection_rate_limit() -> None:
             await wait_until(lambda: sum(e.code == errors.RATE_LIMITED for e in ctl.errors) >= 4, what="rate-limited refusals")
             assert server.proto.rejections[errors.RATE_LIMITED] >= 4
             assert ctl.connected  # refused frames do not cost the connection
+
+    run(main())
+
+
+def test_a_hung_agent_times_out_and_the_task_fails_over_on_the_router_timer() -> None:
+    async def hang(payload: Any) -> Any:
+        await asyncio.sleep(30)
+
+    async def main() -> None:
+        async with (
+            serving(router_config=RouterConfig(attempt_timeout_s=0.3)) as server,
+            agent(server.url, "hung", {"job": hang}),
+            agent(server.url, "ok", {"job": lambda p: "ok"}),
+            AICPController(server.url, "ctl") as ctl,
+        ):
+            t0 = asyncio.get_running_loop().time()
+            assert await ctl.submit("job", 1, timeout=5) == "ok"  # round robin tries "hung" first
+            assert 0.3 <= asyncio.get_running_loop().time() - t0 < 2.0
+            hung = server.router.registry.get("hung")
+            assert hung is not None and hung.timed_out == 1 and server.router.stats.retries == 1
 
     run(main())
