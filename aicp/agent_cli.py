@@ -4,8 +4,11 @@ Each ``--capability`` is served by the built-in handler of the same name when
 there is one (``echo``, ``text.classify``, ``synthetic``), else by ``--handler``
 (default ``synthetic``). ``--count N`` runs N agents in this process, ids
 ``ID-0`` … ``ID-(N-1)``. Keys come from ``--key FILE`` (``FILE.0``, ``FILE.1`` …
-when N > 1), created with mode 0600 when missing; without ``--key`` each run uses
-fresh keys. SIGINT/SIGTERM deregister every agent and exit 0.
+when N > 1), created with mode 0600 when missing. Without ``--key``, an agent
+with a chosen ``--id`` keeps its key in ``$AICP_KEY_DIR`` (default
+``~/.aicp/keys``) as ``ID.key``, because the router binds an id to its first key
+and would refuse the same id under a new one; an agent with a random id gets a
+fresh key each run. SIGINT/SIGTERM deregister every agent and exit 0.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import secrets
 import signal
 import ssl as ssl_module
 import sys
+from pathlib import Path
 
 from aicp import handlers
 from aicp.client import DEFAULT_URL, AICPWebSocketClient
@@ -34,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--handler", default="synthetic", choices=handlers.BUILTINS, help="built-in handler for capabilities without one of their own name")
     add("--count", type=int, default=1, help="agents to run in this process (default 1)")
     add("--id", default=None, help="agent id (default agent-<random>); with --count N, ID-0 … ID-(N-1)")
-    add("--key", metavar="FILE", help="identity file (created 0600 if missing); FILE.i for each agent when --count > 1")
+    add("--key", metavar="FILE", help="identity file (created 0600 if missing); FILE.i for each agent when --count > 1; default with --id: $AICP_KEY_DIR/ID.key")
     add("--concurrency", type=int, default=16, help="tasks one agent runs at once (default 16)")
     add("--service-time", default="0", metavar="[DIST:]MS", help="synthetic handler: constant|exponential|lognormal mean in ms (default 0)")
     add("--fail-prob", type=float, default=0.0, help="synthetic handler: probability a task fails (default 0)")
@@ -43,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--cafile", default=None, help="CA bundle for wss:// URLs")
     add("--seed", type=int, default=None, help="seed for the synthetic handler")
     add_logging_arguments(parser)
+
+
+def key_dir() -> Path:
+    return Path(os.environ.get("AICP_KEY_DIR") or Path.home() / ".aicp" / "keys")
 
 
 def build_agents(args: argparse.Namespace) -> list[AICPWebSocketClient]:
@@ -54,6 +63,8 @@ def build_agents(args: argparse.Namespace) -> list[AICPWebSocketClient]:
         agent_id = base_id if args.count == 1 else f"{base_id}-{i}"
         if args.key:
             identity = Identity.load_or_create(args.key if args.count == 1 else f"{args.key}.{i}")
+        elif args.id:
+            identity = Identity.load_or_create(key_dir() / f"{agent_id}.key")
         else:
             identity = Identity.generate()
         client = AICPWebSocketClient(args.url, agent_id, identity, concurrency=args.concurrency, router_key=args.router_key, ssl=ssl_ctx)

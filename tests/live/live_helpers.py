@@ -7,13 +7,16 @@ Every subprocess started here is killed in a ``finally``.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -92,8 +95,14 @@ def python_cmd(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
+#: Agents started with --id keep their keys here, never in the real home directory.
+KEY_DIR = tempfile.mkdtemp(prefix="aicp-live-keys-")
+atexit.register(shutil.rmtree, KEY_DIR, ignore_errors=True)
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
+    env["AICP_KEY_DIR"] = KEY_DIR
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
