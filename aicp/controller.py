@@ -26,6 +26,10 @@ from aicp.signing import Identity
 #: Extra time the controller waits beyond a task's timeout for the router's own verdict.
 LOCAL_GRACE_S = 2.0
 
+#: Client-side code (never on the wire): the connection ended for good (``reconnect=False``)
+#: before the task's outcome arrived, so the outcome is unknown.
+CONNECTION_LOST = "connection-lost"
+
 
 class _Submitted(msgspec.Struct):
     method: str
@@ -47,7 +51,15 @@ class AICPController(PeerClient):
             await self.connect_with_retry()
         else:
             await self.connect()
-        self._listener = asyncio.get_running_loop().create_task(self.listen())
+        self._listener = asyncio.get_running_loop().create_task(self._listen_then_fail_pending())
+
+    async def _listen_then_fail_pending(self) -> None:
+        try:
+            await self.listen()
+        finally:
+            if not self.closing:  # no reconnect coming: nobody will answer the pending tasks
+                code = errors.SHUTTING_DOWN if self.goaway is not None else CONNECTION_LOST
+                self.waiter.fail_all(code, "connection to the router ended before the outcome arrived")
 
     async def __aenter__(self) -> AICPController:
         await self.start()
@@ -65,6 +77,8 @@ class AICPController(PeerClient):
 
         ``task_id`` makes the call idempotent: the same id submitted again gets the same outcome.
         """
+        if self.closing or (self._listener is not None and self._listener.done()):
+            raise errors.TaskError(errors.SHUTTING_DOWN if self.closing else CONNECTION_LOST, "controller is not connected", task_id or "")
         tid = task_id or self.session.new_id()
         fut = self.waiter.expect(tid)
         self._submitted[tid] = _Submitted(method, payload(obj), timeout * 1000.0)

@@ -13,7 +13,7 @@ from live_helpers import ROOT, Proc, agent, http_get, http_json, python_cmd, run
 from prometheus_client.parser import text_string_to_metric_families
 
 from aicp import errors
-from aicp.controller import AICPController
+from aicp.controller import CONNECTION_LOST, AICPController
 from aicp.handlers import Synthetic
 from aicp.router import RouterConfig
 
@@ -106,3 +106,22 @@ def test_three_shell_demo_and_metrics(procs: Callable[..., Proc]) -> None:
     for a in listed["agents"]:
         assert {"capabilities", "status", "in_flight", "latency_ewma_ms", "success_rate", "trust"} <= set(a)
         assert a["capabilities"] == ["text.classify"] and a["status"] == "active"
+
+
+def test_a_controller_without_reconnect_fails_fast_when_the_router_dies(procs: Callable[..., Proc]) -> None:
+    server = procs("-m", "aicp.server", "--port", "0")
+    url = server.wait_for_line(SERVER_LINE).group(1)
+
+    async def main() -> None:
+        async with agent(url, "worker", {"slow": Synthetic("constant", 5000.0)}, reconnect=False) as worker, AICPController(url, "ctl", reconnect=False) as ctl:
+            job = asyncio.ensure_future(ctl.submit("slow", 1, timeout=20))
+            await wait_until(lambda: worker.running == 1, what="the task to start")
+            server.kill(signal.SIGKILL)
+            t0 = time.monotonic()
+            with pytest.raises(errors.TaskError) as info:
+                await job
+            assert info.value.code == CONNECTION_LOST and time.monotonic() - t0 < 2.0
+            with pytest.raises(errors.TaskError):
+                await ctl.submit("slow", 2, timeout=1)
+
+    run(main(), timeout=15)
