@@ -283,17 +283,19 @@ def format_result(name: str, r: dict[str, Any]) -> str:
 
 def scenario_overrides(cfg: argparse.Namespace) -> None:
     """Take agents, service time, arrival rate and strategy from a simulator scenario file."""
-    from sim.scenario import load_scenario
+    from sim import scenario as sc_mod
 
-    sc = load_scenario(cfg.scenario)
+    sc = sc_mod.load(cfg.scenario)
     cfg.agents = sum(g.count for g in sc.agents)
     group = sc.agents[0]
-    st = group.service_time
-    cfg.service_time = f"{st.dist}:{st.mean_ms}"
+    dist = type(group.service_time).__struct_config__.tag
+    if dist not in ("constant", "exponential", "lognormal"):
+        raise SystemExit(f"{cfg.scenario}: live agents support constant, exponential and lognormal service times, not {dist}")
+    cfg.service_time = f"{dist}:{group.service_time.mean_ms / group.speed}"  # type: ignore[union-attr]
     cfg.agent_concurrency = group.concurrency
-    stream = sc.workload[0]
-    if stream.arrival.process == "poisson" and getattr(stream.arrival, "rate_per_s", None):
-        cfg.rate = float(stream.arrival.rate_per_s)
+    arrival = sc.workload[0].arrival
+    if type(arrival).__struct_config__.tag == "poisson":
+        cfg.rate = float(arrival.rate_per_s)  # type: ignore[union-attr]
     if sc.strategies:
         cfg.strategy = sc.strategies[0]
 
