@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 import stat
 import subprocess
 from pathlib import Path
 
 import pytest
-from live_helpers import ROOT, python_cmd
+from live_helpers import ROOT, agent, python_cmd, run
 
+from aicp import errors
+from aicp.client import AICPWebSocketClient
+from aicp.handlers import echo
+from aicp.server import add_arguments, build_server
 from aicp.signing import Identity
 
 pytestmark = pytest.mark.live
@@ -37,3 +42,36 @@ def test_submit_exit_codes_for_bad_json_and_an_unreachable_router() -> None:
         port = s.getsockname()[1]
     down = _aicp("submit", "echo", "{}", "--url", f"ws://127.0.0.1:{port}")
     assert down.returncode == 2 and "unreachable" in down.stderr
+
+
+def test_serve_flags_reach_the_core_and_the_allowlist_admits_only_listed_keys(tmp_path: Path) -> None:
+    admitted, stranger = Identity.generate(), Identity.generate()
+    allow = tmp_path / "allow.txt"
+    allow.write_text(f"# admitted agents\n{admitted.public_key_text}\n")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["--port", "0", "--strategy", "least_loaded", "--heartbeat", "2", "--lease", "7", "--window", "30", "--allowlist", str(allow),
+         "--max-frame", "65536", "--max-connections", "5", "--rate", "100", "--drain-timeout", "3", "--verify", "edge"]
+    )
+    server = build_server(args)
+    assert server.router.strategy.name == "least_loaded"
+    assert (server.router.config.heartbeat_s, server.router.config.lease_s) == (2.0, 7.0)
+    cfg = server.proto.config
+    assert (cfg.window_s, cfg.max_frame_bytes, cfg.rate_per_s, cfg.verify) == (30.0, 65536, 100.0, "edge")
+    assert cfg.allowlist == frozenset({admitted.public_key_text})
+    assert (server.limits.max_connections, server.limits.max_frame_bytes, server.limits.drain_s) == (5, 65536, 3.0)
+
+    async def main() -> None:
+        await server.start()
+        try:
+            async with agent(server.url, "ok", {"echo": echo}, identity=admitted) as ok:
+                assert ok.registrations == 1
+            refused = AICPWebSocketClient(server.url, "nope", stranger, reconnect=False)
+            with pytest.raises(errors.ProtocolError) as info:
+                await refused.connect()
+            assert info.value.code == errors.NOT_ALLOWED
+        finally:
+            await server.stop(drain_s=0)
+
+    run(main())
