@@ -29,7 +29,7 @@ from sim.agents import SimAgent
 from sim.distributions import Blocks, seconds
 from sim.metrics import COMPLETED, OTHER_FAILURE, OUTCOME_CODES, Records, summarize, timelines
 from sim.network import Link
-from sim.scenario import Scenario, TraceArrival
+from sim.scenario import ConstantDist, ExponentialDist, LognormalDist, Scenario, TraceArrival
 from sim.workload import arrival_times, expected_count, read_trace
 
 # child streams of a replication's SeedSequence
@@ -110,9 +110,10 @@ class Simulation:
         self.verify_s = s.verify_cost_us / 1e6
         uniform_rng = np.random.default_rng(child_seed(seed, _S_UNIFORM))
         self.uniform = Blocks(uniform_rng.random)
-        self.link = Link(
-            env, seconds(s.network.latency, np.random.default_rng(child_seed(seed, _S_NETWORK)), s), s.network.loss, self.uniform
-        )
+        lat = s.network.latency
+        instant = isinstance(lat, ConstantDist | ExponentialDist | LognormalDist) and lat.mean_ms == 0.0
+        latency = seconds(lat, np.random.default_rng(child_seed(seed, _S_NETWORK)), s)
+        self.link = Link(env, latency, s.network.loss, self.uniform, instant)
         self.methods: list[str] = [w.method for w in s.workload]
         self._method_ids = {m: i for i, m in reversed(list(enumerate(self.methods)))}
         self.agents: list[SimAgent] = []
@@ -301,6 +302,11 @@ class Simulation:
             _, actions = router.result(agent.agent_id, str(task), False, self.env.now, errors.INVALID_SIGNATURE)
         else:
             _, actions = router.result(agent.agent_id, str(task), ok, self.env.now)
+            if ok:
+                # A verified success only removes state from the router: no deadline can come forward.
+                if actions:
+                    self._apply(actions)
+                return
         if actions:
             self._apply(actions)
         self._rearm()

@@ -15,10 +15,18 @@ from simpy.events import Timeout
 
 
 class Link:
-    __slots__ = ("_env", "_latency", "_loss", "_uniform", "delivered", "dropped", "partitioned")
+    __slots__ = ("_env", "_instant", "_latency", "_loss", "_uniform", "delivered", "dropped", "partitioned")
 
-    def __init__(self, env: simpy.Environment, latency: Callable[[], float], loss: float, uniform: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        latency: Callable[[], float],
+        loss: float,
+        uniform: Callable[[], float],
+        instant: bool = False,
+    ) -> None:
         self._env = env
+        self._instant = instant  # latency is identically zero: skip the sampler
         self._latency = latency
         self._loss = loss
         self._uniform = uniform
@@ -32,7 +40,7 @@ class Link:
             self.dropped += 1
             return False
         self.delivered += 1
-        delay = self._latency() + extra_s
+        delay = extra_s if self._instant else self._latency() + extra_s
         if delay <= 0.0:
             receiver(message)
         else:
