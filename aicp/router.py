@@ -235,12 +235,13 @@ class Router:
         state.died_at = now
         state.epoch += 1
         self.stats.agents_lost += 1
-        self._remember_dead(agent_id)
         actions: list[Action] = []
         for task in list(self._by_agent.pop(agent_id, {}).values()):
             self._release(task)
             self._penalise(state, now)
             self._retry_or_fail(task, errors.AGENT_FAILED, f"agent {agent_id} {reason}", now, actions)
+        # Only after its tasks have failed over: remembering may evict dead agents, this one too.
+        self._remember_dead(agent_id)
         return actions
 
     def penalise_bad_signature(self, agent_id: str) -> None:
@@ -452,6 +453,6 @@ class Router:
         while len(self._dead) > self.config.max_dead_agents:
             old = self._dead.popleft()
             state = self.registry.get(old)
-            if state is not None and state.status is Status.DEAD:
+            if old != agent_id and state is not None and state.status is Status.DEAD:  # an older entry of a re-dead agent
                 self.registry.remove(old)
                 self._by_agent.pop(old, None)

@@ -313,3 +313,22 @@ class CacheMachine(RuleBasedStateMachine):
 
 CacheMachine.TestCase.settings = MACHINE
 test_cache_state_machine = CacheMachine.TestCase
+
+
+def test_regression_agent_lost_fails_over_when_its_own_old_death_is_evicted() -> None:
+    """Found by the machine above: with the dead-agent memory full of this agent's earlier
+    death, agent_lost evicted the agent before failing its tasks over; the task then kept a
+    dangling agent and the next timer raised KeyError."""
+    router = Router(RouterConfig(max_dead_agents=2, flap_window_s=0.0), "round_robin", random.Random(0))
+    router.register_agent("a0", ["m1"], 0.0)
+    router.register_agent("a2", ["m1"], 0.0)
+    router.agent_lost("a0", 0.0)
+    router.register_agent("a0", ["m1"], 1.0)
+    router.agent_lost("a2", 1.0)
+    [dispatch] = router.submit("t1", "m1", 1.0)
+    assert isinstance(dispatch, Dispatch) and dispatch.agent_id == "a0"
+    router.agent_lost("a0", 1.0)  # the memory now holds a0, a2, a0: one must go
+    assert router.assigned_agent("t1") is None
+    assert router.registry.get("a0") is not None and router.registry.get("a0").in_flight == 0  # type: ignore[union-attr]
+    actions = router.on_timer(100.0)
+    assert [type(a) for a in actions] == [Failed] and "t1" not in router
