@@ -92,7 +92,7 @@ class PeerSession:
     def receive(self, data: bytes | str, now: float) -> Received:
         """Verify and decode one frame. Raises ``ProtocolError`` (never anything else) if it fails."""
         if isinstance(data, str):
-            data = data.encode("utf-8")
+            data = data.encode("utf-8", "surrogatepass")  # lone surrogates then fail as malformed
         frame = decode_frame(data)
         key_raw = decode_public_key(frame.key)
         from_router = self.router_id is not None and frame.sender == self.router_id

@@ -245,7 +245,7 @@ class RouterProtocol:
             return []
         self.counters["frames_in"] += 1
         if isinstance(data, str):
-            data = data.encode("utf-8")
+            data = data.encode("utf-8", "surrogatepass")  # lone surrogates then fail as malformed
         if len(data) > self.config.max_frame_bytes:
             self._count(errors.TOO_LARGE)
             return [Close(conn, CLOSE_TOO_BIG, "frame too large")]

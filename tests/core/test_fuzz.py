@@ -132,7 +132,7 @@ def still_serving(hub: Hub, proto: RouterProtocol) -> None:
     assert ctl.outcome_count.get(tid) == 1, proto.rejections
 
 
-def feed(proto: RouterProtocol, conn: int, data: bytes, now: float) -> None:
+def feed(proto: RouterProtocol, conn: int, data: bytes | str, now: float) -> None:
     out = proto.frame_received(conn, data, now)
     assert all(isinstance(o, (Send, Close)) for o in out)
 
@@ -302,3 +302,30 @@ def test_stdlib_and_msgspec_really_disagree_on_what_we_refuse() -> None:
     assert msgspec.json.decode(b"18446744073709551616") == 2**64  # fine here, not in Go or serde
     for text in ['{"a":1,"a":2}', "1e400", "18446744073709551616", "NaN"]:
         assert accepted(text) == (None, False)
+
+
+TEXT_WITH_SURROGATES = st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF) | st.sampled_from('{}[]":,ab1'), max_size=64)
+
+
+@FUZZ
+@given(st.one_of(TEXT_WITH_SURROGATES, mutated(GOOD).map(lambda b: b.decode("utf-8", "replace"))))
+def test_text_frames_never_raise_even_with_lone_surrogates(text: str) -> None:
+    """Drivers may hand over ``str``; one with lone surrogates cannot be UTF-8 and must be malformed."""
+    proto, hub, ctl, stranger = world()
+    feed(proto, ctl, text, hub.now)
+    feed(proto, stranger, text, hub.now)
+    session = PeerSession(CTL, "c1", "controller")
+    try:
+        session.receive(text, hub.now)
+    except errors.ProtocolError:
+        pass
+    still_serving(hub, proto)
+
+
+def test_a_lone_surrogate_in_a_text_frame_is_malformed() -> None:
+    proto, hub, ctl, _ = world()
+    frame = GOOD.decode().replace('"x"', '"\ud800"')
+    before = dict(proto.rejections)
+    out = proto.frame_received(ctl, frame, hub.now)
+    assert [o for o in out if isinstance(o, Close)] == []
+    assert proto.rejections.get(errors.MALFORMED, 0) == before.get(errors.MALFORMED, 0) + 1
