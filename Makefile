@@ -26,6 +26,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m aicp bench-core
+	$(BIN)/python -m aicp bench-sim
 
 soak: $(STAMP)
 	$(BIN)/python -m aicp soak

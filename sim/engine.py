@@ -155,6 +155,7 @@ class Simulation:
         self.submitted = 0
         self.ended = 0
         self.stopped = False
+        self.arrivals_end_s = s.duration_s  # earlier when max_tasks stops the arrivals
         self._streams_left = 0
         self.bad_signatures = 0
         self._armed: float | None = None
@@ -213,7 +214,7 @@ class Simulation:
         s = self.scenario
         rec = self.records.arrays()
         end = max(self.env.now, 1e-9)
-        summary = summarize(rec, s.warmup_s, s.duration_s)
+        summary = summarize(rec, s.warmup_s, min(s.duration_s, self.arrivals_end_s))
         samples = {k: np.asarray(v, dtype=np.float64) for k, v in self._samples.items()}
         if samples["retries"].size:
             samples["retries"] = np.diff(samples["retries"], prepend=0.0)
@@ -266,8 +267,9 @@ class Simulation:
             self._task_sigs[i] = (body, self.controller.sign(body))
         actions = self.router.submit(str(i), self.methods[method], now, timeout_s)
         self._apply(actions)
-        if self.scenario.max_tasks is not None and self.submitted >= self.scenario.max_tasks:
+        if self.scenario.max_tasks is not None and self.submitted >= self.scenario.max_tasks and not self.stopped:
             self.stopped = True
+            self.arrivals_end_s = now
         self._rearm()
 
     def stream_done(self) -> None:

@@ -84,14 +84,14 @@ def latency_stats(lat_s: np.ndarray) -> dict[str, float | None]:
     return {"mean": float(ms.mean()), "p50": p50, "p90": p90, "p99": p99, "p999": p999, "max": float(ms.max())}
 
 
-def summarize(rec: dict[str, np.ndarray], warmup_s: float, duration_s: float) -> dict[str, Any]:
-    """Counts and latency percentiles of the tasks that arrived in [warmup_s, duration_s)."""
+def summarize(rec: dict[str, np.ndarray], warmup_s: float, end_s: float) -> dict[str, Any]:
+    """Counts and latency percentiles of the tasks that arrived in [warmup_s, end_s); throughput over that span."""
     measured = rec["arrival"] >= warmup_s
     outcome = rec["outcome"]
     done = measured & (outcome == COMPLETED)
     failed = measured & (outcome != COMPLETED) & (outcome != PENDING)
     codes = {OUTCOME_NAMES.get(int(c), str(int(c))): int(n) for c, n in zip(*np.unique(outcome[failed], return_counts=True))}
-    span = max(duration_s - warmup_s, 1e-12)
+    span = max(end_s - warmup_s, 1e-12)
     lat = rec["end"][done] - rec["arrival"][done]
     attempts = rec["attempts"][measured].astype(np.int64)
     return {
