@@ -249,19 +249,32 @@ class RouterProtocol:
         if len(data) > self.config.max_frame_bytes:
             self._count(errors.TOO_LARGE)
             return [Close(conn, CLOSE_TOO_BIG, "frame too large")]
-        if not self._take_token(c, now):
-            return [self._reject(c, errors.RATE_LIMITED, "message rate over the limit", now)]
+        frame: Frame | None = None
         try:
+            if not self._take_token(c, now):
+                raise errors.ProtocolError(errors.RATE_LIMITED, "message rate over the limit")
             frame = decode_frame(data)
             if c.peer is None:
                 return self._handle_unregistered(c, frame, now)
             return self._handle_registered(c, c.peer, frame, data, now)
         except errors.ProtocolError as exc:
-            out: list[Output] = [self._reject(c, exc.code, exc.message, now)]
+            # Name the refused message, so a refused task ends at its sender at once rather than
+            # at a local timeout. The id is only echoed to this same connection, so reading it
+            # from a frame that failed verification gives nothing away.
+            refused = self._peek(frame, data)
+            out: list[Output] = [self._reject(c, exc.code, exc.message, now, refused)]
             if c.peer is None:  # a failed handshake ends the connection
                 c.closed = True
                 out.append(Close(conn, CLOSE_POLICY, exc.code))
             return out
+
+    @staticmethod
+    def _peek(frame: Frame | None, data: bytes) -> AnyBody | None:
+        """Best-effort, unverified look at a refused frame's body: only to address the error."""
+        try:
+            return decode_body((frame or decode_frame(data)).body)
+        except errors.ProtocolError:
+            return None
 
     # ------------------------------------------------------------------ handshake
     def _handle_unregistered(self, c: _Conn, frame: Frame, now: float) -> list[Output]:
@@ -366,7 +379,7 @@ class RouterProtocol:
         self._check_new(body)
         self._remember(body, now)
         if self.draining:
-            return [self._task_error(c, body, errors.SHUTTING_DOWN, "router is draining", now)]
+            return [self._reject(c, errors.SHUTTING_DOWN, "router is draining", now, body)]
         self._pending[key] = _Pending(peer.peer_id, body.id, body.method, data, now)
         self.counters["tasks_accepted"] += 1
         timeout_s = body.timeout_ms / 1000.0 if body.timeout_ms is not None else None
@@ -472,23 +485,20 @@ class RouterProtocol:
     def _count(self, code: str) -> None:
         self.rejections[code] = self.rejections.get(code, 0) + 1
 
-    def _reject(self, c: _Conn, code: str, message: str, now: float, ref: str | None = None) -> Send:
+    def _reject(self, c: _Conn, code: str, message: str, now: float, refused: AnyBody | None = None) -> Send:
+        """An error frame for a refused message; for a refused task it carries ``task_id`` and ``method``."""
         self._count(code)
-        body = Error(v=PROTOCOL_VERSION, id=self._next_id(), sender=self.config.router_id, ts=now, code=code, message=message[:4096], ref=ref)
-        return Send(c.id, seal(self.identity, self.config.router_id, body))
-
-    def _task_error(self, c: _Conn, task: Task, code: str, message: str, now: float) -> Send:
-        self._count(code)
+        task = refused if isinstance(refused, Task) else None
         body = Error(
             v=PROTOCOL_VERSION,
             id=self._next_id(),
             sender=self.config.router_id,
             ts=now,
             code=code,
-            message=message,
-            ref=task.id,
-            task_id=task.id,
-            method=task.method,
+            message=message[:4096],
+            ref=refused.id if refused is not None else None,
+            task_id=task.id if task is not None else None,
+            method=task.method if task is not None else None,
         )
         return Send(c.id, seal(self.identity, self.config.router_id, body))
 

@@ -167,10 +167,11 @@ def judge(vectors: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], str |
         outs = proto.frame_received(conn, vec["frame"].encode(), vec["now"])
         sent = [o.data for o in outs if isinstance(o, Send)]
         code = None
-        for data in sent:
-            body = json.loads(data)["body"]
-            if body["type"] == "error" and data and json.loads(data)["sender"] == "router" and body.get("task_id") is None:
-                code = body["code"]
+        for out in outs:  # the router's answer is an error frame back on the same connection
+            if isinstance(out, Send) and out.conn == conn:
+                body = json.loads(out.data)["body"]
+                if body["type"] == "error":
+                    code = body["code"]
         yield vec, code, sent
 
 

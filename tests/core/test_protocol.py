@@ -252,3 +252,16 @@ def test_in_process_demo_loses_nothing() -> None:
     outcome = in_process_demo(tasks=12, seed=7, out=lines.append)
     assert outcome == {"result": 12, "no-agent": 1}
     assert any("flaky-3" in line and "failed" in line for line in lines)
+
+
+def test_a_refused_task_ends_at_its_sender_with_its_task_id() -> None:
+    hub = make_hub()
+    agent(hub, "a1")
+    c = controller(hub)
+    # a task stamped two minutes in the past: refused as stale, and the refusal names the task
+    tid, frame = c.session.task_frame("m", msgspec.Raw(b"1"), hub.now - 120.0)
+    c.send(frame)
+    hub.run_until_idle()
+    err = c.outcomes[tid]
+    assert isinstance(err, Error) and err.code == errors.STALE and err.method == "m"
+    assert hub.proto.router.tasks_in_flight == 0
