@@ -74,7 +74,9 @@ class Fleet:
 
     def spawn(self, role: str, args: list[str]) -> Proc:
         with open(self.run_dir / f"{role}-{len(self.procs)}.log", "wb") as log:  # the child keeps its own descriptor
-            popen = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            env = {**os.environ, "AICP_KEY_DIR": str(self.run_dir / "keys")}  # keep agents' keys out of ~/.aicp
+            popen = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, env=env)
         proc = Proc(role, popen, psutil.Process(popen.pid))
         self.procs.append(proc)
         return proc
