@@ -41,6 +41,11 @@ def child_seed(ss: np.random.SeedSequence, *key: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(ss.entropy, spawn_key=(*ss.spawn_key, *key))
 
 
+def router_seed(seed: np.random.SeedSequence) -> int:
+    """The seed of the router's own ``random.Random`` (strategies, backoff jitter) in this replication."""
+    return int(child_seed(seed, _S_ROUTER).generate_state(1, np.uint64)[0])
+
+
 def router_config(s: Scenario) -> RouterConfig:
     r = s.router
     longest = max([r.deadline_ms] + [w.timeout_ms for w in s.workload if w.timeout_ms is not None]) / 1000.0
@@ -104,8 +109,7 @@ class Simulation:
         s = self.scenario = scenario
         self.strategy = strategy
         self.env = env = simpy.Environment()
-        router_seed = int(child_seed(seed, _S_ROUTER).generate_state(1, np.uint64)[0])
-        self.router = Router(router_config(s), strategy, random.Random(router_seed))
+        self.router = Router(router_config(s), strategy, random.Random(router_seed(seed)))
         self.real_signing = s.signing == "real"
         self.verify_s = s.verify_cost_us / 1e6
         uniform_rng = np.random.default_rng(child_seed(seed, _S_UNIFORM))
@@ -156,6 +160,7 @@ class Simulation:
         self.ended = 0
         self.stopped = False
         self.arrivals_end_s = s.duration_s  # earlier when max_tasks stops the arrivals
+        self._max_tasks = s.max_tasks if s.max_tasks is not None else 1 << 62
         self._streams_left = 0
         self.bad_signatures = 0
         self._armed: float | None = None
@@ -267,7 +272,7 @@ class Simulation:
             self._task_sigs[i] = (body, self.controller.sign(body))
         actions = self.router.submit(str(i), self.methods[method], now, timeout_s)
         self._apply(actions)
-        if self.scenario.max_tasks is not None and self.submitted >= self.scenario.max_tasks and not self.stopped:
+        if self.submitted >= self._max_tasks and not self.stopped:
             self.stopped = True
             self.arrivals_end_s = now
         self._rearm()
@@ -324,35 +329,35 @@ class Simulation:
         rec = self.records
         now = self.env.now
         for a in actions:
-            match a:
-                case Dispatch(task_id=task_id, agent_id=agent_id, attempt=attempt):
-                    i = int(task_id)
-                    agent = self.by_id[agent_id]
-                    if attempt == 1:
-                        rec.dispatch[i] = now
-                    rec.agent[i] = agent.index
-                    rec.attempts[i] = attempt
-                    if self.trace is not None:
-                        self.trace.extend((i, agent.index, attempt))
-                    fixed = self.fixed_service.get(i) if self.fixed_service else None
-                    if self.controller is not None:
-                        self.link.send(agent.index, self._deliver_signed, (agent, i, fixed))
-                    else:
-                        self.link.send(agent.index, agent.receive, (i, fixed))
-                case Completed(task_id=task_id, attempts=attempts):
-                    i = int(task_id)
-                    rec.end[i] = now
-                    rec.outcome[i] = COMPLETED
-                    rec.attempts[i] = attempts
-                    self._ended(i)
-                case Failed(task_id=task_id, code=code, attempts=attempts):
-                    i = int(task_id)
-                    rec.end[i] = now
-                    rec.outcome[i] = OUTCOME_CODES.get(code, OTHER_FAILURE)
-                    rec.attempts[i] = attempts
-                    self._ended(i)
-                case AgentDown(agent_id=agent_id):
-                    self._agent_down(self.by_id[agent_id])
+            if type(a) is Dispatch:
+                i = int(a.task_id)
+                agent = self.by_id[a.agent_id]
+                attempt = a.attempt
+                if attempt == 1:
+                    rec.dispatch[i] = now
+                rec.agent[i] = agent.index
+                rec.attempts[i] = attempt
+                if self.trace is not None:
+                    self.trace.extend((i, agent.index, attempt))
+                fixed = self.fixed_service.get(i) if self.fixed_service else None
+                if self.controller is not None:
+                    self.link.send(agent.index, self._deliver_signed, (agent, i, fixed))
+                else:
+                    self.link.send(agent.index, agent.receive, (i, fixed))
+            elif type(a) is Completed:
+                i = int(a.task_id)
+                rec.end[i] = now
+                rec.outcome[i] = COMPLETED
+                rec.attempts[i] = a.attempts
+                self._ended(i)
+            elif type(a) is Failed:
+                i = int(a.task_id)
+                rec.end[i] = now
+                rec.outcome[i] = OUTCOME_CODES.get(a.code, OTHER_FAILURE)
+                rec.attempts[i] = a.attempts
+                self._ended(i)
+            elif type(a) is AgentDown:
+                self._agent_down(self.by_id[a.agent_id])
 
     def _ended(self, i: int) -> None:
         self.ended += 1

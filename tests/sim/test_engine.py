@@ -228,7 +228,12 @@ def test_slow_fault_slows_the_chosen_agents() -> None:
 def test_constant_arrivals_from_time_zero_and_max_tasks() -> None:
     s = load(
         "mm1",
-        **{"workload.0.arrival": {"process": "constant", "rate_per_s": 500.0}, "duration_s": 10.0, "warmup_s": 0.0, "max_tasks": 1234},
+        **{
+            "workload.0.arrival": {"process": "constant", "rate_per_s": 500.0},
+            "duration_s": 10.0,
+            "warmup_s": 0.0,
+            "max_tasks": 1234,
+        },
     )
     r = run(s)
     assert r.records["arrival"][0] == 0.0
