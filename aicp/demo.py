@@ -12,7 +12,11 @@ It ends by printing where the results and plots are.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import random
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -74,11 +78,35 @@ def in_process_demo(tasks: int = 12, seed: int = 7, out: Callable[[str], None] =
     return dict(outcome)
 
 
+def _step(title: str, argv: list[str]) -> int:
+    """Run one ``aicp`` subcommand as its own process, showing its output as it comes."""
+    print(f"\n{title}\n$ aicp {' '.join(argv)}", flush=True)
+    t0 = time.monotonic()
+    rc = subprocess.call([sys.executable, "-m", "aicp", *argv], cwd=ROOT)
+    print(f"   ({time.monotonic() - t0:.0f} s, exit {rc})", flush=True)
+    return rc
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--tasks", type=int, default=12)
+    parser.add_argument("--quick", action="store_true", help="in-process step only")
+    parser.add_argument("--bench-duration", type=float, default=3.0, help="seconds per live benchmark trial (default 3)")
 
 
 def run(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
     outcome = in_process_demo(args.tasks, args.seed)
-    return 0 if outcome.get("lost", 0) == 0 else 1
+    failures = int(outcome.get("lost", 0) != 0)
+    if args.quick:
+        return failures
+    failures += _step("2) simulator: every strategy on the baseline scenario, 95% confidence intervals",
+                      ["compare", "scenarios/baseline.toml", "--quiet", "--json", "results/demo/compare-baseline.json"]) != 0
+    d = str(args.bench_duration)
+    failures += _step("3) live: router, agents and load generator as separate processes on 127.0.0.1, against the design's targets",
+                      ["bench", "--duration", d, "--warmup", "1", "--also-1000", "--baseline", "--json", "results/demo/bench.json"]) != 0
+    if importlib.util.find_spec("aicp.plots") is not None:
+        failures += _step("4) plots", ["plots"]) != 0
+    print(f"\nDone in {time.monotonic() - t0:.0f} s. Results: {ROOT / 'results'} (demo summaries in results/demo/, "
+          f"simulator runs in results/<scenario>/, live runs in results/bench/, plots in results/plots/)")
+    return 1 if failures else 0
