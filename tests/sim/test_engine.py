@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -166,13 +167,17 @@ def test_lost_messages_become_timeouts_not_lost_tasks() -> None:
     assert r.summary["lost"] == 0 and r.summary["ended"] == r.summary["submitted"]
 
 
-def test_trace_replay_uses_the_trace_service_times(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_trace_replay_uses_the_trace_service_times(tmp_path: Path, fmt: str) -> None:
     rows = [(0.1 * k, 1.0 + k) for k in range(50)]
-    (tmp_path / "t.csv").write_text("t_s,method,service_ms\n" + "".join(f"{t},w,{ms}\n" for t, ms in rows))
+    if fmt == "csv":
+        (tmp_path / "t.csv").write_text("t_s,method,service_ms\n" + "".join(f"{t},w,{ms}\n" for t, ms in rows))
+    else:
+        (tmp_path / "t.jsonl").write_text("".join(json.dumps({"t_s": t, "service_ms": ms}) + "\n" for t, ms in reversed(rows)))
     (tmp_path / "t.toml").write_text(
         'name = "t"\nduration_s = 10.0\nsign_cost_us = 0.0\nverify_cost_us = 0.0\n'
         '[[agents]]\ncount = 1\nconcurrency = 100\ncapabilities = ["w"]\nservice_time = { dist = "constant", mean_ms = 500.0 }\n'
-        '[[workload]]\nmethod = "w"\narrival = { process = "trace", file = "t.csv" }\n'
+        f'[[workload]]\nmethod = "w"\narrival = {{ process = "trace", file = "t.{fmt}" }}\n'
     )
     r = run(scenario_mod.load(tmp_path / "t.toml"))
     rec = r.records
@@ -241,3 +246,20 @@ def test_constant_arrivals_from_time_zero_and_max_tasks() -> None:
     assert r.summary["throughput_per_s"] == pytest.approx(500.0, rel=0.01)  # measured over the arrival span, not duration_s
     # deterministic arrivals and a 1 ms mean service at 50% load: D/M/1 waits are short
     assert r.summary["latency_ms"]["mean"] < 2.0
+
+
+def test_explicit_recover_and_heal_actions() -> None:
+    faults = [
+        {"at_s": 5.0, "action": "crash", "agents": 3},
+        {"at_s": 12.0, "action": "recover", "agents": 2},
+        {"at_s": 5.0, "action": "partition", "agents": ["g0-0010", "g0-0011", "g0-0012"]},
+        {"at_s": 15.0, "action": "heal", "agents": 2},
+    ]
+    s = tiny(load("baseline", **{"faults": faults, "router.heartbeat_s": 1.0, "router.lease_s": 3.0, "duration_s": 25.0}), 1500)
+    r = run(s, "least_loaded")
+    tl = r.timelines
+    t, up, active = tl["sample_t_s"], tl["agents_up"], tl["agents_active"]
+    assert (up[(t > 5) & (t < 12)] == 47).all() and (up[t > 12] == 49).all()
+    assert (active[(t > 10) & (t < 12)] == 44).all()  # 3 crashed, 3 partitioned and expired
+    assert (active[(t > 16) & (t < 25)] == 48).all()  # 2 recovered, 2 healed: 1 still crashed, 1 still cut off
+    assert r.summary["lost"] == 0

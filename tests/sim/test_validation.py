@@ -22,7 +22,7 @@ from sim.theory import mm1_sojourn, mmc_sojourn
 REPLICATIONS = 5
 #: case -> (scenario file, servers, service rate per s, load, tasks per replication)
 CASES: dict[str, tuple[str, int, float, float, int]] = {
-    "mm1-rho0.5": ("mm1", 1, 1000.0, 0.5, 100_000),
+    "mm1-rho0.5": ("mm1", 1, 1000.0, 0.5, 60_000),
     "mm1-rho0.9": ("mm1", 1, 1000.0, 0.9, 400_000),
     "mm10-rho0.9": ("mmc", 10, 100.0, 0.9, 300_000),
 }
