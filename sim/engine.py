@@ -75,33 +75,58 @@ class RunResult:
 
 
 class _Stream:
-    """One workload stream: schedules its next arrival when the previous one fires."""
+    """One workload stream: each arrival schedules the next one (one event per task, no generator)."""
 
-    __slots__ = ("method", "rows", "sim", "timeout_s", "times")
+    __slots__ = ("env", "method", "sim", "timeout_s", "times")
 
-    def __init__(self, sim: Simulation, times: Iterator[Any], method: int, timeout_s: float | None, rows: bool) -> None:
-        self.sim, self.times, self.method, self.timeout_s, self.rows = sim, times, method, timeout_s, rows
+    def __init__(self, sim: Simulation, times: Iterator[Any], method: int, timeout_s: float | None) -> None:
+        self.sim, self.env, self.times, self.method, self.timeout_s = sim, sim.env, times, method, timeout_s
 
-    def next(self) -> None:
-        item = next(self.times, None)
+    def start(self) -> None:
+        self._schedule(next(self.times, None))
+
+    def _schedule(self, item: Any) -> None:
         if item is None or self.sim.stopped:
             self.sim.stream_done()
             return
-        t = item[0] if self.rows else item
-        now = self.sim.env.now
-        Timeout(self.sim.env, t - now if t > now else 0.0, item).callbacks.append(self.fire)  # type: ignore[union-attr]
+        now = self.env.now
+        Timeout(self.env, item - now if item > now else 0.0, item).callbacks.append(self.fire)  # type: ignore[union-attr]
 
     def fire(self, event: Timeout) -> None:
         sim = self.sim
         if sim.stopped:
             sim.stream_done()
             return
-        if self.rows:
-            _, method, service = event._value
-            sim.submit(self.method if method is None else sim.method_index(method), self.timeout_s, service)
-        else:
-            sim.submit(self.method, self.timeout_s, None)
-        self.next()
+        sim.submit(self.method, self.timeout_s, None)
+        item = next(self.times, None)
+        if item is None or sim.stopped:
+            sim.stream_done()
+            return
+        now = self.env.now
+        Timeout(self.env, item - now if item > now else 0.0, item).callbacks.append(self.fire)  # type: ignore[union-attr]
+
+
+class _TraceStream(_Stream):
+    """Rows ``(t, method or None, service_s or None)`` from a trace file."""
+
+    __slots__ = ()
+
+    def _schedule(self, item: Any) -> None:
+        if item is None or self.sim.stopped:
+            self.sim.stream_done()
+            return
+        now = self.env.now
+        t = item[0]
+        Timeout(self.env, t - now if t > now else 0.0, item).callbacks.append(self.fire)  # type: ignore[union-attr]
+
+    def fire(self, event: Timeout) -> None:
+        sim = self.sim
+        if sim.stopped:
+            sim.stream_done()
+            return
+        _, method, service = event._value
+        sim.submit(self.method if method is None else sim.method_index(method), self.timeout_s, service)
+        self._schedule(next(self.times, None))
 
 
 class Simulation:
@@ -194,11 +219,11 @@ class Simulation:
                 for _, method, _ in rows:
                     if method is not None:
                         self.method_index(method)
-                stream = _Stream(self, iter(rows), w_i, timeout_s, rows=True)
+                stream: _Stream = _TraceStream(self, iter(rows), w_i, timeout_s)
             else:
-                stream = _Stream(self, arrival_times(w.arrival, rng, s.duration_s), w_i, timeout_s, rows=False)
+                stream = _Stream(self, arrival_times(w.arrival, rng, s.duration_s), w_i, timeout_s)
             self._streams_left += 1
-            stream.next()
+            stream.start()
         self._clock = env.process(self._clock_loop())
         if s.heartbeats == "aggregate":
             env.process(self._heartbeats_aggregate())
@@ -263,8 +288,14 @@ class Simulation:
     # ------------------------------------------------------------------ router side
     def submit(self, method: int, timeout_s: float | None, service_s: float | None) -> None:
         now = self.env.now
-        i = self.records.add(now, method)
-        self.submitted += 1
+        rec = self.records
+        i = rec.n
+        if i == rec.capacity:
+            rec.grow()
+        rec.arrival[i] = now
+        if method:
+            rec.method[i] = method
+        rec.n = self.submitted = i + 1
         if service_s is not None:
             self.fixed_service[i] = service_s
         if self.controller is not None:
@@ -349,18 +380,21 @@ class Simulation:
                 rec.end[i] = now
                 rec.outcome[i] = COMPLETED
                 rec.attempts[i] = a.attempts
-                self._ended(i)
+                self.ended += 1
+                if self.stopped or self.fixed_service or self._task_sigs:
+                    self._ended(i)
             elif type(a) is Failed:
                 i = int(a.task_id)
                 rec.end[i] = now
                 rec.outcome[i] = OUTCOME_CODES.get(a.code, OTHER_FAILURE)
                 rec.attempts[i] = a.attempts
+                self.ended += 1
                 self._ended(i)
             elif type(a) is AgentDown:
                 self._agent_down(self.by_id[a.agent_id])
 
     def _ended(self, i: int) -> None:
-        self.ended += 1
+        """Clean-up after a task ended (``self.ended`` already counts it)."""
         if self.fixed_service:
             self.fixed_service.pop(i, None)
         if self._task_sigs:

@@ -56,14 +56,14 @@ class Records:
     def add(self, t: float, method: int) -> int:
         i = self.n
         if i == self.capacity:
-            self._grow()
+            self.grow()
         self.arrival[i] = t
         if method:
             self.method[i] = method
         self.n = i + 1
         return i
 
-    def _grow(self) -> None:
+    def grow(self) -> None:
         new = self.capacity * 2
         for name, (dtype, fill) in _FIELDS.items():
             col = np.full(new, fill, dtype=dtype)

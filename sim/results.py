@@ -13,6 +13,7 @@ Usage::
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,12 +58,27 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-def latest(out: str | Path, scenario: str) -> Path:
-    """The newest run folder of ``scenario`` under ``out`` (run ids sort by time)."""
-    runs = sorted(p for p in (Path(out) / scenario).iterdir() if (p / "summary.json").is_file())
+def latest(out: str | Path, scenario: str, kind: str | Sequence[str] | None = None) -> Path:
+    """The newest run folder of ``scenario`` under ``out`` (run ids sort by time).
+
+    ``kind`` keeps only runs of that command (``"sim"``, ``"compare"``, ``"sweep"``:
+    the label after the time stamp in the run id), since a sweep folder holds
+    ``point-<k>/`` sub-runs where a compare folder holds timelines.
+    """
+    kinds = None if kind is None else ({kind} if isinstance(kind, str) else set(kind))
+    base = Path(out) / scenario
+    found = base.iterdir() if base.is_dir() else iter(())
+    runs = sorted(p for p in found if (p / "summary.json").is_file() and (kinds is None or run_kind(p) in kinds))
     if not runs:
-        raise FileNotFoundError(f"no finished run of {scenario!r} under {out}")
+        what = f"{'/'.join(sorted(kinds))} run" if kinds else "run"
+        raise FileNotFoundError(f"no finished {what} of {scenario!r} under {out}")
     return runs[-1]
+
+
+def run_kind(folder: str | Path) -> str:
+    """The command that wrote a run folder: ``20261126T041333Z-compare-1`` -> ``compare``."""
+    parts = Path(folder).name.split("-")
+    return parts[1] if len(parts) > 1 else ""
 
 
 def summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
