@@ -764,3 +764,22 @@ def test_10_signature_text_with_non_zero_padding_bits_is_refused(w: World) -> No
     assert base64.b64decode(twin) == base64.b64decode(f.sig) and twin != f.sig
     w.expect_rejected(ep, envelope("x1", f.key, twin, bytes(f.body)), errors.INVALID_SIGNATURE)
     assert refusals(w.send(ep, good), ep.conn) == []  # the canonical spelling is fine
+
+
+def test_edge_policy_leaves_signatures_to_the_receiver() -> None:
+    """With ``verify="edge"`` the router forwards a badly signed task unverified (as
+    docs/SECURITY.md says); the agent refuses it, never runs it, and the task times out."""
+    w = World(verify="edge")
+    raw = w.task_body("c1", b'{"n":"forged"}', id_="edge-1")
+    forged = envelope("c1", ident(2).public_key_text, encode_signature(ident(66).sign(raw)), raw)
+    ran_before = len(w.agent.inbox)
+    assert refusals(w.send(w.ctl, forged), w.ctl.conn) == []  # not checked at the router
+    assert [e.code for e in w.agent.rejected] == [errors.INVALID_SIGNATURE]
+    assert len(w.agent.inbox) == ran_before
+    w.hub.advance(RouterConfig().attempt_timeout_s * RouterConfig().max_attempts + 1.0)
+    outcome = w.ctl.outcomes["edge-1"]
+    assert isinstance(outcome, Error) and outcome.code == errors.TIMEOUT
+    assert {e.code for e in w.agent.rejected} == {errors.INVALID_SIGNATURE}  # each retry refused too
+    w.agent.rejected.clear()
+    w.agent.heartbeat()
+    w.assert_serving()
