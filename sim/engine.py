@@ -202,7 +202,6 @@ class Simulation:
         }
         self._seed = seed
         self.wall_s = 0.0
-        self.events = 0
 
     # ------------------------------------------------------------------ setup and run
     def run(self) -> RunResult:
