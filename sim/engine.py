@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import time
 from array import array
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +27,11 @@ from aicp.router import Action, AgentDown, Completed, Dispatch, Failed, Router, 
 from sim import faults as fault_mod
 from sim.agents import SimAgent
 from sim.distributions import Blocks, seconds
+from sim.lifecycle import Lifecycle
 from sim.metrics import COMPLETED, OTHER_FAILURE, OUTCOME_CODES, Records, summarize, timelines
 from sim.network import Link
 from sim.scenario import ConstantDist, ExponentialDist, LognormalDist, Scenario, TraceArrival
+from sim.streams import Stream, TraceStream
 from sim.workload import arrival_times, expected_count, read_trace
 
 # child streams of a replication's SeedSequence
@@ -72,61 +74,6 @@ class RunResult:
     agents: dict[str, np.ndarray]
     trace: np.ndarray | None = None  # (task, agent, attempt) per dispatch, when asked for
     methods: list[str] = field(default_factory=list)
-
-
-class _Stream:
-    """One workload stream: each arrival schedules the next one (one event per task, no generator)."""
-
-    __slots__ = ("env", "method", "sim", "timeout_s", "times")
-
-    def __init__(self, sim: Simulation, times: Iterator[Any], method: int, timeout_s: float | None) -> None:
-        self.sim, self.env, self.times, self.method, self.timeout_s = sim, sim.env, times, method, timeout_s
-
-    def start(self) -> None:
-        self._schedule(next(self.times, None))
-
-    def _schedule(self, item: Any) -> None:
-        if item is None or self.sim.stopped:
-            self.sim.stream_done()
-            return
-        now = self.env.now
-        Timeout(self.env, item - now if item > now else 0.0, item).callbacks.append(self.fire)  # type: ignore[union-attr]
-
-    def fire(self, event: Timeout) -> None:
-        sim = self.sim
-        if sim.stopped:
-            sim.stream_done()
-            return
-        sim.submit(self.method, self.timeout_s, None)
-        item = next(self.times, None)
-        if item is None or sim.stopped:
-            sim.stream_done()
-            return
-        now = self.env.now
-        Timeout(self.env, item - now if item > now else 0.0, item).callbacks.append(self.fire)  # type: ignore[union-attr]
-
-
-class _TraceStream(_Stream):
-    """Rows ``(t, method or None, service_s or None)`` from a trace file."""
-
-    __slots__ = ()
-
-    def _schedule(self, item: Any) -> None:
-        if item is None or self.sim.stopped:
-            self.sim.stream_done()
-            return
-        now = self.env.now
-        t = item[0]
-        Timeout(self.env, t - now if t > now else 0.0, item).callbacks.append(self.fire)  # type: ignore[union-attr]
-
-    def fire(self, event: Timeout) -> None:
-        sim = self.sim
-        if sim.stopped:
-            sim.stream_done()
-            return
-        _, method, service = event._value
-        sim.submit(self.method if method is None else sim.method_index(method), self.timeout_s, service)
-        self._schedule(next(self.times, None))
 
 
 class Simulation:
@@ -173,8 +120,7 @@ class Simulation:
         self.by_id = {a.agent_id: a for a in self.agents}
         self.controller = signing.Identity(key_rng.bytes(32)) if self.real_signing else None
         self._task_sigs: dict[int, tuple[bytes, bytes]] = {}
-        self.crashed: list[SimAgent] = []
-        self.partitioned_order: list[SimAgent] = []
+        self.life = Lifecycle(self)
         self.fixed_service: dict[int, float] = {}
         expected = sum(expected_count(w.arrival, s.duration_s) for w in s.workload)
         if s.max_tasks is not None:
@@ -218,18 +164,14 @@ class Simulation:
                 for _, method, _ in rows:
                     if method is not None:
                         self.method_index(method)
-                stream: _Stream = _TraceStream(self, iter(rows), w_i, timeout_s)
+                stream: Stream = TraceStream(self, iter(rows), w_i, timeout_s)
             else:
-                stream = _Stream(self, arrival_times(w.arrival, rng, s.duration_s), w_i, timeout_s)
+                stream = Stream(self, arrival_times(w.arrival, rng, s.duration_s), w_i, timeout_s)
             self._streams_left += 1
             stream.start()
         self._clock = env.process(self._clock_loop())
-        if s.heartbeats == "aggregate":
-            env.process(self._heartbeats_aggregate())
-        else:
-            hb_rng = np.random.default_rng(child_seed(self._seed, _S_FAULTS, 1))
-            for a in self.agents:
-                env.process(self._heartbeats_full(a, float(hb_rng.random()) * router.config.heartbeat_s))
+        phases = np.random.default_rng(child_seed(self._seed, _S_FAULTS, 1)).random(len(self.agents)) * router.config.heartbeat_s
+        self.life.start_heartbeats(s.heartbeats, phases.tolist())
         env.process(self._sampler())
         fault_mod.start(self, list(s.faults), np.random.default_rng(child_seed(self._seed, _S_FAULTS)))
         cfg = router.config
@@ -301,11 +243,11 @@ class Simulation:
             body = b"task:%d" % i
             self._task_sigs[i] = (body, self.controller.sign(body))
         actions = self.router.submit(str(i), self.methods[method], now, timeout_s)
-        self._apply(actions)
+        self.apply(actions)
         if self.submitted >= self._max_tasks and not self.stopped:
             self.stopped = True
             self.arrivals_end_s = now
-        self._rearm()
+        self.rearm()
 
     def stream_done(self) -> None:
         self._streams_left -= 1
@@ -342,11 +284,11 @@ class Simulation:
             if ok:
                 # A verified success only removes state from the router: no deadline can come forward.
                 if actions:
-                    self._apply(actions)
+                    self.apply(actions)
                 return
         if actions:
-            self._apply(actions)
-        self._rearm()
+            self.apply(actions)
+        self.rearm()
 
     def _deliver_signed(self, message: tuple[SimAgent, int, float | None]) -> None:
         agent, task, fixed = message
@@ -355,7 +297,7 @@ class Simulation:
         signing.verify(self.controller.public_key, body, sig)  # an honest controller: must pass
         agent.receive((task, fixed))
 
-    def _apply(self, actions: list[Action]) -> None:
+    def apply(self, actions: list[Action]) -> None:
         rec = self.records
         now = self.env.now
         for a in actions:
@@ -390,7 +332,7 @@ class Simulation:
                 self.ended += 1
                 self._ended(i)
             elif type(a) is AgentDown:
-                self._agent_down(self.by_id[a.agent_id])
+                self.life.agent_down(self.by_id[a.agent_id])
 
     def _ended(self, i: int) -> None:
         """Clean-up after a task ended (``self.ended`` already counts it)."""
@@ -406,7 +348,7 @@ class Simulation:
             self._drained.succeed()
 
     # ------------------------------------------------------------------ the one clock
-    def _rearm(self) -> None:
+    def rearm(self) -> None:
         if self._in_clock or self._rearm_pending:
             return
         d = self.router.next_deadline()
@@ -432,34 +374,11 @@ class Simulation:
                 assert d is not None
                 actions = router.on_timer(d if d > env.now else env.now)
                 if actions:
-                    self._apply(actions)
+                    self.apply(actions)
             finally:
                 self._in_clock = False
 
-    # ------------------------------------------------------------------ agents' life cycle
-    def _heartbeats_aggregate(self) -> Generator[simpy.Event, None, None]:
-        """One event per interval renews every reachable agent's lease (no per-agent process, no loss)."""
-        env, router, part = self.env, self.router, self.link.partitioned
-        period = router.config.heartbeat_s
-        while True:
-            yield env.timeout(period)
-            now = env.now
-            for a in self.agents:
-                if a.up and a.connected and not a.hb_lost and a.index not in part:
-                    router.heartbeat(a.agent_id, now, a.busy)
-
-    def _heartbeats_full(self, agent: SimAgent, phase: float) -> Generator[simpy.Event, None, None]:
-        env = self.env
-        period = self.router.config.heartbeat_s
-        yield env.timeout(phase)
-        while True:
-            if agent.up and agent.connected and not agent.hb_lost:
-                self.link.send(agent.index, self._on_heartbeat, agent)
-            yield env.timeout(period)
-
-    def _on_heartbeat(self, agent: SimAgent) -> None:
-        self.router.heartbeat(agent.agent_id, self.env.now, agent.busy)
-
+    # ------------------------------------------------------------------ timelines
     def _sampler(self) -> Generator[simpy.Event, None, None]:
         env, router, smp = self.env, self.router, self._samples
         while True:
@@ -469,61 +388,3 @@ class Simulation:
             smp["agents_active"].append(router.registry.count_by_status()["active"])
             smp["in_flight"].append(router.tasks_in_flight)
             smp["retries"].append(router.stats.retries)
-
-    def crash(self, agent: SimAgent) -> None:
-        if not agent.up:
-            return
-        agent.up = False
-        agent.reset()
-        self.crashed.append(agent)
-        if agent.connected:
-            agent.connected = False
-            self.link.control(agent.index, self._closed, (agent, agent.epoch))
-
-    def recover(self, agent: SimAgent) -> None:
-        if agent.up:
-            return
-        agent.up = True
-        agent.reset()
-        if agent in self.crashed:
-            self.crashed.remove(agent)
-        self.link.control(agent.index, self._register, agent)
-
-    def partition(self, agent: SimAgent) -> None:
-        self.link.partitioned.add(agent.index)
-        self.partitioned_order.append(agent)
-
-    def heal(self, agent: SimAgent) -> None:
-        self.link.partitioned.discard(agent.index)
-        if agent in self.partitioned_order:
-            self.partitioned_order.remove(agent)
-        if agent.up and not agent.connected:
-            self.link.control(agent.index, self._register, agent)
-
-    def _closed(self, message: tuple[SimAgent, int]) -> None:
-        agent, epoch = message
-        if agent.epoch != epoch:
-            return  # it came back before the router saw it go
-        self._apply(self.router.agent_lost(agent.agent_id, self.env.now, "connection closed"))
-        self._rearm()
-
-    def _register(self, agent: SimAgent) -> None:
-        if not agent.up or agent.index in self.link.partitioned:
-            return
-        agent.connected = True
-        self.router.register_agent(
-            agent.agent_id, agent.capabilities, self.env.now, concurrency=agent.concurrency, trust=agent.trust
-        )
-        self._rearm()
-
-    def _agent_down(self, agent: SimAgent) -> None:
-        """The router closed the agent's connection (lease expired): it drops its work and reconnects."""
-        agent.connected = False
-        agent.reset()
-        if agent.up and agent.index not in self.link.partitioned:
-            Timeout(self.env, self.scenario.network.reconnect_s, agent).callbacks.append(self._reconnect)  # type: ignore[union-attr]
-
-    def _reconnect(self, event: Timeout) -> None:
-        agent: SimAgent = event._value
-        if agent.up and not agent.connected:
-            self.link.control(agent.index, self._register, agent)

@@ -58,41 +58,41 @@ def _run(sim: Simulation, fault: Fault, rng: np.random.Generator) -> Generator[s
         chosen = _pick(sim, fault, [a for a in sim.agents if a.up], rng)
         if isinstance(fault, CrashFault):
             for a in chosen:
-                sim.crash(a)
+                sim.life.crash(a)
             if until is not None:
                 yield env.timeout(until - fault.at_s)
                 for a in chosen:
-                    sim.recover(a)
+                    sim.life.recover(a)
             return
         half = fault.period_s / 2.0
         end = until if until is not None else float("inf")
         while env.now < end:
             for a in chosen:
-                sim.crash(a)
+                sim.life.crash(a)
             yield env.timeout(min(half, end - env.now))
             for a in chosen:
-                sim.recover(a)
+                sim.life.recover(a)
             if env.now >= end:
                 return
             yield env.timeout(min(half, end - env.now))
         return
     if isinstance(fault, RecoverFault):
-        for a in _pick(sim, fault, [a for a in sim.crashed if not a.up], rng, oldest_first=True):
-            sim.recover(a)
+        for a in _pick(sim, fault, [a for a in sim.life.crashed if not a.up], rng, oldest_first=True):
+            sim.life.recover(a)
         return
     if isinstance(fault, PartitionFault):
         chosen = _pick(sim, fault, [a for a in sim.agents if a.index not in sim.link.partitioned], rng)
         for a in chosen:
-            sim.partition(a)
+            sim.life.partition(a)
         if until is not None:
             yield env.timeout(until - fault.at_s)
             for a in chosen:
-                sim.heal(a)
+                sim.life.heal(a)
         return
     if isinstance(fault, HealFault):
-        pool = [a for a in sim.partitioned_order if a.index in sim.link.partitioned]
+        pool = [a for a in sim.life.partitioned_order if a.index in sim.link.partitioned]
         for a in _pick(sim, fault, pool, rng, oldest_first=True):
-            sim.heal(a)
+            sim.life.heal(a)
         return
     chosen = _pick(sim, fault, list(sim.agents), rng)
     if isinstance(fault, SlowFault):
