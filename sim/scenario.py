@@ -191,7 +191,7 @@ class Scenario(_Strict):
     seed: Annotated[int, Meta(ge=0)] = 0
     warmup_s: NonNeg = 0.0
     replications: Count = 5
-    strategies: list[str] = msgspec.field(default_factory=lambda: list(strategies.names()))
+    strategies: Annotated[list[str], Meta(min_length=1)] = msgspec.field(default_factory=lambda: list(strategies.names()))
     max_tasks: Count | None = None  # stop arrivals after this many tasks (whatever duration_s says)
     heartbeats: Literal["full", "aggregate"] = "aggregate"
     signing: Literal["modeled", "real"] = "modeled"
