@@ -136,3 +136,54 @@ def test_parse_value() -> None:
 
 def test_scenario_dir_constant_points_at_files() -> None:
     assert (SCENARIOS / "baseline.toml").is_file()
+
+
+ISSUE_EXAMPLE = """
+name = "baseline"
+seed = 7
+duration_s = 600.0        # simulated seconds of arrivals
+warmup_s = 60.0           # tasks arriving before this are left out of the statistics
+replications = 5          # independent runs with derived seeds
+strategies = ["round_robin", "random", "least_loaded", "power_of_two", "trust_weighted", "latency_ewma"]
+
+[network]
+latency = { dist = "lognormal", mean_ms = 1.0, sigma = 0.5 }   # one way, per hop
+
+[[agents]]                # one or more groups
+count = 100
+capabilities = ["image.label"]
+concurrency = 1
+service_time = { dist = "exponential", mean_ms = 40.0 }
+trust = 0.95
+
+[[workload]]              # one or more streams
+method = "image.label"
+arrival = { process = "poisson", rate_per_s = 2000.0 }
+
+[router]
+timeout_ms = 5000.0
+max_attempts = 3
+
+[[faults]]
+at_s = 200.0
+action = "crash"          # crash | recover | slow | flap | partition | heal | heartbeat_loss | misbehave
+agents = 10               # how many (or a list of agent ids)
+"""
+
+
+def test_the_issue_example_parses_as_written(tmp_path: Path) -> None:
+    s = scenario_mod.load(write(tmp_path, ISSUE_EXAMPLE))
+    assert s.replications == 5 and len(s.strategies) == 6 and s.agents[0].count == 100
+    assert isinstance(s.faults[0], CrashFault) and s.faults[0].at_s == 200.0 and s.faults[0].agents == 10
+    for action in ("recover", "slow", "flap", "partition", "heal", "heartbeat_loss", "misbehave"):
+        scenario_mod.load(write(tmp_path, ISSUE_EXAMPLE.replace('action = "crash"', f'action = "{action}"'), f"{action}.toml"))
+
+
+def test_replication_seeds_are_seedsequence_spawns() -> None:
+    import numpy as np
+
+    from sim.runner import replication_seed
+
+    spawned = np.random.SeedSequence(7).spawn(3)
+    for k in range(3):
+        assert (replication_seed(7, k).generate_state(4) == spawned[k].generate_state(4)).all()
