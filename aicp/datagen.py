@@ -55,8 +55,15 @@ def compare_argv(scenario: str, out: Path, fast: bool) -> list[str]:
 def sweep_argv(out: Path, fast: bool) -> list[str]:
     """``aicp sweep`` of the offered load on ``baseline`` (50 agents of 25 tasks/s: capacity 1250 tasks/s)."""
     rates = "700,1150" if fast else "600,900,1100,1200"
-    argv = ["sweep", str(results.scenarios_dir() / f"{SWEEP_SCENARIO}.toml"), "--out", str(out), "--quiet",
-            "--set", f"{SWEEP_AXIS}={rates}"]
+    argv = [
+        "sweep",
+        str(results.scenarios_dir() / f"{SWEEP_SCENARIO}.toml"),
+        "--out",
+        str(out),
+        "--quiet",
+        "--set",
+        f"{SWEEP_AXIS}={rates}",
+    ]
     if fast:
         return [*argv, "--set", "duration_s=5", "--set", "warmup_s=1", "--replications", "1", *_strategies(fast)]
     return [*argv, "--set", "duration_s=8", "--set", "warmup_s=2", "--replications", "3"]
@@ -73,7 +80,7 @@ def bench_argv(out: Path, fast: bool) -> list[str]:
 def command_line(argv: Sequence[str]) -> str:
     """The shell command a user types to reproduce ``argv`` (paths shown relative to the checkout)."""
     root = str(results.REPO_ROOT) + os.sep
-    return "aicp " + " ".join(shlex.quote(a[len(root):] if a.startswith(root) else a) for a in argv)
+    return "aicp " + " ".join(shlex.quote(a[len(root) :] if a.startswith(root) else a) for a in argv)
 
 
 def _run(argv: list[str], say: Callable[[str], None], generate: bool) -> None:
@@ -87,8 +94,13 @@ def _run(argv: list[str], say: Callable[[str], None], generate: bool) -> None:
         raise RuntimeError(f"{command_line(argv)} exited with {rc}")
 
 
-def ensure_compare(scenario: str, out: str | Path | None = None, fast: bool | None = None,
-                   say: Callable[[str], None] = print, generate: bool = True) -> Path:
+def ensure_compare(
+    scenario: str,
+    out: str | Path | None = None,
+    fast: bool | None = None,
+    say: Callable[[str], None] = print,
+    generate: bool = True,
+) -> Path:
     """The newest ``aicp compare``/``aicp sim`` run of ``scenario``; runs a small one when there is none."""
     base = Path(out) if out is not None else results.results_dir()
     try:
@@ -98,7 +110,9 @@ def ensure_compare(scenario: str, out: str | Path | None = None, fast: bool | No
         return sim_results.latest(base, scenario, kind=("compare", "sim"))
 
 
-def ensure_sweep(out: str | Path | None = None, fast: bool | None = None, say: Callable[[str], None] = print, generate: bool = True) -> Path:
+def ensure_sweep(
+    out: str | Path | None = None, fast: bool | None = None, say: Callable[[str], None] = print, generate: bool = True
+) -> Path:
     """The newest ``aicp sweep`` of ``baseline`` over the offered load; runs a small one when there is none."""
     base = Path(out) if out is not None else results.results_dir()
     try:
@@ -118,7 +132,9 @@ def _latest_load_sweep(base: Path) -> Path:
     raise FileNotFoundError(f"no sweep of {SWEEP_SCENARIO} over {SWEEP_AXIS} under {base}")
 
 
-def ensure_bench(out: str | Path | None = None, fast: bool | None = None, say: Callable[[str], None] = print, generate: bool = True) -> Path:
+def ensure_bench(
+    out: str | Path | None = None, fast: bool | None = None, say: Callable[[str], None] = print, generate: bool = True
+) -> Path:
     """The newest ``aicp bench`` run with a sweep; runs a short one when there is none."""
     base = Path(out) if out is not None else results.results_dir()
     try:

@@ -89,8 +89,14 @@ def latency_figure(run: sim_results.Run) -> Figure:
         ax_ccdf.set_yscale("log")
         ax_ccdf.legend(fontsize=8, title="strategy", title_fontsize=8)
     else:
-        ax_ccdf.text(0.5, 0.5, "no per-task records in this run\n(run without --no-records)", ha="center", va="center",
-                     transform=ax_ccdf.transAxes)
+        ax_ccdf.text(
+            0.5,
+            0.5,
+            "no per-task records in this run\n(run without --no-records)",
+            ha="center",
+            va="center",
+            transform=ax_ccdf.transAxes,
+        )
     ax_ccdf.set_xlabel("latency, arrival to result (ms, log)")
     ax_ccdf.set_ylabel("P(latency > x)  (log)")
     ax_ccdf.set_title("latency distribution (CCDF), replications pooled")
@@ -154,8 +160,14 @@ def timeline_figure(run: sim_results.Run, replication: int = 0) -> Figure:
         ax_thr.plot(tl["t_s"], tl["throughput"], color=color, label=name, linewidth=1.2)
         ax_p99.plot(tl["t_s"], tl["p99_ms"], color=color, label=name, linewidth=1.2)
         if "agents_up" in tl:
-            ax_up.step(tl.get("sample_t_s", np.arange(tl["agents_up"].size)), tl["agents_up"], where="post", color=color,
-                       label=name, linewidth=1.2)
+            ax_up.step(
+                tl.get("sample_t_s", np.arange(tl["agents_up"].size)),
+                tl["agents_up"],
+                where="post",
+                color=color,
+                label=name,
+                linewidth=1.2,
+            )
     ax_thr.set_ylabel("throughput (tasks/s)")
     ax_p99.set_ylabel(f"p99 latency (ms, log;\n{window} s sliding window)")
     ax_p99.set_yscale("log")
@@ -191,9 +203,18 @@ def mark_faults(axes: Sequence[Axes], scenario: dict[str, Any]) -> list[results.
         for i, ev in enumerate(events):
             down = ev.kind == "down"
             first = next(e for e in events if e.kind == ev.kind) is ev
-            label = (f"fault: {ev.action} {ev.agents}" if down else "fault ends: agents back") if first and ax is axes[-1] else None
-            ax.axvline(ev.t_s, color="tab:red" if down else "tab:green", linestyle="--" if down else ":", linewidth=1.0,
-                       alpha=0.8, label=label, gid=f"fault-{i}")
+            label = (
+                (f"fault: {ev.action} {ev.agents}" if down else "fault ends: agents back") if first and ax is axes[-1] else None
+            )
+            ax.axvline(
+                ev.t_s,
+                color="tab:red" if down else "tab:green",
+                linestyle="--" if down else ":",
+                linewidth=1.0,
+                alpha=0.8,
+                label=label,
+                gid=f"fault-{i}",
+            )
     return events
 
 
@@ -212,8 +233,15 @@ def bench_figure(summary: dict[str, Any]) -> Figure:
         if curve["throughput_per_s"].size == 0:
             continue
         ax.plot(curve["throughput_per_s"], curve["p99_ms"], marker=marker, color=color, label=f"{who} p99 (open loop sweep)")
-        ax.plot(curve["throughput_per_s"], curve["p50_ms"], marker=marker, color=color, linestyle="--", markerfacecolor="none",
-                label=f"{who} p50")
+        ax.plot(
+            curve["throughput_per_s"],
+            curve["p50_ms"],
+            marker=marker,
+            color=color,
+            linestyle="--",
+            markerfacecolor="none",
+            label=f"{who} p50",
+        )
         xs += curve["throughput_per_s"].tolist()
         ys += curve["p99_ms"].tolist() + curve["p50_ms"].tolist()
         if who == "router":
@@ -223,8 +251,15 @@ def bench_figure(summary: dict[str, Any]) -> Figure:
         trial = summary.get(key)
         if isinstance(trial, dict) and trial.get("mode") == "closed":
             thr, p99 = _num(trial.get("throughput_per_s")), _num((trial.get("latency_ms") or {}).get("p99"))
-            ax.plot([thr], [p99], marker=marker, markersize=13, linestyle="none", color=color,
-                    label=f"{who} closed loop, {trial.get('concurrency')} in flight: {thr:.0f} tasks/s")
+            ax.plot(
+                [thr],
+                [p99],
+                marker=marker,
+                markersize=13,
+                linestyle="none",
+                color=color,
+                label=f"{who} closed loop, {trial.get('concurrency')} in flight: {thr:.0f} tasks/s",
+            )
             xs.append(thr)
             ys.append(p99)
     ax.set_yscale("log")
@@ -232,10 +267,21 @@ def bench_figure(summary: dict[str, Any]) -> Figure:
     finite_x = [x for x in xs if np.isfinite(x)]
     y_lo, y_hi = min(finite_y) / 2.0, max(finite_y) * 2.0
     x_hi = max(finite_x) * 1.1
-    ax.add_patch(Rectangle((TARGET_THROUGHPUT, y_lo), x_hi - TARGET_THROUGHPUT, TARGET_P99_MS - y_lo, color="tab:green", alpha=0.08,
-                           linewidth=0, label="meets both design targets"))
+    ax.add_patch(
+        Rectangle(
+            (TARGET_THROUGHPUT, y_lo),
+            x_hi - TARGET_THROUGHPUT,
+            TARGET_P99_MS - y_lo,
+            color="tab:green",
+            alpha=0.08,
+            linewidth=0,
+            label="meets both design targets",
+        )
+    )
     ax.axhline(TARGET_P99_MS, color="tab:red", linestyle="--", linewidth=1, label=f"design target: p99 < {TARGET_P99_MS:.0f} ms")
-    ax.axvline(TARGET_THROUGHPUT, color="tab:red", linestyle=":", linewidth=1, label=f"design target: ≥ {TARGET_THROUGHPUT:.0f} tasks/s")
+    ax.axvline(
+        TARGET_THROUGHPUT, color="tab:red", linestyle=":", linewidth=1, label=f"design target: ≥ {TARGET_THROUGHPUT:.0f} tasks/s"
+    )
     ax.set_xlim(0, x_hi)
     ax.set_ylim(y_lo, y_hi)
     ax.set_xlabel("achieved throughput (tasks/s)")
@@ -245,8 +291,11 @@ def bench_figure(summary: dict[str, Any]) -> Figure:
     cfg = summary.get("config") or {}
     ratio = summary.get("relay_ratio")
     ratio_text = f", router/relay throughput {ratio:.0%}" if isinstance(ratio, int | float) else ""
-    ax.set_title(f"live benchmark {summary.get('run_id', '?')}: {cfg.get('agents', '?')} agents, service {cfg.get('service_time', '?')}, "
-                 f"verify {cfg.get('verify', '?')}{ratio_text}", fontsize=10)
+    ax.set_title(
+        f"live benchmark {summary.get('run_id', '?')}: {cfg.get('agents', '?')} agents, service {cfg.get('service_time', '?')}, "
+        f"verify {cfg.get('verify', '?')}{ratio_text}",
+        fontsize=10,
+    )
     return fig
 
 
@@ -279,9 +328,14 @@ def save(fig: Figure, path: str | Path) -> Path:
     return p
 
 
-def write_all(results_root: str | Path | None = None, out: str | Path | None = None, generate: bool = True,
-              fast: bool | None = None, only: Sequence[str] | None = None,
-              say: Callable[[str], None] = print) -> tuple[list[Path], list[str]]:
+def write_all(
+    results_root: str | Path | None = None,
+    out: str | Path | None = None,
+    generate: bool = True,
+    fast: bool | None = None,
+    only: Sequence[str] | None = None,
+    say: Callable[[str], None] = print,
+) -> tuple[list[Path], list[str]]:
     """Every figure from the newest results (made when missing and ``generate``); returns (PNG paths, problems)."""
     root = Path(results_root) if results_root is not None else results.results_dir()
     groups = list(only or GROUPS)
@@ -339,8 +393,9 @@ def run(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    written, problems = write_all(args.results, args.out, generate=not args.no_generate, fast=True if args.fast else None,
-                                  only=args.only)
+    written, problems = write_all(
+        args.results, args.out, generate=not args.no_generate, fast=True if args.fast else None, only=args.only
+    )
     print(f"{len(written)} plot(s) in {results.plots_dir(args.results) if args.out is None else args.out}")
     for p in problems:
         print(f"error: {p}", file=sys.stderr)
