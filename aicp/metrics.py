@@ -7,7 +7,7 @@ source of truth. Latency is a histogram fed by ``RouterProtocol.outcome_observer
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -22,9 +22,10 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 
 class _CoreCollector(Collector):
-    def __init__(self, proto: RouterProtocol, open_connections: Callable[[], int]) -> None:
+    def __init__(self, proto: RouterProtocol, open_connections: Callable[[], int], transport_closes: Callable[[], Mapping[str, int]] | None) -> None:
         self.proto = proto
         self.open_connections = open_connections
+        self.transport_closes = transport_closes
 
     def collect(self) -> Iterator[Metric]:
         proto = self.proto
@@ -43,6 +44,11 @@ class _CoreCollector(Collector):
         for code, n in sorted(proto.rejections.items()):
             rejections.add_metric([code], n)
         yield rejections
+        if self.transport_closes is not None:
+            closes = CounterMetricFamily("aicp_transport_closes", "Connections closed or refused by a transport limit, by reason", labels=["reason"])
+            for reason, n in sorted(self.transport_closes().items()):
+                closes.add_metric([reason], n)
+            yield closes
         agents = GaugeMetricFamily("aicp_agents", "Known agents by status", labels=["status"])
         for status, n in proto.router.registry.count_by_status().items():
             agents.add_metric([status], n)
@@ -56,9 +62,9 @@ class _CoreCollector(Collector):
 class RouterMetrics:
     """One server's metrics. ``render()`` is the body of ``GET /metrics``."""
 
-    def __init__(self, proto: RouterProtocol, open_connections: Callable[[], int]) -> None:
+    def __init__(self, proto: RouterProtocol, open_connections: Callable[[], int], transport_closes: Callable[[], Mapping[str, int]] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_CoreCollector(proto, open_connections))
+        self.registry.register(_CoreCollector(proto, open_connections, transport_closes))
         self.latency = Histogram(
             "aicp_task_latency_seconds",
             "Time from a task's arrival at the router to its outcome",

@@ -10,7 +10,14 @@ the sans-I/O core. This module only moves bytes and time:
 * one timer, re-armed with ``loop.call_at`` after every event, calls ``on_timer``
   at ``next_deadline()``. The core's ``now`` is wall-clock ``time.time()`` because
   it compares peers' timestamps; it is converted to loop time for ``call_at``;
-* plain HTTP on the same port serves ``/healthz``, ``/metrics`` and ``/agents``.
+* plain HTTP on the same port serves ``/healthz``, ``/metrics`` and ``/agents``;
+* transport limits are enforced here, before the core sees a frame, and each
+  refusal is counted by reason in ``transport_closes`` (``/metrics``:
+  ``aicp_transport_closes_total{reason=...}``): ``too-large`` (close 1009, also for a
+  compressed frame that would inflate past the limit), ``invalid-utf8`` (close 1007),
+  ``open-timeout`` (the opening handshake did not finish in ``open_timeout_s``: a
+  slowloris), ``slow-consumer`` (close 1013: the peer's send queue is full) and
+  ``connection-limit`` (HTTP 503: ``max_connections`` are open).
 
 Run it with ``python -m aicp.server`` or ``aicp serve``.
 """
@@ -50,7 +57,12 @@ from aicp.signing import Identity
 
 log = logging.getLogger("aicp.server")
 
+CLOSE_INVALID_DATA = 1007
+CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
+
+#: ``transport_closes`` reasons, by the close code the server sent.
+_CLOSE_REASONS = {CLOSE_INVALID_DATA: "invalid-utf8", CLOSE_TOO_BIG: "too-large"}
 
 
 class ServerLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -70,11 +82,20 @@ class ServerLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class _WsLink:
-    """Writes one connection's outgoing frames in order, from a bounded queue."""
+    """Writes one connection's outgoing frames in order, from a bounded queue.
 
-    def __init__(self, ws: ServerConnection, max_queue: int) -> None:
+    A peer that stops reading first fills the kernel buffers and the transport's
+    ``write_limit``; then the writer waits and frames pile up here. At ``max_queue``
+    the peer is a slow consumer: the writer is cancelled (it may be stuck waiting for
+    the peer to read), a close 1013 is written, and the transport is aborted if the
+    close does not finish within ``close_timeout_s``.
+    """
+
+    def __init__(self, ws: ServerConnection, max_queue: int, close_timeout_s: float, on_slow: Callable[[], None]) -> None:
         self.ws = ws
         self.max_queue = max_queue
+        self.close_timeout_s = close_timeout_s
+        self.on_slow = on_slow
         self.queue: deque[bytes | tuple[int, str]] = deque()
         self.wake = asyncio.Event()
         self.closing = False
@@ -86,7 +107,10 @@ class _WsLink:
         if len(self.queue) >= self.max_queue:
             log.warning("closing %s: it reads too slowly (%d frames queued)", self.ws.remote_address, len(self.queue))
             self.queue.clear()
-            self.close(CLOSE_TRY_AGAIN_LATER, "send queue full")
+            self.closing = True
+            self.on_slow()
+            self.writer.cancel()
+            self.writer = asyncio.get_running_loop().create_task(self._close_slow())
             return
         self.queue.append(data)
         self.wake.set()
@@ -96,6 +120,13 @@ class _WsLink:
             self.closing = True
             self.queue.append((code, reason))
             self.wake.set()
+
+    async def _close_slow(self) -> None:
+        try:
+            async with asyncio.timeout(self.close_timeout_s):
+                await self.ws.close(CLOSE_TRY_AGAIN_LATER, "send queue full")
+        except TimeoutError:
+            self.ws.transport.abort()
 
     async def _write(self) -> None:
         queue, ws = self.queue, self.ws
@@ -159,7 +190,9 @@ class AICPWebSocketServer:
             pcfg = msgspec.structs.replace(pcfg, max_frame_bytes=self.limits.max_frame_bytes)
         self.router = Router(router_config, strategy, rng=random.Random(seed))
         self.proto = RouterProtocol(identity or Identity.generate(), self.router, pcfg)
-        self.metrics = RouterMetrics(self.proto, lambda: self.open_connections)
+        #: connections closed or refused by a transport limit, by reason (see the module docstring)
+        self.transport_closes: dict[str, int] = {}
+        self.metrics = RouterMetrics(self.proto, lambda: self.open_connections, lambda: self.transport_closes)
         self.proto.outcome_observer = self.metrics.observe_outcome
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self._links: dict[int, _WsLink | _LocalLink] = {}
@@ -238,6 +271,19 @@ class AICPWebSocketServer:
         self.loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
         lim = self.limits
+        server = self
+
+        class _CountedConnection(ServerConnection):
+            """Counts opening handshakes cut off by ``open_timeout`` (websockets cancels them)."""
+
+            async def handshake(self, *args: Any, **kwargs: Any) -> None:
+                try:
+                    await super().handshake(*args, **kwargs)
+                except asyncio.CancelledError:
+                    if not server._stopping:
+                        server.count_transport_close("open-timeout")
+                    raise
+
         extensions = None
         if lim.compression:
             extensions = [ServerPerMessageDeflateFactory(server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5})]
@@ -257,6 +303,7 @@ class AICPWebSocketServer:
             ping_interval=lim.ping_interval_s,
             ping_timeout=lim.ping_timeout_s,
             server_header=None,
+            create_connection=_CountedConnection,
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
@@ -306,6 +353,9 @@ class AICPWebSocketServer:
             self._stop_requested.set()
 
     # ------------------------------------------------------------------ the driver
+    def count_transport_close(self, reason: str) -> None:
+        self.transport_closes[reason] = self.transport_closes.get(reason, 0) + 1
+
     def _new_conn(self) -> int:
         self._next_conn += 1
         return self._next_conn
@@ -328,17 +378,20 @@ class AICPWebSocketServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         conn = self._new_conn()
-        link = _WsLink(ws, self.limits.send_queue)
+        link = _WsLink(ws, self.limits.send_queue, self.limits.close_timeout_s, lambda: self.count_transport_close("slow-consumer"))
         self._links[conn] = link
         self._ws_open += 1
         proto = self.proto
         try:
             self._apply(proto.connection_made(conn, time.time()))
             while True:
-                data = await ws.recv(decode=False)
+                # Text frames arrive as str: websockets checks their UTF-8 and closes with 1007 if it fails.
+                data = await ws.recv()
                 self._apply(proto.frame_received(conn, data, time.time()))
-        except ConnectionClosed:
-            pass
+        except ConnectionClosed as exc:
+            reason = _CLOSE_REASONS.get(exc.sent.code) if exc.sent is not None and not exc.rcvd_then_sent else None
+            if reason is not None:
+                self.count_transport_close(reason)
         finally:
             self._ws_open -= 1
             self._links.pop(conn, None)
@@ -383,6 +436,7 @@ class AICPWebSocketServer:
             if self._stopping:
                 return connection.respond(503, "router is shutting down\n")
             if self._ws_open >= self.limits.max_connections:
+                self.count_transport_close("connection-limit")
                 return connection.respond(503, "too many connections\n")
             return None
         path = request.path.partition("?")[0]
@@ -427,6 +481,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--key", metavar="FILE", help="router identity file (created 0600 if missing; default: a new key per run)")
     add("--max-frame", type=int, default=MAX_FRAME_BYTES, metavar="BYTES", help="largest frame accepted (default 1 MiB)")
     add("--max-connections", type=int, default=10_000, help="concurrent WebSocket connections (default 10000)")
+    add("--max-tasks", type=int, default=100_000, help="tasks in the router at once; beyond this new ones get overloaded (default 100000)")
     add("--rate", type=float, default=20_000.0, metavar="MSG/S", help="per-connection message rate (burst = rate/4)")
     add("--compression", action="store_true", help="allow permessage-deflate (small windows); off by default")
     add("--tls-cert", metavar="PEM", help="certificate chain: serve wss://")
@@ -447,7 +502,7 @@ def build_server(args: argparse.Namespace) -> AICPWebSocketServer:
     if args.tls_cert:
         ssl_ctx = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
         ssl_ctx.load_cert_chain(args.tls_cert, args.tls_key)
-    rcfg = RouterConfig(heartbeat_s=args.heartbeat, lease_s=args.lease, attempt_timeout_s=args.attempt_timeout)
+    rcfg = RouterConfig(heartbeat_s=args.heartbeat, lease_s=args.lease, attempt_timeout_s=args.attempt_timeout, max_tasks=args.max_tasks)
     pcfg = ProtocolConfig(
         window_s=args.window,
         allowlist=_load_allowlist(args.allowlist) if args.allowlist else None,
