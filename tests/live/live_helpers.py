@@ -24,8 +24,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import ClientConnection, connect
+
 from aicp.client import AICPWebSocketClient
 from aicp.handlers import Handler
+from aicp.messages import Error
+from aicp.peer import PeerSession
 from aicp.server import AICPWebSocketServer
 
 T = TypeVar("T")
@@ -88,6 +93,28 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, str, bytes]:
 
 def http_json(url: str) -> Any:
     return json.loads(http_get(url)[2])
+
+
+def metric_samples(ws_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics of the router at ``ws_url``, parsed: (sample name, sorted labels) -> value."""
+    text = http_get(ws_url.replace("ws://", "http://", 1) + "/metrics")[2].decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+async def challenged(url: str, session: PeerSession, **kwargs: Any) -> ClientConnection:
+    """A raw WebSocket to the router whose challenge ``session`` has read (it can now register)."""
+    ws = await connect(url, **kwargs)
+    session.connection_made()
+    session.receive(await ws.recv(decode=False), time.time())
+    return ws
+
+
+async def error_and_close(ws: ClientConnection, session: PeerSession) -> tuple[str, int | None]:
+    """Read the router's error frame, wait for the close; return (error code, close code)."""
+    rec = session.receive(await ws.recv(decode=False), time.time())
+    assert isinstance(rec.body, Error)
+    await ws.wait_closed()
+    return rec.body.code, ws.close_code
 
 
 # ----------------------------------------------------------------------------- subprocesses
