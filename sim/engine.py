@@ -298,6 +298,7 @@ class Simulation:
         agent.receive((task, fixed))
 
     def apply(self, actions: list[Action]) -> None:
+        """Carry out the router's actions: send dispatches over the link, record ends, close dropped agents."""
         rec = self.records
         now = self.env.now
         for a in actions:
@@ -349,6 +350,7 @@ class Simulation:
 
     # ------------------------------------------------------------------ the one clock
     def rearm(self) -> None:
+        """After a call into the router: wake the clock if the next deadline moved earlier."""
         if self._in_clock or self._rearm_pending:
             return
         d = self.router.next_deadline()
