@@ -6,7 +6,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from sim_helpers import SCENARIOS, SHIPPED, load
+from sim_helpers import SHIPPED, load
 
 from sim import scenario as scenario_mod
 from sim.scenario import CrashFault, PoissonArrival, ScenarioError
@@ -132,10 +132,6 @@ def test_parse_value() -> None:
     assert scenario_mod.parse_value("2.5") == 2.5
     assert scenario_mod.parse_value("true") is True
     assert scenario_mod.parse_value("power_of_two") == "power_of_two"
-
-
-def test_scenario_dir_constant_points_at_files() -> None:
-    assert (SCENARIOS / "baseline.toml").is_file()
 
 
 ISSUE_EXAMPLE = """
