@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import time
 from array import array
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +148,7 @@ class Simulation:
         }
         self._seed = seed
         self.wall_s = 0.0
+        self.on_second: Callable[[float], object] | None = None  # progress hook, called once per simulated second
 
     # ------------------------------------------------------------------ setup and run
     def run(self) -> RunResult:
@@ -390,3 +391,5 @@ class Simulation:
             smp["agents_active"].append(router.registry.count_by_status()["active"])
             smp["in_flight"].append(router.tasks_in_flight)
             smp["retries"].append(router.stats.retries)
+            if self.on_second is not None:
+                self.on_second(env.now)

@@ -24,6 +24,7 @@ import traceback
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +75,18 @@ class RunOutcome:
     result: RunResult | None = field(default=None, repr=False)
 
 
-def run_one(spec: RunSpec, keep_result: bool = False) -> RunOutcome:
+def run_one(spec: RunSpec, keep_result: bool = False, progress: bool = False) -> RunOutcome:
     """Run one replication; write its records and timelines; never raise."""
     sim: Simulation | None = None
     result: RunResult | None = None
+    bar = None
     try:
         sim = Simulation(spec.scenario, spec.strategy, spec.seed_sequence(), trace=spec.trace)
+        if progress:
+            bar = tqdm(
+                total=round(spec.scenario.duration_s), desc=f"{spec.label} (sim s)", unit="s", leave=False, file=sys.stderr
+            )
+            sim.on_second = partial(_advance, bar)
         result = sim.run()
     except Exception as exc:  # recorded, not swallowed: summary["error"] carries it
         err = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
@@ -91,10 +98,19 @@ def run_one(spec: RunSpec, keep_result: bool = False) -> RunOutcome:
         summary: dict[str, Any] = result.summary if result is not None else {"strategy": spec.strategy, "error": err}
     else:
         summary = result.summary
+    finally:
+        if bar is not None:
+            bar.close()
     summary.update(replication=spec.replication, point=spec.point)
     if spec.out_dir is not None and result is not None:
         _write_arrays(Path(spec.out_dir), spec, result)
     return RunOutcome(spec.point, spec.strategy, spec.replication, summary, result if keep_result else None)
+
+
+def _advance(bar: tqdm, now: float) -> None:  # type: ignore[type-arg]
+    done = min(round(now), bar.total)
+    if done > bar.n:
+        bar.update(done - bar.n)
 
 
 def _write_arrays(folder: Path, spec: RunSpec, result: RunResult) -> None:
@@ -118,7 +134,7 @@ def run_many(specs: Sequence[RunSpec], jobs: int = 1, progress: bool = True, kee
     try:
         if jobs <= 1 or len(specs) <= 1:
             for i, spec in enumerate(specs):
-                outcomes[i] = run_one(spec, keep_results)
+                outcomes[i] = run_one(spec, keep_results, progress=progress)
                 bar.update(1)
         else:
             with ProcessPoolExecutor(max_workers=min(jobs, len(specs))) as pool:
