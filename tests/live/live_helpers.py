@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import contextlib
 import json
 import os
@@ -28,8 +29,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 
 from aicp.client import AICPWebSocketClient
+from aicp.controller import AICPController
+from aicp.errors import ProtocolError
 from aicp.handlers import Handler
-from aicp.messages import Error
+from aicp.messages import Error, Result, decode_body, decode_frame
 from aicp.peer import PeerSession
 from aicp.server import AICPWebSocketServer
 
@@ -180,3 +183,27 @@ class Proc:
     def output(self) -> str:
         with self._cond:
             return "\n".join(self.lines)
+
+
+class CountingController(AICPController):
+    """A controller that also counts every outcome frame it receives, by task id, settled or not.
+
+    ``submit`` ignores a second outcome for a task nobody waits for any more; this counter
+    does not, so a test can assert that no duplicate ever reached the caller.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.outcomes: collections.Counter[str] = collections.Counter()
+
+    def _frame(self, data: bytes) -> None:
+        with contextlib.suppress(ProtocolError):
+            body = decode_body(decode_frame(data).body)
+            if isinstance(body, (Result, Error)) and body.task_id is not None:
+                self.outcomes[body.task_id] += 1
+        super()._frame(data)
+
+
+def router_url(proc: Proc, timeout: float = 10.0) -> str:
+    """The ws:// URL a router process (``python -m aicp.server``) prints when it listens."""
+    return proc.wait_for_line(r"listening on (ws://127\.0\.0\.1:\d+)", timeout).group(1)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from live_helpers import ROOT, Proc, agent, http_get, http_json, python_cmd, run, serving, wait_until
+from live_helpers import ROOT, CountingController, Proc, agent, http_get, http_json, python_cmd, run, serving, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from aicp import errors
@@ -23,6 +23,13 @@ SERVER_LINE = r"listening on (ws://127\.0\.0\.1:(\d+))"
 
 
 def test_failover_when_an_agent_process_is_killed_mid_task(procs: Callable[..., Proc]) -> None:
+    """Issue 6, fault 1: SIGKILL mid-task.
+
+    Nothing lost: the task goes to the backup at once (on the disconnect, not the 10 s
+    attempt timeout) and the caller receives exactly one outcome frame for it. A killed
+    process cannot send a late result; the SIGSTOP test in test_faults.py covers that one.
+    """
+
     async def main() -> None:
         async with serving(router_config=RouterConfig(attempt_timeout_s=10.0)) as server:
             common = ["-m", "aicp", "agent", "--url", server.url, "--capability", "work", "--handler", "synthetic", "--service-time", "700"]
@@ -30,14 +37,16 @@ def test_failover_when_an_agent_process_is_killed_mid_task(procs: Callable[..., 
             await asyncio.to_thread(victim.wait_for_line, "Agent victim registered")
             backup = procs(*common, "--id", "backup")
             await asyncio.to_thread(backup.wait_for_line, "Agent backup registered")
-            async with AICPController(server.url, "ctl") as ctl:
-                job = asyncio.ensure_future(ctl.submit("work", {"n": 1}, timeout=8))
+            async with CountingController(server.url, "ctl") as ctl:
+                job = asyncio.ensure_future(ctl.submit("work", {"n": 1}, timeout=8, task_id="t-killed"))
                 await wait_until(lambda: server.proto.pending_tasks() == 1 and server.router.registry.get("victim").in_flight == 1, what="dispatch to the victim")  # type: ignore[union-attr]
                 victim.kill(signal.SIGKILL)
                 t0 = time.monotonic()
                 result = await job
                 assert result["echo"] == {"n": 1}
                 assert time.monotonic() - t0 < 5.0  # failover on disconnect, not on the 10 s attempt timeout
+                await asyncio.sleep(0.2)
+                assert ctl.outcomes == {"t-killed": 1}
             reg = server.router.registry
             assert reg.get("victim").succeeded == 0 and reg.get("backup").succeeded == 1  # type: ignore[union-attr]
             assert server.router.stats.retries == 1
