@@ -151,14 +151,16 @@ def timeline_figure(run: sim_results.Run, replication: int = 0) -> Figure:
     fig = Figure(figsize=(11, 8), layout="constrained")
     ax_thr, ax_p99, ax_up = fig.subplots(3, 1, sharex=True)
     window = run.scenario.get("window_s", "?")
+    duration = float(run.scenario.get("duration_s", np.inf))
     for name in _strategies(run):
         label = f"{name}-r{replication}"
         if label not in run.labels:
             continue
         tl = run.timelines(label)
         color = strategy_color(name)
-        ax_thr.plot(tl["t_s"], tl["throughput"], color=color, label=name, linewidth=1.2)
-        ax_p99.plot(tl["t_s"], tl["p99_ms"], color=color, label=name, linewidth=1.2)
+        keep = tl["t_s"] < duration  # the bin after the last arrival holds only the drain: not a throughput
+        ax_thr.plot(tl["t_s"][keep], tl["throughput"][keep], color=color, label=name, linewidth=1.2)
+        ax_p99.plot(tl["t_s"][keep], tl["p99_ms"][keep], color=color, label=name, linewidth=1.2)
         if "agents_up" in tl:
             ax_up.step(
                 tl.get("sample_t_s", np.arange(tl["agents_up"].size)),

@@ -47,7 +47,7 @@ def test_the_three_notebooks_are_there_and_saved_without_outputs() -> None:
                 assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: saved with outputs; clear them"
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.live] if "live" in n else []) for n in sorted(EXPECTED)])
 def test_notebook_runs_without_errors(name: str, fast_results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(aicp_results.RESULTS_ENV, str(fast_results))
     monkeypatch.setenv("AICP_NOTEBOOK_FAST", "1")
