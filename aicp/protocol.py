@@ -63,6 +63,9 @@ class ProtocolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     router_id: str = "router"
     window_s: float = 60.0  # freshness: |ts - now| <= window_s
     max_frame_bytes: int = MAX_FRAME_BYTES
+    #: Before registration only a register frame is expected (a few kB even with 256 capabilities):
+    #: a smaller cap keeps an unauthenticated peer from spending the router's CPU on a huge frame.
+    max_handshake_bytes: int = 64 * 1024
     replay_cache_size: int = 1_000_000
     outcome_cache_size: int = 100_000
     max_peers: int = 100_000  # id->key bindings remembered
@@ -246,7 +249,7 @@ class RouterProtocol:
         self.counters["frames_in"] += 1
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogatepass")  # lone surrogates then fail as malformed
-        if len(data) > self.config.max_frame_bytes:
+        if len(data) > (self.config.max_frame_bytes if c.peer is not None else min(self.config.max_frame_bytes, self.config.max_handshake_bytes)):
             self._count(errors.TOO_LARGE)
             return [Close(conn, CLOSE_TOO_BIG, "frame too large")]
         frame: Frame | None = None

@@ -265,3 +265,20 @@ def test_a_refused_task_ends_at_its_sender_with_its_task_id() -> None:
     err = c.outcomes[tid]
     assert isinstance(err, Error) and err.code == errors.STALE and err.method == "m"
     assert hub.proto.router.tasks_in_flight == 0
+
+
+def test_frames_before_registration_are_capped_lower_than_after() -> None:
+    proto = RouterProtocol(Identity.generate(), Router())
+    hub = Hub(proto)
+    stranger = hub.connect(PeerSession(Identity.generate(), "x", "agent", ["m"]), register=False)
+    big = b'{"pad":"' + b"a" * (70 * 1024) + b'"}'
+    stranger.send(big)
+    hub.run_until_idle()
+    assert stranger.closed is not None and stranger.closed[0] == 1009
+    assert proto.rejections == {errors.TOO_LARGE: 1}
+    # once registered, the same size is within the 1 MiB limit (it is then refused for its shape, not its size)
+    a = agent(hub, "a1")
+    a.send(big)
+    hub.run_until_idle()
+    assert a.closed is None
+    assert proto.rejections.keys() & {errors.MALFORMED, errors.INVALID_MESSAGE}
