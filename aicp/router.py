@@ -53,6 +53,7 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     latency_alpha: float = 0.2  # EWMA weight of a new latency sample (peaks are taken at once)
     success_alpha: float = 0.05
     suspect_after_failures: int = 5  # consecutive failures before an agent is held out
+    max_held_out_ratio: float = 0.5  # never hold out more than this share of a capability's live agents for failures
     holdout_base_s: float = 1.0  # hold-out doubles with every flap
     holdout_cap_s: float = 60.0
     flap_window_s: float = 60.0  # re-registering this soon after dying counts as a flap
@@ -438,8 +439,19 @@ class Router:
         agent.consecutive_failures += 1
         if agent.consecutive_failures >= cfg.suspect_after_failures and agent.status is Status.ACTIVE:
             agent.consecutive_failures = 0
-            agent.flaps += 1
-            self._hold_out(agent, now)
+            if self._may_hold_out(agent):
+                agent.flaps += 1
+                self._hold_out(agent, now)
+
+    def _may_hold_out(self, agent: AgentState) -> bool:
+        """Like Envoy's max_ejection_percent: when overload makes every agent look faulty,
+        holding them all out would turn slow answers into `no-agent` for everyone."""
+        for cap in agent.capabilities:
+            live = [a for a in self.registry.all_with(cap) if a.status is not Status.DEAD]
+            held = sum(1 for a in live if a.status is Status.SUSPECT)
+            if held + 1 > self.config.max_held_out_ratio * len(live):
+                return False
+        return True
 
     def _hold_out(self, agent: AgentState, now: float) -> None:
         cfg = self.config

@@ -305,3 +305,16 @@ def test_cancel_all_ends_every_task_exactly_once() -> None:
     assert sorted(a.task_id for a in ended) == [f"t{i}" for i in range(5)]
     assert r.tasks_in_flight == 0 and r.registry.get("a").in_flight == 0  # type: ignore[union-attr]
     assert r.cancel_all(errors.SHUTTING_DOWN, "bye") == []
+
+
+def test_failures_never_hold_out_more_than_the_configured_share_of_agents() -> None:
+    r = make(suspect_after_failures=1, max_held_out_ratio=0.5, backoff_base_s=0.0, max_attempts=1)
+    for name in "abcd":
+        r.register_agent(name, ["m"], 0.0)
+    for i in range(40):  # every agent fails everything, as an overloaded fleet would look
+        for action in r.submit(f"t{i}", "m", 0.0):
+            if isinstance(action, Dispatch):
+                r.result(action.agent_id, action.task_id, False, 0.0)
+    statuses = Counter(a.status for a in r.registry.agents.values())
+    assert statuses[Status.SUSPECT] == 2 and statuses[Status.ACTIVE] == 2
+    assert r.stats.failed.get(errors.NO_AGENT, 0) == 0
