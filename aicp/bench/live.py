@@ -274,6 +274,16 @@ def verdicts(main: dict[str, Any], at_1000: dict[str, Any] | None, ratio: float 
     return rows
 
 
+def write_curve(path: Path, curve: list[dict[str, Any]]) -> None:
+    """The latency-versus-throughput curve of a sweep, one row per offered load."""
+    lines = ["offered_per_s,throughput_per_s,p50_ms,p90_ms,p99_ms,p999_ms,max_ms,completed,lost,errors"]
+    for r in curve:
+        lat = r["latency_ms"]
+        lines.append(f"{r['offered_rate_per_s']:.0f},{r['throughput_per_s']:.1f},{lat['p50']:.3f},{lat['p90']:.3f},{lat['p99']:.3f},"
+                     f"{lat['p999']:.3f},{lat['max']:.3f},{r['completed']},{r['lost']},{sum(r['errors'].values())}")
+    path.write_text("\n".join(lines) + "\n")
+
+
 def format_result(name: str, r: dict[str, Any]) -> str:
     lat = r["latency_ms"]
     load = f"offered {r['offered_rate_per_s']:.0f}/s" if r["mode"] == "open" else f"concurrency {r['concurrency']}"
@@ -361,6 +371,7 @@ def run(args: argparse.Namespace) -> int:
                         if r["throughput_per_s"] < 0.9 * rate or r["latency_ms"]["p99"] > 1000.0:
                             break  # saturated
                     summary[f"{target}_sweep"] = curve
+                    write_curve(run_dir / f"{target}-curve.csv", curve)
             finally:
                 fleet.stop()
     except Exception as exc:
