@@ -66,7 +66,7 @@ def sweep_argv(out: Path, fast: bool) -> list[str]:
     ]
     if fast:
         return [*argv, "--set", "duration_s=5", "--set", "warmup_s=1", "--replications", "1", *_strategies(fast)]
-    return [*argv, "--set", "duration_s=8", "--set", "warmup_s=2", "--replications", "3"]
+    return [*argv, "--set", "duration_s=6", "--set", "warmup_s=1", "--replications", "3"]
 
 
 def bench_argv(out: Path, fast: bool) -> list[str]:
@@ -74,7 +74,7 @@ def bench_argv(out: Path, fast: bool) -> list[str]:
     argv = ["bench", "--sweep", "--baseline", "--out", str(out / "bench"), "--agent-procs", "1"]
     if fast:
         return [*argv, "--agents", "2", "--sweep-rates", "300,1500", "--duration", "1", "--warmup", "0.3", "--concurrency", "16"]
-    return [*argv, "--agents", "4", "--sweep-rates", "250,1000,2000,3000,4000", "--duration", "2", "--warmup", "0.5"]
+    return [*argv, "--agents", "4", "--sweep-rates", "250,1000,2000,3000,4000", "--duration", "1.5", "--warmup", "0.5"]
 
 
 def command_line(argv: Sequence[str]) -> str:
