@@ -44,6 +44,15 @@ class ReplayCache:
         seen = self._seen
         if key in seen:
             return False
+        # Drop up to two expired ids from the front on every add, so the cache holds about
+        # rate x window ids instead of growing to max_entries before it is ever purged.
+        for _ in range(2):
+            if not seen:
+                break
+            first, expiry = next(iter(seen.items()))
+            if expiry > now:
+                break
+            del seen[first]
         if len(seen) >= self.max_entries:
             self.purge(now)
             if len(seen) >= self.max_entries:
