@@ -33,6 +33,8 @@ from sim import results as sim_results
 GROUPS = ("strategy", "sweep", "failure", "bench")
 _PERCENTILES = (("p50", "p50", "o"), ("p99", "p99", "s"), ("p999", "p99.9", "^"))
 _COMPLETED = 1  # sim.metrics.COMPLETED, without importing the simulator's engine
+#: a sweep level whose achieved rate is below this share of the offered rate is past saturation (as in aicp bench)
+SATURATED_BELOW = 0.9
 
 
 def strategy_color(name: str) -> Any:
@@ -225,7 +227,7 @@ def bench_figure(summary: dict[str, Any]) -> Figure:
     """Live latency against achieved throughput (router and baseline relay), with the design targets."""
     from aicp.bench.live import TARGET_P99_MS, TARGET_THROUGHPUT
 
-    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    fig = Figure(figsize=(12.5, 5.5), layout="constrained")
     ax = fig.subplots()
     router = results.bench_curve(summary, "router")
     relay = results.bench_curve(summary, "relay")
@@ -234,36 +236,44 @@ def bench_figure(summary: dict[str, Any]) -> Figure:
     for curve, who, color, marker in ((router, "router", "tab:blue", "o"), (relay, "baseline relay", "0.45", "s")):
         if curve["throughput_per_s"].size == 0:
             continue
-        ax.plot(curve["throughput_per_s"], curve["p99_ms"], marker=marker, color=color, label=f"{who} p99 (open loop sweep)")
-        ax.plot(
-            curve["throughput_per_s"],
-            curve["p50_ms"],
-            marker=marker,
-            color=color,
-            linestyle="--",
-            markerfacecolor="none",
-            label=f"{who} p50",
-        )
-        xs += curve["throughput_per_s"].tolist()
-        ys += curve["p99_ms"].tolist() + curve["p50_ms"].tolist()
+        # Past saturation the achieved rate (results inside the measured window) falls below the offered one and
+        # the curve would fold back: those levels are shown as crosses, not joined to the curve.
+        ok = ~(curve["throughput_per_s"] < SATURATED_BELOW * curve["offered_per_s"])
+        thr, p50, p99 = curve["throughput_per_s"], curve["p50_ms"], curve["p99_ms"]
+        ax.plot(thr[ok], p99[ok], marker=marker, color=color, label=f"{who} p99 (open-loop sweep)")
+        ax.plot(thr[ok], p50[ok], marker=marker, color=color, linestyle="--", markerfacecolor="none", label=f"{who} p50")
+        if (~ok).any():
+            ax.plot(
+                thr[~ok],
+                p99[~ok],
+                marker="x",
+                markersize=9,
+                linestyle="none",
+                color=color,
+                label=f"{who} p99 past saturation (achieved < {SATURATED_BELOW:.0%} of offered)",
+            )
+        xs += thr.tolist()
+        ys += p99.tolist() + p50[ok].tolist()
         if who == "router":
-            for x, y, offered in zip(curve["throughput_per_s"], curve["p99_ms"], curve["offered_per_s"]):
-                ax.annotate(f"{offered:.0f}/s", (x, y), textcoords="offset points", xytext=(4, 5), fontsize=7, color=color)
+            for x, y, offered in zip(thr, p99, curve["offered_per_s"]):
+                ax.annotate(
+                    f"{offered:.0f}/s offered", (x, y), textcoords="offset points", xytext=(4, 5), fontsize=7, color=color
+                )
     for key, who, color, marker in (("router", "router", "tab:blue", "*"), ("relay", "baseline relay", "0.45", "P")):
         trial = summary.get(key)
         if isinstance(trial, dict) and trial.get("mode") == "closed":
-            thr, p99 = _num(trial.get("throughput_per_s")), _num((trial.get("latency_ms") or {}).get("p99"))
+            closed_thr, closed_p99 = _num(trial.get("throughput_per_s")), _num((trial.get("latency_ms") or {}).get("p99"))
             ax.plot(
-                [thr],
-                [p99],
+                [closed_thr],
+                [closed_p99],
                 marker=marker,
                 markersize=13,
                 linestyle="none",
                 color=color,
-                label=f"{who} closed loop, {trial.get('concurrency')} in flight: {thr:.0f} tasks/s",
+                label=f"{who} closed loop, {trial.get('concurrency')} in flight: {closed_thr:.0f} tasks/s",
             )
-            xs.append(thr)
-            ys.append(p99)
+            xs.append(closed_thr)
+            ys.append(closed_p99)
     ax.set_yscale("log")
     finite_y = [y for y in ys if np.isfinite(y) and y > 0]
     finite_x = [x for x in xs if np.isfinite(x)]
@@ -289,7 +299,7 @@ def bench_figure(summary: dict[str, Any]) -> Figure:
     ax.set_xlabel("achieved throughput (tasks/s)")
     ax.set_ylabel("latency from intended send (ms, log)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right center", fontsize=7)
     cfg = summary.get("config") or {}
     ratio = summary.get("relay_ratio")
     ratio_text = f", router/relay throughput {ratio:.0%}" if isinstance(ratio, int | float) else ""

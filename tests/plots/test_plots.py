@@ -181,9 +181,10 @@ def test_bench_figure_marks_the_design_targets_and_the_relay(tmp_path: Path) -> 
     assert "design target: p99 < 50 ms" in labels and "design target: ≥ 1000 tasks/s" in labels
     assert any(label.startswith("baseline relay p99") for label in labels)
     assert any(label.startswith("baseline relay closed loop") for label in labels)
-    router_p99 = next(line for line in ax.get_lines() if line.get_label().startswith("router p99"))
+    router_p99 = next(line for line in ax.get_lines() if line.get_label().startswith("router p99 (open-loop"))
     assert list(router_p99.get_xdata()) == [249.0, 990.0, 1900.0]  # sorted by offered rate
     assert "110%" in ax.get_title()
+    assert not any("past saturation" in label for label in labels)
     assert_png(plots.save(fig, tmp_path / "bench.png"))
 
 
@@ -228,3 +229,14 @@ def test_plot_path_names_every_group() -> None:
     assert plots.plot_path("bench", root="/r") == Path("/r/plots/bench_latency_throughput.png")
     with pytest.raises(ValueError, match="unknown plot group"):
         plots.plot_path("pie")
+
+
+def test_bench_figure_keeps_levels_past_saturation_off_the_curve() -> None:
+    summary = bench_summary()
+    summary["router_sweep"].append(
+        {"offered_rate_per_s": 4000.0, "throughput_per_s": 1200.0, "latency_ms": {"p50": 1200.0, "p99": 1600.0}, "lost": 0}
+    )
+    lines = {line.get_label(): line for line in plots.bench_figure(summary).axes[0].get_lines()}
+    assert list(lines["router p99 (open-loop sweep)"].get_xdata()) == [249.0, 990.0, 1900.0]
+    past = next(line for label, line in lines.items() if label.startswith("router p99 past saturation"))
+    assert list(past.get_xdata()) == [1200.0] and list(past.get_ydata()) == [1600.0]
