@@ -91,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--tasks", type=int, default=12)
     parser.add_argument("--quick", action="store_true", help="in-process step only")
-    parser.add_argument("--bench-duration", type=float, default=3.0, help="seconds per live benchmark trial (default 3)")
+    parser.add_argument("--bench-duration", type=float, default=1.5, help="seconds per live benchmark trial (default 1.5)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,8 +103,10 @@ def run(args: argparse.Namespace) -> int:
     failures += _step("2) simulator: every strategy on the baseline scenario, 95% confidence intervals",
                       ["compare", "scenarios/baseline.toml", "--quiet", "--json", "results/demo/compare-baseline.json"]) != 0
     d = str(args.bench_duration)
+    # One short run gives both the verdicts and the latency-throughput curve that `plots` then reuses.
     failures += _step("3) live: router, agents and load generator as separate processes on 127.0.0.1, against the design's targets",
-                      ["bench", "--duration", d, "--warmup", "1", "--also-1000", "--baseline", "--json", "results/demo/bench.json"]) != 0
+                      ["bench", "--agents", "4", "--agent-procs", "1", "--duration", d, "--warmup", "0.5", "--also-1000", "--baseline",
+                       "--sweep", "--sweep-rates", "500,1000,2000,3000,4000", "--json", "results/demo/bench.json"]) != 0
     if importlib.util.find_spec("aicp.plots") is not None:
         failures += _step("4) plots", ["plots"]) != 0
     print(f"\nDone in {time.monotonic() - t0:.0f} s. Results: {ROOT / 'results'} (demo summaries in results/demo/, "
