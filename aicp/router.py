@@ -53,7 +53,7 @@ class RouterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     latency_alpha: float = 0.2  # EWMA weight of a new latency sample (peaks are taken at once)
     success_alpha: float = 0.05
     suspect_after_failures: int = 5  # consecutive failures before an agent is held out
-    max_held_out_ratio: float = 0.5  # never hold out more than this share of a capability's live agents for failures
+    max_held_out_ratio: float = 0.5  # never hold out more than this share of a capability's live agents
     holdout_base_s: float = 1.0  # hold-out doubles with every flap
     holdout_cap_s: float = 60.0
     flap_window_s: float = 60.0  # re-registering this soon after dying counts as a flap
@@ -204,7 +204,7 @@ class Router:
                 state.flaps = state.flaps + 1 if recent else 0
                 state.died_at = None
                 self.registry.set_capabilities(state, capabilities)
-                if state.flaps:
+                if state.flaps and self._may_hold_out(state):
                     self._hold_out(state, now)
                 else:
                     self.registry.set_status(state, Status.ACTIVE)
@@ -444,10 +444,11 @@ class Router:
                 self._hold_out(agent, now)
 
     def _may_hold_out(self, agent: AgentState) -> bool:
-        """Like Envoy's max_ejection_percent: when overload makes every agent look faulty,
-        holding them all out would turn slow answers into `no-agent` for everyone."""
+        """Like Envoy's max_ejection_percent: when overload makes every agent look faulty, or a
+        restart makes every agent look like it flapped, holding them all out would turn a
+        slow or brief problem into `no-agent` for everyone. The last capable agent is never held out."""
         for cap in agent.capabilities:
-            live = [a for a in self.registry.all_with(cap) if a.status is not Status.DEAD]
+            live = [a for a in self.registry.all_with(cap) if a.status is not Status.DEAD or a is agent]
             held = sum(1 for a in live if a.status is Status.SUSPECT)
             if held + 1 > self.config.max_held_out_ratio * len(live):
                 return False

@@ -227,6 +227,7 @@ def test_retry_budget_caps_retries_at_a_fraction_of_traffic() -> None:
 def test_flapping_agent_is_held_out_longer_each_time() -> None:
     r = make(holdout_base_s=1.0, holdout_cap_s=60.0, flap_window_s=100.0, lease_s=1000.0)
     r.register_agent("a", ["m"], 0.0)
+    r.register_agent("steady", ["m"], 0.0)  # someone must stay in: the last capable agent is never held out
     holds = []
     now = 0.0
     for _ in range(4):
@@ -236,7 +237,7 @@ def test_flapping_agent_is_held_out_longer_each_time() -> None:
         state = r.registry.get("a")
         assert state is not None and state.status is Status.SUSPECT
         holds.append(state.holdout_until - now)
-        assert r.registry.agents_with("m") == []
+        assert [x.agent_id for x in r.registry.agents_with("m")] == ["steady"]
         now = state.holdout_until
         r.on_timer(now)
         assert state.status is Status.ACTIVE
@@ -318,3 +319,12 @@ def test_failures_never_hold_out_more_than_the_configured_share_of_agents() -> N
     statuses = Counter(a.status for a in r.registry.agents.values())
     assert statuses[Status.SUSPECT] == 2 and statuses[Status.ACTIVE] == 2
     assert r.stats.failed.get(errors.NO_AGENT, 0) == 0
+
+
+def test_a_flapping_agent_that_is_the_only_one_left_is_not_held_out() -> None:
+    r = make(flap_window_s=100.0, lease_s=1000.0)
+    r.register_agent("only", ["m"], 0.0)
+    r.agent_lost("only", 1.0)
+    r.register_agent("only", ["m"], 1.5)  # a quick restart looks like a flap...
+    assert r.registry.get("only").status is Status.ACTIVE  # type: ignore[union-attr]
+    assert dispatched(r.submit("t", "m", 1.6)) == ["only"]  # ...but holding it out would only mean no-agent
