@@ -4,8 +4,10 @@ Run by the benchmark orchestrator as ``python -m aicp.bench.loadgen --out FILE .
 
 * **Open loop** (``--rate R``): Poisson arrivals at R tasks/s. Each task has an
   *intended* send time fixed in advance, and its latency is measured from that
-  time, so a stalled router or a busy load generator shows up as latency instead
-  of silently lowering the offered load (no coordinated omission).
+  time (or from its actual send, if the generator sent it up to 1 ms early because
+  timers have millisecond resolution), so a stalled router or a busy load generator
+  shows up as latency instead of silently lowering the offered load (no
+  coordinated omission).
 * **Closed loop** (``--concurrency C``): C tasks in flight; each completion sends
   the next one. Latency is measured from the send.
 
@@ -32,6 +34,7 @@ from aicp.messages import Error, RegisterAck, Result, payload
 from aicp.peer import PeerSession
 from aicp.signing import Identity
 
+EARLY_S = 0.001  # how early an open-loop send may go out (timer resolution)
 OK = 0  # outcome code index 0 is a verified result; others index into `codes`
 PENDING = -1
 
@@ -143,8 +146,11 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
                 t += rng.expovariate(args.rate)
                 if t >= end:
                     break
-                delay = t - clock()
-                if delay > 0.0005:
+                # Event-loop timers have millisecond resolution, so wake up to EARLY_S before the
+                # intended time and send then; latency is measured from max(intended, sent), so an
+                # early send is never credited and a late one is always charged.
+                delay = t - clock() - EARLY_S
+                if delay > 0.0:
                     await asyncio.sleep(delay)
                 await send_one(t)
         else:
