@@ -44,6 +44,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from aicp import errors, strategies
 from aicp.handlers import Handler
@@ -130,11 +131,23 @@ class _WsLink:
 
     async def _write(self) -> None:
         queue, ws = self.queue, self.ws
+        protocol, transport = ws.protocol, ws.transport
+        high_water = transport.get_write_buffer_limits()[1]
         with contextlib.suppress(ConnectionClosed):
             while True:
                 if not queue:
                     self.wake.clear()
                     await self.wake.wait()
+                    continue
+                if (isinstance(queue[0], bytes) and protocol.state is State.OPEN and ws.send_in_progress is None
+                        and transport.get_write_buffer_size() < high_water):
+                    # Fast path: frame every queued message with websockets' sans-I/O protocol and
+                    # hand them to the transport in one write: one syscall per burst, not per frame.
+                    # When the socket backs up, the slow path below (ws.send) applies flow control.
+                    while queue and isinstance(queue[0], bytes):
+                        protocol.send_text(queue.popleft())  # type: ignore[arg-type]
+                    transport.write(b"".join(protocol.data_to_send()))
+                    await asyncio.sleep(0)
                     continue
                 item = queue.popleft()
                 if isinstance(item, bytes):
