@@ -72,3 +72,31 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
 def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def run_from_args(args: argparse.Namespace, label: str) -> tuple[Scenario, int, int, dict[str, Any]] | int:
+    """What ``aicp sim`` and ``aicp compare`` share: load the scenario with its ``--set`` overrides,
+    run every strategy and replication, write ``--json``. Returns (scenario, seed, replications,
+    payload), or an exit code when the scenario or the arguments are wrong."""
+    from sim import report
+    from sim.runner import run_scenario
+
+    try:
+        overrides = {k: v[-1] for k, v in parse_sets(args.set).items()}
+        scenario = load(args, overrides)
+        strategies, seed, reps = settings(scenario, args)
+    except ScenarioError as exc:
+        return fail(str(exc))
+    payload = run_scenario(
+        scenario,
+        strategies,
+        reps,
+        seed,
+        args.out,
+        jobs=args.jobs,
+        progress=not args.quiet,
+        keep_records=not args.no_records,
+        label=label,
+    )
+    write_json(args.json, report.json_results(payload))
+    return scenario, seed, reps, payload

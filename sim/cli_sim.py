@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 
 from sim import cli_common, report
-from sim.runner import run_scenario
-from sim.scenario import ScenarioError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,25 +12,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        overrides = {k: v[-1] for k, v in cli_common.parse_sets(args.set).items()}
-        scenario = cli_common.load(args, overrides)
-        strategies, seed, reps = cli_common.settings(scenario, args)
-    except ScenarioError as exc:
-        return cli_common.fail(str(exc))
-    payload = run_scenario(
-        scenario,
-        strategies,
-        reps,
-        seed,
-        args.out,
-        jobs=args.jobs,
-        progress=not args.quiet,
-        keep_records=not args.no_records,
-        label="sim",
-    )
-    out = report.json_results(payload)
-    cli_common.write_json(args.json, out)
+    ran = cli_common.run_from_args(args, "sim")
+    if isinstance(ran, int):
+        return ran
+    scenario, seed, reps, payload = ran
     print(f"scenario {scenario.name}: {reps} replication(s), seed {seed} -> {payload['run_dir']}")
     for name, r in payload["results"].items():
         lat = r["latency_ms"]
