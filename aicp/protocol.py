@@ -429,18 +429,8 @@ class RouterProtocol:
                 self.counters["outcomes_failed"] += 1
                 if self.outcome_observer is not None:
                     self.outcome_observer(pending.method, action.code, now - pending.submitted_at)
-                body = Error(
-                    v=PROTOCOL_VERSION,
-                    id=self._next_id(),
-                    sender=self.config.router_id,
-                    ts=now,
-                    code=action.code,
-                    message=action.message,
-                    ref=pending.task_id,
-                    task_id=pending.task_id,
-                    method=pending.method,
-                )
-                out.extend(self._deliver(pending, action.task_id, seal(self.identity, self.config.router_id, body), now))
+                frame = self._error_frame(now, action.code, action.message, pending.task_id, pending.task_id, pending.method)
+                out.extend(self._deliver(pending, action.task_id, frame, now))
             elif isinstance(action, AgentDown):
                 down = self._peers.get(action.agent_id)
                 if down is not None and down.conn is not None:
@@ -492,6 +482,11 @@ class RouterProtocol:
         """An error frame for a refused message; for a refused task it carries ``task_id`` and ``method``."""
         self._count(code)
         task = refused if isinstance(refused, Task) else None
+        ref = refused.id if refused is not None else None
+        return Send(c.id, self._error_frame(now, code, message, ref, task.id if task else None, task.method if task else None))
+
+    def _error_frame(self, now: float, code: str, message: str, ref: str | None, task_id: str | None, method: str | None) -> bytes:
+        """A router-signed error; with ``task_id`` set it is that task's one outcome."""
         body = Error(
             v=PROTOCOL_VERSION,
             id=self._next_id(),
@@ -499,11 +494,11 @@ class RouterProtocol:
             ts=now,
             code=code,
             message=message[:4096],
-            ref=refused.id if refused is not None else None,
-            task_id=task.id if task is not None else None,
-            method=task.method if task is not None else None,
+            ref=ref,
+            task_id=task_id,
+            method=method,
         )
-        return Send(c.id, seal(self.identity, self.config.router_id, body))
+        return seal(self.identity, self.config.router_id, body)
 
     def _next_id(self) -> str:
         self._msg_seq += 1
