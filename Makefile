@@ -27,6 +27,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m aicp bench-core
 	$(BIN)/python -m aicp bench-sim
+	$(BIN)/python -m aicp bench --also-1000 --baseline
 
 soak: $(STAMP)
 	$(BIN)/python -m aicp soak
