@@ -44,6 +44,7 @@ from aicp.messages import (
     decode_frame,
     seal,
 )
+from aicp.ratelimit import SourceLimiter, TokenBucket
 from aicp.replay import OutcomeCache, ReplayCache
 from aicp.router import ACCEPTED, NOT_ASSIGNED, Action, AgentDown, Completed, Dispatch, Failed, Router
 from aicp.signing import Identity, check_public_key, decode_public_key, decode_signature, verify
@@ -72,6 +73,9 @@ class ProtocolConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allowlist: frozenset[str] | None = None  # public keys (text form) admitted; None admits all
     rate_per_s: float = 20_000.0  # per-connection message rate ...
     rate_burst: float = 5_000.0  # ... and burst, as a token bucket
+    connect_rate_per_s: float = 50.0  # new connections per source address per second ...
+    connect_burst: float = 200.0  # ... and burst (a whole fleet of agents on one host may start at once)
+    max_sources: int = 10_000  # source addresses whose connection rate is remembered
     verify: VerifyPolicy = "every-hop"
 
 
@@ -90,14 +94,13 @@ Output = Send | Close
 
 
 class _Conn:
-    __slots__ = ("closed", "id", "nonce", "peer", "tokens", "updated")
+    __slots__ = ("bucket", "closed", "id", "nonce", "peer")
 
     def __init__(self, conn_id: int, nonce: str, now: float, burst: float) -> None:
         self.id = conn_id
         self.nonce: str | None = nonce
         self.peer: _Peer | None = None
-        self.tokens = burst
-        self.updated = now
+        self.bucket = TokenBucket(burst, now)
         self.closed = False
 
 
@@ -146,6 +149,7 @@ class RouterProtocol:
         self._peers: dict[str, _Peer] = {}
         self._pending: dict[str, _Pending] = {}
         self._replay = ReplayCache(self.config.window_s, self.config.replay_cache_size)
+        self._sources = SourceLimiter(self.config.connect_rate_per_s, self.config.connect_burst, self.config.max_sources)
         self._outcomes: OutcomeCache[bytes] = OutcomeCache(self.config.window_s, self.config.outcome_cache_size)
         self._msg_seq = 0
         self._msg_prefix = "r" + self._nonce()[:8] + "-"
@@ -191,6 +195,17 @@ class RouterProtocol:
         return self.router.next_deadline()
 
     # ------------------------------------------------------------------ events
+    def admit(self, source: str, now: float) -> bool:
+        """May ``source`` (an address) open another connection now? A refusal counts as `rate-limited`.
+
+        Drivers call this before accepting a transport, so a flood from one address is
+        refused before it costs a handshake, a challenge or a signature check.
+        """
+        if self._sources.admit(source, now):
+            return True
+        self._count(errors.RATE_LIMITED)
+        return False
+
     def connection_made(self, conn: int, now: float) -> list[Output]:
         """A transport connected: remember it and challenge it."""
         nonce = self._nonce()
@@ -464,16 +479,7 @@ class RouterProtocol:
             raise errors.VerifyError(errors.OVERLOADED, "replay cache is full")
 
     def _take_token(self, c: _Conn, now: float) -> bool:
-        cfg = self.config
-        tokens = c.tokens + (now - c.updated) * cfg.rate_per_s
-        c.updated = now
-        if tokens > cfg.rate_burst:
-            tokens = cfg.rate_burst
-        if tokens < 1.0:
-            c.tokens = tokens
-            return False
-        c.tokens = tokens - 1.0
-        return True
+        return c.bucket.take(now, self.config.rate_per_s, self.config.rate_burst)
 
     def _count(self, code: str) -> None:
         self.rejections[code] = self.rejections.get(code, 0) + 1

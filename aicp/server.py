@@ -451,6 +451,9 @@ class AICPWebSocketServer:
             if self._ws_open >= self.limits.max_connections:
                 self.count_transport_close("connection-limit")
                 return connection.respond(503, "too many connections\n")
+            source = connection.remote_address[0] if connection.remote_address else "?"
+            if not self.proto.admit(str(source), time.time()):
+                return connection.respond(429, "rate-limited: too many new connections from this address\n")
             return None
         path = request.path.partition("?")[0]
         if path == "/healthz":
@@ -496,6 +499,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-connections", type=int, default=10_000, help="concurrent WebSocket connections (default 10000)")
     add("--max-tasks", type=int, default=100_000, help="tasks in the router at once; beyond this new ones get overloaded (default 100000)")
     add("--rate", type=float, default=20_000.0, metavar="MSG/S", help="per-connection message rate (burst = rate/4)")
+    add("--connect-rate", type=float, default=50.0, metavar="CONN/S", help="new connections per source address per second (default 50)")
+    add("--connect-burst", type=float, default=200.0, metavar="N", help="burst of new connections per source address (default 200)")
     add("--compression", action="store_true", help="allow permessage-deflate (small windows); off by default")
     add("--tls-cert", metavar="PEM", help="certificate chain: serve wss://")
     add("--tls-key", metavar="PEM", help="private key for --tls-cert")
@@ -522,6 +527,8 @@ def build_server(args: argparse.Namespace) -> AICPWebSocketServer:
         max_frame_bytes=args.max_frame,
         rate_per_s=args.rate,
         rate_burst=max(1.0, args.rate / 4.0),
+        connect_rate_per_s=args.connect_rate,
+        connect_burst=args.connect_burst,
         verify=args.verify,
     )
     limits = ServerLimits(max_frame_bytes=args.max_frame, max_connections=args.max_connections, compression=args.compression, drain_s=args.drain_timeout)

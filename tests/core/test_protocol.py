@@ -282,3 +282,16 @@ def test_frames_before_registration_are_capped_lower_than_after() -> None:
     hub.run_until_idle()
     assert a.closed is None
     assert proto.rejections.keys() & {errors.MALFORMED, errors.INVALID_MESSAGE}
+
+
+def test_a_flood_of_connections_from_one_source_is_rate_limited_and_its_memory_bounded() -> None:
+    proto = RouterProtocol(Identity.generate(), Router(), ProtocolConfig(connect_rate_per_s=10.0, connect_burst=5.0, max_sources=3))
+    now = 1000.0
+    admitted = [proto.admit("10.0.0.1", now) for _ in range(8)]
+    assert admitted == [True] * 5 + [False] * 3
+    assert proto.rejections == {errors.RATE_LIMITED: 3}
+    assert proto.admit("10.0.0.2", now)  # other sources are not affected
+    assert proto.admit("10.0.0.1", now + 0.1)  # one token back after 0.1 s at 10/s
+    for i in range(100):  # many sources: the table stays at its cap
+        proto.admit(f"192.0.2.{i}", now)
+    assert len(proto._sources) == 3

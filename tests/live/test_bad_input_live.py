@@ -149,9 +149,9 @@ async def _register(url: str, agent_id: str) -> str:
 def test_25_connection_and_registration_floods_are_refused_and_memory_stays_bounded() -> None:
     """Connections beyond ``max_connections`` get HTTP 503; new ids beyond ``max_peers`` get `overloaded`.
 
-    There is no per-address limit: one peer opening many connections meets the global
-    connection limit, and a registered peer sending too fast meets the per-connection
-    rate limit (`rate-limited`, tests/live/test_resilience.py). Memory stays bounded
+    A flood from one address is also met by the per-address connection rate
+    (`rate-limited`, the next test), and a registered peer sending too fast by the
+    per-connection rate limit (`rate-limited`, tests/live/test_resilience.py). Memory stays bounded
     because every table has a cap: bound ids (``max_peers``), dead agents remembered
     (``max_dead_agents``), message ids (``replay_cache_size``).
     """
@@ -193,6 +193,32 @@ def test_25_connection_and_registration_floods_are_refused_and_memory_stays_boun
             await _healthy(ctl, "after")
 
     run(main(), timeout=40)
+
+
+def test_25_a_connection_flood_from_one_address_is_rate_limited() -> None:
+    """Past its burst, an address's new connections get HTTP 429 before any handshake work, and each
+    refusal is counted as `rate-limited`; connections already open keep being served."""
+    burst = 6
+
+    async def main() -> None:
+        async with (
+            serving(protocol_config=ProtocolConfig(connect_rate_per_s=0.5, connect_burst=burst)) as server,
+            agent(server.url, "good", {"echo": echo}),
+            AICPController(server.url, "ctl") as ctl,
+        ):
+            await _healthy(ctl, "before")
+            attempts = await asyncio.gather(*(connect(server.url) for _ in range(20)), return_exceptions=True)
+            opened = [ws for ws in attempts if isinstance(ws, ClientConnection)]
+            limited = [e for e in attempts if isinstance(e, InvalidStatus) and e.response.status_code == 429]
+            # the agent and the controller took two of the burst (a token may come back meanwhile)
+            assert burst - 2 <= len(opened) <= burst - 1 and len(limited) == 20 - len(opened), attempts
+            await _healthy(ctl, "during")
+            await asyncio.gather(*(ws.close() for ws in opened))
+            samples = await _metrics(server.url)
+            assert samples[("aicp_rejections_total", (("code", errors.RATE_LIMITED),))] == len(limited)
+            assert server.proto.connections == 2
+
+    run(main(), timeout=30)
 
 
 def test_26_slowloris_is_closed_at_the_open_timeout() -> None:
