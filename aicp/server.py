@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -34,7 +33,6 @@ import signal
 import ssl as ssl_module
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,10 +42,10 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 
 from aicp import errors, strategies
 from aicp.handlers import Handler
+from aicp.links import LocalLink, WsLink
 from aicp.local_peers import LocalPeer
 from aicp.logs import add_logging_arguments, setup_logging
 from aicp.messages import MAX_FRAME_BYTES
@@ -60,7 +58,6 @@ log = logging.getLogger("aicp.server")
 
 CLOSE_INVALID_DATA = 1007
 CLOSE_TOO_BIG = 1009
-CLOSE_TRY_AGAIN_LATER = 1013
 
 #: ``transport_closes`` reasons, by the close code the server sent.
 _CLOSE_REASONS = {CLOSE_INVALID_DATA: "invalid-utf8", CLOSE_TOO_BIG: "too-large"}
@@ -80,102 +77,6 @@ class ServerLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ping_timeout_s: float | None = 20.0
     compression: bool = False  # when on: permessage-deflate with small windows (bounded memory)
     drain_s: float = 10.0  # graceful shutdown: how long in-flight tasks may run on
-
-
-class _WsLink:
-    """Writes one connection's outgoing frames in order, from a bounded queue.
-
-    A peer that stops reading first fills the kernel buffers and the transport's
-    ``write_limit``; then the writer waits and frames pile up here. At ``max_queue``
-    the peer is a slow consumer: the writer is cancelled (it may be stuck waiting for
-    the peer to read), a close 1013 is written, and the transport is aborted if the
-    close does not finish within ``close_timeout_s``.
-    """
-
-    def __init__(self, ws: ServerConnection, max_queue: int, close_timeout_s: float, on_slow: Callable[[], None]) -> None:
-        self.ws = ws
-        self.max_queue = max_queue
-        self.close_timeout_s = close_timeout_s
-        self.on_slow = on_slow
-        self.queue: deque[bytes | tuple[int, str]] = deque()
-        self.wake = asyncio.Event()
-        self.closing = False
-        self.writer = asyncio.get_running_loop().create_task(self._write())
-
-    def send(self, data: bytes) -> None:
-        if self.closing:
-            return
-        if len(self.queue) >= self.max_queue:
-            log.warning("closing %s: it reads too slowly (%d frames queued)", self.ws.remote_address, len(self.queue))
-            self.queue.clear()
-            self.closing = True
-            self.on_slow()
-            self.writer.cancel()
-            self.writer = asyncio.get_running_loop().create_task(self._close_slow())
-            return
-        self.queue.append(data)
-        self.wake.set()
-
-    def close(self, code: int, reason: str) -> None:
-        if not self.closing:
-            self.closing = True
-            self.queue.append((code, reason))
-            self.wake.set()
-
-    async def _close_slow(self) -> None:
-        try:
-            async with asyncio.timeout(self.close_timeout_s):
-                await self.ws.close(CLOSE_TRY_AGAIN_LATER, "send queue full")
-        except TimeoutError:
-            self.ws.transport.abort()
-
-    async def _write(self) -> None:
-        queue, ws = self.queue, self.ws
-        protocol, transport = ws.protocol, ws.transport
-        high_water = transport.get_write_buffer_limits()[1]
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                if not queue:
-                    self.wake.clear()
-                    await self.wake.wait()
-                    continue
-                if (isinstance(queue[0], bytes) and protocol.state is State.OPEN and ws.send_in_progress is None
-                        and transport.get_write_buffer_size() < high_water):
-                    # Fast path: frame every queued message with websockets' sans-I/O protocol and
-                    # hand them to the transport in one write: one syscall per burst, not per frame.
-                    # When the socket backs up, the slow path below (ws.send) applies flow control.
-                    while queue and isinstance(queue[0], bytes):
-                        protocol.send_text(queue.popleft())  # type: ignore[arg-type]
-                    transport.write(b"".join(protocol.data_to_send()))
-                    await asyncio.sleep(0)
-                    continue
-                item = queue.popleft()
-                if isinstance(item, bytes):
-                    await ws.send(item, text=True)
-                else:
-                    await ws.close(item[0], item[1])
-                    return
-
-
-class _LocalLink:
-    """A connection to an in-process peer: delivery is a scheduled call."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_frame: Callable[[bytes], None], on_close: Callable[[], None], closed: Callable[[], None]) -> None:
-        self.loop = loop
-        self.on_frame = on_frame
-        self.on_close = on_close
-        self.closed = closed
-        self.closing = False
-
-    def send(self, data: bytes) -> None:
-        if not self.closing:
-            self.loop.call_soon(self.on_frame, data)
-
-    def close(self, code: int, reason: str) -> None:
-        if not self.closing:
-            self.closing = True
-            self.loop.call_soon(self.on_close)
-            self.loop.call_soon(self.closed)
 
 
 class AICPWebSocketServer:
@@ -208,7 +109,7 @@ class AICPWebSocketServer:
         self.metrics = RouterMetrics(self.proto, lambda: self.open_connections, lambda: self.transport_closes)
         self.proto.outcome_observer = self.metrics.observe_outcome
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
-        self._links: dict[int, _WsLink | _LocalLink] = {}
+        self._links: dict[int, WsLink | LocalLink] = {}
         self._next_conn = 0
         self._ws_open = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -376,7 +277,7 @@ class AICPWebSocketServer:
     def attach_local(self, on_frame: Callable[[bytes], None], on_close: Callable[[], None]) -> int:
         assert self.loop is not None
         conn = self._new_conn()
-        self._links[conn] = _LocalLink(self.loop, on_frame, on_close, lambda: self._local_closed(conn))
+        self._links[conn] = LocalLink(self.loop, on_frame, on_close, lambda: self._local_closed(conn))
         self._apply(self.proto.connection_made(conn, time.time()))
         return conn
 
@@ -391,7 +292,7 @@ class AICPWebSocketServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         conn = self._new_conn()
-        link = _WsLink(ws, self.limits.send_queue, self.limits.close_timeout_s, lambda: self.count_transport_close("slow-consumer"))
+        link = WsLink(ws, self.limits.send_queue, self.limits.close_timeout_s, lambda: self.count_transport_close("slow-consumer"))
         self._links[conn] = link
         self._ws_open += 1
         proto = self.proto
