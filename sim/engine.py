@@ -231,13 +231,8 @@ class Simulation:
     def submit(self, method: int, timeout_s: float | None, service_s: float | None) -> None:
         now = self.env.now
         rec = self.records
-        i = rec.n
-        if i == rec.capacity:
-            rec.grow()
-        rec.arrival[i] = now
-        if method:
-            rec.method[i] = method
-        rec.n = self.submitted = i + 1
+        i = rec.add(now, method)
+        self.submitted = rec.n
         if service_s is not None:
             self.fixed_service[i] = service_s
         if self.controller is not None:
