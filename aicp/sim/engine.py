@@ -103,7 +103,7 @@ class Simulation:
                 idx = len(self.agents)
                 self.agents.append(
                     SimAgent(
-                        self,
+                        env,
                         idx,
                         f"{prefix}-{i:04d}",
                         g,
@@ -115,12 +115,14 @@ class Simulation:
                         group.trust,
                         cost,
                         ident,
+                        self.uniform,
+                        self.send_result,
                     )
                 )
         self.by_id = {a.agent_id: a for a in self.agents}
         self.controller = signing.Identity(key_rng.bytes(32)) if self.real_signing else None
         self._task_sigs: dict[int, tuple[bytes, bytes]] = {}
-        self.life = Lifecycle(self)
+        self.life = Lifecycle(env, self.router, self.link, self.agents, self, s.network.reconnect_s)
         self.fixed_service: dict[int, float] = {}
         expected = sum(expected_count(w.arrival, s.duration_s) for w in s.workload)
         if s.max_tasks is not None:
@@ -165,16 +167,16 @@ class Simulation:
                 for _, method, _ in rows:
                     if method is not None:
                         self.method_index(method)
-                stream: Stream = TraceStream(self, iter(rows), w_i, timeout_s)
+                stream: Stream = TraceStream(env, self, iter(rows), w_i, timeout_s)
             else:
-                stream = Stream(self, arrival_times(w.arrival, rng, s.duration_s), w_i, timeout_s)
+                stream = Stream(env, self, arrival_times(w.arrival, rng, s.duration_s), w_i, timeout_s)
             self._streams_left += 1
             stream.start()
         self._clock = env.process(self._clock_loop())
         phases = np.random.default_rng(child_seed(self._seed, _S_FAULTS, 1)).random(len(self.agents)) * router.config.heartbeat_s
         self.life.start_heartbeats(s.heartbeats, phases.tolist())
         env.process(self._sampler())
-        fault_mod.start(self, list(s.faults), np.random.default_rng(child_seed(self._seed, _S_FAULTS)))
+        fault_mod.start(env, list(s.faults), np.random.default_rng(child_seed(self._seed, _S_FAULTS)), self.agents, self.life)
         cfg = router.config
         guard = s.duration_s + cfg.max_deadline_s + cfg.attempt_timeout_s * cfg.max_attempts + cfg.lease_s + 60.0
         env.run(until=env.any_of([self._drained, env.timeout(guard)]))
@@ -382,7 +384,7 @@ class Simulation:
         while True:
             yield env.timeout(1.0)
             smp["sample_t_s"].append(env.now)
-            smp["agents_up"].append(sum(1 for a in self.agents if a.up))
+            smp["agents_up"].append(self.life.up_count)
             smp["agents_active"].append(router.registry.count_by_status()["active"])
             smp["in_flight"].append(router.tasks_in_flight)
             smp["retries"].append(router.stats.retries)
