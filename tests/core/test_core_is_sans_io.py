@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-CORE = ["errors", "messages", "signing", "replay", "registry", "strategies", "router", "protocol", "peer", "inprocess"]
+CORE = ["errors", "messages", "signing", "replay", "fenwick", "registry", "strategies", "router", "protocol", "peer", "inprocess"]
 FORBIDDEN = {"asyncio", "websockets", "simpy", "time", "socket", "selectors", "threading"}
 AICP = Path(__file__).resolve().parents[2] / "aicp"
 
