@@ -170,6 +170,9 @@ class PoolIndex(Protocol):
 
 
 _I = TypeVar("_I", bound=PoolIndex)
+
+#: Holes a pool tolerates beyond one per member before it compacts its slots (tests set 0 to compact often).
+COMPACT_SLACK = 32
 _NO_RANKS: list[int] = []
 
 
@@ -320,7 +323,7 @@ class ActivePool(Sequence[AgentState]):
             self._n_active -= 1
             for idx in self._indexes.values():
                 idx.deactivated(slot, agent)
-        if len(self._slots) > 2 * len(self._slot_of) + 32:
+        if len(self._slots) > 2 * len(self._slot_of) + COMPACT_SLACK:
             self._compact()
 
     def status_changed(self, agent: AgentState, old: Status) -> None:
@@ -346,7 +349,7 @@ class ActivePool(Sequence[AgentState]):
             idx.changed(slot, agent)
 
     def _compact(self) -> None:
-        """Drop the holes left by departures: O(n), after at least n/2 + 16 departures."""
+        """Drop the holes left by departures: O(n), after more departures than there are members."""
         members = [a for a in self._slots if a is not None]
         self._slots = list(members)
         self._slot_of = {a.agent_id: i for i, a in enumerate(members)}

@@ -42,6 +42,8 @@ from aicp.registry import ActivePool, AgentState
 
 #: How many rejection-sampling rounds trust_weighted tries before an exact draw from its tree.
 _REJECTION_TRIES = 32
+#: Stale entries an index tolerates before it cleans up, beyond one per live entry (tests set 0).
+INDEX_SLACK = 16
 
 
 class Strategy(Protocol):
@@ -126,12 +128,12 @@ class _LoadIndex:
         if bucket is None:
             bucket = self._buckets[load] = []
         heapq.heappush(bucket, slot)
-        if len(bucket) > 2 * live + 16:
+        if len(bucket) > 2 * live + INDEX_SLACK:
             self._buckets[load] = sorted({s for s in bucket if self._load.get(s) == load})
         if load not in self._queued_keys:
             self._queued_keys.add(load)
             heapq.heappush(self._keys, load)
-            if len(self._keys) > 2 * len(self._live) + 16:
+            if len(self._keys) > 2 * len(self._live) + INDEX_SLACK:
                 self._keys = sorted(self._live)
                 self._queued_keys = set(self._keys)
                 self._buckets = {k: b for k, b in self._buckets.items() if k in self._live}
@@ -237,7 +239,7 @@ class _WeightIndex:
 
     O(log n) per change and per draw. ``_positive`` counts active agents with a
     positive weight exactly, so "all weights are zero" never depends on float
-    sums; the tree is rebuilt from its exact leaves every n + 64 changes (O(1)
+    sums; the tree is rebuilt from its exact leaves every n + 4 * INDEX_SLACK changes (O(1)
     amortized) so its float sums cannot drift."""
 
     __slots__ = ("_changes", "_pool", "_positive", "_tree")
@@ -266,7 +268,7 @@ class _WeightIndex:
         self._positive += (weight > 0.0) - (old > 0.0)
         tree.set(slot, weight)
         self._changes += 1
-        if self._changes > len(tree) + 64:
+        if self._changes > len(tree) + 4 * INDEX_SLACK:
             self.rebuild()
 
     def activated(self, slot: int, agent: AgentState) -> None:
