@@ -102,7 +102,7 @@ class TwinMachine(RuleBasedStateMachine):
         agent=st.sampled_from(AGENTS),
         caps=st.sets(st.sampled_from(METHODS[:2]), min_size=1, max_size=2) | st.just({"m3"}),
         concurrency=st.integers(1, 4),
-        trust=st.none() | st.sampled_from([0.0, 0.002, 0.01, 0.5, 1.0]),
+        trust=st.sampled_from([None, 0.0, 0.002, 0.002, 0.01, 1.0]),  # tiny trusts: rejection gives up, the tree draws
     )
     def register(self, agent: str, caps: set[str], concurrency: int, trust: float | None) -> None:
         self.both("register_agent", agent, tuple(sorted(caps)), self.now, concurrency=concurrency, trust=trust)
@@ -199,7 +199,7 @@ def test_same_decisions_as_the_oracle_on_a_churning_pool_of_300(name: str) -> No
         roll = script.random()
         if roll < 0.25:
             args: tuple[object, ...] = ("register_agent", f"a{script.randrange(300)}", ("m",) if script.random() < 0.9 else ("m", "x"), now)
-            kwargs: dict[str, object] = {"concurrency": script.choice([1, 1, 2, 3]), "trust": script.choice([None, 0.9, 0.05])}
+            kwargs: dict[str, object] = {"concurrency": script.choice([1, 1, 2, 3]), "trust": script.choice([0.0, 0.001, 0.002, 0.01])}
         elif roll < 0.33:
             args, kwargs = ("agent_lost", f"a{script.randrange(300)}", now), {}
         elif roll < 0.36:
@@ -278,3 +278,20 @@ def test_registering_does_not_copy_the_pool() -> None:
     r.drain_agent("a7", 0.0)
     assert r.registry.agents_with("m") is pool and len(pool) == 49
     assert "a7" not in [a.agent_id for a in pool]
+
+
+@pytest.mark.parametrize("trusts", [[0.0] * 5, [0.0, 0.0, 0.001, 0.0, 0.0], [0.001, 0.003, 0.0, 0.002, 0.0005]])
+def test_trust_weighted_picks_what_the_oracle_picks_when_weights_are_tiny_or_zero(trusts: list[float]) -> None:
+    """All-zero weights fall back to a uniform pick; tiny ones to the tree. Same picks, same draws."""
+    fast, slow = Registry(), OracleRegistry()
+    for reg in (fast, slow):
+        for i, t in enumerate(trusts):
+            reg.add(AgentState(f"a{i}", ["m"], 1, t, 0.0, 90.0))
+    ours, theirs = strategies.get("trust_weighted"), ORACLES["trust_weighted"]()
+    rng_ours, rng_theirs = random.Random(9), random.Random(9)
+    for k in range(300):
+        exclude = [f"a{k % 5}", f"a{(k * 3) % 5}"][: k % 3]
+        got = ours.choose("m", fast.agents_with("m"), rng_ours, exclude)
+        want = theirs.choose("m", slow.agents_with("m"), rng_theirs, exclude)
+        assert got is not None and want is not None and got.agent_id == want.agent_id, k
+    assert rng_ours.getstate() == rng_theirs.getstate()
