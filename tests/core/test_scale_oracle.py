@@ -21,13 +21,13 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from oracle_strategies import ORACLES, OracleRegistry
 
 from aicp import registry as registry_module
 from aicp import strategies
 from aicp import strategies as strategies_module
 from aicp.registry import AgentState, Registry, Status
 from aicp.router import Action, Router, RouterConfig
-from oracle_strategies import ORACLES, OracleRegistry
 
 AGENTS = [f"a{i}" for i in range(8)]
 METHODS = ["m1", "m2", "m3"]
