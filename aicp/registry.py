@@ -17,7 +17,9 @@ Costs (n = agents with the capability, c = capabilities of the agent):
 Load-aware strategies attach their own per-pool index (``ActivePool.index_for``); the
 pool tells every attached index when an agent becomes active or inactive, and
 ``AgentState`` tells the registry whenever ``in_flight``, ``concurrency`` or
-``trust`` is assigned, so no caller can forget to.
+``trust`` is assigned, so no caller can forget to. (Until a strategy attaches its
+first index, agents do not report, so round-robin and the random strategies pay
+nothing for this.)
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ class AgentState:
     def in_flight(self, value: int) -> None:
         self._in_flight = value
         if self._watch is not None:
-            self._watch.agent_changed(self)
+            self._watch.agent_changed(self, False)
 
     @property
     def concurrency(self) -> int:
@@ -112,7 +114,7 @@ class AgentState:
     def concurrency(self, value: int) -> None:
         self._concurrency = value
         if self._watch is not None:
-            self._watch.agent_changed(self)
+            self._watch.agent_changed(self, False)
 
     @property
     def trust(self) -> float:
@@ -122,7 +124,7 @@ class AgentState:
     def trust(self, value: float) -> None:
         self._trust = value
         if self._watch is not None:
-            self._watch.agent_changed(self)
+            self._watch.agent_changed(self, True)
 
     @property
     def load(self) -> float:
@@ -154,7 +156,11 @@ class AgentState:
 class PoolIndex(Protocol):
     """A strategy's own index over one ``ActivePool`` (see ``ActivePool.index_for``).
 
-    Slots are the pool's positions in join order; an index only holds active agents."""
+    Slots are the pool's positions in join order; an index only holds active agents.
+    ``changed`` is called on load changes (``in_flight``, ``concurrency``) and, if
+    ``watches_trust``, on trust changes too."""
+
+    watches_trust: bool
 
     def activated(self, slot: int, agent: AgentState) -> None:
         """``agent`` (at ``slot``) became active or joined as active."""
@@ -163,7 +169,7 @@ class PoolIndex(Protocol):
         """``agent`` stopped being active or left the pool."""
 
     def changed(self, slot: int, agent: AgentState) -> None:
-        """An active agent's ``in_flight``, ``concurrency`` or ``trust`` was assigned."""
+        """An active agent's ``in_flight`` or ``concurrency`` (or ``trust``, see above) was assigned."""
 
     def rebuild(self) -> None:
         """The pool renumbered its slots (compaction): start again from the pool."""
@@ -190,16 +196,18 @@ class ActivePool(Sequence[AgentState]):
     amortized plus each attached index's cost; iteration O(n).
     """
 
-    __slots__ = ("_active", "_by_status", "_indexes", "_n_active", "_slot_of", "_slots", "capability")
+    __slots__ = ("_active", "_by_status", "_indexes", "_n_active", "_on_first_index", "_slot_of", "_slots", "_trust_indexes", "capability")
 
-    def __init__(self, capability: str) -> None:
+    def __init__(self, capability: str, on_first_index: Callable[[], None] | None = None) -> None:
         self.capability = capability
+        self._on_first_index = on_first_index
         self._slots: list[AgentState | None] = []
         self._slot_of: dict[str, int] = {}
         self._active = Fenwick()
         self._n_active = 0
         self._by_status: dict[Status, int] = dict.fromkeys(Status, 0)
         self._indexes: dict[object, PoolIndex] = {}
+        self._trust_indexes: list[PoolIndex] = []  # those of _indexes that watch trust
 
     # ---------------------------------------------------------------- Sequence
     def __len__(self) -> int:
@@ -298,7 +306,11 @@ class ActivePool(Sequence[AgentState]):
         From then on the pool keeps it up to date (see ``PoolIndex``)."""
         idx = self._indexes.get(key)
         if idx is None:
+            if self._on_first_index is not None:
+                self._on_first_index()
             idx = self._indexes[key] = factory(self)
+            if idx.watches_trust:
+                self._trust_indexes.append(idx)
         return idx  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- changes (Registry only)
@@ -343,11 +355,6 @@ class ActivePool(Sequence[AgentState]):
             for idx in self._indexes.values():
                 idx.deactivated(slot, agent)
 
-    def changed(self, agent: AgentState) -> None:
-        slot = self._slot_of[agent.agent_id]
-        for idx in self._indexes.values():
-            idx.changed(slot, agent)
-
     def _compact(self) -> None:
         """Drop the holes left by departures: O(n), after more departures than there are members."""
         members = [a for a in self._slots if a is not None]
@@ -368,6 +375,7 @@ class Registry:
         self.agents: dict[str, AgentState] = {}
         self._pools: dict[str, ActivePool] = {}
         self._by_status: dict[Status, int] = dict.fromkeys(Status, 0)
+        self._watching = False  # agents report load and trust changes only once some pool has an index
 
     def __len__(self) -> int:
         return len(self.agents)
@@ -385,7 +393,8 @@ class Registry:
         self.agents[state.agent_id] = state
         self._by_status[state.status] += 1
         self._join(state)
-        state._watch = self
+        if self._watching:
+            state._watch = self
 
     def set_capabilities(self, state: AgentState, capabilities: Iterable[str]) -> None:
         """Replace an agent's capabilities; it moves to the end of each pool, O(c log n)."""
@@ -415,14 +424,25 @@ class Registry:
         self._leave(state)
         return state
 
-    def agent_changed(self, state: AgentState) -> None:
-        """Called by ``AgentState`` when its load or trust is assigned: O(c) plus the indexes' cost."""
+    def agent_changed(self, state: AgentState, trust: bool) -> None:
+        """Called by ``AgentState`` when its load (or, if ``trust``, its trust) is assigned:
+        O(c) plus the indexes' cost. Written flat: it runs on every dispatch and result."""
         if state.status is Status.ACTIVE:
             pools = self._pools
             for cap in state.capabilities:
                 pool = pools[cap]
-                if pool._indexes:
-                    pool.changed(state)
+                indexes = pool._trust_indexes if trust else pool._indexes.values()
+                if indexes:
+                    slot = pool._slot_of[state.agent_id]
+                    for idx in indexes:
+                        idx.changed(slot, state)
+
+    def _watch_agents(self) -> None:
+        """A strategy attached its first index: from now on agents report changes (O(n), once)."""
+        if not self._watching:
+            self._watching = True
+            for state in self.agents.values():
+                state._watch = self
 
     def agents_with(self, capability: str) -> ActivePool:
         """Active agents that have ``capability``, in join order: a live view, O(1). Do not mutate."""
@@ -453,7 +473,7 @@ class Registry:
         for cap in state.capabilities:
             pool = pools.get(cap)
             if pool is None:
-                pool = pools[cap] = ActivePool(cap)
+                pool = pools[cap] = ActivePool(cap, self._watch_agents)
             pool.join(state)
 
     def _leave(self, state: AgentState) -> None:

@@ -99,6 +99,7 @@ class _LoadIndex:
     """
 
     __slots__ = ("_buckets", "_keys", "_live", "_load", "_pool", "_queued_keys")
+    watches_trust = False
 
     def __init__(self, pool: ActivePool) -> None:
         self._pool = pool
@@ -153,7 +154,7 @@ class _LoadIndex:
         self._leave(slot)
 
     def changed(self, slot: int, agent: AgentState) -> None:
-        load = agent.in_flight / agent.concurrency
+        load = agent._in_flight / agent._concurrency
         if self._load[slot] != load:
             self._leave(slot)
             self._enter(slot, load)
@@ -243,6 +244,7 @@ class _WeightIndex:
     amortized) so its float sums cannot drift."""
 
     __slots__ = ("_changes", "_pool", "_positive", "_tree")
+    watches_trust = True
 
     def __init__(self, pool: ActivePool) -> None:
         self._pool = pool
