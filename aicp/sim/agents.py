@@ -24,8 +24,8 @@ from simpy.events import Timeout
 
 from aicp.signing import Identity
 
-ResultSink = Callable[["SimAgent", int, bool], None]
-"""Where a finished task goes: ``report(agent, task index, ok)``."""
+ResultSink = Callable[["SimAgent", str, bool], None]
+"""Where a finished task goes: ``report(agent, task id, ok)``."""
 
 
 class SimAgent:
@@ -90,7 +90,7 @@ class SimAgent:
         self.busy = 0
         self.busy_time = 0.0
         self.served = 0
-        self.mailbox: deque[tuple[int, float | None]] = deque()
+        self.mailbox: deque[tuple[str, float | None]] = deque()
         self.up = True  # the process is running
         self.connected = True  # the router has it registered (as far as the agent knows)
         self.slow = 1.0
@@ -99,8 +99,8 @@ class SimAgent:
         self.epoch = 0
 
     # ------------------------------------------------------------------ tasks
-    def receive(self, message: tuple[int, float | None]) -> None:
-        """A task arrives from the router: ``(task index, service seconds from a trace or None)``."""
+    def receive(self, message: tuple[str, float | None]) -> None:
+        """A task arrives from the router: ``(task id, service seconds from a trace or None)``."""
         if not self.up:
             return
         if self.busy < self.concurrency:
@@ -108,14 +108,14 @@ class SimAgent:
         else:
             self.mailbox.append(message)
 
-    def _start(self, message: tuple[int, float | None]) -> None:
+    def _start(self, message: tuple[str, float | None]) -> None:
         self.busy += 1
         task, fixed = message
         duration = (fixed if fixed is not None else self.service()) * self.slow / self.speed + self.cost_s
         Timeout(self.env, duration, (task, self.epoch, duration)).callbacks.append(self._done)  # type: ignore[union-attr]
 
     def _done(self, event: Timeout) -> None:
-        value: tuple[int, int, float] = event.value  # type: ignore[assignment]
+        value: tuple[str, int, float] = event.value  # type: ignore[assignment]
         task, epoch, duration = value
         if epoch != self.epoch:
             return  # crashed or dropped by the router since this task started

@@ -26,8 +26,8 @@ def test_parts_neither_import_the_engine_nor_read_simpy_private_state() -> None:
         assert private == [], (name, private)
 
 
-def agent(env: simpy.Environment, done: list[tuple[float, int, bool]], concurrency: int = 2) -> SimAgent:
-    def report(a: SimAgent, task: int, ok: bool) -> None:
+def agent(env: simpy.Environment, done: list[tuple[float, str, bool]], concurrency: int = 2) -> SimAgent:
+    def report(a: SimAgent, task: str, ok: bool) -> None:
         done.append((env.now, task, ok))
 
     return SimAgent(env, 0, "a-0", 0, ["work"], concurrency, lambda: 1.0, 1.0, 0.0, None, 0.0, None, random.random, report)
@@ -35,22 +35,22 @@ def agent(env: simpy.Environment, done: list[tuple[float, int, bool]], concurren
 
 def test_agent_alone_is_a_fifo_queue_in_front_of_c_slots() -> None:
     env = simpy.Environment()
-    done: list[tuple[float, int, bool]] = []
+    done: list[tuple[float, str, bool]] = []
     a = agent(env, done)
-    for task in range(5):
+    for task in "01234":
         a.receive((task, None))
-    a.receive((9, 0.25))  # a fixed service time (trace replay) waits its turn too
+    a.receive(("9", 0.25))  # a fixed service time (trace replay) waits its turn too
     env.run()
-    assert done == [(1.0, 0, True), (1.0, 1, True), (2.0, 2, True), (2.0, 3, True), (2.25, 9, True), (3.0, 4, True)]
+    assert done == [(1.0, "0", True), (1.0, "1", True), (2.0, "2", True), (2.0, "3", True), (2.25, "9", True), (3.0, "4", True)]
     assert a.served == 6 and a.busy == 0 and a.busy_time == 5.25
 
 
 def test_agent_reset_drops_work_in_hand() -> None:
     env = simpy.Environment()
-    done: list[tuple[float, int, bool]] = []
+    done: list[tuple[float, str, bool]] = []
     a = agent(env, done, concurrency=1)
-    a.receive((1, None))
-    a.receive((2, None))
+    a.receive(("1", None))
+    a.receive(("2", None))
     env.run(until=0.5)
     a.reset()
     env.run()
@@ -75,7 +75,7 @@ def test_lifecycle_with_a_real_router_and_link_but_no_simulation() -> None:
     env = simpy.Environment()
     router = Router(RouterConfig(), "round_robin", random.Random(1))
     link = Link(env, lambda: 0.001, 0.0, random.random)
-    done: list[tuple[float, int, bool]] = []
+    done: list[tuple[float, str, bool]] = []
     agents = [agent(env, done)]
     driver = Recorder()
     life = Lifecycle(env, router, link, agents, driver, reconnect_s=1.0)
