@@ -21,7 +21,7 @@ import msgspec
 import pytest
 
 from aicp import errors
-from aicp.inprocess import Endpoint, Hub
+from aicp.inprocess import Endpoint, InProcessHub
 from aicp.messages import PROTOCOL_VERSION, Error, Result, Task, decode_body, decode_frame, seal_raw
 from aicp.peer import PeerSession
 from aicp.protocol import CLOSE_POLICY, Close, Output, ProtocolConfig, RouterProtocol, Send, task_key
@@ -65,7 +65,7 @@ def echo(task: Task) -> Any:
     return msgspec.json.decode(task.payload)
 
 
-class TapHub(Hub):
+class TapHub(InProcessHub):
     """A hub that also keeps every output of the router, so tests can read refusals
     sent just before a close (the plain hub drops frames to a closed endpoint)."""
 

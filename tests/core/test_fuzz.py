@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aicp import errors
-from aicp.inprocess import Hub
+from aicp.inprocess import InProcessHub
 from aicp.messages import INT_MAX, INT_MIN, check_strict, decode_body, decode_frame, seal_raw
 from aicp.peer import PeerSession
 from aicp.protocol import Close, ProtocolConfig, RouterProtocol, Send
@@ -115,16 +115,16 @@ def test_bytes_signed_by_a_valid_key_decode_or_raise_decode_error(body: bytes) -
 
 
 # ----------------------------------------------------------------- frame_received never raises
-def world() -> tuple[RouterProtocol, Hub, int, int]:
+def world() -> tuple[RouterProtocol, InProcessHub, int, int]:
     proto = RouterProtocol(Identity(b"\x09" * 32), Router(RouterConfig()), ProtocolConfig(window_s=60.0), nonce_source=lambda: "n" * 32)
-    hub = Hub(proto, now=T0)
+    hub = InProcessHub(proto, now=T0)
     hub.connect(PeerSession(AGENT, "a1", "agent", ["echo"]), handler=lambda task: 1)
     ctl = hub.connect(PeerSession(CTL, "c1", "controller"))
     stranger = hub.connect(PeerSession(FUZZER, "f1", "controller"), register=False)
     return proto, hub, ctl.conn, stranger.conn
 
 
-def still_serving(hub: Hub, proto: RouterProtocol) -> None:
+def still_serving(hub: InProcessHub, proto: RouterProtocol) -> None:
     """A fresh controller still gets its task done (c1 may have deregistered itself)."""
     ctl = hub.connect(PeerSession(PROBE, "probe", "controller"))
     tid = ctl.submit("echo", 0)

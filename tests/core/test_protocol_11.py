@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from aicp import errors
-from aicp.inprocess import Endpoint, Hub
+from aicp.inprocess import Endpoint, InProcessHub
 from aicp.messages import PROTOCOL_VERSION, Challenge, Error, Result, Task, decode_body, decode_frame, encode, seal, seal_raw
 from aicp.peer import PeerSession
 from aicp.protocol import CLOSE_POLICY, CLOSE_UNSUPPORTED_DATA, Close, Output, ProtocolConfig, RouterProtocol, Send
@@ -24,7 +24,7 @@ from aicp.signing import Identity
 T0 = 1_000_000.0
 
 
-class Tap(Hub):
+class Tap(InProcessHub):
     """A hub that keeps every router output, frames sent just before a close included."""
 
     def __init__(self, proto: RouterProtocol) -> None:
@@ -50,11 +50,11 @@ def make(verify: str = "every-hop", **router_cfg: Any) -> Tap:
     return Tap(RouterProtocol(Identity(b"\x07" * 32), Router(RouterConfig(**router_cfg), "round_robin", random.Random(1)), ProtocolConfig(verify=verify)))  # type: ignore[arg-type]
 
 
-def agent(hub: Hub, name: str, auto: bool = True, caps: tuple[str, ...] = ("m",)) -> Endpoint:
+def agent(hub: InProcessHub, name: str, auto: bool = True, caps: tuple[str, ...] = ("m",)) -> Endpoint:
     return hub.connect(PeerSession(Identity.generate(), name, "agent", list(caps)), handler=lambda t: msgspec.json.decode(t.payload), auto=auto)
 
 
-def controller(hub: Hub, name: str = "c1") -> Endpoint:
+def controller(hub: InProcessHub, name: str = "c1") -> Endpoint:
     return hub.connect(PeerSession(Identity.generate(), name, "controller"))
 
 

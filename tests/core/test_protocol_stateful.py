@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from aicp import errors
-from aicp.inprocess import Endpoint, Hub
+from aicp.inprocess import Endpoint, InProcessHub
 from aicp.messages import Error, Result, Task
 from aicp.peer import PeerSession
 from aicp.protocol import ProtocolConfig, RouterProtocol
@@ -41,7 +41,7 @@ class ProtocolMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.proto: RouterProtocol
-        self.hub: Hub
+        self.hub: InProcessHub
         self.agents: dict[str, Endpoint] = {}
         self.seen_tasks: dict[str, list[Task]] = {name: [] for name in CAPS}
         self.ctl: Endpoint
@@ -53,7 +53,7 @@ class ProtocolMachine(RuleBasedStateMachine):
     @initialize(seed=st.integers(0, 2**16), strategy=st.sampled_from(["round_robin", "random", "least_loaded", "power_of_two"]))
     def start(self, seed: int, strategy: str) -> None:
         self.proto = RouterProtocol(Identity(b"\x63" * 32), Router(RCFG, strategy, random.Random(seed)), PCFG)
-        self.hub = Hub(self.proto, now=T0)
+        self.hub = InProcessHub(self.proto, now=T0)
         self.connect_ctl()
 
     # ---------------------------------------------------------------- helpers

@@ -16,7 +16,7 @@ import pytest
 from live_helpers import CountingController, Proc, http_get, http_json, metric_samples, router_url, run, serving, wait_until
 
 from aicp import errors
-from aicp.bench.live import free_port
+from aicp.lab.bench.live import free_port
 from aicp.registry import Status
 from aicp.router import RouterConfig
 
