@@ -110,11 +110,14 @@ class Identity:
         """Detached signature over CONTEXT + body."""
         return _sodium.crypto_sign(CONTEXT + body, self._secret)[:SIGNATURE_BYTES]
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the seed as hex to a file readable by the owner only (0600)."""
+    def save(self, path: str | os.PathLike[str], *, exclusive: bool = False) -> None:
+        """Write the seed as hex to a file readable by the owner only (0600).
+
+        ``exclusive``: raise ``FileExistsError`` rather than replace an existing file.
+        """
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC), 0o600)
         try:
             os.fchmod(fd, 0o600)
             os.write(fd, (self.seed.hex() + "\n").encode("ascii"))
@@ -135,10 +138,18 @@ class Identity:
 
     @classmethod
     def load_or_create(cls, path: str | os.PathLike[str]) -> Identity:
+        """The identity saved in ``path``, or a new one saved there (0600).
+
+        Two processes creating the same file at once end up with the same key: the
+        file is created exclusively, and the one that loses the race loads it.
+        """
         if Path(path).exists():
             return cls.load(path)
         ident = cls.generate()
-        ident.save(path)
+        try:
+            ident.save(path, exclusive=True)
+        except FileExistsError:
+            return cls.load(path)
         return ident
 
     def __repr__(self) -> str:
