@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 from aicp.live.client import DEFAULT_URL, AICPWebSocketClient
 from aicp.live.keys import identity_for
+from aicp.live.logs import setup_logging
 from aicp.live.loop import run_async
 from aicp.signing import Identity
 
@@ -115,13 +116,14 @@ class Agent:
             self._stop.set()
         self.client.closing = self.client.draining = False  # serving again after a stop
         loop = asyncio.get_running_loop()
-        serving = loop.create_task(self.client.serve(self.heartbeat))
+        serving = loop.create_task(self._connect_and_serve())
         stopping = loop.create_task(self._stop.wait())
         try:
             await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if serving.done():
                 serving.result()  # the refusal or bug that ended it
                 return
+            log.info("%s: stopping; %d task(s) running", self.agent_id, self.client.running)
             if not await self.client.drain(self.drain_timeout):
                 log.warning("%s: %d task(s) still running after %g s; cancelling them", self.agent_id, self.client.running, self.drain_timeout)
         finally:
@@ -132,14 +134,30 @@ class Agent:
             self._stop = None
             self._stop_requested = False
 
+    async def _connect_and_serve(self) -> None:
+        await self.client.connect_with_retry()
+        log.info(
+            "agent %s registered at %s (key %s; capabilities %s)",
+            self.agent_id,
+            self.url,
+            self.identity.public_key_text,
+            ", ".join(self.client.session.capabilities) or "none",
+        )
+        await self.client.serve(self.heartbeat)
+
     def stop(self) -> None:
         """Ask ``serve()`` (or ``run()``) to stop gracefully. Call it from the loop's thread."""
         self._stop_requested = True
         if self._stop is not None:
             self._stop.set()
 
-    def run(self) -> None:
-        """Serve until SIGINT or SIGTERM, then stop gracefully; blocks. Runs its own event loop (uvloop if installed)."""
+    def run(self, log_level: str = "INFO") -> None:
+        """Serve until SIGINT or SIGTERM, then stop gracefully; blocks. Runs its own event loop (uvloop if installed).
+
+        Logs to stderr at ``log_level`` unless logging is already configured.
+        """
+        if not logging.getLogger().handlers:
+            setup_logging(log_level)
         run_async(self._run_with_signals())
 
     async def _run_with_signals(self) -> None:

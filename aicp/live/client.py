@@ -230,13 +230,14 @@ class PeerClient:
                 return
 
     async def serve(self, heartbeat: float | None = None) -> None:
-        """Connect (retrying), then handle frames and renew the lease until ``close()``.
+        """Connect (retrying) unless connected, then handle frames and renew the lease until ``close()``.
 
         The heartbeat task (every ``heartbeat`` seconds, default what the router asks
         for) belongs to this call: it starts after the first registration and is
         cancelled and awaited when the call returns or is cancelled.
         """
-        await self.connect_with_retry()
+        if not self.connected:
+            await self.connect_with_retry()
         self._heartbeat = asyncio.get_running_loop().create_task(self.heartbeat_loop(heartbeat))
         try:
             await self.listen()
