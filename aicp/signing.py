@@ -140,16 +140,22 @@ class Identity:
     def load_or_create(cls, path: str | os.PathLike[str]) -> Identity:
         """The identity saved in ``path``, or a new one saved there (0600).
 
-        Two processes creating the same file at once end up with the same key: the
-        file is created exclusively, and the one that loses the race loads it.
+        Two processes creating the same file at once end up with the same key: the key
+        is written to a temporary file and linked into place, which fails if the file
+        appeared meanwhile (then it is loaded), so nobody reads a half-written file.
         """
-        if Path(path).exists():
-            return cls.load(path)
+        p = Path(path)
+        if p.exists():
+            return cls.load(p)
         ident = cls.generate()
+        tmp = p.with_name(f".{p.name}.{os.urandom(6).hex()}.tmp")
+        ident.save(tmp, exclusive=True)
         try:
-            ident.save(path, exclusive=True)
+            os.link(tmp, p)
         except FileExistsError:
-            return cls.load(path)
+            return cls.load(p)
+        finally:
+            tmp.unlink(missing_ok=True)
         return ident
 
     def __repr__(self) -> str:
