@@ -23,8 +23,9 @@
   event loop (fast for microsecond work, but it holds up heartbeats while it runs);
   pass ``in_thread=True`` for blocking work. An exception in a handler becomes a
   signed failed result (``agent-failed`` for the caller), never a dead agent;
-* ``run()``: blocks, handles SIGINT and SIGTERM with a graceful stop;
-  ``await serve()`` does the same inside a loop you own, until ``stop()``.
+* ``run()``: blocks, handles SIGINT and SIGTERM with a graceful stop (a second
+  signal skips the drain); ``await serve()`` does the same inside a loop you own,
+  until ``stop()``.
 
 A graceful stop refuses new tasks (the router retries them on another agent), waits
 up to ``drain_timeout`` seconds for running ones to finish and send their results,
@@ -79,6 +80,7 @@ class Agent:
         self.heartbeat = heartbeat
         self.drain_timeout = drain_timeout
         self._stop: asyncio.Event | None = None
+        self._force = asyncio.Event()  # set by a second stop(): leave without waiting for running tasks
         self._stop_requested = False
 
     @property
@@ -112,6 +114,7 @@ class Agent:
         (``key-mismatch``, ``not-allowed``, …).
         """
         self._stop = asyncio.Event()
+        self._force = asyncio.Event()
         if self._stop_requested:
             self._stop.set()
         self.client.closing = self.client.draining = False  # serving again after a stop
@@ -124,8 +127,16 @@ class Agent:
                 serving.result()  # the refusal or bug that ended it
                 return
             log.info("%s: stopping; %d task(s) running", self.agent_id, self.client.running)
-            if not await self.client.drain(self.drain_timeout):
-                log.warning("%s: %d task(s) still running after %g s; cancelling them", self.agent_id, self.client.running, self.drain_timeout)
+            draining = loop.create_task(self.client.drain(self.drain_timeout))
+            forced = loop.create_task(self._force.wait())
+            try:
+                await asyncio.wait({draining, forced}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                draining.cancel()
+                forced.cancel()
+                await asyncio.gather(draining, forced, return_exceptions=True)
+            if self.client.running:
+                log.warning("%s: leaving with %d task(s) still running; cancelling them", self.agent_id, self.client.running)
         finally:
             await self.client.close()
             for t in (serving, stopping):
@@ -146,7 +157,9 @@ class Agent:
         await self.client.serve(self.heartbeat)
 
     def stop(self) -> None:
-        """Ask ``serve()`` (or ``run()``) to stop gracefully. Call it from the loop's thread."""
+        """Ask ``serve()`` (or ``run()``) to stop gracefully; a second call skips the drain. Call it from the loop's thread."""
+        if self._stop is not None and self._stop.is_set():
+            self._force.set()
         self._stop_requested = True
         if self._stop is not None:
             self._stop.set()

@@ -281,9 +281,9 @@ agent = Agent("graceful", url=sys.argv[1], key_dir=sys.argv[2], drain_timeout=10
 
 @agent.handler("slow")
 async def slow(payload):
-    print("started", payload, flush=True)
-    await asyncio.sleep(1.0)
-    return {"done": payload}
+    print("started", payload["n"], flush=True)
+    await asyncio.sleep(payload["sleep"])
+    return {"done": payload["n"]}
 
 agent.run()
 print("run() returned", flush=True)
@@ -299,7 +299,7 @@ def test_run_finishes_the_running_task_on_sigterm_then_exits_0(procs: Callable[.
             proc = procs(str(script), server.url, str(tmp_path / "keys"))
             await asyncio.to_thread(proc.wait_for_line, "agent graceful registered")
             async with Controller(server.url) as ctl:
-                job = asyncio.ensure_future(ctl.submit("slow", 7, timeout=10))
+                job = asyncio.ensure_future(ctl.submit("slow", {"n": 7, "sleep": 1.0}, timeout=10))
                 await asyncio.to_thread(proc.wait_for_line, "started 7")
                 proc.kill(signal.SIGTERM)
                 result = await job
@@ -308,6 +308,29 @@ def test_run_finishes_the_running_task_on_sigterm_then_exits_0(procs: Callable[.
             assert code == 0, proc.output()
             assert "run() returned" in proc.output()
             assert "graceful" not in server.proto.connected_peers()
+
+    run(main(), timeout=30)
+
+
+def test_a_second_sigterm_skips_the_drain(procs: Callable[..., Proc], tmp_path: Path) -> None:
+    """The script drains for up to 10 s; a second signal leaves at once and the task fails over (here: to nobody)."""
+    script = tmp_path / "graceful_agent.py"
+    script.write_text(textwrap.dedent(AGENT_SCRIPT))
+
+    async def main() -> None:
+        async with serving() as server:
+            proc = procs(str(script), server.url, str(tmp_path / "keys"))
+            await asyncio.to_thread(proc.wait_for_line, "agent graceful registered")
+            async with Controller(server.url) as ctl:
+                job = asyncio.ensure_future(ctl.submit("slow", {"n": 8, "sleep": 60.0}, timeout=30))
+                await asyncio.to_thread(proc.wait_for_line, "started 8")
+                proc.kill(signal.SIGTERM)
+                await asyncio.to_thread(proc.wait_for_line, "graceful: stopping; 1 task")
+                proc.kill(signal.SIGTERM)
+                assert await asyncio.to_thread(proc.popen.wait, 5) == 0, proc.output()  # well before the 10 s drain
+                with pytest.raises(errors.TaskError) as info:
+                    await job
+                assert info.value.code == errors.AGENT_FAILED
 
     run(main(), timeout=30)
 
