@@ -27,9 +27,9 @@
   signal skips the drain); ``await serve()`` does the same inside a loop you own,
   until ``stop()``.
 
-A graceful stop refuses new tasks (the router retries them on another agent), waits
-up to ``drain_timeout`` seconds for running ones to finish and send their results,
-then deregisters and closes. Cancelling ``serve()`` closes at once, without draining.
+A graceful stop refuses new tasks with a signed failed result (the router retries
+them on another agent if it has one), waits up to ``drain_timeout`` seconds for
+running ones to finish and send their results, then deregisters and closes. Cancelling ``serve()`` closes at once, without draining.
 """
 
 from __future__ import annotations
