@@ -3,7 +3,7 @@
 It runs the exact frames and signatures of live mode with no sockets and no
 event loop, so tests and the demo can script whole conversations::
 
-    hub = Hub(RouterProtocol(Identity.generate(), Router(...)))
+    hub = InProcessHub(RouterProtocol(Identity.generate(), Router(...)))
     agent = hub.connect(PeerSession(ident, "a1", "agent", ["echo"]), handler=lambda task: {"ok": 1})
     ctl = hub.connect(PeerSession(ident2, "c1", "controller"))
     tid = ctl.submit("echo", {"x": 1})
@@ -22,13 +22,14 @@ from aicp.messages import Error, Result, Task, payload
 from aicp.peer import PeerSession, Received
 from aicp.protocol import Close, RouterProtocol, Send
 
-Handler = Callable[[Task], Any]
+TaskHandler = Callable[[Task], Any]
+"""An in-process agent's handler: it gets the whole verified ``Task`` (the live ``aicp.live.handlers.Handler`` gets only the payload)."""
 
 
 class Endpoint:
     """One peer connected to the hub. Agents answer tasks with ``handler`` (auto, or held for the test)."""
 
-    def __init__(self, hub: Hub, conn: int, session: PeerSession, handler: Handler | None, auto: bool) -> None:
+    def __init__(self, hub: InProcessHub, conn: int, session: PeerSession, handler: TaskHandler | None, auto: bool) -> None:
         self.hub = hub
         self.conn = conn
         self.session = session
@@ -81,7 +82,7 @@ class Endpoint:
             self.outcome_count[key] = self.outcome_count.get(key, 0) + 1
 
 
-class Hub:
+class InProcessHub:
     """Routes frames between a ``RouterProtocol`` and in-memory endpoints, in FIFO order."""
 
     def __init__(self, proto: RouterProtocol, now: float = 1_000_000.0) -> None:
@@ -93,7 +94,7 @@ class Hub:
         self._next_conn = 0
         self.sent_to_peers = 0
 
-    def connect(self, session: PeerSession, handler: Handler | None = None, auto: bool = True, register: bool = True) -> Endpoint:
+    def connect(self, session: PeerSession, handler: TaskHandler | None = None, auto: bool = True, register: bool = True) -> Endpoint:
         self._next_conn += 1
         conn = self._next_conn
         ep = Endpoint(self, conn, session, handler, auto)

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aicp import errors
-from aicp.inprocess import Hub
+from aicp.inprocess import InProcessHub
 from aicp.messages import INT_MAX, INT_MIN, check_strict, decode_body, decode_frame, seal_raw
 from aicp.peer import PeerSession
 from aicp.protocol import Close, ProtocolConfig, RouterProtocol, Send
@@ -33,7 +33,7 @@ AGENT, CTL, FUZZER, PROBE = (Identity(bytes([n]) * 32) for n in (1, 2, 3, 4))
 
 def good_frame() -> bytes:
     body = msgspec.json.encode(
-        {"type": "task", "v": 1, "id": "t-1", "sender": "f1", "ts": T0, "method": "echo", "payload": {"a": [1, 2.5, "x"]}}
+        {"type": "task", "v": "1.1", "id": "t-1", "sender": "f1", "ts": T0, "method": "echo", "payload": {"a": [1, 2.5, "x"]}}
     )
     return seal_raw(FUZZER, "f1", body)
 
@@ -115,16 +115,16 @@ def test_bytes_signed_by_a_valid_key_decode_or_raise_decode_error(body: bytes) -
 
 
 # ----------------------------------------------------------------- frame_received never raises
-def world() -> tuple[RouterProtocol, Hub, int, int]:
+def world() -> tuple[RouterProtocol, InProcessHub, int, int]:
     proto = RouterProtocol(Identity(b"\x09" * 32), Router(RouterConfig()), ProtocolConfig(window_s=60.0), nonce_source=lambda: "n" * 32)
-    hub = Hub(proto, now=T0)
+    hub = InProcessHub(proto, now=T0)
     hub.connect(PeerSession(AGENT, "a1", "agent", ["echo"]), handler=lambda task: 1)
     ctl = hub.connect(PeerSession(CTL, "c1", "controller"))
     stranger = hub.connect(PeerSession(FUZZER, "f1", "controller"), register=False)
     return proto, hub, ctl.conn, stranger.conn
 
 
-def still_serving(hub: Hub, proto: RouterProtocol) -> None:
+def still_serving(hub: InProcessHub, proto: RouterProtocol) -> None:
     """A fresh controller still gets its task done (c1 may have deregistered itself)."""
     ctl = hub.connect(PeerSession(PROBE, "probe", "controller"))
     tid = ctl.submit("echo", 0)
@@ -157,7 +157,7 @@ FIELDS = ["type", "v", "id", "sender", "ts", "method", "payload", "timeout_ms", 
 @st.composite
 def signed_bodies(draw: st.DrawFn) -> bytes:
     """Bodies near the real shapes, validly signed by the registered controller c1."""
-    doc: dict[str, Any] = {"type": draw(st.sampled_from(["task", "result", "heartbeat", "register", "deregister", "error", "x"])), "v": 1}
+    doc: dict[str, Any] = {"type": draw(st.sampled_from(["task", "result", "heartbeat", "register", "deregister", "error", "x"])), "v": "1.1"}
     doc.update({"id": draw(st.sampled_from(["t1", "t2", ""])), "sender": "c1", "ts": T0})
     for name in draw(st.lists(st.sampled_from(FIELDS), max_size=5)):
         doc[name] = draw(JSON_VALUE)

@@ -9,8 +9,8 @@ import msgspec
 import pytest
 
 from aicp import errors
-from aicp.demo import in_process_demo
-from aicp.inprocess import Endpoint, Hub
+from aicp.inprocess import Endpoint, InProcessHub
+from aicp.lab.demo import in_process_demo
 from aicp.messages import Error, Goaway, RegisterAck, Result, Task
 from aicp.peer import READY, PeerSession
 from aicp.protocol import CLOSE_LEASE_EXPIRED, CLOSE_NORMAL, CLOSE_REPLACED, ProtocolConfig, RouterProtocol
@@ -18,17 +18,17 @@ from aicp.router import Router, RouterConfig
 from aicp.signing import Identity
 
 
-def make_hub(strategy: str = "round_robin", **router_cfg: Any) -> Hub:
+def make_hub(strategy: str = "round_robin", **router_cfg: Any) -> InProcessHub:
     proto = RouterProtocol(Identity.generate(), Router(RouterConfig(**router_cfg), strategy, random.Random(1)))
-    return Hub(proto)
+    return InProcessHub(proto)
 
 
-def agent(hub: Hub, name: str, caps: list[str] | None = None, handler: Any = None, auto: bool = True, ident: Identity | None = None) -> Endpoint:
+def agent(hub: InProcessHub, name: str, caps: list[str] | None = None, handler: Any = None, auto: bool = True, ident: Identity | None = None) -> Endpoint:
     session = PeerSession(ident or Identity.generate(), name, "agent", caps or ["m"])
     return hub.connect(session, handler=handler or (lambda task: {"by": name, "echo": msgspec.json.decode(task.payload)}), auto=auto)
 
 
-def controller(hub: Hub, name: str = "ctl", ident: Identity | None = None) -> Endpoint:
+def controller(hub: InProcessHub, name: str = "ctl", ident: Identity | None = None) -> Endpoint:
     return hub.connect(PeerSession(ident or Identity.generate(), name, "controller"))
 
 
@@ -228,7 +228,7 @@ def test_drain_then_shutdown_ends_every_task_once() -> None:
 def test_allowlist_admits_only_listed_keys() -> None:
     allowed = Identity.generate()
     proto = RouterProtocol(Identity.generate(), Router(), ProtocolConfig(allowlist=frozenset({allowed.public_key_text})))
-    hub = Hub(proto)
+    hub = InProcessHub(proto)
     ok = hub.connect(PeerSession(allowed, "a1", "agent", ["m"]))
     bad = hub.connect(PeerSession(Identity.generate(), "a2", "agent", ["m"]))
     assert ok.session.state == READY
@@ -239,7 +239,7 @@ def test_allowlist_admits_only_listed_keys() -> None:
 @pytest.mark.parametrize("policy", ["every-hop", "edge"])
 def test_both_verification_policies_route_and_agents_still_verify_end_to_end(policy: str) -> None:
     proto = RouterProtocol(Identity.generate(), Router(), ProtocolConfig(verify=policy))  # type: ignore[arg-type]
-    hub = Hub(proto)
+    hub = InProcessHub(proto)
     agent(hub, "a1")
     c = controller(hub)
     tid = c.submit("m", 1)
@@ -269,7 +269,7 @@ def test_a_refused_task_ends_at_its_sender_with_its_task_id() -> None:
 
 def test_frames_before_registration_are_capped_lower_than_after() -> None:
     proto = RouterProtocol(Identity.generate(), Router())
-    hub = Hub(proto)
+    hub = InProcessHub(proto)
     stranger = hub.connect(PeerSession(Identity.generate(), "x", "agent", ["m"]), register=False)
     big = b'{"pad":"' + b"a" * (70 * 1024) + b'"}'
     stranger.send(big)

@@ -28,13 +28,13 @@ from typing import Any, TypeVar
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 
-from aicp.client import AICPWebSocketClient
-from aicp.controller import AICPController
 from aicp.errors import ProtocolError
-from aicp.handlers import Handler
+from aicp.live.client import AICPWebSocketClient
+from aicp.live.controller import AICPController
+from aicp.live.handlers import Handler
+from aicp.live.server import AICPWebSocketServer
 from aicp.messages import Error, Result, decode_body, decode_frame
 from aicp.peer import PeerSession
-from aicp.server import AICPWebSocketServer
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,12 +11,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from aicp import errors
-from aicp.controller import AICPController
-from aicp.handlers import echo
+from aicp.live.controller import AICPController
+from aicp.live.handlers import echo
+from aicp.live.server import ServerLimits
 from aicp.messages import PROTOCOL_VERSION, Error, Heartbeat, Register, seal
 from aicp.peer import PeerSession
 from aicp.protocol import CLOSE_POLICY
-from aicp.server import ServerLimits
 from aicp.signing import Identity
 
 pytestmark = pytest.mark.live

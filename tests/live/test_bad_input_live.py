@@ -21,13 +21,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from aicp import errors
-from aicp.controller import AICPController
-from aicp.handlers import echo
+from aicp.live.controller import AICPController
+from aicp.live.handlers import echo
+from aicp.live.server import AICPWebSocketServer, ServerLimits
 from aicp.messages import RegisterAck, payload
 from aicp.peer import PeerSession
 from aicp.protocol import CLOSE_POLICY, ProtocolConfig
 from aicp.router import RouterConfig
-from aicp.server import AICPWebSocketServer, ServerLimits
 from aicp.signing import Identity
 
 pytestmark = pytest.mark.live

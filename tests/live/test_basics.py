@@ -14,8 +14,8 @@ import aicp.peer
 import aicp.protocol
 import aicp.signing
 from aicp import errors
-from aicp.controller import AICPController
-from aicp.handlers import text_classify
+from aicp.live.controller import AICPController
+from aicp.live.handlers import text_classify
 from aicp.messages import Challenge
 from aicp.peer import PeerSession
 from aicp.protocol import CLOSE_LEASE_EXPIRED, ProtocolConfig

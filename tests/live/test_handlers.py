@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from aicp.handlers import Synthetic, builtin, echo, invoke, parse_service_time, text_classify
+from aicp.live.handlers import Synthetic, builtin, echo, invoke, parse_service_time, text_classify
 
 
 def test_echo_returns_its_payload() -> None:

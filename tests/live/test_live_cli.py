@@ -12,9 +12,9 @@ import pytest
 from live_helpers import ROOT, agent, python_cmd, run
 
 from aicp import errors
-from aicp.client import AICPWebSocketClient
-from aicp.handlers import echo
-from aicp.server import add_arguments, build_server
+from aicp.cli.serve import add_arguments, build_server
+from aicp.live.client import AICPWebSocketClient
+from aicp.live.handlers import echo
 from aicp.signing import Identity
 
 pytestmark = pytest.mark.live

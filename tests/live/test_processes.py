@@ -13,8 +13,8 @@ from live_helpers import ROOT, CountingController, Proc, agent, http_get, http_j
 from prometheus_client.parser import text_string_to_metric_families
 
 from aicp import errors
-from aicp.controller import CONNECTION_LOST, AICPController
-from aicp.handlers import Synthetic
+from aicp.live.controller import CONNECTION_LOST, AICPController
+from aicp.live.handlers import Synthetic
 from aicp.router import RouterConfig
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]

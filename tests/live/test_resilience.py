@@ -11,13 +11,13 @@ import trustme
 from live_helpers import agent, run, serving, wait_until
 
 from aicp import errors
-from aicp.client import AICPWebSocketClient
-from aicp.controller import AICPController
-from aicp.handlers import echo, text_classify
+from aicp.live.client import AICPWebSocketClient
+from aicp.live.controller import AICPController
+from aicp.live.handlers import echo, text_classify
+from aicp.live.server import AICPWebSocketServer
 from aicp.protocol import ProtocolConfig
 from aicp.registry import Status
 from aicp.router import RouterConfig
-from aicp.server import AICPWebSocketServer
 from aicp.signing import Identity
 
 pytestmark = pytest.mark.live

@@ -5,9 +5,9 @@ from typing import Any
 
 import numpy as np
 
-from sim import scenario as scenario_mod
-from sim.engine import RunResult, Simulation
-from sim.scenario import Scenario
+from aicp.sim import scenario as scenario_mod
+from aicp.sim.engine import RunResult, Simulation
+from aicp.sim.scenario import Scenario
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 SHIPPED = sorted(p.stem for p in SCENARIOS.glob("*.toml"))
@@ -23,7 +23,7 @@ def run(s: Scenario, strategy: str = "round_robin", replication: int = 0, trace:
 
 def tiny(s: Scenario, tasks: float = 2000.0) -> Scenario:
     """The same scenario (agents, faults, timings) with arrival rates scaled down to about ``tasks`` tasks."""
-    from sim.workload import expected_count
+    from aicp.sim.workload import expected_count
 
     expected = sum(expected_count(w.arrival, s.duration_s) for w in s.workload)
     factor = min(1.0, tasks / max(expected, 1.0))

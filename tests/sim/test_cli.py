@@ -10,8 +10,8 @@ import pytest
 from sim_helpers import SCENARIOS
 
 from aicp.cli import main
-from sim import results
-from sim.engine import Simulation
+from aicp.sim import results
+from aicp.sim.engine import Simulation
 
 SMALL = ["--set", "duration_s=4", "--set", "warmup_s=1", "--set", "workload.0.arrival.rate_per_s=200", "--quiet"]
 
@@ -103,7 +103,7 @@ def test_scenario_typo_on_the_command_line(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_bench_sim_small(capsys: pytest.CaptureFixture[str]) -> None:
-    from sim import bench
+    from aicp.lab.bench import sim as bench
 
     s = bench.mm100_scenario(3000)
     assert s.agents[0].concurrency == 100

@@ -10,8 +10,8 @@ import pytest
 from sim_helpers import SHIPPED, load, run, tiny
 
 from aicp import strategies
-from sim import scenario as scenario_mod
-from sim.metrics import COMPLETED, OUTCOME_CODES
+from aicp.sim import scenario as scenario_mod
+from aicp.sim.metrics import COMPLETED, OUTCOME_CODES
 
 WALL_KEYS = {"wall_s", "tasks_per_wall_s"}
 

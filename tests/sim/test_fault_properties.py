@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from sim_helpers import run
 
 from aicp import strategies as registry
-from sim import scenario as scenario_mod
-from sim.metrics import COMPLETED, PENDING
+from aicp.sim import scenario as scenario_mod
+from aicp.sim.metrics import COMPLETED, PENDING
 
 AGENT_IDS = [f"g0-{i:04d}" for i in range(6)]
 

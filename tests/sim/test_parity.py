@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aicp.inprocess import Endpoint, Hub
+from aicp.inprocess import Endpoint, InProcessHub
 from aicp.messages import Task
 from aicp.peer import PeerSession
 from aicp.protocol import RouterProtocol
 from aicp.router import Router
 from aicp.signing import Identity
-from sim import scenario as scenario_mod
-from sim.engine import Simulation, router_config, router_seed
+from aicp.sim import scenario as scenario_mod
+from aicp.sim.engine import Simulation, router_config, router_seed
 
 AGENTS = 4
 
@@ -72,7 +72,7 @@ def simpy_trace(s: scenario_mod.Scenario, strategy: str) -> list[tuple[int, str,
 
 def hub_trace(s: scenario_mod.Scenario, strategy: str) -> list[tuple[int, str, int, float]]:
     router = Router(router_config(s), strategy, random.Random(router_seed(np.random.SeedSequence(s.seed, spawn_key=(0,)))))
-    hub = Hub(RouterProtocol(Identity.generate(), router), now=0.0)
+    hub = InProcessHub(RouterProtocol(Identity.generate(), router), now=0.0)
     agents: list[Endpoint] = [
         hub.connect(PeerSession(Identity.generate(), agent_id, "agent", ["w"], concurrency=1000), auto=False)
         for agent_id in s.agent_ids()

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.distributions import seconds
-from sim.metrics import Records
-from sim.scenario import BurstyArrival, ConstantArrival, EmpiricalDist, LognormalDist, PoissonArrival, RampArrival
-from sim.stats import mean_ci, t975
-from sim.workload import arrival_times
+from aicp.sim.distributions import seconds
+from aicp.sim.metrics import Records
+from aicp.sim.scenario import BurstyArrival, ConstantArrival, EmpiricalDist, LognormalDist, PoissonArrival, RampArrival
+from aicp.sim.stats import mean_ci, t975
+from aicp.sim.workload import arrival_times
 
 
 def test_student_t_quantiles() -> None:

@@ -8,8 +8,8 @@ import msgspec
 import pytest
 from sim_helpers import SHIPPED, load
 
-from sim import scenario as scenario_mod
-from sim.scenario import CrashFault, PoissonArrival, ScenarioError
+from aicp.sim import scenario as scenario_mod
+from aicp.sim.scenario import CrashFault, PoissonArrival, ScenarioError
 
 REQUIRED = {"baseline", "heterogeneous", "crash_storm", "flapping", "partition", "hotspot", "scale_1000", "mm1", "mmc"}
 
@@ -178,7 +178,7 @@ def test_the_issue_example_parses_as_written(tmp_path: Path) -> None:
 def test_replication_seeds_are_seedsequence_spawns() -> None:
     import numpy as np
 
-    from sim.runner import replication_seed
+    from aicp.sim.runner import replication_seed
 
     spawned = np.random.SeedSequence(7).spawn(3)
     for k in range(3):

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from sim_helpers import load
 
-from sim.runner import RunSpec, run_many
-from sim.stats import mean_ci
-from sim.theory import mm1_sojourn, mmc_sojourn
+from aicp.sim.runner import RunSpec, run_many
+from aicp.sim.stats import mean_ci
+from aicp.sim.theory import mm1_sojourn, mmc_sojourn
 
 REPLICATIONS = 5
 #: case -> (scenario file, servers, service rate per s, load, tasks per replication)

@@ -1,0 +1,135 @@
+"""``aicp agent``: run one or more agents that serve built-in handlers.
+
+Each ``--capability`` is served by the built-in handler of the same name when
+there is one (``echo``, ``text.classify``, ``synthetic``), else by ``--handler``
+(default ``synthetic``). ``--count N`` runs N agents in this process, ids
+``ID-0`` … ``ID-(N-1)``; each is an ``aicp.Agent``.
+
+Keys come from ``--key FILE`` (``FILE.0``, ``FILE.1`` … when N > 1), created with
+mode 0600 when missing. Without ``--key``, an agent with a chosen ``--id`` keeps
+its key where ``aicp.Agent`` does (``aicp.live.keys``): ``$AICP_KEY_DIR/ID.key``,
+default ``$XDG_CONFIG_HOME/aicp/keys`` or ``~/.config/aicp/keys``, because the
+router binds an id to its first key and would refuse the same id under a new one.
+An agent with a random id (no ``--id``) gets a fresh key each run and saves none.
+
+SIGINT/SIGTERM stop every agent gracefully: new tasks are refused (the router
+retries them elsewhere), running ones get ``--drain-timeout`` seconds to finish
+and send their results, then each agent deregisters; exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import signal
+import ssl as ssl_module
+import sys
+
+from aicp.live import handlers
+from aicp.live.agent import Agent
+from aicp.live.client import DEFAULT_URL
+from aicp.live.keys import KEY_DIR_ENV, identity_for
+from aicp.live.logs import add_logging_arguments, setup_logging
+from aicp.live.loop import run_async
+from aicp.signing import Identity
+
+log = logging.getLogger("aicp.agent")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--url", default=DEFAULT_URL, help=f"router URL (default {DEFAULT_URL})")
+    add("--capability", action="append", default=None, metavar="METHOD", help="capability to serve (repeatable; default text.classify)")
+    add("--handler", default="synthetic", choices=handlers.BUILTINS, help="built-in handler for capabilities without one of their own name")
+    add("--count", type=int, default=1, help="agents to run in this process (default 1)")
+    add("--id", default=None, help="agent id (default agent-<random>); with --count N, ID-0 … ID-(N-1)")
+    add("--key", metavar="FILE", help=f"identity file (created 0600 if missing); FILE.i for each agent when --count > 1; default with --id: ${KEY_DIR_ENV}/ID.key, ${KEY_DIR_ENV} defaulting to ~/.config/aicp/keys")
+    add("--concurrency", type=int, default=16, help="tasks one agent runs at once (default 16)")
+    add("--service-time", default="0", metavar="[DIST:]MS", help="synthetic handler: constant|exponential|lognormal mean in ms (default 0)")
+    add("--fail-prob", type=float, default=0.0, help="synthetic handler: probability a task fails (default 0)")
+    add("--heartbeat", type=float, default=None, metavar="S", help="heartbeat interval (default: what the router asks for)")
+    add("--drain-timeout", type=float, default=10.0, metavar="S", help="on SIGINT/SIGTERM, seconds running tasks get to finish (default 10)")
+    add("--router-key", default=None, help="expected router public key (default: trust the router's key on each connection)")
+    add("--cafile", default=None, help="CA bundle for wss:// URLs")
+    add("--seed", type=int, default=None, help="seed for the synthetic handler")
+    add_logging_arguments(parser)
+
+
+def build_agents(args: argparse.Namespace) -> list[Agent]:
+    capabilities = args.capability or ["text.classify"]
+    base_id = args.id or f"agent-{secrets.token_hex(4)}"
+    ssl_ctx = ssl_module.create_default_context(cafile=args.cafile) if args.url.startswith("wss://") else None
+    agents = []
+    for i in range(args.count):
+        agent_id = base_id if args.count == 1 else f"{base_id}-{i}"
+        if args.key:
+            identity = Identity.load_or_create(args.key if args.count == 1 else f"{args.key}.{i}")
+        elif args.id:
+            identity = identity_for(agent_id)
+        else:
+            identity = Identity.generate()
+        agent = Agent(agent_id, args.url, identity=identity, concurrency=args.concurrency, heartbeat=args.heartbeat,
+                      drain_timeout=args.drain_timeout, router_key=args.router_key, ssl=ssl_ctx)
+        seed = None if args.seed is None else args.seed + i
+        for cap in capabilities:
+            name = cap if cap in handlers.BUILTINS else args.handler
+            agent.handler(cap)(handlers.builtin(name, args.service_time, args.fail_prob, seed))
+        agents.append(agent)
+    return agents
+
+
+async def _run_agent(agent: Agent) -> None:
+    """Serve until stopped; print one line when the agent first registers."""
+    loop = asyncio.get_running_loop()
+    serving = loop.create_task(agent.serve())
+    registered = loop.create_task(agent.client.ready.wait())
+    try:
+        await asyncio.wait({serving, registered}, return_when=asyncio.FIRST_COMPLETED)
+        if registered.done():
+            client = agent.client
+            print(f"Agent {client.peer_id} registered with {client.session.router_id} at {client.server_url} "
+                  f"(key {client.identity.public_key_text}, capabilities {', '.join(client.session.capabilities)})", flush=True)
+        await serving
+    finally:
+        registered.cancel()
+        serving.cancel()
+        await asyncio.gather(serving, registered, return_exceptions=True)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    """Run every agent until a signal stops them all, or one fails (then stop the rest); 1 if one failed."""
+    agents = build_agents(args)
+    loop = asyncio.get_running_loop()
+
+    def stop_all() -> None:
+        for a in agents:
+            a.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop_all)
+    runners = {loop.create_task(_run_agent(a)): a for a in agents}
+    failed = 0
+    pending = set(runners)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("agent %s stopped: %s", runners[t].agent_id, t.exception())
+                failed += 1
+                stop_all()
+    return 1 if failed else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, args.json_logs)
+    if args.count < 1:
+        print("error: --count must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        handlers.parse_service_time(args.service_time)
+    except ValueError as exc:
+        print(f"error: --service-time: {exc}", file=sys.stderr)
+        return 2
+    return int(run_async(_main(args)))

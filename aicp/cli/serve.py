@@ -1,0 +1,104 @@
+"""``aicp serve`` (and ``python -m aicp.server``): the router's command line and TLS set-up."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import ssl as ssl_module
+import sys
+from pathlib import Path
+
+from aicp import strategies
+from aicp.live.logs import add_logging_arguments, setup_logging
+from aicp.live.loop import run_async
+from aicp.live.server import AICPWebSocketServer, ServerLimits
+from aicp.messages import MAX_FRAME_BYTES
+from aicp.protocol import ProtocolConfig
+from aicp.router import RouterConfig
+from aicp.signing import Identity
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 exposes it)")
+    add("--port", type=int, default=8765, help="TCP port (default 8765; 0 picks a free one)")
+    add("--strategy", default="round_robin", choices=strategies.names(), help="routing strategy")
+    add("--heartbeat", type=float, default=30.0, metavar="S", help="heartbeat interval agents are told to use (s)")
+    add("--lease", type=float, default=90.0, metavar="S", help="an agent silent this long is evicted (s)")
+    add("--attempt-timeout", type=float, default=5.0, metavar="S", help="time limit of one dispatch before failover (s)")
+    add("--window", type=float, default=60.0, metavar="S", help="freshness and replay window (s)")
+    add("--allowlist", metavar="FILE", help="file of admitted public keys, one 'ed25519:...' per line")
+    add("--key", metavar="FILE", help="router identity file (created 0600 if missing; default: a new key per run)")
+    add("--max-frame", type=int, default=MAX_FRAME_BYTES, metavar="BYTES", help="largest frame accepted (default 1 MiB)")
+    add("--max-connections", type=int, default=10_000, help="concurrent WebSocket connections (default 10000)")
+    add("--max-tasks", type=int, default=100_000, help="tasks in the router at once; beyond this new ones get overloaded (default 100000)")
+    add("--rate", type=float, default=20_000.0, metavar="MSG/S", help="per-connection message rate (burst = rate/4)")
+    add("--connect-rate", type=float, default=50.0, metavar="CONN/S", help="new connections per source address per second (default 50)")
+    add("--connect-burst", type=float, default=200.0, metavar="N", help="burst of new connections per source address (default 200)")
+    add("--compression", action="store_true", help="allow permessage-deflate (small windows); off by default")
+    add("--tls-cert", metavar="PEM", help="certificate chain: serve wss://")
+    add("--tls-key", metavar="PEM", help="private key for --tls-cert")
+    add("--drain-timeout", type=float, default=10.0, metavar="S", help="on SIGINT/SIGTERM, how long in-flight tasks may finish (s)")
+    add("--verify", choices=["every-hop", "edge"], default="every-hop", help="check signatures at the router on every frame, or at the edges only")
+    add("--seed", type=int, default=None, help="seed of the routing strategy's randomness")
+    add("--record", metavar="FILE", default=None, help="write a trace of every task, dispatch, result, outcome and agent event (docs/TRACE.md; .gz compresses)")
+    add_logging_arguments(parser)
+
+
+def _load_allowlist(path: str) -> frozenset[str]:
+    keys = [line.strip() for line in Path(path).read_text("utf-8").splitlines()]
+    return frozenset(k for k in keys if k and not k.startswith("#"))
+
+
+def build_server(args: argparse.Namespace) -> AICPWebSocketServer:
+    ssl_ctx = None
+    if args.tls_cert:
+        ssl_ctx = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
+        ssl_ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    rcfg = RouterConfig(heartbeat_s=args.heartbeat, lease_s=args.lease, attempt_timeout_s=args.attempt_timeout, max_tasks=args.max_tasks)
+    pcfg = ProtocolConfig(
+        window_s=args.window,
+        allowlist=_load_allowlist(args.allowlist) if args.allowlist else None,
+        max_frame_bytes=args.max_frame,
+        rate_per_s=args.rate,
+        rate_burst=max(1.0, args.rate / 4.0),
+        connect_rate_per_s=args.connect_rate,
+        connect_burst=args.connect_burst,
+        verify=args.verify,
+    )
+    limits = ServerLimits(max_frame_bytes=args.max_frame, max_connections=args.max_connections, compression=args.compression, drain_s=args.drain_timeout)
+    identity = Identity.load_or_create(args.key) if args.key else None
+    return AICPWebSocketServer(args.host, args.port, identity=identity, strategy=args.strategy, router_config=rcfg, protocol_config=pcfg, limits=limits, ssl=ssl_ctx, seed=args.seed, record=args.record)
+
+
+async def _serve(server: AICPWebSocketServer) -> None:
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server.request_stop)
+    print(f"AICP WebSocket Server listening on {server.url}", flush=True)
+    print(f"Router key: {server.router_key}", flush=True)
+    print("Waiting for agents to connect...", flush=True)
+    await server.serve_forever()
+    print("AICP WebSocket Server stopped", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, args.json_logs)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("error: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    server = build_server(args)
+    run_async(_serve(server))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aicp.server", description="Run the AICP WebSocket router.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,228 @@
+"""A load-generator process for ``aicp bench``: one controller connection, signed tasks, verified outcomes.
+
+Run by the benchmark orchestrator as ``python -m aicp.lab.bench.loadgen --out FILE ...``.
+
+* **Open loop** (``--rate R``): Poisson arrivals at R tasks/s. Each task has an
+  *intended* send time fixed in advance, and its latency is measured from that
+  time (or from its actual send, if the generator sent it up to 1 ms early because
+  timers have millisecond resolution), so a stalled router or a busy load generator
+  shows up as latency instead of silently lowering the offered load (no
+  coordinated omission).
+* **Closed loop** (``--concurrency C``): C tasks in flight; each completion sends
+  the next one. Latency is measured from the send.
+
+Every outcome is verified (signature and binding to its task) before it counts.
+Samples are written as numpy arrays (``.npz``): intended/sent/done times,
+outcome codes, and which tasks never got an outcome (lost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.client import connect
+
+from aicp.messages import Error, RegisterAck, Result, payload
+from aicp.peer import PeerSession
+from aicp.signing import Identity
+
+EARLY_S = 0.001  # how early an open-loop send may go out (timer resolution)
+OK = 0  # outcome code index 0 is a verified result; others index into `codes`
+PENDING = -1
+
+
+class Recorder:
+    """Per-task times in preallocated arrays; outcome codes as small ints."""
+
+    def __init__(self, capacity: int) -> None:
+        self.intended = np.full(capacity, np.nan)
+        self.sent = np.full(capacity, np.nan)
+        self.done = np.full(capacity, np.nan)
+        self.outcome = np.full(capacity, PENDING, dtype=np.int16)
+        self.codes: list[str] = ["ok"]
+        self.n = 0
+        self.index: dict[str, int] = {}
+        self.duplicates = 0
+
+    def code_index(self, code: str) -> int:
+        try:
+            return self.codes.index(code)
+        except ValueError:
+            self.codes.append(code)
+            return len(self.codes) - 1
+
+    def grow(self) -> None:
+        extra = len(self.intended)
+        for name in ("intended", "sent", "done"):
+            setattr(self, name, np.concatenate([getattr(self, name), np.full(extra, np.nan)]))
+        self.outcome = np.concatenate([self.outcome, np.full(extra, PENDING, dtype=np.int16)])
+
+    def new(self, task_id: str, intended: float, sent: float) -> None:
+        if self.n >= len(self.intended):
+            self.grow()
+        i = self.n
+        self.n += 1
+        self.index[task_id] = i
+        self.intended[i] = intended
+        self.sent[i] = sent
+
+    def finish(self, task_id: str, now: float, code: str) -> int | None:
+        i = self.index.get(task_id)
+        if i is None:
+            return None
+        if self.outcome[i] != PENDING:
+            self.duplicates += 1  # a second outcome for one task: must never happen
+            return None
+        self.outcome[i] = OK if code == "ok" else self.code_index(code)
+        self.done[i] = now
+        return i
+
+
+async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    clock = time.perf_counter
+    wall = time.time
+    rng = random.Random(args.seed)
+    session = PeerSession(Identity.generate(), args.id, "controller")
+    body = payload({"text": "x" * max(0, args.payload_bytes)})
+    expected = int((args.rate or 2000.0) * (args.duration + args.warmup) * 1.3) + 1024
+    rec = Recorder(expected)
+    waiters: dict[str, asyncio.Future[None]] = {}
+    verify_failures = 0
+
+    async with connect(args.url, compression=None, max_size=2**20, ping_interval=None, open_timeout=10, max_queue=None) as ws:
+        session.connection_made()
+        session.receive(await ws.recv(decode=False), wall())
+        await ws.send(session.register_frame(wall()), text=True)
+        ack = session.receive(await ws.recv(decode=False), wall())
+        if not isinstance(ack.body, RegisterAck):
+            raise RuntimeError(f"registration refused: {ack.body}")
+
+        async def reader() -> None:
+            nonlocal verify_failures
+            while True:
+                data = await ws.recv(decode=False)
+                now = clock()
+                try:
+                    got = session.receive(data, wall())
+                except Exception:
+                    verify_failures += 1
+                    continue
+                msg = got.body
+                if isinstance(msg, Result):
+                    tid, code = msg.task_id, "ok"
+                elif isinstance(msg, Error) and msg.task_id is not None:
+                    tid, code = msg.task_id, msg.code
+                else:
+                    continue
+                if rec.finish(tid, now, code) is not None:
+                    fut = waiters.pop(tid, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(None)
+
+        read_task = loop.create_task(reader())
+        cpu0 = time.process_time()
+        start = clock() + 0.05
+        end = start + args.warmup + args.duration
+        timeout_ms = args.task_timeout * 1000.0
+
+        async def send_one(intended: float) -> str:
+            tid, frame = session.task_frame(args.method, body, wall(), timeout_ms=timeout_ms)
+            rec.new(tid, intended, clock())
+            await ws.send(frame, text=True)
+            return tid
+
+        if args.rate:
+            t = start
+            while True:
+                t += rng.expovariate(args.rate)
+                if t >= end:
+                    break
+                # Event-loop timers have millisecond resolution, so wake up to EARLY_S before the
+                # intended time and send then; latency is measured from max(intended, sent), so an
+                # early send is never credited and a late one is always charged.
+                delay = t - clock() - EARLY_S
+                if delay > 0.0:
+                    await asyncio.sleep(delay)
+                await send_one(t)
+        else:
+
+            async def worker() -> None:
+                while clock() < end:
+                    intended = clock()
+                    fut: asyncio.Future[None] = loop.create_future()
+                    tid = await send_one(intended)
+                    if rec.outcome[rec.index[tid]] == PENDING:
+                        waiters[tid] = fut
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(fut, args.task_timeout + 5.0)
+
+            await asyncio.sleep(max(0.0, start - clock()))
+            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        # drain: every task sent must get its outcome; wait up to the task timeout plus slack
+        drain_until = clock() + args.task_timeout + 5.0
+        while clock() < drain_until and np.any(rec.outcome[: rec.n] == PENDING):
+            await asyncio.sleep(0.01)
+        read_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await read_task
+        cpu_s = time.process_time() - cpu0
+        wall_s = clock() - start
+
+    n = rec.n
+    np.savez_compressed(
+        args.out,
+        intended=rec.intended[:n] - start,
+        sent=rec.sent[:n] - start,
+        done=rec.done[:n] - start,
+        outcome=rec.outcome[:n],
+    )
+    meta = {
+        "id": args.id,
+        "codes": rec.codes,
+        "submitted": n,
+        "lost": int(np.sum(rec.outcome[:n] == PENDING)),
+        "duplicate_outcomes": rec.duplicates,
+        "verify_failures": verify_failures,
+        "warmup_s": args.warmup,
+        "duration_s": args.duration,
+        "mode": "open" if args.rate else "closed",
+        "cpu_s": cpu_s,
+        "wall_s": wall_s,
+    }
+    Path(str(args.out) + ".json").write_text(json.dumps(meta))
+    return meta
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--url", required=True)
+    p.add_argument("--id", default="loadgen-0")
+    p.add_argument("--method", default="bench.synthetic")
+    p.add_argument("--rate", type=float, default=0.0, help="open loop: tasks/s (Poisson)")
+    p.add_argument("--concurrency", type=int, default=16, help="closed loop: tasks in flight")
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--task-timeout", type=float, default=10.0)
+    p.add_argument("--payload-bytes", type=int, default=64)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(run_loadgen(args))
+    else:
+        uvloop.run(run_loadgen(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,455 @@
+"""Asyncio drivers for the peer side: the agent client, and the connection logic it shares with the controller.
+
+``PeerClient`` owns one WebSocket to the router at a time and a ``PeerSession``
+(the sans-I/O peer core). It registers on every fresh challenge, reconnects with
+exponential backoff and full jitter when the connection drops, and verifies every
+frame it receives before acting on it.
+
+``AICPWebSocketClient`` is an agent: it runs a handler for each task it is sent,
+at most ``concurrency`` at a time, and answers with a signed result. A handler
+exception becomes a signed ``Result(ok=False)`` with its reason. A result that
+could not be sent (the connection dropped) is kept and sent again after the next
+registration; the router drops it if it already has it.
+
+Typical use (``aicp.Agent`` wraps this with a persistent key, decorators and signals)::
+
+    client = AICPWebSocketClient("ws://127.0.0.1:8765", "a1", Identity.load_or_create("a1.key"))
+    client.register_handler("text.classify", text_classify)
+    await client.serve()         # connect, renew the lease, handle tasks until close()
+
+``serve()`` owns its heartbeat task. Callers of the older sequence (``connect()``,
+a task running ``heartbeat_loop()``, ``listen()``) keep working but must hold on to
+that task themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl as ssl_module
+import time
+from collections import OrderedDict, deque
+from typing import Any
+
+import msgspec
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from aicp import errors
+from aicp.live.handlers import Handler, invoke
+from aicp.messages import MAX_FRAME_BYTES, Error, Goaway, RegisterAck, Result, Role, Task, payload
+from aicp.peer import READY, PeerSession, Received
+from aicp.signing import Identity
+
+log = logging.getLogger("aicp.live.client")
+
+DEFAULT_URL = "ws://127.0.0.1:8765"
+
+#: What a failed connection attempt may raise; anything else is a bug and propagates.
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (OSError, WebSocketException, errors.ProtocolError, TimeoutError, EOFError)
+
+#: Registration refusals that trying again cannot cure (the same key, id and version
+#: would be refused again): ``connect_with_retry`` raises them instead of retrying.
+PERMANENT_REFUSALS: frozenset[str] = frozenset({errors.KEY_MISMATCH, errors.NOT_ALLOWED, errors.INVALID_KEY, errors.UNSUPPORTED_VERSION, errors.INVALID_MESSAGE})
+
+
+class OutcomeWaiter:
+    """Futures for tasks this peer submitted, settled by verified ``Result`` or ``Error`` bodies."""
+
+    def __init__(self) -> None:
+        self._futures: dict[str, asyncio.Future[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+    def __contains__(self, task_id: str) -> bool:
+        return task_id in self._futures
+
+    def expect(self, task_id: str) -> asyncio.Future[Any]:
+        fut = self._futures.get(task_id)
+        if fut is None:
+            fut = self._futures[task_id] = asyncio.get_running_loop().create_future()
+        return fut
+
+    def forget(self, task_id: str) -> None:
+        self._futures.pop(task_id, None)
+
+    def settle(self, body: Result | Error, received: Received | None = None) -> bool:
+        """Resolve the task's future; False if nobody waits for it (a duplicate or a late outcome)."""
+        task_id = body.task_id
+        fut = self._futures.get(task_id) if task_id is not None else None
+        if fut is None or fut.done():
+            return False
+        if isinstance(body, Result):
+            if body.ok:
+                try:
+                    fut.set_result(self.outcome(body, received))
+                except msgspec.DecodeError as exc:
+                    fut.set_exception(errors.TaskError(errors.MALFORMED, f"result payload: {exc}", task_id or ""))
+            else:
+                fut.set_exception(errors.TaskError(errors.AGENT_FAILED, body.reason, task_id or ""))
+        else:
+            fut.set_exception(errors.TaskError(body.code, body.message, task_id or ""))
+        return True
+
+    def outcome(self, body: Result, received: Received | None) -> Any:
+        """What a successful task's future resolves to: here its decoded payload."""
+        return msgspec.json.decode(body.payload)
+
+    def fail_all(self, code: str, message: str) -> None:
+        for task_id, fut in list(self._futures.items()):
+            if not fut.done():
+                fut.set_exception(errors.TaskError(code, message, task_id))
+
+
+class PeerClient:
+    """One peer identity with a self-healing connection to the router."""
+
+    def __init__(
+        self,
+        server_url: str,
+        peer_id: str,
+        identity: Identity,
+        *,
+        role: Role,
+        capabilities: list[str] | None = None,
+        concurrency: int = 1,
+        router_key: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        reconnect: bool = True,
+        backoff_base_s: float = 0.05,
+        backoff_cap_s: float = 5.0,
+        max_reconnect_attempts: int | None = None,
+        open_timeout_s: float = 10.0,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+    ) -> None:
+        self.server_url = server_url
+        self.identity = identity
+        self.session = PeerSession(identity, peer_id, role, capabilities or [], concurrency, router_key)
+        self._pinned_router_key = router_key  # None: trust the key of each router we connect to
+        self.ssl = ssl
+        self.reconnect = reconnect
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.max_reconnect_attempts = max_reconnect_attempts
+        self.open_timeout_s = open_timeout_s
+        self.max_frame_bytes = max_frame_bytes
+        self.ws: ClientConnection | None = None
+        self.ready = asyncio.Event()
+        self.closing = False
+        self.registrations = 0  # successful registrations, reconnects included
+        self.goaway: Goaway | None = None
+        self.errors: deque[Error] = deque(maxlen=256)  # router errors not tied to a task we wait for
+        self.rejected_frames = 0  # frames that failed verification here
+        self.waiter = OutcomeWaiter()
+        self._heartbeat: asyncio.Task[None] | None = None  # owned by serve()
+
+    @property
+    def peer_id(self) -> str:
+        return self.session.peer_id
+
+    @property
+    def connected(self) -> bool:
+        return self.ready.is_set()
+
+    # ------------------------------------------------------------------ connection
+    async def connect(self) -> None:
+        """Open one connection and register on its challenge. Raises one of ``CONNECT_ERRORS``."""
+        tls: dict[str, Any] = {} if self.ssl is None else {"ssl": self.ssl}  # wss:// without one: system trust store
+        ws = await ws_connect(
+            self.server_url,
+            **tls,
+            open_timeout=self.open_timeout_s,
+            close_timeout=2.0,
+            max_size=self.max_frame_bytes,
+            max_queue=64,
+            compression=None,
+        )
+        try:
+            async with asyncio.timeout(self.open_timeout_s):
+                self.session.connection_made()
+                self.session.router_key = self._pinned_router_key
+                self.session.receive(await ws.recv(decode=False), time.time())  # the challenge
+                await ws.send(self.session.register_frame(time.time()), text=True)
+                while True:
+                    rec = self.session.receive(await ws.recv(decode=False), time.time())
+                    if isinstance(rec.body, RegisterAck):
+                        break
+                    if isinstance(rec.body, Error):
+                        raise errors.ProtocolError(rec.body.code, rec.body.message)
+        except BaseException:
+            await ws.close()
+            raise
+        assert self.session.state == READY
+        self.ws = ws
+        self.goaway = None
+        self.registrations += 1
+        self.ready.set()
+        log.info("%s registered with %s at %s", self.peer_id, self.session.router_id, self.server_url)
+        await self._on_ready()
+
+    async def connect_with_retry(self) -> None:
+        """``connect()`` with exponential backoff and full jitter, until it works or ``close()``."""
+        attempt = 0
+        while not self.closing:
+            try:
+                await self.connect()
+                return
+            except CONNECT_ERRORS as exc:
+                if isinstance(exc, errors.ProtocolError) and exc.code in PERMANENT_REFUSALS:
+                    raise
+                attempt += 1
+                if self.max_reconnect_attempts is not None and attempt > self.max_reconnect_attempts:
+                    raise
+                delay = random.uniform(0.0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** min(attempt, 30)))
+                log.info("%s: connect failed (%s); retrying in %.3f s", self.peer_id, exc, delay)
+                await asyncio.sleep(delay)
+
+    async def listen(self) -> None:
+        """Handle frames until ``close()``; reconnect and re-register whenever the connection drops."""
+        while not self.closing:
+            ws = self.ws
+            if ws is None:
+                if not self.reconnect:
+                    return
+                await self.connect_with_retry()
+                continue
+            try:
+                while True:
+                    data = await ws.recv(decode=False)
+                    self._frame(data)
+            except ConnectionClosed as exc:
+                log.info("%s: connection closed (%s)", self.peer_id, exc)
+            finally:
+                if self.ws is ws:
+                    self.ws = None
+                    self.ready.clear()
+            if not self.reconnect:
+                return
+
+    async def serve(self, heartbeat: float | None = None) -> None:
+        """Connect (retrying) unless connected, then handle frames and renew the lease until ``close()``.
+
+        The heartbeat task (every ``heartbeat`` seconds, default what the router asks
+        for) belongs to this call: it starts after the first registration and is
+        cancelled and awaited when the call returns or is cancelled.
+        """
+        if not self.connected:
+            await self.connect_with_retry()
+        self._heartbeat = asyncio.get_running_loop().create_task(self.heartbeat_loop(heartbeat))
+        try:
+            await self.listen()
+        finally:
+            beat, self._heartbeat = self._heartbeat, None
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Leave: deregister if connected, close the socket, stop reconnecting."""
+        self.closing = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        ws = self.ws
+        self.ws = None
+        self.ready.clear()
+        if ws is not None:
+            try:
+                await ws.send(self.session.deregister_frame(time.time(), "closing"), text=True)
+            except (ConnectionClosed, OSError):
+                pass
+            await ws.close()
+        await self._on_close()
+
+    async def send_heartbeat(self, load: int = 0) -> bool:
+        """Send one heartbeat; False if not connected."""
+        return await self._send(self.session.heartbeat_frame(time.time(), load))
+
+    async def heartbeat_loop(self, interval: float | None = None) -> None:
+        """Renew the lease every ``interval`` seconds (default: what the router asked for) until ``close()``."""
+        while not self.closing:
+            await asyncio.sleep(interval if interval is not None else self.session.heartbeat_s)
+            if self.ready.is_set():
+                await self.send_heartbeat(self._load())
+
+    async def send_message(self, method: str, obj: Any, *, task_id: str | None = None, timeout: float | None = None) -> str:
+        """Send a signed task to the router and return its id; ``wait_outcome(id)`` awaits its result."""
+        raw = payload(obj)
+        tid, frame = self.session.task_frame(method, raw, time.time(), task_id, timeout * 1000.0 if timeout else None)
+        self.waiter.expect(tid)
+        if not await self._send(frame):
+            self.waiter.forget(tid)
+            raise errors.TaskError(errors.SHUTTING_DOWN if self.closing else errors.AGENT_FAILED, "not connected", tid)
+        return tid
+
+    async def wait_outcome(self, task_id: str, timeout: float) -> Any:
+        """The verified result payload of a task sent with ``send_message``, or ``TaskError``."""
+        fut = self.waiter.expect(task_id)
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError:
+            raise errors.TaskError(errors.TIMEOUT, f"no outcome within {timeout:g} s", task_id) from None
+        finally:
+            self.waiter.forget(task_id)
+
+    # ------------------------------------------------------------------ internals
+    async def _send(self, frame: bytes) -> bool:
+        ws = self.ws
+        if ws is None or not self.ready.is_set():
+            return False
+        try:
+            await ws.send(frame, text=True)
+        except ConnectionClosed:
+            return False
+        return True
+
+    def _frame(self, data: bytes) -> None:
+        try:
+            rec = self.session.receive(data, time.time())
+        except errors.ProtocolError as exc:
+            self.rejected_frames += 1
+            log.warning("%s: refused a frame: %s", self.peer_id, exc)
+            return
+        body = rec.body
+        if isinstance(body, (Result, Error)) and self.waiter.settle(body, rec):
+            return
+        if isinstance(body, Error):
+            self.errors.append(body)
+            log.warning("%s: router error %s: %s", self.peer_id, body.code, body.message)
+        elif isinstance(body, Goaway):
+            self.goaway = body
+            log.info("%s: router is draining (%s, %.1f s)", self.peer_id, body.reason, body.drain_s)
+        elif isinstance(body, Task):
+            self._on_task(rec, body)
+
+    def _on_task(self, rec: Received, task: Task) -> None:
+        log.warning("%s: a %s peer got a task; ignored", self.peer_id, self.session.role)
+
+    def _load(self) -> int:
+        return 0
+
+    async def _on_ready(self) -> None:
+        """Called after every successful registration."""
+
+    async def _on_close(self) -> None:
+        """Called once by ``close()``."""
+
+
+class _HandlerSpec(msgspec.Struct):
+    handler: Handler
+    in_thread: bool = False
+
+
+class AICPWebSocketClient(PeerClient):
+    """An agent: registers its capabilities, runs handlers for the tasks it is sent, returns signed results."""
+
+    def __init__(
+        self,
+        server_url: str = DEFAULT_URL,
+        agent_id: str = "agent",
+        identity: Identity | None = None,
+        capabilities: list[str] | None = None,
+        *,
+        concurrency: int = 16,
+        max_queued: int | None = None,
+        max_unsent: int = 10_000,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(server_url, agent_id, identity or Identity.generate(), role="agent", capabilities=list(capabilities or []), concurrency=concurrency, **kwargs)
+        self.handlers: dict[str, _HandlerSpec] = {}
+        self._slots = asyncio.Semaphore(concurrency)
+        self.max_queued = max_queued if max_queued is not None else 16 * concurrency
+        self.max_unsent = max_unsent
+        self._unsent: OrderedDict[str, bytes] = OrderedDict()  # result id -> frame
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.running = 0
+        self.completed = 0  # results produced here (ok or not)
+        self.draining = False  # set by drain(): new tasks are refused, running ones finish
+
+    def register_handler(self, method: str, handler: Handler, *, in_thread: bool = False) -> None:
+        """Serve ``method`` with ``handler``. Sync handlers run inline unless ``in_thread`` (for blocking work).
+
+        Registering before ``connect()`` adds ``method`` to the capabilities announced at registration.
+        """
+        self.handlers[method] = _HandlerSpec(handler, in_thread)
+        if method not in self.session.capabilities:
+            self.session.capabilities.append(method)
+
+    def _load(self) -> int:
+        return self.running
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new tasks and wait up to ``timeout`` s for running ones to finish and send their results.
+
+        A task sent meanwhile gets a signed ``Result(ok=False)`` ("shutting-down: ..."),
+        which the router treats as a failed attempt and retries on another agent. True
+        if nothing was left running; ``close()`` afterwards cancels what is left.
+        """
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(list(self._tasks), timeout=left)
+        return not self._tasks
+
+    def _on_task(self, rec: Received, task: Task) -> None:
+        if self.draining:
+            frame = self.session.result_frame(task, payload(None), time.time(), ok=False, reason="shutting-down: agent is draining")
+            self._spawn(self._send_result(frame))
+            return
+        if len(self._tasks) >= self.max_queued:
+            frame = self.session.result_frame(task, payload(None), time.time(), ok=False, reason="overloaded: agent queue is full")
+            self._spawn(self._send_result(frame))
+            return
+        self._spawn(self._run_task(task))
+
+    def _spawn(self, coro: Any) -> None:
+        t: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def _run_task(self, task: Task) -> None:
+        async with self._slots:
+            self.running += 1
+            try:
+                spec = self.handlers.get(task.method)
+                if spec is None:
+                    raise LookupError(f"no handler for {task.method!r}")
+                started = time.perf_counter()
+                value = await invoke(spec.handler, msgspec.json.decode(task.payload), spec.in_thread)
+                service_ms = (time.perf_counter() - started) * 1000.0
+                frame = self.session.result_frame(task, payload(value), time.time(), ok=True, service_ms=round(service_ms, 4))
+            except Exception as exc:
+                log.info("%s: handler for %s failed: %r", self.peer_id, task.method, exc)
+                frame = self.session.result_frame(task, payload(None), time.time(), ok=False, reason=f"{type(exc).__name__}: {exc}")
+            finally:
+                self.running -= 1
+        self.completed += 1
+        await self._send_result(frame)
+
+    async def _send_result(self, frame: bytes) -> None:
+        key = str(id(frame)) + ":" + str(time.monotonic_ns())
+        self._unsent[key] = frame
+        while len(self._unsent) > self.max_unsent:
+            self._unsent.popitem(last=False)
+        if await self._send(frame):
+            self._unsent.pop(key, None)
+
+    async def _on_ready(self) -> None:
+        # Results finished while we were away: the router deduplicates any it already has.
+        for key, frame in list(self._unsent.items()):
+            if not await self._send(frame):
+                return
+            self._unsent.pop(key, None)
+
+    async def _on_close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2.0)
+
+    @property
+    def unsent_results(self) -> int:
+        return len(self._unsent)

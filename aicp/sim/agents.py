@@ -1,0 +1,130 @@
+"""Simulated agents: a FIFO mailbox in front of ``concurrency`` service slots.
+
+An agent is driven by SimPy events: a task that finds a free slot starts a
+service timeout at once, others wait in the mailbox in arrival order. One
+concurrency-``c`` agent with exponential service is exactly an M/M/c queue. The
+completion callback (not a generator per task) keeps it to one event per task.
+
+A crash bumps ``epoch``: completions started before it are ignored, the mailbox
+is emptied, and nothing is answered until the agent registers again.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from simpy.events import Timeout
+
+from aicp.signing import Identity
+
+if TYPE_CHECKING:
+    from aicp.sim.engine import Simulation
+
+
+class SimAgent:
+    __slots__ = (
+        "agent_id",
+        "busy",
+        "busy_time",
+        "capabilities",
+        "concurrency",
+        "connected",
+        "cost_s",
+        "epoch",
+        "fail_prob",
+        "group",
+        "hb_lost",
+        "identity",
+        "index",
+        "mailbox",
+        "misbehave",
+        "served",
+        "service",
+        "sim",
+        "slow",
+        "speed",
+        "trust",
+        "up",
+    )
+
+    def __init__(
+        self,
+        sim: Simulation,
+        index: int,
+        agent_id: str,
+        group: int,
+        capabilities: list[str],
+        concurrency: int,
+        service: Callable[[], float],
+        speed: float,
+        fail_prob: float,
+        trust: float | None,
+        cost_s: float,
+        identity: Identity | None,
+    ) -> None:
+        self.sim = sim
+        self.index = index
+        self.agent_id = agent_id
+        self.group = group
+        self.capabilities = capabilities
+        self.concurrency = concurrency
+        self.service = service
+        self.speed = speed
+        self.fail_prob = fail_prob
+        self.trust = trust
+        self.cost_s = cost_s  # modeled CPU per task: verify the task, sign the result
+        self.identity = identity
+        self.busy = 0
+        self.busy_time = 0.0
+        self.served = 0
+        self.mailbox: deque[tuple[int, float | None]] = deque()
+        self.up = True  # the process is running
+        self.connected = True  # the router has it registered (as far as the agent knows)
+        self.slow = 1.0
+        self.misbehave = False
+        self.hb_lost = False
+        self.epoch = 0
+
+    # ------------------------------------------------------------------ tasks
+    def receive(self, message: tuple[int, float | None]) -> None:
+        """A task arrives from the router: ``(task index, service seconds from a trace or None)``."""
+        if not self.up:
+            return
+        if self.busy < self.concurrency:
+            self._start(message)
+        else:
+            self.mailbox.append(message)
+
+    def _start(self, message: tuple[int, float | None]) -> None:
+        self.busy += 1
+        task, fixed = message
+        duration = (fixed if fixed is not None else self.service()) * self.slow / self.speed + self.cost_s
+        Timeout(self.sim.env, duration, (task, self.epoch, duration)).callbacks.append(self._done)  # type: ignore[union-attr]
+
+    def _done(self, event: Timeout) -> None:
+        task, epoch, duration = event._value
+        if epoch != self.epoch:
+            return  # crashed or dropped by the router since this task started
+        self.busy -= 1
+        self.busy_time += duration
+        self.served += 1
+        if self.mailbox:
+            self._start(self.mailbox.popleft())
+        ok = True if self.fail_prob == 0.0 else self.sim.uniform() >= self.fail_prob
+        self.sim.send_result(self, task, ok)
+
+    # ------------------------------------------------------------------ life cycle
+    def reset(self) -> None:
+        """Lose all work in hand (crash, or the router closed the connection)."""
+        self.epoch += 1
+        self.busy = 0
+        self.mailbox.clear()
+
+    def sign(self, body: bytes) -> bytes:
+        assert self.identity is not None
+        sig = self.identity.sign(body)
+        if self.misbehave:
+            sig = bytes([sig[0] ^ 0x01]) + sig[1:]
+        return sig
