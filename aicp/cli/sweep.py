@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -117,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         }
         write_summary(folder, payload)
         write_aggregate(folder, {**payload, "error": _first_error(outcomes)}, AGGREGATE_KEYS)
+        if error is not None:
+            print(f"{error.splitlines()[0].rstrip(': ')}: partial results in {folder}", file=sys.stderr)
     simargs.write_json(args.json, payload)
     if args.csv and rows:
         with Path(args.csv).open("w", newline="") as fh:

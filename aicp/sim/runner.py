@@ -353,6 +353,8 @@ def run_scenario(
         }
         write_summary(folder, payload)
         write_aggregate(folder, {**payload, "error": _first_error(outcomes)}, AGGREGATE_KEYS)
+        if error is not None:
+            print(f"{error.splitlines()[0].rstrip(': ')}: partial results in {folder}", file=sys.stderr)
     return payload
 
 
