@@ -24,6 +24,7 @@ thread each, on 127.0.0.1, its dashboard on a free port.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import traceback
@@ -39,12 +40,14 @@ try:
     from distributed.diagnostics.plugin import SchedulerPlugin
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("--dask needs the dask extra: pip install 'aicp[dask]'") from exc
+import numpy as np
 from tqdm import tqdm
 
 import aicp
-from aicp.sim.runner import RunLog, RunOutcome, RunSpec, kept_arrays, run_one, write_arrays
+from aicp.sim.runner import RunLog, RunOutcome, RunSpec, kept_arrays, run_one
 
-Kept = dict[str, dict[str, Any]]
+#: what a run's folder keeps, as the bytes of each .npz file: {"timelines": b"PK...", "records": b"PK..."}
+Kept = dict[str, bytes]
 
 
 def parse_address(text: str) -> tuple[str, int | None]:
@@ -115,12 +118,29 @@ def _aicp_version() -> str:
 
 def remote_run(spec: RunSpec, keep_result: bool = False) -> tuple[RunOutcome, Kept | None]:
     """On a worker: run ``spec`` without touching any disk; return its outcome and the
-    arrays its folder keeps (None when the spec has no folder)."""
+    files its folder keeps, already in .npz form (None when the spec has no folder).
+
+    The worker builds the .npz bytes (the work a local process spends writing its
+    files), so one buffer per file travels and the client only writes it out."""
     outcome = run_one(replace(spec, out_dir=None), keep_result=True)
-    kept = kept_arrays(spec, outcome.result) if spec.out_dir is not None and outcome.result is not None else None
+    kept = None
+    if spec.out_dir is not None and outcome.result is not None:
+        kept = {kind: _npz_bytes(arrays) for kind, arrays in kept_arrays(spec, outcome.result).items()}
     if not keep_result:
         outcome.result = None
     return outcome, kept
+
+
+def _npz_bytes(arrays: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _write_kept(folder: Path, label: str, kept: Kept) -> None:
+    for kind, data in kept.items():
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+        (folder / kind / f"{label}.npz").write_bytes(data)
 
 
 def _failed(spec: RunSpec, exc: BaseException, tb: Any) -> RunOutcome:
@@ -157,15 +177,16 @@ def run_on_dask(
         pending = set(keys)
         bar = tqdm(total=len(specs), desc="runs (dask)", unit="run", disable=not progress, leave=False, file=sys.stderr)
         try:
-            for fut in as_completed(futures):
+            # results are fetched by the client's event loop as runs finish, not one round trip at a time here
+            for fut, got in as_completed(futures, with_results=True, raise_errors=False):
                 i = index[fut.key]
                 spec = specs[i]
-                try:
-                    outcome, kept = fut.result()
-                except Exception as exc:
-                    outcome, kept = _failed(spec, exc, fut.traceback()), None
+                if isinstance(got, BaseException):
+                    outcome, kept = _failed(spec, got, got.__traceback__ or fut.traceback()), None
+                else:
+                    outcome, kept = got
                 if kept is not None and spec.out_dir is not None:
-                    write_arrays(Path(spec.out_dir), spec.label, kept)
+                    _write_kept(Path(spec.out_dir), spec.label, kept)
                 log.outcomes[i] = outcome
                 pending.discard(fut.key)
                 fut.release()
