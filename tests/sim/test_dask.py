@@ -194,3 +194,14 @@ def test_ctrl_c_cancels_and_leaves_a_readable_partial_folder(tmp_path: Path) -> 
     assert f"partial results in {folder}" in err.decode()
     aggregate = json.loads((folder / "aggregate.json").read_text())
     assert len(aggregate["runs"]) == len(summary["runs"])
+
+
+def test_bench_sim_dask_compares_both_modes_on_the_same_runs(cluster: tuple[str, Client]) -> None:
+    from aicp.lab.bench import dask_overhead
+    from aicp.lab.bench.sim import mm100_scenario
+
+    address, _ = cluster
+    s = mm100_scenario(200)
+    f = dask_overhead._compare("short", lambda folder: dask_overhead._batch(s, 6, 1, folder), 2, address)
+    assert f["runs"] == 6 and f["tasks_per_run"] == 200 and f["same_results"] and f["errors"] == 0
+    assert f["pool_wall_s"] > 0 and f["dask_wall_s"] > 0 and f["pool_cpu_per_run_ms"] > 0 and f["dask_cpu_per_run_ms"] > 0

@@ -6,7 +6,9 @@ cluster's worker threads; ``local:N`` starts N single-thread worker processes):
 
 - ``short``: ``--dask-short-runs`` (500) runs of a few hundred tasks each, where the
   fixed cost of a run dominates. Per-run overhead = (Dask wall − pool wall) × N / runs:
-  the time each run adds on one worker slot. Goal: under 50 ms.
+  the time each run adds on one worker slot. Goal: under 50 ms. Also the CPU time per
+  run of every process involved (client, scheduler, workers), which a loaded machine
+  disturbs less than wall time.
 - ``long``: 2 × N runs sized to ``--dask-long-s`` (2.5 s) each from a calibration run.
   Goal: Dask's wall time within 10% of the pool's.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import statistics
 import sys
 import tempfile
@@ -30,6 +33,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import psutil
 
 from aicp.sim.engine import Simulation
 from aicp.sim.runner import RunOutcome, RunSpec, run_many, without_wall
@@ -57,10 +61,25 @@ def _batch(s: Scenario, runs: int, seed: int, folder: Path) -> list[RunSpec]:
     return [RunSpec(s, "round_robin", k, seed, str(folder)) for k in range(runs)]
 
 
-def _timed(specs: list[RunSpec], **how: Any) -> tuple[float, list[RunOutcome]]:
-    t0 = time.perf_counter()
+def _cpu_s() -> float:
+    """CPU seconds of this process (client, and a LocalCluster's scheduler) and of its
+    children: live ones (Dask workers) and reaped ones (the pool's processes)."""
+    t = os.times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in psutil.Process().children(recursive=True):
+        try:
+            c = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += c.user + c.system
+    return total
+
+
+def _timed(specs: list[RunSpec], **how: Any) -> tuple[float, float, list[RunOutcome]]:
+    """Wall and CPU seconds of one batch."""
+    c0, t0 = _cpu_s(), time.perf_counter()
     outcomes = run_many(specs, progress=False, **how)
-    return time.perf_counter() - t0, outcomes
+    return time.perf_counter() - t0, _cpu_s() - c0, outcomes
 
 
 def _same(a: list[RunOutcome], b: list[RunOutcome]) -> bool:
@@ -74,9 +93,9 @@ def _compare(name: str, specs_of: Any, workers: int, address: str) -> dict[str, 
     with tempfile.TemporaryDirectory(prefix=f"aicp-bench-dask-{name}-") as tmp:
         local_specs, dask_specs = specs_of(Path(tmp) / "pool"), specs_of(Path(tmp) / "dask")
         print(f"bench-sim --dask: {name}: {len(local_specs)} runs, local pool of {workers} ...", file=sys.stderr, flush=True)
-        pool_wall, pool_out = _timed(local_specs, jobs=workers)
+        pool_wall, pool_cpu, pool_out = _timed(local_specs, jobs=workers)
         print(f"bench-sim --dask: {name}: {len(dask_specs)} runs, Dask ...", file=sys.stderr, flush=True)
-        dask_wall, dask_out = _timed(dask_specs, dask=address)
+        dask_wall, dask_cpu, dask_out = _timed(dask_specs, dask=address)
     runs = len(local_specs)
     run_walls = [float(o.summary.get("wall_s") or 0.0) for o in pool_out]
     return {
@@ -88,6 +107,8 @@ def _compare(name: str, specs_of: Any, workers: int, address: str) -> dict[str, 
         "pool_wall_s": pool_wall,
         "dask_wall_s": dask_wall,
         "overhead_per_run_ms": (dask_wall - pool_wall) * workers / runs * 1000.0,
+        "pool_cpu_per_run_ms": pool_cpu / runs * 1000.0,
+        "dask_cpu_per_run_ms": dask_cpu / runs * 1000.0,
         "ratio": dask_wall / pool_wall,
         "same_results": _same(pool_out, dask_out),
         "errors": sum(1 for o in [*pool_out, *dask_out] if o.summary.get("error")),
@@ -130,6 +151,10 @@ def run(args: argparse.Namespace) -> int:
             f"  {f['case']:<5} {f['runs']:>4} runs × {f['tasks_per_run']:>7,} tasks (median run {f['median_run_wall_s']:.3f} s): "
             f"pool {f['pool_wall_s']:6.2f} s, Dask {f['dask_wall_s']:6.2f} s, ratio {f['ratio']:.3f}, "
             f"overhead {f['overhead_per_run_ms']:+.1f} ms/run, same results: {'yes' if f['same_results'] else 'NO'}, errors {f['errors']}"
+        )
+        print(
+            f"        CPU per run (all processes): pool {f['pool_cpu_per_run_ms']:.1f} ms, Dask {f['dask_cpu_per_run_ms']:.1f} ms "
+            f"({f['dask_cpu_per_run_ms'] - f['pool_cpu_per_run_ms']:+.1f} ms)"
         )
     s, lg = figures
     print(f"  per-run overhead (short runs): {s['overhead_per_run_ms']:+.1f} ms (goal < 50 ms)")
