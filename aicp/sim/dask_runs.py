@@ -2,7 +2,10 @@
 
 Workers only compute. Each run comes back as its summary plus the arrays its run
 folder keeps (timelines, and per-task records only when the folder keeps them), and
-the client writes them: workers need no shared filesystem. A run's result depends
+the client writes them: workers need no shared filesystem. The files a scenario reads
+(trace arrivals, empirical samples) travel the other way: the client reads them, Dask
+sends them once to each worker that needs them, and the worker keeps a copy in its
+temp folder, named by content. A run's result depends
 only on its spec (scenario, strategy, replication, seed), so it is the same on any
 worker, and ``aggregate.json`` is byte-identical to a local ``--jobs`` run.
 
@@ -24,9 +27,11 @@ thread each, on 127.0.0.1, its dashboard on a free port.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import sys
+import tempfile
 import traceback
 import uuid
 from collections.abc import Iterator, Sequence
@@ -40,11 +45,13 @@ try:
     from distributed.diagnostics.plugin import SchedulerPlugin
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("--dask needs the dask extra: pip install 'aicp[dask]'") from exc
+import msgspec
 import numpy as np
 from tqdm import tqdm
 
 import aicp
 from aicp.sim.runner import RunLog, RunOutcome, RunSpec, kept_arrays, run_one
+from aicp.sim.scenario import EmpiricalDist, Scenario, TraceArrival
 
 #: what a run's folder keeps, as the bytes of each .npz file: {"timelines": b"PK...", "records": b"PK..."}
 Kept = dict[str, bytes]
@@ -116,13 +123,65 @@ def _aicp_version() -> str:
     return aicp.__version__
 
 
-def remote_run(spec: RunSpec, keep_result: bool = False) -> tuple[RunOutcome, Kept | None]:
-    """On a worker: run ``spec`` without touching any disk; return its outcome and the
-    files its folder keeps, already in .npz form (None when the spec has no folder).
+def scenario_files(s: Scenario) -> dict[str, bytes]:
+    """The content of every file ``s`` reads (trace arrivals, empirical samples), by resolved path."""
+    files: dict[str, bytes] = {}
+
+    def visit(obj: Any) -> None:
+        if isinstance(obj, EmpiricalDist | TraceArrival):
+            path = s.resolve(obj.file)
+            files[str(path)] = path.read_bytes()
+        elif isinstance(obj, msgspec.Struct):
+            for name in obj.__struct_fields__:
+                visit(getattr(obj, name))
+        elif isinstance(obj, list | tuple):
+            for item in obj:
+                visit(item)
+
+    visit(s)
+    return files
+
+
+def with_local_files(s: Scenario, files: dict[str, bytes]) -> Scenario:
+    """``s`` reading its files from copies in this machine's temp folder
+    (``aicp-files/<sha256 prefix>/<name>``, written once, atomically)."""
+    moved: dict[str, str] = {}
+    for path, data in files.items():
+        local = Path(tempfile.gettempdir()) / "aicp-files" / hashlib.sha256(data).hexdigest()[:20] / Path(path).name
+        if not local.is_file():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            part = local.with_name(f"{local.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
+            part.write_bytes(data)
+            os.replace(part, local)
+        moved[path] = str(local)
+
+    def swap(obj: Any) -> Any:
+        if isinstance(obj, EmpiricalDist | TraceArrival):
+            return msgspec.structs.replace(obj, file=moved[str(s.resolve(obj.file))])
+        if isinstance(obj, msgspec.Struct):
+            changes = {name: swap(getattr(obj, name)) for name in obj.__struct_fields__}
+            changes = {name: v for name, v in changes.items() if v is not getattr(obj, name)}
+            return msgspec.structs.replace(obj, **changes) if changes else obj
+        if isinstance(obj, list):
+            items = [swap(item) for item in obj]
+            return items if any(a is not b for a, b in zip(items, obj)) else obj
+        return obj
+
+    out: Scenario = swap(s)
+    return out
+
+
+def remote_run(spec: RunSpec, files: dict[str, bytes] | None = None, keep_result: bool = False) -> tuple[RunOutcome, Kept | None]:
+    """On a worker: run ``spec`` without touching any disk but its temp folder (for the
+    scenario's ``files``); return its outcome and the files its folder keeps, already
+    in .npz form (None when the spec has no folder).
 
     The worker builds the .npz bytes (the work a local process spends writing its
     files), so one buffer per file travels and the client only writes it out."""
-    outcome = run_one(replace(spec, out_dir=None), keep_result=True)
+    local = replace(spec, out_dir=None)
+    if files:
+        local = replace(local, scenario=with_local_files(spec.scenario, files))
+    outcome = run_one(local, keep_result=True)
     kept = None
     if spec.out_dir is not None and outcome.result is not None:
         kept = {kind: _npz_bytes(arrays) for kind, arrays in kept_arrays(spec, outcome.result).items()}
@@ -173,7 +232,10 @@ def run_on_dask(
         log.executor["retries_tracked"] = tracked
         keys = [f"{prefix}-{i}" for i in range(len(specs))]
         index = {key: i for i, key in enumerate(keys)}
-        futures: list[Future] = client.map(remote_run, list(specs), keep_result=keep_results, key=keys, pure=False)
+        shipped = _ship_files(client, specs)
+        futures: list[Future] = client.map(
+            remote_run, list(specs), [shipped[id(s.scenario)] for s in specs], keep_result=keep_results, key=keys, pure=False
+        )
         pending = set(keys)
         bar = tqdm(total=len(specs), desc="runs (dask)", unit="run", disable=not progress, leave=False, file=sys.stderr)
         try:
@@ -181,10 +243,11 @@ def run_on_dask(
             for fut, got in as_completed(futures, with_results=True, raise_errors=False):
                 i = index[fut.key]
                 spec = specs[i]
-                if isinstance(got, BaseException):
-                    outcome, kept = _failed(spec, got, got.__traceback__ or fut.traceback()), None
-                else:
+                if fut.status == "finished":
                     outcome, kept = got
+                else:  # erred (KilledWorker, or the task could not start) or cancelled
+                    exc = got[1] if isinstance(got, tuple) else got
+                    outcome, kept = _failed(spec, exc, getattr(exc, "__traceback__", None)), None
                 if kept is not None and spec.out_dir is not None:
                     _write_kept(Path(spec.out_dir), spec.label, kept)
                 log.outcomes[i] = outcome
@@ -198,6 +261,16 @@ def run_on_dask(
             bar.close()
             if tracked:
                 _note_retried(client, counter, specs, index, log)
+
+
+def _ship_files(client: Client, specs: Sequence[RunSpec]) -> dict[int, Future | None]:
+    """Per scenario (by identity): a future of the files it reads, scattered once, or None."""
+    shipped: dict[int, Future | None] = {}
+    for spec in specs:
+        if id(spec.scenario) not in shipped:
+            files = scenario_files(spec.scenario)
+            shipped[id(spec.scenario)] = client.scatter([files], hash=True)[0] if files else None
+    return shipped
 
 
 def _check_versions(client: Client) -> None:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import psutil
@@ -21,8 +22,8 @@ from distributed import Client, LocalCluster
 from sim_helpers import SCENARIOS, load
 
 from aicp.cli import main
-from aicp.sim.dask_runs import parse_address
-from aicp.sim.runner import RunLog, RunSpec, run_many, run_scenario, without_wall
+from aicp.sim.dask_runs import parse_address, remote_run, scenario_files
+from aicp.sim.runner import RunLog, RunSpec, run_many, run_one, run_scenario, without_wall
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = ["--set", "workload.0.arrival.rate_per_s=150,250", "--set", "duration_s=4", "--set", "warmup_s=1"]
@@ -147,6 +148,42 @@ def test_a_worker_killed_mid_sweep_loses_nothing(cluster: tuple[str, Client], tm
     assert (Path(on_dask["run_dir"]) / "aggregate.json").read_bytes() == (Path(local["run_dir"]) / "aggregate.json").read_bytes()
 
 
+def _allowed_failures(client: Client, n: int | None = None) -> int:
+    def swap(dask_scheduler: Any) -> int:
+        old: int = dask_scheduler.allowed_failures
+        if n is not None:
+            dask_scheduler.allowed_failures = n
+        return old
+
+    out: int = client.run_on_scheduler(swap)
+    return out
+
+
+def test_a_run_dask_gives_up_on_is_reported_with_its_spec(cluster: tuple[str, Client]) -> None:
+    """With no second chance allowed, the killed worker's runs fail (KilledWorker); the others go on."""
+    address, client = cluster
+    s = load("baseline", duration_s=5.0, warmup_s=1.0)
+    specs = [RunSpec(s, "random", k, s.seed) for k in range(4)]
+    log = RunLog()
+    killed: list[int] = []
+    stop = threading.Event()
+    old = _allowed_failures(client, 0)
+    killer = threading.Thread(target=_kill_a_busy_worker, args=(client, killed, stop), daemon=True)
+    killer.start()
+    try:
+        run_many(specs, dask=address, progress=False, log=log)
+    finally:
+        stop.set()
+        killer.join(timeout=10)
+        _allowed_failures(client, old)
+    assert killed
+    outcomes = log.in_order()
+    assert [o.replication for o in outcomes] == [0, 1, 2, 3]
+    failed = [o.summary for o in outcomes if o.summary.get("error")]
+    assert failed and all("KilledWorker" in f["error"] and f["strategy"] == "random" and "point" in f for f in failed)
+    assert len(failed) < 4 and all(o.summary["completed"] > 0 for o in outcomes if not o.summary.get("error"))
+
+
 def test_a_run_that_raises_is_reported_and_the_others_go_on(cluster: tuple[str, Client]) -> None:
     address, _ = cluster
     s = load("mm1", duration_s=2.0, warmup_s=0.5)
@@ -161,6 +198,28 @@ def test_a_run_that_raises_is_reported_and_the_others_go_on(cluster: tuple[str, 
         assert not ok.get("error") and not ok2.get("error") and ok["completed"] > 0 and ok2["completed"] > 0
     encode = msgspec.json.encode
     assert encode([without_wall(o.summary) for o in on_dask.in_order()]) == encode([without_wall(o.summary) for o in local.in_order()])
+
+
+def test_a_scenario_s_files_travel_with_it(tmp_path: Path) -> None:
+    """A worker needs no copy of the trace or sample files: they come with the run."""
+    copy = tmp_path / "scenarios"
+    (copy / "traces").mkdir(parents=True)
+    (copy / "trace_replay.toml").write_bytes((SCENARIOS / "trace_replay.toml").read_bytes())
+    for name in ("sample_trace.csv", "service_samples.txt"):
+        (copy / "traces" / name).write_bytes((SCENARIOS / "traces" / name).read_bytes())
+    s = load("trace_replay")
+    from aicp.sim import scenario as scenario_mod
+
+    elsewhere = scenario_mod.load(copy / "trace_replay.toml", {"duration_s": 8.0})
+    files = scenario_files(elsewhere)
+    assert sorted(Path(p).name for p in files) == ["sample_trace.csv", "service_samples.txt"]
+    for name in ("sample_trace.csv", "service_samples.txt"):
+        (copy / "traces" / name).unlink()  # gone from the "client's" disk
+    outcome, kept = remote_run(RunSpec(elsewhere, "least_loaded", 0, s.seed, out_dir=str(tmp_path / "out")), files=files)
+    assert not outcome.summary.get("error") and outcome.summary["completed"] > 0
+    assert kept is not None and set(kept) == {"timelines", "records"} and not (tmp_path / "out").exists()
+    here = run_one(RunSpec(scenario_mod.with_overrides(s, {"duration_s": 8.0}), "least_loaded", 0, s.seed))
+    assert msgspec.json.encode(without_wall(outcome.summary)) == msgspec.json.encode(without_wall(here.summary))
 
 
 def test_ctrl_c_cancels_and_leaves_a_readable_partial_folder(tmp_path: Path) -> None:
