@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Final
 
@@ -19,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from msgspec import Meta, Raw
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 import aicp
 from aicp import errors
@@ -120,6 +122,7 @@ def create_app(config: GatewayConfig, gateway: Gateway | None = None) -> FastAPI
             await gw.stop()
 
     app = FastAPI(
+        **_no_telemetry(),
         title="AICP gateway",
         version=aicp.__version__ if hasattr(aicp, "__version__") else "0",
         description="HTTP control plane for an AICP router: submit signed tasks, get results you can verify yourself. "
@@ -300,10 +303,21 @@ def create_app(config: GatewayConfig, gateway: Gateway | None = None) -> FastAPI
             }
         )
 
+    # The hot endpoint again as a plain Starlette route, matched first: requests skip FastAPI's
+    # per-request dependency solving, while the APIRoute above still describes it in OpenAPI.
+    app.router.routes.insert(0, Route("/tasks", post_task, methods=["POST"]))
+
     from aicp.gateway.a2a import install_a2a
 
     install_a2a(app, gw)
     return app
+
+
+def _no_telemetry() -> dict[str, Any]:
+    """FastAPI >= 0.165 checks OpenTelemetry providers on every request; the gateway does not use them."""
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        return {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
+    return {}
 
 
 async def _event_stream(task: GatewayTask) -> AsyncIterator[bytes]:
