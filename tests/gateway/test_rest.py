@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
@@ -12,7 +15,7 @@ from typing import Any
 import httpx
 import nacl.signing
 import pytest
-from gateway_helpers import TOKENS, Stack, gateway_url, start_gateway, stop, wait_ready
+from gateway_helpers import TOKENS, Stack, gateway_url, router_url, start, start_gateway, stop, wait_ready
 
 pytestmark = pytest.mark.live
 
@@ -204,3 +207,44 @@ def test_killing_the_serving_agent_mid_task_ends_with_one_outcome(stack: Stack) 
     survivor = "kill-1" if serving == "kill-0" else "kill-0"
     assert got["agent_id"] == survivor and terminal[0]["agent_id"] == survivor
     verify(got)
+
+
+def test_the_key_file_is_created_owner_only_and_open_binds_need_api_keys(stack: Stack) -> None:
+    assert (stack.tmp / "gateway.key").stat().st_mode & 0o777 == 0o600
+    p = subprocess.run(
+        [sys.executable, "-m", "aicp", "gateway", "--url", stack.router, "--host", "0.0.0.0", "--port", "0", "--key", str(stack.tmp / "open.key")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert p.returncode == 2 and "--api-keys" in p.stderr
+    assert not (stack.tmp / "open.key").exists()
+
+
+def test_the_gateway_reconnects_when_the_router_comes_back(stack: Stack) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"ws://127.0.0.1:{port}"
+    procs = []
+    try:
+        router = start(["-m", "aicp", "serve", "--port", str(port)])
+        procs.append(router)
+        router_url(router)
+        procs.append(start(["-m", "aicp", "agent", "--url", url, "--capability", "echo"]))
+        gw = start_gateway(url, stack.tmp / "reconnect.key", stack.api_keys)
+        procs.append(gw)
+        gw_url = gateway_url(gw)
+        wait_ready(gw_url, {"echo"}, stack.headers())
+        h = {"Content-Type": "application/json", **stack.headers()}
+        assert httpx.post(gw_url + "/tasks", content='{"method": "echo", "payload": 1}', headers=h, timeout=30).status_code == 200
+        router.kill(signal.SIGKILL)
+        router.popen.wait(timeout=5)
+        down = httpx.post(gw_url + "/tasks", content='{"method": "echo", "payload": 2}', headers=h, timeout=30)
+        assert down.status_code == 503 and down.json()["code"] == "not-connected" and down.headers["retry-after"]
+        router2 = start(["-m", "aicp", "serve", "--port", str(port)])
+        procs.append(router2)
+        router_url(router2)
+        wait_ready(gw_url, {"echo"}, stack.headers())
+        again = httpx.post(gw_url + "/tasks", content='{"method": "echo", "payload": 3}', headers=h, timeout=30)
+        assert again.status_code == 200 and again.json()["result"] == 3
+    finally:
+        stop(procs)
