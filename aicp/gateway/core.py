@@ -19,6 +19,7 @@ from msgspec import Raw
 
 from aicp import errors
 from aicp.gateway.auth import ApiKeys, KeyRates, Principal
+from aicp.gateway.journal import IdempotencyJournal
 from aicp.gateway.link import IDEMPOTENCY_CONFLICT, GatewayLink
 from aicp.gateway.problems import FORBIDDEN, NOT_CONNECTED
 from aicp.gateway.tasks import GatewayTask, TaskStore
@@ -49,6 +50,7 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_kept: int = 100_000
     public_url: str | None = None  # base URL written into Agent Cards (default: the request's)
     registry_ttl_s: float = 1.0
+    idempotency_journal: str | None = ""  # "": next to the key file (KEY.idempotency); None: memory only
 
 
 class Problem(msgspec.Struct, frozen=True):
@@ -66,6 +68,8 @@ class Gateway:
         self.view = RouterView(config.router_url, config.registry_ttl_s)
         self.keys = ApiKeys(config.api_keys)
         self.rates = KeyRates(config.rate, config.burst)
+        journal = config.key_file + ".idempotency" if config.idempotency_journal == "" else config.idempotency_journal
+        self.journal = IdempotencyJournal(journal, config.max_kept)
 
     async def start(self) -> None:
         await self.link.start()
@@ -101,15 +105,17 @@ class Gateway:
         timeout = self.config.default_timeout_ms if timeout_ms is None else timeout_ms
         if timeout > self.config.max_timeout_ms:
             return None, Problem(422, errors.INVALID_MESSAGE, f"timeout_ms is over the limit of {self.config.max_timeout_ms:g}"), False
+        first: bytes | None = None  # the digest this Idempotency-Key was first used with, if known
         if idempotency_key is not None:
             if not IDEMPOTENCY_KEY.match(idempotency_key):
                 return None, Problem(422, errors.INVALID_MESSAGE, "Idempotency-Key must be 1-96 characters from A-Z a-z 0-9 . _ : @ / + = -"), False
             owner_tag = hashlib.sha256(principal.name.encode()).hexdigest()[:8]
             task_id = f"idem:{owner_tag}:{idempotency_key}"
             existing = self.store.get(task_id)
+            first = existing.digest if existing is not None else self.journal.digest_of(task_id)
+            if (first is not None and first != digest) or (existing is not None and existing.method != method):
+                return None, Problem(422, IDEMPOTENCY_CONFLICT, "this Idempotency-Key was used with a different request"), False
             if existing is not None:
-                if existing.digest != digest or existing.method != method:
-                    return None, Problem(422, IDEMPOTENCY_CONFLICT, "this Idempotency-Key was used with a different request"), False
                 return existing, None, False
         else:
             task_id = self.link.session.new_id()
@@ -118,5 +124,7 @@ class Gateway:
         if self.store.full:
             return None, Problem(503, errors.OVERLOADED, f"{self.store.max_running} tasks are already running here"), False
         task = GatewayTask(task_id, method, payload, timeout, principal.name, digest, context_id)
+        if idempotency_key is not None and digest is not None and first is None:  # new key: write it down
+            self.journal.record(task_id, digest)
         self.link.track(task)
         return task, None, True

@@ -107,6 +107,10 @@ def test_idempotency_survives_a_gateway_restart(stack: Stack) -> None:
         # byte-identical signed outcome: the router replayed the stored result, the agent did not run it again
         assert again.json()["signed_bytes"] == first.json()["signed_bytes"]
         assert again.json()["signature"] == first.json()["signature"]
+        # and the key, reused with another body after the restart, is still a conflict (the digest was kept on disk)
+        other = httpx.post(url2 + "/tasks", content=body.replace("true", "false"), headers=h, timeout=30)
+        assert other.status_code == 422 and other.json()["code"] == "idempotency-conflict"
+        assert (stack.tmp / "restart.key.idempotency").read_text().count("restart-1") == 1
     finally:
         stop(procs)
 
