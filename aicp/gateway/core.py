@@ -50,6 +50,7 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_kept: int = 100_000
     public_url: str | None = None  # base URL written into Agent Cards (default: the request's)
     registry_ttl_s: float = 1.0
+    progress: bool = True  # ask the router for dispatched/retried notices (one signed frame per attempt)
     idempotency_journal: str | None = ""  # "": next to the key file (KEY.idempotency); None: memory only
 
 
@@ -64,7 +65,7 @@ class Gateway:
         self.config = config
         self.identity = Identity.load_or_create(Path(config.key_file))
         self.store = TaskStore(config.max_running, config.max_kept)
-        self.link = GatewayLink(config.router_url, self.identity, self.store, config.gateway_id, router_key=config.router_key)
+        self.link = GatewayLink(config.router_url, self.identity, self.store, config.gateway_id, progress=config.progress, router_key=config.router_key)
         self.view = RouterView(config.router_url, config.registry_ttl_s)
         self.keys = ApiKeys(config.api_keys)
         self.rates = KeyRates(config.rate, config.burst)

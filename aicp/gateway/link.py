@@ -10,6 +10,10 @@ The connection reconnects with exponential backoff and full jitter
 sent once the connection is back; after a reconnect every running task is sent
 again under the same id, and the router answers with its one outcome (running:
 when it ends; finished: the stored outcome frame), never a second execution.
+With ``progress`` (the default) the gateway registers asking for the router's
+``progress`` notices, so each task's events also show when it was dispatched to an
+agent and when it was retried on another.
+
 Each task also has a local deadline (its timeout plus ``grace_s``) so it ends
 with ``timeout`` even if the router never comes back.
 """
@@ -26,7 +30,7 @@ import msgspec
 from aicp import errors
 from aicp.gateway.tasks import RESUBMITTED, SUBMITTED, GatewayTask, Outcome, TaskStore
 from aicp.live.client import PeerClient
-from aicp.messages import Error, Frame, Goaway, Result
+from aicp.messages import Error, Frame, Goaway, Progress, Result
 from aicp.signing import Identity
 
 log = logging.getLogger("aicp.gateway.link")
@@ -46,8 +50,8 @@ def default_gateway_id(identity: Identity) -> str:
 class GatewayLink(PeerClient):
     """The controller connection that ends ``TaskStore`` tasks as outcomes arrive."""
 
-    def __init__(self, server_url: str, identity: Identity, store: TaskStore, peer_id: str | None = None, grace_s: float = 2.0, **kwargs: Any) -> None:
-        super().__init__(server_url, peer_id or default_gateway_id(identity), identity, role="controller", **kwargs)
+    def __init__(self, server_url: str, identity: Identity, store: TaskStore, peer_id: str | None = None, grace_s: float = 2.0, progress: bool = True, **kwargs: Any) -> None:
+        super().__init__(server_url, peer_id or default_gateway_id(identity), identity, role="controller", progress=progress, **kwargs)
         self.store = store
         self.grace_s = grace_s
         self._runner: asyncio.Task[None] | None = None
@@ -129,6 +133,10 @@ class GatewayLink(PeerClient):
                 self._conflict(task, body.method)
                 return
             self.store.finish(task, Outcome(False, body.code, body.message), "failed")
+        elif isinstance(body, Progress):
+            task = self.store.running.get(body.task_id)
+            if task is not None and body.method == task.method:
+                task.record(body.state, agent_id=body.agent)
         elif isinstance(body, Goaway):
             self.goaway = body
             log.info("%s: router is draining (%s, %.1f s)", self.peer_id, body.reason, body.drain_s)

@@ -61,7 +61,8 @@ def test_respond_async_gives_202_location_then_events_and_state(stack: Stack) ->
             if line.startswith("data: "):
                 events.append(json.loads(line[6:]))
     names = [e["event"] for e in events]
-    assert names[0] == "accepted" and "submitted" in names and names[-1] == "completed", names
+    assert names[:3] == ["accepted", "submitted", "dispatched"] and names[-1] == "completed", names
+    assert events[2]["agent_id"] == events[-1]["agent_id"]  # the router's progress notice named the agent that answered
     assert sum(n in ("completed", "failed", "canceled") for n in names) == 1
     got = httpx.get(stack.gateway + loc, headers=stack.headers(), timeout=10).json()
     assert got["state"] == "completed" and got["agent_id"] == events[-1]["agent_id"]
@@ -206,10 +207,12 @@ def test_killing_the_serving_agent_mid_task_ends_with_one_outcome(stack: Stack) 
                 events.append(json.loads(line[6:]))
     terminal = [e for e in events if e["event"] in ("completed", "failed", "canceled")]
     assert len(terminal) == 1, events
+    moves = [(e["event"], e["agent_id"]) for e in events if e["event"] in ("dispatched", "retried")]
     got = httpx.get(stack.gateway + loc, headers=stack.headers(), timeout=10).json()
     assert got["state"] == "completed", got
     survivor = "kill-1" if serving == "kill-0" else "kill-0"
     assert got["agent_id"] == survivor and terminal[0]["agent_id"] == survivor
+    assert moves == [("dispatched", serving), ("retried", survivor)], events
     verify(got)
 
 
