@@ -174,7 +174,8 @@ def start_system(fleet: Fleet, target: str, cfg: argparse.Namespace) -> str:
         fleet.spawn("relay", ["-m", "aicp.lab.bench.relay", "--port", str(port)])
     else:
         fleet.spawn("router", ["-m", "aicp.server", "--port", str(port), "--strategy", cfg.strategy, "--verify", cfg.verify,
-                               "--log-level", "WARNING", "--rate", "1000000", *own_fleet_flags(cfg.agents)])
+                               "--log-level", "WARNING", "--rate", "1000000", *own_fleet_flags(cfg.agents),
+                               *(["--record", str(cfg.record)] if getattr(cfg, "record", None) else [])])
     _wait_port(port, 15)
     url = f"ws://127.0.0.1:{port}"
     start_agents(fleet, url, cfg)
@@ -369,11 +370,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=1)
     add("--out", type=Path, default=Path("results") / "bench", help="parent folder of the run folder")
     add("--json", type=Path, default=None, help="also write the summary to this file")
+    add("--record", type=Path, default=None, metavar="FILE", help="the router records a trace of the run to FILE (docs/TRACE.md)")
+    add("--record-overhead", action="store_true", help="instead: alternate routers without and with --record at --rate (default 1000/s), 3 pairs, and report the cost")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.scenario is not None:
         scenario_overrides(args)
+    if args.record_overhead:
+        from aicp.lab.bench.record import record_overhead
+
+        return record_overhead(args)
     run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
     run_dir = args.out / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
