@@ -34,7 +34,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         agent_args = ["-m", "aicp", "agent", "--url", url]
         procs.append(start([*agent_args, "--capability", "text.classify", "--capability", "echo", "--count", "2"]))
         procs.append(start([*agent_args, "--capability", "slow.work", "--service-time", "2000", "--concurrency", "4"]))
-        killable = [start([*agent_args, "--capability", "kill.work", "--service-time", "2500", "--id", f"kill-{i}"]) for i in range(2)]
+        killable = [start([*agent_args, "--capability", "kill.work", "--service-time", "4000", "--id", f"kill-{i}"]) for i in range(2)]
         procs.extend(killable)
         gw = start_gateway(url, tmp / "gateway.key", api_keys, "--rate", str(RATE), "--burst", str(BURST), "--max-body", "65536")
         procs.append(gw)
