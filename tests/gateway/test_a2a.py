@@ -187,3 +187,20 @@ def test_a_repeated_message_id_is_one_task(stack: Stack) -> None:
             assert first.id == second.id and first.artifacts[0].metadata == second.artifacts[0].metadata
 
     run(go())
+
+
+def test_the_root_endpoint_routes_by_metadata_skill(stack: Stack) -> None:
+    async def go() -> None:
+        async with httpx.AsyncClient(headers=stack.headers(), timeout=30) as http:
+            url = f"{stack.gateway}/a2a"
+            ok = await _rpc(http, url, "SendMessage", {"message": _msg_json("via the root"), "metadata": {"skill": "echo"}})
+            task = ok["result"]["task"]
+            assert task["status"]["state"] == "TASK_STATE_COMPLETED" and task["metadata"]["method"] == "echo"
+            assert task["artifacts"][0]["parts"][0]["data"] == "via the root"
+            assert (await _rpc(http, url, "SendMessage", {"message": _msg_json("no skill")}))["error"]["code"] == -32602
+            bob = httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKENS['bob']}"}, timeout=30)
+            async with bob:
+                refused = await _rpc(bob, url, "SendMessage", {"message": _msg_json("x"), "metadata": {"skill": "text.classify"}})
+                assert refused["error"]["code"] == -32602 and refused["error"]["data"][0]["metadata"]["code"] == "forbidden"  # google.rpc.ErrorInfo
+
+    run(go())
