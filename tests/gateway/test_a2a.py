@@ -204,3 +204,20 @@ def test_the_root_endpoint_routes_by_metadata_skill(stack: Stack) -> None:
                 assert refused["error"]["code"] == -32602 and refused["error"]["data"][0]["metadata"]["code"] == "forbidden"  # google.rpc.ErrorInfo
 
     run(go())
+
+
+def test_subscribe_to_a_running_task_streams_its_end(stack: Stack) -> None:
+    async def go() -> None:
+        async with httpx.AsyncClient(headers=stack.headers(), timeout=30) as http:
+            client = await client_for(stack, "slow.work", True, http)
+            req = pb.SendMessageRequest(message=message({"n": 3}), configuration=pb.SendMessageConfiguration(return_immediately=True))
+            started = await client_for(stack, "slow.work", False, http)
+            task = (await only_event(started.send_message(req))).task
+            events = [e async for e in client.subscribe(pb.SubscribeToTaskRequest(id=task.id))]
+            assert events[0].task.id == task.id
+            assert events[-1].status_update.status.state == pb.TASK_STATE_COMPLETED
+            verify_artifact(await client.get_task(pb.GetTaskRequest(id=task.id)))
+            with pytest.raises(UnsupportedOperationError):  # it has ended: nothing left to stream
+                [e async for e in client.subscribe(pb.SubscribeToTaskRequest(id=task.id))]
+
+    run(go())
