@@ -77,7 +77,7 @@ if TYPE_CHECKING:
     from aicp.gateway.core import Gateway
 
 #: AICP codes of tasks refused before any agent ran them: A2A ``rejected``.
-REJECTED_CODES: Final = frozenset({errors.NO_AGENT, errors.REJECTED, errors.RATE_LIMITED, errors.OVERLOADED, IDEMPOTENCY_CONFLICT})
+REJECTED_CODES: Final = frozenset({errors.NO_AGENT, errors.REJECTED, errors.RATE_LIMITED, errors.OVERLOADED, errors.ID_CONFLICT, IDEMPOTENCY_CONFLICT})
 BEARER: Final = "bearer"
 
 

@@ -47,6 +47,7 @@ STATUS_OF_CODE: Final[dict[str, int]] = {
     errors.SHUTTING_DOWN: 503,
     errors.STALE: 502,
     errors.DUPLICATE: 502,
+    errors.ID_CONFLICT: 422,
     IDEMPOTENCY_CONFLICT: 422,
     CANCELED: 409,
     NOT_CONNECTED: 503,

@@ -11,7 +11,7 @@ import pytest
 from aicp import errors
 from aicp.inprocess import Endpoint, InProcessHub
 from aicp.lab.demo import in_process_demo
-from aicp.messages import Error, Goaway, Progress, RegisterAck, Result, Task, seal
+from aicp.messages import PROTOCOL_VERSION, Error, Goaway, Progress, RegisterAck, Result, Task, seal
 from aicp.peer import READY, PeerSession
 from aicp.protocol import CLOSE_LEASE_EXPIRED, CLOSE_NORMAL, CLOSE_REPLACED, ProtocolConfig, RouterProtocol
 from aicp.router import Router, RouterConfig
@@ -320,7 +320,7 @@ def test_a_requester_that_asks_gets_progress_notices_for_dispatch_and_retry() ->
 def test_peers_may_not_send_progress_notices() -> None:
     hub = make_hub()
     c = controller(hub)
-    body = Progress(v=1, id="p1", sender="ctl", ts=hub.now, task_id="t", method="m", state="dispatched", agent="a", attempt=1)
+    body = Progress(v=PROTOCOL_VERSION, id="p1", sender="ctl", ts=hub.now, task_id="t", method="m", state="dispatched", agent="a", attempt=1)
     c.send(seal(c.session.identity, "ctl", body))
     hub.run_until_idle()
     assert any(isinstance(r.body, Error) and r.body.code == errors.INVALID_MESSAGE for r in c.inbox)
