@@ -13,6 +13,7 @@ from aicp import strategies
 from aicp.live.logs import add_logging_arguments, setup_logging
 from aicp.live.loop import run_async
 from aicp.live.server import AICPWebSocketServer, ServerLimits
+from aicp.live.store import SqliteStore, StateFileError
 from aicp.messages import MAX_FRAME_BYTES
 from aicp.protocol import ProtocolConfig
 from aicp.router import RouterConfig
@@ -29,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--attempt-timeout", type=float, default=5.0, metavar="S", help="time limit of one dispatch before failover (s)")
     add("--window", type=float, default=60.0, metavar="S", help="freshness and replay window (s)")
     add("--allowlist", metavar="FILE", help="file of admitted public keys, one 'ed25519:...' per line")
-    add("--key", metavar="FILE", help="router identity file (created 0600 if missing; default: a new key per run)")
+    add("--key", metavar="FILE", help="router identity file (created 0600 if missing; default: a new key per run, or FILE.key with --state)")
+    add("--state", metavar="FILE", help="keep id->key bindings, seen message ids and task outcomes in this SQLite file across restarts "
+        "(created if missing; default: nothing kept)")
     add("--max-frame", type=int, default=MAX_FRAME_BYTES, metavar="BYTES", help="largest frame accepted (default 1 MiB)")
     add("--max-connections", type=int, default=10_000, help="concurrent WebSocket connections (default 10000)")
     add("--max-tasks", type=int, default=100_000, help="tasks in the router at once; beyond this new ones get overloaded (default 100000)")
@@ -67,8 +70,13 @@ def build_server(args: argparse.Namespace) -> AICPWebSocketServer:
         verify=args.verify,
     )
     limits = ServerLimits(max_frame_bytes=args.max_frame, max_connections=args.max_connections, compression=args.compression, drain_s=args.drain_timeout)
-    identity = Identity.load_or_create(args.key) if args.key else None
-    return AICPWebSocketServer(args.host, args.port, identity=identity, strategy=args.strategy, router_config=rcfg, protocol_config=pcfg, limits=limits, ssl=ssl_ctx, seed=args.seed)
+    key_file = args.key or (args.state + ".key" if args.state else None)  # a router whose state survives keeps its key too
+    identity = Identity.load_or_create(key_file) if key_file else None
+    store = SqliteStore.open(args.state, router_key=identity.public_key_text if identity else None) if args.state else None
+    return AICPWebSocketServer(
+        args.host, args.port, identity=identity, strategy=args.strategy, router_config=rcfg, protocol_config=pcfg, limits=limits, ssl=ssl_ctx, seed=args.seed,
+        store=store,
+    )
 
 
 async def _serve(server: AICPWebSocketServer) -> None:
@@ -88,8 +96,12 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("error: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
-    server = build_server(args)
-    run_async(_serve(server))
+    try:
+        server = build_server(args)
+        run_async(_serve(server))
+    except StateFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
