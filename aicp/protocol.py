@@ -161,8 +161,10 @@ class RouterProtocol:
         self.draining = False
         #: where lasting state changes are reported (``aicp.state``); None keeps them in memory only
         self.store: StateSink | None = None
-        #: task key -> expiry: tasks admitted before a restart that had not ended (``restore``)
+        #: task key -> expiry: tasks admitted before a restart that had not ended (``restore``).
+        #: Filled once, at most ``replay_cache_size``; emptied as they are resubmitted, or all at once when the last expires.
         self._interrupted: dict[str, float] = {}
+        self._interrupted_until = 0.0
         #: called as ``(method, outcome, seconds)`` when a task ends; outcome is "completed" or the
         #: error code. Drivers use it for latency histograms; it must not call back into the protocol.
         self.outcome_observer: Callable[[str, str, float], None] | None = None
@@ -233,6 +235,7 @@ class RouterProtocol:
                 key = task_key(s.sender, s.msg_id)
                 if self._outcomes.get(key, now) is None:
                     self._interrupted[key] = s.expiry
+                    self._interrupted_until = max(self._interrupted_until, s.expiry)
 
     # ------------------------------------------------------------------ events
     def admit(self, source: str, now: float) -> bool:
@@ -437,6 +440,8 @@ class RouterProtocol:
             self.counters["tasks_resubmitted"] += 1
             return [Send(c.id, stored)]
         if self._interrupted:
+            if now >= self._interrupted_until:
+                self._interrupted.clear()
             interrupted_until = self._interrupted.pop(key, None)
             if interrupted_until is not None and interrupted_until > now:
                 return self._interrupted_outcome(c, body, key, now)

@@ -108,7 +108,7 @@ class AICPWebSocketServer:
         self.store = store
         #: connections closed or refused by a transport limit, by reason (see the module docstring)
         self.transport_closes: dict[str, int] = {}
-        self.metrics = RouterMetrics(self.proto, lambda: self.open_connections, lambda: self.transport_closes)
+        self.metrics = RouterMetrics(self.proto, lambda: self.open_connections, lambda: self.transport_closes, lambda: self.store.stats() if self.store else None)
         self.proto.outcome_observer = self.metrics.observe_outcome
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self._links: dict[int, WsLink | LocalLink] = {}

@@ -73,15 +73,18 @@ class SqliteStore:
     router, so this only happens if the disk stalls).
     """
 
-    def __init__(self, path: Path, db: sqlite3.Connection, snapshot: Snapshot, batch_s: float = 0.005, max_backlog: int = 1_000_000) -> None:
+    def __init__(
+        self, path: Path, db: sqlite3.Connection, snapshot: Snapshot, batch_s: float = 0.005, max_backlog: int = 1_000_000, purge_every_s: float = 1.0
+    ) -> None:
         self.path = path
         self.snapshot = snapshot  # what the file held at open, for RouterProtocol.restore
         self.batch_s = batch_s
+        self.purge_every_s = purge_every_s
         self.max_backlog = max_backlog
         self._db = db
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._put = 0  # written only by the caller's thread
-        self.written = 0  # records committed; written only by the writer thread
+        self.written = 0  # records committed (or lost to a write error); changed only by the writer thread
         self.commits = 0
         self.dropped = 0
         self.errors = 0
@@ -90,7 +93,9 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ open
     @classmethod
-    def open(cls, path: str | Path, now: float | None = None, router_key: str | None = None, batch_s: float = 0.005) -> SqliteStore:
+    def open(
+        cls, path: str | Path, now: float | None = None, router_key: str | None = None, batch_s: float = 0.005, purge_every_s: float = 1.0
+    ) -> SqliteStore:
         """Open or create the file, check it, drop expired rows and read the rest. Raises ``StateFileError``."""
         p = Path(path)
         now = time.time() if now is None else now
@@ -106,7 +111,7 @@ class SqliteStore:
         except StateFileError:
             db.close()
             raise
-        return cls(p, db, snapshot, batch_s)
+        return cls(p, db, snapshot, batch_s, purge_every_s=purge_every_s)
 
     @staticmethod
     def _prepare(db: sqlite3.Connection, p: Path, now: float, router_key: str | None) -> Snapshot:
@@ -161,6 +166,10 @@ class SqliteStore:
     def outcome(self, outcome: StoredOutcome) -> None:
         self._enqueue(outcome)
 
+    def stats(self) -> dict[str, int]:
+        """For /metrics (``aicp_state_*``)."""
+        return {"written": self.written, "commits": self.commits, "backlog": self.backlog, "dropped": self.dropped, "errors": self.errors}
+
     @property
     def backlog(self) -> int:
         """Records handed over but not committed yet."""
@@ -203,7 +212,7 @@ class SqliteStore:
             stop = any(r is _STOP for r in batch)
             self._write(batch)
             now = time.time()
-            if now - last_purge >= 1.0:
+            if now - last_purge >= self.purge_every_s:
                 last_purge = now
                 self._purge(now)
             if stop:
