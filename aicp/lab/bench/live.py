@@ -154,8 +154,9 @@ def start_system(fleet: Fleet, target: str, cfg: argparse.Namespace) -> str:
         fleet.spawn("relay", ["-m", "aicp.lab.bench.relay", "--port", str(port)])
         _wait_port(port, 15)
     else:
+        state = ["--state", str(fleet.run_dir / "router-state.db")] if getattr(cfg, "state", False) else []
         fleet.spawn("router", ["-m", "aicp.server", "--port", str(port), "--strategy", cfg.strategy, "--verify", cfg.verify,
-                               "--log-level", "WARNING", "--rate", "1000000"])
+                               "--log-level", "WARNING", "--rate", "1000000", *state])
         _wait_port(port, 15)
     url = f"ws://127.0.0.1:{port}"
     per_proc = max(1, cfg.agents // cfg.agent_procs)
@@ -334,6 +335,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--task-timeout", type=float, default=10.0, help="each task's deadline (s)")
     add("--strategy", default="round_robin")
     add("--verify", choices=["every-hop", "edge"], default="every-hop", help="router verification policy (default every-hop)")
+    add("--state", action="store_true", help="the router keeps its lasting state in an SQLite file in the run folder (aicp serve --state)")
     add("--baseline", action="store_true", help="also run the same load through the minimal relay and report the ratio")
     add("--sweep", action="store_true", help="step open-loop load up to saturation and write a latency-throughput curve")
     add("--sweep-rates", default="250,500,1000,1500,2000,3000,4000,5000,6000", help="offered rates for --sweep")
