@@ -54,11 +54,18 @@ class Seen(msgspec.Struct, frozen=True, gc=False):
 
 
 class StoredOutcome(msgspec.Struct, frozen=True, gc=False):
-    """The one outcome of task ``key`` (``protocol.task_key``): ``frame`` verbatim, until ``expiry``."""
+    """The one outcome of task ``key`` (``protocol.task_key``): ``frame`` verbatim, until ``expiry``.
+
+    ``fingerprint`` (what the task was: method and payload digest) and ``assignees``
+    (the agents it was dispatched to) let a resubmission with other contents, or a late
+    result, be told apart after a restart as before it; empty when the core keeps none.
+    """
 
     key: str
     frame: bytes
     expiry: float
+    fingerprint: bytes = b""
+    assignees: tuple[str, ...] = ()
 
 
 class Snapshot(msgspec.Struct, kw_only=True):

@@ -27,7 +27,7 @@ Tables (one row per key; a JetStream key-value backend would hold the same entri
 
 * ``bindings(peer_id PK, key, role)``
 * ``seen(sender, msg_id, expiry, task)``, primary key ``(sender, msg_id)``, index on ``expiry``
-* ``outcomes(key PK, frame BLOB, expiry)``, index on ``expiry``
+* ``outcomes(key PK, frame BLOB, expiry, fingerprint BLOB, assignees)`` (a JSON list), index on ``expiry``
 * ``meta(name PK, value)``: ``router_key`` of the last router that wrote the file
 """
 
@@ -39,6 +39,8 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+
+import msgspec
 
 from aicp.state import Binding, Seen, Snapshot, StoredOutcome
 
@@ -52,7 +54,8 @@ CREATE TABLE IF NOT EXISTS bindings (peer_id TEXT PRIMARY KEY, key TEXT NOT NULL
 CREATE TABLE IF NOT EXISTS seen (sender TEXT NOT NULL, msg_id TEXT NOT NULL, expiry REAL NOT NULL, task INTEGER NOT NULL,
                                  PRIMARY KEY (sender, msg_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_expiry ON seen (expiry);
-CREATE TABLE IF NOT EXISTS outcomes (key TEXT PRIMARY KEY, frame BLOB NOT NULL, expiry REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outcomes (key TEXT PRIMARY KEY, frame BLOB NOT NULL, expiry REAL NOT NULL,
+                                     fingerprint BLOB NOT NULL, assignees TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS outcomes_expiry ON outcomes (expiry);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
@@ -144,9 +147,12 @@ class SqliteStore:
             return Snapshot(
                 bindings=[Binding(str(a), str(b), str(c)) for a, b, c in db.execute("SELECT peer_id, key, role FROM bindings")],
                 seen=[Seen(str(a), str(b), float(c), bool(d)) for a, b, c, d in db.execute("SELECT sender, msg_id, expiry, task FROM seen")],
-                outcomes=[StoredOutcome(str(a), bytes(b), float(c)) for a, b, c in db.execute("SELECT key, frame, expiry FROM outcomes")],
+                outcomes=[
+                    StoredOutcome(str(a), bytes(b), float(c), bytes(d), tuple(msgspec.json.decode(e, type=list[str])))
+                    for a, b, c, d, e in db.execute("SELECT key, frame, expiry, fingerprint, assignees FROM outcomes")
+                ],
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, msgspec.DecodeError) as exc:
             raise StateFileError(f"state file {p} holds a row of the wrong type ({exc})") from exc
 
     # ------------------------------------------------------------------ StateSink (the caller's thread)
@@ -225,7 +231,7 @@ class SqliteStore:
             if isinstance(r, Seen):
                 seen.append((r.sender, r.msg_id, r.expiry, int(r.task)))
             elif isinstance(r, StoredOutcome):
-                outcomes.append((r.key, r.frame, r.expiry))
+                outcomes.append((r.key, r.frame, r.expiry, r.fingerprint, msgspec.json.encode(r.assignees).decode()))
             elif isinstance(r, Binding):
                 bindings.append((r.peer_id, r.key, r.role))
         n = len(bindings) + len(seen) + len(outcomes)
@@ -239,7 +245,7 @@ class SqliteStore:
             if seen:
                 db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)", seen)
             if outcomes:
-                db.executemany("INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?)", outcomes)
+                db.executemany("INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?, ?, ?)", outcomes)
             db.execute("COMMIT")
             self.commits += 1
         except sqlite3.Error:

@@ -32,7 +32,7 @@ def test_records_written_by_the_thread_come_back_at_the_next_open(tmp_path: Path
     store.bind(Binding("a1", key, "agent"))
     for i in range(1000):
         store.seen(Seen("ctl", f"m{i}", NOW + 60, task=i % 2 == 0))
-    store.outcome(StoredOutcome("ctl\nm0", b'{"sig":"\x00 exact bytes"}', NOW + 60))
+    store.outcome(StoredOutcome("ctl\nm0", b'{"sig":"\x00 exact bytes"}', NOW + 60, b"\x01" * 32, ("a1", "a\n2")))
     store.close()
     assert store.backlog == 0 and store.written == 1002 and store.errors == 0 and store.dropped == 0
     assert store.commits < 1002  # batched
@@ -41,7 +41,7 @@ def test_records_written_by_the_thread_come_back_at_the_next_open(tmp_path: Path
     snap = again.snapshot
     assert snap.bindings == [Binding("a1", key, "agent")]
     assert len(snap.seen) == 1000 and Seen("ctl", "m2", NOW + 60, True) in snap.seen and Seen("ctl", "m3", NOW + 60, False) in snap.seen
-    assert snap.outcomes == [StoredOutcome("ctl\nm0", b'{"sig":"\x00 exact bytes"}', NOW + 60)]
+    assert snap.outcomes == [StoredOutcome("ctl\nm0", b'{"sig":"\x00 exact bytes"}', NOW + 60, b"\x01" * 32, ("a1", "a\n2"))]
     again.close()
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
