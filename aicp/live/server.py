@@ -35,6 +35,7 @@ import random
 import ssl as ssl_module
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -49,6 +50,7 @@ from aicp.live.handlers import Handler
 from aicp.live.links import LocalLink, WsLink
 from aicp.live.local_peers import LocalPeer
 from aicp.live.prometheus import RouterMetrics
+from aicp.live.record import TraceWriter
 from aicp.live.store import SqliteStore, StateFileError
 from aicp.messages import MAX_FRAME_BYTES
 from aicp.protocol import CLOSE_TOO_BIG, Output, ProtocolConfig, RouterProtocol, Send
@@ -95,6 +97,7 @@ class AICPWebSocketServer:
         ssl: ssl_module.SSLContext | None = None,
         seed: int | None = None,
         store: SqliteStore | None = None,
+        record: str | Path | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -110,6 +113,7 @@ class AICPWebSocketServer:
         self.transport_closes: dict[str, int] = {}
         self.metrics = RouterMetrics(self.proto, lambda: self.open_connections, lambda: self.transport_closes, lambda: self.store.stats() if self.store else None)
         self.proto.outcome_observer = self.metrics.observe_outcome
+        self.recorder: TraceWriter | None = TraceWriter(record) if record is not None else None
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self._links: dict[int, WsLink | LocalLink] = {}
         self._next_conn = 0
@@ -223,6 +227,9 @@ class AICPWebSocketServer:
             server_header=None,
             create_connection=functools.partial(CountedConnection, on_open_timeout=self._open_timed_out),  # type: ignore[arg-type]
         )
+        if self.recorder is not None:
+            self.proto.record(self.recorder.write, time.time())
+            self.recorder.start(self.loop)
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
         for agent_id, handlers in self._pending_local.items():
@@ -266,6 +273,9 @@ class AICPWebSocketServer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.recorder is not None:
+            self.proto.record(None, time.time())
+            self.recorder.close()
         if self.store is not None:
             await asyncio.to_thread(self.store.close)  # the outcomes of the drain too
         self._stopped = True
