@@ -56,6 +56,7 @@ from aicp.messages import MAX_FRAME_BYTES
 from aicp.protocol import CLOSE_TOO_BIG, Output, ProtocolConfig, RouterProtocol, Send
 from aicp.router import Router, RouterConfig
 from aicp.signing import Identity
+from aicp.state import Snapshot
 
 log = logging.getLogger("aicp.live.server")
 
@@ -202,6 +203,7 @@ class AICPWebSocketServer:
             except errors.LocalError as exc:
                 raise StateFileError(f"state file {self.store.path} holds a record the router refuses: {exc}; move it aside to start empty") from exc
             self.proto.store = self.store
+            self.store.snapshot = Snapshot()  # restored: free the copy
             self.store.start()
             log.info("state restored from %s: %d binding(s), %d seen id(s), %d outcome(s)", self.store.path, len(snap.bindings), len(snap.seen), len(snap.outcomes))
         self._stop_requested = asyncio.Event()
