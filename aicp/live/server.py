@@ -13,7 +13,7 @@ the sans-I/O core. This module only moves bytes and time:
 * plain HTTP on the same port serves ``/healthz``, ``/metrics`` and ``/agents``;
 * with a ``store`` (``aicp serve --state FILE``), the core's lasting state is restored
   from it at ``start`` and every change is handed to it (``aicp.live.store``: SQLite,
-  written by its own thread); ``stop`` writes the last records and closes it;
+  committed in batches every few ms from the loop); ``stop`` writes the last records;
 * transport limits are enforced here, before the core sees a frame, and each
   refusal is counted by reason in ``transport_closes`` (``/metrics``:
   ``aicp_transport_closes_total{reason=...}``): ``too-large`` (close 1009, also for a
@@ -204,7 +204,7 @@ class AICPWebSocketServer:
                 raise StateFileError(f"state file {self.store.path} holds a record the router refuses: {exc}; move it aside to start empty") from exc
             self.proto.store = self.store
             self.store.snapshot = Snapshot()  # restored: free the copy
-            self.store.start()
+            self.store.start(self.loop)
             log.info("state restored from %s: %d binding(s), %d seen id(s), %d outcome(s)", self.store.path, len(snap.bindings), len(snap.seen), len(snap.outcomes))
         self._stop_requested = asyncio.Event()
         lim = self.limits
@@ -279,7 +279,7 @@ class AICPWebSocketServer:
             self.proto.record(None, time.time())
             self.recorder.close()
         if self.store is not None:
-            await asyncio.to_thread(self.store.close)  # the outcomes of the drain too
+            self.store.close()  # writes the last records: the outcomes of the drain too
         self._stopped = True
         if self._stop_requested is not None:
             self._stop_requested.set()

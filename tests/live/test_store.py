@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -66,15 +68,21 @@ def test_expired_rows_are_deleted_at_open_and_bindings_are_kept(tmp_path: Path) 
     assert _count(path, "seen") == 1 and _count(path, "outcomes") == 1  # gone from the file, not just skipped
 
 
-def test_the_writer_purges_expired_rows_while_running(tmp_path: Path) -> None:
+def test_the_maintenance_thread_purges_expired_rows_while_running(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    store = SqliteStore.open(path, now=NOW, purge_every_s=0.0)  # purge after every batch
+    store = SqliteStore.open(path, now=NOW, purge_every_s=0.05)
     store.start()
-    store.seen(Seen("s", "long-gone", 1.0))  # expired by the wall clock the writer purges with
+    store.seen(Seen("s", "long-gone", 1.0))  # expired by the wall clock the maintenance thread purges with
     store.outcome(StoredOutcome("k", b"x", 1.0))
     store.seen(Seen("s", "current", 4e9))
-    store.close()
+    while not store.flush():  # the maintenance thread may hold the file for a moment
+        time.sleep(0.01)
     assert store.written == 3 and store.errors == 0
+    deadline = time.monotonic() + 10
+    while _count(path, "outcomes") or _count(path, "seen") != 1:
+        assert time.monotonic() < deadline, "expired rows were never purged"
+        time.sleep(0.02)
+    store.close()
     assert _count(path, "seen") == 1 and _count(path, "outcomes") == 0
 
 
@@ -110,5 +118,27 @@ def test_a_row_the_core_refuses_stops_the_server_at_start(tmp_path: Path) -> Non
         with pytest.raises(StateFileError, match="stored binding of 'a1'"):
             async with serving(store=SqliteStore.open(path)):
                 pass
+
+    run(main())
+
+
+def test_on_the_event_loop_records_are_committed_within_a_few_batches(tmp_path: Path) -> None:
+    """The live path: records are committed by a callback on the loop, without close()."""
+    path = tmp_path / "s.db"
+
+    async def main() -> None:
+        store = SqliteStore.open(path, batch_s=0.005)
+        store.start(asyncio.get_running_loop())
+        try:
+            for i in range(100):
+                store.seen(Seen("s", f"m{i}", time.time() + 60))
+            assert store.backlog == 100
+            deadline = time.monotonic() + 10
+            while store.backlog:
+                assert time.monotonic() < deadline, "the loop never committed"
+                await asyncio.sleep(0.005)
+            assert _count(path, "seen") == 100 and 1 <= store.commits <= 3
+        finally:
+            store.close()
 
     run(main())

@@ -173,7 +173,7 @@ def start_system(fleet: Fleet, target: str, cfg: argparse.Namespace) -> str:
     if target == "relay":
         fleet.spawn("relay", ["-m", "aicp.lab.bench.relay", "--port", str(port)])
     else:
-        state = ["--state", str(fleet.run_dir / "router-state.db")] if getattr(cfg, "state", False) else []
+        state = ["--state", str(fleet.run_dir / f"router-state-{port}.db")] if getattr(cfg, "state", False) else []  # a fresh file per router
         fleet.spawn("router", ["-m", "aicp.server", "--port", str(port), "--strategy", cfg.strategy, "--verify", cfg.verify,
                                "--log-level", "WARNING", "--rate", "1000000", *own_fleet_flags(cfg.agents), *state,
                                *(["--record", str(cfg.record)] if getattr(cfg, "record", None) else [])])
@@ -371,15 +371,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--json", type=Path, default=None, help="also write the summary to this file")
     add("--record", type=Path, default=None, metavar="FILE", help="the router records a trace of the run to FILE (docs/TRACE.md)")
     add("--record-overhead", action="store_true", help="instead: alternate routers without and with --record at --rate (default 1000/s), 3 pairs, and report the cost")
+    add("--state-overhead", action="store_true", help="instead: alternate routers without and with --state at --rate (default 1000/s), 3 pairs, and report the cost")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.scenario is not None:
         scenario_overrides(args)
-    if args.record_overhead:
+    if args.record_overhead or args.state_overhead:
         from aicp.lab.bench.record import record_overhead
 
-        return record_overhead(args)
+        return record_overhead(args, feature="record" if args.record_overhead else "state")
     run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
     run_dir = args.out / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
