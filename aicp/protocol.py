@@ -585,7 +585,7 @@ class RouterProtocol:
             if key in self._replay:
                 raise errors.VerifyError(errors.DUPLICATE, f"message id {body.id!r} was seen before")
             raise errors.VerifyError(errors.OVERLOADED, "replay cache is full")
-        if self.store is not None:
+        if self.store is not None and not isinstance(body, (Result, Register)):  # see aicp.state: these need no lasting record
             expiry = self._replay.expiry(key)
             assert expiry is not None
             self.store.seen(Seen(body.sender, body.id, expiry, isinstance(body, Task)))

@@ -5,7 +5,11 @@ a router restart"):
 
 * **bindings**: peer id -> public key and role, bound on first use;
 * **seen ids**: ``(sender, message id)`` until the moment a copy can no longer be fresh,
-  so a frame captured before the restart is still a ``duplicate`` after it;
+  so a frame captured before the restart is still a ``duplicate`` after it. Only tasks,
+  heartbeats and deregistrations are kept: a registration cannot be replayed anyway
+  (it signs its connection's nonce), and a result replayed after a restart finds no
+  running task and is dropped as late, so it cannot change anything. That leaves two
+  records per task (its id and its outcome) instead of three;
 * **outcomes**: each ended task's one outcome frame (the exact signed bytes), kept for
   resubmissions until it expires.
 
@@ -15,8 +19,7 @@ start (``RouterProtocol.restore``). A driver's sink buffers the records and writ
 where it likes: ``aicp.live.store`` writes SQLite; a JetStream key-value backend would
 put ``bind.<id>``, ``seen.<sender>.<id>`` and ``outcome.<key>`` with the expiry as the
 entry's age limit. A sink call must be cheap and must not call back into the core: it
-runs on the routing hot path (about three records per task: the task's id, the
-result's id, the outcome).
+runs on the routing hot path (two records per task: the task's id and its outcome).
 
 ``Recorder`` is the in-memory sink: the reference a backend is tested against, and
 what the core tests use to restart a router without a file.

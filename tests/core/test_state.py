@@ -192,3 +192,26 @@ def test_restore_after_the_first_connection_is_a_local_error() -> None:
 def test_records_round_trip_through_msgspec_for_any_backend() -> None:
     snap = Snapshot(bindings=[Binding("p", "ed25519:k", "agent")], seen=[Seen("s", "m", 1.5, True)], outcomes=[StoredOutcome("c\nt", b"\x00frame", 2.5)])
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(snap), type=Snapshot) == snap
+
+
+def test_a_result_replayed_after_the_restart_changes_nothing_so_its_id_is_not_recorded() -> None:
+    rec = Recorder()
+    hub = hub_with(rec)
+    worker = Identity.generate()
+    ag = connect(hub, "a1", worker, auto=False)
+    ctl_key = Identity.generate()
+    ctl = connect(hub, "ctl", ctl_key, role="controller")
+    tid = ctl.submit("m", 1)
+    hub.run_until_idle()
+    result = ag.answer(ag.held.popleft(), True, "done")
+    hub.run_until_idle()
+    assert isinstance(ctl.outcomes[tid], Result)
+    assert [s.msg_id for s in rec.seen_ids.values() if s.sender == "a1"] == []  # neither its registration nor its result
+
+    hub2, _ = restart(hub, rec)
+    ag2 = connect(hub2, "a1", worker)
+    ctl2 = connect(hub2, "ctl", ctl_key, role="controller")
+    ag2.send(result)  # replayed verbatim
+    hub2.run_until_idle()
+    assert hub2.proto.counters["results_forwarded"] == 0 and ctl2.outcome_count == {}
+    assert hub2.proto.pending_tasks() == 0 and hub2.proto.router.stats.completed == 0

@@ -121,7 +121,7 @@ def _router_and_tasks(count: int = 20000) -> tuple[RouterProtocol, list[tuple[fl
 def _router_task_with_state(repeat: int) -> float:
     """Seconds per task with a ``SqliteStore`` sink, its commits included.
 
-    Three records per task (the task's id, the result's id, the outcome); they are
+    Two records per task (the task's id and its outcome); they are
     committed every 5 tasks, as the live router's 5 ms batches would at 1000 tasks/s.
     """
     with tempfile.TemporaryDirectory(prefix="aicp-bench-state-") as tmp:
