@@ -172,7 +172,8 @@ def test_restore_respects_the_caches_limits_and_keeps_the_newest() -> None:
     proto.restore(snap, now)
     assert len(proto._peers) == 3
     assert len(proto._replay) == 2 and ("s", "m3") in proto._replay and ("s", "m4") in proto._replay  # the longest-lived
-    assert [proto._outcomes.get(f"k{i}", now) for i in range(5)] == [b"x0", b"x1", None, None, None]  # the newest two
+    kept = [proto._outcomes.get(f"k{i}", now) for i in range(5)]
+    assert [o.frame if o is not None else None for o in kept] == [b"x0", b"x1", None, None, None]  # the newest two
 
 
 @pytest.mark.parametrize("binding", [Binding("p", "ed25519:nope", "agent"), Binding("p", Identity.generate().public_key_text, "boss")])
@@ -215,3 +216,31 @@ def test_a_result_replayed_after_the_restart_changes_nothing_so_its_id_is_not_re
     hub2.run_until_idle()
     assert hub2.proto.counters["results_forwarded"] == 0 and ctl2.outcome_count == {}
     assert hub2.proto.pending_tasks() == 0 and hub2.proto.router.stats.completed == 0
+
+
+def test_after_the_restart_another_task_under_a_kept_id_is_an_id_conflict_and_assignees_are_remembered() -> None:
+    rec = Recorder()
+    hub = hub_with(rec)
+    worker, other = Identity.generate(), Identity.generate()
+    ag = connect(hub, "a1", worker, auto=False)
+    ctl_key = Identity.generate()
+    ctl = connect(hub, "ctl", ctl_key, role="controller")
+    tid = ctl.submit("m", 1)
+    hub.run_until_idle()
+    held = ag.held.popleft()
+    ag.answer(held, True, "done")
+    hub.run_until_idle()
+    assert rec.outcomes[task_key("ctl", tid)].assignees == ("a1",)
+
+    hub2, _ = restart(hub, rec)
+    ag2 = connect(hub2, "a1", worker, auto=False)
+    bystander = connect(hub2, "a2", other, auto=False)
+    ctl2 = connect(hub2, "ctl", ctl_key, role="controller")
+    ctl2.submit("m", 2, task_id=tid)  # another payload under the same id
+    hub2.run_until_idle()
+    assert refusal(ctl2) == errors.ID_CONFLICT
+    ag2.answer(held, True, "again")  # a new result for the ended task, from the agent it went to: late
+    bystander.answer(held, True, "me too")  # from an agent it never went to: not-assigned
+    hub2.run_until_idle()
+    assert hub2.proto.counters["results_late"] == 1 and refusal(bystander) == errors.NOT_ASSIGNED
+    assert ctl2.outcome_count == {tid: 1}  # only the id-conflict refusal: nothing was forwarded
