@@ -250,7 +250,7 @@ class RouterProtocol:
         """Take back the lasting state of an earlier run, before the first connection.
 
         Bindings are restored up to ``max_peers``; seen ids and outcomes that have not
-        expired, oldest first, up to their caches' sizes. A task the earlier run admitted
+        expired up to their caches' sizes, the longest-lived ones if not all fit. A task the earlier run admitted
         that has no outcome was interrupted by the restart: a resubmission of it gets
         ``shutting-down`` (as on a graceful stop) rather than running a second time.
         O(entries log entries). Raises ``LocalError`` on a binding whose key is not valid.
