@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--key", metavar="FILE", help="router identity file (created 0600 if missing; default: a new key per run, or FILE.key with --state)")
     add("--state", metavar="FILE", help="keep id->key bindings, seen message ids and task outcomes in this SQLite file across restarts "
         "(created if missing; default: nothing kept)")
+    add("--state-batch-ms", type=float, default=10.0, metavar="MS", help="commit state records every MS ms: what a crash can lose (default 10)")
     add("--max-frame", type=int, default=MAX_FRAME_BYTES, metavar="BYTES", help="largest frame accepted (default 1 MiB)")
     add("--max-connections", type=int, default=10_000, help="concurrent WebSocket connections (default 10000)")
     add("--max-tasks", type=int, default=100_000, help="tasks in the router at once; beyond this new ones get overloaded (default 100000)")
@@ -73,7 +74,7 @@ def build_server(args: argparse.Namespace) -> AICPWebSocketServer:
     limits = ServerLimits(max_frame_bytes=args.max_frame, max_connections=args.max_connections, compression=args.compression, drain_s=args.drain_timeout)
     key_file = args.key or (args.state + ".key" if args.state else None)  # a router whose state survives keeps its key too
     identity = Identity.load_or_create(key_file) if key_file else None
-    store = SqliteStore.open(args.state, router_key=identity.public_key_text if identity else None) if args.state else None
+    store = SqliteStore.open(args.state, router_key=identity.public_key_text if identity else None, batch_s=args.state_batch_ms / 1000.0) if args.state else None
     return AICPWebSocketServer(
         args.host, args.port, identity=identity, strategy=args.strategy, router_config=rcfg, protocol_config=pcfg, limits=limits, ssl=ssl_ctx, seed=args.seed,
         store=store, record=args.record,

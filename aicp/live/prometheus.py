@@ -27,7 +27,7 @@ class _CoreCollector(Collector):
         proto: RouterProtocol,
         open_connections: Callable[[], int],
         transport_closes: Callable[[], Mapping[str, int]] | None,
-        state_stats: Callable[[], Mapping[str, int] | None] | None = None,
+        state_stats: Callable[[], Mapping[str, float] | None] | None = None,
     ) -> None:
         self.proto = proto
         self.state_stats = state_stats
@@ -69,6 +69,8 @@ class _CoreCollector(Collector):
             if st is not None:
                 yield CounterMetricFamily("aicp_state_records", "Lasting-state records handed to the state file's writer and done with", value=st["written"])
                 yield CounterMetricFamily("aicp_state_commits", "Transactions committed to the state file", value=st["commits"])
+                yield CounterMetricFamily("aicp_state_commit_seconds", "Time the event loop spent committing to the state file", value=st["commit_seconds"])
+                yield GaugeMetricFamily("aicp_state_commit_max_seconds", "The longest single commit to the state file", value=st["commit_max_seconds"])
                 yield GaugeMetricFamily("aicp_state_backlog", "Lasting-state records not committed yet", value=st["backlog"])
                 yield CounterMetricFamily("aicp_state_dropped", "Lasting-state records dropped because the writer fell too far behind", value=st["dropped"])
                 yield CounterMetricFamily("aicp_state_write_errors", "Failed writes to the state file (their records are lost)", value=st["errors"])
@@ -82,7 +84,7 @@ class RouterMetrics:
         proto: RouterProtocol,
         open_connections: Callable[[], int],
         transport_closes: Callable[[], Mapping[str, int]] | None = None,
-        state_stats: Callable[[], Mapping[str, int] | None] | None = None,
+        state_stats: Callable[[], Mapping[str, float] | None] | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_CoreCollector(proto, open_connections, transport_closes, state_stats))

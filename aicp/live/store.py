@@ -2,15 +2,15 @@
 
 ``SqliteStore`` is the live driver's ``aicp.state.StateSink``. The core calls it on the
 routing hot path; each call only appends the record to a list (O(1), no I/O). Every
-``batch_s`` (default 5 ms) while records wait, a callback on the event loop writes them
+``batch_s`` (default 10 ms) while records wait, a callback on the event loop writes them
 in one transaction (``executemany`` of ``INSERT OR REPLACE``, then ``COMMIT``): a few
 microseconds per record in SQLite's C code, no fsync, and no other thread involved.
 SQLite runs in WAL mode with ``synchronous=NORMAL`` and no automatic checkpoint. A
-maintenance thread with its own connection, once a second, deletes expired rows and
-checkpoints the WAL into the database (the only fsync): one statement each, so it
+maintenance thread with its own connection checkpoints the WAL into the database once
+a second (the only fsync) and deletes expired rows every ``purge_every_s`` (5 s): one statement each, so it
 hardly ever contends with the event loop for the interpreter lock. (Writing from a
-thread instead costs a lock hand-over per row, which on a loaded machine cost several
-times the router's throughput: measured, see the report of issue 14.) If a commit finds
+thread instead costs an interpreter-lock hand-over per row: on a loaded machine that cut
+the router's throughput to a fifth in ``aicp bench --state-overhead``.) If a commit finds
 the file locked by that thread, the batch stays queued for the next one.
 
 **What a crash can lose.** A ``SIGKILL`` loses the records not yet committed: those of
@@ -19,9 +19,9 @@ kernel crash may also lose the transactions since the last checkpoint (at most a
 second). What the loss means is in docs/SECURITY.md. ``close()`` writes everything.
 
 **Retention.** Bindings are kept for good (at most ``max_peers`` rows). Seen ids and
-outcomes carry their expiry (wall-clock seconds); expired rows are deleted once a
-second and at open, so the file holds about (message rate x window) seen rows and
-(task rate x window) outcomes, like the router's memory. SQLite reuses freed pages: the
+outcomes carry their expiry (wall-clock seconds); expired rows are deleted every 5 s
+and at open, so the file holds about (message rate x (window + 5 s)) seen rows and
+(task rate x (window + 5 s)) outcomes, like the router's memory. SQLite reuses freed pages: the
 file stays at its peak size and does not grow beyond it.
 
 **A damaged file** (not SQLite, failing ``PRAGMA quick_check``, another program's
@@ -32,8 +32,8 @@ bound id to the first key that claims it. Move the file aside to start empty on 
 Tables (one row per key; a JetStream key-value backend would hold the same entries):
 
 * ``bindings(peer_id PK, key, role)``
-* ``seen(sender, msg_id, expiry, task)``, primary key ``(sender, msg_id)``, index on ``expiry``
-* ``outcomes(key PK, frame BLOB, expiry, fingerprint BLOB, assignees)`` (a JSON list), index on ``expiry``
+* ``seen(sender, msg_id, expiry, task)``, primary key ``(sender, msg_id)``
+* ``outcomes(key PK, frame BLOB, expiry, fingerprint BLOB, assignees)`` (a JSON list)
 * ``meta(name PK, value)``: ``router_key`` of the last router that wrote the file
 """
 
@@ -59,10 +59,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bindings (peer_id TEXT PRIMARY KEY, key TEXT NOT NULL, role TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS seen (sender TEXT NOT NULL, msg_id TEXT NOT NULL, expiry REAL NOT NULL, task INTEGER NOT NULL,
                                  PRIMARY KEY (sender, msg_id)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS seen_expiry ON seen (expiry);
 CREATE TABLE IF NOT EXISTS outcomes (key TEXT PRIMARY KEY, frame BLOB NOT NULL, expiry REAL NOT NULL,
                                      fingerprint BLOB NOT NULL, assignees TEXT NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS outcomes_expiry ON outcomes (expiry);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
@@ -86,9 +84,9 @@ class SqliteStore:
         path: Path,
         db: sqlite3.Connection,
         snapshot: Snapshot,
-        batch_s: float = 0.005,
+        batch_s: float = 0.010,
         max_backlog: int = 1_000_000,
-        purge_every_s: float = 1.0,
+        purge_every_s: float = 5.0,
     ) -> None:
         self.path = path
         self.snapshot = snapshot  # what the file held at open, for RouterProtocol.restore
@@ -101,6 +99,8 @@ class SqliteStore:
         self._flush_handle: asyncio.TimerHandle | None = None
         self.written = 0  # records committed (or lost to a write error)
         self.commits = 0
+        self.commit_seconds = 0.0  # time the event loop spent committing (a commit blocks it)
+        self.commit_max_s = 0.0  # the longest single commit
         self.busy = 0  # commits put off because the maintenance thread held the file
         self.dropped = 0
         self.errors = 0
@@ -111,7 +111,7 @@ class SqliteStore:
     # ------------------------------------------------------------------ open
     @classmethod
     def open(
-        cls, path: str | Path, now: float | None = None, router_key: str | None = None, batch_s: float = 0.005, purge_every_s: float = 1.0
+        cls, path: str | Path, now: float | None = None, router_key: str | None = None, batch_s: float = 0.010, purge_every_s: float = 5.0
     ) -> SqliteStore:
         """Open or create the file, check it, drop expired rows and read the rest. Raises ``StateFileError``."""
         p = Path(path)
@@ -190,9 +190,10 @@ class SqliteStore:
     def outcome(self, outcome: StoredOutcome) -> None:
         self._add(outcome)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
         """For /metrics (``aicp_state_*``)."""
-        return {"written": self.written, "commits": self.commits, "backlog": self.backlog, "dropped": self.dropped, "errors": self.errors, "busy": self.busy}
+        return {"written": self.written, "commits": self.commits, "backlog": self.backlog, "dropped": self.dropped, "errors": self.errors,
+                "busy": self.busy, "commit_seconds": self.commit_seconds, "commit_max_seconds": self.commit_max_s}
 
     @property
     def backlog(self) -> int:
@@ -237,6 +238,7 @@ class SqliteStore:
         batch = self._buffer
         if not batch:
             return True
+        t0 = time.perf_counter()
         bindings, seen, outcomes = [], [], []
         for r in batch:
             if isinstance(r, Seen):
@@ -273,6 +275,10 @@ class SqliteStore:
             return self._failed(batch, exc)
         self.commits += 1
         self.written += len(batch)
+        took = time.perf_counter() - t0
+        self.commit_seconds += took
+        if took > self.commit_max_s:
+            self.commit_max_s = took
         return True
 
     def _failed(self, batch: list[Record], exc: Exception) -> bool:
@@ -286,7 +292,11 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ the maintenance thread
     def _maintain(self) -> None:
-        """Once per ``purge_every_s``: delete expired rows, then checkpoint the WAL. Own connection."""
+        """Checkpoint the WAL once a second (or per ``purge_every_s`` if shorter); purge every ``purge_every_s``. Own connection.
+
+        The tables have no index on ``expiry``: an index costs every insert on the hot path
+        about a third more, while a purge that scans the table every few seconds runs here.
+        """
         try:
             db = sqlite3.connect(self.path, isolation_level=None)
         except sqlite3.Error:
@@ -294,8 +304,16 @@ class SqliteStore:
             return
         try:
             db.execute("PRAGMA busy_timeout=1000")
-            while not self._stop.wait(self.purge_every_s):
-                self._purge(db, time.time())
+            tick = min(1.0, self.purge_every_s)
+            last_purge = time.monotonic()
+            while not self._stop.wait(tick):
+                if time.monotonic() - last_purge >= self.purge_every_s:
+                    last_purge = time.monotonic()
+                    self._purge(db, time.time())
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:
+                    log.warning("state checkpoint of %s put off: %s", self.path, exc)
         finally:
             db.close()
 
@@ -305,7 +323,6 @@ class SqliteStore:
             db.execute("DELETE FROM seen WHERE expiry <= ?", (now,))
             db.execute("DELETE FROM outcomes WHERE expiry <= ?", (now,))
             db.execute("COMMIT")
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
