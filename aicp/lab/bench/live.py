@@ -335,8 +335,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--loadgens", type=int, default=1, help="load-generator processes (default 1)")
     add("--rate", type=float, default=0.0, help="open loop: offered tasks/s, Poisson (default: closed loop)")
     add("--concurrency", type=int, default=64, help="closed loop: tasks in flight (default 64)")
-    add("--duration", type=float, default=10.0, help="measured seconds (default 10)")
-    add("--warmup", type=float, default=2.0, help="seconds before measuring (default 2)")
+    add("--duration", type=float, default=None, help="measured seconds (default 10; with --scenario: the file's duration_s - warmup_s)")
+    add("--warmup", type=float, default=None, help="seconds before measuring (default 2; with --scenario: the file's warmup_s)")
     add("--task-timeout", type=float, default=10.0, help="each task's deadline (s)")
     add("--strategy", default=None, help="routing strategy (default round_robin; with --scenario: every strategy the file lists; with --arrivals: the recorded one)")
     add("--verify", choices=["every-hop", "edge"], default="every-hop", help="router verification policy (default every-hop)")
@@ -364,6 +364,8 @@ def run(args: argparse.Namespace) -> int:
 
         return run_plan(args)
     args.strategy = args.strategy or "round_robin"
+    args.duration = 10.0 if args.duration is None else args.duration
+    args.warmup = 2.0 if args.warmup is None else args.warmup
     if args.record_overhead:
         from aicp.lab.bench.record import record_overhead
 

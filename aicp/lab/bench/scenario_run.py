@@ -51,7 +51,12 @@ STARTUP_S = 2.0  # load generators start, connect and register before the schedu
 def plan_from_args(args: argparse.Namespace) -> Plan:
     """The plan of ``--scenario FILE`` or of ``--arrivals TRACE`` (raises ``ScenarioError`` naming what is wrong)."""
     if args.scenario is not None:
-        sc = scenario_mod.load(args.scenario)
+        overrides: dict[str, Any] = {}
+        if args.warmup is not None:
+            overrides["warmup_s"] = args.warmup
+        if args.duration is not None:
+            overrides["duration_s"] = (args.warmup if args.warmup is not None else scenario_mod.load(args.scenario).warmup_s) + args.duration
+        sc = scenario_mod.load(args.scenario, overrides)
         return build_plan(sc, str(args.scenario), args.strategy, args.agent_procs)
     return arrivals_plan(Path(args.arrivals), args)
 
