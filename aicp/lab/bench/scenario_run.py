@@ -129,10 +129,10 @@ def run_strategy(plan: Plan, strategy: str, args: argparse.Namespace, run_dir: P
                                                 "--out", str(out)]))
         done_steps = []
         for step in plan.steps:
-            while time.time() < start_at + step.t_s:
-                if all(g.popen.poll() is not None for g in gens):
-                    break
+            while time.time() < start_at + step.t_s and any(g.popen.poll() is None for g in gens):
                 time.sleep(min(0.01, max(0.0, start_at + step.t_s - time.time())))
+            if all(g.popen.poll() is not None for g in gens):
+                break  # the load is over (or failed): later steps have nothing to act on
             if step.action == "kill":
                 proc = running.pop(step.proc, None)
                 if proc is not None and proc.popen.poll() is None:
