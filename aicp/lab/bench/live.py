@@ -348,6 +348,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "network latency, crash/recover/flap faults; its own duration and warm-up; aicp/lab/bench/scenario_plan.py)")
     add("--arrivals", type=Path, default=None, metavar="TRACE", help="open loop on the arrivals a trace recorded (aicp bench --record; docs/TRACE.md), "
         "against agents from --agents/--service-time/--agent-concurrency")
+    add("--via", choices=["websocket", "gateway"], default="websocket",
+        help="gateway: also measure the HTTP gateway next to direct WebSocket submission (see aicp.lab.bench.via_gateway)")
+    add("--gateway-rate", type=float, default=500.0, help="--via gateway: open-loop rate for the added-latency comparison (default 500)")
     add("--seed", type=int, default=1)
     add("--out", type=Path, default=Path("results") / "bench", help="parent folder of the run folder")
     add("--json", type=Path, default=None, help="also write the summary to this file")
@@ -385,6 +388,10 @@ def run(args: argparse.Namespace) -> int:
             fleet = Fleet(run_dir)
             try:
                 url = args.url if (args.url and target == "router") else start_system(fleet, target, args)
+                if target == "router" and args.via == "gateway":
+                    from aicp.lab.bench import via_gateway
+
+                    summary["via_gateway"] = via_gateway.compare(fleet, url, args)
                 result = run_trial(fleet, url, main_trial, args, f"{target}-main")
                 summary[target] = result
                 print(format_result(target, result), flush=True)
