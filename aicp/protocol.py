@@ -37,6 +37,7 @@ from aicp.messages import (
     Frame,
     Goaway,
     Heartbeat,
+    Progress,
     Register,
     RegisterAck,
     Result,
@@ -107,7 +108,7 @@ class _Conn:
 
 
 class _Peer:
-    __slots__ = ("conn", "key_raw", "key_text", "peer_id", "role")
+    __slots__ = ("conn", "key_raw", "key_text", "peer_id", "progress", "role")
 
     def __init__(self, peer_id: str, key_text: str, key_raw: bytes, role: str) -> None:
         self.peer_id = peer_id
@@ -115,6 +116,7 @@ class _Peer:
         self.key_raw = key_raw
         self.role = role
         self.conn: _Conn | None = None
+        self.progress = False  # it asked for Progress notices at its last registration
 
 
 class _Pending:
@@ -403,6 +405,7 @@ class RouterProtocol:
             if peer.role == "agent":
                 out.extend(self._agent_lost(peer.peer_id, now, "replaced by a newer connection"))
         peer.conn = c
+        peer.progress = body.progress
         c.peer = peer
         if body.role == "agent":
             self.router.register_agent(body.sender, body.capabilities, now, concurrency=body.concurrency)
@@ -533,6 +536,9 @@ class RouterProtocol:
                 agent = self._peers[action.agent_id]
                 if agent.conn is not None:
                     out.append(Send(agent.conn.id, pending.frame))
+                requester = self._peers.get(pending.requester)
+                if requester is not None and requester.progress and requester.conn is not None:
+                    out.append(Send(requester.conn.id, self._progress_frame(now, pending, action)))
             elif isinstance(action, Completed):
                 pending = self._pending.pop(action.task_id)
                 assert result_frame is not None
@@ -608,6 +614,20 @@ class RouterProtocol:
         task = refused if isinstance(refused, Task) else None
         ref = refused.id if refused is not None else None
         return Send(c.id, self._error_frame(now, code, message, ref, task.id if task else None, task.method if task else None))
+
+    def _progress_frame(self, now: float, pending: _Pending, dispatch: Dispatch) -> bytes:
+        body = Progress(
+            v=PROTOCOL_VERSION,
+            id=self._next_id(),
+            sender=self.config.router_id,
+            ts=now,
+            task_id=pending.task_id,
+            method=pending.method,
+            state="dispatched" if dispatch.attempt <= 1 else "retried",
+            agent=dispatch.agent_id,
+            attempt=dispatch.attempt,
+        )
+        return seal(self.identity, self.config.router_id, body)
 
     def _error_frame(self, now: float, code: str, message: str, ref: str | None, task_id: str | None, method: str | None) -> bytes:
         """A router-signed error; with ``task_id`` set it is that task's one outcome."""
