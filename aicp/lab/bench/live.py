@@ -32,6 +32,7 @@ import numpy as np
 import psutil
 
 from aicp import __version__
+from aicp.lab.bench import floor as bench_floor
 
 #: The original design's claims, which are the floor.
 TARGET_P99_MS = 50.0
@@ -357,6 +358,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"AICP {__version__} live benchmark {run_id}: {args.agents} agents in {args.agent_procs} processes, {args.loadgens} load generator(s), "
           f"service {args.service_time}, strategy {args.strategy}, verify {args.verify}")
     status = 0
+    costs = [bench_floor.signature_costs()]  # before and after the trials: the machine's quietest moments
     try:
         for target in (["router", "relay"] if args.baseline else ["router"]):
             fleet = Fleet(run_dir)
@@ -385,6 +387,9 @@ def run(args: argparse.Namespace) -> int:
         summary["error"] = f"{type(exc).__name__}: {exc}"
         print(f"benchmark failed: {summary['error']}", file=sys.stderr)
         status = 1
+    costs.append(bench_floor.signature_costs())
+    for line in bench_floor.annotate_summary(summary, bench_floor.merge_costs(*costs), args.verify):
+        print(line)
     if "router" in summary:
         main_r = summary["router"]
         ratio = main_r["throughput_per_s"] / summary["relay"]["throughput_per_s"] if "relay" in summary and summary["relay"]["throughput_per_s"] else None
