@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from websockets.asyncio.client import connect
 
+from aicp.live.links import FrameBatcher
 from aicp.messages import Error, RegisterAck, Result, payload
 from aicp.peer import PeerSession
 from aicp.signing import Identity
@@ -129,6 +130,7 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
                         fut.set_result(None)
 
         read_task = loop.create_task(reader())
+        batch = FrameBatcher(ws)
         cpu0 = time.process_time()
         start = clock() + 0.05
         end = start + args.warmup + args.duration
@@ -137,7 +139,11 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         async def send_one(intended: float) -> str:
             tid, frame = session.task_frame(args.method, body, wall(), timeout_ms=timeout_ms)
             rec.new(tid, intended, clock())
-            await ws.send(frame, text=True)
+            if batch.writable():
+                batch.add(frame)  # one write per loop iteration for every task sent in it
+            else:
+                batch.flush()
+                await ws.send(frame, text=True)
             return tid
 
         if args.rate:
