@@ -113,6 +113,7 @@ class Result(Body, tag="result"):
     payload: Raw
     ok: bool = True
     reason: Text = ""
+    service_ms: Annotated[float, Meta(ge=0.0, le=1.0e9)] | None = None  # the agent's own handler time (traces separate it from the stack's)
 
 
 class Error(Body, tag="error"):

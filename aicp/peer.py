@@ -149,7 +149,7 @@ class PeerSession:
         body = Task(v=PROTOCOL_VERSION, id=tid, sender=self.peer_id, ts=now, method=method, payload=payload, timeout_ms=timeout_ms)
         return tid, seal(self.identity, self.peer_id, body)
 
-    def result_frame(self, task: Task, payload: Raw, now: float, ok: bool = True, reason: str = "") -> bytes:
+    def result_frame(self, task: Task, payload: Raw, now: float, ok: bool = True, reason: str = "", service_ms: float | None = None) -> bytes:
         body = Result(
             v=PROTOCOL_VERSION,
             id=self.new_id(),
@@ -161,6 +161,7 @@ class PeerSession:
             payload=payload,
             ok=ok,
             reason=reason[:4096],
+            service_ms=service_ms,
         )
         return seal(self.identity, self.peer_id, body)
 

@@ -25,7 +25,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from aicp import errors
+from aicp import errors, trace
 from aicp.messages import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -157,6 +157,7 @@ class RouterProtocol:
         #: called as ``(method, outcome, seconds)`` when a task ends; outcome is "completed" or the
         #: error code. Drivers use it for latency histograms; it must not call back into the protocol.
         self.outcome_observer: Callable[[str, str, float], None] | None = None
+        self.trace: trace.Sink | None = None  # set with record(): every admitted task, dispatch, result, outcome and agent event
         #: rejections by wire code, and other counters, for /metrics
         self.rejections: dict[str, int] = {}
         self.counters: dict[str, int] = {
@@ -193,6 +194,24 @@ class RouterProtocol:
 
     def next_deadline(self) -> float | None:
         return self.router.next_deadline()
+
+    def record(self, sink: trace.Sink | None, now: float) -> None:
+        """Hand every trace event (``aicp.trace``) to ``sink`` from now on; ``None`` stops.
+
+        The trace starts with a header and one ``agent-up`` per agent already registered,
+        so a trace begun on a running router is complete from its first line.
+        """
+        self.trace = sink
+        self.router.trace = sink
+        if sink is None:
+            return
+        r = self.router
+        sink(trace.Header(t=now, v=trace.TRACE_VERSION, router=self.config.router_id, strategy=r.strategy.name,
+                          config={"lease_s": r.config.lease_s, "heartbeat_s": r.config.heartbeat_s, "attempt_timeout_s": r.config.attempt_timeout_s,
+                                  "verify": self.config.verify}))
+        for state in r.registry.agents.values():
+            if state.status.value != "dead":
+                sink(trace.AgentUp(t=now, agent=state.agent_id, capabilities=list(state.capabilities), concurrency=state.concurrency))
 
     # ------------------------------------------------------------------ events
     def admit(self, source: str, now: float) -> bool:
@@ -234,7 +253,7 @@ class RouterProtocol:
         peer.conn = None
         if peer.role != "agent":
             return []
-        return self._apply(self.router.agent_lost(peer.peer_id, now, "disconnected"), now)
+        return self._agent_lost(peer.peer_id, now, "disconnected")
 
     def on_timer(self, now: float) -> list[Output]:
         return self._apply(self.router.on_timer(now), now)
@@ -332,11 +351,13 @@ class RouterProtocol:
             old.closed = True
             out.append(Close(old.id, CLOSE_REPLACED, "replaced by a newer connection"))
             if peer.role == "agent":
-                out.extend(self._apply(self.router.agent_lost(peer.peer_id, now, "replaced by a newer connection"), now))
+                out.extend(self._agent_lost(peer.peer_id, now, "replaced by a newer connection"))
         peer.conn = c
         c.peer = peer
         if body.role == "agent":
             self.router.register_agent(body.sender, body.capabilities, now, concurrency=body.concurrency)
+            if self.trace is not None:
+                self.trace(trace.AgentUp(t=now, agent=body.sender, capabilities=list(body.capabilities), concurrency=body.concurrency))
         rcfg = self.router.config
         ack = RegisterAck(
             v=PROTOCOL_VERSION,
@@ -378,7 +399,7 @@ class RouterProtocol:
             c.peer = None
             c.closed = True
             if peer.role == "agent":
-                out.extend(self._apply(self.router.agent_lost(peer.peer_id, now, "deregistered"), now))
+                out.extend(self._agent_lost(peer.peer_id, now, "deregistered"))
             out.append(Close(c.id, CLOSE_NORMAL, "deregistered"))
             return out
         if isinstance(body, Register):
@@ -399,6 +420,8 @@ class RouterProtocol:
         if self.draining:
             return [self._reject(c, errors.SHUTTING_DOWN, "router is draining", now, body)]
         self._pending[key] = _Pending(peer.peer_id, body.id, body.method, data, now)
+        if self.trace is not None:
+            self.trace(trace.Arrive(t=now, task=key, method=body.method, bytes=len(body.payload), timeout_ms=body.timeout_ms))
         self.counters["tasks_accepted"] += 1
         timeout_s = body.timeout_ms / 1000.0 if body.timeout_ms is not None else None
         return self._apply(self.router.submit(key, body.method, now, timeout_s), now)
@@ -414,6 +437,8 @@ class RouterProtocol:
         pending = self._pending.get(key)
         if pending is not None and pending.method != body.method:
             raise errors.DecodeError(errors.INVALID_MESSAGE, "result method differs from the task's")
+        if self.trace is not None:
+            self.trace(trace.Reply(t=now, task=key, agent=peer.peer_id, ok=body.ok, service_ms=body.service_ms))
         verdict, actions = self.router.result(peer.peer_id, key, body.ok, now, body.reason)
         if verdict == NOT_ASSIGNED:
             raise errors.VerifyError(errors.NOT_ASSIGNED, "this task was not dispatched to you")
@@ -426,6 +451,8 @@ class RouterProtocol:
     def _apply(self, actions: list[Action], now: float, result_frame: bytes | None = None) -> list[Output]:
         out: list[Output] = []
         for action in actions:
+            if self.trace is not None:
+                self._trace_action(action, now)
             if isinstance(action, Dispatch):
                 pending = self._pending[action.task_id]
                 agent = self._peers[action.agent_id]
@@ -455,6 +482,22 @@ class RouterProtocol:
                     conn.closed = True
                     out.append(Close(conn.id, CLOSE_LEASE_EXPIRED, action.reason))
         return out
+
+    def _trace_action(self, action: Action, now: float) -> None:
+        assert self.trace is not None
+        if isinstance(action, Dispatch):
+            self.trace(trace.Dispatch(t=now, task=action.task_id, agent=action.agent_id, attempt=action.attempt))
+        elif isinstance(action, Completed):
+            self.trace(trace.End(t=now, task=action.task_id, outcome="completed", attempts=action.attempts, agent=action.agent_id))
+        elif isinstance(action, Failed):
+            self.trace(trace.End(t=now, task=action.task_id, outcome=action.code, attempts=action.attempts))
+        elif isinstance(action, AgentDown):
+            self.trace(trace.AgentDown(t=now, agent=action.agent_id, reason=action.reason))
+
+    def _agent_lost(self, agent_id: str, now: float, reason: str) -> list[Output]:
+        if self.trace is not None:
+            self.trace(trace.AgentDown(t=now, agent=agent_id, reason=reason))
+        return self._apply(self.router.agent_lost(agent_id, now, reason), now)
 
     def _deliver(self, pending: _Pending, key: str, frame: bytes, now: float) -> list[Output]:
         self._outcomes.put(key, frame, now)

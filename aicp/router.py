@@ -26,7 +26,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from aicp import errors
+from aicp import errors, trace
 from aicp.registry import AgentState, Registry, Status
 from aicp.strategies import Strategy
 from aicp.strategies import get as get_strategy
@@ -156,6 +156,7 @@ class Router:
         self.rng = rng if rng is not None else random.Random(0)
         self.registry = Registry()
         self.stats = RouterStats()
+        self.trace: trace.Sink | None = None  # hold-outs go here when recording (RouterProtocol.record sets it)
         self._tasks: dict[str, _Task] = {}
         self._by_agent: dict[str, dict[str, _Task]] = {}
         self._timers: list[tuple[float, int, int, str, int]] = []
@@ -460,6 +461,8 @@ class Router:
         agent.holdout_until = now + hold
         self.registry.set_status(agent, Status.SUSPECT)
         self._push(agent.holdout_until, _T_HOLDOUT, agent.agent_id, agent.epoch)
+        if self.trace is not None:
+            self.trace(trace.HoldOut(t=now, agent=agent.agent_id, until=agent.holdout_until))
 
     def _remember_dead(self, agent_id: str) -> None:
         self._dead.append(agent_id)

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("aicp.cli.sweep", "run a parameter grid of a scenario in parallel"),
     "bench": ("aicp.lab.bench.live", "benchmark the live router with real processes"),
     "bench-core": ("aicp.lab.bench.core", "micro-benchmark the core against raw library calls"),
+    "bench-fleet": ("aicp.lab.bench.fleet", "the live router with fleets of very different sizes (e.g. 8 and 10,000 agents) in one run"),
     "bench-sim": ("aicp.lab.bench.sim", "simulator speed: tasks per wall-clock second, and Ciw on M/M/100"),
     "soak": ("aicp.lab.bench.soak", "minutes at half capacity with agents killed and restarted"),
     "plots": ("aicp.lab.plots", "regenerate the plots under results/plots/"),

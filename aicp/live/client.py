@@ -388,8 +388,10 @@ class AICPWebSocketClient(PeerClient):
                 spec = self.handlers.get(task.method)
                 if spec is None:
                     raise LookupError(f"no handler for {task.method!r}")
+                started = time.perf_counter()
                 value = await invoke(spec.handler, msgspec.json.decode(task.payload), spec.in_thread)
-                frame = self.session.result_frame(task, payload(value), time.time(), ok=True)
+                service_ms = (time.perf_counter() - started) * 1000.0
+                frame = self.session.result_frame(task, payload(value), time.time(), ok=True, service_ms=round(service_ms, 4))
             except Exception as exc:
                 log.info("%s: handler for %s failed: %r", self.peer_id, task.method, exc)
                 frame = self.session.result_frame(task, payload(None), time.time(), ok=False, reason=f"{type(exc).__name__}: {exc}")

@@ -31,6 +31,7 @@ import random
 import ssl as ssl_module
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -45,6 +46,7 @@ from aicp.live.handlers import Handler
 from aicp.live.links import LocalLink, WsLink
 from aicp.live.local_peers import LocalPeer
 from aicp.live.prometheus import RouterMetrics
+from aicp.live.record import TraceWriter
 from aicp.messages import MAX_FRAME_BYTES
 from aicp.protocol import CLOSE_TOO_BIG, Output, ProtocolConfig, RouterProtocol, Send
 from aicp.router import Router, RouterConfig
@@ -89,6 +91,7 @@ class AICPWebSocketServer:
         limits: ServerLimits | None = None,
         ssl: ssl_module.SSLContext | None = None,
         seed: int | None = None,
+        record: str | Path | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -103,6 +106,7 @@ class AICPWebSocketServer:
         self.transport_closes: dict[str, int] = {}
         self.metrics = RouterMetrics(self.proto, lambda: self.open_connections, lambda: self.transport_closes)
         self.proto.outcome_observer = self.metrics.observe_outcome
+        self.recorder: TraceWriter | None = TraceWriter(record) if record is not None else None
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self._links: dict[int, WsLink | LocalLink] = {}
         self._next_conn = 0
@@ -201,6 +205,9 @@ class AICPWebSocketServer:
             server_header=None,
             create_connection=functools.partial(CountedConnection, on_open_timeout=self._open_timed_out),  # type: ignore[arg-type]
         )
+        if self.recorder is not None:
+            self.proto.record(self.recorder.write, time.time())
+            self.recorder.start(self.loop)
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
         for agent_id, handlers in self._pending_local.items():
@@ -244,6 +251,9 @@ class AICPWebSocketServer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.recorder is not None:
+            self.proto.record(None, time.time())
+            self.recorder.close()
         self._stopped = True
         if self._stop_requested is not None:
             self._stop_requested.set()

@@ -124,19 +124,39 @@ def _wait_port(port: int, timeout: float) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def active_agents(http: str) -> int:
+    """Active agents as the router's ``/healthz`` counts them (cheap, unlike listing ``/agents``)."""
+    with urllib.request.urlopen(http + "/healthz", timeout=5) as resp:
+        data = json.loads(resp.read())
+    return int(data.get("agents", {}).get("active", 0))
+
+
 def _agents_ready(http: str, want: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     seen = 0
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError, ValueError):
-            with urllib.request.urlopen(http + "/agents", timeout=2) as resp:
-                data = json.loads(resp.read())
-            agents = data.get("agents", data) if isinstance(data, dict) else data
-            seen = sum(1 for a in agents if a.get("status") == "active")
+            seen = active_agents(http)
             if seen >= want:
                 return
         time.sleep(0.1)
-    raise RuntimeError(f"only {seen} of {want} agents registered after {timeout} s")
+    raise RuntimeError(f"only {seen} of {want} agents registered after {timeout:g} s")
+
+
+def own_fleet_flags(agents: int) -> list[str]:
+    """Router flags for a router that serves only this bench's own loopback processes.
+
+    The default per-address connect rate (50/s, burst 200) protects a public router
+    from one address opening connections in a storm; here every agent comes from
+    127.0.0.1 on purpose, so the limit would only measure itself. Connections are
+    sized for the fleet plus load generators.
+    """
+    return ["--connect-rate", "1000000", "--connect-burst", "1000000", "--max-connections", str(max(10_000, agents + 1_000))]
+
+
+def registration_timeout(agents: int) -> float:
+    """How long to wait for ``agents`` to register: 30 s, plus 10 ms per agent past 1,000 (generous on 2 cores)."""
+    return 30.0 + 0.01 * max(0, agents - 1_000)
 
 
 @dataclass
@@ -153,12 +173,22 @@ def start_system(fleet: Fleet, target: str, cfg: argparse.Namespace) -> str:
     port = free_port()
     if target == "relay":
         fleet.spawn("relay", ["-m", "aicp.lab.bench.relay", "--port", str(port)])
-        _wait_port(port, 15)
     else:
         fleet.spawn("router", ["-m", "aicp.server", "--port", str(port), "--strategy", cfg.strategy, "--verify", cfg.verify,
-                               "--log-level", "WARNING", "--rate", "1000000"])
-        _wait_port(port, 15)
+                               "--log-level", "WARNING", "--rate", "1000000", *own_fleet_flags(cfg.agents),
+                               *(["--record", str(cfg.record)] if getattr(cfg, "record", None) else [])])
+    _wait_port(port, 15)
     url = f"ws://127.0.0.1:{port}"
+    start_agents(fleet, url, cfg)
+    if target == "relay":
+        time.sleep(1.0 + 0.02 * cfg.agents)  # the relay has no /agents; give agents time to register
+    else:
+        _agents_ready(f"http://127.0.0.1:{port}", cfg.agents, registration_timeout(cfg.agents))
+    return url
+
+
+def start_agents(fleet: Fleet, url: str, cfg: argparse.Namespace, extra: tuple[str, ...] = ()) -> None:
+    """Spread ``cfg.agents`` synthetic agents over ``cfg.agent_procs`` processes (returns at once)."""
     per_proc = max(1, cfg.agents // cfg.agent_procs)
     started = 0
     for i in range(cfg.agent_procs):
@@ -168,12 +198,7 @@ def start_system(fleet: Fleet, target: str, cfg: argparse.Namespace) -> str:
         started += count
         fleet.spawn("agents", ["-m", "aicp", "agent", "--url", url, "--capability", METHOD, "--handler", "synthetic", "--count", str(count),
                                "--id", f"bench-{i}", "--service-time", cfg.service_time, "--concurrency", str(cfg.agent_concurrency),
-                               "--log-level", "WARNING"])
-    if target == "relay":
-        time.sleep(1.0 + 0.02 * cfg.agents)  # the relay has no /agents; give agents time to register
-    else:
-        _agents_ready(f"http://127.0.0.1:{port}", cfg.agents, 30)
-    return url
+                               "--log-level", "WARNING", *extra])
 
 
 def run_trial(fleet: Fleet, url: str, trial: Trial, cfg: argparse.Namespace, tag: str) -> dict[str, Any]:
@@ -343,11 +368,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=1)
     add("--out", type=Path, default=Path("results") / "bench", help="parent folder of the run folder")
     add("--json", type=Path, default=None, help="also write the summary to this file")
+    add("--record", type=Path, default=None, metavar="FILE", help="the router records a trace of the run to FILE (docs/TRACE.md)")
+    add("--record-overhead", action="store_true", help="instead: alternate routers without and with --record at --rate (default 1000/s), 3 pairs, and report the cost")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.scenario is not None:
         scenario_overrides(args)
+    if args.record_overhead:
+        from aicp.lab.bench.record import record_overhead
+
+        return record_overhead(args)
     run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
     run_dir = args.out / run_id
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,187 @@
+"""``aicp bench-fleet``: the live router with fleets of very different sizes, in one run.
+
+For each fleet size N (``--agents 8,10000``) it starts a fresh router and N real
+agents spread over ``--agent-procs`` processes on 127.0.0.1, then measures:
+
+* **registration**: seconds from starting the agent processes until the router
+  counts N active agents, and the rate in agents/s;
+* **memory**: the router's RSS before any agent and after all registered, and the
+  difference per connected agent;
+* **heartbeats**: CPU of the router and of the agents over an idle window of
+  ``--idle`` seconds, and the router's CPU per frame received in it (the frames are
+  the heartbeats; counted by the router's ``aicp_frames_total``);
+* **routing**: a closed-loop trial (``--concurrency``) among the N agents, with the
+  same load generator as ``aicp bench``; throughput is reported as a ratio to the
+  first (smallest) fleet of the same run.
+
+Everything it starts is stopped by PID, whatever happens. Results go to
+``results/bench-fleet/<run-id>/summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from aicp import __version__
+from aicp.lab.bench.live import (
+    Fleet,
+    Proc,
+    Trial,
+    _wait_port,
+    active_agents,
+    free_port,
+    own_fleet_flags,
+    registration_timeout,
+    run_trial,
+    start_agents,
+)
+
+GOAL_REGISTER_S_AT_10K = 20.0
+GOAL_RSS_MB_AT_10K = 400.0
+GOAL_THROUGHPUT_RATIO = 0.90
+
+
+def frames_in(http: str) -> float:
+    """The router's ``aicp_frames_total`` (frames received from peers), read from ``/metrics``."""
+    with urllib.request.urlopen(http + "/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("aicp_frames_total "):
+                return float(line.split()[1])
+    raise RuntimeError("the router's /metrics has no aicp_frames_total")
+
+
+def _rss_mb(proc: Proc) -> float:
+    return float(proc.ps.memory_info().rss) / 2**20
+
+
+def measure_fleet(n: int, cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """Start a router and ``n`` agents, measure, stop everything. Returns one row."""
+    fleet = Fleet(run_dir)
+    sized = argparse.Namespace(**{**vars(cfg), "agents": n, "agent_procs": max(1, min(cfg.agent_procs, n))})
+    try:
+        port = free_port()
+        router = fleet.spawn("router", ["-m", "aicp.server", "--port", str(port), "--strategy", cfg.strategy, "--log-level", "WARNING",
+                                        "--rate", "1000000", "--heartbeat", str(cfg.heartbeat), "--lease", str(3 * cfg.heartbeat),
+                                        *own_fleet_flags(n)])
+        _wait_port(port, 15)
+        http = f"http://127.0.0.1:{port}"
+        time.sleep(0.5)
+        rss0 = _rss_mb(router)
+        t0 = time.monotonic()
+        start_agents(fleet, f"ws://127.0.0.1:{port}", sized)
+        deadline = t0 + registration_timeout(n)
+        seen = 0
+        while seen < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {seen} of {n} agents registered after {registration_timeout(n):g} s")
+            time.sleep(0.05)
+            try:
+                seen = active_agents(http)
+            except (OSError, ValueError):
+                continue
+        register_s = time.monotonic() - t0
+        time.sleep(1.0)
+        rss1 = _rss_mb(router)
+        # idle: only heartbeats cross the router
+        fleet.mark_cpu()
+        frames0 = frames_in(http)
+        idle_s = cfg.idle
+        time.sleep(idle_s)
+        idle = fleet.cpu_by_role(idle_s)
+        beats = frames_in(http) - frames0
+        trial = Trial("closed", concurrency=cfg.concurrency, duration=cfg.duration, warmup=cfg.warmup)
+        routed = run_trial(fleet, f"ws://127.0.0.1:{port}", trial, sized, f"fleet-{n}")
+        rss2 = _rss_mb(router)
+        return {
+            "agents": n,
+            "agent_procs": sized.agent_procs,
+            "register_s": register_s,
+            "register_per_s": n / register_s,
+            "router_rss_mb": {"empty": rss0, "registered": rss1, "after_load": rss2},
+            "router_kb_per_agent": 1024.0 * (rss1 - rss0) / n,
+            "idle_s": idle_s,
+            "heartbeat_s": cfg.heartbeat,
+            "idle_frames": beats,
+            "idle_cpu_percent": {role: v["cpu_percent_of_one_core"] for role, v in idle.items()},
+            "router_us_per_heartbeat": 1e6 * idle.get("router", {}).get("cpu_s", float("nan")) / beats if beats else float("nan"),
+            "routing": routed,
+        }
+    finally:
+        fleet.stop()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--agents", default="8,10000", help="fleet sizes, comma-separated; ratios are to the first (default 8,10000)")
+    add("--agent-procs", type=int, default=4, help="processes the agents are spread over (default 4)")
+    add("--agent-concurrency", type=int, default=64, help="tasks each agent runs at once (default 64)")
+    add("--service-time", default="constant:0", help="synthetic service time [DIST:]MS (default constant:0)")
+    add("--strategy", default="round_robin")
+    add("--verify", choices=["every-hop", "edge"], default="every-hop")
+    add("--heartbeat", type=float, default=30.0, metavar="S", help="heartbeat interval the router asks for (default 30, the router's; lease is 3x)")
+    add("--idle", type=float, default=10.0, metavar="S", help="idle window in which only heartbeats arrive (default 10 s)")
+    add("--concurrency", type=int, default=64, help="closed-loop tasks in flight (default 64)")
+    add("--duration", type=float, default=6.0, help="measured seconds of the routing trial (default 6)")
+    add("--warmup", type=float, default=2.0)
+    add("--loadgens", type=int, default=1)
+    add("--task-timeout", type=float, default=10.0)
+    add("--seed", type=int, default=1)
+    add("--out", type=Path, default=Path("results") / "bench-fleet", help="parent folder of the run folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    sizes = [int(x) for x in str(args.agents).split(",") if x.strip()]
+    if not sizes or min(sizes) < 1:
+        print("error: --agents takes positive sizes, e.g. 8,10000", file=sys.stderr)
+        return 2
+    run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+    run_dir = args.out / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"run_id": run_id, "version": __version__, "python": platform.python_version(), "cpus": os.cpu_count(),
+                               "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}, "fleets": []}
+    print(f"AICP {__version__} fleet benchmark {run_id}: sizes {sizes}, {args.agent_procs} agent processes, heartbeat {args.heartbeat:g} s, "
+          f"closed loop at concurrency {args.concurrency}")
+    status = 0
+    try:
+        for n in sizes:
+            row = measure_fleet(n, args, run_dir)
+            summary["fleets"].append(row)
+            r = row["routing"]
+            print(f"{n:>7} agents  registered in {row['register_s']:6.2f} s ({row['register_per_s']:7.0f}/s)  router RSS "
+                  f"{row['router_rss_mb']['empty']:.0f} -> {row['router_rss_mb']['registered']:.0f} MB ({row['router_kb_per_agent']:.1f} KB/agent)  "
+                  f"idle CPU router {row['idle_cpu_percent'].get('router', float('nan')):.1f}% agents {row['idle_cpu_percent'].get('agents', float('nan')):.1f}% "
+                  f"({row['idle_frames']:.0f} heartbeats, {row['router_us_per_heartbeat']:.0f} us each)  throughput {r['throughput_per_s']:.0f}/s  p50 {r['latency_ms']['p50']:.2f}  "
+                  f"p99 {r['latency_ms']['p99']:.2f} ms  lost {r['lost']}", flush=True)
+    except Exception as exc:
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        print(f"benchmark failed: {summary['error']}", file=sys.stderr)
+        status = 1
+    fleets = summary["fleets"]
+    if len(fleets) >= 2:
+        base = fleets[0]["routing"]["throughput_per_s"]
+        for row in fleets:
+            row["throughput_ratio_to_first"] = row["routing"]["throughput_per_s"] / base if base else float("nan")
+        big = fleets[-1]
+        checks = [
+            (f"{big['agents']} agents registered in < {GOAL_REGISTER_S_AT_10K:g} s", big["register_s"] < GOAL_REGISTER_S_AT_10K, f"{big['register_s']:.1f} s"),
+            (f"router RSS < {GOAL_RSS_MB_AT_10K:g} MB with {big['agents']} agents", big["router_rss_mb"]["after_load"] < GOAL_RSS_MB_AT_10K,
+             f"{big['router_rss_mb']['after_load']:.0f} MB"),
+            (f"throughput with {big['agents']} within 10% of {fleets[0]['agents']}", big["throughput_ratio_to_first"] >= GOAL_THROUGHPUT_RATIO,
+             f"{big['throughput_ratio_to_first']:.2f}x"),
+        ]
+        summary["verdicts"] = [{"check": c, "pass": ok, "measured": m} for c, ok, m in checks]
+        for c, ok, m in checks:
+            print(f"  {'PASS' if ok else 'FAIL'}  {c:48} {m}")
+    if any(row["routing"]["lost"] for row in fleets):
+        status = 1
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"results: {run_dir}")
+    return status
