@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--tls-key", metavar="PEM", help="private key for --tls-cert")
     add("--drain-timeout", type=float, default=10.0, metavar="S", help="on SIGINT/SIGTERM, how long in-flight tasks may finish (s)")
     add("--verify", choices=["every-hop", "edge"], default="every-hop", help="check signatures at the router on every frame, or at the edges only")
+    add("--verify-threads", type=int, default=0, metavar="N", help="check signatures on N worker threads, off the event loop (default 0: on the loop)")
     add("--seed", type=int, default=None, help="seed of the routing strategy's randomness")
     add("--record", metavar="FILE", default=None, help="write a trace of every task, dispatch, result, outcome and agent event (docs/TRACE.md; .gz compresses)")
     add_logging_arguments(parser)
@@ -67,7 +68,8 @@ def build_server(args: argparse.Namespace) -> AICPWebSocketServer:
         connect_burst=args.connect_burst,
         verify=args.verify,
     )
-    limits = ServerLimits(max_frame_bytes=args.max_frame, max_connections=args.max_connections, compression=args.compression, drain_s=args.drain_timeout)
+    limits = ServerLimits(max_frame_bytes=args.max_frame, max_connections=args.max_connections, compression=args.compression, drain_s=args.drain_timeout,
+                          verify_threads=args.verify_threads)
     identity = Identity.load_or_create(args.key) if args.key else None
     return AICPWebSocketServer(args.host, args.port, identity=identity, strategy=args.strategy, router_config=rcfg, protocol_config=pcfg, limits=limits, ssl=ssl_ctx, seed=args.seed, record=args.record)
 

@@ -73,11 +73,14 @@ class Fleet:
 
     run_dir: Path
     procs: list[Proc] = field(default_factory=list)
+    #: CPUs (taskset list) by role, "*" for every other role; empty: no pinning. See ``cpu_plan``.
+    cpus: dict[str, str] = field(default_factory=dict)
 
     def spawn(self, role: str, args: list[str]) -> Proc:
+        pinned = self.cpus.get(role, self.cpus.get("*"))
         with open(self.run_dir / f"{role}-{len(self.procs)}.log", "wb") as log:  # the child keeps its own descriptor
             env = {**os.environ, "AICP_KEY_DIR": str(self.run_dir / "keys")}  # keep agents' keys out of ~/.aicp
-            popen = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            popen = subprocess.Popen([*(["taskset", "-c", pinned] if pinned else []), sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True, env=env)
         proc = Proc(role, popen, psutil.Process(popen.pid))
         self.procs.append(proc)
@@ -171,20 +174,61 @@ class Trial:
 def start_system(fleet: Fleet, target: str, cfg: argparse.Namespace) -> str:
     """Start a router (or the baseline relay) and the agents; return its ws:// URL."""
     port = free_port()
-    if target == "relay":
-        fleet.spawn("relay", ["-m", "aicp.lab.bench.relay", "--port", str(port)])
+    if target in RELAYS:
+        fleet.spawn("relay", ["-m", RELAYS[target], "--port", str(port)])
     else:
         fleet.spawn("router", ["-m", "aicp.server", "--port", str(port), "--strategy", cfg.strategy, "--verify", cfg.verify,
-                               "--log-level", "WARNING", "--rate", "1000000", *own_fleet_flags(cfg.agents),
+                               "--log-level", "WARNING", "--rate", "1000000", *own_fleet_flags(cfg.agents), *router_speed_flags(cfg),
                                *(["--record", str(cfg.record)] if getattr(cfg, "record", None) else [])])
     _wait_port(port, 15)
     url = f"ws://127.0.0.1:{port}"
     start_agents(fleet, url, cfg)
-    if target == "relay":
+    if target in RELAYS:
         time.sleep(1.0 + 0.02 * cfg.agents)  # the relay has no /agents; give agents time to register
     else:
         _agents_ready(f"http://127.0.0.1:{port}", cfg.agents, registration_timeout(cfg.agents))
     return url
+
+
+#: Baseline relays by bench target name: the same work per frame on each WebSocket library.
+RELAYS = {"relay": "aicp.lab.bench.relay", "relay_picows": "aicp.lab.bench.relay_picows"}
+
+
+def bench_targets(cfg: argparse.Namespace) -> list[str]:
+    """The router, then with ``--baseline`` the relay on each of ``--relay-transports``."""
+    if not cfg.baseline:
+        return ["router"]
+    names = {"websockets": "relay", "picows": "relay_picows"}
+    return ["router", *(names[t] for t in cfg.relay_transports.split(","))]
+
+
+def router_speed_flags(cfg: argparse.Namespace) -> list[str]:
+    """Router flags for ``--verify-threads``."""
+    threads = getattr(cfg, "verify_threads", 0)
+    return ["--verify-threads", str(threads)] if threads else []
+
+
+def cpu_plan(router_cpus: str | None, others_cpus: str | None = None) -> dict[str, str]:
+    """Pin the router (and the relay) to ``router_cpus`` and every other process to ``others_cpus``.
+
+    Without ``others_cpus`` the others get the CPUs the router does not have, or all of
+    them when the router has every CPU. Lists are taskset's (``0``, ``0,1``, ``0-3``).
+    """
+    if not router_cpus:
+        return {}
+    mine = _cpu_set(router_cpus)
+    everything = sorted(os.sched_getaffinity(0))
+    rest = [c for c in everything if c not in mine] or everything
+    others = others_cpus or ",".join(map(str, rest))
+    return {"router": router_cpus, "relay": router_cpus, "*": others}
+
+
+def _cpu_set(text: str) -> set[int]:
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 def start_agents(fleet: Fleet, url: str, cfg: argparse.Namespace, extra: tuple[str, ...] = ()) -> None:
@@ -368,6 +412,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=1)
     add("--out", type=Path, default=Path("results") / "bench", help="parent folder of the run folder")
     add("--json", type=Path, default=None, help="also write the summary to this file")
+    add("--relay-transports", default="websockets", help="with --baseline: relays to run, on websockets and/or picows (default websockets)")
+    add("--verify-threads", type=int, default=0, metavar="N", help="the router checks signatures on N worker threads (default 0: on its loop)")
+    add("--router-cpus", default=None, metavar="LIST", help="pin the router (and the relay) with taskset to these CPUs, e.g. 0 or 0,1")
+    add("--others-cpus", default=None, metavar="LIST", help="pin agents and load generators to these CPUs (default: the router's complement, or all)")
     add("--record", type=Path, default=None, metavar="FILE", help="the router records a trace of the run to FILE (docs/TRACE.md)")
     add("--record-overhead", action="store_true", help="instead: alternate routers without and with --record at --rate (default 1000/s), 3 pairs, and report the cost")
 
@@ -390,9 +438,10 @@ def run(args: argparse.Namespace) -> int:
           f"service {args.service_time}, strategy {args.strategy}, verify {args.verify}")
     status = 0
     costs = [bench_floor.signature_costs()]  # before and after the trials: the machine's quietest moments
+    sampler = bench_floor.FloorSampler().start()  # and while they run
     try:
-        for target in (["router", "relay"] if args.baseline else ["router"]):
-            fleet = Fleet(run_dir)
+        for target in bench_targets(args):
+            fleet = Fleet(run_dir, cpus=cpu_plan(args.router_cpus, args.others_cpus))
             try:
                 url = args.url if (args.url and target == "router") else start_system(fleet, target, args)
                 result = run_trial(fleet, url, main_trial, args, f"{target}-main")
@@ -418,8 +467,9 @@ def run(args: argparse.Namespace) -> int:
         summary["error"] = f"{type(exc).__name__}: {exc}"
         print(f"benchmark failed: {summary['error']}", file=sys.stderr)
         status = 1
+    during = sampler.stop()
     costs.append(bench_floor.signature_costs())
-    for line in bench_floor.annotate_summary(summary, bench_floor.merge_costs(*costs), args.verify):
+    for line in bench_floor.annotate_summary(summary, bench_floor.merge_costs(*costs), args.verify, during) + bench_floor.compare_relays(summary):
         print(line)
     if "router" in summary:
         main_r = summary["router"]
@@ -432,7 +482,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"router / relay throughput: {ratio:.2f}")
         for check, ok, measured in rows:
             print(f"  {'n/a ' if ok is None else ('PASS' if ok else 'FAIL')}  {check:48} {measured}")
-        trials = [summary[k] for k in ("router", "relay", "router_at_1000") if k in summary]
+        trials = [summary[k] for k in ("router", "relay", "relay_picows", "router_at_1000") if k in summary]
         trials += summary.get("router_sweep", []) + summary.get("relay_sweep", [])
         summary["lost_all_trials"] = sum(t["lost"] for t in trials)
         if summary["lost_all_trials"]:
