@@ -59,3 +59,12 @@ def test_a_short_live_bench_reports_cpu_per_task_for_every_role(tmp_path: Path) 
     assert all(us > 0 for us in per_task["by_role_us"].values())
     assert per_task["ratio_to_floor"] == pytest.approx(per_task["total_us"] / summary["signature_floor"]["floor_us"])
     assert "x the signature floor" in proc.stdout
+
+
+def test_goals_judge_the_ratio_the_relay_and_the_half_capacity_latency() -> None:
+    summary = {"router": {"cpu_per_task": {"ratio_to_floor": 1.4}}, "relay_ratio": 0.9,
+               "router_at_half": {"latency_ms": {"p99": 12.0}, "offered_rate_per_s": 1500.0}}
+    rows = {check.split(":")[1].strip()[:10]: ok for check, ok, _ in floor.goals(summary)}
+    assert list(rows.values()) == [True, False, False]
+    empty = floor.goals({})
+    assert [ok for _, ok, _ in empty] == [None, None]

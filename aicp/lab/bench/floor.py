@@ -176,3 +176,30 @@ def compare_relays(summary: dict[str, Any]) -> list[str]:
     if ws_cpu and pw_cpu:
         line += f", relay CPU per task {pw_cpu:.0f} / {ws_cpu:.0f} µs = {pw_cpu / ws_cpu:.2f}"
     return [line]
+
+
+#: Issue 15's goals, each judged in one run.
+GOAL_RATIO_TO_FLOOR: Final = 1.5
+GOAL_ROUTER_OVER_RELAY: Final = 1.0
+GOAL_P99_MS_AT_HALF: Final = 10.0
+
+
+def goals(summary: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
+    """PASS/FAIL rows for the CPU, relay and half-capacity latency goals; n/a when the run lacks the trial."""
+    rows: list[tuple[str, bool | None, str]] = []
+    per_task = summary.get("router", {}).get("cpu_per_task", {})
+    if "ratio_to_floor" in per_task:
+        during = per_task.get("ratio_to_floor_during")
+        measured = f"{per_task['ratio_to_floor']:.2f}x" + (f" ({during:.2f}x during)" if during else "")
+        rows.append((f"goal: CPU per task <= {GOAL_RATIO_TO_FLOOR}x the signature floor", per_task["ratio_to_floor"] <= GOAL_RATIO_TO_FLOOR, measured))
+    ratio = summary.get("relay_ratio")
+    rows.append((f"goal: router >= {GOAL_ROUTER_OVER_RELAY:.1f}x the minimal relay", None if ratio is None else ratio >= GOAL_ROUTER_OVER_RELAY,
+                 "run with --baseline" if ratio is None else f"{ratio:.2f}x"))
+    half = summary.get("router_at_half")
+    if half is None:
+        rows.append((f"goal: p99 < {GOAL_P99_MS_AT_HALF:g} ms at half capacity", None, "run closed loop with --half-capacity"))
+    else:
+        p99 = half["latency_ms"]["p99"]
+        rows.append((f"goal: p99 < {GOAL_P99_MS_AT_HALF:g} ms at half capacity", p99 < GOAL_P99_MS_AT_HALF,
+                     f"p99 {p99:.2f} ms at {half['offered_rate_per_s']:.0f}/s"))
+    return rows

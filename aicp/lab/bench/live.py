@@ -202,6 +202,12 @@ def bench_targets(cfg: argparse.Namespace) -> list[str]:
     return ["router", *(names[t] for t in cfg.relay_transports.split(","))]
 
 
+def run_half_capacity(fleet: Fleet, url: str, saturated: dict[str, Any], cfg: argparse.Namespace) -> dict[str, Any]:
+    """Open loop at half the throughput the closed-loop trial just measured: the latency at a sane load."""
+    rate = round(0.5 * saturated["throughput_per_s"])
+    return run_trial(fleet, url, Trial("open", rate=float(rate), duration=cfg.duration, warmup=cfg.warmup), cfg, "router-half")
+
+
 def router_speed_flags(cfg: argparse.Namespace) -> list[str]:
     """Router flags for ``--verify-threads``."""
     threads = getattr(cfg, "verify_threads", 0)
@@ -412,6 +418,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=1)
     add("--out", type=Path, default=Path("results") / "bench", help="parent folder of the run folder")
     add("--json", type=Path, default=None, help="also write the summary to this file")
+    add("--half-capacity", action="store_true", help="after the closed-loop trial, run open loop at half its throughput (p99 goal)")
     add("--relay-transports", default="websockets", help="with --baseline: relays to run, on websockets and/or picows (default websockets)")
     add("--verify-threads", type=int, default=0, metavar="N", help="the router checks signatures on N worker threads (default 0: on its loop)")
     add("--router-cpus", default=None, metavar="LIST", help="pin the router (and the relay) with taskset to these CPUs, e.g. 0 or 0,1")
@@ -447,6 +454,10 @@ def run(args: argparse.Namespace) -> int:
                 result = run_trial(fleet, url, main_trial, args, f"{target}-main")
                 summary[target] = result
                 print(format_result(target, result), flush=True)
+                if target == "router" and args.half_capacity and result["mode"] == "closed" and result["throughput_per_s"] > 0:
+                    half = run_half_capacity(fleet, url, result, args)
+                    summary["router_at_half"] = half
+                    print(format_result("router", half), flush=True)
                 if target == "router" and args.also_1000:
                     r1000 = run_trial(fleet, url, Trial("open", rate=1000.0, duration=args.duration, warmup=args.warmup), args, "router-1000")
                     summary["router_at_1000"] = r1000
@@ -480,9 +491,11 @@ def run(args: argparse.Namespace) -> int:
         summary["verdicts"] = [{"check": c, "pass": p, "measured": m} for c, p, m in rows]
         if ratio is not None:
             print(f"router / relay throughput: {ratio:.2f}")
-        for check, ok, measured in rows:
+        goal_rows = bench_floor.goals(summary)
+        summary["goals"] = [{"check": c, "pass": p, "measured": m} for c, p, m in goal_rows]
+        for check, ok, measured in rows + goal_rows:
             print(f"  {'n/a ' if ok is None else ('PASS' if ok else 'FAIL')}  {check:48} {measured}")
-        trials = [summary[k] for k in ("router", "relay", "relay_picows", "router_at_1000") if k in summary]
+        trials = [summary[k] for k in ("router", "relay", "relay_picows", "router_at_1000", "router_at_half") if k in summary]
         trials += summary.get("router_sweep", []) + summary.get("relay_sweep", [])
         summary["lost_all_trials"] = sum(t["lost"] for t in trials)
         if summary["lost_all_trials"]:
