@@ -44,7 +44,9 @@ class FrameBatcher:
         self.loop = asyncio.get_running_loop()
 
     def writable(self) -> bool:
-        return self.protocol.state is State.OPEN and self.transport.get_write_buffer_size() < self.high_water
+        """True if the fast path may take a frame now. A batch already pending was checked when it began:
+        nothing reaches the transport before the batch is flushed, so it is not asked again."""
+        return bool(self.pending) or (self.protocol.state is State.OPEN and self.transport.get_write_buffer_size() < self.high_water)
 
     def add(self, data: bytes) -> None:
         if not self.pending:
