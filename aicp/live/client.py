@@ -401,6 +401,10 @@ class AICPWebSocketClient(PeerClient):
         await self._send_result(frame)
 
     async def _send_result(self, frame: bytes) -> None:
+        batch = self._batch
+        if batch is not None and batch.ws is self.ws and self.ready.is_set() and batch.writable():
+            batch.add(frame)  # a flush that finds the connection closed hands it to _dropped, which keeps it
+            return
         key = str(id(frame)) + ":" + str(time.monotonic_ns())
         self._unsent[key] = frame
         while len(self._unsent) > self.max_unsent:

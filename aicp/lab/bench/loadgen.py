@@ -168,11 +168,13 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
                     tid = await send_one(intended)
                     if rec.outcome[rec.index[tid]] == PENDING:
                         waiters[tid] = fut
-                        with contextlib.suppress(asyncio.TimeoutError):
-                            await asyncio.wait_for(fut, args.task_timeout + 5.0)
+                        await fut  # no timer per task: the whole loop is bounded below
 
             await asyncio.sleep(max(0.0, start - clock()))
-            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+            # A task that never gets an outcome stalls its worker until this bound, and counts as lost below.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(end - clock() + args.task_timeout + 5.0):
+                    await asyncio.gather(*(worker() for _ in range(args.concurrency)))
         # drain: every task sent must get its outcome; wait up to the task timeout plus slack
         drain_until = clock() + args.task_timeout + 5.0
         while clock() < drain_until and np.any(rec.outcome[: rec.n] == PENDING):
