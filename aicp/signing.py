@@ -110,11 +110,14 @@ class Identity:
         """Detached signature over CONTEXT + body."""
         return _sodium.crypto_sign(CONTEXT + body, self._secret)[:SIGNATURE_BYTES]
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the seed as hex to a file readable by the owner only (0600)."""
+    def save(self, path: str | os.PathLike[str], *, exclusive: bool = False) -> None:
+        """Write the seed as hex to a file readable by the owner only (0600).
+
+        ``exclusive``: raise ``FileExistsError`` rather than replace an existing file.
+        """
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC), 0o600)
         try:
             os.fchmod(fd, 0o600)
             os.write(fd, (self.seed.hex() + "\n").encode("ascii"))
@@ -135,10 +138,24 @@ class Identity:
 
     @classmethod
     def load_or_create(cls, path: str | os.PathLike[str]) -> Identity:
-        if Path(path).exists():
-            return cls.load(path)
+        """The identity saved in ``path``, or a new one saved there (0600).
+
+        Two processes creating the same file at once end up with the same key: the key
+        is written to a temporary file and linked into place, which fails if the file
+        appeared meanwhile (then it is loaded), so nobody reads a half-written file.
+        """
+        p = Path(path)
+        if p.exists():
+            return cls.load(p)
         ident = cls.generate()
-        ident.save(path)
+        tmp = p.with_name(f".{p.name}.{os.urandom(6).hex()}.tmp")
+        ident.save(tmp, exclusive=True)
+        try:
+            os.link(tmp, p)
+        except FileExistsError:
+            return cls.load(p)
+        finally:
+            tmp.unlink(missing_ok=True)
         return ident
 
     def __repr__(self) -> str:

@@ -3,12 +3,18 @@
 Each ``--capability`` is served by the built-in handler of the same name when
 there is one (``echo``, ``text.classify``, ``synthetic``), else by ``--handler``
 (default ``synthetic``). ``--count N`` runs N agents in this process, ids
-``ID-0`` … ``ID-(N-1)``. Keys come from ``--key FILE`` (``FILE.0``, ``FILE.1`` …
-when N > 1), created with mode 0600 when missing. Without ``--key``, an agent
-with a chosen ``--id`` keeps its key in ``$AICP_KEY_DIR`` (default
-``~/.aicp/keys``) as ``ID.key``, because the router binds an id to its first key
-and would refuse the same id under a new one; an agent with a random id gets a
-fresh key each run. SIGINT/SIGTERM deregister every agent and exit 0.
+``ID-0`` … ``ID-(N-1)``; each is an ``aicp.Agent``.
+
+Keys come from ``--key FILE`` (``FILE.0``, ``FILE.1`` … when N > 1), created with
+mode 0600 when missing. Without ``--key``, an agent with a chosen ``--id`` keeps
+its key where ``aicp.Agent`` does (``aicp.live.keys``): ``$AICP_KEY_DIR/ID.key``,
+default ``$XDG_CONFIG_HOME/aicp/keys`` or ``~/.config/aicp/keys``, because the
+router binds an id to its first key and would refuse the same id under a new one.
+An agent with a random id (no ``--id``) gets a fresh key each run and saves none.
+
+SIGINT/SIGTERM stop every agent gracefully: new tasks are refused (the router
+retries them elsewhere), running ones get ``--drain-timeout`` seconds to finish
+and send their results, then each agent deregisters; exit 0.
 """
 
 from __future__ import annotations
@@ -16,15 +22,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import secrets
 import signal
 import ssl as ssl_module
 import sys
-from pathlib import Path
 
 from aicp.live import handlers
-from aicp.live.client import DEFAULT_URL, AICPWebSocketClient
+from aicp.live.agent import Agent
+from aicp.live.client import DEFAULT_URL
+from aicp.live.keys import KEY_DIR_ENV, identity_for
 from aicp.live.logs import add_logging_arguments, setup_logging
 from aicp.live.loop import run_async
 from aicp.signing import Identity
@@ -39,22 +45,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--handler", default="synthetic", choices=handlers.BUILTINS, help="built-in handler for capabilities without one of their own name")
     add("--count", type=int, default=1, help="agents to run in this process (default 1)")
     add("--id", default=None, help="agent id (default agent-<random>); with --count N, ID-0 … ID-(N-1)")
-    add("--key", metavar="FILE", help="identity file (created 0600 if missing); FILE.i for each agent when --count > 1; default with --id: $AICP_KEY_DIR/ID.key")
+    add("--key", metavar="FILE", help=f"identity file (created 0600 if missing); FILE.i for each agent when --count > 1; default with --id: ${KEY_DIR_ENV}/ID.key, ${KEY_DIR_ENV} defaulting to ~/.config/aicp/keys")
     add("--concurrency", type=int, default=16, help="tasks one agent runs at once (default 16)")
     add("--service-time", default="0", metavar="[DIST:]MS", help="synthetic handler: constant|exponential|lognormal mean in ms (default 0)")
     add("--fail-prob", type=float, default=0.0, help="synthetic handler: probability a task fails (default 0)")
     add("--heartbeat", type=float, default=None, metavar="S", help="heartbeat interval (default: what the router asks for)")
+    add("--drain-timeout", type=float, default=10.0, metavar="S", help="on SIGINT/SIGTERM, seconds running tasks get to finish (default 10)")
     add("--router-key", default=None, help="expected router public key (default: trust the router's key on each connection)")
     add("--cafile", default=None, help="CA bundle for wss:// URLs")
     add("--seed", type=int, default=None, help="seed for the synthetic handler")
     add_logging_arguments(parser)
 
 
-def key_dir() -> Path:
-    return Path(os.environ.get("AICP_KEY_DIR") or Path.home() / ".aicp" / "keys")
-
-
-def build_agents(args: argparse.Namespace) -> list[AICPWebSocketClient]:
+def build_agents(args: argparse.Namespace) -> list[Agent]:
     capabilities = args.capability or ["text.classify"]
     base_id = args.id or f"agent-{secrets.token_hex(4)}"
     ssl_ctx = ssl_module.create_default_context(cafile=args.cafile) if args.url.startswith("wss://") else None
@@ -64,46 +67,59 @@ def build_agents(args: argparse.Namespace) -> list[AICPWebSocketClient]:
         if args.key:
             identity = Identity.load_or_create(args.key if args.count == 1 else f"{args.key}.{i}")
         elif args.id:
-            identity = Identity.load_or_create(key_dir() / f"{agent_id}.key")
+            identity = identity_for(agent_id)
         else:
             identity = Identity.generate()
-        client = AICPWebSocketClient(args.url, agent_id, identity, concurrency=args.concurrency, router_key=args.router_key, ssl=ssl_ctx)
+        agent = Agent(agent_id, args.url, identity=identity, concurrency=args.concurrency, heartbeat=args.heartbeat,
+                      drain_timeout=args.drain_timeout, router_key=args.router_key, ssl=ssl_ctx)
         seed = None if args.seed is None else args.seed + i
         for cap in capabilities:
             name = cap if cap in handlers.BUILTINS else args.handler
-            client.register_handler(cap, handlers.builtin(name, args.service_time, args.fail_prob, seed))
-        agents.append(client)
+            agent.handler(cap)(handlers.builtin(name, args.service_time, args.fail_prob, seed))
+        agents.append(agent)
     return agents
 
 
-async def _run_agent(client: AICPWebSocketClient, heartbeat: float | None) -> None:
-    await client.connect_with_retry()
-    print(f"Agent {client.peer_id} registered with {client.session.router_id} at {client.server_url} "
-          f"(key {client.identity.public_key_text}, capabilities {', '.join(client.session.capabilities)})", flush=True)
-    beat = asyncio.get_running_loop().create_task(client.heartbeat_loop(heartbeat))
-    try:
-        await client.listen()
-    finally:
-        beat.cancel()
-
-
-async def _main(args: argparse.Namespace) -> None:
-    agents = build_agents(args)
-    stop = asyncio.Event()
+async def _run_agent(agent: Agent) -> None:
+    """Serve until stopped; print one line when the agent first registers."""
     loop = asyncio.get_running_loop()
+    serving = loop.create_task(agent.serve())
+    registered = loop.create_task(agent.client.ready.wait())
+    try:
+        await asyncio.wait({serving, registered}, return_when=asyncio.FIRST_COMPLETED)
+        if registered.done():
+            client = agent.client
+            print(f"Agent {client.peer_id} registered with {client.session.router_id} at {client.server_url} "
+                  f"(key {client.identity.public_key_text}, capabilities {', '.join(client.session.capabilities)})", flush=True)
+        await serving
+    finally:
+        registered.cancel()
+        serving.cancel()
+        await asyncio.gather(serving, registered, return_exceptions=True)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    """Run every agent until a signal stops them all, or one fails (then stop the rest); 1 if one failed."""
+    agents = build_agents(args)
+    loop = asyncio.get_running_loop()
+
+    def stop_all() -> None:
+        for a in agents:
+            a.stop()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    runners = [loop.create_task(_run_agent(a, args.heartbeat)) for a in agents]
-    stopper = loop.create_task(stop.wait())
-    done, _ = await asyncio.wait([stopper, *runners], return_when=asyncio.FIRST_COMPLETED)
-    for t in done:
-        if t is not stopper and t.exception() is not None:
-            log.error("agent stopped: %r", t.exception())
-    await asyncio.gather(*(a.close() for a in agents), return_exceptions=True)
-    for t in runners:
-        t.cancel()
-    await asyncio.gather(*runners, return_exceptions=True)
-    stopper.cancel()
+        loop.add_signal_handler(sig, stop_all)
+    runners = {loop.create_task(_run_agent(a)): a for a in agents}
+    failed = 0
+    pending = set(runners)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("agent %s stopped: %s", runners[t].agent_id, t.exception())
+                failed += 1
+                stop_all()
+    return 1 if failed else 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,5 +132,4 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: --service-time: {exc}", file=sys.stderr)
         return 2
-    run_async(_main(args))
-    return 0
+    return int(run_async(_main(args)))

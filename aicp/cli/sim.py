@@ -9,7 +9,7 @@ from aicp.sim import report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    simargs.add_common(parser)
+    simargs.add_common(parser, replay_service="task")
 
 
 def run(args: argparse.Namespace) -> int:

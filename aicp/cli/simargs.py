@@ -14,8 +14,16 @@ from aicp.sim import scenario as scenario_mod
 from aicp.sim.scenario import Scenario, ScenarioError
 
 
-def add_common(parser: argparse.ArgumentParser, sets_are_grids: bool = False) -> None:
-    parser.add_argument("scenario", help="scenario file (TOML), e.g. scenarios/baseline.toml")
+def add_common(parser: argparse.ArgumentParser, sets_are_grids: bool = False, replay_service: str | None = None) -> None:
+    parser.add_argument("scenario", nargs="?" if replay_service else None, help="scenario file (TOML), e.g. scenarios/baseline.toml")
+    if replay_service:
+        parser.add_argument("--replay", metavar="TRACE", help="instead of a scenario: replay a recorded live run (aicp serve --record; docs/TRACE.md)")
+        parser.add_argument(
+            "--service",
+            choices=["task", "agent"],
+            default=replay_service,
+            help=f"with --replay: each task keeps its recorded service time (task), or draws from its agent's recorded samples (agent) (default {replay_service})",
+        )
     parser.add_argument(
         "--strategy", action="append", metavar="NAME", help="strategy to run (repeatable; default: the scenario's list)"
     )
@@ -35,6 +43,23 @@ def add_common(parser: argparse.ArgumentParser, sets_are_grids: bool = False) ->
 
 
 def load(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Scenario:
+    replay = getattr(args, "replay", None)
+    if replay and args.scenario:
+        raise ScenarioError("give a scenario file or --replay TRACE, not both")
+    if replay:
+        from aicp.sim.replay import scenario_from_trace
+
+        path = Path(replay)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ScenarioError(f"{path}: {exc.strerror or exc}") from None
+        stem = path.name.split(".")[0] or "trace"
+        folder = Path(args.out) / "replays" / f"{stem}-{args.service}"
+        scenario = scenario_from_trace(data, folder, name=f"replay-{stem}", service=args.service)
+        return scenario_mod.with_overrides(scenario, overrides, str(path)) if overrides else scenario
+    if not args.scenario:
+        raise ScenarioError("no scenario file given")
     return scenario_mod.load(Path(args.scenario), overrides)
 
 

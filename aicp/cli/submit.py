@@ -18,6 +18,7 @@ from typing import Any
 from aicp import errors
 from aicp.live.client import CONNECT_ERRORS, DEFAULT_URL
 from aicp.live.controller import AICPController
+from aicp.live.keys import identity_for
 from aicp.live.loop import run_async
 from aicp.signing import Identity
 
@@ -27,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("payload", help="task payload as JSON, e.g. '{\"text\": \"hello\"}'")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"router URL (default {DEFAULT_URL})")
     parser.add_argument("--timeout", type=float, default=30.0, help="task deadline in seconds (default 30)")
-    parser.add_argument("--key", metavar="FILE", help="controller identity file (created 0600 if missing; default: a new key)")
-    parser.add_argument("--id", default=None, help="controller id (default: controller-<random>)")
+    parser.add_argument("--key", metavar="FILE", help="controller identity file (created 0600 if missing; default with --id: $AICP_KEY_DIR/ID.key, else a new key)")
+    parser.add_argument("--id", default=None, help="controller id (default: controller-<random>, with a new key)")
     parser.add_argument("--task-id", default=None, help="task id: the same id submitted again gets the same outcome")
     parser.add_argument("--router-key", default=None, help="expected router public key (default: trust the first one seen)")
     parser.add_argument("--cafile", default=None, help="CA bundle for wss:// URLs")
@@ -36,7 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _submit(args: argparse.Namespace, obj: Any) -> Any:
-    identity = Identity.load_or_create(args.key) if args.key else Identity.generate()
+    if args.key:
+        identity = Identity.load_or_create(args.key)
+    elif args.id:  # a chosen id keeps its key, as agents do: the router binds the id to it
+        identity = identity_for(args.id)
+    else:
+        identity = Identity.generate()
     ssl_ctx = ssl_module.create_default_context(cafile=args.cafile) if args.url.startswith("wss://") else None
     ctl = AICPController(args.url, args.id or f"controller-{secrets.token_hex(4)}", identity, router_key=args.router_key, ssl=ssl_ctx, reconnect=False)
     await ctl.start()

@@ -11,13 +11,15 @@ exception becomes a signed ``Result(ok=False)`` with its reason. A result that
 could not be sent (the connection dropped) is kept and sent again after the next
 registration; the router drops it if it already has it.
 
-Typical use::
+Typical use (``aicp.Agent`` wraps this with a persistent key, decorators and signals)::
 
-    client = AICPWebSocketClient("ws://127.0.0.1:8765", "a1", Identity.generate())
+    client = AICPWebSocketClient("ws://127.0.0.1:8765", "a1", Identity.load_or_create("a1.key"))
     client.register_handler("text.classify", text_classify)
-    await client.connect()
-    asyncio.create_task(client.heartbeat_loop())
-    await client.listen()        # until close(); reconnects on its own
+    await client.serve()         # connect, renew the lease, handle tasks until close()
+
+``serve()`` owns its heartbeat task. Callers of the older sequence (``connect()``,
+a task running ``heartbeat_loop()``, ``listen()``) keep working but must hold on to
+that task themselves.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ DEFAULT_URL = "ws://127.0.0.1:8765"
 #: What a failed connection attempt may raise; anything else is a bug and propagates.
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (OSError, WebSocketException, errors.ProtocolError, TimeoutError, EOFError)
 
+#: Registration refusals that trying again cannot cure (the same key, id and version
+#: would be refused again): ``connect_with_retry`` raises them instead of retrying.
+PERMANENT_REFUSALS: frozenset[str] = frozenset({errors.KEY_MISMATCH, errors.NOT_ALLOWED, errors.INVALID_KEY, errors.UNSUPPORTED_VERSION, errors.INVALID_MESSAGE})
+
 
 class OutcomeWaiter:
     """Futures for tasks this peer submitted, settled by verified ``Result`` or ``Error`` bodies."""
@@ -71,7 +77,7 @@ class OutcomeWaiter:
     def forget(self, task_id: str) -> None:
         self._futures.pop(task_id, None)
 
-    def settle(self, body: Result | Error) -> bool:
+    def settle(self, body: Result | Error, received: Received | None = None) -> bool:
         """Resolve the task's future; False if nobody waits for it (a duplicate or a late outcome)."""
         task_id = body.task_id
         fut = self._futures.get(task_id) if task_id is not None else None
@@ -80,7 +86,7 @@ class OutcomeWaiter:
         if isinstance(body, Result):
             if body.ok:
                 try:
-                    fut.set_result(msgspec.json.decode(body.payload))
+                    fut.set_result(self.outcome(body, received))
                 except msgspec.DecodeError as exc:
                     fut.set_exception(errors.TaskError(errors.MALFORMED, f"result payload: {exc}", task_id or ""))
             else:
@@ -88,6 +94,10 @@ class OutcomeWaiter:
         else:
             fut.set_exception(errors.TaskError(body.code, body.message, task_id or ""))
         return True
+
+    def outcome(self, body: Result, received: Received | None) -> Any:
+        """What a successful task's future resolves to: here its decoded payload."""
+        return msgspec.json.decode(body.payload)
 
     def fail_all(self, code: str, message: str) -> None:
         for task_id, fut in list(self._futures.items()):
@@ -136,6 +146,7 @@ class PeerClient:
         self.errors: deque[Error] = deque(maxlen=256)  # router errors not tied to a task we wait for
         self.rejected_frames = 0  # frames that failed verification here
         self.waiter = OutcomeWaiter()
+        self._heartbeat: asyncio.Task[None] | None = None  # owned by serve()
 
     @property
     def peer_id(self) -> str:
@@ -190,6 +201,8 @@ class PeerClient:
                 await self.connect()
                 return
             except CONNECT_ERRORS as exc:
+                if isinstance(exc, errors.ProtocolError) and exc.code in PERMANENT_REFUSALS:
+                    raise
                 attempt += 1
                 if self.max_reconnect_attempts is not None and attempt > self.max_reconnect_attempts:
                     raise
@@ -219,9 +232,28 @@ class PeerClient:
             if not self.reconnect:
                 return
 
+    async def serve(self, heartbeat: float | None = None) -> None:
+        """Connect (retrying) unless connected, then handle frames and renew the lease until ``close()``.
+
+        The heartbeat task (every ``heartbeat`` seconds, default what the router asks
+        for) belongs to this call: it starts after the first registration and is
+        cancelled and awaited when the call returns or is cancelled.
+        """
+        if not self.connected:
+            await self.connect_with_retry()
+        self._heartbeat = asyncio.get_running_loop().create_task(self.heartbeat_loop(heartbeat))
+        try:
+            await self.listen()
+        finally:
+            beat, self._heartbeat = self._heartbeat, None
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+
     async def close(self) -> None:
         """Leave: deregister if connected, close the socket, stop reconnecting."""
         self.closing = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         ws = self.ws
         self.ws = None
         self.ready.clear()
@@ -292,7 +324,7 @@ class PeerClient:
             log.warning("%s: refused a frame: %s", self.peer_id, exc)
             return
         body = rec.body
-        if isinstance(body, (Result, Error)) and self.waiter.settle(body):
+        if isinstance(body, (Result, Error)) and self.waiter.settle(body, rec):
             return
         if isinstance(body, Error):
             self.errors.append(body)
@@ -348,6 +380,7 @@ class AICPWebSocketClient(PeerClient):
         self._tasks: set[asyncio.Task[None]] = set()
         self.running = 0
         self.completed = 0  # results produced here (ok or not)
+        self.draining = False  # set by drain(): new tasks are refused, running ones finish
 
     def register_handler(self, method: str, handler: Handler, *, in_thread: bool = False) -> None:
         """Serve ``method`` with ``handler``. Sync handlers run inline unless ``in_thread`` (for blocking work).
@@ -369,7 +402,25 @@ class AICPWebSocketClient(PeerClient):
         while len(self._unsent) > self.max_unsent:
             self._unsent.popitem(last=False)
 
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new tasks and wait up to ``timeout`` s for running ones to finish and send their results.
+
+        A task sent meanwhile gets a signed ``Result(ok=False)`` ("shutting-down: ..."),
+        which the router treats as a failed attempt and retries on another agent. True
+        if nothing was left running; ``close()`` afterwards cancels what is left.
+        """
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(list(self._tasks), timeout=left)
+        return not self._tasks
+
     def _on_task(self, rec: Received, task: Task) -> None:
+        if self.draining:
+            frame = self.session.result_frame(task, payload(None), time.time(), ok=False, reason="shutting-down: agent is draining")
+            self._spawn(self._send_result(frame))
+            return
         if len(self._tasks) >= self.max_queued:
             frame = self.session.result_frame(task, payload(None), time.time(), ok=False, reason="overloaded: agent queue is full")
             self._spawn(self._send_result(frame))

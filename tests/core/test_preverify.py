@@ -47,8 +47,8 @@ def summary(outputs: list[Output]) -> list[tuple[object, ...]]:
 
 
 def script(ctl: PeerSession, agent: PeerSession) -> list[tuple[int, bytes]]:
-    tid1, t1 = ctl.task_frame("m", payload("hello"), NOW, "t1")
-    tid2, t2 = ctl.task_frame("m", payload("hello"), NOW, "t2")
+    _tid1, t1 = ctl.task_frame("m", payload("hello"), NOW, "t1")
+    _tid2, t2 = ctl.task_frame("m", payload("hello"), NOW, "t2")
     task = decode_body(decode_frame(t1).body)
     r1 = agent.result_frame(task, payload("hello"), NOW)  # type: ignore[arg-type]
     return [(2, tampered(t2)), (2, t1), (1, tampered(r1)), (1, r1), (1, r1), (2, b"{not json"), (2, t2)]
@@ -73,7 +73,7 @@ def test_pre_verified_frames_give_the_same_outputs_and_state_as_inline_checks() 
 
 
 def test_a_verification_not_yet_run_is_made_inline() -> None:
-    proto, agent, ctl = world()
+    proto, _agent, ctl = world()
     _, frame = ctl.task_frame("m", payload("hello"), NOW, "t1")
     bad = tampered(frame)
     v = proto.prepare_verify(2, bad)
@@ -83,8 +83,8 @@ def test_a_verification_not_yet_run_is_made_inline() -> None:
 
 
 def test_nothing_is_prepared_before_registration_under_edge_or_for_another_key() -> None:
-    proto, agent, ctl = world()
-    [challenge] = proto.connection_made(3, NOW)
+    proto, _agent, ctl = world()
+    [_challenge] = proto.connection_made(3, NOW)
     _, frame = ctl.task_frame("m", payload("hello"), NOW, "t1")
     assert proto.prepare_verify(3, frame) is None  # the handshake is always checked inline
     assert proto.prepare_verify(1, frame) is None  # the controller's key on the agent's connection
