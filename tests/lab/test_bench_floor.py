@@ -68,3 +68,13 @@ def test_goals_judge_the_ratio_the_relay_and_the_half_capacity_latency() -> None
     assert list(rows.values()) == [True, False, False]
     empty = floor.goals({})
     assert [ok for _, ok, _ in empty] == [None, None]
+
+
+def test_the_verify_pool_bench_completes_every_task_inline_and_on_threads() -> None:
+    import asyncio
+
+    from aicp.lab.bench import verify_pool
+
+    for threads in (0, 2):
+        cpu_us, wall_us = asyncio.run(verify_pool.one_round(threads, 200))
+        assert cpu_us > 0 and wall_us > 0
