@@ -102,6 +102,9 @@ def cpu_per_task(cpu: dict[str, dict[str, float]], completed: int, floor_us: flo
     per_role = {role: 1e6 * row["cpu_s"] / completed for role, row in cpu.items()}
     total = sum(per_role.values())
     out: dict[str, Any] = {"completed": completed, "by_role_us": per_role, "total_us": total}
+    if all("write_calls" in row for row in cpu.values()):
+        # Reads and writes (system calls) per task: what batching changes, whatever the load on the machine.
+        out["syscalls_by_role"] = {role: {"reads": row["read_calls"] / completed, "writes": row["write_calls"] / completed} for role, row in cpu.items()}
     if floor_us:
         out["floor_us"] = floor_us
         out["ratio_to_floor"] = total / floor_us
@@ -121,12 +124,25 @@ def format_cpu(name: str, per_task: dict[str, Any]) -> str:
         line += f"  = {per_task['ratio_to_floor']:.2f}x the signature floor"
     if "ratio_to_floor_during" in per_task:
         line += f" ({per_task['ratio_to_floor_during']:.2f}x the floor timed during the run)"
+    calls = per_task.get("syscalls_by_role")
+    if calls:
+        line += "\n" + " " * 9 + "reads/writes per task: " + "  ".join(
+            f"{role} {c['reads']:.2f}/{c['writes']:.2f}" for role, c in sorted(calls.items(), key=lambda kv: _order(kv[0])))
     return line
 
 
 def format_floor(floor: dict[str, float]) -> str:
     return (f"signature floor: {floor['signs']:.0f} signs x {floor['sign_us']:.1f} µs + {floor['verifies']:.0f} verifies x "
             f"{floor['verify_us']:.1f} µs = {floor['floor_us']:.0f} µs of CPU per task")
+
+
+def io_calls(process: Any) -> tuple[int, int]:
+    """(read, write) system calls of a psutil process so far; (0, 0) where the OS does not count them."""
+    try:
+        io = process.io_counters()
+        return int(io.read_count), int(io.write_count)
+    except Exception:  # psutil.Error, or no io_counters on this platform
+        return 0, 0
 
 
 def _order(role: str) -> int:

@@ -58,6 +58,11 @@ class Proc:
     popen: subprocess.Popen[bytes]
     ps: psutil.Process
     cpu0: float = 0.0
+    io0: tuple[int, int] = (0, 0)
+
+    def io_calls(self) -> tuple[int, int]:
+        """Read and write system calls so far (Linux /proc/PID/io syscr, syscw), or (0, 0)."""
+        return bench_floor.io_calls(self.ps)
 
     def cpu_s(self) -> float:
         try:
@@ -89,6 +94,7 @@ class Fleet:
     def mark_cpu(self) -> None:
         for p in self.procs:
             p.cpu0 = p.cpu_s()
+            p.io0 = p.io_calls()
 
     def cpu_by_role(self, wall_s: float) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
@@ -97,6 +103,9 @@ class Fleet:
             row = out.setdefault(p.role, {"processes": 0, "cpu_s": 0.0})
             row["processes"] += 1
             row["cpu_s"] += used
+            reads, writes = p.io_calls()
+            row["read_calls"] = row.get("read_calls", 0) + reads - p.io0[0]
+            row["write_calls"] = row.get("write_calls", 0) + writes - p.io0[1]
         for row in out.values():
             row["cpu_percent_of_one_core"] = 100.0 * row["cpu_s"] / wall_s if wall_s > 0 else float("nan")
         return out
@@ -284,6 +293,7 @@ def summarise(outs: list[Path], trial: Trial, cpu: dict[str, Any]) -> dict[str, 
     codes_total: dict[str, int] = {}
     lost = dup = verify_failures = submitted = 0
     gen_cpu = gen_wall = 0.0
+    gen_io = [0, 0]
     for out in outs:
         data = np.load(out)
         meta = json.loads(Path(str(out) + ".json").read_text())
@@ -300,8 +310,9 @@ def summarise(outs: list[Path], trial: Trial, cpu: dict[str, Any]) -> dict[str, 
         verify_failures += meta["verify_failures"]
         submitted += meta["submitted"]
         gen_cpu += meta["cpu_s"]
+        gen_io = [gen_io[0] + meta.get("read_calls", 0), gen_io[1] + meta.get("write_calls", 0)]
         gen_wall = max(gen_wall, meta["wall_s"])
-    cpu = {**cpu, "loadgen": {"processes": len(outs), "cpu_s": gen_cpu, "cpu_percent_of_one_core": 100.0 * gen_cpu / gen_wall if gen_wall else float("nan")}}
+    cpu = {**cpu, "loadgen": {"processes": len(outs), "cpu_s": gen_cpu, "read_calls": gen_io[0], "write_calls": gen_io[1], "cpu_percent_of_one_core": 100.0 * gen_cpu / gen_wall if gen_wall else float("nan")}}
     t_int = np.concatenate(intended)
     t_sent = np.concatenate(sent)
     t_done = np.concatenate(done)

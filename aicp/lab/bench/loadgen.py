@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from websockets.asyncio.client import connect
 
+from aicp.lab.bench.floor import io_calls
 from aicp.live.links import FrameBatcher
 from aicp.messages import Error, RegisterAck, Result, payload
 from aicp.peer import PeerSession
@@ -132,6 +134,7 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         read_task = loop.create_task(reader())
         batch = FrameBatcher(ws)
         cpu0 = time.process_time()
+        io0 = io_calls(psutil.Process())
         start = clock() + 0.05
         end = start + args.warmup + args.duration
         timeout_ms = args.task_timeout * 1000.0
@@ -183,6 +186,7 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await read_task
         cpu_s = time.process_time() - cpu0
+        io1 = io_calls(psutil.Process())
         wall_s = clock() - start
 
     n = rec.n
@@ -204,6 +208,8 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": args.duration,
         "mode": "open" if args.rate else "closed",
         "cpu_s": cpu_s,
+        "read_calls": io1[0] - io0[0],
+        "write_calls": io1[1] - io0[1],
         "wall_s": wall_s,
     }
     Path(str(args.out) + ".json").write_text(json.dumps(meta))
