@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("aicp.cli.serve", "run the WebSocket router (same as python -m aicp.server)"),
     "agent": ("aicp.cli.agent", "run one or more agents with built-in handlers"),
     "submit": ("aicp.cli.submit", "submit one task and print the verified result"),
+    "gateway": ("aicp.cli.gateway", "HTTP control plane and A2A front door in front of a router (FastAPI)"),
     "keygen": ("aicp.cli.keygen", "create an Ed25519 identity file (0600)"),
     "sim": ("aicp.cli.sim", "run a scenario in the simulator"),
     "compare": ("aicp.cli.compare", "compare all strategies of a scenario with 95%% confidence intervals"),
@@ -45,7 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[wanted][0])
     module.add_arguments(subparsers[wanted])
     args = parser.parse_args(args_list)
-    rc = module.run(args)
+    try:
+        rc = module.run(args)
+    except KeyboardInterrupt:  # a command that must clean up does so on its way out (e.g. the simulator writes what it has)
+        print("interrupted", file=sys.stderr)
+        return 130
     return int(rc or 0)
 
 

@@ -311,9 +311,9 @@ class AICPWebSocketServer:
             self._apply(proto.connection_made(conn, time.time()))
             while True:
                 # Text frames arrive as str: websockets checks their UTF-8 and closes with 1007 if it fails.
-                data = await ws.recv()
+                data = await ws.recv()  # str for a text frame, bytes for a binary one (closed with 1003)
                 if verifier is None:
-                    self._apply(proto.frame_received(conn, data, time.time()))
+                    self._apply(proto.frame_received(conn, data, time.time(), binary=isinstance(data, bytes)))
                 elif not verifier.submit(conn, data):
                     await verifier.wait_room(conn)
         except ConnectionClosed as exc:
@@ -330,7 +330,8 @@ class AICPWebSocketServer:
                 link.writer.cancel()
 
     def _frame_checked(self, conn: int, data: bytes | str, verified: Verification | None) -> None:
-        self._apply(self.proto.frame_received(conn, data, time.time(), verified))
+        # A prepared frame's bytes are its text, encoded; bytes never prepared are a binary frame.
+        self._apply(self.proto.frame_received(conn, data, time.time(), verified, binary=verified is None and isinstance(data, bytes)))
 
     def _apply(self, outputs: list[Output]) -> None:
         links = self._links

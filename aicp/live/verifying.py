@@ -63,8 +63,11 @@ class VerifierPool:
         self.batch: list[_Waiting] = []
 
     def submit(self, conn: int, data: bytes | str) -> bool:
-        """A frame from ``conn``. False: the connection has ``max_waiting`` frames waiting; await ``wait_room``."""
-        v = self.proto.prepare_verify(conn, data)
+        """A frame from ``conn``: str for a text frame, bytes for a binary one (never prepared, refused in order).
+
+        False: the connection has ``max_waiting`` frames waiting; await ``wait_room``.
+        """
+        v = self.proto.prepare_verify(conn, data) if isinstance(data, str) else None
         queue = self.inbox.get(conn)
         if v is None and not queue:
             self.apply(conn, data, None)  # nothing to check ahead and nothing before it: at once

@@ -426,6 +426,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--sweep-rates", default="250,500,1000,1500,2000,3000,4000,5000,6000", help="offered rates for --sweep")
     add("--also-1000", action="store_true", help="also run 1000 tasks/s open loop to judge the latency goals")
     add("--scenario", type=Path, default=None, help="take agents, service time, rate and strategy from a simulator scenario")
+    add("--via", choices=["websocket", "gateway"], default="websocket",
+        help="gateway: also measure the HTTP gateway next to direct WebSocket submission (see aicp.lab.bench.via_gateway)")
+    add("--gateway-rate", type=float, default=500.0, help="--via gateway: open-loop rate for the added-latency comparison (default 500)")
     add("--seed", type=int, default=1)
     add("--out", type=Path, default=Path("results") / "bench", help="parent folder of the run folder")
     add("--json", type=Path, default=None, help="also write the summary to this file")
@@ -462,6 +465,10 @@ def run(args: argparse.Namespace) -> int:
             fleet = Fleet(run_dir, cpus=cpu_plan(args.router_cpus, args.others_cpus))
             try:
                 url = args.url if (args.url and target == "router") else start_system(fleet, target, args)
+                if target == "router" and args.via == "gateway":
+                    from aicp.lab.bench import via_gateway
+
+                    summary["via_gateway"] = via_gateway.compare(fleet, url, args)
                 result = run_trial(fleet, url, main_trial, args, f"{target}-main")
                 summary[target] = result
                 print(format_result(target, result), flush=True)

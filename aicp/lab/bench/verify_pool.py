@@ -58,7 +58,7 @@ async def one_round(threads: int, tasks: int) -> tuple[float, float]:
             if pool is None:
                 apply(conn, data, None)
             else:
-                pool.submit(conn, data)
+                pool.submit(conn, data.decode())  # text frames arrive as str
         while pool is not None and pool.inbox:
             await asyncio.sleep(0.0005)
 
