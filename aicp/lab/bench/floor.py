@@ -137,7 +137,11 @@ def format_floor(floor: dict[str, float]) -> str:
 
 
 def io_calls(process: Any) -> tuple[int, int]:
-    """(read, write) system calls of a psutil process so far; (0, 0) where the OS does not count them."""
+    """(read, write) system calls of a psutil process so far; (0, 0) where the OS does not count them.
+
+    Linux counts the read()/write() family (uvloop's socket I/O), not recv()/send(): a transport
+    that calls those (picows does) shows no calls here.
+    """
     try:
         io = process.io_counters()
         return int(io.read_count), int(io.write_count)
