@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--tls-key", metavar="PEM", help="private key for --tls-cert")
     add("--drain-timeout", type=float, default=10.0, metavar="S", help="on SIGINT/SIGTERM, how long in-flight tasks may finish (s)")
     add("--verify", choices=["every-hop", "edge"], default="every-hop", help="check signatures at the router on every frame, or at the edges only")
+    add("--verify-threads", type=int, default=0, metavar="N", help="check signatures on N worker threads, off the event loop (default 0: on the loop)")
     add("--seed", type=int, default=None, help="seed of the routing strategy's randomness")
     add("--record", metavar="FILE", default=None, help="write a trace of every task, dispatch, result, outcome and agent event (docs/TRACE.md; .gz compresses)")
     add_logging_arguments(parser)
@@ -79,7 +80,8 @@ def build_server(args: argparse.Namespace) -> AICPWebSocketServer:
         connect_burst=args.connect_burst,
         verify=args.verify,
     )
-    limits = ServerLimits(max_frame_bytes=args.max_frame, max_connections=args.max_connections, compression=args.compression, drain_s=args.drain_timeout)
+    limits = ServerLimits(max_frame_bytes=args.max_frame, max_connections=args.max_connections, compression=args.compression, drain_s=args.drain_timeout,
+                          verify_threads=args.verify_threads)
     key_file = args.key or (args.state + ".key" if args.state else None)  # a router whose state survives keeps its key too
     identity = Identity.load_or_create(key_file) if key_file else None
     store = SqliteStore.open(args.state, router_key=identity.public_key_text if identity else None, batch_s=args.state_batch_ms / 1000.0) if args.state else None

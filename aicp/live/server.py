@@ -52,8 +52,9 @@ from aicp.live.local_peers import LocalPeer
 from aicp.live.prometheus import RouterMetrics
 from aicp.live.record import TraceWriter
 from aicp.live.store import SqliteStore, StateFileError
+from aicp.live.verifying import VerifierPool
 from aicp.messages import MAX_FRAME_BYTES
-from aicp.protocol import CLOSE_TOO_BIG, Output, ProtocolConfig, RouterProtocol, Send
+from aicp.protocol import CLOSE_TOO_BIG, Output, ProtocolConfig, RouterProtocol, Send, Verification
 from aicp.router import Router, RouterConfig
 from aicp.signing import Identity
 from aicp.state import Snapshot
@@ -81,6 +82,9 @@ class ServerLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ping_timeout_s: float | None = 20.0
     compression: bool = False  # when on: permessage-deflate with small windows (bounded memory)
     drain_s: float = 10.0  # graceful shutdown: how long in-flight tasks may run on
+    #: Signature checks of registered peers' frames on this many worker threads (libsodium
+    #: releases the GIL), applied to the core in each connection's order; 0: on the event loop.
+    verify_threads: int = 0
 
 
 class AICPWebSocketServer:
@@ -123,6 +127,7 @@ class AICPWebSocketServer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._server: Server | None = None
+        self._verifier: VerifierPool | None = None
         self._stop_requested: asyncio.Event | None = None
         self._stopping = False
         self._stopped = False
@@ -208,6 +213,8 @@ class AICPWebSocketServer:
             self.store.start(self.loop)
             log.info("state restored from %s: %d binding(s), %d seen id(s), %d outcome(s)", self.store.path, len(snap.bindings), len(snap.seen), len(snap.outcomes))
         self._stop_requested = asyncio.Event()
+        if self.limits.verify_threads > 0 and self.proto.config.verify == "every-hop":
+            self._verifier = VerifierPool(self.proto, self._frame_checked, self.limits.verify_threads)
         lim = self.limits
         extensions = None
         if lim.compression:
@@ -277,6 +284,8 @@ class AICPWebSocketServer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._verifier is not None:
+            self._verifier.close()
         if self.recorder is not None:
             self.proto.record(None, time.time())
             self.recorder.close()
@@ -325,22 +334,32 @@ class AICPWebSocketServer:
         self._links[conn] = link
         self._ws_open += 1
         proto = self.proto
+        verifier = self._verifier
         try:
             self._apply(proto.connection_made(conn, time.time()))
             while True:
                 # Text frames arrive as str: websockets checks their UTF-8 and closes with 1007 if it fails.
                 data = await ws.recv()  # str for a text frame, bytes for a binary one (closed with 1003)
-                self._apply(proto.frame_received(conn, data, time.time(), binary=isinstance(data, bytes)))
+                if verifier is None:
+                    self._apply(proto.frame_received(conn, data, time.time(), binary=isinstance(data, bytes)))
+                elif not verifier.submit(conn, data):
+                    await verifier.wait_room(conn)
         except ConnectionClosed as exc:
             reason = _CLOSE_REASONS.get(exc.sent.code) if exc.sent is not None and not exc.rcvd_then_sent else None
             if reason is not None:
                 self.count_transport_close(reason)
         finally:
+            if verifier is not None:
+                verifier.connection_ended(conn)  # what it sent before closing is applied first, in order
             self._ws_open -= 1
             self._links.pop(conn, None)
             self._apply(proto.connection_lost(conn, time.time()))
             if not link.writer.done():
                 link.writer.cancel()
+
+    def _frame_checked(self, conn: int, data: bytes | str, verified: Verification | None) -> None:
+        # A prepared frame's bytes are its text, encoded; bytes never prepared are a binary frame.
+        self._apply(self.proto.frame_received(conn, data, time.time(), verified, binary=verified is None and isinstance(data, bytes)))
 
     def _apply(self, outputs: list[Output]) -> None:
         links = self._links
