@@ -7,14 +7,13 @@ the shared bucket; real routers sharing a real nats-server are in tests/live/tes
 from __future__ import annotations
 
 import pytest
+from test_state import connect, hub_with, refusal
 
 from aicp import errors
 from aicp.peer import READY
 from aicp.registry import Status
 from aicp.signing import Identity
 from aicp.state import Binding, Recorder
-
-from test_state import connect, hub_with, refusal
 
 
 def test_a_binding_learned_from_another_router_refuses_another_key_here() -> None:
