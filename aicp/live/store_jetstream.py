@@ -143,8 +143,11 @@ class JetStreamStore:
         from nats.js.api import KeyValueConfig, StorageType
 
         try:
-            self.nc = await nats.connect(self.url, connect_timeout=timeout_s, allow_reconnect=True, max_reconnect_attempts=-1,
-                                         reconnect_time_wait=0.5, name="aicp-state")
+            # once connected, it reconnects for ever (records wait meanwhile); the first connect gets ``timeout_s``
+            self.nc = await asyncio.wait_for(nats.connect(self.url, connect_timeout=timeout_s, allow_reconnect=True, max_reconnect_attempts=-1,
+                                                          reconnect_time_wait=0.5, name="aicp-state"), timeout_s)
+        except TimeoutError as exc:
+            raise StateFileError(f"cannot reach the state server {self.url} within {timeout_s:g} s") from exc
         except Exception as exc:
             raise StateFileError(f"cannot reach the state server {self.url}: {exc}") from exc
         try:
