@@ -26,11 +26,12 @@ def nats_server_binary() -> str:
 
 
 class JetStreamServer:
-    """``nats-server -js`` on 127.0.0.1:``port`` storing in ``store_dir``; ``restart()`` keeps both."""
+    """``nats-server -js`` on 127.0.0.1:``port`` storing in ``store_dir`` (``jetstream=False``: a plain server); ``start()`` again keeps both."""
 
-    def __init__(self, port: int, store_dir: Path) -> None:
+    def __init__(self, port: int, store_dir: Path, jetstream: bool = True) -> None:
         self.port = port
         self.store_dir = store_dir
+        self.jetstream = jetstream
         self.binary = nats_server_binary()
         self.popen: subprocess.Popen[bytes] | None = None
 
@@ -39,7 +40,9 @@ class JetStreamServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        cmd = [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store_dir)]
+        cmd = [self.binary, "-a", "127.0.0.1", "-p", str(self.port)]
+        if self.jetstream:
+            cmd += ["-js", "-sd", str(self.store_dir)]
         self.popen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:

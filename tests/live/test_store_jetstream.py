@@ -245,3 +245,63 @@ def test_an_id_bound_at_router_a_is_refused_with_another_key_at_router_b(procs: 
         assert samples[("aicp_rejections_total", (("code", errors.KEY_MISMATCH),))] >= 1
 
     run(main(), timeout=60)
+
+
+def test_after_the_server_restarts_records_are_written_and_bindings_still_learned(jetstream: JetStreamServer) -> None:
+    owner = Identity.generate().public_key_text
+
+    async def main() -> None:
+        a = await JetStreamStore.connect(jetstream.url)
+        b = await JetStreamStore.connect(jetstream.url)
+        learned_b: list[Binding] = []
+        loop = asyncio.get_running_loop()
+        a.start(loop)
+        b.start(loop, learn=learned_b.append)
+        try:
+            await asyncio.to_thread(jetstream.stop)
+            await asyncio.to_thread(jetstream.start)  # same port, same store directory
+            deadline = time.monotonic() + 20
+            while not a.nc.is_connected or not b.nc.is_connected:
+                assert time.monotonic() < deadline, "the stores did not reconnect"
+                await asyncio.sleep(0.05)
+            a.bind(Binding("late", owner, "agent"))
+            a.seen(Seen("late", "m", time.time() + 60))
+            await _stored(jetstream.url, "aicp_bindings", kv_token("late"), "the binding made after the restart", timeout=20)
+            await _stored(jetstream.url, "aicp_seen", f"{kv_token('late')}.{kv_token('m')}", "the id seen after the restart", timeout=20)
+            while Binding("late", owner, "agent") not in learned_b:
+                assert time.monotonic() < deadline, "b's watch did not resume after the server restart"
+                await asyncio.sleep(0.05)
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    run(main(), timeout=60)
+
+
+def test_a_server_without_jetstream_or_with_foreign_entries_stops_the_router(procs: Callable[..., Proc], jetstream: JetStreamServer, tmp_path: Path) -> None:
+    async def put_garbage() -> None:
+        import nats
+
+        store = await JetStreamStore.connect(jetstream.url, prefix="bad")  # creates the buckets
+        await store.aclose()
+        nc = await nats.connect(jetstream.url)
+        try:
+            kv = await nc.jetstream().key_value("bad_bindings")
+            await kv.put("eA", b"not msgpack of a binding \xff")
+        finally:
+            await nc.close()
+
+    run(put_garbage(), timeout=20)
+    router = procs("-m", "aicp.server", "--port", "0", "--state", jetstream.url, "--state-bucket", "bad", "--key", str(tmp_path / "r.key"))
+    assert router.popen.wait(timeout=30) == 2
+    router.wait_for_line(r"error: state buckets bad_\* at nats://.* hold an entry that is not AICP state", timeout=5)
+    assert "listening" not in router.output()
+
+    plain = JetStreamServer(free_port(), tmp_path / "plain", jetstream=False)
+    plain.start()
+    try:
+        router = procs("-m", "aicp.server", "--port", "0", "--state", plain.url, "--key", str(tmp_path / "r.key"))
+        assert router.popen.wait(timeout=30) == 2
+        router.wait_for_line(r"error: cannot read the state buckets aicp_\* at nats://.*\(is JetStream on\? nats-server -js\)", timeout=5)
+    finally:
+        plain.stop()
