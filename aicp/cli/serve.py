@@ -29,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--heartbeat", type=float, default=30.0, metavar="S", help="heartbeat interval agents are told to use (s)")
     add("--lease", type=float, default=90.0, metavar="S", help="an agent silent this long is evicted (s)")
     add("--attempt-timeout", type=float, default=5.0, metavar="S", help="time limit of one dispatch before failover (s)")
+    add("--default-deadline", type=float, default=30.0, metavar="S", help="a task's overall limit when it names none (s)")
+    add("--max-attempts", type=int, default=3, help="dispatches per task before it fails (default 3)")
+    add("--retry-backoff-base", type=float, default=0.005, metavar="S", help="retry backoff base, full jitter (s)")
+    add("--retry-backoff-cap", type=float, default=1.0, metavar="S", help="retry backoff cap (s)")
+    add("--retry-budget", type=float, default=0.2, metavar="RATIO", help="retry tokens each submitted task earns (default 0.2)")
+    add("--trust-prior", type=float, default=0.5, metavar="P", help="trust of a newly registered agent (default 0.5)")
     add("--window", type=float, default=60.0, metavar="S", help="freshness and replay window (s)")
     add("--allowlist", metavar="FILE", help="file of admitted public keys, one 'ed25519:...' per line")
     add("--key", metavar="FILE", help="router identity file (created 0600 if missing; default: a new key per run, or FILE.key with --state)")
@@ -62,7 +68,9 @@ def build_server(args: argparse.Namespace) -> AICPWebSocketServer:
     if args.tls_cert:
         ssl_ctx = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
         ssl_ctx.load_cert_chain(args.tls_cert, args.tls_key)
-    rcfg = RouterConfig(heartbeat_s=args.heartbeat, lease_s=args.lease, attempt_timeout_s=args.attempt_timeout, max_tasks=args.max_tasks)
+    rcfg = RouterConfig(heartbeat_s=args.heartbeat, lease_s=args.lease, attempt_timeout_s=args.attempt_timeout, max_tasks=args.max_tasks,
+                        default_deadline_s=args.default_deadline, max_attempts=args.max_attempts, backoff_base_s=args.retry_backoff_base,
+                        backoff_cap_s=args.retry_backoff_cap, retry_budget_ratio=args.retry_budget, trust_prior=args.trust_prior)
     pcfg = ProtocolConfig(
         window_s=args.window,
         allowlist=_load_allowlist(args.allowlist) if args.allowlist else None,
