@@ -78,6 +78,7 @@ class ServerLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     recv_queue: int = 64  # frames websockets buffers from one peer before it stops reading
     write_limit: int = 1 << 20  # bytes buffered in the kernel-side transport before send() waits
     open_timeout_s: float = 10.0
+    backlog: int = 4096  # pending TCP connections the kernel queues (capped by net.core.somaxconn); asyncio's 100 drops SYNs when a fleet connects at once
     close_timeout_s: float = 5.0
     ping_interval_s: float | None = 20.0
     ping_timeout_s: float | None = 20.0
@@ -231,6 +232,7 @@ class AICPWebSocketServer:
             max_queue=lim.recv_queue,
             write_limit=lim.write_limit,
             open_timeout=lim.open_timeout_s,
+            backlog=lim.backlog,
             close_timeout=lim.close_timeout_s,
             ping_interval=lim.ping_interval_s,
             ping_timeout=lim.ping_timeout_s,
