@@ -307,6 +307,43 @@ class RouterProtocol:
                     self._interrupted[key] = s.expiry
                     self._interrupted_until = max(self._interrupted_until, s.expiry)
 
+    def learn_binding(self, binding: Binding, now: float) -> list[Output]:
+        """A binding that another router stored in the state the cluster shares (``aicp.live.store_jetstream``).
+
+        The shared store holds one binding per id, the first one written: it wins.
+        An unknown id is bound here too (not reported to ``store``: it is stored
+        already); the same key changes nothing. Another key means this router bound
+        the id to a different key in the moment before it learned the other router's
+        binding: the local binding is replaced, and the peer holding it, if connected,
+        is closed with ``key-mismatch`` as if it had registered after. O(1).
+        Raises ``LocalError`` on a binding whose role or key is not valid.
+        """
+        if binding.role not in ("agent", "controller"):
+            raise errors.LocalError(f"shared binding of {binding.peer_id!r} has an unknown role {binding.role!r}")
+        try:
+            key_raw = decode_public_key(binding.key)
+        except errors.ProtocolError as exc:
+            raise errors.LocalError(f"shared binding of {binding.peer_id!r} has an invalid key: {exc}") from exc
+        peer = self._peers.get(binding.peer_id)
+        if peer is not None and peer.key_text == binding.key:
+            return []
+        if peer is None and len(self._peers) >= self.config.max_peers:
+            return []
+        self._peers[binding.peer_id] = _Peer(binding.peer_id, binding.key, key_raw, binding.role)
+        if peer is None:
+            return []
+        self._count(errors.KEY_MISMATCH)
+        if peer.conn is None:
+            return []
+        old = peer.conn
+        peer.conn = None
+        old.peer = None
+        old.closed = True
+        out: list[Output] = [Close(old.id, CLOSE_POLICY, errors.KEY_MISMATCH)]
+        if peer.role == "agent":
+            out.extend(self._agent_lost(peer.peer_id, now, f"id bound to another key at another router ({errors.KEY_MISMATCH})"))
+        return out
+
     def record(self, sink: trace.Sink | None, now: float) -> None:
         """Hand every trace event (``aicp.trace``) to ``sink`` from now on; ``None`` stops.
 

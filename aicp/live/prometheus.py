@@ -77,6 +77,9 @@ class _CoreCollector(Collector):
                 yield GaugeMetricFamily("aicp_state_backlog", "Lasting-state records not committed yet", value=st["backlog"])
                 yield CounterMetricFamily("aicp_state_dropped", "Lasting-state records dropped because the writer fell too far behind", value=st["dropped"])
                 yield CounterMetricFamily("aicp_state_write_errors", "Failed writes to the state file (their records are lost)", value=st["errors"])
+                if "conflicts" in st:
+                    yield CounterMetricFamily("aicp_state_binding_conflicts", "Bindings made here that another router had stored first (JetStream state)",
+                                              value=st["conflicts"])
 
 
 class LatencyCounts(Collector):

@@ -81,11 +81,12 @@ class Fleet:
     #: CPUs (taskset list) by role, "*" for every other role; empty: no pinning. See ``cpu_plan``.
     cpus: dict[str, str] = field(default_factory=dict)
 
-    def spawn(self, role: str, args: list[str]) -> Proc:
+    def spawn(self, role: str, args: list[str], program: str | None = None) -> Proc:
+        """Start ``program`` (default: this Python) with ``args``; its output goes to ``<role>-<n>.log`` (pinned with taskset if asked)."""
         pinned = self.cpus.get(role, self.cpus.get("*"))
         with open(self.run_dir / f"{role}-{len(self.procs)}.log", "wb") as log:  # the child keeps its own descriptor
             env = {**os.environ, "AICP_KEY_DIR": str(self.run_dir / "keys")}  # keep agents' keys out of ~/.aicp
-            popen = subprocess.Popen([*(["taskset", "-c", pinned] if pinned else []), sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            popen = subprocess.Popen([*(["taskset", "-c", pinned] if pinned else []), program or sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True, env=env)
         proc = Proc(role, popen, psutil.Process(popen.pid))
         self.procs.append(proc)
@@ -187,6 +188,13 @@ def start_system(fleet: Fleet, target: str, cfg: argparse.Namespace) -> str:
         fleet.spawn("relay", ["-m", RELAYS[target], "--port", str(port)])
     else:
         state = ["--state", str(fleet.run_dir / f"router-state-{port}.db")] if getattr(cfg, "state", False) else []  # a fresh file per router
+        if state and getattr(cfg, "state_jetstream", False):  # a fresh nats-server -js per router instead, in the fleet (its CPU is role "nats")
+            from aicp.live.store_jetstream import nats_server_binary
+
+            nats_port = free_port()
+            fleet.spawn("nats", ["-js", "-a", "127.0.0.1", "-p", str(nats_port), "-sd", str(fleet.run_dir / f"jetstream-{port}")], program=nats_server_binary())
+            _wait_port(nats_port, 15)
+            state = ["--state", f"nats://127.0.0.1:{nats_port}", "--key", str(fleet.run_dir / f"router-{port}.key")]
         fleet.spawn("router", ["-m", "aicp.server", "--port", str(port), "--strategy", cfg.strategy, "--verify", cfg.verify,
                                "--log-level", "WARNING", "--rate", "1000000", *own_fleet_flags(cfg.agents), *state, *router_speed_flags(cfg),
                                *(["--record", str(cfg.record)] if getattr(cfg, "record", None) else [])])
@@ -404,6 +412,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--strategy", default=None, help="routing strategy (default round_robin; with --scenario: every strategy the file lists; with --arrivals: the recorded one)")
     add("--verify", choices=["every-hop", "edge"], default="every-hop", help="router verification policy (default every-hop)")
     add("--state", action="store_true", help="the router keeps its lasting state in an SQLite file in the run folder (aicp serve --state)")
+    add("--state-jetstream", action="store_true", help="with --state or --state-overhead: in JetStream KV on a nats-server -js the bench starts, not SQLite")
     add("--baseline", action="store_true", help="also run the same load through the minimal relay and report the ratio")
     add("--sweep", action="store_true", help="step open-loop load up to saturation and write a latency-throughput curve")
     add("--sweep-rates", default="250,500,1000,1500,2000,3000,4000,5000,6000", help="offered rates for --sweep")
