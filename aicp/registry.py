@@ -40,6 +40,7 @@ class AgentState:
         "last_seen",
         "latency_ewma",
         "lease_expiry",
+        "remote",
         "reported_load",
         "status",
         "succeeded",
@@ -70,6 +71,7 @@ class AgentState:
         self.holdout_until = 0.0
         self.reported_load = 0
         self.epoch = 0  # bumped on every (re)registration, so stale timers can tell
+        self.remote = False  # cluster mode: this "agent" is another router's capacity for one method (aicp.cluster)
 
     @property
     def load(self) -> float:
@@ -107,6 +109,7 @@ class Registry:
     def __init__(self) -> None:
         self.agents: dict[str, AgentState] = {}
         self._active_by_cap: dict[str, list[AgentState]] = {}
+        self._local_by_cap: dict[str, list[AgentState]] = {}  # the same without remote candidates
         self._members_by_cap: dict[str, dict[str, AgentState]] = {}
 
     def __len__(self) -> int:
@@ -160,6 +163,10 @@ class Registry:
         """Active agents that have ``capability``, in registration order. Do not mutate."""
         return self._active_by_cap.get(capability, _EMPTY)
 
+    def local_agents_with(self, capability: str) -> list[AgentState]:
+        """Like ``agents_with`` without remote candidates (cluster mode). O(1). Do not mutate."""
+        return self._local_by_cap.get(capability, _EMPTY)
+
     def all_with(self, capability: str) -> list[AgentState]:
         """Every known agent with ``capability``, whatever its status."""
         return list(self._members_by_cap.get(capability, {}).values())
@@ -182,5 +189,13 @@ class Registry:
             active = [a for a in members.values() if a.status is Status.ACTIVE] if members else []
             if active:
                 self._active_by_cap[cap] = active
+                local = [a for a in active if not a.remote]
+                if len(local) == len(active):
+                    self._local_by_cap[cap] = active
+                elif local:
+                    self._local_by_cap[cap] = local
+                else:
+                    self._local_by_cap.pop(cap, None)
             else:
                 self._active_by_cap.pop(cap, None)
+                self._local_by_cap.pop(cap, None)
