@@ -15,9 +15,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "live"))
 
-from live_helpers import Proc, python_cmd  # noqa: E402
+from live_helpers import Proc, python_cmd
 
-from aicp.lab.bench.live import free_port  # noqa: E402
+from aicp.lab.bench.live import free_port
 
 pytest.importorskip("nats")
 
