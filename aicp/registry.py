@@ -177,7 +177,8 @@ class Registry:
     def count_by_status(self) -> dict[str, int]:
         counts = {s.value: 0 for s in Status}
         for state in self.agents.values():
-            counts[state.status.value] += 1
+            if not state.remote:  # another router's capacity is not an agent here
+                counts[state.status.value] += 1
         return counts
 
     def snapshot(self) -> list[dict[str, object]]:

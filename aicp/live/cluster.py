@@ -75,6 +75,7 @@ class NatsCluster:
     async def start(self) -> None:
         """Connect (or keep trying in the background if NATS is not up yet: the router routes locally) and start publishing."""
         self.server.cluster_flush = self._flush
+        self.server.cluster_info = self.info
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._sender()), loop.create_task(self._ticker())]
         self._apply(self.node.start(time.time()))
@@ -114,9 +115,15 @@ class NatsCluster:
             except Exception as exc:
                 log.debug("NATS still unreachable: %s", exc)
 
+    def info(self) -> dict[str, object]:
+        """For ``/healthz``: this router, the routers it hears, NATS state and the cluster counters."""
+        return {"router": self.name, "nats_connected": self.connected, "routers": self.node.live_routers(), "nats_disconnects": self.disconnects,
+                **self.node.counters}
+
     async def stop(self) -> None:
         self._stopping = True
         self.server.cluster_flush = None
+        self.server.cluster_info = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -26,6 +26,7 @@ def healthz(server: AICPWebSocketServer) -> dict[str, object]:
         "connections": server.open_connections,
         "agents": server.router.registry.count_by_status(),
         "tasks_in_flight": server.proto.pending_tasks(),
+        **({"cluster": server.cluster_info()} if server.cluster_info is not None else {}),
     }
 
 

@@ -122,6 +122,7 @@ class AICPWebSocketServer:
         self._pending_local: dict[str, Mapping[str, Handler]] = {}
         #: cluster mode (``aicp.live.cluster``): called when the core has frames for other routers
         self.cluster_flush: Callable[[], None] | None = None
+        self.cluster_info: Callable[[], dict[str, object]] | None = None  # cluster mode: shown in /healthz
 
     # ------------------------------------------------------------------ properties
     @property

@@ -364,6 +364,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--sweep-rates", default="250,500,1000,1500,2000,3000,4000,5000,6000", help="offered rates for --sweep")
     add("--also-1000", action="store_true", help="also run 1000 tasks/s open loop to judge the latency goals")
     add("--scenario", type=Path, default=None, help="take agents, service time, rate and strategy from a simulator scenario")
+    add("--routers", type=int, default=1, help="N > 1: N routers over a real nats-server next to one router, in one run (aicp.lab.bench.cluster)")
     add("--seed", type=int, default=1)
     add("--out", type=Path, default=Path("results") / "bench", help="parent folder of the run folder")
     add("--json", type=Path, default=None, help="also write the summary to this file")
@@ -374,6 +375,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.scenario is not None:
         scenario_overrides(args)
+    if args.routers > 1:
+        from aicp.lab.bench.cluster import run_cluster
+
+        return run_cluster(args)
     if args.record_overhead:
         from aicp.lab.bench.record import record_overhead
 
