@@ -93,3 +93,14 @@ def test_sigkill_one_of_three_routers_under_load_every_task_ends_exactly_once(pr
     assert by_code["completed"] >= submitted * 0.9, by_code  # failover, not failure
     assert by_code.get(errors.TIMEOUT, 0) == 0
     assert ctls[1].server_url != urls[1]  # the killed router's controller moved on
+
+
+def test_make_demo_cluster_prints_the_outcome_table(procs: Callable[..., Proc]) -> None:
+    demo = procs("-m", "aicp.lab.demo_cluster", "--duration", "3", "--rate", "90")
+    demo.wait_for_line(r"every task ended exactly once|FAIL", timeout=90.0)
+    assert demo.popen.wait(timeout=30) == 0, demo.output()
+    out = demo.output()
+    row = out.splitlines()[out.splitlines().index(next(line for line in out.splitlines() if line.strip().startswith("submitted"))) + 1].split()
+    submitted, completed, failed, lost, duplicates = (int(x) for x in row[:5])
+    assert submitted > 0 and completed + failed == submitted and lost == 0 and duplicates == 0
+    assert "router r2 killed" in out
