@@ -31,6 +31,7 @@ AUTH_REQUIRED: Final = "auth-required"
 BAD_NONCE: Final = "bad-nonce"
 NOT_ALLOWED: Final = "not-allowed"
 NOT_ASSIGNED: Final = "not-assigned"
+ID_CONFLICT: Final = "id-conflict"  # a task id reused for a different task (method or payload differ)
 # --- task outcomes ------------------------------------------------------------------
 NO_AGENT: Final = "no-agent"
 TIMEOUT: Final = "timeout"
@@ -56,6 +57,7 @@ ALL_CODES: Final[frozenset[str]] = frozenset(
         BAD_NONCE,
         NOT_ALLOWED,
         NOT_ASSIGNED,
+        ID_CONFLICT,
         NO_AGENT,
         TIMEOUT,
         AGENT_FAILED,
@@ -65,6 +67,10 @@ ALL_CODES: Final[frozenset[str]] = frozenset(
         SHUTTING_DOWN,
     }
 )
+
+#: Codes that can end an admitted task (its one outcome, kept and sent again on resubmission).
+#: Every other code refuses one frame and leaves no trace; ``shutting-down`` is both (PROTOCOL.md §6).
+OUTCOME_CODES: Final[frozenset[str]] = frozenset({NO_AGENT, TIMEOUT, AGENT_FAILED, REJECTED, SHUTTING_DOWN})
 
 #: Outcomes after which a controller may sensibly try again later.
 RETRYABLE_CODES: Final[frozenset[str]] = frozenset(

@@ -22,7 +22,10 @@ from msgspec import Meta, Raw, Struct
 from aicp import errors
 from aicp.signing import Identity, encode_signature
 
-PROTOCOL_VERSION: Final = 1
+#: The protocol version every body carries in ``v``: a string, as JSON-RPC's ``"jsonrpc": "2.0"``.
+#: 1.0 sent the integer ``1``; 1.1 changed wire behaviour (see docs/PROTOCOL.md, "Changes from 1.0").
+PROTOCOL_VERSION: Final = "1.1"
+Version = Annotated[str, Meta(min_length=1, max_length=16)]
 MAX_FRAME_BYTES: Final = 1 << 20
 
 Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/+=-]+$")]
@@ -52,7 +55,7 @@ class Frame(Struct, forbid_unknown_fields=True, frozen=True):
 class Body(Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
     """Fields every message body carries."""
 
-    v: int
+    v: Version
     id: Id
     sender: Id
     ts: Timestamp
@@ -142,6 +145,7 @@ class Goaway(Body, tag="goaway"):
 AnyBody = Challenge | Register | RegisterAck | Heartbeat | Task | Result | Error | Deregister | Goaway
 
 _frame_decoder: Final = msgspec.json.Decoder(Frame)
+_CURRENT_VERSION_JSON: Final = b'"' + PROTOCOL_VERSION.encode() + b'"'
 _body_decoder: Final = msgspec.json.Decoder(AnyBody)
 _encoder: Final = msgspec.json.Encoder()
 
@@ -151,9 +155,9 @@ INT_MAX: Final = (1 << 64) - 1
 
 
 class _Versioned(Struct):
-    """Just the version of a body that failed to decode, to name the real problem."""
+    """Just the version of a body that failed to decode, to name the real problem (any JSON type)."""
 
-    v: int = PROTOCOL_VERSION
+    v: Raw = Raw(_CURRENT_VERSION_JSON)
 
 
 _version_decoder: Final = msgspec.json.Decoder(_Versioned)
@@ -232,15 +236,20 @@ def decode_body(raw: bytes | Raw | memoryview) -> AnyBody:
         body = _body_decoder.decode(raw)
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError) as exc:
         try:
-            version = _version_decoder.decode(raw).v
+            version_json = bytes(_version_decoder.decode(raw).v)
+            version = msgspec.json.decode(version_json)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError):
-            version = PROTOCOL_VERSION
-        if version != PROTOCOL_VERSION:
-            raise errors.DecodeError(errors.UNSUPPORTED_VERSION, f"protocol version {version} is not {PROTOCOL_VERSION}") from None
+            version_json, version = _CURRENT_VERSION_JSON, PROTOCOL_VERSION
+        if version != PROTOCOL_VERSION or isinstance(version, bool):
+            raise _unsupported(version_json.decode("utf-8", "replace")) from None
         raise _decode_error(exc) from None
     if body.v != PROTOCOL_VERSION:
-        raise errors.DecodeError(errors.UNSUPPORTED_VERSION, f"protocol version {body.v} is not {PROTOCOL_VERSION}")
+        raise _unsupported(encode(body.v).decode())
     return body
+
+
+def _unsupported(version: str) -> errors.DecodeError:
+    return errors.DecodeError(errors.UNSUPPORTED_VERSION, f"protocol version {version[:32]} is not supported: this side speaks \"{PROTOCOL_VERSION}\"")
 
 
 def encode(obj: object) -> bytes:

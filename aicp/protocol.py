@@ -19,6 +19,7 @@ re-encodes a frame it did not sign.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Callable
 from typing import Final, Literal
@@ -52,6 +53,7 @@ from aicp.signing import Identity, check_public_key, decode_public_key, decode_s
 # WebSocket close codes the router uses.
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
+CLOSE_UNSUPPORTED_DATA: Final = 1003
 CLOSE_POLICY: Final = 1008
 CLOSE_TOO_BIG: Final = 1009
 CLOSE_LEASE_EXPIRED: Final = 4000
@@ -132,14 +134,31 @@ class _Peer:
 
 
 class _Pending:
-    __slots__ = ("frame", "method", "requester", "submitted_at", "task_id")
+    """An admitted task. ``assignees`` lists every agent it was dispatched to (at most ``max_attempts``)."""
 
-    def __init__(self, requester: str, task_id: str, method: str, frame: bytes, submitted_at: float) -> None:
+    __slots__ = ("assignees", "fingerprint", "frame", "method", "requester", "submitted_at", "task_id")
+
+    def __init__(self, requester: str, task_id: str, method: str, frame: bytes, submitted_at: float, fingerprint: bytes) -> None:
         self.requester = requester
         self.task_id = task_id
         self.method = method
         self.frame = frame
         self.submitted_at = submitted_at
+        self.fingerprint = fingerprint
+        self.assignees: list[str] = []
+
+
+class _Outcome(msgspec.Struct, frozen=True, gc=False):
+    """A finished task, kept for resubmissions: the outcome frame, what the task was, who ran it."""
+
+    frame: bytes
+    fingerprint: bytes
+    assignees: tuple[str, ...]
+
+
+def task_fingerprint(body: Task) -> bytes:
+    """What makes two task frames with one id the same task: the method and the payload's exact bytes."""
+    return hashlib.sha256(body.method.encode() + b"\0" + bytes(body.payload)).digest()
 
 
 def task_key(requester: str, task_id: str) -> str:
@@ -166,7 +185,7 @@ class RouterProtocol:
         self._pending: dict[str, _Pending] = {}
         self._replay = ReplayCache(self.config.window_s, self.config.replay_cache_size)
         self._sources = SourceLimiter(self.config.connect_rate_per_s, self.config.connect_burst, self.config.max_sources)
-        self._outcomes: OutcomeCache[bytes] = OutcomeCache(self.config.window_s, self.config.outcome_cache_size)
+        self._outcomes: OutcomeCache[_Outcome] = OutcomeCache(self.config.window_s, self.config.outcome_cache_size)
         self._msg_seq = 0
         self._msg_prefix = "r" + self._nonce()[:8] + "-"
         self.draining = False
@@ -179,6 +198,7 @@ class RouterProtocol:
         self.rejections: dict[str, int] = {}
         self.counters: dict[str, int] = {
             "frames_in": 0,
+            "frames_binary": 0,
             "tasks_accepted": 0,
             "tasks_resubmitted": 0,
             "results_forwarded": 0,
@@ -208,6 +228,25 @@ class RouterProtocol:
 
     def pending_tasks(self) -> int:
         return len(self._pending)
+
+    def agents_document(self) -> dict[str, object]:
+        """The body of ``GET /agents`` (docs/PROTOCOL.md §11): every known agent with its bound key.
+
+        O(agents): it is a monitoring snapshot, not a per-decision path.
+        """
+        agents = []
+        for snap in self.router.registry.snapshot():
+            peer = self._peers.get(str(snap["agent_id"]))
+            snap["key"] = peer.key_text if peer is not None else None
+            snap["connected"] = peer is not None and peer.conn is not None
+            agents.append(snap)
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "router": self.config.router_id,
+            "router_key": self.identity.public_key_text,
+            "strategy": self.router.strategy.name,
+            "agents": agents,
+        }
 
     def next_deadline(self) -> float | None:
         return self.router.next_deadline()
@@ -248,20 +287,25 @@ class RouterProtocol:
             return []
         key = task_key(body.sender, body.id)
         assert requester.router is not None
+        fingerprint = task_fingerprint(body)
         pending = self._pending.get(key)
         if pending is not None:
             # The same task again: its controller moved and re-sent it through another owner.
             # The latest owner gets the one outcome (the earlier one has lost that controller).
             self.counters["tasks_resubmitted"] += 1
-            if pending.requester != origin and decode_frame(pending.frame).key == frame.key:
+            if pending.requester != origin and pending.fingerprint == fingerprint and decode_frame(pending.frame).key == frame.key:
                 pending.requester = origin
             return []
         stored = self._outcomes.get(key, now)
         if stored is not None:
             self.counters["tasks_resubmitted"] += 1
-            self.forwards.append(Forward(requester.router, "outcome", key, stored))
+            if stored.fingerprint == fingerprint:
+                self.forwards.append(Forward(requester.router, "outcome", key, stored.frame))
+            else:
+                frame_out = self._error_frame(now, errors.ID_CONFLICT, f"task id {body.id!r} ended with another method or payload", body.id, body.id, body.method)
+                self.forwards.append(Forward(requester.router, "outcome", key, frame_out))
             return []
-        self._pending[key] = _Pending(origin, body.id, body.method, data, now)
+        self._pending[key] = _Pending(origin, body.id, body.method, data, now, fingerprint)
         if self.trace is not None:
             self.trace(trace.Arrive(t=now, task=key, method=body.method, bytes=len(body.payload), timeout_ms=timeout_s * 1000.0))
         self.counters["tasks_accepted"] += 1
@@ -382,12 +426,20 @@ class RouterProtocol:
             out.append(Close(c.id, CLOSE_GOING_AWAY, "router shutting down"))
         return out
 
-    def frame_received(self, conn: int, data: bytes | str, now: float) -> list[Output]:
-        """One complete frame from ``conn``. Never raises for anything the peer sent."""
+    def frame_received(self, conn: int, data: bytes | str, now: float, binary: bool = False) -> list[Output]:
+        """One complete frame from ``conn``. Never raises for anything the peer sent.
+
+        ``binary``: the driver received a WebSocket binary frame. AICP frames are text, so it
+        closes the connection with 1003, without an error frame (PROTOCOL.md §1).
+        """
         c = self._conns.get(conn)
         if c is None or c.closed:
             return []
         self.counters["frames_in"] += 1
+        if binary:
+            self.counters["frames_binary"] += 1
+            c.closed = True
+            return [Close(conn, CLOSE_UNSUPPORTED_DATA, "AICP frames are text frames")]
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogatepass")  # lone surrogates then fail as malformed
         if len(data) > (self.config.max_frame_bytes if c.peer is not None else min(self.config.max_frame_bytes, self.config.max_handshake_bytes)):
@@ -403,8 +455,8 @@ class RouterProtocol:
             return self._handle_registered(c, c.peer, frame, data, now)
         except errors.ProtocolError as exc:
             # Name the refused message, so a refused task ends at its sender at once rather than
-            # at a local timeout. The id is only echoed to this same connection, so reading it
-            # from a frame that failed verification gives nothing away.
+            # at a local timeout. When the frame failed before or at verification these fields are
+            # read from its unverified body: hints, echoed only to this same connection (§8).
             refused = self._peek(frame, data)
             out: list[Output] = [self._reject(c, exc.code, exc.message, now, refused)]
             if c.peer is None:  # a failed handshake ends the connection
@@ -431,6 +483,8 @@ class RouterProtocol:
             raise errors.VerifyError(errors.AUTH_REQUIRED, "register first")
         if body.sender != frame.sender or body.key != frame.key:
             raise errors.VerifyError(errors.KEY_MISMATCH, "body sender/key differ from the envelope's")
+        if body.sender == self.config.router_id:
+            raise errors.VerifyError(errors.KEY_MISMATCH, f"id {body.sender!r} is the router's own, bound to the router's key")
         if c.nonce is None or not secrets.compare_digest(body.nonce, c.nonce):
             raise errors.VerifyError(errors.BAD_NONCE, "registration must sign this connection's challenge nonce")
         c.nonce = None  # single use
@@ -443,13 +497,14 @@ class RouterProtocol:
             raise errors.VerifyError(errors.KEY_MISMATCH, f"id {body.sender!r} is bound to another key")
         if body.role == "controller" and body.capabilities:
             raise errors.DecodeError(errors.INVALID_MESSAGE, "a controller registers no capabilities")
-        if peer is None:
-            if len(self._peers) >= cfg.max_peers:
-                raise errors.VerifyError(errors.OVERLOADED, "too many peer ids")
-            peer = self._peers[body.sender] = _Peer(body.sender, frame.key, key_raw, body.role)
-        elif peer.role != body.role:
+        if peer is not None and peer.role != body.role:
             raise errors.DecodeError(errors.INVALID_MESSAGE, f"id {body.sender!r} registered before as {peer.role}")
-        self._remember(body, now)
+        if peer is None and len(self._peers) >= cfg.max_peers:
+            raise errors.VerifyError(errors.OVERLOADED, "too many peer ids")
+        self._check_new(body)
+        self._remember(body, now)  # the last check (overloaded if the id cache is full): nothing changed before it
+        if peer is None:
+            peer = self._peers[body.sender] = _Peer(body.sender, frame.key, key_raw, body.role)
         out: list[Output] = []
         old = peer.conn
         if old is not None and old is not c:
@@ -494,41 +549,49 @@ class RouterProtocol:
             return self._on_task(c, peer, body, data, now)
         if isinstance(body, Result):
             return self._on_result(c, peer, body, data, now)
+        if not isinstance(body, (Heartbeat, Deregister, Register)):
+            raise errors.DecodeError(errors.INVALID_MESSAGE, f"peers do not send {body.__struct_config__.tag} messages")
         self._check_new(body)
+        if isinstance(body, Register):  # the nonce was used up by this connection's registration
+            raise errors.VerifyError(errors.BAD_NONCE, "already registered on this connection; register again on a new connection")
         self._remember(body, now)
         if isinstance(body, Heartbeat):
             if peer.role == "agent":
                 self.router.heartbeat(peer.peer_id, now, body.load)
             return []
-        if isinstance(body, Deregister):
-            out: list[Output] = []
-            peer.conn = None
-            c.peer = None
-            c.closed = True
-            if peer.role == "agent":
-                out.extend(self._agent_lost(peer.peer_id, now, "deregistered"))
-            out.append(Close(c.id, CLOSE_NORMAL, "deregistered"))
-            return out
-        if isinstance(body, Register):
-            raise errors.VerifyError(errors.BAD_NONCE, "already registered on this connection")
-        raise errors.DecodeError(errors.INVALID_MESSAGE, f"peers do not send {type(body).__name__} messages")
+        out: list[Output] = []  # a deregister
+        peer.conn = None
+        c.peer = None
+        c.closed = True
+        if peer.role == "agent":
+            out.extend(self._agent_lost(peer.peer_id, now, "deregistered"))
+        out.append(Close(c.id, CLOSE_NORMAL, "deregistered"))
+        return out
 
     def _on_task(self, c: _Conn, peer: _Peer, body: Task, data: bytes, now: float) -> list[Output]:
         key = task_key(peer.peer_id, body.id)
+        fingerprint = task_fingerprint(body)
         pending = self._pending.get(key)
         if pending is not None:  # resubmitted while running: it will get the one outcome
+            if pending.fingerprint != fingerprint:
+                raise errors.VerifyError(errors.ID_CONFLICT, f"task id {body.id!r} is running with another method or payload")
             self.counters["tasks_resubmitted"] += 1
             pending.requester = peer.peer_id  # cluster mode: it may have come here from another router first
             return []
         stored = self._outcomes.get(key, now)
         if stored is not None:
+            if stored.fingerprint != fingerprint:
+                raise errors.VerifyError(errors.ID_CONFLICT, f"task id {body.id!r} ended with another method or payload")
             self.counters["tasks_resubmitted"] += 1
-            return [Send(c.id, stored)]
+            return [Send(c.id, stored.frame)]
         self._check_new(body)
-        self._remember(body, now)
+        # Refusals before admission leave no trace: the id stays free for a later submission (§6).
         if self.draining:
-            return [self._reject(c, errors.SHUTTING_DOWN, "router is draining", now, body)]
-        self._pending[key] = _Pending(peer.peer_id, body.id, body.method, data, now)
+            raise errors.VerifyError(errors.SHUTTING_DOWN, "router is draining")
+        if self.router.tasks_in_flight >= self.router.config.max_tasks:
+            raise errors.VerifyError(errors.OVERLOADED, "router is at max_tasks")
+        self._remember(body, now)
+        self._pending[key] = _Pending(peer.peer_id, body.id, body.method, data, now, fingerprint)
         if self.trace is not None:
             self.trace(trace.Arrive(t=now, task=key, method=body.method, bytes=len(body.payload), timeout_ms=body.timeout_ms))
         self.counters["tasks_accepted"] += 1
@@ -542,14 +605,28 @@ class RouterProtocol:
         if (peer.peer_id, body.id) in self._replay:
             self.counters["results_duplicate"] += 1  # a re-sent result we already have: deduplicated
             return []
-        self._remember(body, now)
         pending = self._pending.get(key)
-        if pending is not None and pending.method != body.method:
+        if pending is None:
+            # Not running (any more). Dropped as late only from an agent it was dispatched to,
+            # while the router remembers the ended task; otherwise the sender is told.
+            stored = self._outcomes.get(key, now)
+            if stored is None or peer.peer_id not in stored.assignees:
+                raise errors.VerifyError(errors.NOT_ASSIGNED, "no task of yours has this task_id and requester")
+            self._remember(body, now)
+            if self.trace is not None:
+                self.trace(trace.Reply(t=now, task=key, agent=peer.peer_id, ok=body.ok, service_ms=body.service_ms))
+            self.router.result(peer.peer_id, key, body.ok, now, body.reason)  # counted as late there
+            self.counters["results_late"] += 1
+            return []
+        if peer.peer_id not in pending.assignees:
+            raise errors.VerifyError(errors.NOT_ASSIGNED, "this task was not dispatched to you")
+        if pending.method != body.method:
             raise errors.DecodeError(errors.INVALID_MESSAGE, "result method differs from the task's")
+        self._remember(body, now)
         if self.trace is not None:
             self.trace(trace.Reply(t=now, task=key, agent=peer.peer_id, ok=body.ok, service_ms=body.service_ms))
         verdict, actions = self.router.result(peer.peer_id, key, body.ok, now, body.reason)
-        if verdict == NOT_ASSIGNED:
+        if verdict == NOT_ASSIGNED:  # cannot happen: assignees mirrors the router's dispatches
             raise errors.VerifyError(errors.NOT_ASSIGNED, "this task was not dispatched to you")
         if verdict != ACCEPTED:
             self.counters["results_late"] += 1
@@ -564,6 +641,8 @@ class RouterProtocol:
                 self._trace_action(action, now)
             if isinstance(action, Dispatch):
                 pending = self._pending[action.task_id]
+                if action.agent_id not in pending.assignees:
+                    pending.assignees.append(action.agent_id)
                 agent = self._peers[action.agent_id]
                 if agent.conn is not None:
                     out.append(Send(agent.conn.id, pending.frame))
@@ -612,7 +691,7 @@ class RouterProtocol:
         return self._apply(self.router.agent_lost(agent_id, now, reason), now)
 
     def _deliver(self, pending: _Pending, key: str, frame: bytes, now: float) -> list[Output]:
-        self._outcomes.put(key, frame, now)
+        self._outcomes.put(key, _Outcome(frame, pending.fingerprint, tuple(pending.assignees)), now)
         requester = self._peers.get(pending.requester)
         if requester is not None and requester.router is not None:
             self.forwards.append(Forward(requester.router, "outcome", key, frame))

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key", metavar="FILE", help="controller identity file (created 0600 if missing; default with --id: $AICP_KEY_DIR/ID.key, else a new key)")
     parser.add_argument("--id", default=None, help="controller id (default: controller-<random>, with a new key)")
     parser.add_argument("--task-id", default=None, help="task id: the same id submitted again gets the same outcome")
-    parser.add_argument("--router-key", default=None, help="expected router public key (default: trust the first one seen)")
+    parser.add_argument("--router-key", default=None, help="expected router public key (default: trust the router's key on each connection)")
     parser.add_argument("--cafile", default=None, help="CA bundle for wss:// URLs")
     parser.add_argument("--repeat", type=int, default=1, metavar="N", help="submit N times in sequence over one connection and print round-trip latency percentiles to stderr")
 

@@ -31,13 +31,8 @@ def healthz(server: AICPWebSocketServer) -> dict[str, object]:
 
 
 def agents(server: AICPWebSocketServer) -> dict[str, object]:
-    """Every known agent with its statistics, and whether it is connected now."""
-    connected = server.proto.connected_peers()
-    listed = []
-    for snap in server.router.registry.snapshot():
-        snap["connected"] = snap["agent_id"] in connected
-        listed.append(snap)
-    return {"router": server.proto.config.router_id, "router_key": server.router_key, "strategy": server.router.strategy.name, "agents": listed}
+    """Every known agent with the key its id is bound to, its statistics, and whether it is connected now."""
+    return server.proto.agents_document()
 
 
 def answer(server: AICPWebSocketServer, connection: ServerConnection, path: str) -> Response:

@@ -304,8 +304,8 @@ class AICPWebSocketServer:
             self._apply(proto.connection_made(conn, time.time()))
             while True:
                 # Text frames arrive as str: websockets checks their UTF-8 and closes with 1007 if it fails.
-                data = await ws.recv()
-                self._apply(proto.frame_received(conn, data, time.time()))
+                data = await ws.recv()  # str for a text frame, bytes for a binary one (closed with 1003)
+                self._apply(proto.frame_received(conn, data, time.time(), binary=isinstance(data, bytes)))
         except ConnectionClosed as exc:
             reason = _CLOSE_REASONS.get(exc.sent.code) if exc.sent is not None and not exc.rcvd_then_sent else None
             if reason is not None:

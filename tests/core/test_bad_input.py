@@ -22,7 +22,7 @@ import pytest
 
 from aicp import errors
 from aicp.inprocess import Endpoint, InProcessHub
-from aicp.messages import Error, Result, Task, decode_body, decode_frame, seal_raw
+from aicp.messages import PROTOCOL_VERSION, Error, Result, Task, decode_body, decode_frame, seal_raw
 from aicp.peer import PeerSession
 from aicp.protocol import CLOSE_POLICY, Close, Output, ProtocolConfig, RouterProtocol, Send, task_key
 from aicp.router import Router, RouterConfig
@@ -111,7 +111,7 @@ class World:
         return ep
 
     # -- frames
-    def body(self, type_: str, sender: str, ts: float | None = None, id_: str | None = None, v: int = 1, **fields: Any) -> bytes:
+    def body(self, type_: str, sender: str, ts: float | None = None, id_: str | None = None, v: Any = PROTOCOL_VERSION, **fields: Any) -> bytes:
         doc: dict[str, Any] = {"type": type_, "v": v, "id": id_ or self.new_id(), "sender": sender, "ts": self.now if ts is None else ts}
         doc.update(fields)
         return msgspec.json.encode(doc)
@@ -684,9 +684,9 @@ def test_22_router_signed_challenge_cannot_be_replayed_as_a_peer_message(w: Worl
 
 
 # ---------------------------------------------------------------------- 23. unknown version, type or method
-@pytest.mark.parametrize("v", [0, 2, 99, -1])
+@pytest.mark.parametrize("v", [0, 1, 2, 99, -1, "1.0", "1", "2.0", "1.10", 1.1, None])
 @pytest.mark.parametrize("registered", [False, True], ids=["handshake", "registered"])
-def test_23_unknown_protocol_version_is_unsupported_version(w: World, registered: bool, v: int) -> None:
+def test_23_unknown_protocol_version_is_unsupported_version(w: World, registered: bool, v: Any) -> None:
     if registered:
         ep = w.peer(10, "x1", "agent", ("echo",))
         raw = w.body("heartbeat", "x1", v=v)
@@ -699,7 +699,7 @@ def test_23_unknown_protocol_version_is_unsupported_version(w: World, registered
     else:
         ep = w.stranger()
         raw = w.register_body(ep, ident(66).public_key_text)
-        raw = raw.replace(b'"v":1,', b'"v":%d,' % v)
+        raw = raw.replace(b'"v":"1.1",', b'"v":' + msgspec.json.encode(v) + b",")
         w.expect_rejected(ep, seal_raw(ident(66), "x1", raw), errors.UNSUPPORTED_VERSION)
 
 

@@ -33,7 +33,7 @@ AGENT, CTL, FUZZER, PROBE = (Identity(bytes([n]) * 32) for n in (1, 2, 3, 4))
 
 def good_frame() -> bytes:
     body = msgspec.json.encode(
-        {"type": "task", "v": 1, "id": "t-1", "sender": "f1", "ts": T0, "method": "echo", "payload": {"a": [1, 2.5, "x"]}}
+        {"type": "task", "v": "1.1", "id": "t-1", "sender": "f1", "ts": T0, "method": "echo", "payload": {"a": [1, 2.5, "x"]}}
     )
     return seal_raw(FUZZER, "f1", body)
 
@@ -157,7 +157,7 @@ FIELDS = ["type", "v", "id", "sender", "ts", "method", "payload", "timeout_ms", 
 @st.composite
 def signed_bodies(draw: st.DrawFn) -> bytes:
     """Bodies near the real shapes, validly signed by the registered controller c1."""
-    doc: dict[str, Any] = {"type": draw(st.sampled_from(["task", "result", "heartbeat", "register", "deregister", "error", "x"])), "v": 1}
+    doc: dict[str, Any] = {"type": draw(st.sampled_from(["task", "result", "heartbeat", "register", "deregister", "error", "x"])), "v": "1.1"}
     doc.update({"id": draw(st.sampled_from(["t1", "t2", ""])), "sender": "c1", "ts": T0})
     for name in draw(st.lists(st.sampled_from(FIELDS), max_size=5)):
         doc[name] = draw(JSON_VALUE)

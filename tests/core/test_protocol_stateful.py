@@ -3,10 +3,11 @@
 Agents connect, reconnect on a new connection (replacing the old one), drop,
 heartbeat or fall silent, and answer their tasks ok or failed, late, or after
 they reconnected. The controller submits, replays the exact task frame,
-resubmits the same id freshly signed, and reconnects. Time jumps forward.
+resubmits the same id freshly signed (the same task, or a different payload under
+the same id, which must be refused with ``id-conflict``), and reconnects. Time jumps forward.
 
 Invariants after every step: no task ever reaches the controller with two
-different outcomes, and the router's books balance (accepted = pending + ended,
+different outcomes (refusals, which end nothing, aside), and the router's books balance (accepted = pending + ended,
 and its pending tasks are the routing core's). At the end, past every deadline,
 the controller reconnects and resubmits everything: each task has exactly one
 outcome.
@@ -21,6 +22,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from aicp import errors
 from aicp.inprocess import Endpoint, InProcessHub
 from aicp.messages import Error, Result, Task
 from aicp.peer import PeerSession
@@ -44,7 +46,8 @@ class ProtocolMachine(RuleBasedStateMachine):
         self.seen_tasks: dict[str, list[Task]] = {name: [] for name in CAPS}
         self.ctl: Endpoint
         self.ctl_endpoints: list[Endpoint] = []
-        self.tasks: dict[str, tuple[str, bytes]] = {}  # task id -> (method, original frame)
+        self.tasks: dict[str, tuple[str, bytes, bytes]] = {}  # task id -> (method, payload, original frame)
+        self.conflicts = 0
         self.seq = 0
 
     @initialize(seed=st.integers(0, 2**16), strategy=st.sampled_from(["round_robin", "random", "least_loaded", "power_of_two"]))
@@ -68,6 +71,8 @@ class ProtocolMachine(RuleBasedStateMachine):
         got: dict[str, set[bytes]] = {}
         for ep in self.ctl_endpoints:
             for rec in ep.inbox:
+                if isinstance(rec.body, Error) and rec.body.code == errors.ID_CONFLICT:
+                    continue  # refuses one frame; the task it collided with ends on its own
                 if isinstance(rec.body, (Result, Error)) and rec.body.task_id is not None:
                     got.setdefault(rec.body.task_id, set()).add(rec.frame)
         return got
@@ -108,8 +113,9 @@ class ProtocolMachine(RuleBasedStateMachine):
     @rule(method=st.sampled_from(["m1", "m2", "m3"]), timeout_ms=st.none() | st.sampled_from([500.0, 3000.0]))
     def submit(self, method: str, timeout_ms: float | None) -> None:
         self.seq += 1
-        tid, frame = self.ctl.session.task_frame(method, msgspec.Raw(b"%d" % self.seq), self.hub.now, f"t{self.seq}", timeout_ms)
-        self.tasks[tid] = (method, frame)
+        body = b"%d" % self.seq
+        tid, frame = self.ctl.session.task_frame(method, msgspec.Raw(body), self.hub.now, f"t{self.seq}", timeout_ms)
+        self.tasks[tid] = (method, body, frame)
         self.ctl.send(frame)
         self.hub.run_until_idle()
 
@@ -118,12 +124,23 @@ class ProtocolMachine(RuleBasedStateMachine):
     def resubmit(self, data: st.DataObject, fresh: bool) -> None:
         """The exact frame again, or the same task id signed anew (what a reconnecting client does)."""
         tid = data.draw(st.sampled_from(sorted(self.tasks)))
-        method, frame = self.tasks[tid]
+        method, body, frame = self.tasks[tid]
         if fresh:
-            _, frame = self.ctl.session.task_frame(method, msgspec.Raw(b"0"), self.hub.now, tid)
+            _, frame = self.ctl.session.task_frame(method, msgspec.Raw(body), self.hub.now, tid)
         self.ctl.send(frame)
         self.hub.run_until_idle()
 
+    @precondition(lambda self: self.tasks)
+    @rule(data=st.data())
+    def resubmit_conflicting(self, data: st.DataObject) -> None:
+        """The same id with another payload: refused with id-conflict while the router knows the task."""
+        tid = data.draw(st.sampled_from(sorted(self.tasks)))
+        method, _, _ = self.tasks[tid]
+        before = self.proto.rejections.get(errors.ID_CONFLICT, 0)
+        _, frame = self.ctl.session.task_frame(method, msgspec.Raw(b'"other"'), self.hub.now, tid)
+        self.ctl.send(frame)
+        self.hub.run_until_idle()
+        assert self.proto.rejections.get(errors.ID_CONFLICT, 0) == before + 1
     @rule()
     def reconnect_controller(self) -> None:
         self.hub.disconnect(self.ctl)
@@ -154,8 +171,8 @@ class ProtocolMachine(RuleBasedStateMachine):
         assert self.proto.pending_tasks() == 0
         self.hub.disconnect(self.ctl)
         self.connect_ctl()
-        for tid, (method, _) in self.tasks.items():
-            _, frame = self.ctl.session.task_frame(method, msgspec.Raw(b"0"), self.hub.now, tid)
+        for tid, (method, body, _) in self.tasks.items():
+            _, frame = self.ctl.session.task_frame(method, msgspec.Raw(body), self.hub.now, tid)
             self.ctl.send(frame)
         self.hub.run_until_idle()
         got = self.outcomes()

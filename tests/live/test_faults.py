@@ -222,7 +222,7 @@ def test_router_restart_clients_reconnect_and_a_resubmitted_task_id_gets_one_out
 def test_overload_sheds_new_work_and_never_drops_accepted_work(procs: Callable[..., Proc]) -> None:
     """A router with ``--max-tasks 4 --rate 40`` (burst 10) gets 16 tasks at once on one connection.
 
-    Nothing lost: the 4 accepted tasks all complete; each of the other 12 ends at once with
+    Nothing lost: the 4 accepted tasks all complete; each of the other 12 is refused at once with
     `overloaded` (over max_tasks) or `rate-limited` (over the connection's rate), both seen;
     none is counted against the agent (no failure, no retry, no agent lost).
     """
@@ -244,7 +244,9 @@ def test_overload_sheds_new_work_and_never_drops_accepted_work(procs: Callable[.
             assert sum(ctl.outcomes.values()) == len(ctl.outcomes) == 17
         samples = await asyncio.to_thread(metric_samples, url)
         assert samples[("aicp_tasks_total", (("outcome", "completed"),))] == 5
-        assert samples[("aicp_tasks_total", (("outcome", errors.OVERLOADED),))] == shed.count(errors.OVERLOADED)
+        # shed before admission (PROTOCOL.md §6): a refusal, not an outcome
+        assert samples[("aicp_rejections_total", (("code", errors.OVERLOADED),))] == shed.count(errors.OVERLOADED)
+        assert ("aicp_tasks_total", (("outcome", errors.OVERLOADED),)) not in samples
         assert samples[("aicp_rejections_total", (("code", errors.RATE_LIMITED),))] == shed.count(errors.RATE_LIMITED)
         assert samples[("aicp_retries_total", ())] == 0 and samples[("aicp_agents_lost_total", ())] == 0
         (busy,) = (await asyncio.to_thread(http_json, url.replace("ws://", "http://") + "/agents"))["agents"]
