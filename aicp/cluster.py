@@ -10,7 +10,11 @@ runs it on one of its local agents in one attempt and sends the one outcome back
 The router a task was submitted to (its owner) keeps the deadline, the retries and
 the outcome, so every task ends exactly once even if the remote router dies.
 
-A driver (NATS live, SimPy in the simulator) calls::
+``ClusterView`` is the router-level half (summaries, remote candidates, peer expiry): it
+touches only the ``Router``, so the simulator (``aicp.sim.cluster``) runs it over simulated
+links. ``ClusterNode`` adds the protocol-level half (frames in and out) for live drivers.
+
+A live driver (NATS: ``aicp.live.cluster``; in memory: tests) calls::
 
     out = node.start(now)
     out = node.summary_received(data, now)             # a Publish from another router
@@ -30,13 +34,17 @@ O(capabilities in it); expiring peers is O(routers) per timer.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Callable
+from typing import Final, Generic, TypeVar
 
 import msgspec
 
 from aicp import errors
 from aicp.protocol import Forward, Output, RouterProtocol
 from aicp.registry import Status
+from aicp.router import Router
+
+T = TypeVar("T")
 
 #: Remote peers are named with "~", which no real peer id may contain (``messages.Id``).
 REMOTE_MARK: Final = "~"
@@ -74,6 +82,16 @@ _summary_decoder = msgspec.msgpack.Decoder(Summary)
 _summary_encoder = msgspec.msgpack.Encoder()
 
 
+def encode_summary(s: Summary) -> bytes:
+    return _summary_encoder.encode(s)
+
+
+def decode_summary(data: bytes) -> Summary:
+    """Raises ``msgspec.DecodeError`` or ``msgspec.ValidationError`` on bad input."""
+    return _summary_decoder.decode(data)
+
+
+
 def candidate_id(router: str, method: str) -> str:
     """The registry id of router ``router``'s capacity for ``method``."""
     return REMOTE_MARK + router + REMOTE_MARK + method
@@ -95,36 +113,32 @@ class _PeerRouter:
         self.caps: set[str] = set()  # methods with a live remote candidate here
 
 
-class ClusterNode:
-    """One router's membership in a cluster. Routers are told apart by ``proto.config.router_id``."""
+class ClusterView(Generic[T]):
+    """The router-level half, shared by every driver: this router's summary, and the others' as remote candidates.
 
-    def __init__(self, proto: RouterProtocol, config: ClusterConfig | None = None) -> None:
-        self.proto = proto
-        self.router = proto.router
-        self.config = config or ClusterConfig()
-        self.name = proto.config.router_id
-        if REMOTE_MARK in self.name:
+    It touches only the ``Router``. ``add_candidate(id, router)`` is called when a remote
+    candidate is first made (the protocol adds a peer for it); ``lose_candidate(id, now, reason)``
+    takes it out of service (its tasks fail over) and returns what the driver must carry out.
+    """
+
+    def __init__(self, router: Router, name: str, config: ClusterConfig, add_candidate: Callable[[str, str], None],
+                 lose_candidate: Callable[[str, float, str], list[T]]) -> None:
+        if REMOTE_MARK in name:
             raise errors.LocalError(f"a router id may not contain {REMOTE_MARK!r}")
+        self.router = router
+        self.name = name
+        self.config = config
+        self._add_candidate = add_candidate
+        self._lose_candidate = lose_candidate
         self.peers: dict[str, _PeerRouter] = {}
         self._seq = 0
-        self._next_publish: float | None = None
-        self.counters: dict[str, int] = {
-            "summaries_sent": 0,
-            "summaries_received": 0,
-            "summaries_bad": 0,
-            "summaries_old": 0,
-            "tasks_forwarded_out": 0,
-            "tasks_forwarded_in": 0,
-            "outcomes_out": 0,
-            "outcomes_in": 0,
-            "routers_lost": 0,
-        }
+        self.next_publish: float | None = None
+        self.counters: dict[str, int] = {"summaries_sent": 0, "summaries_received": 0, "summaries_bad": 0, "summaries_old": 0, "routers_lost": 0}
 
-    # ------------------------------------------------------------------ queries
     def live_routers(self) -> list[str]:
         return sorted(p.name for p in self.peers.values() if p.alive)
 
-    def summary(self) -> Summary:
+    def summary(self, draining: bool = False) -> Summary:
         """This router's local agents per capability. O(local agents × their capabilities)."""
         reg = self.router.registry
         caps: dict[str, CapacitySummary] = {}
@@ -133,67 +147,63 @@ class ClusterNode:
             if agents:
                 caps[cap] = CapacitySummary(len(agents), sum(a.concurrency for a in agents), sum(a.in_flight for a in agents))
         self._seq += 1
-        return Summary(self.name, self._seq, caps, self.proto.draining)
+        return Summary(self.name, self._seq, caps, draining)
 
     def next_deadline(self) -> float | None:
-        times = [t for t in (self.proto.next_deadline(), self._next_publish) if t is not None]
+        """The next publish or peer expiry (the router's own deadlines are not included). O(routers)."""
         timeout = self.config.peer_timeout_s
-        times.extend(p.last_seen + timeout for p in self.peers.values() if p.alive)
+        times = [p.last_seen + timeout for p in self.peers.values() if p.alive]
+        if self.next_publish is not None:
+            times.append(self.next_publish)
         return min(times) if times else None
 
-    # ------------------------------------------------------------------ events
-    def start(self, now: float) -> list[ClusterOutput]:
-        """Begin publishing (the first summary goes out at once)."""
-        self._next_publish = now
-        return self.on_timer(now)
+    def publish_due(self, now: float, draining: bool = False) -> Summary | None:
+        """The summary to publish now, if one is due (and schedules the next)."""
+        if self.next_publish is None or now < self.next_publish:
+            return None
+        self.next_publish = now + self.config.publish_interval_s
+        self.counters["summaries_sent"] += 1
+        return self.summary(draining)
 
-    def on_timer(self, now: float) -> list[ClusterOutput]:
-        out: list[ClusterOutput] = list(self.proto.on_timer(now))
-        if self._next_publish is not None and now >= self._next_publish:
-            out.append(Publish(_summary_encoder.encode(self.summary())))
-            self.counters["summaries_sent"] += 1
-            self._next_publish = now + self.config.publish_interval_s
+    def expire(self, now: float) -> list[T]:
+        """Lose every router not heard from for ``peer_timeout_s``."""
+        out: list[T] = []
         limit = now - self.config.peer_timeout_s
         for peer in self.peers.values():
             if peer.alive and peer.last_seen <= limit:
-                out.extend(self._lose(peer, now, f"router {peer.name} silent for {self.config.peer_timeout_s:g} s"))
-        return self.flush(out)
+                out.extend(self.lose(peer.name, now, f"router {peer.name} silent for {self.config.peer_timeout_s:g} s"))
+        return out
 
-    def summary_received(self, data: bytes, now: float) -> list[ClusterOutput]:
-        """Another router's ``Publish``. Older or repeated summaries (by ``seq``) are ignored.
+    def apply(self, s: Summary, now: float) -> list[T]:
+        """Take in another router's summary. Older or repeated ones (by ``seq``) are ignored.
 
         A router that restarted begins again at seq 1: a summary after it was lost is taken whatever its seq.
+        O(capabilities in the summary + this router's candidates of it).
         """
-        try:
-            s = _summary_decoder.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            self.counters["summaries_bad"] += 1
-            return []
         if s.router == self.name or REMOTE_MARK in s.router:
             return []
         self.counters["summaries_received"] += 1
         peer = self.peers.get(s.router)
         if peer is None:
             peer = self.peers[s.router] = _PeerRouter(s.router)
-            self.proto.add_remote(requester_id(s.router), s.router, "router")
         if peer.alive and s.seq <= peer.seq:
             self.counters["summaries_old"] += 1
             return []
         peer.seq = s.seq
         peer.last_seen = now
         peer.alive = True
-        out: list[ClusterOutput] = []
+        out: list[T] = []
         router = self.router
         offered = {m: c for m, c in s.caps.items() if c.agents > 0 and c.slots > 0} if not s.draining else {}
         for method in list(peer.caps):
             if method not in offered:
                 peer.caps.discard(method)
-                out.extend(self.proto.remote_lost(candidate_id(s.router, method), now, f"router {s.router} has no agent for it"))
+                out.extend(self._lose_candidate(candidate_id(s.router, method), now, f"router {s.router} has no agent for it"))
         for method, c in offered.items():
             vid = candidate_id(s.router, method)
             state = router.registry.get(vid)
             if state is None or state.status is Status.DEAD or method not in peer.caps:
-                self.proto.add_remote(vid, s.router, "agent")
+                self._add_candidate(vid, s.router)
                 router.register_agent(vid, [method], now, concurrency=c.slots, remote=True)
                 state = router.registry.get(vid)
                 assert state is not None
@@ -203,15 +213,87 @@ class ClusterNode:
             # Own tasks there are counted exactly; other routers' are as of the summary.
             own = router.count_on(vid)
             state.in_flight = own + max(0, c.busy - own)
+        return out
+
+    def lose(self, name: str, now: float, reason: str) -> list[T]:
+        """Router ``name`` is gone (silent, or the link to it is down): its candidates die, their tasks fail over."""
+        peer = self.peers.get(name)
+        if peer is None or not peer.alive:
+            return []
+        peer.alive = False
+        self.counters["routers_lost"] += 1
+        out: list[T] = []
+        for method in sorted(peer.caps):
+            out.extend(self._lose_candidate(candidate_id(name, method), now, reason))
+        peer.caps.clear()
+        return out
+
+    def isolated(self, now: float, reason: str = "cut off from the cluster") -> list[T]:
+        """This router lost its link to the others: route locally until summaries come back."""
+        out: list[T] = []
+        for peer in list(self.peers.values()):
+            out.extend(self.lose(peer.name, now, reason))
+        return out
+
+
+class ClusterNode:
+    """One router's membership in a cluster, at the protocol level: frames in and out. Named by ``proto.config.router_id``."""
+
+    def __init__(self, proto: RouterProtocol, config: ClusterConfig | None = None) -> None:
+        self.proto = proto
+        self.router = proto.router
+        self.config = config or ClusterConfig()
+        self.name = proto.config.router_id
+        self.view: ClusterView[Output] = ClusterView(
+            proto.router, self.name, self.config, lambda vid, router: proto.add_remote(vid, router, "agent"), proto.remote_lost
+        )
+        self.counters: dict[str, int] = self.view.counters
+        self.counters.update({"tasks_forwarded_out": 0, "tasks_forwarded_in": 0, "outcomes_out": 0, "outcomes_in": 0})
+
+    @property
+    def peers(self) -> dict[str, _PeerRouter]:
+        return self.view.peers
+
+    def live_routers(self) -> list[str]:
+        return self.view.live_routers()
+
+    def summary(self) -> Summary:
+        return self.view.summary(self.proto.draining)
+
+    def next_deadline(self) -> float | None:
+        times = [t for t in (self.proto.next_deadline(), self.view.next_deadline()) if t is not None]
+        return min(times) if times else None
+
+    # ------------------------------------------------------------------ events
+    def start(self, now: float) -> list[ClusterOutput]:
+        """Begin publishing (the first summary goes out at once)."""
+        self.view.next_publish = now
+        return self.on_timer(now)
+
+    def on_timer(self, now: float) -> list[ClusterOutput]:
+        out: list[ClusterOutput] = list(self.proto.on_timer(now))
+        summary = self.view.publish_due(now, self.proto.draining)
+        if summary is not None:
+            out.append(Publish(_summary_encoder.encode(summary)))
+        out.extend(self.view.expire(now))
         return self.flush(out)
+
+    def summary_received(self, data: bytes, now: float) -> list[ClusterOutput]:
+        """Another router's ``Publish``."""
+        try:
+            s = _summary_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.counters["summaries_bad"] += 1
+            return []
+        if s.router != self.name and REMOTE_MARK not in s.router:
+            self.proto.add_remote(requester_id(s.router), s.router, "router")
+        return self.flush(list(self.view.apply(s, now)))
 
     def task_received(self, origin: str, data: bytes, timeout_s: float, now: float) -> list[ClusterOutput]:
         """Router ``origin`` forwards a task frame it owns: run it here, once, within ``timeout_s``."""
         if origin == self.name or REMOTE_MARK in origin:
             return []
         self.counters["tasks_forwarded_in"] += 1
-        if origin not in self.peers:
-            self.peers[origin] = _PeerRouter(origin)
         self.proto.add_remote(requester_id(origin), origin, "router")
         return self.flush(list(self.proto.submit_forwarded(requester_id(origin), data, max(0.001, timeout_s), now)))
 
@@ -221,17 +303,12 @@ class ClusterNode:
         return self.flush(list(self.proto.remote_outcome(origin, key, data, now)))
 
     def router_lost(self, name: str, now: float, reason: str) -> list[ClusterOutput]:
-        """The driver knows ``name`` is gone (e.g. no responders): do not wait for the timeout."""
-        peer = self.peers.get(name)
-        return self.flush(self._lose(peer, now, reason)) if peer is not None and peer.alive else []
+        """The driver knows ``name`` is gone: do not wait for the timeout."""
+        return self.flush(list(self.view.lose(name, now, reason)))
 
     def isolated(self, now: float, reason: str = "cut off from the cluster") -> list[ClusterOutput]:
         """This router lost its link to the others: route locally until summaries come back."""
-        out: list[ClusterOutput] = []
-        for peer in self.peers.values():
-            if peer.alive:
-                out.extend(self._lose(peer, now, reason))
-        return self.flush(out)
+        return self.flush(list(self.view.isolated(now, reason)))
 
     def flush(self, out: list[ClusterOutput] | None = None) -> list[ClusterOutput]:
         """``out`` plus the frames for other routers the protocol made meanwhile."""
@@ -239,14 +316,4 @@ class ClusterNode:
         for fwd in self.proto.take_forwards():
             self.counters["tasks_forwarded_out" if fwd.kind == "task" else "outcomes_out"] += 1
             out.append(fwd)
-        return out
-
-    # ------------------------------------------------------------------ internals
-    def _lose(self, peer: _PeerRouter, now: float, reason: str) -> list[ClusterOutput]:
-        peer.alive = False
-        self.counters["routers_lost"] += 1
-        out: list[ClusterOutput] = []
-        for method in sorted(peer.caps):
-            out.extend(self.proto.remote_lost(candidate_id(peer.name, method), now, reason))
-        peer.caps.clear()
         return out
