@@ -53,6 +53,9 @@ REMOTE_MARK: Final = "~"
 class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     publish_interval_s: float = 0.05  # a summary this often: the staleness of the remote view
     peer_timeout_s: float = 0.5  # a router not heard from for this long is lost (its tasks fail over)
+    #: a forwarded task gets this much longer at the remote router than the owner's attempt has left, so the
+    #: owner's own timeout decides (the same way in every driver); the remote router's late failure is dropped
+    forward_grace_s: float = 0.01
 
 
 class CapacitySummary(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
@@ -290,12 +293,13 @@ class ClusterNode:
         return self.flush(list(self.view.apply(s, now)))
 
     def task_received(self, origin: str, data: bytes, timeout_s: float, now: float) -> list[ClusterOutput]:
-        """Router ``origin`` forwards a task frame it owns: run it here, once, within ``timeout_s``."""
+        """Router ``origin`` forwards a task frame it owns: run it here, once, within ``timeout_s`` (plus ``forward_grace_s``)."""
         if origin == self.name or REMOTE_MARK in origin:
             return []
         self.counters["tasks_forwarded_in"] += 1
         self.proto.add_remote(requester_id(origin), origin, "router")
-        return self.flush(list(self.proto.submit_forwarded(requester_id(origin), data, max(0.001, timeout_s), now)))
+        timeout = max(0.001, timeout_s) + self.config.forward_grace_s
+        return self.flush(list(self.proto.submit_forwarded(requester_id(origin), data, timeout, now)))
 
     def outcome_received(self, origin: str, key: str, data: bytes, now: float) -> list[ClusterOutput]:
         """Router ``origin`` sends the outcome of task ``key`` that this router forwarded to it."""

@@ -191,7 +191,7 @@ class Router:
         task = self._tasks.get(task_id)
         if task is None:
             return None
-        limit = task.dispatched_at + self.config.attempt_timeout_s
+        limit = task.dispatched_at + self.config.attempt_timeout_s if not task.local_only else task.deadline
         return limit if limit < task.deadline else task.deadline
 
     def next_deadline(self) -> float | None:
@@ -417,7 +417,8 @@ class Router:
         if by_agent is None:
             by_agent = self._by_agent[agent.agent_id] = {}
         by_agent[task.id] = task
-        limit = now + self.config.attempt_timeout_s
+        # A task forwarded by its owner (cluster mode) has one attempt, limited by the time the owner gave it.
+        limit = now + self.config.attempt_timeout_s if not task.local_only else task.deadline
         self._push(limit if limit < task.deadline else task.deadline, _T_TASK, task.id, task.token)
         actions.append(Dispatch(task.id, agent.agent_id, task.attempts))
 

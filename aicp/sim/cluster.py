@@ -288,7 +288,8 @@ class ClusterSimulation:
                 node.forwarded[key] = origin.index  # the same task from a newer owner: it gets the outcome
             return
         node.forwarded[key] = origin.index
-        self._apply(node, node.router.submit(key, self.methods[self.records.method[i]], self.env.now, max(0.001, timeout_s),
+        timeout = max(0.001, timeout_s) + self.cluster_config.forward_grace_s
+        self._apply(node, node.router.submit(key, self.methods[self.records.method[i]], self.env.now, timeout,
                                              local_only=True, max_attempts=1))
 
     def _outcome(self, args: tuple[_Node, _Node, int, bool, str]) -> None:

@@ -6,6 +6,7 @@ bus traffic stop), ``cut`` partitions it from the bus (its peers still work).
 
 from __future__ import annotations
 
+import random
 from collections import deque
 
 from aicp.cluster import ClusterConfig, ClusterNode, ClusterOutput, Publish
@@ -24,14 +25,14 @@ class ClusterHarness:
         now: float = 1_000_000.0,
         router_config: RouterConfig | None = None,
         cluster_config: ClusterConfig | None = None,
+        seeds: dict[str, int] | None = None,
     ) -> None:
         self.now = now
         self.hubs: dict[str, InProcessHub] = {}
         self.nodes: dict[str, ClusterNode] = {}
         for name in names:
-            proto = RouterProtocol(
-                Identity.generate(), Router(router_config or RouterConfig(), strategy), ProtocolConfig(router_id=name)
-            )
+            rng = random.Random(seeds[name] if seeds is not None else 0)
+            proto = RouterProtocol(Identity.generate(), Router(router_config or RouterConfig(), strategy, rng), ProtocolConfig(router_id=name))
             self.hubs[name] = InProcessHub(proto, now)
             self.nodes[name] = ClusterNode(proto, cluster_config or ClusterConfig())
         self.bus: deque[tuple[str, str, Publish | Forward]] = deque()  # (from, to, message)
