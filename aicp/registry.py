@@ -110,6 +110,7 @@ class Registry:
         self.agents: dict[str, AgentState] = {}
         self._active_by_cap: dict[str, list[AgentState]] = {}
         self._local_by_cap: dict[str, list[AgentState]] = {}  # the same without remote candidates
+        self._remote_seen = False  # no remote candidate yet: the local lists are the active lists themselves
         self._members_by_cap: dict[str, dict[str, AgentState]] = {}
 
     def __len__(self) -> int:
@@ -124,6 +125,7 @@ class Registry:
         if old is not None and old is not state:
             raise errors.LocalError(f"agent {state.agent_id!r} is already registered; update it instead")
         self.agents[state.agent_id] = state
+        self._remote_seen = self._remote_seen or state.remote
         for cap in state.capabilities:
             self._members_by_cap.setdefault(cap, {})[state.agent_id] = state
         self._rebuild(state.capabilities)
@@ -190,7 +192,7 @@ class Registry:
             active = [a for a in members.values() if a.status is Status.ACTIVE] if members else []
             if active:
                 self._active_by_cap[cap] = active
-                local = [a for a in active if not a.remote]
+                local = [a for a in active if not a.remote] if self._remote_seen else active
                 if len(local) == len(active):
                     self._local_by_cap[cap] = active
                 elif local:

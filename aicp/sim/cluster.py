@@ -145,7 +145,7 @@ class ClusterSimulation:
         for a, home in zip(self.agents, self.agent_router):
             self.nodes[home].router.register_agent(a.agent_id, a.capabilities, 0.0, concurrency=a.concurrency, trust=a.trust)
         for node in self.nodes:
-            node.view.next_publish = 0.0
+            node.view.next_publish = 0.0 if len(self.nodes) > 1 else None  # alone: nobody to tell
             self._arm(node)
         parent = child_seed(self._seed, 10 + _S_ARRIVAL)
         for w_i, w in enumerate(s.workload):
@@ -423,7 +423,7 @@ class ClusterSimulation:
             node.up = True
             node.armed = None
             node.busy_until = self.env.now
-            node.view.next_publish = self.env.now
+            node.view.next_publish = self.env.now if len(self.nodes) > 1 else None
             self._arm(node)
 
     def _crash(self, node: _Node) -> None:
