@@ -197,7 +197,11 @@ class ClusterView(Generic[T]):
         peer.alive = True
         out: list[T] = []
         router = self.router
-        offered = {m: c for m, c in s.caps.items() if c.agents > 0 and c.slots > 0} if not s.draining else {}
+        if s.draining:  # no new tasks to it; those running there finish (or fail over when it goes silent)
+            for method in peer.caps:
+                router.drain_agent(candidate_id(s.router, method), now)
+            return out
+        offered = {m: c for m, c in s.caps.items() if c.agents > 0 and c.slots > 0}
         for method in list(peer.caps):
             if method not in offered:
                 peer.caps.discard(method)

@@ -224,3 +224,21 @@ def test_a_summary_makes_one_remote_candidate_per_capability_with_its_load() -> 
     ep = c.connect("a", PeerSession(Identity.generate(), candidate_id("b", "m1"), "agent", ["m1"]))
     assert ep.closed is not None and c.hubs["a"].proto.rejections.get(errors.INVALID_MESSAGE) == 1
     assert c.hubs["a"].proto.connected_peers().get(candidate_id("b", "m1")) is None
+
+
+def test_a_draining_router_takes_no_new_tasks_but_finishes_the_ones_it_has() -> None:
+    c = ClusterHarness(["a", "b"])
+    agent_b = c.agent("b", "agent-b", ["echo"], auto=False)
+    ctl = c.controller("a")
+    settle(c)
+    first = ctl.submit("echo", {})
+    c.pump()
+    assert len(agent_b.held) == 1
+    c.hubs["b"].proto.begin_drain(c.now, 10.0)
+    c.advance(0.1)  # b's summary now says draining
+    second = ctl.submit("echo", {})
+    c.pump()
+    assert isinstance(ctl.outcomes[second], Error) and ctl.outcomes[second].code == errors.NO_AGENT
+    agent_b.answer(agent_b.held.popleft(), True, {"ok": 1})
+    c.pump()
+    assert isinstance(ctl.outcomes[first], Result) and ctl.outcome_count[first] == 1
