@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
 from conftest import NatsServer
-from live_helpers import agent, run, wait_until
+from live_helpers import Proc, agent, run, wait_until
 
 from aicp import errors
 from aicp.cluster import ClusterConfig
+from aicp.lab.bench.live import free_port
 from aicp.live.cluster import NatsCluster
 from aicp.live.controller import Controller
 from aicp.live.server import AICPWebSocketServer
@@ -169,3 +170,18 @@ def test_a_router_partitioned_from_nats_routes_locally_and_heals(nats_server: Na
             await cut.stop()
 
     run(main(), timeout=60.0)
+
+
+def test_aicp_submit_with_several_urls_skips_a_dead_router(nats_server: NatsServer, procs: Callable[..., Proc]) -> None:
+    async def main() -> None:
+        async with routers(nats_server.url, ["r1"]) as rs:
+            (s1, _), = rs
+            async with agent(s1.url, "a1", {"echo": lambda x: x}):
+                dead = f"ws://127.0.0.1:{free_port()}"  # nothing listens there
+                p = procs("-m", "aicp", "submit", "echo", '{"n": 3}', "--url", f"{dead},{s1.url}")
+                while p.popen.poll() is None:
+                    await asyncio.sleep(0.05)
+                assert p.popen.returncode == 0, p.output()
+                assert '{"n": 3}' in p.output() or '{"n":3}' in p.output()
+
+    run(main(), timeout=30.0)
