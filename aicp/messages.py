@@ -78,6 +78,7 @@ class Register(Body, tag="register"):
     key: KeyText
     capabilities: Annotated[list[Method], Meta(max_length=256)] = []
     concurrency: Annotated[int, Meta(ge=1, le=100_000)] = 1
+    progress: bool = False  # send me ``progress`` notices for my tasks (dispatched, retried)
 
 
 class RegisterAck(Body, tag="register-ack"):
@@ -129,6 +130,16 @@ class Error(Body, tag="error"):
     method: Method | None = None
 
 
+class Progress(Body, tag="progress"):
+    """Router → requester, only if it registered with ``progress``: its task went to ``agent`` (attempt 1) or again (retried)."""
+
+    task_id: Id
+    method: Method
+    state: Literal["dispatched", "retried"]
+    agent: Id
+    attempt: Annotated[int, Meta(ge=1, le=1_000)]
+
+
 class Deregister(Body, tag="deregister"):
     """Peer → router: leave cleanly; in-flight tasks fail over at once."""
 
@@ -142,7 +153,7 @@ class Goaway(Body, tag="goaway"):
     reason: Text = ""
 
 
-AnyBody = Challenge | Register | RegisterAck | Heartbeat | Task | Result | Error | Deregister | Goaway
+AnyBody = Challenge | Register | RegisterAck | Heartbeat | Task | Result | Error | Progress | Deregister | Goaway
 
 _frame_decoder: Final = msgspec.json.Decoder(Frame)
 _CURRENT_VERSION_JSON: Final = b'"' + PROTOCOL_VERSION.encode() + b'"'

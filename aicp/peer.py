@@ -28,6 +28,7 @@ from aicp.messages import (
     Error,
     Goaway,
     Heartbeat,
+    Progress,
     Register,
     RegisterAck,
     Result,
@@ -64,8 +65,10 @@ class PeerSession:
         capabilities: Iterable[str] = (),
         concurrency: int = 1,
         router_key: str | None = None,
+        progress: bool = False,
     ) -> None:
         self.identity = identity
+        self.progress = progress  # ask the router for ``progress`` notices on our tasks
         self.peer_id = peer_id
         self.role: Role = role
         self.capabilities = list(capabilities)
@@ -118,8 +121,8 @@ class PeerSession:
             self.heartbeat_s = body.heartbeat_s
             self.lease_s = body.lease_s
             self.state = READY
-        elif isinstance(body, (Error, Goaway)) and not from_router:
-            raise errors.VerifyError(errors.KEY_MISMATCH, "only the router sends errors and goaways")
+        elif isinstance(body, (Error, Goaway, Progress)) and not from_router:
+            raise errors.VerifyError(errors.KEY_MISMATCH, "only the router sends errors, goaways and progress notices")
         elif isinstance(body, Result) and body.requester != self.peer_id:
             raise errors.DecodeError(errors.INVALID_MESSAGE, "result for another requester")
         return Received(body, data, frame.key)
@@ -138,6 +141,7 @@ class PeerSession:
             key=self.identity.public_key_text,
             capabilities=self.capabilities if self.role == "agent" else [],
             concurrency=self.concurrency,
+            progress=self.progress,
         )
         return seal(self.identity, self.peer_id, body)
 

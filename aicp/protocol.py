@@ -37,6 +37,7 @@ from aicp.messages import (
     Frame,
     Goaway,
     Heartbeat,
+    Progress,
     Register,
     RegisterAck,
     Result,
@@ -122,7 +123,7 @@ class _Conn:
 
 
 class _Peer:
-    __slots__ = ("conn", "key_raw", "key_text", "peer_id", "role", "router")
+    __slots__ = ("conn", "key_raw", "key_text", "peer_id", "progress", "role", "router")
 
     def __init__(self, peer_id: str, key_text: str, key_raw: bytes, role: str, router: str | None = None) -> None:
         self.peer_id = peer_id
@@ -131,6 +132,7 @@ class _Peer:
         self.role = role
         self.conn: _Conn | None = None
         self.router = router  # cluster mode: the remote router this peer stands for (it has no connection)
+        self.progress = False  # it asked for Progress notices at its last registration
 
 
 class _Pending:
@@ -515,6 +517,7 @@ class RouterProtocol:
             if peer.role == "agent":
                 out.extend(self._agent_lost(peer.peer_id, now, "replaced by a newer connection"))
         peer.conn = c
+        peer.progress = body.progress
         c.peer = peer
         if body.role == "agent":
             self.router.register_agent(body.sender, body.capabilities, now, concurrency=body.concurrency)
@@ -649,6 +652,9 @@ class RouterProtocol:
                 elif agent.router is not None:
                     limit = self.router.attempt_deadline(action.task_id, now)
                     self.forwards.append(Forward(agent.router, "task", action.task_id, pending.frame, max(0.001, (limit or now) - now)))
+                requester = self._peers.get(pending.requester)
+                if requester is not None and requester.progress and requester.conn is not None:
+                    out.append(Send(requester.conn.id, self._progress_frame(now, pending, action)))
             elif isinstance(action, Completed):
                 pending = self._pending.pop(action.task_id)
                 assert result_frame is not None
@@ -727,6 +733,25 @@ class RouterProtocol:
         task = refused if isinstance(refused, Task) else None
         ref = refused.id if refused is not None else None
         return Send(c.id, self._error_frame(now, code, message, ref, task.id if task else None, task.method if task else None))
+
+    def _progress_name(self, agent_id: str) -> str:
+        """Cluster mode: a remote candidate's id is no valid peer id; a progress notice names its router instead."""
+        peer = self._peers.get(agent_id)
+        return "router:" + peer.router if peer is not None and peer.router is not None and peer.role == "agent" else agent_id
+
+    def _progress_frame(self, now: float, pending: _Pending, dispatch: Dispatch) -> bytes:
+        body = Progress(
+            v=PROTOCOL_VERSION,
+            id=self._next_id(),
+            sender=self.config.router_id,
+            ts=now,
+            task_id=pending.task_id,
+            method=pending.method,
+            state="dispatched" if dispatch.attempt <= 1 else "retried",
+            agent=self._progress_name(dispatch.agent_id),
+            attempt=dispatch.attempt,
+        )
+        return seal(self.identity, self.config.router_id, body)
 
     def _error_frame(self, now: float, code: str, message: str, ref: str | None, task_id: str | None, method: str | None) -> bytes:
         """A router-signed error; with ``task_id`` set it is that task's one outcome."""

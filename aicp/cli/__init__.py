@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("aicp.cli.serve", "run the WebSocket router (same as python -m aicp.server)"),
     "agent": ("aicp.cli.agent", "run one or more agents with built-in handlers"),
     "submit": ("aicp.cli.submit", "submit one task and print the verified result"),
+    "gateway": ("aicp.cli.gateway", "HTTP control plane and A2A front door in front of a router (FastAPI)"),
     "keygen": ("aicp.cli.keygen", "create an Ed25519 identity file (0600)"),
     "sim": ("aicp.cli.sim", "run a scenario in the simulator"),
     "compare": ("aicp.cli.compare", "compare all strategies of a scenario with 95%% confidence intervals"),

@@ -134,12 +134,13 @@ class PeerClient:
         max_reconnect_attempts: int | None = None,
         open_timeout_s: float = 10.0,
         max_frame_bytes: int = MAX_FRAME_BYTES,
+        progress: bool = False,
     ) -> None:
         #: the routers to try, in turn: a list, or one string of comma-separated URLs (cluster mode)
         self.urls = split_urls(server_url)
         self._url_index = 0
         self.identity = identity
-        self.session = PeerSession(identity, peer_id, role, capabilities or [], concurrency, router_key)
+        self.session = PeerSession(identity, peer_id, role, capabilities or [], concurrency, router_key, progress=progress)
         self._pinned_router_key = router_key  # None: trust the key of each router we connect to
         self.ssl = ssl
         self.reconnect = reconnect

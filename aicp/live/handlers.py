@@ -132,9 +132,11 @@ _classifier = NaiveBayesClassifier(_TRAINING)
 
 
 def text_classify(payload: Any) -> dict[str, Any]:
-    """``{"text": "..."}`` -> ``{"label": ..., "scores": {...}, "model": ...}`` (positive/negative/neutral)."""
+    """``{"text": "..."}`` (or the bare string, as an A2A text part arrives) -> ``{"label": ..., "scores": {...}, "model": ...}``."""
+    if isinstance(payload, str):
+        return _classifier.classify(payload)
     if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
-        raise ValueError('text.classify expects {"text": "..."}')
+        raise ValueError('text.classify expects {"text": "..."} or a string')
     return _classifier.classify(payload["text"])
 
 

@@ -242,3 +242,18 @@ def test_a_draining_router_takes_no_new_tasks_but_finishes_the_ones_it_has() -> 
     agent_b.answer(agent_b.held.popleft(), True, {"ok": 1})
     c.pump()
     assert isinstance(ctl.outcomes[first], Result) and ctl.outcome_count[first] == 1
+
+
+def test_a_progress_notice_for_a_cross_router_dispatch_names_the_router() -> None:
+    from aicp.messages import Progress
+
+    c = ClusterHarness(["a", "b"])
+    c.agent("b", "agent-b", ["echo"])
+    ctl = c.connect("a", PeerSession(Identity.generate(), "watcher", "controller", progress=True))
+    settle(c)
+    tid = ctl.submit("echo", {})
+    c.pump()
+    notices = [rec.body for rec in ctl.inbox if isinstance(rec.body, Progress)]
+    assert ctl.rejected == [] and len(notices) == 1
+    assert notices[0].agent == "router:b" and notices[0].task_id == tid
+    assert isinstance(ctl.outcomes[tid], Result)

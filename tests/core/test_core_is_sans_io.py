@@ -7,7 +7,8 @@ are checked over whole folders, so a new module is covered the day it is added:
 
 * the core imports no I/O module (asyncio, websockets, simpy, nats, time, socket, …)
   and no other layer;
-* ``live`` and ``sim`` never import each other, ``lab`` or ``cli``;
+* ``live`` and ``sim`` never import each other, ``gateway``, ``lab`` or ``cli``;
+* ``gateway`` (the HTTP and A2A front door) builds on the core and ``live``, never on ``sim``, ``lab`` or ``cli``;
 * ``lab`` never imports ``cli``.
 
 Checked statically (every import statement, relative ones resolved) and at run
@@ -27,9 +28,15 @@ AICP = Path(__file__).resolve().parents[2] / "aicp"
 #: entry points kept at the top under their historical names; they only forward to ``aicp.cli``
 ENTRY_POINTS = {"__main__.py", "server.py"}
 IO_MODULES = {"asyncio", "websockets", "simpy", "nats", "uvloop", "time", "socket", "selectors", "threading", "subprocess"}
-LAYERS = ("live", "sim", "lab", "cli")
+LAYERS = ("live", "sim", "gateway", "lab", "cli")
 #: layer -> the aicp layers it must not import
-FORBIDDEN_LAYERS = {"core": set(LAYERS), "live": {"sim", "lab", "cli"}, "sim": {"live", "lab", "cli"}, "lab": {"cli"}}
+FORBIDDEN_LAYERS = {
+    "core": set(LAYERS),
+    "live": {"sim", "gateway", "lab", "cli"},
+    "sim": {"live", "gateway", "lab", "cli"},
+    "gateway": {"sim", "lab", "cli"},
+    "lab": {"cli"},
+}
 
 
 def core_modules() -> list[str]:
@@ -82,7 +89,7 @@ def test_core_module_imports_no_io_and_no_layer_above(path: Path) -> None:
     assert not above, f"aicp/{path.name} imports {sorted(above)}"
 
 
-@pytest.mark.parametrize("layer", ["live", "sim", "lab"])
+@pytest.mark.parametrize("layer", ["live", "sim", "gateway", "lab"])
 def test_layers_import_only_downwards(layer: str) -> None:
     bad = []
     for path in layer_files(layer):

@@ -11,7 +11,7 @@ import pytest
 from aicp import errors
 from aicp.inprocess import Endpoint, InProcessHub
 from aicp.lab.demo import in_process_demo
-from aicp.messages import Error, Goaway, RegisterAck, Result, Task
+from aicp.messages import PROTOCOL_VERSION, Error, Goaway, Progress, RegisterAck, Result, Task, seal
 from aicp.peer import READY, PeerSession
 from aicp.protocol import CLOSE_LEASE_EXPIRED, CLOSE_NORMAL, CLOSE_REPLACED, ProtocolConfig, RouterProtocol
 from aicp.router import Router, RouterConfig
@@ -295,3 +295,32 @@ def test_a_flood_of_connections_from_one_source_is_rate_limited_and_its_memory_b
     for i in range(100):  # many sources: the table stays at its cap
         proto.admit(f"192.0.2.{i}", now)
     assert len(proto._sources) == 3
+
+
+def test_a_requester_that_asks_gets_progress_notices_for_dispatch_and_retry() -> None:
+    hub = make_hub(backoff_base_s=0.01)
+
+    def boom(task: Task) -> None:
+        raise ValueError("broken")
+
+    agent(hub, "bad", handler=boom)
+    agent(hub, "good")
+    asks = hub.connect(PeerSession(Identity.generate(), "asks", "controller", progress=True))
+    quiet = controller(hub, "quiet")
+    tid = asks.submit("m", 1)
+    other = quiet.submit("m", 2)
+    hub.advance(1.0)
+    notices = [r.body for r in asks.inbox if isinstance(r.body, Progress)]
+    assert [(n.task_id, n.state, n.attempt) for n in notices] == [(tid, "dispatched", 1), (tid, "retried", 2)]
+    assert [n.agent for n in notices] == ["bad", "good"] and all(n.method == "m" for n in notices)
+    assert isinstance(asks.outcomes[tid], Result) and asks.outcome_count[tid] == 1
+    assert not [r for r in quiet.inbox if isinstance(r.body, Progress)] and quiet.outcome_count[other] == 1
+
+
+def test_peers_may_not_send_progress_notices() -> None:
+    hub = make_hub()
+    c = controller(hub)
+    body = Progress(v=PROTOCOL_VERSION, id="p1", sender="ctl", ts=hub.now, task_id="t", method="m", state="dispatched", agent="a", attempt=1)
+    c.send(seal(c.session.identity, "ctl", body))
+    hub.run_until_idle()
+    assert any(isinstance(r.body, Error) and r.body.code == errors.INVALID_MESSAGE for r in c.inbox)

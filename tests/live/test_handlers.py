@@ -35,6 +35,12 @@ def test_text_classify_labels_unseen_sentences(text: str, label: str) -> None:
 def test_text_classify_refuses_a_payload_without_text() -> None:
     with pytest.raises(ValueError, match="text"):
         text_classify({"txt": "x"})
+    with pytest.raises(ValueError, match="text"):
+        text_classify(["great"])
+
+
+def test_text_classify_takes_a_bare_string_as_an_a2a_text_part_arrives() -> None:
+    assert text_classify("excellent quality, highly recommended") == text_classify({"text": "excellent quality, highly recommended"})
 
 
 @pytest.mark.parametrize("dist", ["constant", "exponential", "lognormal"])

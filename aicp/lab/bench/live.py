@@ -365,6 +365,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--also-1000", action="store_true", help="also run 1000 tasks/s open loop to judge the latency goals")
     add("--scenario", type=Path, default=None, help="take agents, service time, rate and strategy from a simulator scenario")
     add("--routers", type=int, default=1, help="N > 1: N routers over a real nats-server next to one router, in one run (aicp.lab.bench.cluster)")
+    add("--via", choices=["websocket", "gateway"], default="websocket",
+        help="gateway: also measure the HTTP gateway next to direct WebSocket submission (see aicp.lab.bench.via_gateway)")
+    add("--gateway-rate", type=float, default=500.0, help="--via gateway: open-loop rate for the added-latency comparison (default 500)")
     add("--seed", type=int, default=1)
     add("--out", type=Path, default=Path("results") / "bench", help="parent folder of the run folder")
     add("--json", type=Path, default=None, help="also write the summary to this file")
@@ -398,6 +401,10 @@ def run(args: argparse.Namespace) -> int:
             fleet = Fleet(run_dir)
             try:
                 url = args.url if (args.url and target == "router") else start_system(fleet, target, args)
+                if target == "router" and args.via == "gateway":
+                    from aicp.lab.bench import via_gateway
+
+                    summary["via_gateway"] = via_gateway.compare(fleet, url, args)
                 result = run_trial(fleet, url, main_trial, args, f"{target}-main")
                 summary[target] = result
                 print(format_result(target, result), flush=True)

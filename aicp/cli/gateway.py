@@ -1,0 +1,109 @@
+"""``aicp gateway``: the HTTP control plane and A2A front door (FastAPI on uvicorn), in front of a router.
+
+It keeps its controller identity in ``--key FILE`` (created 0600 if missing; default
+``$AICP_KEY_DIR/gateway.key``), so a restarted gateway is the same controller and
+finds the outcomes the router kept for it. Without ``--api-keys`` it serves anyone
+and therefore refuses to listen on anything but loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from aicp.live.client import DEFAULT_URL
+from aicp.live.logs import add_logging_arguments, setup_logging
+from aicp.live.loop import run_async
+
+log = logging.getLogger("aicp.gateway")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--url", default=DEFAULT_URL, help=f"router URL (default {DEFAULT_URL})")
+    add("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; others need --api-keys)")
+    add("--port", type=int, default=8000, help="HTTP port (default 8000; 0 picks a free one)")
+    add("--key", metavar="FILE", default=None, help="controller identity file (created 0600 if missing; default $AICP_KEY_DIR/gateway.key)")
+    add("--id", default=None, help="controller id (default gateway-<key fingerprint>)")
+    add("--router-key", default=None, help="expected router public key (default: trust the router's key)")
+    add("--api-keys", metavar="FILE", default=None, help="bearer API keys, one 'TOKEN NAME METHOD...' per line")
+    add("--rate", type=float, default=0.0, metavar="N/S", help="task submissions per second per API key (default 0: no limit)")
+    add("--burst", type=float, default=None, metavar="N", help="burst per API key (default: one second's worth)")
+    add("--max-body", type=int, default=1 << 20, metavar="BYTES", help="largest request body (default 1 MiB)")
+    add("--max-running", type=int, default=10_000, help="tasks running through this gateway at once (default 10000)")
+    add("--no-progress", action="store_true", help="do not ask the router for dispatched/retried notices (saves one signed frame per attempt)")
+    add("--public-url", default=None, help="base URL written into Agent Cards (default: the request's own)")
+    add_logging_arguments(parser)
+
+
+def default_key_file() -> Path:
+    return Path(os.environ.get("AICP_KEY_DIR") or Path.home() / ".aicp" / "keys") / "gateway.key"
+
+
+def _loopback(host: str) -> bool:
+    from aicp.gateway.auth import LOOPBACK_HOSTS
+
+    return host in LOOPBACK_HOSTS
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, args.json_logs)
+    if args.api_keys is None and not _loopback(args.host):
+        print(f"aicp gateway: refusing to listen on {args.host} without --api-keys (anyone could submit tasks)", file=sys.stderr)
+        return 2
+    try:
+        import uvicorn
+
+        from aicp.gateway.app import create_app
+        from aicp.gateway.auth import KeyFileError
+        from aicp.gateway.core import GatewayConfig
+    except ImportError as exc:
+        print(f"aicp gateway: {exc}; install the extra: pip install 'aicp[gateway]'", file=sys.stderr)
+        return 2
+    config = GatewayConfig(
+        router_url=args.url,
+        key_file=str(args.key or default_key_file()),
+        gateway_id=args.id,
+        router_key=args.router_key,
+        api_keys=args.api_keys,
+        rate=args.rate,
+        burst=args.burst,
+        max_body_bytes=args.max_body,
+        max_running=args.max_running,
+        public_url=args.public_url,
+        progress=not args.no_progress,
+    )
+    try:
+        app = create_app(config)
+    except (KeyFileError, OSError) as exc:
+        print(f"aicp gateway: {exc}", file=sys.stderr)
+        return 2
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    port = sock.getsockname()[1]
+    kwargs: dict[str, object] = {"log_level": "warning", "access_log": False, "lifespan": "on", "timeout_graceful_shutdown": 5}
+    try:
+        import httptools  # noqa: F401
+
+        kwargs["http"] = "httptools"
+    except ImportError:
+        pass
+    server = uvicorn.Server(uvicorn.Config(app, **kwargs))  # type: ignore[arg-type]
+
+    async def serve() -> None:
+        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            log.info("AICP gateway listening on http://%s:%d (router %s)", args.host, port, args.url)
+        await task
+
+    run_async(serve())
+    return 0

@@ -1,0 +1,158 @@
+"""The gateway's one long-lived controller connection to the router.
+
+``GatewayLink`` is a controller (``PeerClient`` with ``role="controller"``) that
+does not wait for its tasks itself: each outcome frame that arrives is verified
+and ends the matching ``GatewayTask`` in the ``TaskStore``, keeping the agent's
+signature and the exact signed body bytes for the HTTP caller.
+
+The connection reconnects with exponential backoff and full jitter
+(``PeerClient.connect_with_retry``). A task accepted while the router is away is
+sent once the connection is back; after a reconnect every running task is sent
+again under the same id, and the router answers with its one outcome (running:
+when it ends; finished: the stored outcome frame), never a second execution.
+With ``progress`` (the default) the gateway registers asking for the router's
+``progress`` notices, so each task's events also show when it was dispatched to an
+agent and when it was retried on another.
+
+Each task also has a local deadline (its timeout plus ``grace_s``) so it ends
+with ``timeout`` even if the router never comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Final
+
+import msgspec
+
+from aicp import errors
+from aicp.gateway.tasks import RESUBMITTED, SUBMITTED, GatewayTask, Outcome, TaskStore
+from aicp.live.client import PeerClient
+from aicp.messages import Error, Frame, Goaway, Progress, Result
+from aicp.signing import Identity
+
+log = logging.getLogger("aicp.gateway.link")
+
+#: Local code (HTTP only): an Idempotency-Key was first used for a task of another method.
+IDEMPOTENCY_CONFLICT: Final = "idempotency-conflict"
+
+#: The router's outcome frame has already been verified by ``PeerSession.receive``; this only splits it.
+_frame_decoder: Final = msgspec.json.Decoder(Frame)
+
+
+def default_gateway_id(identity: Identity) -> str:
+    """A controller id tied to the key: a restarted gateway with the same key file finds its tasks again."""
+    return "gateway-" + identity.public_key[:6].hex()
+
+
+class GatewayLink(PeerClient):
+    """The controller connection that ends ``TaskStore`` tasks as outcomes arrive."""
+
+    def __init__(self, server_url: str, identity: Identity, store: TaskStore, peer_id: str | None = None, grace_s: float = 2.0, progress: bool = True, **kwargs: Any) -> None:
+        super().__init__(server_url, peer_id or default_gateway_id(identity), identity, role="controller", progress=progress, **kwargs)
+        self.store = store
+        self.grace_s = grace_s
+        self._runner: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Connect in the background (retrying until the router answers) and keep reading outcomes."""
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        await self.connect_with_retry()
+        await self.listen()
+
+    async def wait_connected(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await self.ready.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ tasks
+    def track(self, task: GatewayTask) -> None:
+        """Start tracking ``task`` and its local deadline (synchronous: no other request can slip in between)."""
+        self.store.add(task)
+        task.deadline = asyncio.get_running_loop().call_later(task.timeout_ms / 1000.0 + self.grace_s, self._expire, task)
+
+    async def send(self, task: GatewayTask) -> None:
+        """Send a tracked task now if connected (else it goes after the next registration)."""
+        await self._send_task(task, SUBMITTED)
+
+    def cancel(self, task: GatewayTask) -> bool:
+        """End a running task as canceled here; the router's outcome, when it comes, is dropped."""
+        return self.store.finish(task, Outcome(False, "canceled", "canceled by the caller"), "canceled")
+
+    async def _send_task(self, task: GatewayTask, event: str) -> bool:
+        _, frame = self.session.task_frame(task.method, task.payload, time.time(), task.id, task.timeout_ms)
+        if not await self._send(frame):
+            return False
+        if not task.ended:
+            if task.state == "accepted":
+                task.state = "submitted"
+            task.record(event)
+        return True
+
+    def _expire(self, task: GatewayTask) -> None:
+        task.deadline = None
+        self.store.finish(task, Outcome(False, errors.TIMEOUT, f"no outcome from the router within {task.timeout_ms:g} ms"), "failed")
+
+    # ------------------------------------------------------------------ frames
+    def _frame(self, data: bytes) -> None:
+        try:
+            rec = self.session.receive(data, time.time())
+        except errors.ProtocolError as exc:
+            self.rejected_frames += 1
+            log.warning("%s: refused a frame: %s", self.peer_id, exc)
+            return
+        body = rec.body
+        if isinstance(body, Result):
+            task = self.store.running.get(body.task_id)
+            if task is None:
+                return  # late, repeated, or for a task canceled here
+            if body.method != task.method:
+                self._conflict(task, body.method)
+                return
+            if not body.ok:  # the router retries these and never forwards one; be safe anyway
+                self.store.finish(task, Outcome(False, errors.AGENT_FAILED, body.reason), "failed")
+                return
+            frame = _frame_decoder.decode(data)
+            outcome = Outcome(True, agent_id=body.sender, agent_key=rec.key, signature=frame.sig, body=bytes(frame.body), payload=body.payload)
+            self.store.finish(task, outcome, "completed")
+        elif isinstance(body, Error):
+            task = self.store.running.get(body.task_id) if body.task_id is not None else None
+            if task is None:
+                if body.task_id is None:
+                    self.errors.append(body)
+                    log.warning("%s: router error %s: %s", self.peer_id, body.code, body.message)
+                return
+            if body.method is not None and body.method != task.method:
+                self._conflict(task, body.method)
+                return
+            self.store.finish(task, Outcome(False, body.code, body.message), "failed")
+        elif isinstance(body, Progress):
+            task = self.store.running.get(body.task_id)
+            if task is not None and body.method == task.method:
+                task.record(body.state, agent_id=body.agent)
+        elif isinstance(body, Goaway):
+            self.goaway = body
+            log.info("%s: router is draining (%s, %.1f s)", self.peer_id, body.reason, body.drain_s)
+
+    def _conflict(self, task: GatewayTask, first_method: str) -> None:
+        msg = f"this Idempotency-Key was first used for a {first_method!r} task, not {task.method!r}"
+        self.store.finish(task, Outcome(False, IDEMPOTENCY_CONFLICT, msg), "failed")
+
+    async def _on_ready(self) -> None:
+        for task in list(self.store.running.values()):
+            if not await self._send_task(task, SUBMITTED if task.state == "accepted" else RESUBMITTED):
+                return
+
+    async def _on_close(self) -> None:
+        for task in list(self.store.running.values()):
+            self.store.finish(task, Outcome(False, errors.SHUTTING_DOWN, "the gateway is shutting down"), "failed")
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)

@@ -1,0 +1,203 @@
+"""A load-generator process for ``aicp bench --via gateway``: ``POST /tasks`` over keep-alive HTTP/1.1.
+
+The twin of ``loadgen`` (same arguments, same ``.npz`` samples, same open- and
+closed-loop rules), so the orchestrator summarises both the same way and the two
+transports are compared on one footing. The HTTP client is a few lines over
+asyncio streams rather than a general library, so the client's own cost stays
+small next to the gateway's. Every 200 answer is verified like the WebSocket
+loadgen verifies its frames: the agent's signature over the signed bytes, and the
+task id inside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from aicp.lab.bench.loadgen import EARLY_S, PENDING, Recorder
+from aicp.signing import CONTEXT, decode_public_key, verify
+
+
+class _Answer(msgspec.Struct):
+    id: str = ""
+    signed_bytes: str = ""
+    signature: str = ""
+    agent_key: str = ""
+    code: str = ""
+
+
+_decode = msgspec.json.Decoder(_Answer).decode
+
+
+class HttpConn:
+    """One keep-alive HTTP/1.1 connection; one request at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> HttpConn:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def post(self, head: bytes, body: bytes) -> tuple[int, bytes]:
+        self.writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length = 0
+        for line in lines[1:]:
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def check(status: int, data: bytes) -> tuple[str, str | None]:
+    """(outcome code, task id); a 200 counts as ``ok`` only once its signature verifies."""
+    try:
+        ans = _decode(data)
+    except msgspec.DecodeError:
+        return f"http-{status}", None
+    if status != 200:
+        return ans.code or f"http-{status}", ans.id or None
+    signed = base64.b64decode(ans.signed_bytes)
+    verify(decode_public_key(ans.agent_key), signed[len(CONTEXT) :], base64.b64decode(ans.signature))
+    if not signed.startswith(CONTEXT) or f'"task_id":"{ans.id}"'.encode() not in signed:
+        raise ValueError("signed bytes do not name this task")
+    return "ok", ans.id
+
+
+async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
+    clock = time.perf_counter
+    rng = random.Random(args.seed)
+    host, _, port_text = args.url.removeprefix("http://").rstrip("/").partition(":")
+    port = int(port_text or 80)
+    head = (f"POST /tasks HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n" + (f"Authorization: Bearer {args.token}\r\n" if args.token else "") + "Content-Length: ").encode()
+    body = json.dumps({"method": args.method, "payload": {"text": "x" * max(0, args.payload_bytes)}, "timeout_ms": args.task_timeout * 1000.0}).encode()
+    expected = int((args.rate or 2000.0) * (args.duration + args.warmup) * 1.3) + 1024
+    rec = Recorder(expected)
+    verify_failures = 0
+    idle: list[HttpConn] = []
+    seq = 0
+
+    async def one(intended: float, conn: HttpConn | None = None) -> HttpConn | None:
+        nonlocal verify_failures, seq
+        seq += 1
+        key = f"req-{seq}"  # the gateway names the task; the recorder tracks the request
+        if conn is None:
+            conn = idle.pop() if idle else await HttpConn.open(host, port)
+        rec.new(key, intended, clock())
+        try:
+            status, data = await conn.post(head, body)
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            rec.finish(key, clock(), "connection-error")
+            conn.close()
+            return None
+        now = clock()
+        try:
+            code, _ = check(status, data)
+        except Exception:
+            verify_failures += 1
+            code = "verify-failed"
+        rec.finish(key, now, code)
+        return conn
+
+    cpu0 = time.process_time()
+    start = clock() + 0.05
+    end = start + args.warmup + args.duration
+    if args.rate:
+        running: set[asyncio.Task[Any]] = set()
+
+        async def spawned(t: float) -> None:
+            conn = await one(t)
+            if conn is not None:
+                idle.append(conn)
+
+        t = start
+        while True:
+            t += rng.expovariate(args.rate)
+            if t >= end:
+                break
+            delay = t - clock() - EARLY_S
+            if delay > 0.0:
+                await asyncio.sleep(delay)
+            task = asyncio.get_running_loop().create_task(spawned(t))
+            running.add(task)
+            task.add_done_callback(running.discard)
+        if running:
+            await asyncio.wait(running, timeout=args.task_timeout + 5.0)
+    else:
+
+        async def worker() -> None:
+            conn: HttpConn | None = await HttpConn.open(host, port)
+            while clock() < end:
+                conn = await one(clock(), conn)
+                if conn is None:
+                    conn = await HttpConn.open(host, port)
+
+        await asyncio.sleep(max(0.0, start - clock()))
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+    cpu_s = time.process_time() - cpu0
+    wall_s = clock() - start
+    for conn in idle:
+        with contextlib.suppress(Exception):
+            conn.close()
+    n = rec.n
+    np.savez_compressed(args.out, intended=rec.intended[:n] - start, sent=rec.sent[:n] - start, done=rec.done[:n] - start, outcome=rec.outcome[:n])
+    meta = {
+        "id": args.id,
+        "codes": rec.codes,
+        "submitted": n,
+        "lost": int(np.sum(rec.outcome[:n] == PENDING)),
+        "duplicate_outcomes": rec.duplicates,
+        "verify_failures": verify_failures,
+        "warmup_s": args.warmup,
+        "duration_s": args.duration,
+        "mode": "open" if args.rate else "closed",
+        "cpu_s": cpu_s,
+        "wall_s": wall_s,
+        "transport": "http",
+    }
+    Path(str(args.out) + ".json").write_text(json.dumps(meta))
+    return meta
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--url", required=True, help="the gateway, http://127.0.0.1:PORT")
+    p.add_argument("--id", default="http-loadgen-0")
+    p.add_argument("--method", default="bench.synthetic")
+    p.add_argument("--token", default=None, help="bearer API key, if the gateway has a key file")
+    p.add_argument("--rate", type=float, default=0.0, help="open loop: tasks/s (Poisson)")
+    p.add_argument("--concurrency", type=int, default=16, help="closed loop: requests in flight (one connection each)")
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--task-timeout", type=float, default=10.0)
+    p.add_argument("--payload-bytes", type=int, default=64)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(run_loadgen(args))
+    else:
+        uvloop.run(run_loadgen(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""``aicp bench --via gateway`` at a tiny load, to keep its code path working; the figures come from the benchmark itself."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from gateway_helpers import python_cmd
+from live_helpers import ROOT
+
+pytestmark = [pytest.mark.live, pytest.mark.slow]
+
+
+def test_gateway_and_direct_are_measured_in_one_run(tmp_path: Path) -> None:
+    args = ["-m", "aicp", "bench", "--via", "gateway", "--gateway-rate", "50", "--agents", "2", "--agent-procs", "1", "--concurrency", "4",
+            "--duration", "1", "--warmup", "0.3", "--out", str(tmp_path)]
+    done = subprocess.run(python_cmd(*args), capture_output=True, text=True, timeout=240, cwd=ROOT)
+    (run_dir,) = tmp_path.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "error" not in summary, done.stdout + done.stderr
+    via = summary["via_gateway"]
+    for key in ("direct_open", "gateway_open", "direct_closed", "gateway_closed"):
+        row = via[key]
+        assert row["completed"] > 0 and row["lost"] == 0 and row["verify_failures"] == 0 and not row["errors"], (key, row)
+    assert via["gateway_open"]["cpu"]["gateway"]["cpu_s"] > 0  # the gateway process did the work, and was charged for it
+    assert via["throughput_share"] > 0 and len(via["verdicts"]) == 2
+    assert "gateway  closed" in done.stdout
