@@ -128,7 +128,25 @@ class Registry:
         self._remote_seen = self._remote_seen or state.remote
         for cap in state.capabilities:
             self._members_by_cap.setdefault(cap, {})[state.agent_id] = state
-        self._rebuild(state.capabilities)
+        if old is not None or state.status is not Status.ACTIVE:
+            self._rebuild(state.capabilities)
+            return
+        # A new active agent goes last, as a rebuild would put it: O(1) instead of O(agents),
+        # so registering a fleet of n agents costs O(n), not O(n^2).
+        for cap in state.capabilities:
+            active = self._active_by_cap.get(cap)
+            if active is None:
+                self._rebuild((cap,))
+                continue
+            local = self._local_by_cap.get(cap)
+            if state.remote and local is active:
+                self._local_by_cap[cap] = local = list(active)  # the first remote candidate: the lists part
+            active.append(state)
+            if not state.remote and local is not active:
+                if local is None:
+                    self._local_by_cap[cap] = [state]
+                else:
+                    local.append(state)
 
     def set_capabilities(self, state: AgentState, capabilities: Iterable[str]) -> None:
         old = state.capabilities
