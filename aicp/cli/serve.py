@@ -107,6 +107,12 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("error: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    if args.cluster:
+        from aicp.live.cluster import ROUTER_ID
+
+        if not ROUTER_ID.match(args.router_id) or not ROUTER_ID.match(args.cluster_name):
+            print(f"error: --router-id and --cluster-name must match {ROUTER_ID.pattern} (they become NATS subject tokens)", file=sys.stderr)
+            return 2
     server = build_server(args)
     run_async(_serve(server, args))
     return 0
