@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 from conftest import NatsServer
-from live_helpers import CountingController, Proc, router_url, run
+from live_helpers import CountingController, Proc, http_json, router_url, run
 
 from aicp import errors
 from aicp.lab.bench.live import free_port
@@ -93,6 +93,11 @@ def test_sigkill_one_of_three_routers_under_load_every_task_ends_exactly_once(pr
     assert by_code["completed"] >= submitted * 0.9, by_code  # failover, not failure
     assert by_code.get(errors.TIMEOUT, 0) == 0
     assert ctls[1].server_url != urls[1]  # the killed router's controller moved on
+    # the killed router's agents registered elsewhere: the survivors hold all six
+    health = [http_json(u.replace("ws://", "http://") + "/healthz") for u in (urls[0], urls[2])]
+    assert sum(h["agents"]["active"] for h in health) == 6, health
+    assert all(h["cluster"]["routers"] == [n] for h, n in zip(health, ("r3", "r1")))
+    print("survivors:", [{k: h["cluster"][k] for k in ("tasks_forwarded_out", "tasks_forwarded_in", "routers_lost")} for h in health])
 
 
 def test_make_demo_cluster_prints_the_outcome_table(procs: Callable[..., Proc]) -> None:
