@@ -4,7 +4,7 @@
 Two-level routing: every router publishes a ``Summary`` of its local agents per
 capability (agents, slots, busy slots) every ``publish_interval_s``; each other
 router holds, per (router, capability), one *remote candidate* in its registry
-(``AgentState.remote``), so its strategy chooses between local agents and remote
+(``Router.remote_ids``), so its strategy chooses between local agents and remote
 routers. A task sent to a remote candidate is forwarded verbatim; the remote router
 runs it on one of its local agents in one attempt and sends the one outcome back.
 The router a task was submitted to (its owner) keeps the deadline, the retries and
@@ -146,7 +146,9 @@ class ClusterView(Generic[T]):
         reg = self.router.registry
         caps: dict[str, CapacitySummary] = {}
         for cap in reg.capabilities():
-            agents = reg.local_agents_with(cap)
+            remote = self.router.remote_ids.get(cap)
+            pool = reg.agents_with(cap)
+            agents = [a for a in pool if a.agent_id not in remote] if remote else pool
             if agents:
                 caps[cap] = CapacitySummary(len(agents), sum(a.concurrency for a in agents), sum(a.in_flight for a in agents))
         self._seq += 1

@@ -165,6 +165,10 @@ class Router:
         self._seq = 0
         self._retry_tokens = self.config.retry_budget_reserve
         self._dead: deque[str] = deque()
+        #: cluster mode: capability -> ids of the remote candidates for it (other routers' capacity,
+        #: ``aicp.cluster``), at most one per other router. A ``local_only`` task excludes them.
+        self.remote_ids: dict[str, list[str]] = {}
+        self._remote: set[str] = set()
 
     # ------------------------------------------------------------------ queries
     def __contains__(self, task_id: str) -> bool:
@@ -180,6 +184,18 @@ class Router:
 
     def tasks_on(self, agent_id: str) -> list[str]:
         return list(self._by_agent.get(agent_id, {}))
+
+    def is_remote(self, agent_id: str) -> bool:
+        return agent_id in self._remote
+
+    def agents_by_status(self) -> dict[str, int]:
+        """Like ``registry.count_by_status()`` without remote candidates. O(statuses + remote candidates)."""
+        counts = self.registry.count_by_status()
+        for agent_id in self._remote:
+            state = self.registry.get(agent_id)
+            if state is not None:
+                counts[state.status.value] -= 1
+        return counts
 
     def count_on(self, agent_id: str) -> int:
         """How many of this router's tasks are on ``agent_id`` now. O(1)."""
@@ -214,7 +230,10 @@ class Router:
         state = self.registry.get(agent_id)
         if state is None:
             state = AgentState(agent_id, capabilities, concurrency, cfg.trust_prior if trust is None else trust, now, cfg.lease_s)
-            state.remote = remote
+            if remote:
+                self._remote.add(agent_id)
+                for cap in state.capabilities:
+                    self.remote_ids.setdefault(cap, []).append(agent_id)
             self.registry.add(state)
             self._push(state.lease_expiry, _T_LEASE, agent_id, state.epoch)
         else:
@@ -391,13 +410,17 @@ class Router:
         return state.status is not Status.DEAD if kind == _T_LEASE else state.status is Status.SUSPECT
 
     def _dispatch(self, task: _Task, now: float, actions: list[Action]) -> None:
-        candidates = self.registry.local_agents_with(task.method) if task.local_only else self.registry.agents_with(task.method)
+        candidates = self.registry.agents_with(task.method)
+        exclude = task.tried
+        remote = self.remote_ids.get(task.method) if task.local_only else None
+        if remote:  # forwarded here (cluster mode): never on to another router; a few ids, O(m log n)
+            exclude = [*task.tried, *remote]
         agent = None
         if candidates:
-            agent = self.strategy.choose(task.method, candidates, self.rng, task.tried)
+            agent = self.strategy.choose(task.method, candidates, self.rng, exclude)
             if agent is None and task.tried:
                 # Every capable agent was tried: allow any but the one that failed last.
-                agent = self.strategy.choose(task.method, candidates, self.rng, task.tried[-1:])
+                agent = self.strategy.choose(task.method, candidates, self.rng, [*task.tried[-1:], *(remote or ())])
         if agent is None:
             if task.attempts == 0:
                 actions.append(self._end(task, errors.NO_AGENT, f"no active agent has capability {task.method!r}"))
@@ -476,11 +499,13 @@ class Router:
     def _may_hold_out(self, agent: AgentState) -> bool:
         """Like Envoy's max_ejection_percent: when overload makes every agent look faulty, or a
         restart makes every agent look like it flapped, holding them all out would turn a
-        slow or brief problem into `no-agent` for everyone. The last capable agent is never held out."""
+        slow or brief problem into `no-agent` for everyone. The last capable agent is never held out.
+        O(c) from the registry's counts (c = the agent's capabilities); suspects are never dead."""
+        registry = self.registry
         for cap in agent.capabilities:
-            live = [a for a in self.registry.all_with(cap) if a.status is not Status.DEAD or a is agent]
-            held = sum(1 for a in live if a.status is Status.SUSPECT)
-            if held + 1 > self.config.max_held_out_ratio * len(live):
+            live = registry.count_with(cap) - registry.count_with(cap, Status.DEAD) + (agent.status is Status.DEAD)
+            held = registry.count_with(cap, Status.SUSPECT)
+            if held + 1 > self.config.max_held_out_ratio * live:
                 return False
         return True
 
@@ -500,4 +525,8 @@ class Router:
             state = self.registry.get(old)
             if old != agent_id and state is not None and state.status is Status.DEAD:  # an older entry of a re-dead agent
                 self.registry.remove(old)
+                if old in self._remote:
+                    self._remote.discard(old)
+                    for cap in state.capabilities:
+                        self.remote_ids[cap].remove(old)
                 self._by_agent.pop(old, None)

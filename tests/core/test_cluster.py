@@ -217,9 +217,11 @@ def test_a_summary_makes_one_remote_candidate_per_capability_with_its_load() -> 
     reg = c.hubs["a"].proto.router.registry
     m1 = reg.get(candidate_id("b", "m1"))
     m2 = reg.get(candidate_id("b", "m2"))
-    assert m1 is not None and m1.remote and m1.concurrency == 4 and m1.in_flight == 1
+    router_a = c.hubs["a"].proto.router
+    assert m1 is not None and router_a.is_remote(m1.agent_id) and m1.concurrency == 4 and m1.in_flight == 1
     assert m2 is not None and m2.concurrency == 3 and m2.in_flight == 1  # b1's slots serve both methods
-    assert reg.local_agents_with("m1") == []
+    assert router_a.remote_ids["m1"] == [candidate_id("b", "m1")]
+    assert router_a.agents_by_status()["active"] == 0  # other routers' capacity is no agent here
     # the id cannot be registered by a real peer: "~" is not allowed in ids
     ep = c.connect("a", PeerSession(Identity.generate(), candidate_id("b", "m1"), "agent", ["m1"]))
     assert ep.closed is not None and c.hubs["a"].proto.rejections.get(errors.INVALID_MESSAGE) == 1
