@@ -43,7 +43,7 @@ def test_a_task_submitted_at_one_router_runs_at_another_and_its_signature_checks
         async with routers(nats_server.url, ["r1", "r2"]) as rs:
             (s1, c1), (s2, c2) = rs
             async with agent(s2.url, "agent-at-r2", {"echo": lambda x: {"echo": x}}):
-                await wait_until(lambda: c1.node.router.registry.agents_with("echo") != [], what="r1 sees r2's agent")
+                await wait_until(lambda: len(c1.node.router.registry.agents_with("echo")) > 0, what="r1 sees r2's agent")
                 async with Controller(s1.url) as ctl:
                     result = await ctl.submit("echo", {"n": 7}, timeout=5.0)
                     assert result.agent_id == "agent-at-r2" and result.value == {"echo": {"n": 7}}
