@@ -100,6 +100,7 @@ class NatsCluster:
             disconnected_cb=self._disconnected,
             reconnected_cb=self._reconnected,
             error_cb=self._error,
+            skip_subject_validation=True,  # our subjects are built from validated router ids (ROUTER_ID)
         )
         await nc.subscribe(self.prefix + "summary", cb=self._on_summary)
         await nc.subscribe(self.subject_of(self.name), cb=self._on_direct)
