@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench soak plots clean
+.PHONY: venv test lint demo demo-cluster bench soak plots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,9 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m aicp demo
+
+demo-cluster: $(STAMP)
+	$(BIN)/python -m aicp.lab.demo_cluster
 
 bench: $(STAMP)
 	$(BIN)/python -m aicp bench-core

@@ -101,6 +101,21 @@ class Close(msgspec.Struct, frozen=True, gc=False):
 Output = Send | Close
 
 
+class Forward(msgspec.Struct, frozen=True, gc=False):
+    """Cluster mode (``aicp.cluster``): hand ``data``, a signed frame kept verbatim, to router ``router``.
+
+    ``kind`` "task": run the task there, within ``timeout_s``; "outcome": the one outcome
+    of task ``key`` that ``router`` forwarded here. Drivers collect these with
+    ``take_forwards()``; a router outside a cluster never makes one.
+    """
+
+    router: str
+    kind: Literal["task", "outcome"]
+    key: str
+    data: bytes
+    timeout_s: float = 0.0
+
+
 class Verification:
     """One signature check that a driver may run off its event loop: see ``RouterProtocol.prepare_verify``.
 
@@ -141,14 +156,15 @@ class _Conn:
 
 
 class _Peer:
-    __slots__ = ("conn", "key_raw", "key_text", "peer_id", "progress", "role")
+    __slots__ = ("conn", "key_raw", "key_text", "peer_id", "progress", "role", "router")
 
-    def __init__(self, peer_id: str, key_text: str, key_raw: bytes, role: str) -> None:
+    def __init__(self, peer_id: str, key_text: str, key_raw: bytes, role: str, router: str | None = None) -> None:
         self.peer_id = peer_id
         self.key_text = key_text
         self.key_raw = key_raw
         self.role = role
         self.conn: _Conn | None = None
+        self.router = router  # cluster mode: the remote router this peer stands for (it has no connection)
         self.progress = False  # it asked for Progress notices at its last registration
 
 
@@ -208,6 +224,7 @@ class RouterProtocol:
         self._msg_seq = 0
         self._msg_prefix = "r" + self._nonce()[:8] + "-"
         self.draining = False
+        self.forwards: list[Forward] = []  # cluster mode: frames for other routers, until take_forwards()
         #: where lasting state changes are reported (``aicp.state``); None keeps them in memory only
         self.store: StateSink | None = None
         #: task key -> expiry: tasks admitted before a restart that had not ended (``restore``).
@@ -275,6 +292,100 @@ class RouterProtocol:
     def next_deadline(self) -> float | None:
         return self.router.next_deadline()
 
+    # ------------------------------------------------------------------ cluster mode (aicp.cluster drives these)
+    def take_forwards(self) -> list[Forward]:
+        """Frames for other routers made since the last call (cluster mode; else always empty)."""
+        out, self.forwards = self.forwards, []
+        return out
+
+    def add_remote(self, peer_id: str, router: str, role: Literal["agent", "router"]) -> None:
+        """A peer without a connection that stands for router ``router``: as "agent", its capacity
+        for one method (a remote candidate in the registry); as "router", the requester of the tasks
+        it forwards here. ``peer_id`` must be a name no real peer can register."""
+        if peer_id not in self._peers:
+            self._peers[peer_id] = _Peer(peer_id, "", b"", role, router)
+
+    def remote_lost(self, peer_id: str, now: float, reason: str) -> list[Output]:
+        """A remote candidate is gone (its router silent or without agents): its tasks fail over."""
+        return self._agent_lost(peer_id, now, reason)
+
+    def submit_forwarded(self, origin: str, data: bytes, timeout_s: float, now: float) -> list[Output]:
+        """A task frame another router owns, to run here on a local agent, in one attempt.
+
+        ``origin`` is the peer added with ``add_remote(..., "router")``. The frame is not verified
+        again (its owner did; routers of a cluster trust each other). Its one outcome comes out as a
+        ``Forward`` of kind "outcome" to the origin's router.
+        """
+        requester = self._peers[origin]
+        try:
+            frame = decode_frame(data)
+            body = decode_body(frame.body)
+        except errors.ProtocolError as exc:
+            self._count(exc.code)
+            return []
+        if not isinstance(body, Task):
+            self._count(errors.INVALID_MESSAGE)
+            return []
+        key = task_key(body.sender, body.id)
+        assert requester.router is not None
+        fingerprint = task_fingerprint(body)
+        pending = self._pending.get(key)
+        if pending is not None:
+            # The same task again: its controller moved and re-sent it through another owner.
+            # The latest owner gets the one outcome (the earlier one has lost that controller).
+            self.counters["tasks_resubmitted"] += 1
+            if pending.requester != origin and pending.fingerprint == fingerprint and decode_frame(pending.frame).key == frame.key:
+                pending.requester = origin
+            return []
+        stored = self._outcomes.get(key, now)
+        if stored is not None:
+            self.counters["tasks_resubmitted"] += 1
+            if stored.fingerprint == fingerprint:
+                self.forwards.append(Forward(requester.router, "outcome", key, stored.frame))
+            else:
+                frame_out = self._error_frame(now, errors.ID_CONFLICT, f"task id {body.id!r} ended with another method or payload", body.id, body.id, body.method)
+                self.forwards.append(Forward(requester.router, "outcome", key, frame_out))
+            return []
+        self._pending[key] = _Pending(origin, body.id, body.method, data, now, fingerprint)
+        if self.trace is not None:
+            self.trace(trace.Arrive(t=now, task=key, method=body.method, bytes=len(body.payload), timeout_ms=timeout_s * 1000.0))
+        self.counters["tasks_accepted"] += 1
+        return self._apply(self.router.submit(key, body.method, now, timeout_s, local_only=True, max_attempts=1), now)
+
+    def remote_outcome(self, router: str, key: str, data: bytes, now: float) -> list[Output]:
+        """Router ``router`` sends the outcome of task ``key`` it ran for us: a result frame, or its error frame.
+
+        A success completes the task (the result frame goes to the requester verbatim); an
+        error or a result that does not match is a failed attempt, retried as any other.
+        An outcome for an attempt this router has already given up on is late and dropped.
+        """
+        agent = self.router.assigned_agent(key)
+        peer = self._peers.get(agent) if agent is not None else None
+        pending = self._pending.get(key)
+        if peer is None or peer.router != router or pending is None:
+            self.counters["results_late"] += 1
+            return []
+        ok, reason = False, ""
+        try:
+            body = decode_body(decode_frame(data).body)
+        except errors.ProtocolError as exc:
+            body, reason = None, f"router {router} sent an unreadable outcome: {exc.code}"
+        if isinstance(body, Result):
+            if task_key(body.requester, body.task_id) != key or body.method != pending.method:
+                reason = f"router {router} sent a result for another task"
+            else:
+                ok, reason = body.ok, body.reason
+                if self.trace is not None:
+                    self.trace(trace.Reply(t=now, task=key, agent=peer.peer_id, ok=body.ok, service_ms=body.service_ms))
+        elif isinstance(body, Error):
+            reason = f"router {router}: {body.code}: {body.message}"
+        elif body is not None:
+            reason = f"router {router} sent a {type(body).__name__} as an outcome"
+        verdict, actions = self.router.result(peer.peer_id, key, ok, now, reason)
+        if verdict != ACCEPTED:
+            self.counters["results_late"] += 1
+            return []
+        return self._apply(actions, now, result_frame=data if ok else None)
     # ------------------------------------------------------------------ lasting state
     def restore(self, snapshot: Snapshot, now: float) -> None:
         """Take back the lasting state of an earlier run, before the first connection.
@@ -609,6 +720,7 @@ class RouterProtocol:
             if pending.fingerprint != fingerprint:
                 raise errors.VerifyError(errors.ID_CONFLICT, f"task id {body.id!r} is running with another method or payload")
             self.counters["tasks_resubmitted"] += 1
+            pending.requester = peer.peer_id  # cluster mode: it may have come here from another router first
             return []
         stored = self._outcomes.get(key, now)
         if stored is not None:
@@ -692,6 +804,9 @@ class RouterProtocol:
                 agent = self._peers[action.agent_id]
                 if agent.conn is not None:
                     out.append(Send(agent.conn.id, pending.frame))
+                elif agent.router is not None:
+                    limit = self.router.attempt_deadline(action.task_id, now)
+                    self.forwards.append(Forward(agent.router, "task", action.task_id, pending.frame, max(0.001, (limit or now) - now)))
                 requester = self._peers.get(pending.requester)
                 if requester is not None and requester.progress and requester.conn is not None:
                     out.append(Send(requester.conn.id, self._progress_frame(now, pending, action)))
@@ -744,6 +859,9 @@ class RouterProtocol:
     def _deliver(self, pending: _Pending, key: str, frame: bytes, now: float) -> list[Output]:
         self._keep_outcome(key, _Outcome(frame, pending.fingerprint, tuple(pending.assignees)), now)
         requester = self._peers.get(pending.requester)
+        if requester is not None and requester.router is not None:
+            self.forwards.append(Forward(requester.router, "outcome", key, frame))
+            return []
         if requester is None or requester.conn is None:
             return []  # kept in the outcome cache for a resubmission
         return [Send(requester.conn.id, frame)]
@@ -781,6 +899,11 @@ class RouterProtocol:
         ref = refused.id if refused is not None else None
         return Send(c.id, self._error_frame(now, code, message, ref, task.id if task else None, task.method if task else None))
 
+    def _progress_name(self, agent_id: str) -> str:
+        """Cluster mode: a remote candidate's id is no valid peer id; a progress notice names its router instead."""
+        peer = self._peers.get(agent_id)
+        return "router:" + peer.router if peer is not None and peer.router is not None and peer.role == "agent" else agent_id
+
     def _progress_frame(self, now: float, pending: _Pending, dispatch: Dispatch) -> bytes:
         body = Progress(
             v=PROTOCOL_VERSION,
@@ -790,7 +913,7 @@ class RouterProtocol:
             task_id=pending.task_id,
             method=pending.method,
             state="dispatched" if dispatch.attempt <= 1 else "retried",
-            agent=dispatch.agent_id,
+            agent=self._progress_name(dispatch.agent_id),
             attempt=dispatch.attempt,
         )
         return seal(self.identity, self.config.router_id, body)

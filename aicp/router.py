@@ -110,9 +110,9 @@ _T_HOLDOUT = 2
 
 
 class _Task:
-    __slots__ = ("agent", "attempts", "created", "deadline", "dispatched_at", "id", "last_code", "last_message", "method", "phase", "token", "tried")
+    __slots__ = ("agent", "attempts", "created", "deadline", "dispatched_at", "id", "last_code", "last_message", "local_only", "max_attempts", "method", "phase", "token", "tried")
 
-    def __init__(self, task_id: str, method: str, now: float, deadline: float) -> None:
+    def __init__(self, task_id: str, method: str, now: float, deadline: float, max_attempts: int, local_only: bool = False) -> None:
         self.id = task_id
         self.method = method
         self.created = now
@@ -125,6 +125,8 @@ class _Task:
         self.token = 0
         self.last_code = errors.NO_AGENT
         self.last_message = ""
+        self.max_attempts = max_attempts
+        self.local_only = local_only
 
 
 class RouterStats:
@@ -163,6 +165,10 @@ class Router:
         self._seq = 0
         self._retry_tokens = self.config.retry_budget_reserve
         self._dead: deque[str] = deque()
+        #: cluster mode: capability -> ids of the remote candidates for it (other routers' capacity,
+        #: ``aicp.cluster``), at most one per other router. A ``local_only`` task excludes them.
+        self.remote_ids: dict[str, list[str]] = {}
+        self._remote: set[str] = set()
 
     # ------------------------------------------------------------------ queries
     def __contains__(self, task_id: str) -> bool:
@@ -179,6 +185,31 @@ class Router:
     def tasks_on(self, agent_id: str) -> list[str]:
         return list(self._by_agent.get(agent_id, {}))
 
+    def is_remote(self, agent_id: str) -> bool:
+        return agent_id in self._remote
+
+    def agents_by_status(self) -> dict[str, int]:
+        """Like ``registry.count_by_status()`` without remote candidates. O(statuses + remote candidates)."""
+        counts = self.registry.count_by_status()
+        for agent_id in self._remote:
+            state = self.registry.get(agent_id)
+            if state is not None:
+                counts[state.status.value] -= 1
+        return counts
+
+    def count_on(self, agent_id: str) -> int:
+        """How many of this router's tasks are on ``agent_id`` now. O(1)."""
+        on = self._by_agent.get(agent_id)
+        return len(on) if on is not None else 0
+
+    def attempt_deadline(self, task_id: str, now: float) -> float | None:
+        """When the task's current attempt times out (``None``: not in the router)."""
+        task = self._tasks.get(task_id)
+        if task is None:
+            return None
+        limit = task.dispatched_at + self.config.attempt_timeout_s if not task.local_only else task.deadline
+        return limit if limit < task.deadline else task.deadline
+
     def next_deadline(self) -> float | None:
         """When ``on_timer`` must next be called, or ``None`` if nothing is pending."""
         timers = self._timers
@@ -187,12 +218,22 @@ class Router:
         return timers[0][0] if timers else None
 
     # ------------------------------------------------------------------ agents
-    def register_agent(self, agent_id: str, capabilities: Iterable[str], now: float, concurrency: int = 1, trust: float | None = None) -> list[Action]:
-        """Add an agent, or bring a dead one back. A live agent re-registering just updates."""
+    def register_agent(
+        self, agent_id: str, capabilities: Iterable[str], now: float, concurrency: int = 1, trust: float | None = None, remote: bool = False
+    ) -> list[Action]:
+        """Add an agent, or bring a dead one back. A live agent re-registering just updates.
+
+        ``remote`` marks another router's capacity in cluster mode (``aicp.cluster``): tasks
+        submitted with ``local_only`` never go to it.
+        """
         cfg = self.config
         state = self.registry.get(agent_id)
         if state is None:
             state = AgentState(agent_id, capabilities, concurrency, cfg.trust_prior if trust is None else trust, now, cfg.lease_s)
+            if remote:
+                self._remote.add(agent_id)
+                for cap in state.capabilities:
+                    self.remote_ids.setdefault(cap, []).append(agent_id)
             self.registry.add(state)
             self._push(state.lease_expiry, _T_LEASE, agent_id, state.epoch)
         else:
@@ -254,8 +295,14 @@ class Router:
             state.trust -= self.config.bad_signature_loss * state.trust
 
     # ------------------------------------------------------------------ tasks
-    def submit(self, task_id: str, method: str, now: float, timeout_s: float | None = None) -> list[Action]:
-        """Accept a task and dispatch it, or end it at once (``overloaded``, ``no-agent``)."""
+    def submit(
+        self, task_id: str, method: str, now: float, timeout_s: float | None = None, *, local_only: bool = False, max_attempts: int | None = None
+    ) -> list[Action]:
+        """Accept a task and dispatch it, or end it at once (``overloaded``, ``no-agent``).
+
+        Cluster mode: a task forwarded by another router comes with ``local_only`` (never
+        forwarded again) and ``max_attempts=1`` (its owner retries).
+        """
         if task_id in self._tasks:
             raise errors.LocalError(f"task {task_id!r} is already in the router")
         cfg = self.config
@@ -264,7 +311,7 @@ class Router:
             self.stats.shed += 1
             return [self._count_fail(Failed(task_id, errors.OVERLOADED, "router is at max_tasks", 0))]
         budget = min(timeout_s if timeout_s is not None else cfg.default_deadline_s, cfg.max_deadline_s)
-        task = _Task(task_id, method, now, now + budget)
+        task = _Task(task_id, method, now, now + budget, cfg.max_attempts if max_attempts is None else max_attempts, local_only)
         self._tasks[task_id] = task
         tokens = self._retry_tokens + cfg.retry_budget_ratio
         self._retry_tokens = tokens if tokens < cfg.retry_budget_max else cfg.retry_budget_max
@@ -364,12 +411,16 @@ class Router:
 
     def _dispatch(self, task: _Task, now: float, actions: list[Action]) -> None:
         candidates = self.registry.agents_with(task.method)
+        exclude = task.tried
+        remote = self.remote_ids.get(task.method) if task.local_only else None
+        if remote:  # forwarded here (cluster mode): never on to another router; a few ids, O(m log n)
+            exclude = [*task.tried, *remote]
         agent = None
         if candidates:
-            agent = self.strategy.choose(task.method, candidates, self.rng, task.tried)
+            agent = self.strategy.choose(task.method, candidates, self.rng, exclude)
             if agent is None and task.tried:
                 # Every capable agent was tried: allow any but the one that failed last.
-                agent = self.strategy.choose(task.method, candidates, self.rng, task.tried[-1:])
+                agent = self.strategy.choose(task.method, candidates, self.rng, [*task.tried[-1:], *(remote or ())])
         if agent is None:
             if task.attempts == 0:
                 actions.append(self._end(task, errors.NO_AGENT, f"no active agent has capability {task.method!r}"))
@@ -389,7 +440,8 @@ class Router:
         if by_agent is None:
             by_agent = self._by_agent[agent.agent_id] = {}
         by_agent[task.id] = task
-        limit = now + self.config.attempt_timeout_s
+        # A task forwarded by its owner (cluster mode) has one attempt, limited by the time the owner gave it.
+        limit = now + self.config.attempt_timeout_s if not task.local_only else task.deadline
         self._push(limit if limit < task.deadline else task.deadline, _T_TASK, task.id, task.token)
         actions.append(Dispatch(task.id, agent.agent_id, task.attempts))
 
@@ -406,7 +458,7 @@ class Router:
     def _retry_or_fail(self, task: _Task, code: str, message: str, now: float, actions: list[Action]) -> None:
         cfg = self.config
         task.last_code, task.last_message = code, message
-        if task.attempts >= cfg.max_attempts:
+        if task.attempts >= task.max_attempts:
             actions.append(self._end(task, code, f"{message} (after {task.attempts} attempts)"))
             return
         if now >= task.deadline:
@@ -473,4 +525,8 @@ class Router:
             state = self.registry.get(old)
             if old != agent_id and state is not None and state.status is Status.DEAD:  # an older entry of a re-dead agent
                 self.registry.remove(old)
+                if old in self._remote:
+                    self._remote.discard(old)
+                    for cap in state.capabilities:
+                        self.remote_ids[cap].remove(old)
                 self._by_agent.pop(old, None)

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "soak": ("aicp.lab.bench.soak", "minutes at half capacity with agents killed and restarted"),
     "plots": ("aicp.lab.plots", "regenerate the plots under results/plots/"),
     "demo": ("aicp.lab.demo", "the main job: compare strategies, a short live bench, plots"),
+    "plan-cluster": ("aicp.lab.cluster_plan", "simulate N routers x 10,000 agents: throughput and latency as routers are added"),
 }
 
 

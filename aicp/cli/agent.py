@@ -40,7 +40,7 @@ log = logging.getLogger("aicp.agent")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--url", default=DEFAULT_URL, help=f"router URL (default {DEFAULT_URL})")
+    add("--url", default=DEFAULT_URL, help=f"router URL, or several comma-separated (a cluster: tried in turn; default {DEFAULT_URL})")
     add("--capability", action="append", default=None, metavar="METHOD", help="capability to serve (repeatable; default text.classify)")
     add("--handler", default="synthetic", choices=handlers.BUILTINS, help="built-in handler for capabilities without one of their own name")
     add("--count", type=int, default=1, help="agents to run in this process (default 1)")

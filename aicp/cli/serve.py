@@ -56,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--verify-threads", type=int, default=0, metavar="N", help="check signatures on N worker threads, off the event loop (default 0: on the loop)")
     add("--seed", type=int, default=None, help="seed of the routing strategy's randomness")
     add("--record", metavar="FILE", default=None, help="write a trace of every task, dispatch, result, outcome and agent event (docs/TRACE.md; .gz compresses)")
+    add("--cluster", metavar="NATS_URL", default=None, help="join a cluster of routers over NATS, e.g. nats://127.0.0.1:4222 (docs/CLUSTER.md; needs aicp[cluster])")
+    add("--router-id", default="router", help="this router's name: unique in its cluster, letters, digits, _ and - (default router)")
+    add("--cluster-name", default="default", help="NATS subject prefix shared by the routers of one cluster")
+    add("--publish-interval", type=float, default=0.05, metavar="S", help="cluster: how often this router publishes its summary (s)")
+    add("--peer-timeout", type=float, default=0.5, metavar="S", help="cluster: a router silent this long is lost and its tasks fail over (s)")
     add_logging_arguments(parser)
 
 
@@ -73,6 +78,7 @@ def build_server(args: argparse.Namespace) -> AICPWebSocketServer:
                         default_deadline_s=args.default_deadline, max_attempts=args.max_attempts, backoff_base_s=args.retry_backoff_base,
                         backoff_cap_s=args.retry_backoff_cap, retry_budget_ratio=args.retry_budget, trust_prior=args.trust_prior)
     pcfg = ProtocolConfig(
+        router_id=args.router_id,
         window_s=args.window,
         allowlist=_load_allowlist(args.allowlist) if args.allowlist else None,
         max_frame_bytes=args.max_frame,
@@ -99,15 +105,27 @@ def build_server(args: argparse.Namespace) -> AICPWebSocketServer:
     )
 
 
-async def _serve(server: AICPWebSocketServer) -> None:
+async def _serve(server: AICPWebSocketServer, args: argparse.Namespace | None = None) -> None:
     await server.start()
+    cluster = None
+    if args is not None and args.cluster:
+        from aicp.cluster import ClusterConfig
+        from aicp.live.cluster import NatsCluster
+
+        cluster = NatsCluster(server, args.cluster, ClusterConfig(publish_interval_s=args.publish_interval, peer_timeout_s=args.peer_timeout), args.cluster_name)
+        await cluster.start()
+        print(f"Router {args.router_id} joined the cluster at {args.cluster}", flush=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, server.request_stop)
     print(f"AICP WebSocket Server listening on {server.url}", flush=True)
     print(f"Router key: {server.router_key}", flush=True)
     print("Waiting for agents to connect...", flush=True)
-    await server.serve_forever()
+    try:
+        await server.serve_forever()
+    finally:
+        if cluster is not None:
+            await cluster.stop()
     print("AICP WebSocket Server stopped", flush=True)
 
 
@@ -116,9 +134,15 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("error: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    if args.cluster:
+        from aicp.live.cluster import ROUTER_ID
+
+        if not ROUTER_ID.match(args.router_id) or not ROUTER_ID.match(args.cluster_name):
+            print(f"error: --router-id and --cluster-name must match {ROUTER_ID.pattern} (they become NATS subject tokens)", file=sys.stderr)
+            return 2
     try:
         server = build_server(args)
-        run_async(_serve(server))
+        run_async(_serve(server, args))
     except StateFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from aicp import errors
-from aicp.live.client import CONNECT_ERRORS, DEFAULT_URL
+from aicp.live.client import CONNECT_ERRORS, DEFAULT_URL, split_urls
 from aicp.live.controller import AICPController
 from aicp.live.keys import identity_for
 from aicp.live.loop import run_async
@@ -26,7 +26,7 @@ from aicp.signing import Identity
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("method", help="capability to call, e.g. text.classify")
     parser.add_argument("payload", help="task payload as JSON, e.g. '{\"text\": \"hello\"}'")
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"router URL (default {DEFAULT_URL})")
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"router URL, or several comma-separated: tried in turn (default {DEFAULT_URL})")
     parser.add_argument("--timeout", type=float, default=30.0, help="task deadline in seconds (default 30)")
     parser.add_argument("--key", metavar="FILE", help="controller identity file (created 0600 if missing; default with --id: $AICP_KEY_DIR/ID.key, else a new key)")
     parser.add_argument("--id", default=None, help="controller id (default: controller-<random>, with a new key)")
@@ -44,8 +44,10 @@ async def _submit(args: argparse.Namespace, obj: Any) -> Any:
     else:
         identity = Identity.generate()
     ssl_ctx = ssl_module.create_default_context(cafile=args.cafile) if args.url.startswith("wss://") else None
-    ctl = AICPController(args.url, args.id or f"controller-{secrets.token_hex(4)}", identity, router_key=args.router_key, ssl=ssl_ctx, reconnect=False)
-    await ctl.start()
+    routers = len(split_urls(args.url))  # several: each is tried once, in turn
+    ctl = AICPController(args.url, args.id or f"controller-{secrets.token_hex(4)}", identity, router_key=args.router_key, ssl=ssl_ctx, reconnect=False,
+                         max_reconnect_attempts=routers - 1)
+    await ctl.start(retry=routers > 1)
     try:
         if args.repeat <= 1:
             return await ctl.submit(args.method, obj, timeout=args.timeout, task_id=args.task_id)

@@ -30,6 +30,7 @@ import random
 import ssl as ssl_module
 import time
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -47,6 +48,15 @@ from aicp.signing import Identity
 log = logging.getLogger("aicp.live.client")
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
+
+
+def split_urls(urls: str | Sequence[str]) -> list[str]:
+    """``"ws://a:1,ws://b:2"`` or a list -> the list of router URLs (at least one)."""
+    parts = [u.strip() for u in (urls.split(",") if isinstance(urls, str) else urls)]
+    parts = [u for u in parts if u]
+    if not parts:
+        raise errors.LocalError("no router URL given")
+    return parts
 
 #: What a failed connection attempt may raise; anything else is a bug and propagates.
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (OSError, WebSocketException, errors.ProtocolError, TimeoutError, EOFError)
@@ -110,7 +120,7 @@ class PeerClient:
 
     def __init__(
         self,
-        server_url: str,
+        server_url: str | Sequence[str],
         peer_id: str,
         identity: Identity,
         *,
@@ -127,7 +137,9 @@ class PeerClient:
         max_frame_bytes: int = MAX_FRAME_BYTES,
         progress: bool = False,
     ) -> None:
-        self.server_url = server_url
+        #: the routers to try, in turn: a list, or one string of comma-separated URLs (cluster mode)
+        self.urls = split_urls(server_url)
+        self._url_index = 0
         self.identity = identity
         self.session = PeerSession(identity, peer_id, role, capabilities or [], concurrency, router_key, progress=progress)
         self._pinned_router_key = router_key  # None: trust the key of each router we connect to
@@ -152,6 +164,21 @@ class PeerClient:
     @property
     def peer_id(self) -> str:
         return self.session.peer_id
+
+    @property
+    def server_url(self) -> str:
+        """The router URL in use (or tried next)."""
+        return self.urls[self._url_index]
+
+    @server_url.setter
+    def server_url(self, urls: str | Sequence[str]) -> None:
+        self.urls = split_urls(urls)
+        self._url_index = 0
+
+    def next_url(self) -> str:
+        """Move to the next router URL (after a failed attempt); with one URL it stays."""
+        self._url_index = (self._url_index + 1) % len(self.urls)
+        return self.server_url
 
     @property
     def connected(self) -> bool:
@@ -207,6 +234,10 @@ class PeerClient:
                 attempt += 1
                 if self.max_reconnect_attempts is not None and attempt > self.max_reconnect_attempts:
                     raise
+                if len(self.urls) > 1:
+                    log.info("%s: %s failed (%s); trying %s", self.peer_id, self.server_url, exc, self.next_url())
+                    if attempt % len(self.urls):  # the next router at once; back off once per round
+                        continue
                 delay = random.uniform(0.0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** min(attempt, 30)))
                 log.info("%s: connect failed (%s); retrying in %.3f s", self.peer_id, exc, delay)
                 await asyncio.sleep(delay)
@@ -362,7 +393,7 @@ class AICPWebSocketClient(PeerClient):
 
     def __init__(
         self,
-        server_url: str = DEFAULT_URL,
+        server_url: str | Sequence[str] = DEFAULT_URL,
         agent_id: str = "agent",
         identity: Identity | None = None,
         capabilities: list[str] | None = None,

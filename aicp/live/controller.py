@@ -20,6 +20,7 @@ import asyncio
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -48,7 +49,7 @@ class _Submitted(msgspec.Struct):
 class AICPController(PeerClient):
     """An async control-plane client. Use ``async with AICPController(...) as ctl``."""
 
-    def __init__(self, server_url: str = DEFAULT_URL, controller_id: str = "controller", identity: Identity | None = None, **kwargs: Any) -> None:
+    def __init__(self, server_url: str | Sequence[str] = DEFAULT_URL, controller_id: str = "controller", identity: Identity | None = None, **kwargs: Any) -> None:
         super().__init__(server_url, controller_id, identity or Identity.generate(), role="controller", **kwargs)
         self._submitted: dict[str, _Submitted] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -193,7 +194,7 @@ class Controller(AICPController):
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
+        url: str | Sequence[str] = DEFAULT_URL,
         controller_id: str | None = None,
         identity: Identity | None = None,
         *,

@@ -24,8 +24,9 @@ def healthz(server: AICPWebSocketServer) -> dict[str, object]:
     return {
         "status": "draining" if server.stopping else "ok",
         "connections": server.open_connections,
-        "agents": server.router.registry.count_by_status(),
+        "agents": server.router.agents_by_status(),  # local agents only (not other routers' capacity in cluster mode)
         "tasks_in_flight": server.proto.pending_tasks(),
+        **({"cluster": server.cluster_info()} if server.cluster_info is not None else {}),
     }
 
 

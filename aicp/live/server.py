@@ -137,6 +137,9 @@ class AICPWebSocketServer:
         self._local: dict[str, LocalPeer] = {}
         self._local_controller: LocalPeer | None = None
         self._pending_local: dict[str, Mapping[str, Handler]] = {}
+        #: cluster mode (``aicp.live.cluster``): called when the core has frames for other routers
+        self.cluster_flush: Callable[[], None] | None = None
+        self.cluster_info: Callable[[], dict[str, object]] | None = None  # cluster mode: shown in /healthz
 
     # ------------------------------------------------------------------ properties
     @property
@@ -385,6 +388,8 @@ class AICPWebSocketServer:
                 link.send(out.data)
             else:
                 link.close(out.code, out.reason)
+        if self.proto.forwards and self.cluster_flush is not None:
+            self.cluster_flush()
         self._rearm()
 
     def _rearm(self) -> None:

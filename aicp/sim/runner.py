@@ -31,7 +31,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import numpy as np
@@ -103,13 +103,21 @@ class RunLog:
         return [self.outcomes[i] for i in sorted(self.outcomes)]
 
 
+def _simulation(spec: RunSpec) -> Simulation:
+    if spec.scenario.routers:  # several routers: the cluster driver runs the same core per router
+        from aicp.sim.cluster import ClusterSimulation
+
+        return cast(Simulation, ClusterSimulation(spec.scenario, spec.strategy, spec.seed_sequence(), trace=spec.trace))
+    return Simulation(spec.scenario, spec.strategy, spec.seed_sequence(), trace=spec.trace)
+
+
 def run_one(spec: RunSpec, keep_result: bool = False, progress: bool = False) -> RunOutcome:
     """Run one replication; write its records and timelines; never raise."""
     sim: Simulation | None = None
     result: RunResult | None = None
     bar = None
     try:
-        sim = Simulation(spec.scenario, spec.strategy, spec.seed_sequence(), trace=spec.trace)
+        sim = _simulation(spec)
         if progress:
             bar = tqdm(
                 total=round(spec.scenario.duration_s), desc=f"{spec.label} (sim s)", unit="s", leave=False, file=sys.stderr

@@ -184,6 +184,29 @@ class RouterSection(_Strict):
     max_tasks: Count = 100_000
 
 
+class RouterFault(_Strict):
+    """A fault on one router of a cluster: ``crash`` (its agents and controllers move to the next router)
+    or ``partition`` (cut off from the other routers, not from its own peers)."""
+
+    at_s: NonNeg
+    action: Literal["crash", "partition"]
+    router: Annotated[int, Meta(ge=0)]
+    until_s: NonNeg | None = None  # recover / heal at this time
+
+
+class Routers(_Strict):
+    """Several routers as one (docs/CLUSTER.md), run by ``aicp.sim.cluster`` with the cluster core."""
+
+    count: Annotated[int, Meta(ge=1, le=1000)]
+    latency_ms: NonNeg = 0.5  # one way, between two routers
+    publish_interval_ms: Pos = 50.0
+    peer_timeout_ms: Pos = 500.0
+    placement: list[NonNeg] = []  # weight of each router when agents are placed (each group spread alike); default even
+    task_cpu_us: NonNeg = 0.0  # router CPU per task (its submit and its result); 0 = routers are infinitely fast
+    hop_cpu_us: NonNeg = 0.0  # router CPU per message between routers (each end)
+    faults: list[RouterFault] = []
+
+
 class Scenario(_Strict):
     name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]+$")]
     duration_s: Pos
@@ -202,6 +225,7 @@ class Scenario(_Strict):
     network: Network = msgspec.field(default_factory=Network)
     router: RouterSection = msgspec.field(default_factory=RouterSection)
     faults: list[Fault] = msgspec.field(default_factory=list)
+    routers: Annotated[list[Routers], Meta(max_length=1)] = []  # [[routers]] count = N: a cluster (aicp.sim.cluster)
     base_dir: str = "."  # where relative file names resolve; set from the file's folder
 
     def agent_ids(self) -> list[str]:
@@ -325,6 +349,16 @@ def check(s: Scenario, source: str) -> None:
             raise ScenarioError(f"{source}: faults[{i}].until_s must be after at_s")
         if isinstance(f, CrashFault) and until is not None and until < f.at_s + f.over_s:
             raise ScenarioError(f"{source}: faults[{i}].until_s must not come before at_s + over_s")
+    for r in s.routers:
+        if r.placement and (len(r.placement) != r.count or sum(r.placement) <= 0):
+            raise ScenarioError(f"{source}: routers.placement: one weight per router ({r.count}), not all zero")
+        for i, rf in enumerate(r.faults):
+            if rf.router >= r.count:
+                raise ScenarioError(f"{source}: routers.faults[{i}].router: {rf.router} is not one of the {r.count} routers (0-based)")
+            if rf.until_s is not None and rf.until_s <= rf.at_s:
+                raise ScenarioError(f"{source}: routers.faults[{i}].until_s must be after at_s")
+        if s.faults:
+            raise ScenarioError(f"{source}: agent faults are not modelled with several routers yet; use routers.faults")
 
 
 def _files_of(obj: object) -> list[str]:

@@ -421,6 +421,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "network latency, crash/recover/flap faults; its own duration and warm-up; aicp/lab/bench/scenario_plan.py)")
     add("--arrivals", type=Path, default=None, metavar="TRACE", help="open loop on the arrivals a trace recorded (aicp bench --record; docs/TRACE.md), "
         "against agents from --agents/--service-time/--agent-concurrency")
+    add("--routers", type=int, default=1, help="N > 1: N routers over a real nats-server next to one router, in one run (aicp.lab.bench.cluster)")
     add("--via", choices=["websocket", "gateway"], default="websocket",
         help="gateway: also measure the HTTP gateway next to direct WebSocket submission (see aicp.lab.bench.via_gateway)")
     add("--gateway-rate", type=float, default=500.0, help="--via gateway: open-loop rate for the added-latency comparison (default 500)")
@@ -449,6 +450,10 @@ def run(args: argparse.Namespace) -> int:
     args.strategy = args.strategy or "round_robin"
     args.duration = 10.0 if args.duration is None else args.duration
     args.warmup = 2.0 if args.warmup is None else args.warmup
+    if args.routers > 1:
+        from aicp.lab.bench.cluster import run_cluster
+
+        return run_cluster(args)
     if args.record_overhead or args.state_overhead:
         from aicp.lab.bench.record import record_overhead
 

@@ -1,0 +1,225 @@
+"""``aicp bench --routers N``: several routers over a real nats-server, next to one router, in one run.
+
+Three parts, every process started here and stopped at the end (docs/CLUSTER.md):
+
+1. **one router** holding every agent; ``N`` load generators send to it, open loop at
+   ``--rate`` (default 70% of the agents' capacity, from ``--service-time``);
+2. **N routers** with the same agents spread unevenly (router i gets a share
+   proportional to N - i, so 3 routers get 3:2:1), one load generator per router at
+   ``rate / N``: throughput, p50/p99, and the cross-router share (tasks forwarded /
+   tasks submitted, from each router's ``/healthz``);
+3. **router CPU per task, local against cross-router**: two routers, every agent at
+   the first; the same load is sent to the first (every task local), then to the
+   second (every task crosses: both routers' CPU counts). The ratio is the cost of a hop.
+
+The goals (issue 14): cross/local router CPU per task < 1.5; least_loaded's p99 on N
+routers within 20% of one router. Figures depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from typing import Any
+
+import psutil
+
+from aicp.lab.bench.live import METHOD, Fleet, Proc, Trial, _agents_ready, _wait_port, free_port, own_fleet_flags, summarise
+from aicp.live.handlers import parse_service_time
+
+GOAL_CPU_RATIO = 1.5
+GOAL_P99_RATIO = 1.2
+
+
+def start_nats(fleet: Fleet) -> str:
+    from aicp.live.cluster import nats_server_binary
+
+    port = free_port()
+    log = open(fleet.run_dir / "nats-server.log", "wb")  # the child keeps its own descriptor
+    popen = subprocess.Popen([nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    fleet.procs.append(Proc("nats", popen, psutil.Process(popen.pid)))
+    _wait_port(port, 15)
+    return f"nats://127.0.0.1:{port}"
+
+
+def start_router(fleet: Fleet, cfg: argparse.Namespace, role: str, nats: str | None = None, name: str = "router") -> tuple[str, str]:
+    """A router process (in the cluster at ``nats`` if given); returns its (ws, http) URLs."""
+    port = free_port()
+    cluster = ["--cluster", nats, "--router-id", name] if nats else []
+    fleet.spawn(role, ["-m", "aicp.server", "--port", str(port), "--strategy", cfg.strategy, "--verify", cfg.verify, "--log-level", "WARNING",
+                       "--rate", "1000000", *own_fleet_flags(cfg.agents), *cluster])
+    _wait_port(port, 15)
+    return f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}"
+
+
+def start_agents_at(fleet: Fleet, url: str, count: int, cfg: argparse.Namespace, tag: str) -> None:
+    if count > 0:
+        fleet.spawn("agents", ["-m", "aicp", "agent", "--url", url, "--capability", METHOD, "--handler", "synthetic", "--count", str(count),
+                               "--id", f"bench-{tag}", "--service-time", cfg.service_time, "--concurrency", str(cfg.agent_concurrency),
+                               "--log-level", "WARNING"])
+
+
+def healthz(http: str) -> dict[str, Any]:
+    with urllib.request.urlopen(http + "/healthz", timeout=5) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def wait_cluster(https: list[str], timeout: float = 20.0) -> None:
+    """Until every router hears every other one."""
+    deadline = time.monotonic() + timeout
+    want = len(https) - 1
+    while time.monotonic() < deadline:
+        if all(len(healthz(h).get("cluster", {}).get("routers", [])) >= want for h in https):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("the routers did not all see each other")
+
+
+def uneven_split(total: int, routers: int) -> list[int]:
+    """``total`` agents over ``routers`` routers in proportion N : N-1 : … : 1, at least one each."""
+    weights = list(range(routers, 0, -1))
+    counts = [max(1, total * w // sum(weights)) for w in weights]
+    counts[0] += total - sum(counts)
+    return counts
+
+
+def load(fleet: Fleet, targets: list[tuple[str, float]], trial: Trial, cfg: argparse.Namespace, tag: str, roles: tuple[str, ...]) -> dict[str, Any]:
+    """One open-loop load generator per (url, rate); CPU of the processes whose role is in ``roles``."""
+    fleet.mark_cpu()
+    outs, gens = [], []
+    for i, (url, rate) in enumerate(targets):
+        out = fleet.run_dir / f"{tag}-gen{i}.npz"
+        outs.append(out)
+        gens.append(fleet.spawn("loadgen", ["-m", "aicp.lab.bench.loadgen", "--url", url, "--id", f"{tag}-gen{i}", "--duration", str(trial.duration),
+                                            "--warmup", str(trial.warmup), "--seed", str(cfg.seed + i), "--out", str(out),
+                                            "--task-timeout", str(cfg.task_timeout), "--rate", str(rate)]))
+    t0 = time.monotonic()
+    for g in gens:
+        g.popen.wait(timeout=max(1.0, trial.warmup + trial.duration + cfg.task_timeout + 30.0 - (time.monotonic() - t0)))
+    cpu = fleet.cpu_by_role(time.monotonic() - t0)
+    for g in gens:
+        if g.popen.returncode != 0:
+            raise RuntimeError(f"load generator failed (exit {g.popen.returncode}); see {fleet.run_dir}")
+    fleet.procs = [p for p in fleet.procs if p.role != "loadgen"]
+    result = summarise(outs, trial, cpu)
+    tasks = result["submitted"]
+    result["router_cpu_ms_per_task"] = 1000.0 * sum(cpu[r]["cpu_s"] for r in roles if r in cpu) / tasks if tasks else float("nan")
+    return result
+
+
+def default_rate(cfg: argparse.Namespace) -> float:
+    _, mean_ms = parse_service_time(cfg.service_time)
+    if mean_ms <= 0:
+        raise SystemExit("aicp bench --routers: give --rate, or a --service-time above 0 so that 70% of capacity is defined")
+    return 0.7 * cfg.agents * cfg.agent_concurrency * 1000.0 / mean_ms
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    n = args.routers
+    run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-cluster"
+    run_dir = args.out / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rate = args.rate or default_rate(args)
+    trial = Trial("open", rate=rate, duration=args.duration, warmup=args.warmup)
+    split = uneven_split(args.agents, n)
+    print(f"aicp bench --routers {n}: {args.agents} agents (x{args.agent_concurrency}, service {args.service_time}), "
+          f"open loop {rate:.0f} tasks/s, strategy {args.strategy}; cluster agents per router {split}")
+    summary: dict[str, Any] = {"run_id": run_id, "routers": n, "rate": rate, "agents": args.agents, "split": split, "strategy": args.strategy,
+                               "service_time": args.service_time, "note": "figures from one run on this machine; others may be loading it"}
+    status = 0
+    try:
+        # 1. one router with every agent
+        fleet = Fleet(run_dir)
+        try:
+            url, http = start_router(fleet, args, "router")
+            start_agents_at(fleet, url, args.agents, args, "single")
+            _agents_ready(http, args.agents, 60.0)
+            summary["single"] = load(fleet, [(url, rate / n)] * n, trial, args, "single", ("router",))
+        finally:
+            fleet.stop()
+        # 2. n routers, agents spread unevenly
+        fleet = Fleet(run_dir)
+        try:
+            nats = start_nats(fleet)
+            urls = [start_router(fleet, args, "router", nats, f"r{i + 1}") for i in range(n)]
+            for i, ((_, http), count) in enumerate(zip(urls, split)):
+                others = [u for u, _ in urls[i:] + urls[:i]]
+                start_agents_at(fleet, ",".join(others), count, args, f"r{i + 1}")
+                _agents_ready(http, count, 60.0)
+            wait_cluster([h for _, h in urls])
+            before = [healthz(h)["cluster"] for _, h in urls]
+            result = load(fleet, [(u, rate / n) for u, _ in urls], trial, args, "cluster", ("router",))
+            after = [healthz(h)["cluster"] for _, h in urls]
+            forwarded = sum(a["tasks_forwarded_out"] - b["tasks_forwarded_out"] for a, b in zip(after, before))
+            result["cross_router_share"] = forwarded / result["submitted"] if result["submitted"] else float("nan")
+            summary["cluster"] = result
+        finally:
+            fleet.stop()
+        # 3. router CPU per task: local against cross-router, same two routers, same agents
+        fleet = Fleet(run_dir)
+        try:
+            nats = start_nats(fleet)
+            (url1, http1), (url2, http2) = start_router(fleet, args, "router-a", nats, "ra"), start_router(fleet, args, "router-b", nats, "rb")
+            start_agents_at(fleet, url1, args.agents, args, "a")
+            _agents_ready(http1, args.agents, 60.0)
+            wait_cluster([http1, http2])
+            summary["cpu_local"] = load(fleet, [(url1, rate)], trial, args, "cpu-local", ("router-a", "router-b"))
+            summary["cpu_cross"] = load(fleet, [(url2, rate)], trial, args, "cpu-cross", ("router-a", "router-b"))
+        finally:
+            fleet.stop()
+    except Exception as exc:
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        print(f"benchmark failed: {summary['error']}")
+        status = 1
+    if status == 0:
+        status = report(summary)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2, default=str))
+    print(f"results: {run_dir}")
+    return status
+
+
+def report(s: dict[str, Any]) -> int:
+    single, cluster, local, cross = s["single"], s["cluster"], s["cpu_local"], s["cpu_cross"]
+    print(f"{'':28} {'throughput/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'cross share':>11} {'router CPU ms/task':>18} {'lost':>5} {'errors'}")
+    rows = [("1 router, every agent", single, None), (f"{s['routers']} routers, agents {s['split']}", cluster, cluster.get("cross_router_share")),
+            ("2 routers, all local", local, 0.0), ("2 routers, all cross-router", cross, 1.0)]
+    for name, r, share in rows:
+        lat = r["latency_ms"]
+        share_text = "-" if share is None else f"{100 * share:.0f}%"
+        print(f"{name:28} {r['throughput_per_s']:12.0f} {lat['p50']:8.2f} {lat['p99']:8.2f} {share_text:>11} {r['router_cpu_ms_per_task']:18.3f} "
+              f"{r['lost']:5d} {r['errors'] or ''}")
+    cpu_ratio = cross["router_cpu_ms_per_task"] / local["router_cpu_ms_per_task"]
+    p99_ratio = cluster["latency_ms"]["p99"] / single["latency_ms"]["p99"]
+    s["cpu_ratio_cross_over_local"] = cpu_ratio
+    s["p99_ratio_cluster_over_single"] = p99_ratio
+    lost = sum(r["lost"] for _, r, _ in rows)
+    checks = [(f"goal: cross-router CPU/task < {GOAL_CPU_RATIO}x local", cpu_ratio < GOAL_CPU_RATIO, f"{cpu_ratio:.2f}x"),
+              (f"goal: {s['strategy']} p99, {s['routers']} routers within 20% of one", p99_ratio <= GOAL_P99_RATIO, f"{p99_ratio:.2f}x"),
+              ("no task lost", lost == 0, f"lost {lost}")]
+    s["verdicts"] = [{"check": c, "pass": p, "measured": m} for c, p, m in checks]
+    for check, ok, measured in checks:
+        print(f"  {'PASS' if ok else 'FAIL'}  {check:52} {measured}")
+    print("  (one run on this machine; if other work loads it, the figures move)")
+    return 0 if lost == 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    from aicp.lab.bench.live import add_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m aicp.lab.bench.cluster")
+    add_arguments(parser)
+    return run_cluster(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

@@ -1,0 +1,187 @@
+"""Routers in one process joined over a real nats-server: cross-router tasks, isolation and healing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from conftest import NatsServer
+from live_helpers import Proc, agent, run, wait_until
+
+from aicp import errors
+from aicp.cluster import ClusterConfig
+from aicp.lab.bench.live import free_port
+from aicp.live.cluster import NatsCluster
+from aicp.live.controller import Controller
+from aicp.live.server import AICPWebSocketServer
+from aicp.protocol import ProtocolConfig
+
+pytestmark = pytest.mark.live
+
+
+@asynccontextmanager
+async def routers(nats_url: str, names: list[str], strategy: str = "least_loaded") -> AsyncIterator[list[tuple[AICPWebSocketServer, NatsCluster]]]:
+    started: list[tuple[AICPWebSocketServer, NatsCluster]] = []
+    try:
+        for name in names:
+            server = AICPWebSocketServer("127.0.0.1", 0, strategy=strategy, protocol_config=ProtocolConfig(router_id=name))
+            await server.start()
+            cluster = NatsCluster(server, nats_url, ClusterConfig(publish_interval_s=0.05, peer_timeout_s=0.5))
+            await cluster.start()
+            started.append((server, cluster))
+        yield started
+    finally:
+        for server, cluster in started:
+            await cluster.stop()
+            await server.stop(drain_s=0.0)
+
+
+def test_a_task_submitted_at_one_router_runs_at_another_and_its_signature_checks_at_the_controller(nats_server: NatsServer) -> None:
+    async def main() -> None:
+        async with routers(nats_server.url, ["r1", "r2"]) as rs:
+            (s1, c1), (s2, c2) = rs
+            async with agent(s2.url, "agent-at-r2", {"echo": lambda x: {"echo": x}}):
+                await wait_until(lambda: len(c1.node.router.registry.agents_with("echo")) > 0, what="r1 sees r2's agent")
+                async with Controller(s1.url) as ctl:
+                    result = await ctl.submit("echo", {"n": 7}, timeout=5.0)
+                    assert result.agent_id == "agent-at-r2" and result.value == {"echo": {"n": 7}}
+                    result.verify()  # the agent's own signature, over the bytes it signed
+                assert c1.node.counters["tasks_forwarded_out"] == 1 and c2.node.counters["tasks_forwarded_in"] == 1
+                assert c2.node.counters["outcomes_out"] == 1 and s1.proto.counters["outcomes_completed"] == 1
+
+    run(main(), timeout=30.0)
+
+
+def test_nats_restart_degrades_to_local_routing_and_heals(nats_server: NatsServer) -> None:
+    async def main() -> None:
+        async with routers(nats_server.url, ["r1", "r2"]) as rs:
+            (s1, c1), (s2, _) = rs
+            async with agent(s1.url, "local-agent", {"here": lambda x: 1}), agent(s2.url, "remote-agent", {"there": lambda x: 2}):
+                await wait_until(lambda: c1.node.live_routers() == ["r2"], what="r1 sees r2")
+                async with Controller(s1.url) as ctl:
+                    assert (await ctl.submit("there", {}, timeout=5.0)).value == 2
+                    nats_server.stop()
+                    await wait_until(lambda: c1.node.live_routers() == [], timeout=5.0, what="r1 isolated")
+                    assert (await ctl.submit("here", {}, timeout=5.0)).value == 1  # local routing goes on
+                    with pytest.raises(errors.TaskError) as exc:
+                        await ctl.submit("there", {}, timeout=5.0)
+                    assert exc.value.code == errors.NO_AGENT
+                    nats_server.start()
+                    await wait_until(lambda: c1.node.live_routers() == ["r2"], timeout=15.0, what="r1 hears r2 again")
+                    assert (await ctl.submit("there", {}, timeout=5.0)).value == 2
+
+    run(main(), timeout=60.0)
+
+
+def test_a_controller_with_several_urls_moves_on_when_its_router_stops(nats_server: NatsServer) -> None:
+    async def main() -> None:
+        async with routers(nats_server.url, ["r1", "r2"]) as rs:
+            (s1, _), (s2, _c2) = rs
+            async with agent(s2.url, "a2", {"echo": lambda x: x}):
+                async with Controller([s1.url, s2.url]) as ctl:
+                    await wait_until(lambda: rs[0][1].node.live_routers() == ["r2"], what="r1 sees r2")
+                    assert (await ctl.submit("echo", 1, timeout=5.0)).value == 1
+                    assert ctl.server_url == s1.url
+                    await s1.stop(drain_s=0.0)
+                    await wait_until(lambda: ctl.connected and ctl.server_url == s2.url, timeout=10.0, what="controller on r2")
+                    assert (await ctl.submit("echo", 2, timeout=5.0)).value == 2
+                    await asyncio.sleep(0)
+
+    run(main(), timeout=60.0)
+
+
+class TcpCut:
+    """A TCP relay in front of nats-server that can cut one router off (and let it back)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.open = True
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.open:
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers.discard(writer)
+        self._writers.discard(up_writer)
+
+    def cut(self) -> None:
+        self.open = False
+        for w in list(self._writers):
+            w.transport.abort()
+
+    async def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+
+
+def test_a_router_partitioned_from_nats_routes_locally_and_heals(nats_server: NatsServer) -> None:
+    async def main() -> None:
+        cut = TcpCut(nats_server.port)
+        await cut.start()
+        try:
+            async with routers(nats_server.url, ["r1"]) as rs1, routers(f"nats://127.0.0.1:{cut.port}", ["r2"]) as rs2:
+                (s1, c1), (s2, c2) = rs1[0], rs2[0]
+                async with agent(s1.url, "a1", {"here": lambda x: 1}), agent(s2.url, "a2", {"there": lambda x: 2}):
+                    await wait_until(lambda: c1.node.live_routers() == ["r2"] and c2.node.live_routers() == ["r1"], what="both see each other")
+                    async with Controller(s1.url) as ctl1, Controller(s2.url) as ctl2:
+                        assert (await ctl1.submit("there", {}, timeout=5.0)).value == 2
+                        assert (await ctl2.submit("here", {}, timeout=5.0)).value == 1
+                        cut.cut()
+                        await wait_until(lambda: c1.node.live_routers() == [] and c2.node.live_routers() == [], timeout=5.0, what="both isolated")
+                        assert (await ctl2.submit("there", {}, timeout=5.0)).value == 2  # r2 goes on locally
+                        for ctl, method in ((ctl1, "there"), (ctl2, "here")):
+                            with pytest.raises(errors.TaskError) as exc:
+                                await ctl.submit(method, {}, timeout=5.0)
+                            assert exc.value.code == errors.NO_AGENT
+                        cut.open = True  # heal: nats-py reconnects by itself
+                        await wait_until(lambda: c1.node.live_routers() == ["r2"] and c2.node.live_routers() == ["r1"], timeout=15.0, what="healed")
+                        assert (await ctl1.submit("there", {}, timeout=5.0)).value == 2
+                        assert (await ctl2.submit("here", {}, timeout=5.0)).value == 1
+                        assert c2.disconnects >= 1
+        finally:
+            await cut.stop()
+
+    run(main(), timeout=60.0)
+
+
+def test_aicp_submit_with_several_urls_skips_a_dead_router(nats_server: NatsServer, procs: Callable[..., Proc]) -> None:
+    async def main() -> None:
+        async with routers(nats_server.url, ["r1"]) as rs:
+            (s1, _), = rs
+            async with agent(s1.url, "a1", {"echo": lambda x: x}):
+                dead = f"ws://127.0.0.1:{free_port()}"  # nothing listens there
+                p = procs("-m", "aicp", "submit", "echo", '{"n": 3}', "--url", f"{dead},{s1.url}")
+                while p.popen.poll() is None:
+                    await asyncio.sleep(0.05)
+                assert p.popen.returncode == 0, p.output()
+                assert '{"n": 3}' in p.output() or '{"n":3}' in p.output()
+
+    run(main(), timeout=30.0)
