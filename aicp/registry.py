@@ -1,17 +1,35 @@
 """Who is connected, what they can do, and how well they have done it.
 
-The registry holds one ``AgentState`` per agent id and, per capability, the list
-of agents that may be chosen now (active ones). Lookups by capability are a
-single dict access; the lists are rebuilt only when an agent's status or
-capabilities change, which is rare next to routing decisions.
+The registry holds one ``AgentState`` per agent id and, per capability, an
+``ActivePool``: the agents with that capability in the order they joined it, with
+an index that finds the k-th *active* one in O(log n) (O(1) while every member
+is active). Nothing is copied or rebuilt when an agent registers, changes status
+or leaves, so n registrations cost O(n log n), not O(n²).
+
+Costs (n = agents with the capability, c = capabilities of the agent):
+
+- ``Registry.add``, ``remove``, ``set_status``, ``set_capabilities``: O(c log n)
+  amortized (a pool compacts its slots, O(n), after O(n) departures).
+- ``Registry.agents_with``: O(1), a live view, not a copy.
+- ``Registry.count_with``, ``count_by_status``: O(1) / O(statuses).
+- ``ActivePool`` ``len``: O(1); ``pool[k]``, ``nth``: O(log n); ``excluded_ranks``: O(m log n) for m ids.
+
+Load-aware strategies attach their own per-pool index (``ActivePool.index_for``); the
+pool tells every attached index when an agent becomes active or inactive, and
+``AgentState`` tells the registry whenever ``in_flight``, ``concurrency`` or
+``trust`` is assigned, so no caller can forget to. (Until a strategy attaches its
+first index, agents do not report, so round-robin and the random strategies pay
+nothing for this.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from enum import StrEnum
+from typing import Protocol, TypeVar, overload
 
 from aicp import errors
+from aicp.fenwick import Fenwick
 
 
 class Status(StrEnum):
@@ -22,13 +40,21 @@ class Status(StrEnum):
 
 
 class AgentState:
-    """Everything the router knows about one agent. Mutated only by ``Registry`` and ``Router``."""
+    """Everything the router knows about one agent. Mutated only by ``Registry`` and ``Router``.
+
+    ``in_flight``, ``concurrency`` and ``trust`` are properties: assigning one tells
+    the registry (O(c) plus the attached indexes' cost), which keeps the strategies'
+    indexes exact whoever changes them.
+    """
 
     __slots__ = (
+        "_concurrency",
+        "_in_flight",
+        "_trust",
+        "_watch",
         "agent_id",
         "bad_signatures",
         "capabilities",
-        "concurrency",
         "consecutive_failures",
         "died_at",
         "dispatched",
@@ -36,7 +62,6 @@ class AgentState:
         "failed",
         "flaps",
         "holdout_until",
-        "in_flight",
         "last_seen",
         "latency_ewma",
         "lease_expiry",
@@ -45,20 +70,20 @@ class AgentState:
         "succeeded",
         "success_rate",
         "timed_out",
-        "trust",
     )
 
     def __init__(self, agent_id: str, capabilities: Iterable[str], concurrency: int, trust: float, now: float, lease_s: float) -> None:
+        self._watch: Registry | None = None
         self.agent_id = agent_id
         self.capabilities: tuple[str, ...] = tuple(dict.fromkeys(capabilities))
-        self.concurrency = max(1, concurrency)
+        self._concurrency = max(1, concurrency)
         self.status = Status.ACTIVE
         self.lease_expiry = now + lease_s
         self.last_seen = now
-        self.in_flight = 0
+        self._in_flight = 0
         self.latency_ewma = 0.0  # seconds, peak-sensitive; 0.0 = no sample yet
         self.success_rate = 1.0
-        self.trust = trust
+        self._trust = trust
         self.dispatched = 0
         self.succeeded = 0
         self.failed = 0
@@ -72,9 +97,39 @@ class AgentState:
         self.epoch = 0  # bumped on every (re)registration, so stale timers can tell
 
     @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @in_flight.setter
+    def in_flight(self, value: int) -> None:
+        self._in_flight = value
+        if self._watch is not None:
+            self._watch.agent_changed(self, False)
+
+    @property
+    def concurrency(self) -> int:
+        return self._concurrency
+
+    @concurrency.setter
+    def concurrency(self, value: int) -> None:
+        self._concurrency = value
+        if self._watch is not None:
+            self._watch.agent_changed(self, False)
+
+    @property
+    def trust(self) -> float:
+        return self._trust
+
+    @trust.setter
+    def trust(self, value: float) -> None:
+        self._trust = value
+        if self._watch is not None:
+            self._watch.agent_changed(self, True)
+
+    @property
     def load(self) -> float:
         """In-flight tasks per unit of concurrency: what load-aware strategies compare."""
-        return self.in_flight / self.concurrency
+        return self._in_flight / self._concurrency
 
     def snapshot(self) -> dict[str, object]:
         return {
@@ -98,16 +153,229 @@ class AgentState:
         return f"AgentState({self.agent_id!r}, {self.status.value}, in_flight={self.in_flight}, trust={self.trust:.3f})"
 
 
-_EMPTY: list[AgentState] = []
+class PoolIndex(Protocol):
+    """A strategy's own index over one ``ActivePool`` (see ``ActivePool.index_for``).
+
+    Slots are the pool's positions in join order; an index only holds active agents.
+    ``changed`` is called on load changes (``in_flight``, ``concurrency``) and, if
+    ``watches_trust``, on trust changes too."""
+
+    watches_trust: bool
+
+    def activated(self, slot: int, agent: AgentState) -> None:
+        """``agent`` (at ``slot``) became active or joined as active."""
+
+    def deactivated(self, slot: int, agent: AgentState) -> None:
+        """``agent`` stopped being active or left the pool."""
+
+    def changed(self, slot: int, agent: AgentState) -> None:
+        """An active agent's ``in_flight`` or ``concurrency`` (or ``trust``, see above) was assigned."""
+
+    def rebuild(self) -> None:
+        """The pool renumbered its slots (compaction): start again from the pool."""
+
+
+_I = TypeVar("_I", bound=PoolIndex)
+
+#: Holes a pool tolerates beyond one per member before it compacts its slots (tests set 0 to compact often).
+COMPACT_SLACK = 32
+_NO_RANKS: list[int] = []
+
+
+class ActivePool(Sequence[AgentState]):
+    """The agents with one capability in join order; as a ``Sequence``, only the active ones.
+
+    Members keep the slot they got when they joined (registration, or a change of
+    capabilities, moves an agent to the end, as the old rebuilt list did). A
+    Fenwick tree of 0/1 flags over the slots gives the rank of an active agent
+    and the active agent of a given rank. Departures leave holes; when holes
+    outnumber members, the slots are compacted (O(n), amortized O(1)).
+
+    Costs: ``len`` O(1); ``pool[k]`` and ``nth`` O(log n), O(1) while every slot
+    holds an active agent; ``join``, ``leave``, ``status_changed`` O(log n)
+    amortized plus each attached index's cost; iteration O(n).
+    """
+
+    __slots__ = ("_active", "_by_status", "_indexes", "_n_active", "_on_first_index", "_slot_of", "_slots", "_trust_indexes", "capability")
+
+    def __init__(self, capability: str, on_first_index: Callable[[], None] | None = None) -> None:
+        self.capability = capability
+        self._on_first_index = on_first_index
+        self._slots: list[AgentState | None] = []
+        self._slot_of: dict[str, int] = {}
+        self._active = Fenwick()
+        self._n_active = 0
+        self._by_status: dict[Status, int] = dict.fromkeys(Status, 0)
+        self._indexes: dict[object, PoolIndex] = {}
+        self._trust_indexes: list[PoolIndex] = []  # those of _indexes that watch trust
+
+    # ---------------------------------------------------------------- Sequence
+    def __len__(self) -> int:
+        return self._n_active
+
+    @overload
+    def __getitem__(self, k: int) -> AgentState: ...
+    @overload
+    def __getitem__(self, k: slice) -> Sequence[AgentState]: ...
+    def __getitem__(self, k: int | slice) -> AgentState | Sequence[AgentState]:
+        if isinstance(k, slice):
+            return list(self)[k]
+        n = self._n_active
+        if k < 0:
+            k += n
+        if not 0 <= k < n:
+            raise IndexError("pool index out of range")
+        return self._slots[self._select(k)]  # type: ignore[return-value]
+
+    def __iter__(self) -> Iterator[AgentState]:
+        """The active agents in join order, O(n)."""
+        for agent in self._slots:
+            if agent is not None and agent.status is Status.ACTIVE:
+                yield agent
+
+    def __repr__(self) -> str:
+        return f"ActivePool({self.capability!r}, active={self._n_active}, members={len(self._slot_of)})"
+
+    # ---------------------------------------------------------------- ranks
+    def _select(self, k: int) -> int:
+        """The slot of the active agent of rank ``k``."""
+        if self._n_active == len(self._slots):
+            return k
+        return self._active.find(k)
+
+    def rank(self, slot: int) -> int:
+        """How many active agents come before ``slot``, O(log n)."""
+        if self._n_active == len(self._slots):
+            return slot
+        return int(self._active.prefix(slot))
+
+    def excluded_ranks(self, exclude: Collection[str]) -> list[int]:
+        """The sorted ranks of the active agents named in ``exclude``, O(m log n)."""
+        if not exclude:
+            return _NO_RANKS
+        slot_of, active = self._slot_of, self._active
+        ranks = []
+        for agent_id in set(exclude):
+            slot = slot_of.get(agent_id)
+            if slot is not None and active.value(slot):
+                ranks.append(self.rank(slot))
+        ranks.sort()
+        return ranks
+
+    def excluded_slots(self, exclude: Collection[str]) -> set[int]:
+        """The slots of the active agents named in ``exclude``, O(m)."""
+        slot_of, active = self._slot_of, self._active
+        return {s for s in (slot_of.get(a) for a in exclude) if s is not None and active.value(s)}
+
+    def nth(self, k: int, excluded_ranks: list[int]) -> AgentState:
+        """The ``k``-th active agent once those at ``excluded_ranks`` are left out, O((m + 1) log n)."""
+        for r in excluded_ranks:
+            if r <= k:
+                k += 1
+            else:
+                break
+        return self._slots[self._select(k)]  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- slots
+    def slot_of(self, agent_id: str) -> int | None:
+        return self._slot_of.get(agent_id)
+
+    def agent_at(self, slot: int) -> AgentState:
+        agent = self._slots[slot]
+        assert agent is not None
+        return agent
+
+    def active_slots(self) -> Iterator[tuple[int, AgentState]]:
+        """(slot, agent) of every active agent, in order, O(n): what an index builds from."""
+        for slot, agent in enumerate(self._slots):
+            if agent is not None and agent.status is Status.ACTIVE:
+                yield slot, agent
+
+    @property
+    def slot_count(self) -> int:
+        """One more than the highest slot in use (holes included)."""
+        return len(self._slots)
+
+    def count(self, status: Status | None = None) -> int:
+        """Members, or members with ``status``, O(1)."""
+        return len(self._slot_of) if status is None else self._by_status[status]
+
+    def index_for(self, key: object, factory: Callable[[ActivePool], _I]) -> _I:
+        """The index ``key`` keeps on this pool, built by ``factory(pool)`` (O(n)) on first use.
+
+        From then on the pool keeps it up to date (see ``PoolIndex``)."""
+        idx = self._indexes.get(key)
+        if idx is None:
+            if self._on_first_index is not None:
+                self._on_first_index()
+            idx = self._indexes[key] = factory(self)
+            if idx.watches_trust:
+                self._trust_indexes.append(idx)
+        return idx  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- changes (Registry only)
+    def join(self, agent: AgentState) -> None:
+        slot = len(self._slots)
+        self._slots.append(agent)
+        self._slot_of[agent.agent_id] = slot
+        self._by_status[agent.status] += 1
+        active = agent.status is Status.ACTIVE
+        self._active.append(1 if active else 0)
+        if active:
+            self._n_active += 1
+            for idx in self._indexes.values():
+                idx.activated(slot, agent)
+
+    def leave(self, agent: AgentState) -> None:
+        slot = self._slot_of.pop(agent.agent_id)
+        self._slots[slot] = None
+        self._by_status[agent.status] -= 1
+        if self._active.value(slot):
+            self._active.set(slot, 0)
+            self._n_active -= 1
+            for idx in self._indexes.values():
+                idx.deactivated(slot, agent)
+        if len(self._slots) > 2 * len(self._slot_of) + COMPACT_SLACK:
+            self._compact()
+
+    def status_changed(self, agent: AgentState, old: Status) -> None:
+        self._by_status[old] -= 1
+        self._by_status[agent.status] += 1
+        was, now = old is Status.ACTIVE, agent.status is Status.ACTIVE
+        if was is now:
+            return
+        slot = self._slot_of[agent.agent_id]
+        self._active.set(slot, 1 if now else 0)
+        if now:
+            self._n_active += 1
+            for idx in self._indexes.values():
+                idx.activated(slot, agent)
+        else:
+            self._n_active -= 1
+            for idx in self._indexes.values():
+                idx.deactivated(slot, agent)
+
+    def _compact(self) -> None:
+        """Drop the holes left by departures: O(n), after more departures than there are members."""
+        members = [a for a in self._slots if a is not None]
+        self._slots = list(members)
+        self._slot_of = {a.agent_id: i for i, a in enumerate(members)}
+        self._active.rebuild(1 if a.status is Status.ACTIVE else 0 for a in members)
+        for idx in self._indexes.values():
+            idx.rebuild()
+
+
+_EMPTY_POOL = ActivePool("")
 
 
 class Registry:
-    """Agents by id, and the active ones by capability."""
+    """Agents by id, and per capability an ``ActivePool`` (costs: see the module docstring)."""
 
     def __init__(self) -> None:
         self.agents: dict[str, AgentState] = {}
-        self._active_by_cap: dict[str, list[AgentState]] = {}
-        self._members_by_cap: dict[str, dict[str, AgentState]] = {}
+        self._pools: dict[str, ActivePool] = {}
+        self._by_status: dict[Status, int] = dict.fromkeys(Status, 0)
+        self._watching = False  # agents report load and trust changes only once some pool has an index
 
     def __len__(self) -> int:
         return len(self.agents)
@@ -116,71 +384,102 @@ class Registry:
         return self.agents.get(agent_id)
 
     def add(self, state: AgentState) -> None:
-        """Insert or replace an agent (a re-registration replaces the old entry's capabilities)."""
+        """Insert a new agent, O(c log n) amortized."""
         old = self.agents.get(state.agent_id)
-        if old is not None and old is not state:
+        if old is not None:
+            if old is state:
+                return
             raise errors.LocalError(f"agent {state.agent_id!r} is already registered; update it instead")
         self.agents[state.agent_id] = state
-        for cap in state.capabilities:
-            self._members_by_cap.setdefault(cap, {})[state.agent_id] = state
-        self._rebuild(state.capabilities)
+        self._by_status[state.status] += 1
+        self._join(state)
+        if self._watching:
+            state._watch = self
 
     def set_capabilities(self, state: AgentState, capabilities: Iterable[str]) -> None:
-        old = state.capabilities
-        for cap in old:
-            members = self._members_by_cap.get(cap)
-            if members is not None:
-                members.pop(state.agent_id, None)
+        """Replace an agent's capabilities; it moves to the end of each pool, O(c log n)."""
+        self._leave(state)
         state.capabilities = tuple(dict.fromkeys(capabilities))
-        for cap in state.capabilities:
-            self._members_by_cap.setdefault(cap, {})[state.agent_id] = state
-        self._rebuild(set(old) | set(state.capabilities))
+        self._join(state)
 
     def set_status(self, state: AgentState, status: Status) -> None:
-        if state.status is status:
+        """O(c log n)."""
+        old = state.status
+        if old is status:
             return
         state.status = status
-        self._rebuild(state.capabilities)
+        self._by_status[old] -= 1
+        self._by_status[status] += 1
+        pools = self._pools
+        for cap in state.capabilities:
+            pools[cap].status_changed(state, old)
 
     def remove(self, agent_id: str) -> AgentState | None:
-        """Forget an agent entirely (its statistics go with it)."""
+        """Forget an agent entirely (its statistics go with it), O(c log n) amortized."""
         state = self.agents.pop(agent_id, None)
         if state is None:
             return None
-        for cap in state.capabilities:
-            members = self._members_by_cap.get(cap)
-            if members is not None:
-                members.pop(agent_id, None)
-                if not members:
-                    del self._members_by_cap[cap]
-        self._rebuild(state.capabilities)
+        state._watch = None
+        self._by_status[state.status] -= 1
+        self._leave(state)
         return state
 
-    def agents_with(self, capability: str) -> list[AgentState]:
-        """Active agents that have ``capability``, in registration order. Do not mutate."""
-        return self._active_by_cap.get(capability, _EMPTY)
+    def agent_changed(self, state: AgentState, trust: bool) -> None:
+        """Called by ``AgentState`` when its load (or, if ``trust``, its trust) is assigned:
+        O(c) plus the indexes' cost. Written flat: it runs on every dispatch and result."""
+        if state.status is Status.ACTIVE:
+            pools = self._pools
+            for cap in state.capabilities:
+                pool = pools[cap]
+                indexes = pool._trust_indexes if trust else pool._indexes.values()
+                if indexes:
+                    slot = pool._slot_of[state.agent_id]
+                    for idx in indexes:
+                        idx.changed(slot, state)
+
+    def _watch_agents(self) -> None:
+        """A strategy attached its first index: from now on agents report changes (O(n), once)."""
+        if not self._watching:
+            self._watching = True
+            for state in self.agents.values():
+                state._watch = self
+
+    def agents_with(self, capability: str) -> ActivePool:
+        """Active agents that have ``capability``, in join order: a live view, O(1). Do not mutate."""
+        return self._pools.get(capability, _EMPTY_POOL)
 
     def all_with(self, capability: str) -> list[AgentState]:
-        """Every known agent with ``capability``, whatever its status."""
-        return list(self._members_by_cap.get(capability, {}).values())
+        """Every known agent with ``capability``, whatever its status: a copy, O(n)."""
+        pool = self._pools.get(capability)
+        return [a for a in pool._slots if a is not None] if pool is not None else []
+
+    def count_with(self, capability: str, status: Status | None = None) -> int:
+        """Agents with ``capability`` (and ``status``, when given), O(1)."""
+        pool = self._pools.get(capability)
+        return pool.count(status) if pool is not None else 0
 
     def capabilities(self) -> list[str]:
-        return sorted(self._members_by_cap)
+        return sorted(self._pools)
 
     def count_by_status(self) -> dict[str, int]:
-        counts = {s.value: 0 for s in Status}
-        for state in self.agents.values():
-            counts[state.status.value] += 1
-        return counts
+        """O(1) (four statuses)."""
+        return {s.value: n for s, n in self._by_status.items()}
 
     def snapshot(self) -> list[dict[str, object]]:
         return [state.snapshot() for state in self.agents.values()]
 
-    def _rebuild(self, capabilities: Iterable[str]) -> None:
-        for cap in capabilities:
-            members = self._members_by_cap.get(cap)
-            active = [a for a in members.values() if a.status is Status.ACTIVE] if members else []
-            if active:
-                self._active_by_cap[cap] = active
-            else:
-                self._active_by_cap.pop(cap, None)
+    def _join(self, state: AgentState) -> None:
+        pools = self._pools
+        for cap in state.capabilities:
+            pool = pools.get(cap)
+            if pool is None:
+                pool = pools[cap] = ActivePool(cap, self._watch_agents)
+            pool.join(state)
+
+    def _leave(self, state: AgentState) -> None:
+        pools = self._pools
+        for cap in state.capabilities:
+            pool = pools[cap]
+            pool.leave(state)
+            if not pool.count():
+                del pools[cap]  # its strategy indexes go with it

@@ -447,11 +447,13 @@ class Router:
     def _may_hold_out(self, agent: AgentState) -> bool:
         """Like Envoy's max_ejection_percent: when overload makes every agent look faulty, or a
         restart makes every agent look like it flapped, holding them all out would turn a
-        slow or brief problem into `no-agent` for everyone. The last capable agent is never held out."""
+        slow or brief problem into `no-agent` for everyone. The last capable agent is never held out.
+        O(c) from the registry's counts (c = the agent's capabilities); suspects are never dead."""
+        registry = self.registry
         for cap in agent.capabilities:
-            live = [a for a in self.registry.all_with(cap) if a.status is not Status.DEAD or a is agent]
-            held = sum(1 for a in live if a.status is Status.SUSPECT)
-            if held + 1 > self.config.max_held_out_ratio * len(live):
+            live = registry.count_with(cap) - registry.count_with(cap, Status.DEAD) + (agent.status is Status.DEAD)
+            held = registry.count_with(cap, Status.SUSPECT)
+            if held + 1 > self.config.max_held_out_ratio * live:
                 return False
         return True
 

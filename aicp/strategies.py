@@ -1,94 +1,219 @@
 """Routing strategies, registered by name: ``strategies.get("power_of_two")``.
 
-A strategy picks one agent from ``candidates``: the registry's list of *active*
-agents that have the method's capability. It never sees any other agent, so it
-can only ever pick an active, capable one. ``exclude`` holds agent ids already
-tried for this task; a strategy returns ``None`` when every candidate is excluded.
+A strategy picks one agent from ``candidates``: the registry's ``ActivePool`` of
+*active* agents that have the method's capability, in join order. It never sees
+any other agent, so it can only ever pick an active, capable one. ``exclude``
+holds agent ids already tried for this task (a handful); a strategy returns
+``None`` when every candidate is excluded. Excluded agents are skipped by rank,
+never by copying the pool.
 
-Randomness comes only from the ``rng`` passed in, so a seed reproduces a run.
-Each strategy keeps its own state (round-robin cursors) and is created per router.
+Randomness comes only from the ``rng`` passed in, so a seed reproduces a run. The
+strategies draw exactly the numbers the scan-based versions they replaced drew
+(tests/core/oracle_strategies.py) and pick the same agents, so old seeds
+reproduce old runs. Each strategy keeps its own state (round-robin cursors, load
+and weight indexes) and is created per router.
+
+Cost per decision, n = active agents with the capability, m = excluded ids:
+
+=============== ============================================================
+round_robin     O((m + 1) log n); O(1) when every member is active, no exclusions
+random          same as round_robin
+least_loaded    O(log n) amortized (bucket queue of C heaps), plus O(m log n)
+power_of_two    two picks: O((m + 1) log n)
+trust_weighted  O(1) expected (rejection), O(log n) worst (Fenwick tree of weights)
+latency_ewma    two picks: O((m + 1) log n)
+=============== ============================================================
+
+Index upkeep is paid when the router assigns ``in_flight`` or ``trust``:
+least_loaded O(log n) amortized per load change (nothing for a trust change),
+trust_weighted O(log n) per change; the others keep no index.
 """
 
 from __future__ import annotations
 
+import heapq
 import random
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from aicp import errors
-from aicp.registry import AgentState
+from aicp.fenwick import Fenwick
+from aicp.registry import ActivePool, AgentState
 
-#: How many rejection-sampling rounds trust_weighted tries before an exact O(n) draw.
+#: How many rejection-sampling rounds trust_weighted tries before an exact draw from its tree.
 _REJECTION_TRIES = 32
+#: Stale entries an index tolerates before it cleans up, beyond one per live entry (tests set 0).
+INDEX_SLACK = 16
 
 
 class Strategy(Protocol):
     name: str
 
-    def choose(
-        self, method: str, candidates: Sequence[AgentState], rng: random.Random, exclude: Collection[str]
-    ) -> AgentState | None: ...
-
-
-def _eligible(candidates: Sequence[AgentState], exclude: Collection[str]) -> Sequence[AgentState]:
-    if not exclude:
-        return candidates
-    return [a for a in candidates if a.agent_id not in exclude]
+    def choose(self, method: str, candidates: ActivePool, rng: random.Random, exclude: Collection[str]) -> AgentState | None: ...
 
 
 class RoundRobin:
-    """Each capability's active agents in turn."""
+    """Each capability's active agents in turn, in join order.
+
+    The cursor counts decisions per method and picks ``pool[cursor % len(pool)]``
+    among the eligible agents, so over a pool that does not change every agent gets
+    one task per round, and an agent that joins is served within one round."""
 
     name = "round_robin"
 
     def __init__(self) -> None:
         self._cursor: dict[str, int] = {}
 
-    def choose(self, method: str, candidates: Sequence[AgentState], rng: random.Random, exclude: Collection[str]) -> AgentState | None:
-        pool = _eligible(candidates, exclude)
-        if not pool:
+    def choose(self, method: str, candidates: ActivePool, rng: random.Random, exclude: Collection[str]) -> AgentState | None:
+        ranks = candidates.excluded_ranks(exclude)
+        n = len(candidates) - len(ranks)
+        if n <= 0:
             return None
         i = self._cursor.get(method, 0)
         self._cursor[method] = i + 1
-        return pool[i % len(pool)]
+        return candidates.nth(i % n, ranks)
 
 
-class Random:
-    """Uniformly at random."""
+class UniformRandom:
+    """Uniformly at random among the eligible agents (registered as ``random``)."""
 
     name = "random"
 
-    def choose(self, method: str, candidates: Sequence[AgentState], rng: random.Random, exclude: Collection[str]) -> AgentState | None:
-        pool = _eligible(candidates, exclude)
-        if not pool:
+    def choose(self, method: str, candidates: ActivePool, rng: random.Random, exclude: Collection[str]) -> AgentState | None:
+        ranks = candidates.excluded_ranks(exclude)
+        n = len(candidates) - len(ranks)
+        if n <= 0:
             return None
-        return pool[int(rng.random() * len(pool))]
+        return candidates.nth(int(rng.random() * n), ranks)
+
+
+class _LoadIndex:
+    """Active agents by load (in_flight / concurrency), then join order: a bucket queue.
+
+    One C ``heapq`` of slots per distinct load value, and a heap of the load
+    values that have agents. Entries are removed lazily: an entry is stale when
+    its agent's load is no longer the bucket's. A bucket is rebuilt when stale
+    entries outnumber live ones, so memory stays O(n) and each change costs
+    O(log n) amortized. Loads are compared as the same floats the scan compared,
+    so agents with different concurrency tie exactly when the scan said they did.
+    """
+
+    __slots__ = ("_buckets", "_keys", "_live", "_load", "_pool", "_queued_keys")
+    watches_trust = False
+
+    def __init__(self, pool: ActivePool) -> None:
+        self._pool = pool
+        self._load: dict[int, float] = {}  # slot -> load, for active slots
+        self._buckets: dict[float, list[int]] = {}  # load -> heap of slots (some stale)
+        self._live: dict[float, int] = {}  # load -> active slots with that load (> 0)
+        self._keys: list[float] = []  # heap of loads (some stale)
+        self._queued_keys: set[float] = set()
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        """O(n)."""
+        self._load = {slot: a.in_flight / a.concurrency for slot, a in self._pool.active_slots()}
+        buckets: dict[float, list[int]] = {}
+        for slot, load in self._load.items():  # slots in ascending order: each list is already a heap
+            buckets.setdefault(load, []).append(slot)
+        self._buckets = buckets
+        self._live = {load: len(slots) for load, slots in buckets.items()}
+        self._keys = sorted(buckets)
+        self._queued_keys = set(buckets)
+
+    def _enter(self, slot: int, load: float) -> None:
+        self._load[slot] = load
+        live = self._live.get(load, 0) + 1
+        self._live[load] = live
+        bucket = self._buckets.get(load)
+        if bucket is None:
+            bucket = self._buckets[load] = []
+        heapq.heappush(bucket, slot)
+        if len(bucket) > 2 * live + INDEX_SLACK:
+            self._buckets[load] = sorted({s for s in bucket if self._load.get(s) == load})
+        if load not in self._queued_keys:
+            self._queued_keys.add(load)
+            heapq.heappush(self._keys, load)
+            if len(self._keys) > 2 * len(self._live) + INDEX_SLACK:
+                self._keys = sorted(self._live)
+                self._queued_keys = set(self._keys)
+                self._buckets = {k: b for k, b in self._buckets.items() if k in self._live}
+
+    def _leave(self, slot: int) -> None:
+        load = self._load.pop(slot)
+        live = self._live[load] - 1
+        if live:
+            self._live[load] = live
+        else:
+            del self._live[load]
+
+    def activated(self, slot: int, agent: AgentState) -> None:
+        self._enter(slot, agent.in_flight / agent.concurrency)
+
+    def deactivated(self, slot: int, agent: AgentState) -> None:
+        self._leave(slot)
+
+    def changed(self, slot: int, agent: AgentState) -> None:
+        load = agent._in_flight / agent._concurrency
+        if self._load[slot] != load:
+            self._leave(slot)
+            self._enter(slot, load)
+
+    def best(self, excluded: Collection[int]) -> int | None:
+        """The slot of the least loaded, earliest joined active agent not in ``excluded``."""
+        keys, live, buckets, loads = self._keys, self._live, self._buckets, self._load
+        popped_keys: list[float] = []
+        found: int | None = None
+        while keys:
+            key = keys[0]
+            if key not in live:  # no agent has this load any more
+                heapq.heappop(keys)
+                self._queued_keys.discard(key)
+                buckets.pop(key, None)
+                continue
+            bucket = buckets[key]
+            skipped: list[int] = []
+            while bucket:
+                slot = bucket[0]
+                if loads.get(slot) != key:
+                    heapq.heappop(bucket)  # stale
+                elif slot in excluded:
+                    skipped.append(heapq.heappop(bucket))
+                else:
+                    found = slot
+                    break
+            for slot in skipped:
+                heapq.heappush(bucket, slot)
+            if found is not None:
+                break
+            popped_keys.append(heapq.heappop(keys))  # every agent at this load is excluded
+        for key in popped_keys:
+            heapq.heappush(keys, key)
+        return found
 
 
 class LeastLoaded:
-    """Fewest in-flight tasks per unit of concurrency; ties go to the earliest registered."""
+    """Fewest in-flight tasks per unit of concurrency (join the shortest queue).
+
+    Ties go to the agent that joined the capability's pool first (registration
+    order; re-registering after death or with new capabilities joins again, at the
+    end). Exact: the same choice as a scan of the whole pool, from a bucket queue
+    (``_LoadIndex``) in O(log n) amortized."""
 
     name = "least_loaded"
 
-    def choose(self, method: str, candidates: Sequence[AgentState], rng: random.Random, exclude: Collection[str]) -> AgentState | None:
-        best: AgentState | None = None
-        best_load = float("inf")
-        for a in candidates:
-            load = a.in_flight / a.concurrency
-            if load < best_load and a.agent_id not in exclude:
-                best, best_load = a, load
-                if load == 0.0:
-                    break
-        return best
+    def choose(self, method: str, candidates: ActivePool, rng: random.Random, exclude: Collection[str]) -> AgentState | None:
+        index = candidates.index_for(self, _LoadIndex)
+        slot = index.best(candidates.excluded_slots(exclude) if exclude else ())
+        return None if slot is None else candidates.agent_at(slot)
 
 
-def _two(pool: Sequence[AgentState], rng: random.Random) -> tuple[AgentState, AgentState]:
-    n = len(pool)
+def _two(pool: ActivePool, n: int, ranks: list[int], rng: random.Random) -> tuple[AgentState, AgentState]:
     i = int(rng.random() * n)
     j = int(rng.random() * (n - 1))
     if j >= i:
         j += 1
-    return pool[i], pool[j]
+    return pool.nth(i, ranks), pool.nth(j, ranks)
 
 
 class PowerOfTwo:
@@ -96,46 +221,110 @@ class PowerOfTwo:
 
     name = "power_of_two"
 
-    def choose(self, method: str, candidates: Sequence[AgentState], rng: random.Random, exclude: Collection[str]) -> AgentState | None:
-        pool = _eligible(candidates, exclude)
-        if len(pool) <= 1:
-            return pool[0] if pool else None
-        a, b = _two(pool, rng)
+    def choose(self, method: str, candidates: ActivePool, rng: random.Random, exclude: Collection[str]) -> AgentState | None:
+        ranks = candidates.excluded_ranks(exclude)
+        n = len(candidates) - len(ranks)
+        if n <= 1:
+            return candidates.nth(0, ranks) if n == 1 else None
+        a, b = _two(candidates, n, ranks, rng)
         return b if b.in_flight * a.concurrency < a.in_flight * b.concurrency else a
+
+
+def _weight(agent: AgentState) -> float:
+    trust = agent.trust
+    return (trust if trust > 0.0 else 0.0) / (1.0 + agent.in_flight / agent.concurrency)
+
+
+class _WeightIndex:
+    """A Fenwick tree of trust / (1 + load) over the pool's slots (0 for inactive ones).
+
+    O(log n) per change and per draw. ``_positive`` counts active agents with a
+    positive weight exactly, so "all weights are zero" never depends on float
+    sums; the tree is rebuilt from its exact leaves every n + 4 * INDEX_SLACK changes (O(1)
+    amortized) so its float sums cannot drift."""
+
+    __slots__ = ("_changes", "_pool", "_positive", "_tree")
+    watches_trust = True
+
+    def __init__(self, pool: ActivePool) -> None:
+        self._pool = pool
+        self._tree = Fenwick()
+        self._positive = 0
+        self._changes = 0
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        """O(n)."""
+        weights = [0.0] * self._pool.slot_count
+        for slot, agent in self._pool.active_slots():
+            weights[slot] = _weight(agent)
+        self._tree.rebuild(weights)
+        self._positive = sum(1 for w in weights if w > 0.0)
+        self._changes = 0
+
+    def _set(self, slot: int, weight: float) -> None:
+        tree = self._tree
+        while len(tree) <= slot:
+            tree.append(0.0)
+        old = tree.value(slot)
+        self._positive += (weight > 0.0) - (old > 0.0)
+        tree.set(slot, weight)
+        self._changes += 1
+        if self._changes > len(tree) + 4 * INDEX_SLACK:
+            self.rebuild()
+
+    def activated(self, slot: int, agent: AgentState) -> None:
+        self._set(slot, _weight(agent))
+
+    def deactivated(self, slot: int, agent: AgentState) -> None:
+        self._set(slot, 0.0)
+
+    def changed(self, slot: int, agent: AgentState) -> None:
+        self._set(slot, _weight(agent))
+
+    def draw(self, rng: random.Random, excluded: Collection[int], n: int, ranks: list[int]) -> AgentState:
+        """An eligible agent with probability proportional to its weight (uniform if all are 0)."""
+        pool, tree = self._pool, self._tree
+        saved: list[tuple[int, float]] = []
+        positive = self._positive
+        for slot in excluded:
+            if tree.value(slot) > 0.0:
+                positive -= 1
+            tree.set_saving(slot, 0.0, saved)
+        try:
+            if positive <= 0:
+                return pool.nth(int(rng.random() * n), ranks)
+            slot = tree.find(rng.random() * tree.total())
+            if slot >= len(tree) or tree.value(slot) <= 0.0:  # x rounded onto the very end
+                return pool.nth(n - 1, ranks)
+            return pool.agent_at(slot)
+        finally:
+            tree.restore(saved)
 
 
 class TrustWeighted:
     """Probability proportional to trust / (1 + load).
 
     Drawn by rejection sampling (exact, O(1) expected when weights are not tiny),
-    with an exact linear draw as the fallback.
+    with an exact O(log n) draw from a Fenwick tree of the weights (``_WeightIndex``)
+    after ``_REJECTION_TRIES`` misses.
     """
 
     name = "trust_weighted"
 
-    def choose(self, method: str, candidates: Sequence[AgentState], rng: random.Random, exclude: Collection[str]) -> AgentState | None:
-        pool = _eligible(candidates, exclude)
-        n = len(pool)
-        if n == 0:
-            return None
-        if n == 1:
-            return pool[0]
+    def choose(self, method: str, candidates: ActivePool, rng: random.Random, exclude: Collection[str]) -> AgentState | None:
+        ranks = candidates.excluded_ranks(exclude)
+        n = len(candidates) - len(ranks)
+        if n <= 1:
+            return candidates.nth(0, ranks) if n == 1 else None
         # Weights are at most 1 (trust <= 1, load >= 0), so accept with probability w.
         rand = rng.random
         for _ in range(_REJECTION_TRIES):
-            a = pool[int(rand() * n)]
+            a = candidates.nth(int(rand() * n), ranks)
             if rand() * (1.0 + a.in_flight / a.concurrency) < a.trust:
                 return a
-        weights = [max(a.trust, 0.0) / (1.0 + a.in_flight / a.concurrency) for a in pool]
-        total = sum(weights)
-        if total <= 0.0:
-            return pool[int(rand() * n)]
-        x = rand() * total
-        for a, w in zip(pool, weights):
-            x -= w
-            if x < 0.0:
-                return a
-        return pool[-1]
+        index = candidates.index_for(self, _WeightIndex)
+        return index.draw(rng, candidates.excluded_slots(exclude) if exclude else (), n, ranks)
 
 
 class LatencyEwma:
@@ -146,11 +335,12 @@ class LatencyEwma:
 
     name = "latency_ewma"
 
-    def choose(self, method: str, candidates: Sequence[AgentState], rng: random.Random, exclude: Collection[str]) -> AgentState | None:
-        pool = _eligible(candidates, exclude)
-        if len(pool) <= 1:
-            return pool[0] if pool else None
-        a, b = _two(pool, rng)
+    def choose(self, method: str, candidates: ActivePool, rng: random.Random, exclude: Collection[str]) -> AgentState | None:
+        ranks = candidates.excluded_ranks(exclude)
+        n = len(candidates) - len(ranks)
+        if n <= 1:
+            return candidates.nth(0, ranks) if n == 1 else None
+        a, b = _two(candidates, n, ranks, rng)
         cost_a = a.latency_ewma * (a.in_flight + 1) / a.concurrency
         cost_b = b.latency_ewma * (b.in_flight + 1) / b.concurrency
         return b if cost_b < cost_a else a
@@ -176,5 +366,5 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
-for _cls in (RoundRobin, Random, LeastLoaded, PowerOfTwo, TrustWeighted, LatencyEwma):
+for _cls in (RoundRobin, UniformRandom, LeastLoaded, PowerOfTwo, TrustWeighted, LatencyEwma):
     register(_cls.name, _cls)

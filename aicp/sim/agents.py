@@ -7,20 +7,25 @@ completion callback (not a generator per task) keeps it to one event per task.
 
 A crash bumps ``epoch``: completions started before it are ignored, the mailbox
 is emptied, and nothing is answered until the agent registers again.
+
+An agent knows three things outside itself (desmod style: the environment plus
+named connections, no back-pointer to the driver): ``env`` for its service
+timeouts, ``uniform`` for its failure draws, and ``report``, the link towards the
+router that takes ``(agent, task, ok)`` when a task finishes.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+import simpy
 from simpy.events import Timeout
 
 from aicp.signing import Identity
 
-if TYPE_CHECKING:
-    from aicp.sim.engine import Simulation
+ResultSink = Callable[["SimAgent", str, bool], None]
+"""Where a finished task goes: ``report(agent, task id, ok)``."""
 
 
 class SimAgent:
@@ -32,6 +37,7 @@ class SimAgent:
         "concurrency",
         "connected",
         "cost_s",
+        "env",
         "epoch",
         "fail_prob",
         "group",
@@ -40,18 +46,19 @@ class SimAgent:
         "index",
         "mailbox",
         "misbehave",
+        "report",
         "served",
         "service",
-        "sim",
         "slow",
         "speed",
         "trust",
+        "uniform",
         "up",
     )
 
     def __init__(
         self,
-        sim: Simulation,
+        env: simpy.Environment,
         index: int,
         agent_id: str,
         group: int,
@@ -63,8 +70,12 @@ class SimAgent:
         trust: float | None,
         cost_s: float,
         identity: Identity | None,
+        uniform: Callable[[], float],
+        report: ResultSink,
     ) -> None:
-        self.sim = sim
+        self.env = env
+        self.uniform = uniform
+        self.report = report
         self.index = index
         self.agent_id = agent_id
         self.group = group
@@ -79,7 +90,7 @@ class SimAgent:
         self.busy = 0
         self.busy_time = 0.0
         self.served = 0
-        self.mailbox: deque[tuple[int, float | None]] = deque()
+        self.mailbox: deque[tuple[str, float | None]] = deque()
         self.up = True  # the process is running
         self.connected = True  # the router has it registered (as far as the agent knows)
         self.slow = 1.0
@@ -88,8 +99,8 @@ class SimAgent:
         self.epoch = 0
 
     # ------------------------------------------------------------------ tasks
-    def receive(self, message: tuple[int, float | None]) -> None:
-        """A task arrives from the router: ``(task index, service seconds from a trace or None)``."""
+    def receive(self, message: tuple[str, float | None]) -> None:
+        """A task arrives from the router: ``(task id, service seconds from a trace or None)``."""
         if not self.up:
             return
         if self.busy < self.concurrency:
@@ -97,14 +108,15 @@ class SimAgent:
         else:
             self.mailbox.append(message)
 
-    def _start(self, message: tuple[int, float | None]) -> None:
+    def _start(self, message: tuple[str, float | None]) -> None:
         self.busy += 1
         task, fixed = message
         duration = (fixed if fixed is not None else self.service()) * self.slow / self.speed + self.cost_s
-        Timeout(self.sim.env, duration, (task, self.epoch, duration)).callbacks.append(self._done)  # type: ignore[union-attr]
+        Timeout(self.env, duration, (task, self.epoch, duration)).callbacks.append(self._done)  # type: ignore[union-attr]
 
     def _done(self, event: Timeout) -> None:
-        task, epoch, duration = event._value
+        value: tuple[str, int, float] = event.value  # type: ignore[assignment]
+        task, epoch, duration = value
         if epoch != self.epoch:
             return  # crashed or dropped by the router since this task started
         self.busy -= 1
@@ -112,8 +124,8 @@ class SimAgent:
         self.served += 1
         if self.mailbox:
             self._start(self.mailbox.popleft())
-        ok = True if self.fail_prob == 0.0 else self.sim.uniform() >= self.fail_prob
-        self.sim.send_result(self, task, ok)
+        ok = True if self.fail_prob == 0.0 else self.uniform() >= self.fail_prob
+        self.report(self, task, ok)
 
     # ------------------------------------------------------------------ life cycle
     def reset(self) -> None:

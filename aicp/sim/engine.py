@@ -103,7 +103,7 @@ class Simulation:
                 idx = len(self.agents)
                 self.agents.append(
                     SimAgent(
-                        self,
+                        env,
                         idx,
                         f"{prefix}-{i:04d}",
                         g,
@@ -115,12 +115,15 @@ class Simulation:
                         group.trust,
                         cost,
                         ident,
+                        self.uniform,
+                        self.send_result,
                     )
                 )
         self.by_id = {a.agent_id: a for a in self.agents}
         self.controller = signing.Identity(key_rng.bytes(32)) if self.real_signing else None
         self._task_sigs: dict[int, tuple[bytes, bytes]] = {}
-        self.life = Lifecycle(self)
+        self._row: dict[str, int] = {}  # router task id -> its record row, while the task is in the router
+        self.life = Lifecycle(env, self.router, self.link, self.agents, self, s.network.reconnect_s)
         self.fixed_service: dict[int, float] = {}
         expected = sum(expected_count(w.arrival, s.duration_s) for w in s.workload)
         if s.max_tasks is not None:
@@ -165,16 +168,16 @@ class Simulation:
                 for _, method, _ in rows:
                     if method is not None:
                         self.method_index(method)
-                stream: Stream = TraceStream(self, iter(rows), w_i, timeout_s)
+                stream: Stream = TraceStream(env, self, iter(rows), w_i, timeout_s)
             else:
-                stream = Stream(self, arrival_times(w.arrival, rng, s.duration_s), w_i, timeout_s)
+                stream = Stream(env, self, arrival_times(w.arrival, rng, s.duration_s), w_i, timeout_s)
             self._streams_left += 1
             stream.start()
         self._clock = env.process(self._clock_loop())
         phases = np.random.default_rng(child_seed(self._seed, _S_FAULTS, 1)).random(len(self.agents)) * router.config.heartbeat_s
         self.life.start_heartbeats(s.heartbeats, phases.tolist())
         env.process(self._sampler())
-        fault_mod.start(self, list(s.faults), np.random.default_rng(child_seed(self._seed, _S_FAULTS)))
+        fault_mod.start(env, list(s.faults), np.random.default_rng(child_seed(self._seed, _S_FAULTS)), self.agents, self.life)
         cfg = router.config
         guard = s.duration_s + cfg.max_deadline_s + cfg.attempt_timeout_s * cfg.max_attempts + cfg.lease_s + 60.0
         env.run(until=env.any_of([self._drained, env.timeout(guard)]))
@@ -238,8 +241,9 @@ class Simulation:
         if self.controller is not None:
             body = b"task:%d" % i
             self._task_sigs[i] = (body, self.controller.sign(body))
-        actions = self.router.submit(str(i), self.methods[method], now, timeout_s)
-        self.apply(actions)
+        task_id = str(i)
+        self._row[task_id] = i
+        self.apply(self.router.submit(task_id, self.methods[method], now, timeout_s))
         if self.submitted >= self._max_tasks and not self.stopped:
             self.stopped = True
             self.arrivals_end_s = now
@@ -251,14 +255,14 @@ class Simulation:
             self.stopped = True
             self._check_drained()
 
-    def send_result(self, agent: SimAgent, task: int, ok: bool) -> None:
+    def send_result(self, agent: SimAgent, task: str, ok: bool) -> None:
         if self.real_signing:
-            body = b"%d:%d:%d" % (task, ok, agent.index)
+            body = b"%s:%d:%d" % (task.encode(), ok, agent.index)
             self.link.send(agent.index, self._on_result_signed, (agent, task, ok, body, agent.sign(body)), self.verify_s)
         else:
             self.link.send(agent.index, self._on_result, (agent, task, ok, agent.misbehave), self.verify_s)
 
-    def _on_result_signed(self, message: tuple[SimAgent, int, bool, bytes, bytes]) -> None:
+    def _on_result_signed(self, message: tuple[SimAgent, str, bool, bytes, bytes]) -> None:
         agent, task, ok, body, sig = message
         assert agent.identity is not None
         try:
@@ -268,15 +272,15 @@ class Simulation:
             bad = True
         self._on_result((agent, task, ok, bad))
 
-    def _on_result(self, message: tuple[SimAgent, int, bool, bool]) -> None:
+    def _on_result(self, message: tuple[SimAgent, str, bool, bool]) -> None:
         agent, task, ok, bad = message
         router = self.router
         if bad:
             self.bad_signatures += 1
             router.penalise_bad_signature(agent.agent_id)
-            _, actions = router.result(agent.agent_id, str(task), False, self.env.now, errors.INVALID_SIGNATURE)
+            _, actions = router.result(agent.agent_id, task, False, self.env.now, errors.INVALID_SIGNATURE)
         else:
-            _, actions = router.result(agent.agent_id, str(task), ok, self.env.now)
+            _, actions = router.result(agent.agent_id, task, ok, self.env.now)
             if ok:
                 # A verified success only removes state from the router: no deadline can come forward.
                 if actions:
@@ -286,22 +290,24 @@ class Simulation:
             self.apply(actions)
         self.rearm()
 
-    def _deliver_signed(self, message: tuple[SimAgent, int, float | None]) -> None:
-        agent, task, fixed = message
+    def _deliver_signed(self, message: tuple[SimAgent, str, int, float | None]) -> None:
+        agent, task_id, i, fixed = message
         assert self.controller is not None
-        body, sig = self._task_sigs[task]
+        body, sig = self._task_sigs[i]
         signing.verify(self.controller.public_key, body, sig)  # an honest controller: must pass
-        agent.receive((task, fixed))
+        agent.receive((task_id, fixed))
 
     def apply(self, actions: list[Action]) -> None:
         """Carry out the router's actions: send dispatches over the link, record ends, close dropped agents."""
         rec = self.records
         now = self.env.now
         for a in actions:
-            if type(a) is Dispatch:
-                i = int(a.task_id)
-                agent = self.by_id[a.agent_id]
-                attempt = a.attempt
+            kind = type(a)
+            if kind is Dispatch:
+                task_id = a.task_id  # type: ignore[union-attr]
+                i = self._row[task_id]
+                agent = self.by_id[a.agent_id]  # type: ignore[union-attr]
+                attempt = a.attempt  # type: ignore[union-attr]
                 if attempt == 1:
                     rec.dispatch[i] = now
                 rec.agent[i] = agent.index
@@ -310,26 +316,26 @@ class Simulation:
                     self.trace.extend((i, agent.index, attempt))
                 fixed = self.fixed_service.get(i) if self.fixed_service else None
                 if self.controller is not None:
-                    self.link.send(agent.index, self._deliver_signed, (agent, i, fixed))
+                    self.link.send(agent.index, self._deliver_signed, (agent, task_id, i, fixed))
                 else:
-                    self.link.send(agent.index, agent.receive, (i, fixed))
-            elif type(a) is Completed:
-                i = int(a.task_id)
+                    self.link.send(agent.index, agent.receive, (task_id, fixed))
+            elif kind is Completed:
+                i = self._row.pop(a.task_id)  # type: ignore[union-attr]
                 rec.end[i] = now
                 rec.outcome[i] = COMPLETED
-                rec.attempts[i] = a.attempts
+                rec.attempts[i] = a.attempts  # type: ignore[union-attr]
                 self.ended += 1
                 if self.stopped or self.fixed_service or self._task_sigs:
                     self._ended(i)
-            elif type(a) is Failed:
-                i = int(a.task_id)
+            elif kind is Failed:
+                i = self._row.pop(a.task_id)  # type: ignore[union-attr]
                 rec.end[i] = now
-                rec.outcome[i] = OUTCOME_CODES.get(a.code, OTHER_FAILURE)
-                rec.attempts[i] = a.attempts
+                rec.outcome[i] = OUTCOME_CODES.get(a.code, OTHER_FAILURE)  # type: ignore[union-attr]
+                rec.attempts[i] = a.attempts  # type: ignore[union-attr]
                 self.ended += 1
                 self._ended(i)
-            elif type(a) is AgentDown:
-                self.life.agent_down(self.by_id[a.agent_id])
+            elif kind is AgentDown:
+                self.life.agent_down(self.by_id[a.agent_id])  # type: ignore[union-attr]
 
     def _ended(self, i: int) -> None:
         """Clean-up after a task ended (``self.ended`` already counts it)."""
@@ -382,7 +388,7 @@ class Simulation:
         while True:
             yield env.timeout(1.0)
             smp["sample_t_s"].append(env.now)
-            smp["agents_up"].append(sum(1 for a in self.agents if a.up))
+            smp["agents_up"].append(self.life.up_count)
             smp["agents_active"].append(router.registry.count_by_status()["active"])
             smp["in_flight"].append(router.tasks_in_flight)
             smp["retries"].append(router.stats.retries)

@@ -38,14 +38,16 @@ _FIELDS: dict[str, tuple[type | str, float | int]] = {
 
 
 class Records:
-    """Column arrays, one row per task, doubled when full."""
+    """Column lists, one row per task, doubled when full; numpy arrays at the end (``arrays()``).
+
+    Plain lists while the run goes: storing a Python float into a list costs a third
+    of storing it into a numpy array, and the hot path stores seven values per task.
+    """
 
     def __init__(self, capacity: int = 1024) -> None:
         self.n = 0
         self.capacity = max(16, int(capacity))
-        self.columns: dict[str, np.ndarray] = {
-            name: np.full(self.capacity, fill, dtype=dtype) for name, (dtype, fill) in _FIELDS.items()
-        }
+        self.columns: dict[str, list[Any]] = {name: [fill] * self.capacity for name, (_, fill) in _FIELDS.items()}
         self._bind()
 
     def _bind(self) -> None:
@@ -64,16 +66,13 @@ class Records:
         return i
 
     def grow(self) -> None:
-        new = self.capacity * 2
-        for name, (dtype, fill) in _FIELDS.items():
-            col = np.full(new, fill, dtype=dtype)
-            col[: self.capacity] = self.columns[name]
-            self.columns[name] = col
-        self.capacity = new
-        self._bind()
+        for name, (_, fill) in _FIELDS.items():
+            self.columns[name].extend([fill] * self.capacity)  # in place: the bound columns stay valid
+        self.capacity *= 2
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {name: col[: self.n].copy() for name, col in self.columns.items()}
+        n = self.n
+        return {name: np.array(self.columns[name][:n], dtype=_FIELDS[name][0]) for name in _FIELDS}
 
 
 def latency_stats(lat_s: np.ndarray) -> dict[str, float | None]:

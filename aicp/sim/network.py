@@ -59,5 +59,6 @@ class Link:
 
 
 def _deliver(event: simpy.Event) -> None:
-    receiver, message = event._value
+    pair: tuple[Callable[[Any], object], Any] = event.value  # type: ignore[assignment]
+    receiver, message = pair
     receiver(message)

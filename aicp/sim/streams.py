@@ -1,43 +1,68 @@
-"""Workload streams: each arrival schedules the next one, so a task costs one SimPy event to arrive."""
+"""Workload streams: each arrival schedules the next one, so a task costs one SimPy event to arrive.
+
+A stream knows the environment and an ``Intake``: the few calls of the driver that
+take tasks in. It never sees the router or the rest of the simulation.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import simpy
 from simpy.events import Timeout
 
-if TYPE_CHECKING:
-    from aicp.sim.engine import Simulation
+
+class Intake(Protocol):
+    """What a workload stream needs from the driver."""
+
+    @property
+    def stopped(self) -> bool:
+        """True once arrivals must stop (``max_tasks`` reached, or every stream ran out)."""
+        ...
+
+    def submit(self, method: int, timeout_s: float | None, service_s: float | None) -> None:
+        """A task of method ``method`` (an index) arrives now; ``service_s`` fixes its service time (traces)."""
+        ...
+
+    def stream_done(self) -> None:
+        """This stream will submit nothing more."""
+        ...
+
+    def method_index(self, method: str) -> int:
+        """The index of a method name (a trace may name methods no ``[[workload]]`` declares)."""
+        ...
 
 
 class Stream:
     """One workload stream: each arrival schedules the next one (one event per task, no generator)."""
 
-    __slots__ = ("env", "method", "sim", "timeout_s", "times")
+    __slots__ = ("env", "intake", "method", "timeout_s", "times")
 
-    def __init__(self, sim: Simulation, times: Iterator[Any], method: int, timeout_s: float | None) -> None:
-        self.sim, self.env, self.times, self.method, self.timeout_s = sim, sim.env, times, method, timeout_s
+    def __init__(
+        self, env: simpy.Environment, intake: Intake, times: Iterator[Any], method: int, timeout_s: float | None
+    ) -> None:
+        self.env, self.intake, self.times, self.method, self.timeout_s = env, intake, times, method, timeout_s
 
     def start(self) -> None:
         self._schedule(next(self.times, None))
 
     def _schedule(self, item: Any) -> None:
-        if item is None or self.sim.stopped:
-            self.sim.stream_done()
+        if item is None or self.intake.stopped:
+            self.intake.stream_done()
             return
         now = self.env.now
         Timeout(self.env, item - now if item > now else 0.0, item).callbacks.append(self.fire)  # type: ignore[union-attr]
 
     def fire(self, event: Timeout) -> None:
-        sim = self.sim
-        if sim.stopped:
-            sim.stream_done()
+        intake = self.intake
+        if intake.stopped:
+            intake.stream_done()
             return
-        sim.submit(self.method, self.timeout_s, None)
+        intake.submit(self.method, self.timeout_s, None)
         item = next(self.times, None)
-        if item is None or sim.stopped:
-            sim.stream_done()
+        if item is None or intake.stopped:
+            intake.stream_done()
             return
         now = self.env.now
         Timeout(self.env, item - now if item > now else 0.0, item).callbacks.append(self.fire)  # type: ignore[union-attr]
@@ -49,18 +74,19 @@ class TraceStream(Stream):
     __slots__ = ()
 
     def _schedule(self, item: Any) -> None:
-        if item is None or self.sim.stopped:
-            self.sim.stream_done()
+        if item is None or self.intake.stopped:
+            self.intake.stream_done()
             return
         now = self.env.now
         t = item[0]
         Timeout(self.env, t - now if t > now else 0.0, item).callbacks.append(self.fire)  # type: ignore[union-attr]
 
     def fire(self, event: Timeout) -> None:
-        sim = self.sim
-        if sim.stopped:
-            sim.stream_done()
+        intake = self.intake
+        if intake.stopped:
+            intake.stream_done()
             return
-        _, method, service = event._value
-        sim.submit(self.method if method is None else sim.method_index(method), self.timeout_s, service)
+        row: tuple[float, str | None, float | None] = event.value  # type: ignore[assignment]
+        _, method, service = row
+        intake.submit(self.method if method is None else intake.method_index(method), self.timeout_s, service)
         self._schedule(next(self.times, None))

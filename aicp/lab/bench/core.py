@@ -3,6 +3,13 @@
 Each row times an AICP operation and the plain library call it wraps, in the same
 process and run, and prints their ratio, so the core's own overhead is visible and
 comparable across machines. Figures are medians of ``--repeat`` timing rounds.
+
+``--agents 100,1000,10000,100000`` adds the growth table of issue 10: for every
+strategy and pool size n, the cost of registering one agent into a router that
+already holds the others, and of one task (a submit plus the result of the oldest
+task in flight) while n/2 tasks are in flight (at most 5000). Both should stay
+flat as n grows. They are CPU seconds of this process (``time.process_time``), so
+other load on a shared machine distorts them less than wall time would.
 """
 
 from __future__ import annotations
@@ -14,14 +21,15 @@ import random
 import statistics
 import time
 import timeit
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import nacl.bindings as sodium
 
-from aicp import __version__
+from aicp import __version__, strategies
 from aicp.messages import PROTOCOL_VERSION, Task, decode_body, decode_frame, encode, payload, seal
 from aicp.peer import PeerSession
 from aicp.protocol import RouterProtocol
@@ -118,6 +126,101 @@ def _per_op_bounded(fn: Callable[[], object], available: int, repeat: int) -> fl
         times.append((time.perf_counter() - t0) / number)
     return statistics.median(times)
 
+#: Tasks in flight while a cycle is timed: half the agents, at most this many.
+MAX_IN_FLIGHT = 5000
+#: Submit+result cycles per timing round.
+CYCLES_PER_ROUND = 2000
+
+
+def _register_round(strategy: str, n: int) -> tuple[float, Router]:
+    """Seconds to register agents 2..n into a router whose strategy has already made a choice
+    (so its indexes exist and registration pays for their upkeep), and the router."""
+    router = Router(RouterConfig(max_tasks=MAX_IN_FLIGHT + 10), strategy, random.Random(1))
+    router.register_agent("a0", ["m"], 0.0)
+    [d] = router.submit("warm-up", "m", 0.0)
+    router.result(d.agent_id, "warm-up", True, 0.0)  # type: ignore[union-attr]
+    register = router.register_agent
+    ids = [f"a{i}" for i in range(1, n)]
+    caps = ["m"]
+    t0 = time.process_time()
+    for agent_id in ids:
+        register(agent_id, caps, 0.0)
+    return time.process_time() - t0, router
+
+
+def scale_benchmark(strategy: str, n: int, repeat: int) -> dict[str, Any]:
+    """Registration µs per agent and µs per task cycle for ``strategy`` with ``n`` agents."""
+    n = max(2, n)
+    rounds = max(1, min(repeat, 300_000 // n))
+    per_agent = []
+    router: Router | None = None
+    for _ in range(rounds):
+        done, elapsed = 0, 0.0
+        while done < min(20_000, 100 * n) or done == 0:  # small pools: many routers per round
+            seconds, router = _register_round(strategy, n)
+            elapsed += seconds
+            done += n - 1
+        per_agent.append(elapsed / done)
+    assert router is not None
+    in_flight: deque[tuple[str, str]] = deque()
+    counter = iter(range(10**12))
+
+    def submit() -> None:
+        tid = f"t{next(counter)}"
+        [d] = router.submit(tid, "m", 0.0)
+        if not isinstance(d, Dispatch):
+            raise RuntimeError(f"the router did not dispatch: {d!r}")
+        in_flight.append((d.agent_id, tid))
+
+    for _ in range(min(n // 2, MAX_IN_FLIGHT)):
+        submit()
+    per_task = []
+    for _ in range(repeat):
+        t0 = time.process_time()
+        for _ in range(CYCLES_PER_ROUND):
+            submit()
+            agent_id, tid = in_flight.popleft()
+            router.result(agent_id, tid, True, 0.0)
+        per_task.append((time.process_time() - t0) / CYCLES_PER_ROUND)
+    return {
+        "strategy": strategy,
+        "agents": n,
+        "in_flight": min(n // 2, MAX_IN_FLIGHT),
+        "register_us_per_agent": statistics.median(per_agent) * 1e6,
+        "task_us": statistics.median(per_task) * 1e6,
+    }
+
+
+def run_scale(sizes: Sequence[int], repeat: int, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    return [scale_benchmark(name, n, repeat) for name in (names or strategies.names()) for n in sizes]
+
+
+def format_scale_table(rows: list[dict[str, Any]]) -> str:
+    sizes = sorted({r["agents"] for r in rows})
+    by = {(r["strategy"], r["agents"]): r for r in rows}
+    names = list(dict.fromkeys(r["strategy"] for r in rows))
+    heads = " → ".join(f"{n:,}" for n in sizes)
+    lines = [
+        f"| strategy | register, µs per agent: {heads} | one task (submit+result), µs: {heads} | growth {sizes[0]:,} → {sizes[-1]:,} |",
+        "|---|---|---|---|",
+    ]
+    for name in names:
+        reg = [by[name, n]["register_us_per_agent"] for n in sizes]
+        task = [by[name, n]["task_us"] for n in sizes]
+        growth = f"{reg[-1] / reg[0]:.2f}× / {task[-1] / task[0]:.2f}×"
+        lines.append(f"| {name} | {' → '.join(f'{v:.1f}' for v in reg)} | {' → '.join(f'{v:.1f}' for v in task)} | {growth} |")
+    return "\n".join(lines)
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected agent counts such as 100,1000,10000: {text!r}") from None
+    if not sizes or min(sizes) < 2:
+        raise argparse.ArgumentTypeError("agent counts must be at least 2")
+    return sizes
+
 
 def format_table(results: list[dict[str, Any]]) -> str:
     lines = [f"{'operation':44} {'us/op':>9}   {'raw library call':28} {'us/op':>9} {'ratio':>7}"]
@@ -128,16 +231,35 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=7, help="timing rounds; the median is reported (default 7)")
-    parser.add_argument("--agents", type=int, default=100, help="agents in the routing benchmark (default 100)")
+    parser.add_argument(
+        "--agents",
+        type=_sizes,
+        default=[100],
+        help="agents in the routing benchmark (default 100); several, e.g. 100,1000,10000,100000, "
+        "add a growth table of registration and per-task cost for every strategy",
+    )
+    parser.add_argument("--strategy", action="append", default=None, help="strategies in the growth table (repeatable; default: all)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
 
 
 def run(args: argparse.Namespace) -> int:
-    results = run_benchmarks(args.repeat, args.agents)
+    sizes: list[int] = args.agents
+    results = run_benchmarks(args.repeat, sizes[0])
     print(f"AICP {__version__} core micro-benchmark, Python {platform.python_version()}, median of {args.repeat} rounds")
     print(format_table(results))
+    scale: list[dict[str, Any]] = []
+    if len(sizes) > 1:
+        unknown = [n for n in args.strategy or [] if n not in strategies.names()]
+        if unknown:
+            print(f"unknown strategy {unknown[0]!r}; known: {', '.join(strategies.names())}")
+            return 2
+        scale = run_scale(sizes, args.repeat, args.strategy)
+        print()
+        print(f"growth with the pool: n/2 tasks in flight (at most {MAX_IN_FLIGHT}), CPU time, medians of {args.repeat} rounds")
+        print(format_scale_table(scale))
     out = args.json or Path("results") / "bench" / f"core-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"version": __version__, "python": platform.python_version(), "repeat": args.repeat, "results": results}, indent=2))
+    doc = {"version": __version__, "python": platform.python_version(), "repeat": args.repeat, "results": results, "scale": scale}
+    out.write_text(json.dumps(doc, indent=2))
     print(f"written: {out}")
     return 0
