@@ -28,9 +28,11 @@ side (also ``grid.csv`` and ``grid.json`` in the run folder).
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -79,89 +81,110 @@ def _thin(values: np.ndarray) -> list[float]:
     return [round(float(v), 4) for v in values]
 
 
-def analyse(trace_path: Path, gen_npz: Path, requester: str, probe_ms: float, skip_s: float = 0.5) -> dict[str, Any]:
-    """Per-task samples from a probe run's trace and its load generator's samples."""
+def analyse(trace_path: Path, gen_npz: Path, requester: str, concurrency: int = 1, skip_s: float = 0.5) -> dict[str, np.ndarray]:
+    """Per-task figures of one load generator's tasks, from the router's trace and the generator's samples.
+
+    ``service_ms`` (what the agents signed, every completed task), ``overhead_ms``
+    (dispatch to result minus ``service_ms``, for tasks whose agent had fewer than
+    ``concurrency`` tasks in hand) and ``client_ms`` (the generator's latency minus the
+    router's arrival-to-end time; the k-th task sent is the k-th arrival from
+    ``requester``, since one connection keeps the order).
+    """
     arrive: dict[str, float] = {}
     order: list[str] = []
     first_dispatch: dict[str, tuple[float, str]] = {}
     reply: dict[str, tuple[float, float | None, str]] = {}
     end: dict[str, tuple[float, str]] = {}
+    n = len(requester)
     for ev in trace.parse(trace_path.read_bytes()):
-        if isinstance(ev, trace.Arrive) and ev.task[len(requester):len(requester) + 1] in ("/", "\n") and ev.task.startswith(requester):
-            arrive[ev.task] = ev.t
-            order.append(ev.task)
-        elif isinstance(ev, trace.Dispatch) and ev.attempt == 1:
-            first_dispatch[ev.task] = (ev.t, ev.agent)
-        elif isinstance(ev, trace.Reply) and ev.ok:
-            reply[ev.task] = (ev.t, ev.service_ms, ev.agent)
+        if isinstance(ev, trace.Arrive):
+            if ev.task.startswith(requester) and ev.task[n:n + 1] in ("/", "\n"):
+                arrive[ev.task] = ev.t
+                order.append(ev.task)
+        elif isinstance(ev, trace.Dispatch):
+            if ev.attempt == 1:
+                first_dispatch[ev.task] = (ev.t, ev.agent)
+        elif isinstance(ev, trace.Reply):
+            if ev.ok:
+                reply[ev.task] = (ev.t, ev.service_ms, ev.agent)
         elif isinstance(ev, trace.End):
             end[ev.task] = (ev.t, ev.outcome)
-    # agent idle at dispatch: its previous result came back before this dispatch (concurrency 1)
-    wake, overhead = [], []
-    last_result: dict[str, float] = {}
+    data = np.load(gen_npz)
+    intended, sent, done, outcome = data["intended"], data["sent"], data["done"], data["outcome"]
+    if len(order) != len(intended):
+        raise RuntimeError(f"{trace_path}: {len(order)} arrivals from {requester} but the load generator sent {len(intended)}")
+    measured = {task for k, task in enumerate(order) if intended[k] >= skip_s}
+    service, overhead = [], []
+    in_hand: dict[str, list[float]] = {}  # agent -> result times of its earlier dispatches (a heap)
     for task in sorted(first_dispatch, key=lambda k: first_dispatch[k][0]):
         t_d, agent = first_dispatch[task]
         got = reply.get(task)
-        if task not in arrive or got is None or got[1] is None or got[2] != agent:
+        heap = in_hand.setdefault(agent, [])
+        while heap and heap[0] < t_d:
+            heapq.heappop(heap)
+        idle = len(heap) < concurrency
+        if got is None or got[2] != agent:
             continue
-        t_r, service_ms, _ = got
-        idle = last_result.get(agent, float("-inf")) < t_d
-        last_result[agent] = max(last_result.get(agent, float("-inf")), t_r)
+        heapq.heappush(heap, got[0])
+        if task not in measured or got[1] is None:
+            continue
+        service.append(got[1])
         if idle:
-            wake.append(service_ms - probe_ms)
-            overhead.append((t_r - t_d) * 1000.0 - service_ms)
-    data = np.load(gen_npz)
-    intended, sent, done, outcome = data["intended"], data["sent"], data["done"], data["outcome"]
+            overhead.append((got[0] - t_d) * 1000.0 - got[1])
     client: list[float] = []
-    if len(order) != len(intended):
-        raise RuntimeError(f"{trace_path}: {len(order)} arrivals from {requester} but the load generator sent {len(intended)}")
     for k, task in enumerate(order):
         e = end.get(task)
-        if e is None or e[1] != "completed" or outcome[k] != 0 or intended[k] < skip_s:
+        if e is None or e[1] != "completed" or outcome[k] != 0 or task not in measured:
             continue
         live_ms = (done[k] - max(intended[k], sent[k])) * 1000.0
         client.append(live_ms - (e[0] - arrive[task]) * 1000.0)
-    if len(wake) < 50 or len(client) < 50:
-        raise RuntimeError(f"too few probe tasks to calibrate ({len(wake)} idle dispatches, {len(client)} matched outcomes)")
-    return {"wake_ms": np.array(wake), "agent_overhead_ms": np.array(overhead), "client_ms": np.array(client)}
+    return {"service_ms": np.array(service), "overhead_ms": np.array(overhead), "client_ms": np.array(client)}
 
 
 def measure(args: argparse.Namespace) -> tuple[stack_mod.Calibration, Path]:
-    """Run the probe and return the calibration and its run folder."""
+    """Run the probe at each rate on one router and fleet; return the calibration and its run folder."""
     run_dir = args.out_dir / (time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    probe_s = args.probe_ms / 1000.0
-    rate = args.probe_busy * args.agents / probe_s
+    rates = [float(r) for r in args.probe_rates.split(",")]
     trace_path = run_dir / "probe.jsonl"
     cfg = bench_args(agents=args.agents, agent_procs=min(args.agent_procs, args.agents), agent_concurrency=1,
                      service_time=f"constant:{args.probe_ms:g}", strategy="least_loaded", record=trace_path, seed=args.seed)
-    trial = live.Trial("open", rate=rate, duration=args.duration, warmup=1.0)
+    print(f"calibrate: {args.agents} agents in {cfg.agent_procs} processes, constant {args.probe_ms:g} ms, "
+          f"{', '.join(f'{r:g}' for r in rates)} tasks/s for {args.duration:g} s each", flush=True)
     fleet = live.Fleet(run_dir)
-    print(f"calibrate: {args.agents} agents in {cfg.agent_procs} processes, constant {args.probe_ms:g} ms, {rate:.0f} tasks/s "
-          f"for {args.duration:g} s (agents ~{100 * args.probe_busy:.0f}% busy)", flush=True)
+    results = []
     try:
         url = live.start_system(fleet, "router", cfg)
-        result = live.run_trial(fleet, url, trial, cfg, PROBE_ID)
+        for i, rate in enumerate(rates):
+            results.append(live.run_trial(fleet, url, live.Trial("open", rate=rate, duration=args.duration, warmup=1.0), cfg, f"{PROBE_ID}{i}"))
     finally:
         fleet.stop()  # the router flushes its trace when it stops
-    got = analyse(trace_path, run_dir / f"{PROBE_ID}-gen0.npz", f"{PROBE_ID}-gen0", args.probe_ms)
+    levels = []
+    for i, rate in enumerate(rates):
+        got = analyse(trace_path, run_dir / f"{PROBE_ID}{i}-gen0.npz", f"{PROBE_ID}{i}-gen0")
+        lost = results[i]["lost"] + sum(results[i]["errors"].values())
+        if got["overhead_ms"].size < 50 or got["client_ms"].size < 50 or lost:
+            # the stack could not carry this rate here (a loaded machine): a level measured on a collapse would mislead
+            print(f"calibrate: level {rate:g}/s dropped ({got['overhead_ms'].size} idle dispatches, {got['client_ms'].size} outcomes, "
+                  f"{lost} failed or lost)", file=sys.stderr)
+            continue
+        levels.append(stack_mod.Level(rate_per_s=rate, wake_ms=_thin(got["service_ms"] - args.probe_ms),
+                                      agent_overhead_ms=_thin(got["overhead_ms"]), client_ms=_thin(got["client_ms"])))
+    if not levels:
+        raise RuntimeError("no probe rate gave enough clean samples to calibrate")
     cal = stack_mod.Calibration(
         v=stack_mod.CALIBRATION_VERSION,
         timer_ms=args.timer_ms,
-        wake_ms=_thin(got["wake_ms"]),
         slot_ms=round(sign_cost_ms(), 4),
-        agent_overhead_ms=_thin(got["agent_overhead_ms"]),
-        client_ms=_thin(got["client_ms"]),
+        levels=levels,
         measured={
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": platform.node(),
             "cpus": os.cpu_count(),
             "load_avg_1m": os.getloadavg()[0],
-            "probe": {"agents": args.agents, "agent_procs": cfg.agent_procs, "service_ms": args.probe_ms, "rate_per_s": rate, "duration_s": args.duration},
-            "probe_latency_ms": result["latency_ms"],
-            "cpu": result["cpu"],
-            "idle_dispatches": int(got["wake_ms"].size),
-            "matched_outcomes": int(got["client_ms"].size),
+            "probe": {"agents": args.agents, "agent_procs": cfg.agent_procs, "service_ms": args.probe_ms, "rates_per_s": rates, "duration_s": args.duration},
+            "probe_latency_ms": [r["latency_ms"] for r in results],
+            "cpu": [r["cpu"] for r in results],
         },
     )
     return cal, run_dir
@@ -173,10 +196,13 @@ def write(cal: stack_mod.Calibration, path: Path) -> None:
 
 
 def describe(cal: stack_mod.Calibration) -> str:
-    s = stack_mod.summary(cal)
-    return (f"timer {s['timer_ms']:g} ms, slot +{s['slot_ms']:.3f} ms; wake mean {s['wake_mean_ms']:.3f} (p50 {s['wake_p50_ms']:.3f}) ms; "
-            f"agent round trip mean {s['agent_overhead_mean_ms']:.3f} (p50 {s['agent_overhead_p50_ms']:.3f}) ms; "
-            f"client mean {s['client_mean_ms']:.3f} (p50 {s['client_p50_ms']:.3f}) ms")
+    lines = [f"timer {cal.timer_ms:g} ms, result signing in the slot {cal.slot_ms:.3f} ms"]
+    for level in cal.levels:
+        s = stack_mod.summary(level)
+        lines.append(f"  at {level.rate_per_s:6g}/s: wake mean {s['wake_mean_ms']:.3f} (p50 {s['wake_p50_ms']:.3f}) ms; agent round trip mean "
+                     f"{s['agent_overhead_mean_ms']:.3f} (p50 {s['agent_overhead_p50_ms']:.3f}) ms; client mean {s['client_mean_ms']:.3f} "
+                     f"(p50 {s['client_p50_ms']:.3f}) ms")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -200,13 +226,28 @@ def live_args_for(scenario: sc_mod.Scenario, path: Path, strategy: str, args: ar
                       duration=args.live_duration, warmup=args.live_warmup, seed=args.seed)
 
 
-def run_live(cfg: argparse.Namespace, run_dir: Path, tag: str) -> dict[str, Any]:
+def run_live(cfg: argparse.Namespace, run_dir: Path, tag: str, nominal_ms: float) -> dict[str, Any]:
+    """One live run with a recorded trace; adds the stack's costs as measured in this very run (``stack``)."""
+    cfg.record = run_dir / f"{tag}.jsonl"
     fleet = live.Fleet(run_dir)
     try:
         url = live.start_system(fleet, "router", cfg)
-        return live.run_trial(fleet, url, live.Trial("open", rate=cfg.rate, duration=cfg.duration, warmup=cfg.warmup), cfg, tag)
+        result = live.run_trial(fleet, url, live.Trial("open", rate=cfg.rate, duration=cfg.duration, warmup=cfg.warmup), cfg, tag)
     finally:
         fleet.stop()
+    got = analyse(cfg.record, run_dir / f"{tag}-gen0.npz", f"{tag}-gen0", cfg.agent_concurrency, cfg.warmup)
+    result["stack"] = {"wake_mean_ms": float(got["service_ms"].mean() - nominal_ms) if got["service_ms"].size else float("nan"),
+                       "agent_overhead_mean_ms": float(got["overhead_ms"].mean()) if got["overhead_ms"].size else float("nan"),
+                       "client_mean_ms": float(got["client_ms"].mean()) if got["client_ms"].size else float("nan"),
+                       "idle_dispatches": int(got["overhead_ms"].size)}
+    return result
+
+
+def expected_stack(cal: stack_mod.Calibration, rate: float) -> dict[str, float]:
+    """The calibration's mean costs at ``rate`` (the mixture the simulator draws from)."""
+    low, high, w = stack_mod.bracket(cal.levels, rate)
+    lo, hi = stack_mod.summary(low), stack_mod.summary(high)
+    return {k: (1 - w) * lo[k] + w * hi[k] for k in ("wake_mean_ms", "agent_overhead_mean_ms", "client_mean_ms")}
 
 
 def run_sim(scenario: sc_mod.Scenario, strategy: str, calibration: Path | None) -> dict[str, float]:
@@ -253,18 +294,26 @@ def grid(args: argparse.Namespace) -> int:
     for path, scenario in scenarios:
         for strategy in scenario.strategies:
             cfg = live_args_for(scenario, path, strategy, args)
-            lv = run_live(cfg, run_dir, f"{scenario.name}-{strategy}")
+            dist = scenario.agents[0].service_time
+            lv = run_live(cfg, run_dir, f"{scenario.name}-{strategy}", dist.mean_ms / scenario.agents[0].speed)  # type: ignore[union-attr]
             plain = run_sim(scenario, strategy, None)
             withcal = run_sim(scenario, strategy, cal_path)
             lat = lv["latency_ms"]
             row = {"workload": scenario.name, "file": str(path), "strategy": strategy, "sim_utilisation": plain["utilisation"],
                    "live_p50": lat["p50"], "sim_p50": plain["p50"], "cal_p50": withcal["p50"],
                    "live_p99": lat["p99"], "sim_p99": plain["p99"], "cal_p99": withcal["p99"],
-                   "live_samples": lat["samples"], "live_errors": lv["errors"], "live_lost": lv["lost"], "live_cpu": lv["cpu"]}
+                   "live_samples": lat["samples"], "live_errors": lv["errors"], "live_lost": lv["lost"], "live_cpu": lv["cpu"],
+                   "live_throughput_per_s": lv["throughput_per_s"], "stack_live": lv["stack"], "stack_calibrated": expected_stack(cal, cfg.rate)}
             rows.append(row)
             print(f"{scenario.name:22} {strategy:13} {plain['utilisation']:5.2f} | {lat['p50']:8.2f} {plain['p50']:6.2f} {_err(plain['p50'], lat['p50']):>5} "
                   f"{withcal['p50']:6.2f} {_err(withcal['p50'], lat['p50']):>5} | {lat['p99']:8.2f} {plain['p99']:6.2f} {_err(plain['p99'], lat['p99']):>5} "
                   f"{withcal['p99']:6.2f} {_err(withcal['p99'], lat['p99']):>5}", flush=True)
+    print("\nthe stack's costs, means in ms: measured in each live run vs the calibration at its rate (wake, agent round trip, client)")
+    for r in rows:
+        a, b = r["stack_live"], r["stack_calibrated"]
+        print(f"{r['workload']:22} {r['strategy']:13} wake {a['wake_mean_ms']:6.3f} vs {b['wake_mean_ms']:6.3f}  round trip "
+              f"{a['agent_overhead_mean_ms']:6.3f} vs {b['agent_overhead_mean_ms']:6.3f}  client {a['client_mean_ms']:6.3f} vs {b['client_mean_ms']:6.3f}"
+              f"  (live throughput {r['live_throughput_per_s']:.0f}/s, {a['idle_dispatches']} idle dispatches)")
     within = [r for r in rows if all(abs(r[f"cal_{p}"] - r[f"live_{p}"]) <= 0.15 * r[f"live_{p}"] for p in ("p50", "p99"))]
     print(f"calibrated p50 and p99 within 15% of live: {len(within)} of {len(rows)} rows; "
           f"{time.monotonic() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
@@ -273,7 +322,7 @@ def grid(args: argparse.Namespace) -> int:
         lines.append(",".join([r["workload"], r["strategy"], f"{r['sim_utilisation']:.3f}"] +
                               [f"{r[k]:.3f}" for k in ("live_p50", "sim_p50", "cal_p50", "live_p99", "sim_p99", "cal_p99")] + [str(r["live_samples"])]))
     (run_dir / "grid.csv").write_text("\n".join(lines) + "\n")
-    (run_dir / "grid.json").write_text(json.dumps({"calibration": str(cal_path), "calibration_summary": stack_mod.summary(cal), "rows": rows,
+    (run_dir / "grid.json").write_text(json.dumps({"calibration": str(cal_path), "calibration_summary": [stack_mod.summary(lv) for lv in cal.levels], "rows": rows,
                                                    "load_avg_1m": os.getloadavg()[0], "argv": sys.argv}, indent=2, default=str))
     print(f"results: {run_dir}")
     return 0
@@ -284,11 +333,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--out", type=Path, default=None, help="write the calibration here (default: calibration.json in the run folder)")
     add("--out-dir", type=Path, default=Path("results") / "calibration", help="parent of the run folder (default results/calibration)")
-    add("--agents", type=int, default=4, help="probe: agents (default 4)")
+    add("--agents", type=int, default=8, help="probe: agents (default 8)")
     add("--agent-procs", type=int, default=2, help="processes the agents are spread over, probe and grid (default 2, as aicp bench)")
-    add("--probe-ms", type=float, default=3.0, help="probe: the agents' constant service, whole milliseconds (default 3)")
-    add("--probe-busy", type=float, default=0.1, help="probe: how busy each agent is (default 0.1)")
-    add("--duration", type=float, default=8.0, help="probe: measured seconds (default 8)")
+    add("--probe-ms", type=float, default=1.0, help="probe: the agents' constant service, whole milliseconds (default 1)")
+    add("--probe-rates", default="100,400,1000", help="probe: task rates, one trial each (default 100,400,1000)")
+    add("--duration", type=float, default=5.0, help="probe: measured seconds per rate (default 5)")
     add("--timer-ms", type=float, default=1.0, help="the agents' sleep granularity (uvloop: 1 ms; 0: none)")
     add("--grid", type=Path, default=None, help="a folder of scenario files (or one file): run each live and simulated, print the table")
     add("--calibration", type=Path, default=None, help="--grid: use this calibration instead of measuring one")
@@ -298,6 +347,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that every process started is stopped (finally blocks)
     if args.grid is not None:
         return grid(args)
     cal, run_dir = measure(args)

@@ -26,13 +26,18 @@ measured on one machine, per task, from a recorded live run with idle agents:
   the hops between load generator and router, verifying the outcome. Outside the
   router's queues, so it is added to each task's latency.
 
-Every quantity is kept as samples (empirical distributions), drawn independently per
-task with the simulator's own random streams. The model is used only when a
+The stack's costs grow with the task rate through it (its processes share the
+machine's cores), so the probe measures them at a few rates (``levels``) and a
+scenario draws from the two levels around its own mean arrival rate, mixed in
+proportion (clamped to the lowest and highest level measured; a trace workload counts
+as the lowest). Every quantity is kept as samples (empirical distributions), drawn
+independently per task with the simulator's own random streams. The model is used only when a
 scenario names a calibration, so an uncalibrated scenario runs as before.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -52,15 +57,22 @@ class CalibrationError(ValueError):
     """A calibration file is missing, malformed, or of an unknown version."""
 
 
+class Level(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The per-task samples measured at one task rate through the stack (ms)."""
+
+    rate_per_s: Annotated[float, Meta(gt=0.0)]
+    wake_ms: list[float]
+    agent_overhead_ms: list[float]
+    client_ms: list[float]
+
+
 class Calibration(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """What ``aicp calibrate`` measured (all times in milliseconds, samples per task)."""
+    """What ``aicp calibrate`` measured: samples per task at a few task rates (ms), ascending rates."""
 
     v: int
     timer_ms: Annotated[float, Meta(ge=0.0)] = 1.0  # 0: the agent's sleep is not rounded
-    wake_ms: list[float]
     slot_ms: Annotated[float, Meta(ge=0.0)] = 0.0
-    agent_overhead_ms: list[float]
-    client_ms: list[float]
+    levels: list[Level]
     measured: dict[str, object] = {}  # provenance: when, where, probe settings, summaries
 
 
@@ -74,16 +86,33 @@ def load(path: str | Path) -> Calibration:
         raise CalibrationError(f"{p}: not a calibration file: {exc}") from None
     if cal.v != CALIBRATION_VERSION:
         raise CalibrationError(f"{p}: calibration version {cal.v}; this reader knows {CALIBRATION_VERSION}")
-    for name in ("wake_ms", "agent_overhead_ms", "client_ms"):
-        if not getattr(cal, name):
-            raise CalibrationError(f"{p}: {name} holds no samples")
+    if not cal.levels:
+        raise CalibrationError(f"{p}: no levels")
+    for level in cal.levels:
+        for name in ("wake_ms", "agent_overhead_ms", "client_ms"):
+            if not getattr(level, name):
+                raise CalibrationError(f"{p}: {name} at {level.rate_per_s:g}/s holds no samples")
+    cal.levels.sort(key=lambda lv: lv.rate_per_s)
     return cal
 
 
-def _sampler(samples_ms: list[float], rng: np.random.Generator, scale: float = 1.0) -> Callable[[], float]:
-    """Draws (in seconds) from the samples, negative ones clipped to zero."""
-    arr = np.clip(np.asarray(samples_ms, dtype=np.float64), 0.0, None) * (scale / 1000.0)
-    return Blocks(lambda n: rng.choice(arr, n))
+def bracket(levels: list[Level], rate: float) -> tuple[Level, Level, float]:
+    """The two measured levels around ``rate`` and the weight of the upper one (clamped at the ends)."""
+    if rate <= levels[0].rate_per_s or len(levels) == 1:
+        return levels[0], levels[0], 0.0
+    for low, high in itertools.pairwise(levels):
+        if rate <= high.rate_per_s:
+            return low, high, (rate - low.rate_per_s) / (high.rate_per_s - low.rate_per_s)
+    return levels[-1], levels[-1], 0.0
+
+
+def _sampler(low: list[float], high: list[float], w: float, rng: np.random.Generator, scale: float = 1.0, minus: float = 0.0) -> Callable[[], float]:
+    """Draws (in seconds) from the mixture ``(1 - w) low + w high`` of samples (ms), less ``minus``, clipped at zero."""
+    lo = np.clip(np.asarray(low, dtype=np.float64) - minus, 0.0, None) * (scale / 1000.0)
+    hi = np.clip(np.asarray(high, dtype=np.float64) - minus, 0.0, None) * (scale / 1000.0)
+    if w <= 0.0:
+        return Blocks(lambda n: rng.choice(lo, n))
+    return Blocks(lambda n: np.where(rng.random(n) < w, rng.choice(hi, n), rng.choice(lo, n)))
 
 
 class StackModel:
@@ -92,14 +121,15 @@ class StackModel:
     O(1) per draw: each is one pop from a block of numpy draws.
     """
 
-    def __init__(self, cal: Calibration, rng: np.random.Generator) -> None:
+    def __init__(self, cal: Calibration, rng: np.random.Generator, rate_per_s: float) -> None:
         self.calibration = cal
         self.timer_s = cal.timer_ms / 1000.0
         self.slot_s = cal.slot_ms / 1000.0
-        self._wake = _sampler(cal.wake_ms, rng)
+        low, high, w = bracket(cal.levels, rate_per_s)
+        self._wake = _sampler(low.wake_ms, high.wake_ms, w, rng)
         # the slot part (result signing) is charged inside the slot, the rest half each way
-        self._half_hop = _sampler([max(0.0, x - cal.slot_ms) for x in cal.agent_overhead_ms], rng, 0.5)
-        self._client = _sampler(cal.client_ms, rng)
+        self._half_hop = _sampler(low.agent_overhead_ms, high.agent_overhead_ms, w, rng, 0.5, cal.slot_ms)
+        self._client = _sampler(low.client_ms, high.client_ms, w, rng)
 
     def service(self, draw: Callable[[], float]) -> Callable[[], float]:
         """An agent's busy time per task: the drawn service rounded to the timer, plus the wake-up."""
@@ -122,11 +152,11 @@ class StackModel:
         return self._client()
 
 
-def summary(cal: Calibration) -> dict[str, float]:
-    """Means and medians of each sample set, for tables and reports."""
-    out: dict[str, float] = {"timer_ms": cal.timer_ms, "slot_ms": cal.slot_ms}
+def summary(level: Level) -> dict[str, float]:
+    """Means and medians of a level's sample sets, for tables and reports."""
+    out: dict[str, float] = {"rate_per_s": level.rate_per_s}
     for name in ("wake_ms", "agent_overhead_ms", "client_ms"):
-        arr = np.asarray(getattr(cal, name), dtype=np.float64)
+        arr = np.asarray(getattr(level, name), dtype=np.float64)
         out[name.replace("_ms", "_mean_ms")] = float(arr.mean())
         out[name.replace("_ms", "_p50_ms")] = float(np.median(arr))
     return {k: (v if math.isfinite(v) else float("nan")) for k, v in out.items()}
@@ -134,5 +164,8 @@ def summary(cal: Calibration) -> dict[str, float]:
 
 def model(scenario: Scenario, rng: np.random.Generator) -> StackModel:
     """The stack model of a scenario that names a calibration file."""
+    from aicp.sim.workload import expected_count
+
     assert scenario.calibration is not None
-    return StackModel(load(scenario.resolve(scenario.calibration.file)), rng)
+    rate = sum(expected_count(w.arrival, scenario.duration_s) for w in scenario.workload) / scenario.duration_s
+    return StackModel(load(scenario.resolve(scenario.calibration.file)), rng, rate)
