@@ -98,7 +98,7 @@ def analyse(trace_path: Path, gen_npz: Path, requester: str, concurrency: int = 
     n = len(requester)
     for ev in trace.parse(trace_path.read_bytes()):
         if isinstance(ev, trace.Arrive):
-            if ev.task.startswith(requester) and ev.task[n:n + 1] in ("/", "\n"):
+            if ev.task.startswith(requester) and ev.task[n : n + 1] in ("/", "\n"):
                 arrive[ev.task] = ev.t
                 order.append(ev.task)
         elif isinstance(ev, trace.Dispatch):
@@ -147,16 +147,30 @@ def measure(args: argparse.Namespace) -> tuple[stack_mod.Calibration, Path]:
     run_dir.mkdir(parents=True, exist_ok=True)
     rates = [float(r) for r in args.probe_rates.split(",")]
     trace_path = run_dir / "probe.jsonl"
-    cfg = bench_args(agents=args.agents, agent_procs=min(args.agent_procs, args.agents), agent_concurrency=1,
-                     service_time=f"constant:{args.probe_ms:g}", strategy="least_loaded", record=trace_path, seed=args.seed)
-    print(f"calibrate: {args.agents} agents in {cfg.agent_procs} processes, constant {args.probe_ms:g} ms, "
-          f"{', '.join(f'{r:g}' for r in rates)} tasks/s for {args.duration:g} s each", flush=True)
+    cfg = bench_args(
+        agents=args.agents,
+        agent_procs=min(args.agent_procs, args.agents),
+        agent_concurrency=1,
+        service_time=f"constant:{args.probe_ms:g}",
+        strategy="least_loaded",
+        record=trace_path,
+        seed=args.seed,
+    )
+    print(
+        f"calibrate: {args.agents} agents in {cfg.agent_procs} processes, constant {args.probe_ms:g} ms, "
+        f"{', '.join(f'{r:g}' for r in rates)} tasks/s for {args.duration:g} s each",
+        flush=True,
+    )
     fleet = live.Fleet(run_dir)
     results = []
     try:
         url = live.start_system(fleet, "router", cfg)
         for i, rate in enumerate(rates):
-            results.append(live.run_trial(fleet, url, live.Trial("open", rate=rate, duration=args.duration, warmup=1.0), cfg, f"{PROBE_ID}{i}"))
+            results.append(
+                live.run_trial(
+                    fleet, url, live.Trial("open", rate=rate, duration=args.duration, warmup=1.0), cfg, f"{PROBE_ID}{i}"
+                )
+            )
     finally:
         fleet.stop()  # the router flushes its trace when it stops
     levels = []
@@ -165,11 +179,20 @@ def measure(args: argparse.Namespace) -> tuple[stack_mod.Calibration, Path]:
         lost = results[i]["lost"] + sum(results[i]["errors"].values())
         if got["overhead_ms"].size < 50 or got["client_ms"].size < 50 or lost:
             # the stack could not carry this rate here (a loaded machine): a level measured on a collapse would mislead
-            print(f"calibrate: level {rate:g}/s dropped ({got['overhead_ms'].size} idle dispatches, {got['client_ms'].size} outcomes, "
-                  f"{lost} failed or lost)", file=sys.stderr)
+            print(
+                f"calibrate: level {rate:g}/s dropped ({got['overhead_ms'].size} idle dispatches, {got['client_ms'].size} outcomes, "
+                f"{lost} failed or lost)",
+                file=sys.stderr,
+            )
             continue
-        levels.append(stack_mod.Level(rate_per_s=rate, wake_ms=_thin(got["service_ms"] - args.probe_ms),
-                                      agent_overhead_ms=_thin(got["overhead_ms"]), client_ms=_thin(got["client_ms"])))
+        levels.append(
+            stack_mod.Level(
+                rate_per_s=rate,
+                wake_ms=_thin(got["service_ms"] - args.probe_ms),
+                agent_overhead_ms=_thin(got["overhead_ms"]),
+                client_ms=_thin(got["client_ms"]),
+            )
+        )
     if not levels:
         raise RuntimeError("no probe rate gave enough clean samples to calibrate")
     cal = stack_mod.Calibration(
@@ -182,7 +205,13 @@ def measure(args: argparse.Namespace) -> tuple[stack_mod.Calibration, Path]:
             "machine": platform.node(),
             "cpus": os.cpu_count(),
             "load_avg_1m": os.getloadavg()[0],
-            "probe": {"agents": args.agents, "agent_procs": cfg.agent_procs, "service_ms": args.probe_ms, "rates_per_s": rates, "duration_s": args.duration},
+            "probe": {
+                "agents": args.agents,
+                "agent_procs": cfg.agent_procs,
+                "service_ms": args.probe_ms,
+                "rates_per_s": rates,
+                "duration_s": args.duration,
+            },
             "probe_latency_ms": [r["latency_ms"] for r in results],
             "cpu": [r["cpu"] for r in results],
         },
@@ -199,9 +228,11 @@ def describe(cal: stack_mod.Calibration) -> str:
     lines = [f"timer {cal.timer_ms:g} ms, result signing in the slot {cal.slot_ms:.3f} ms"]
     for level in cal.levels:
         s = stack_mod.summary(level)
-        lines.append(f"  at {level.rate_per_s:6g}/s: wake mean {s['wake_mean_ms']:.3f} (p50 {s['wake_p50_ms']:.3f}) ms; agent round trip mean "
-                     f"{s['agent_overhead_mean_ms']:.3f} (p50 {s['agent_overhead_p50_ms']:.3f}) ms; client mean {s['client_mean_ms']:.3f} "
-                     f"(p50 {s['client_p50_ms']:.3f}) ms")
+        lines.append(
+            f"  at {level.rate_per_s:6g}/s: wake mean {s['wake_mean_ms']:.3f} (p50 {s['wake_p50_ms']:.3f}) ms; agent round trip mean "
+            f"{s['agent_overhead_mean_ms']:.3f} (p50 {s['agent_overhead_p50_ms']:.3f}) ms; client mean {s['client_mean_ms']:.3f} "
+            f"(p50 {s['client_p50_ms']:.3f}) ms"
+        )
     return "\n".join(lines)
 
 
@@ -221,9 +252,17 @@ def live_args_for(scenario: sc_mod.Scenario, path: Path, strategy: str, args: ar
     if scenario.faults or group.fail_prob or scenario.network.loss:
         raise SystemExit(f"{path}: the grid runs no faults, failures or loss")
     tag = type(dist).__struct_config__.tag
-    return bench_args(agents=group.count, agent_procs=min(args.agent_procs, group.count), agent_concurrency=group.concurrency,
-                      service_time=f"{tag}:{dist.mean_ms / group.speed:g}", rate=work.arrival.rate_per_s, strategy=strategy,
-                      duration=args.live_duration, warmup=args.live_warmup, seed=args.seed)
+    return bench_args(
+        agents=group.count,
+        agent_procs=min(args.agent_procs, group.count),
+        agent_concurrency=group.concurrency,
+        service_time=f"{tag}:{dist.mean_ms / group.speed:g}",
+        rate=work.arrival.rate_per_s,
+        strategy=strategy,
+        duration=args.live_duration,
+        warmup=args.live_warmup,
+        seed=args.seed,
+    )
 
 
 def run_live(cfg: argparse.Namespace, run_dir: Path, tag: str, nominal_ms: float) -> dict[str, Any]:
@@ -236,10 +275,12 @@ def run_live(cfg: argparse.Namespace, run_dir: Path, tag: str, nominal_ms: float
     finally:
         fleet.stop()
     got = analyse(cfg.record, run_dir / f"{tag}-gen0.npz", f"{tag}-gen0", cfg.agent_concurrency, cfg.warmup)
-    result["stack"] = {"wake_mean_ms": float(got["service_ms"].mean() - nominal_ms) if got["service_ms"].size else float("nan"),
-                       "agent_overhead_mean_ms": float(got["overhead_ms"].mean()) if got["overhead_ms"].size else float("nan"),
-                       "client_mean_ms": float(got["client_ms"].mean()) if got["client_ms"].size else float("nan"),
-                       "idle_dispatches": int(got["overhead_ms"].size)}
+    result["stack"] = {
+        "wake_mean_ms": float(got["service_ms"].mean() - nominal_ms) if got["service_ms"].size else float("nan"),
+        "agent_overhead_mean_ms": float(got["overhead_ms"].mean()) if got["overhead_ms"].size else float("nan"),
+        "client_mean_ms": float(got["client_ms"].mean()) if got["client_ms"].size else float("nan"),
+        "idle_dispatches": int(got["overhead_ms"].size),
+    }
     return result
 
 
@@ -288,8 +329,10 @@ def grid(args: argparse.Namespace) -> int:
         write(cal, cal_path)
     print(f"calibration {cal_path}: {describe(cal)}", flush=True)
     rows: list[dict[str, Any]] = []
-    header = (f"{'workload':22} {'strategy':13} {'util':>5} | {'live p50':>8} {'sim':>6} {'err':>5} {'cal':>6} {'err':>5} | "
-              f"{'live p99':>8} {'sim':>6} {'err':>5} {'cal':>6} {'err':>5}")
+    header = (
+        f"{'workload':22} {'strategy':13} {'util':>5} | {'live p50':>8} {'sim':>6} {'err':>5} {'cal':>6} {'err':>5} | "
+        f"{'live p99':>8} {'sim':>6} {'err':>5} {'cal':>6} {'err':>5}"
+    )
     print(header + "\n" + "-" * len(header), flush=True)
     for path, scenario in scenarios:
         for strategy in scenario.strategies:
@@ -299,31 +342,70 @@ def grid(args: argparse.Namespace) -> int:
             plain = run_sim(scenario, strategy, None)
             withcal = run_sim(scenario, strategy, cal_path)
             lat = lv["latency_ms"]
-            row = {"workload": scenario.name, "file": str(path), "strategy": strategy, "sim_utilisation": plain["utilisation"],
-                   "live_p50": lat["p50"], "sim_p50": plain["p50"], "cal_p50": withcal["p50"],
-                   "live_p99": lat["p99"], "sim_p99": plain["p99"], "cal_p99": withcal["p99"],
-                   "live_samples": lat["samples"], "live_errors": lv["errors"], "live_lost": lv["lost"], "live_cpu": lv["cpu"],
-                   "live_throughput_per_s": lv["throughput_per_s"], "stack_live": lv["stack"], "stack_calibrated": expected_stack(cal, cfg.rate)}
+            row = {
+                "workload": scenario.name,
+                "file": str(path),
+                "strategy": strategy,
+                "sim_utilisation": plain["utilisation"],
+                "live_p50": lat["p50"],
+                "sim_p50": plain["p50"],
+                "cal_p50": withcal["p50"],
+                "live_p99": lat["p99"],
+                "sim_p99": plain["p99"],
+                "cal_p99": withcal["p99"],
+                "live_samples": lat["samples"],
+                "live_errors": lv["errors"],
+                "live_lost": lv["lost"],
+                "live_cpu": lv["cpu"],
+                "live_throughput_per_s": lv["throughput_per_s"],
+                "stack_live": lv["stack"],
+                "stack_calibrated": expected_stack(cal, cfg.rate),
+            }
             rows.append(row)
-            print(f"{scenario.name:22} {strategy:13} {plain['utilisation']:5.2f} | {lat['p50']:8.2f} {plain['p50']:6.2f} {_err(plain['p50'], lat['p50']):>5} "
-                  f"{withcal['p50']:6.2f} {_err(withcal['p50'], lat['p50']):>5} | {lat['p99']:8.2f} {plain['p99']:6.2f} {_err(plain['p99'], lat['p99']):>5} "
-                  f"{withcal['p99']:6.2f} {_err(withcal['p99'], lat['p99']):>5}", flush=True)
-    print("\nthe stack's costs, means in ms: measured in each live run vs the calibration at its rate (wake, agent round trip, client)")
+            print(
+                f"{scenario.name:22} {strategy:13} {plain['utilisation']:5.2f} | {lat['p50']:8.2f} {plain['p50']:6.2f} {_err(plain['p50'], lat['p50']):>5} "
+                f"{withcal['p50']:6.2f} {_err(withcal['p50'], lat['p50']):>5} | {lat['p99']:8.2f} {plain['p99']:6.2f} {_err(plain['p99'], lat['p99']):>5} "
+                f"{withcal['p99']:6.2f} {_err(withcal['p99'], lat['p99']):>5}",
+                flush=True,
+            )
+    print(
+        "\nthe stack's costs, means in ms: measured in each live run vs the calibration at its rate (wake, agent round trip, client)"
+    )
     for r in rows:
         a, b = r["stack_live"], r["stack_calibrated"]
-        print(f"{r['workload']:22} {r['strategy']:13} wake {a['wake_mean_ms']:6.3f} vs {b['wake_mean_ms']:6.3f}  round trip "
-              f"{a['agent_overhead_mean_ms']:6.3f} vs {b['agent_overhead_mean_ms']:6.3f}  client {a['client_mean_ms']:6.3f} vs {b['client_mean_ms']:6.3f}"
-              f"  (live throughput {r['live_throughput_per_s']:.0f}/s, {a['idle_dispatches']} idle dispatches)")
+        print(
+            f"{r['workload']:22} {r['strategy']:13} wake {a['wake_mean_ms']:6.3f} vs {b['wake_mean_ms']:6.3f}  round trip "
+            f"{a['agent_overhead_mean_ms']:6.3f} vs {b['agent_overhead_mean_ms']:6.3f}  client {a['client_mean_ms']:6.3f} vs {b['client_mean_ms']:6.3f}"
+            f"  (live throughput {r['live_throughput_per_s']:.0f}/s, {a['idle_dispatches']} idle dispatches)"
+        )
     within = [r for r in rows if all(abs(r[f"cal_{p}"] - r[f"live_{p}"]) <= 0.15 * r[f"live_{p}"] for p in ("p50", "p99"))]
-    print(f"calibrated p50 and p99 within 15% of live: {len(within)} of {len(rows)} rows; "
-          f"{time.monotonic() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
+    print(
+        f"calibrated p50 and p99 within 15% of live: {len(within)} of {len(rows)} rows; "
+        f"{time.monotonic() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus"
+    )
     lines = ["workload,strategy,sim_utilisation,live_p50,sim_p50,cal_p50,live_p99,sim_p99,cal_p99,live_samples"]
     for r in rows:
-        lines.append(",".join([r["workload"], r["strategy"], f"{r['sim_utilisation']:.3f}"] +
-                              [f"{r[k]:.3f}" for k in ("live_p50", "sim_p50", "cal_p50", "live_p99", "sim_p99", "cal_p99")] + [str(r["live_samples"])]))
+        lines.append(
+            ",".join(
+                [r["workload"], r["strategy"], f"{r['sim_utilisation']:.3f}"]
+                + [f"{r[k]:.3f}" for k in ("live_p50", "sim_p50", "cal_p50", "live_p99", "sim_p99", "cal_p99")]
+                + [str(r["live_samples"])]
+            )
+        )
     (run_dir / "grid.csv").write_text("\n".join(lines) + "\n")
-    (run_dir / "grid.json").write_text(json.dumps({"calibration": str(cal_path), "calibration_summary": [stack_mod.summary(lv) for lv in cal.levels], "rows": rows,
-                                                   "load_avg_1m": os.getloadavg()[0], "argv": sys.argv}, indent=2, default=str))
+    (run_dir / "grid.json").write_text(
+        json.dumps(
+            {
+                "calibration": str(cal_path),
+                "calibration_summary": [stack_mod.summary(lv) for lv in cal.levels],
+                "rows": rows,
+                "load_avg_1m": os.getloadavg()[0],
+                "argv": sys.argv,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     print(f"results: {run_dir}")
     return 0
 
@@ -332,14 +414,29 @@ def grid(args: argparse.Namespace) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--out", type=Path, default=None, help="write the calibration here (default: calibration.json in the run folder)")
-    add("--out-dir", type=Path, default=Path("results") / "calibration", help="parent of the run folder (default results/calibration)")
+    add(
+        "--out-dir",
+        type=Path,
+        default=Path("results") / "calibration",
+        help="parent of the run folder (default results/calibration)",
+    )
     add("--agents", type=int, default=8, help="probe: agents (default 8)")
-    add("--agent-procs", type=int, default=2, help="processes the agents are spread over, probe and grid (default 2, as aicp bench)")
+    add(
+        "--agent-procs",
+        type=int,
+        default=2,
+        help="processes the agents are spread over, probe and grid (default 2, as aicp bench)",
+    )
     add("--probe-ms", type=float, default=1.0, help="probe: the agents' constant service, whole milliseconds (default 1)")
     add("--probe-rates", default="100,400,1000", help="probe: task rates, one trial each (default 100,400,1000)")
     add("--duration", type=float, default=5.0, help="probe: measured seconds per rate (default 5)")
     add("--timer-ms", type=float, default=1.0, help="the agents' sleep granularity (uvloop: 1 ms; 0: none)")
-    add("--grid", type=Path, default=None, help="a folder of scenario files (or one file): run each live and simulated, print the table")
+    add(
+        "--grid",
+        type=Path,
+        default=None,
+        help="a folder of scenario files (or one file): run each live and simulated, print the table",
+    )
     add("--calibration", type=Path, default=None, help="--grid: use this calibration instead of measuring one")
     add("--live-duration", type=float, default=10.0, help="--grid: measured seconds per live run (default 10)")
     add("--live-warmup", type=float, default=2.0, help="--grid: warm-up seconds per live run (default 2)")

@@ -106,10 +106,19 @@ def bracket(levels: list[Level], rate: float) -> tuple[Level, Level, float]:
     return levels[-1], levels[-1], 0.0
 
 
-def _sampler(low: list[float], high: list[float], w: float, rng: np.random.Generator, scale: float = 1.0, minus: float = 0.0) -> Callable[[], float]:
-    """Draws (in seconds) from the mixture ``(1 - w) low + w high`` of samples (ms), less ``minus``, clipped at zero."""
-    lo = np.clip(np.asarray(low, dtype=np.float64) - minus, 0.0, None) * (scale / 1000.0)
-    hi = np.clip(np.asarray(high, dtype=np.float64) - minus, 0.0, None) * (scale / 1000.0)
+def _sampler(
+    low: list[float],
+    high: list[float],
+    w: float,
+    rng: np.random.Generator,
+    scale: float = 1.0,
+    minus: float = 0.0,
+    clip: bool = True,
+) -> Callable[[], float]:
+    """Draws (in seconds) from the mixture ``(1 - w) low + w high`` of samples (ms), less ``minus``, clipped at zero if ``clip``."""
+    floor = 0.0 if clip else None
+    lo = np.clip(np.asarray(low, dtype=np.float64) - minus, floor, None) * (scale / 1000.0)
+    hi = np.clip(np.asarray(high, dtype=np.float64) - minus, floor, None) * (scale / 1000.0)
     if w <= 0.0:
         return Blocks(lambda n: rng.choice(lo, n))
     return Blocks(lambda n: np.where(rng.random(n) < w, rng.choice(hi, n), rng.choice(lo, n)))
@@ -126,7 +135,8 @@ class StackModel:
         self.timer_s = cal.timer_ms / 1000.0
         self.slot_s = cal.slot_ms / 1000.0
         low, high, w = bracket(cal.levels, rate_per_s)
-        self._wake = _sampler(low.wake_ms, high.wake_ms, w, rng)
+        # a wake-up may be negative: a timer counts from the loop's cached millisecond, so it can end early
+        self._wake = _sampler(low.wake_ms, high.wake_ms, w, rng, clip=False)
         # the slot part (result signing) is charged inside the slot, the rest half each way
         self._half_hop = _sampler(low.agent_overhead_ms, high.agent_overhead_ms, w, rng, 0.5, cal.slot_ms)
         self._client = _sampler(low.client_ms, high.client_ms, w, rng)
@@ -135,10 +145,10 @@ class StackModel:
         """An agent's busy time per task: the drawn service rounded to the timer, plus the wake-up."""
         timer, wake = self.timer_s, self._wake
         if timer <= 0.0:
-            return lambda: draw() + wake()
+            return lambda: max(0.0, draw() + wake())
 
         def busy() -> float:
-            return round(draw() / timer) * timer + wake()
+            return max(0.0, round(draw() / timer) * timer + wake())
 
         return busy
 

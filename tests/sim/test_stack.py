@@ -23,7 +23,9 @@ def _write(path: Path, levels: list[dict[str, Any]] | None = None, **fields: Any
     return path
 
 
-def _scenario(tmp_path: Path, service: dict[str, Any], calibration: str | None, rate: float = 10.0, agents: int = 1) -> scenario_mod.Scenario:
+def _scenario(
+    tmp_path: Path, service: dict[str, Any], calibration: str | None, rate: float = 10.0, agents: int = 1
+) -> scenario_mod.Scenario:
     data: dict[str, Any] = {
         "name": "stack",
         "seed": 3,
@@ -104,6 +106,8 @@ def test_a_scenario_draws_from_the_levels_around_its_rate(tmp_path: Path) -> Non
         lo, hi, w = stack.bracket(cal.levels, rate)
         assert (lo.rate_per_s, hi.rate_per_s, w) == (low, high, weight)
     # 1 ms constant service at 250/s over 8 agents: half the tasks wake 1 ms late, half 2 ms
-    lat = _latencies_ms(run(_scenario(tmp_path, {"dist": "constant", "mean_ms": 1.0}, "cal.json", rate=250.0, agents=8), "least_loaded"))
+    lat = _latencies_ms(
+        run(_scenario(tmp_path, {"dist": "constant", "mean_ms": 1.0}, "cal.json", rate=250.0, agents=8), "least_loaded")
+    )
     assert set(np.round(lat, 6)) == {2.0, 3.0}
     assert abs(np.mean(lat) - 2.5) < 0.05
