@@ -14,8 +14,10 @@ measured on one machine, per task, from a recorded live run with idle agents:
 * ``wake_ms``: how much longer than its rounded request a sleep lasts (the event
   loop's wake-up, process scheduling on a shared machine). ``service_ms`` signed by
   the agent minus the constant service of the probe.
-* ``slot_ms``: CPU inside the agent's slot after its handler: encoding and signing
-  the result (a microbenchmark of one Ed25519 signature).
+* ``slot_ms``: what holds a busy agent's slot beyond its handler: signing and sending
+  the result, and handing the slot to the next task on the event loop. The mean, over
+  back-to-back tasks of one busy agent, of the time between their results minus the
+  second's ``service_ms``.
 * ``agent_overhead_ms``: at the router, from dispatch to result, minus the agent's
   signed ``service_ms``: the frame hops both ways, the agent's verify and decode,
   its result signing, the router's verify. Charged half on the way out, half back

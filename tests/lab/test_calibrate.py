@@ -85,3 +85,14 @@ def test_a_written_calibration_loads_back(tmp_path: Path) -> None:
     assert calibrate.expected_stack(back, 500.0) == pytest.approx(
         {"wake_mean_ms": 0.2, "agent_overhead_mean_ms": 0.4, "client_mean_ms": 0.6}
     )
+
+
+def test_busy_gaps_take_back_to_back_tasks_only(tmp_path: Path) -> None:
+    ev: list[trace.TraceEvent] = [trace.Header(t=T0, v=1, router="r", strategy="least_loaded")]
+    # (task, dispatch, result, service): 2 waits for 1 (dispatched before 1's result), 3 finds the agent idle
+    for name, t_d, t_r, svc in (("1", 0.000, 0.0050, 4.0), ("2", 0.001, 0.0095, 4.1), ("3", 0.020, 0.0250, 4.0)):
+        ev.append(trace.Dispatch(t=T0 + t_d, task=name, agent="a", attempt=1))
+        ev.append(trace.Reply(t=T0 + t_r, task=name, agent="a", ok=True, service_ms=svc))
+    path = tmp_path / "busy.jsonl"
+    path.write_bytes(b"".join(trace.encode(e) for e in ev))
+    np.testing.assert_allclose(calibrate.busy_gaps(path), [4.5 - 4.1], atol=1e-3)
