@@ -47,7 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[wanted][0])
     module.add_arguments(subparsers[wanted])
     args = parser.parse_args(args_list)
-    rc = module.run(args)
+    try:
+        rc = module.run(args)
+    except KeyboardInterrupt:  # a command that must clean up does so on its way out (e.g. the simulator writes what it has)
+        print("interrupted", file=sys.stderr)
+        return 130
     return int(rc or 0)
 
 

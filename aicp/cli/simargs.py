@@ -30,6 +30,12 @@ def add_common(parser: argparse.ArgumentParser, sets_are_grids: bool = False, re
     parser.add_argument("--seed", type=int, help="root seed (default: the scenario's)")
     parser.add_argument("--replications", type=int, help="replications per strategy (default: the scenario's)")
     parser.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 8), help="parallel processes (default: CPUs)")
+    parser.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run on a Dask cluster instead of --jobs processes: tcp://HOST:8786, or local[:N] for a LocalCluster "
+        "of N single-thread worker processes (needs aicp[dask])",
+    )
     parser.add_argument("--out", default="results", help="results folder (default: results/)")
     parser.add_argument("--json", metavar="FILE", help="also write the aggregated results as JSON")
     parser.add_argument("--no-records", action="store_true", help="skip the per-task .npz files (timelines are still written)")
@@ -87,6 +93,22 @@ def settings(s: Scenario, args: argparse.Namespace) -> tuple[list[str], int, int
     return strategies, seed, reps
 
 
+def check_dask(address: str | None) -> None:
+    """Refuse a malformed ``--dask`` address, or ``--dask`` without the dask extra, before any run starts."""
+    if address is None:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:
+        raise ScenarioError("--dask needs the dask extra: pip install 'aicp[dask]'")
+    from aicp.sim.dask_runs import parse_address
+
+    try:
+        parse_address(address)
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
+
+
 def write_json(path: str | None, payload: dict[str, Any]) -> None:
     if path:
         p = Path(path)
@@ -110,6 +132,7 @@ def run_from_args(args: argparse.Namespace, label: str) -> tuple[Scenario, int, 
         overrides = {k: v[-1] for k, v in parse_sets(args.set).items()}
         scenario = load(args, overrides)
         strategies, seed, reps = settings(scenario, args)
+        check_dask(args.dask)
     except ScenarioError as exc:
         return fail(str(exc))
     payload = run_scenario(
@@ -122,6 +145,7 @@ def run_from_args(args: argparse.Namespace, label: str) -> tuple[Scenario, int, 
         progress=not args.quiet,
         keep_records=not args.no_records,
         label=label,
+        dask=args.dask,
     )
     write_json(args.json, report.json_results(payload))
     return scenario, seed, reps, payload

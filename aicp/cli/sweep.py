@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -18,7 +19,17 @@ from typing import Any
 from aicp.cli import simargs
 from aicp.sim import report
 from aicp.sim import scenario as scenario_mod
-from aicp.sim.runner import RunOutcome, RunSpec, aggregate, new_run_dir, run_many, write_inputs, write_summary
+from aicp.sim.runner import (
+    RunLog,
+    RunOutcome,
+    RunSpec,
+    aggregate,
+    new_run_dir,
+    run_many,
+    write_aggregate,
+    write_inputs,
+    write_summary,
+)
 from aicp.sim.scenario import Scenario, ScenarioError
 
 
@@ -52,17 +63,26 @@ def rows_of(points: list[tuple[dict[str, Any], Scenario]], outcomes: list[RunOut
     return rows
 
 
+#: what aggregate.json keeps of a sweep's summary (besides ``runs``): nothing that says where or when
+AGGREGATE_KEYS = ("scenario", "seed", "replications", "strategies", "axes", "rows", "error")
+
+
+def _first_error(outcomes: list[RunOutcome]) -> str | None:
+    return next((str(o.summary["error"]) for o in outcomes if o.summary.get("error")), None)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         axes = simargs.parse_sets(args.set)
         base = simargs.load(args)
         points = grid(base, axes, args.scenario)
         strategies, seed, reps = simargs.settings(base, args)
+        simargs.check_dask(args.dask)
     except ScenarioError as exc:
         return simargs.fail(str(exc))
     folder = new_run_dir(args.out, base, "sweep")
     t0 = time.perf_counter()
-    outcomes: list[RunOutcome] = []
+    log = RunLog()
     error = None
     try:
         specs: list[RunSpec] = []
@@ -75,11 +95,12 @@ def run(args: argparse.Namespace) -> int:
                 for r in range(reps)
                 for name in strategies
             )
-        outcomes = run_many(specs, jobs=args.jobs, progress=not args.quiet)
+        run_many(specs, jobs=args.jobs, progress=not args.quiet, dask=args.dask, log=log)
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
         raise
     finally:
+        outcomes = log.in_order()
         rows = rows_of(points, outcomes)
         payload = {
             "scenario": base.name,
@@ -90,9 +111,15 @@ def run(args: argparse.Namespace) -> int:
             "run_dir": str(folder),
             "wall_s": time.perf_counter() - t0,
             "rows": rows,
-            "error": error or next((o.summary["error"] for o in outcomes if o.summary.get("error")), None),
+            "runs": [o.summary for o in outcomes],
+            "error": error or _first_error(outcomes),
+            "executor": log.executor,
+            "retried": log.retried,
         }
         write_summary(folder, payload)
+        write_aggregate(folder, {**payload, "error": _first_error(outcomes)}, AGGREGATE_KEYS)
+        if error is not None:
+            print(f"{error.splitlines()[0].rstrip(': ')}: partial results in {folder}", file=sys.stderr)
     simargs.write_json(args.json, payload)
     if args.csv and rows:
         with Path(args.csv).open("w", newline="") as fh:

@@ -5,11 +5,16 @@ Every invocation writes ``<out>/<scenario>/<run-id>/``::
     scenario.json   the fully resolved scenario (every default filled in)
     seeds.json      root seed and each replication's SeedSequence (entropy, spawn_key)
     meta.json       package and library versions, command line, start time, wall time
-    summary.json    per-run summaries, the aggregate per strategy, and any errors
+    summary.json    per-run summaries, the aggregate per strategy, any errors, where the runs
+                    went (``executor``) and which were sent to a worker twice (``retried``)
+    aggregate.json  the same results without anything that says where or when they ran
+                    (wall times, folder, executor): byte-identical for the same inputs
     records/<strategy>-r<k>.npz     per-task columns (see sim.metrics)
     timelines/<strategy>-r<k>.npz   per-second series and per-agent arrays (agent_*)
 
 A run that raises still writes what it had, and its error, into the same places.
+Runs go to local processes (``jobs``) or to a Dask cluster (``dask``, see
+``aicp.sim.dask_runs``); either way the result of a run depends only on its spec.
 Replication ``k`` uses the same seed for every strategy (common random numbers),
 so strategies are compared on the very same arrivals.
 """
@@ -75,6 +80,29 @@ class RunOutcome:
     result: RunResult | None = field(default=None, repr=False)
 
 
+#: summary keys that measure the machine, not the model: left out of aggregate.json
+WALL_KEYS = ("wall_s", "tasks_per_wall_s")
+#: what aggregate.json keeps of a sim/compare summary (besides ``runs``)
+AGGREGATE_KEYS = ("scenario", "seed", "replications", "strategies", "results", "error")
+
+
+@dataclass
+class RunLog:
+    """What a batch of runs has produced so far.
+
+    The caller keeps it, so a batch stopped half-way (Ctrl-C) still has its finished
+    runs to write. ``retried`` lists the runs a Dask scheduler sent to a worker more
+    than once (their worker died); each of them still has exactly one outcome.
+    """
+
+    outcomes: dict[int, RunOutcome] = field(default_factory=dict)  # by index in the spec list
+    retried: list[dict[str, Any]] = field(default_factory=list)
+    executor: dict[str, Any] = field(default_factory=dict)
+
+    def in_order(self) -> list[RunOutcome]:
+        return [self.outcomes[i] for i in sorted(self.outcomes)]
+
+
 def run_one(spec: RunSpec, keep_result: bool = False, progress: bool = False) -> RunOutcome:
     """Run one replication; write its records and timelines; never raise."""
     sim: Simulation | None = None
@@ -103,7 +131,7 @@ def run_one(spec: RunSpec, keep_result: bool = False, progress: bool = False) ->
             bar.close()
     summary.update(replication=spec.replication, point=spec.point)
     if spec.out_dir is not None and result is not None:
-        _write_arrays(Path(spec.out_dir), spec, result)
+        write_arrays(Path(spec.out_dir), spec.label, kept_arrays(spec, result))
     return RunOutcome(spec.point, spec.strategy, spec.replication, summary, result if keep_result else None)
 
 
@@ -113,38 +141,67 @@ def _advance(bar: tqdm, now: float) -> None:  # type: ignore[type-arg]
         bar.update(done - bar.n)
 
 
-def _write_arrays(folder: Path, spec: RunSpec, result: RunResult) -> None:
-    (folder / "timelines").mkdir(parents=True, exist_ok=True)
+def kept_arrays(spec: RunSpec, result: RunResult) -> dict[str, dict[str, np.ndarray]]:
+    """What the run folder keeps of a run: ``{"timelines": ..., "records": ...}`` (records only if asked)."""
     tl = dict(result.timelines)
     tl.update({f"agent_{k}": v for k, v in result.agents.items()})
-    np.savez(folder / "timelines" / f"{spec.label}.npz", **tl)  # type: ignore[arg-type]
+    kept = {"timelines": tl}
     if spec.keep_records:
-        (folder / "records").mkdir(parents=True, exist_ok=True)
         rec = dict(result.records)
         rec["methods"] = np.array(result.methods)
         if result.trace is not None:
             rec["dispatch_trace"] = result.trace
-        np.savez(folder / "records" / f"{spec.label}.npz", **rec)  # type: ignore[arg-type]
+        kept["records"] = rec
+    return kept
 
 
-def run_many(specs: Sequence[RunSpec], jobs: int = 1, progress: bool = True, keep_results: bool = False) -> list[RunOutcome]:
-    """Run every spec (in ``jobs`` processes when > 1), in spec order."""
-    outcomes: list[RunOutcome | None] = [None] * len(specs)
+def write_arrays(folder: Path, label: str, kept: dict[str, dict[str, np.ndarray]]) -> None:
+    """``<folder>/<kind>/<label>.npz`` for each kind (timelines, records) in ``kept``."""
+    for kind, arrays in kept.items():
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+        np.savez(folder / kind / f"{label}.npz", **arrays)  # type: ignore[arg-type]
+
+
+def run_many(
+    specs: Sequence[RunSpec],
+    jobs: int = 1,
+    progress: bool = True,
+    keep_results: bool = False,
+    dask: str | None = None,
+    log: RunLog | None = None,
+) -> list[RunOutcome]:
+    """Run every spec, in ``jobs`` processes when > 1, or on the Dask cluster ``dask``
+    (``tcp://host:8786`` or ``local[:N]``); return the outcomes in spec order.
+
+    Outcomes land in ``log`` as they complete, so a caller that passes its own log
+    keeps the finished runs when the batch is interrupted.
+    """
+    log = RunLog() if log is None else log
+    if dask is not None:
+        from aicp.sim import dask_runs
+
+        dask_runs.run_on_dask(specs, dask, log, progress=progress, keep_results=keep_results)
+        return log.in_order()
+    log.executor = {"kind": "processes", "jobs": max(1, min(jobs, len(specs)))}
     bar = tqdm(total=len(specs), desc="runs", unit="run", disable=not progress, leave=False, file=sys.stderr)
     try:
         if jobs <= 1 or len(specs) <= 1:
             for i, spec in enumerate(specs):
-                outcomes[i] = run_one(spec, keep_results, progress=progress)
+                log.outcomes[i] = run_one(spec, keep_results, progress=progress)
                 bar.update(1)
         else:
             with ProcessPoolExecutor(max_workers=min(jobs, len(specs))) as pool:
                 futures = {pool.submit(run_one, spec, keep_results): i for i, spec in enumerate(specs)}
-                for fut in as_completed(futures):
-                    outcomes[futures[fut]] = fut.result()
-                    bar.update(1)
+                try:
+                    for fut in as_completed(futures):
+                        log.outcomes[futures[fut]] = fut.result()
+                        bar.update(1)
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: runs not started are dropped
+                    raise
     finally:
         bar.close()
-    return [o for o in outcomes if o is not None]
+    return log.in_order()
 
 
 def aggregate(outcomes: Sequence[RunOutcome]) -> dict[str, dict[str, Any]]:
@@ -228,6 +285,24 @@ def write_summary(folder: Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+def without_wall(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` less its wall-clock keys (``WALL_KEYS``)."""
+    return {k: v for k, v in obj.items() if k not in WALL_KEYS}
+
+
+def write_aggregate(folder: Path, payload: dict[str, Any], keys: Sequence[str]) -> Path:
+    """``aggregate.json``: ``payload[keys]`` and the per-run summaries, less anything that
+    says where or when the runs went (wall times, folder, executor, retries), so that
+    the same inputs give the same bytes on any machine or cluster."""
+    doc: dict[str, Any] = {k: payload[k] for k in keys if k in payload}
+    if "results" in doc:
+        doc["results"] = {name: without_wall(r) for name, r in doc["results"].items()}
+    doc["runs"] = [without_wall(r) for r in payload.get("runs", [])]
+    path = folder / "aggregate.json"
+    _dump(path, doc)
+    return path
+
+
 def _dump(path: Path, obj: Any) -> None:
     path.write_bytes(msgspec.json.format(msgspec.json.encode(obj), indent=2) + b"\n")
 
@@ -242,11 +317,13 @@ def run_scenario(
     progress: bool = True,
     keep_records: bool = True,
     label: str = "sim",
+    dask: str | None = None,
 ) -> dict[str, Any]:
-    """The whole pipeline for one scenario: folder, runs, aggregate, summary.json. Returns the summary."""
+    """The whole pipeline for one scenario: folder, runs, aggregate, summary.json and
+    aggregate.json (also when interrupted: then with the runs finished so far). Returns the summary."""
     folder = new_run_dir(out, scenario, label)
     t0 = time.perf_counter()
-    outcomes: list[RunOutcome] = []
+    log = RunLog()
     error: str | None = None
     try:
         write_inputs(folder, scenario, seed, replications, strategies)
@@ -255,11 +332,12 @@ def run_scenario(
             for k in range(replications)
             for name in strategies
         ]
-        outcomes = run_many(specs, jobs=jobs, progress=progress)
+        run_many(specs, jobs=jobs, progress=progress, dask=dask, log=log)
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
         raise
     finally:
+        outcomes = log.in_order()
         payload = {
             "scenario": scenario.name,
             "seed": seed,
@@ -270,9 +348,15 @@ def run_scenario(
             "results": aggregate(outcomes),
             "runs": [o.summary for o in outcomes],
             "error": error or _first_error(outcomes),
+            "executor": log.executor,
+            "retried": log.retried,
         }
         write_summary(folder, payload)
+        write_aggregate(folder, {**payload, "error": _first_error(outcomes)}, AGGREGATE_KEYS)
+        if error is not None:
+            print(f"{error.splitlines()[0].rstrip(': ')}: partial results in {folder}", file=sys.stderr)
     return payload
+
 
 
 def _first_error(outcomes: Sequence[RunOutcome]) -> str | None:

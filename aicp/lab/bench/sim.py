@@ -12,6 +12,9 @@ Cases, each in a fresh process so that its peak RSS is its own:
   process; the ratio is our tasks/s over bare SimPy's;
 - ``scale``: scenarios/scale_1000.toml stopped at ``--scale-tasks`` tasks (1M).
 
+``--dask ADDRESS`` measures something else instead: the cost of running the
+simulator's runs on Dask against the local process pool (``aicp.lab.bench.dask_overhead``).
+
 Wall time covers the simulation loop only (building the model is excluded for
 every simulator); peak memory is the process's max RSS (``ru_maxrss``). Ratios
 compare two simulators run one after the other in the same process, so a loaded
@@ -33,6 +36,7 @@ import msgspec
 import numpy as np
 import simpy
 
+from aicp.lab.bench import dask_overhead
 from aicp.sim import scenario as scenario_mod
 from aicp.sim.engine import Simulation
 from aicp.sim.scenario import AgentGroup, ExponentialDist, PoissonArrival, RouterSection, Scenario, Workload
@@ -50,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenarios", default=str(_SCENARIOS), help="folder holding baseline.toml and scale_1000.toml")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    dask_overhead.add_arguments(parser)
 
 
 def mm100_scenario(tasks: int, c: int = 100, rho: float = 0.9, mean_ms: float = 100.0) -> Scenario:
@@ -186,6 +191,8 @@ def _spread(f: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.dask:
+        return dask_overhead.run(args)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     params = {
         "scenarios": args.scenarios,

@@ -1,0 +1,164 @@
+"""``aicp bench-sim --dask ADDRESS``: what running the simulator's runs on Dask costs.
+
+The same batches go through the local process pool (``run_many(jobs=N)``) and through
+Dask (``run_many(dask=...)``), in the same invocation, on the same N cores (N = the
+cluster's worker threads; ``local:N`` starts N single-thread worker processes):
+
+- ``short``: ``--dask-short-runs`` (500) runs of a few hundred tasks each, where the
+  fixed cost of a run dominates. Per-run overhead = (Dask wall − pool wall) × N / runs:
+  the time each run adds on one worker slot. Goal: under 50 ms. Also the CPU time per
+  run of every process involved (client, scheduler, workers), which a loaded machine
+  disturbs less than wall time.
+- ``long``: 2 × N runs sized to ``--dask-long-s`` (2.5 s) each from a calibration run.
+  Goal: Dask's wall time within 10% of the pool's.
+
+Both modes write a real run folder (timelines and per-task records, the CLI default):
+the pool's workers write their own files, Dask's come back to this process, which
+writes them. Starting the LocalCluster (and importing aicp on its workers) is timed
+apart, since a cluster serves many sweeps. Each batch checks that both modes gave the
+same results (summaries less wall times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import psutil
+
+from aicp.sim.engine import Simulation
+from aicp.sim.runner import RunOutcome, RunSpec, run_many, without_wall
+from aicp.sim.scenario import Scenario
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="instead of the speed cases: Dask (tcp://HOST:8786 or local[:N]) against the local process pool, same cores",
+    )
+    parser.add_argument("--dask-short-runs", type=int, default=500, help="short runs in the --dask overhead batch")
+    parser.add_argument("--dask-short-tasks", type=int, default=300, help="tasks in each short run")
+    parser.add_argument("--dask-long-s", type=float, default=2.5, help="target wall seconds of each long run (>= 2)")
+
+
+def _scenario(tasks: int) -> Scenario:
+    from aicp.lab.bench.sim import mm100_scenario
+
+    return mm100_scenario(tasks)
+
+
+def _batch(s: Scenario, runs: int, seed: int, folder: Path) -> list[RunSpec]:
+    return [RunSpec(s, "round_robin", k, seed, str(folder)) for k in range(runs)]
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process (client, and a LocalCluster's scheduler) and of its
+    children: live ones (Dask workers) and reaped ones (the pool's processes)."""
+    t = os.times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in psutil.Process().children(recursive=True):
+        try:
+            c = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += c.user + c.system
+    return total
+
+
+def _timed(specs: list[RunSpec], **how: Any) -> tuple[float, float, list[RunOutcome]]:
+    """Wall and CPU seconds of one batch."""
+    c0, t0 = _cpu_s(), time.perf_counter()
+    outcomes = run_many(specs, progress=False, **how)
+    return time.perf_counter() - t0, _cpu_s() - c0, outcomes
+
+
+def _same(a: list[RunOutcome], b: list[RunOutcome]) -> bool:
+    def enc(outs: list[RunOutcome]) -> bytes:
+        return msgspec.json.encode([without_wall(o.summary) for o in outs])
+
+    return enc(a) == enc(b)
+
+
+def _compare(name: str, specs_of: Any, workers: int, address: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix=f"aicp-bench-dask-{name}-") as tmp:
+        local_specs, dask_specs = specs_of(Path(tmp) / "pool"), specs_of(Path(tmp) / "dask")
+        print(f"bench-sim --dask: {name}: {len(local_specs)} runs, local pool of {workers} ...", file=sys.stderr, flush=True)
+        pool_wall, pool_cpu, pool_out = _timed(local_specs, jobs=workers)
+        print(f"bench-sim --dask: {name}: {len(dask_specs)} runs, Dask ...", file=sys.stderr, flush=True)
+        dask_wall, dask_cpu, dask_out = _timed(dask_specs, dask=address)
+    runs = len(local_specs)
+    run_walls = [float(o.summary.get("wall_s") or 0.0) for o in pool_out]
+    return {
+        "case": name,
+        "runs": runs,
+        "workers": workers,
+        "tasks_per_run": int(statistics.median(int(o.summary.get("submitted", 0)) for o in pool_out)),
+        "median_run_wall_s": statistics.median(run_walls),
+        "pool_wall_s": pool_wall,
+        "dask_wall_s": dask_wall,
+        "overhead_per_run_ms": (dask_wall - pool_wall) * workers / runs * 1000.0,
+        "pool_cpu_per_run_ms": pool_cpu / runs * 1000.0,
+        "dask_cpu_per_run_ms": dask_cpu / runs * 1000.0,
+        "ratio": dask_wall / pool_wall,
+        "same_results": _same(pool_out, dask_out),
+        "errors": sum(1 for o in [*pool_out, *dask_out] if o.summary.get("error")),
+    }
+
+
+def _calibrate(seconds: float, seed: int) -> int:
+    """Tasks for one run of about ``seconds`` of wall time, from a 20 000-task run in this process."""
+    probe = 20_000
+    result = Simulation(_scenario(probe), "round_robin", np.random.SeedSequence(seed)).run()
+    rate = result.summary["submitted"] / max(result.summary["wall_s"], 1e-6)
+    return max(probe, int(rate * seconds))
+
+
+def run(args: argparse.Namespace) -> int:
+    from aicp.sim import dask_runs
+
+    try:
+        dask_runs.parse_address(args.dask)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    seed = args.seed
+    t0 = time.perf_counter()
+    with dask_runs.connect(args.dask) as client:
+        client.run(importlib.import_module, "aicp.sim.dask_runs")  # workers import the simulator once, as in a long-lived cluster
+        startup = time.perf_counter() - t0
+        workers = sum(client.nthreads().values())
+        address = str(client.scheduler_info()["address"])
+        print(f"bench-sim --dask: {workers} worker thread(s) at {address}, ready in {startup:.1f} s", file=sys.stderr)
+        short = _scenario(args.dask_short_tasks)
+        figures = [_compare("short", lambda f: _batch(short, args.dask_short_runs, seed, f), workers, address)]
+        long_tasks = _calibrate(args.dask_long_s, seed)
+        long = _scenario(long_tasks)
+        figures.append(_compare("long", lambda f: _batch(long, 2 * workers, seed, f), workers, address))
+    doc = {"address": args.dask, "workers": workers, "cluster_ready_s": startup, "cases": figures}
+    print(f"Dask {args.dask} ({workers} workers, ready in {startup:.1f} s) against a local process pool of {workers}:")
+    for f in figures:
+        print(
+            f"  {f['case']:<5} {f['runs']:>4} runs × {f['tasks_per_run']:>7,} tasks (median run {f['median_run_wall_s']:.3f} s): "
+            f"pool {f['pool_wall_s']:6.2f} s, Dask {f['dask_wall_s']:6.2f} s, ratio {f['ratio']:.3f}, "
+            f"overhead {f['overhead_per_run_ms']:+.1f} ms/run, same results: {'yes' if f['same_results'] else 'NO'}, errors {f['errors']}"
+        )
+        print(
+            f"        CPU per run (all processes): pool {f['pool_cpu_per_run_ms']:.1f} ms, Dask {f['dask_cpu_per_run_ms']:.1f} ms "
+            f"({f['dask_cpu_per_run_ms'] - f['pool_cpu_per_run_ms']:+.1f} ms)"
+        )
+    s, lg = figures
+    print(f"  per-run overhead (short runs): {s['overhead_per_run_ms']:+.1f} ms (goal < 50 ms)")
+    print(f"  wall-time ratio for {lg['median_run_wall_s']:.1f}-s runs: {lg['ratio']:.3f} (goal <= 1.10)")
+    if args.json:
+        Path(args.json).write_bytes(msgspec.json.format(msgspec.json.encode(doc), indent=2) + b"\n")
+    return 0 if all(f["same_results"] and not f["errors"] for f in figures) else 1
