@@ -251,7 +251,7 @@ class Simulation:
             self._task_sigs[i] = (body, self.controller.sign(body))
         task_id = str(i)
         self._row[task_id] = i
-        self.apply(self.router.submit(task_id, self.methods[method], now, timeout_s))
+        self.apply(self.router.submit(task_id, self.methods[method], now, timeout_s), now)
         if self.submitted >= self._max_tasks and not self.stopped:
             self.stopped = True
             self.arrivals_end_s = now
@@ -283,19 +283,20 @@ class Simulation:
     def _on_result(self, message: tuple[SimAgent, str, bool, bool]) -> None:
         agent, task, ok, bad = message
         router = self.router
+        now = self.env.now
         if bad:
             self.bad_signatures += 1
             router.penalise_bad_signature(agent.agent_id)
-            _, actions = router.result(agent.agent_id, task, False, self.env.now, errors.INVALID_SIGNATURE)
+            _, actions = router.result(agent.agent_id, task, False, now, errors.INVALID_SIGNATURE)
         else:
-            _, actions = router.result(agent.agent_id, task, ok, self.env.now)
+            _, actions = router.result(agent.agent_id, task, ok, now)
             if ok:
                 # A verified success only removes state from the router: no deadline can come forward.
                 if actions:
-                    self.apply(actions)
+                    self.apply(actions, now)
                 return
         if actions:
-            self.apply(actions)
+            self.apply(actions, now)
         self.rearm()
 
     def _deliver_signed(self, message: tuple[SimAgent, str, int, float | None]) -> None:
@@ -305,10 +306,11 @@ class Simulation:
         signing.verify(self.controller.public_key, body, sig)  # an honest controller: must pass
         agent.receive((task_id, fixed))
 
-    def apply(self, actions: list[Action]) -> None:
+    def apply(self, actions: list[Action], now: float | None = None) -> None:
         """Carry out the router's actions: send dispatches over the link, record ends, close dropped agents."""
         rec = self.records
-        now = self.env.now
+        if now is None:
+            now = self.env.now
         for a in actions:
             kind = type(a)
             if kind is Dispatch:

@@ -84,10 +84,17 @@ def _run(
     if isinstance(fault, CrashFault | FlapFault):
         chosen = _pick(agents, fault, [a for a in agents if a.up], rng)
         if isinstance(fault, CrashFault):
-            for a in chosen:
-                life.crash(a)
+            if fault.over_s > 0.0 and len(chosen) > 1:
+                gap = fault.over_s / len(chosen)
+                for k, a in enumerate(chosen):
+                    if k:
+                        yield env.timeout(gap)
+                    life.crash(a)
+            else:
+                for a in chosen:
+                    life.crash(a)
             if until is not None:
-                yield env.timeout(until - fault.at_s)
+                yield env.timeout(max(0.0, until - env.now))
                 for a in chosen:
                     life.recover(a)
             return

@@ -44,8 +44,8 @@ class LeaseRouter(Protocol):
 class Driver(Protocol):
     """The driver's side of a call into the router."""
 
-    def apply(self, actions: list[Action]) -> None:
-        """Carry out the router's actions."""
+    def apply(self, actions: list[Action], now: float | None = None) -> None:
+        """Carry out the router's actions (``now``: the current time, when the caller has it at hand)."""
         ...
 
     def rearm(self) -> None:

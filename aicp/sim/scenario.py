@@ -111,6 +111,7 @@ class _Fault(_Strict, tag_field="action"):
 
 class CrashFault(_Fault, tag="crash"):
     until_s: NonNeg | None = None  # recover at this time (optional)
+    over_s: NonNeg = 0.0  # spread the crashes evenly over [at_s, at_s + over_s) (a storm, not one instant)
 
 
 class RecoverFault(_Fault, tag="recover"):
@@ -331,6 +332,8 @@ def check(s: Scenario, source: str) -> None:
         until = getattr(f, "until_s", None)
         if until is not None and until <= f.at_s:
             raise ScenarioError(f"{source}: faults[{i}].until_s must be after at_s")
+        if isinstance(f, CrashFault) and until is not None and until < f.at_s + f.over_s:
+            raise ScenarioError(f"{source}: faults[{i}].until_s must not come before at_s + over_s")
 
 
 def _files_of(obj: object) -> list[str]:

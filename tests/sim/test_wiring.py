@@ -64,7 +64,7 @@ class Recorder:
         self.actions: list[Action] = []
         self.rearms = 0
 
-    def apply(self, actions: list[Action]) -> None:
+    def apply(self, actions: list[Action], now: float | None = None) -> None:
         self.actions.extend(actions)
 
     def rearm(self) -> None:
