@@ -320,7 +320,8 @@ def live_args_for(scenario: sc_mod.Scenario, path: Path, strategy: str, args: ar
         service_time=f"{tag}:{dist.mean_ms / group.speed:g}",
         rate=work.arrival.rate_per_s,
         strategy=strategy,
-        duration=args.live_duration,
+        # enough samples for a p99 (at least args.live_samples), within [live_duration, 3 x live_duration]
+        duration=min(3.0 * args.live_duration, max(args.live_duration, args.live_samples / work.arrival.rate_per_s)),
         warmup=args.live_warmup,
         seed=args.seed,
         task_timeout=5.0,  # an overloaded live run (a loaded machine) ends sooner
@@ -510,7 +511,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a folder of scenario files (or one file): run each live and simulated, print the table",
     )
     add("--calibration", type=Path, default=None, help="--grid: use this calibration instead of measuring one")
-    add("--live-duration", type=float, default=10.0, help="--grid: measured seconds per live run (default 10)")
+    add("--live-duration", type=float, default=10.0, help="--grid: measured seconds per live run, at least (default 10)")
+    add(
+        "--live-samples",
+        type=int,
+        default=4000,
+        help="--grid: lengthen a slow workload's live run to this many tasks, up to 3x (default 4000)",
+    )
     add("--live-warmup", type=float, default=2.0, help="--grid: warm-up seconds per live run (default 2)")
     add("--seed", type=int, default=1)
 

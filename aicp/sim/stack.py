@@ -141,7 +141,8 @@ class StackModel:
         self._wake = _sampler(low.wake_ms, high.wake_ms, w, rng, clip=False)
         # the slot part (result signing) is charged inside the slot, the rest half each way
         self._half_hop = _sampler(low.agent_overhead_ms, high.agent_overhead_ms, w, rng, 0.5, cal.slot_ms)
-        self._client = _sampler(low.client_ms, high.client_ms, w, rng)
+        # negative too: the load generator may send up to a timer tick before the intended time
+        self._client = _sampler(low.client_ms, high.client_ms, w, rng, clip=False)
 
     def service(self, draw: Callable[[], float]) -> Callable[[], float]:
         """An agent's busy time per task: the drawn service rounded to the timer, plus the wake-up."""
