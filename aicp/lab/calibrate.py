@@ -275,6 +275,11 @@ def measure(args: argparse.Namespace) -> tuple[stack_mod.Calibration, Path]:
             },
             "sign_ms": sign_ms,
             "cpu": [r["cpu"] for r in results],
+            # CPU per task by role (router, agents, load generator), for the record: the levels' costs already include
+            # what sharing the cores does to them at each rate
+            "cpu_ms_per_task": [
+                {role: 1000.0 * v["cpu_s"] / max(1, r["submitted"]) for role, v in r["cpu"].items()} for r in results
+            ],
         },
     )
     return cal, run_dir
