@@ -1,10 +1,11 @@
 """``aicp calibrate``: measure the live stack's own costs, and check the simulator against live runs.
 
 ``aicp calibrate [--out FILE]`` starts a router that records a trace
-(docs/TRACE.md), agents whose synthetic handler sleeps a constant whole number of
-milliseconds, and one load generator at a low rate (agents about 10% busy, so
-almost every task finds its agent idle). From the trace and the load generator's
-samples it takes, per task (aicp/sim/stack.py says how each is used):
+(docs/TRACE.md), 8 agents whose synthetic handler sleeps a constant 1 ms, and one
+load generator at 100, 400 and 1000 tasks/s in turn (agents at most ~12% busy, so
+most tasks find their agent idle); each rate is a level. Then one agent, 80% busy,
+for what holds a busy slot. From the traces and the load generator's samples it
+takes, per task (aicp/sim/stack.py says how each is used):
 
 * ``wake_ms``: the agent's signed ``service_ms`` minus the probe's constant service;
 * ``agent_overhead_ms``: router dispatch to router result, minus ``service_ms``
@@ -12,7 +13,8 @@ samples it takes, per task (aicp/sim/stack.py says how each is used):
 * ``client_ms``: the load generator's latency (from the intended send time) minus
   the router's arrival-to-end time, the k-th task sent matched to the k-th arrival
   from that load generator (one connection keeps the order);
-* ``slot_ms``: one Ed25519 signature of a result-sized body (microbenchmark).
+* ``slot_ms`` (one figure): the mean, over back-to-back tasks of the busy agent, of the
+  time between their results minus the second's ``service_ms`` (``busy_gaps``).
 
 It writes them as JSON; a scenario names the file with ``[calibration] file = ...``.
 The figures hold for this machine *at the time of the run*: on a shared machine
