@@ -15,6 +15,10 @@ they become error frames, counters and, for registration, a close.
 
 Forwarded tasks and results are the peer's exact bytes: the router never
 re-encodes a frame it did not sign.
+
+State that outlives the process (bindings, seen ids, outcomes; ``aicp.state``) is
+reported to ``proto.store`` as it changes and given back with ``restore`` before the
+first connection. The core itself never reads or writes it anywhere.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from aicp.ratelimit import SourceLimiter, TokenBucket
 from aicp.replay import OutcomeCache, ReplayCache
 from aicp.router import ACCEPTED, NOT_ASSIGNED, Action, AgentDown, Completed, Dispatch, Failed, Router
 from aicp.signing import Identity, check_public_key, decode_public_key, decode_signature, verify
+from aicp.state import Binding, Seen, Snapshot, StateSink, StoredOutcome
 
 # WebSocket close codes the router uses.
 CLOSE_NORMAL: Final = 1000
@@ -175,6 +180,12 @@ class RouterProtocol:
         self._msg_seq = 0
         self._msg_prefix = "r" + self._nonce()[:8] + "-"
         self.draining = False
+        #: where lasting state changes are reported (``aicp.state``); None keeps them in memory only
+        self.store: StateSink | None = None
+        #: task key -> expiry: tasks admitted before a restart that had not ended (``restore``).
+        #: Filled once, at most ``replay_cache_size``; emptied as they are resubmitted, or all at once when the last expires.
+        self._interrupted: dict[str, float] = {}
+        self._interrupted_until = 0.0
         #: called as ``(method, outcome, seconds)`` when a task ends; outcome is "completed" or the
         #: error code. Drivers use it for latency histograms; it must not call back into the protocol.
         self.outcome_observer: Callable[[str, str, float], None] | None = None
@@ -235,6 +246,38 @@ class RouterProtocol:
 
     def next_deadline(self) -> float | None:
         return self.router.next_deadline()
+
+    # ------------------------------------------------------------------ lasting state
+    def restore(self, snapshot: Snapshot, now: float) -> None:
+        """Take back the lasting state of an earlier run, before the first connection.
+
+        Bindings are restored up to ``max_peers``; seen ids and outcomes that have not
+        expired up to their caches' sizes, the longest-lived ones if not all fit. A task the earlier run admitted
+        that has no outcome was interrupted by the restart: a resubmission of it gets
+        ``shutting-down`` (as on a graceful stop) rather than running a second time.
+        O(entries log entries). Raises ``LocalError`` on a binding whose key is not valid.
+        """
+        if self._conns or self._pending:
+            raise errors.LocalError("restore before the first connection")
+        for b in snapshot.bindings:
+            if b.role not in ("agent", "controller"):
+                raise errors.LocalError(f"stored binding of {b.peer_id!r} has an unknown role {b.role!r}")
+            try:
+                key_raw = decode_public_key(b.key)
+            except errors.ProtocolError as exc:
+                raise errors.LocalError(f"stored binding of {b.peer_id!r} has an invalid key: {exc}") from exc
+            if b.peer_id not in self._peers and len(self._peers) < self.config.max_peers:
+                self._peers[b.peer_id] = _Peer(b.peer_id, b.key, key_raw, b.role)
+        for o in sorted(snapshot.outcomes, key=lambda o: o.expiry):
+            self._outcomes.restore(o.key, _Outcome(o.frame, o.fingerprint, o.assignees), o.expiry, now)
+        # If the cache is now smaller than the earlier run's, keep the ids that must be remembered longest.
+        seen = sorted((s for s in snapshot.seen if s.expiry > now), key=lambda s: s.expiry)[-self.config.replay_cache_size :]
+        for s in seen:
+            if self._replay.restore((s.sender, s.msg_id), s.expiry, now) and s.task:
+                key = task_key(s.sender, s.msg_id)
+                if self._outcomes.get(key, now) is None:
+                    self._interrupted[key] = s.expiry
+                    self._interrupted_until = max(self._interrupted_until, s.expiry)
 
     def record(self, sink: trace.Sink | None, now: float) -> None:
         """Hand every trace event (``aicp.trace``) to ``sink`` from now on; ``None`` stops.
@@ -395,6 +438,8 @@ class RouterProtocol:
         self._remember(body, now)  # the last check (overloaded if the id cache is full): nothing changed before it
         if peer is None:
             peer = self._peers[body.sender] = _Peer(body.sender, frame.key, key_raw, body.role)
+            if self.store is not None:
+                self.store.bind(Binding(body.sender, frame.key, body.role))
         out: list[Output] = []
         old = peer.conn
         if old is not None and old is not c:
@@ -474,6 +519,12 @@ class RouterProtocol:
                 raise errors.VerifyError(errors.ID_CONFLICT, f"task id {body.id!r} ended with another method or payload")
             self.counters["tasks_resubmitted"] += 1
             return [Send(c.id, stored.frame)]
+        if self._interrupted:
+            if now >= self._interrupted_until:
+                self._interrupted.clear()
+            interrupted_until = self._interrupted.pop(key, None)
+            if interrupted_until is not None and interrupted_until > now:
+                return self._interrupted_outcome(c, body, key, now)
         self._check_new(body)
         # Refusals before admission leave no trace: the id stays free for a later submission (§6).
         if self.draining:
@@ -487,6 +538,14 @@ class RouterProtocol:
         self.counters["tasks_accepted"] += 1
         timeout_s = body.timeout_ms / 1000.0 if body.timeout_ms is not None else None
         return self._apply(self.router.submit(key, body.method, now, timeout_s), now)
+
+    def _interrupted_outcome(self, c: _Conn, body: Task, key: str, now: float) -> list[Output]:
+        """A task admitted before a restart, without an outcome: it ends now, as on a graceful stop."""
+        self.counters["tasks_resubmitted"] += 1
+        self.counters["outcomes_failed"] += 1
+        frame = self._error_frame(now, errors.SHUTTING_DOWN, "router restarted before the task finished", body.id, body.id, body.method)
+        self._keep_outcome(key, _Outcome(frame, task_fingerprint(body), ()), now)
+        return [Send(c.id, frame)]
 
     def _on_result(self, c: _Conn, peer: _Peer, body: Result, data: bytes, now: float) -> list[Output]:
         if peer.role != "agent":
@@ -580,8 +639,13 @@ class RouterProtocol:
             self.trace(trace.AgentDown(t=now, agent=agent_id, reason=reason))
         return self._apply(self.router.agent_lost(agent_id, now, reason), now)
 
+    def _keep_outcome(self, key: str, outcome: _Outcome, now: float) -> None:
+        expiry = self._outcomes.put(key, outcome, now)
+        if self.store is not None:
+            self.store.outcome(StoredOutcome(key, outcome.frame, expiry, outcome.fingerprint, outcome.assignees))
+
     def _deliver(self, pending: _Pending, key: str, frame: bytes, now: float) -> list[Output]:
-        self._outcomes.put(key, _Outcome(frame, pending.fingerprint, tuple(pending.assignees)), now)
+        self._keep_outcome(key, _Outcome(frame, pending.fingerprint, tuple(pending.assignees)), now)
         requester = self._peers.get(pending.requester)
         if requester is None or requester.conn is None:
             return []  # kept in the outcome cache for a resubmission
@@ -597,10 +661,15 @@ class RouterProtocol:
             raise errors.VerifyError(errors.DUPLICATE, f"message id {body.id!r} was seen before")
 
     def _remember(self, body: AnyBody, now: float) -> None:
-        if not self._replay.add((body.sender, body.id), body.ts, now):
-            if (body.sender, body.id) in self._replay:
+        key = (body.sender, body.id)
+        if not self._replay.add(key, body.ts, now):
+            if key in self._replay:
                 raise errors.VerifyError(errors.DUPLICATE, f"message id {body.id!r} was seen before")
             raise errors.VerifyError(errors.OVERLOADED, "replay cache is full")
+        if self.store is not None and not isinstance(body, (Result, Register)):  # see aicp.state: these need no lasting record
+            expiry = self._replay.expiry(key)
+            assert expiry is not None
+            self.store.seen(Seen(body.sender, body.id, expiry, isinstance(body, Task)))
 
     def _take_token(self, c: _Conn, now: float) -> bool:
         return c.bucket.take(now, self.config.rate_per_s, self.config.rate_burst)

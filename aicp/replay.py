@@ -28,6 +28,20 @@ class ReplayCache:
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self._seen
 
+    def expiry(self, key: tuple[str, str]) -> float | None:
+        """Until when ``key`` is remembered (None if it is not)."""
+        return self._seen.get(key)
+
+    def restore(self, key: tuple[str, str], expiry: float, now: float) -> bool:
+        """Remember ``key`` until ``expiry`` (from a snapshot); False if expired or the cache is full.
+
+        Call in order of ``expiry``, so that the oldest entries stay at the front for ``purge``.
+        """
+        if expiry <= now or len(self._seen) >= self.max_entries:
+            return False
+        self._seen[key] = expiry
+        return True
+
     def is_fresh(self, ts: float, now: float) -> bool:
         return abs(ts - now) <= self.window_s
 
@@ -78,9 +92,20 @@ class OutcomeCache(Generic[V]):
             return None
         return item[1]
 
-    def put(self, key: str, value: V, now: float) -> None:
+    def restore(self, key: str, value: V, expiry: float, now: float) -> None:
+        """Keep ``value`` until ``expiry`` (from a snapshot). Call in order of ``expiry``."""
+        if expiry > now:
+            self._put(key, value, expiry, now)
+
+    def put(self, key: str, value: V, now: float) -> float:
+        """Keep ``value`` for ``ttl_s``; returns its expiry."""
+        expiry = now + self.ttl_s
+        self._put(key, value, expiry, now)
+        return expiry
+
+    def _put(self, key: str, value: V, expiry: float, now: float) -> None:
         items = self._items
-        items[key] = (now + self.ttl_s, value)
+        items[key] = (expiry, value)
         items.move_to_end(key)
         while len(items) > self.max_entries:
             items.popitem(last=False)

@@ -13,6 +13,7 @@ from aicp import strategies
 from aicp.live.logs import add_logging_arguments, setup_logging
 from aicp.live.loop import run_async
 from aicp.live.server import AICPWebSocketServer, ServerLimits
+from aicp.live.store import SqliteStore, StateFileError
 from aicp.messages import MAX_FRAME_BYTES
 from aicp.protocol import ProtocolConfig
 from aicp.router import RouterConfig
@@ -27,9 +28,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--heartbeat", type=float, default=30.0, metavar="S", help="heartbeat interval agents are told to use (s)")
     add("--lease", type=float, default=90.0, metavar="S", help="an agent silent this long is evicted (s)")
     add("--attempt-timeout", type=float, default=5.0, metavar="S", help="time limit of one dispatch before failover (s)")
+    add("--default-deadline", type=float, default=30.0, metavar="S", help="a task's overall limit when it names none (s)")
+    add("--max-attempts", type=int, default=3, help="dispatches per task before it fails (default 3)")
+    add("--retry-backoff-base", type=float, default=0.005, metavar="S", help="retry backoff base, full jitter (s)")
+    add("--retry-backoff-cap", type=float, default=1.0, metavar="S", help="retry backoff cap (s)")
+    add("--retry-budget", type=float, default=0.2, metavar="RATIO", help="retry tokens each submitted task earns (default 0.2)")
+    add("--trust-prior", type=float, default=0.5, metavar="P", help="trust of a newly registered agent (default 0.5)")
     add("--window", type=float, default=60.0, metavar="S", help="freshness and replay window (s)")
     add("--allowlist", metavar="FILE", help="file of admitted public keys, one 'ed25519:...' per line")
-    add("--key", metavar="FILE", help="router identity file (created 0600 if missing; default: a new key per run)")
+    add("--key", metavar="FILE", help="router identity file (created 0600 if missing; default: a new key per run, or FILE.key with --state)")
+    add("--state", metavar="FILE", help="keep id->key bindings, seen message ids and task outcomes in this SQLite file across restarts "
+        "(created if missing; default: nothing kept)")
+    add("--state-batch-ms", type=float, default=10.0, metavar="MS", help="commit state records every MS ms: what a crash can lose (default 10)")
     add("--max-frame", type=int, default=MAX_FRAME_BYTES, metavar="BYTES", help="largest frame accepted (default 1 MiB)")
     add("--max-connections", type=int, default=10_000, help="concurrent WebSocket connections (default 10000)")
     add("--max-tasks", type=int, default=100_000, help="tasks in the router at once; beyond this new ones get overloaded (default 100000)")
@@ -56,7 +66,9 @@ def build_server(args: argparse.Namespace) -> AICPWebSocketServer:
     if args.tls_cert:
         ssl_ctx = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
         ssl_ctx.load_cert_chain(args.tls_cert, args.tls_key)
-    rcfg = RouterConfig(heartbeat_s=args.heartbeat, lease_s=args.lease, attempt_timeout_s=args.attempt_timeout, max_tasks=args.max_tasks)
+    rcfg = RouterConfig(heartbeat_s=args.heartbeat, lease_s=args.lease, attempt_timeout_s=args.attempt_timeout, max_tasks=args.max_tasks,
+                        default_deadline_s=args.default_deadline, max_attempts=args.max_attempts, backoff_base_s=args.retry_backoff_base,
+                        backoff_cap_s=args.retry_backoff_cap, retry_budget_ratio=args.retry_budget, trust_prior=args.trust_prior)
     pcfg = ProtocolConfig(
         window_s=args.window,
         allowlist=_load_allowlist(args.allowlist) if args.allowlist else None,
@@ -68,8 +80,13 @@ def build_server(args: argparse.Namespace) -> AICPWebSocketServer:
         verify=args.verify,
     )
     limits = ServerLimits(max_frame_bytes=args.max_frame, max_connections=args.max_connections, compression=args.compression, drain_s=args.drain_timeout)
-    identity = Identity.load_or_create(args.key) if args.key else None
-    return AICPWebSocketServer(args.host, args.port, identity=identity, strategy=args.strategy, router_config=rcfg, protocol_config=pcfg, limits=limits, ssl=ssl_ctx, seed=args.seed, record=args.record)
+    key_file = args.key or (args.state + ".key" if args.state else None)  # a router whose state survives keeps its key too
+    identity = Identity.load_or_create(key_file) if key_file else None
+    store = SqliteStore.open(args.state, router_key=identity.public_key_text if identity else None, batch_s=args.state_batch_ms / 1000.0) if args.state else None
+    return AICPWebSocketServer(
+        args.host, args.port, identity=identity, strategy=args.strategy, router_config=rcfg, protocol_config=pcfg, limits=limits, ssl=ssl_ctx, seed=args.seed,
+        store=store, record=args.record,
+    )
 
 
 async def _serve(server: AICPWebSocketServer) -> None:
@@ -89,8 +106,12 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("error: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
-    server = build_server(args)
-    run_async(_serve(server))
+    try:
+        server = build_server(args)
+        run_async(_serve(server))
+    except StateFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

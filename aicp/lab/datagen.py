@@ -143,3 +143,37 @@ def ensure_bench(
     except FileNotFoundError:
         _run(bench_argv(base, _fast(fast)), say, generate)
         return runs.latest_bench(base / "bench", need_sweep=True).folder
+
+
+# ----------------------------------------------------------------------------- record and replay (notebook 04)
+RECORD_SCENARIO = "live_kill"
+RECORD_FOLDER = "record_replay"
+RECORD_STRATEGY = "round_robin"
+
+
+def record_argv(folder: Path, fast: bool) -> list[str]:
+    """A short live run of ``live_kill`` (an agent SIGKILLed in the middle), recorded by the router."""
+    argv = ["bench", "--scenario", str(runs.scenarios_dir() / f"{RECORD_SCENARIO}.toml"), "--strategy", RECORD_STRATEGY,
+            "--record", str(folder / "recorded.jsonl.gz"), "--out", str(folder / "bench")]
+    return [*argv, "--duration", "2", "--warmup", "0.5"] if fast else argv
+
+
+def replay_argv(folder: Path, fast: bool) -> list[str]:
+    """``aicp compare --replay`` of that recording: every strategy on the recorded traffic."""
+    argv = ["compare", "--replay", str(folder / "recorded.jsonl.gz"), "--out", str(folder), "--quiet"]
+    return [*argv, "--replications", "2"] if fast else argv
+
+
+def ensure_record_replay(
+    out: str | Path | None = None, fast: bool | None = None, say: Callable[[str], None] = print, generate: bool = True
+) -> Path:
+    """The folder holding ``recorded.jsonl.gz`` and its ``aicp compare --replay`` run; records and replays when missing."""
+    base = Path(out) if out is not None else runs.results_dir()
+    folder = base / RECORD_FOLDER
+    if not (folder / "recorded.jsonl.gz").is_file():
+        _run(record_argv(folder, _fast(fast)), say, generate)
+    try:
+        sim_results.latest(folder, "replay-recorded", kind="compare")
+    except FileNotFoundError:
+        _run(replay_argv(folder, _fast(fast)), say, generate)
+    return folder

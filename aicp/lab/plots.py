@@ -10,6 +10,8 @@ newest runs, makes any that are missing with a small configuration
     sweep_p99_baseline.png            p99 against offered load per strategy
     failure_timeline_<scenario>.png   throughput, p99 and agents alive over time, faults marked
     bench_latency_throughput.png      live latency against throughput, design targets and the relay
+    record_replay_timeline.png        a recorded live run (an agent killed) against its replays, over time
+    record_replay_cdf.png             the same, latency CDF (aicp.lab.replay_plots)
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from aicp.lab import datagen, runs
 from aicp.sim import results as sim_results
 
 #: the groups ``aicp plots --only`` accepts
-GROUPS = ("strategy", "sweep", "failure", "bench")
+GROUPS = ("strategy", "sweep", "failure", "bench", "replay")
 _PERCENTILES = (("p50", "p50", "o"), ("p99", "p99", "s"), ("p999", "p99.9", "^"))
 _COMPLETED = 1  # sim.metrics.COMPLETED, without importing the simulator's engine
 #: a sweep level whose achieved rate is below this share of the offered rate is past saturation (as in aicp bench)
@@ -326,6 +328,7 @@ def plot_path(group: str, scenario: str = "", root: str | Path | None = None) ->
         "sweep": f"sweep_p99_{scenario or datagen.SWEEP_SCENARIO}.png",
         "failure": f"failure_timeline_{scenario}.png",
         "bench": "bench_latency_throughput.png",
+        "replay": f"record_replay_{scenario}.png",
     }
     if group not in names:
         raise ValueError(f"unknown plot group {group!r}; known: {', '.join(GROUPS)}")
@@ -369,6 +372,12 @@ def write_all(
     def bench(_: str) -> Figure:
         return bench_figure(runs.load_bench(find(datagen.ensure_bench)).summary)
 
+    def replay(what: str) -> Figure:
+        from aicp.lab import replay_plots
+
+        recorded, run = replay_plots.load(find(datagen.ensure_record_replay))
+        return replay_plots.timeline_figure(recorded, run) if what == "timeline" else replay_plots.cdf_figure(recorded, run)
+
     jobs: list[tuple[str, str, Callable[[str], Figure]]] = []
     if "strategy" in groups:
         jobs += [("strategy", scen, strategy) for scen in datagen.STRATEGY_SCENARIOS]
@@ -378,6 +387,8 @@ def write_all(
         jobs += [("failure", scen, failure) for scen in datagen.FAILURE_SCENARIOS]
     if "bench" in groups:
         jobs.append(("bench", "", bench))
+    if "replay" in groups:
+        jobs += [("replay", "timeline", replay), ("replay", "cdf", replay)]
     for group, what, make in jobs:
         name = plot_path(group, what, root).name
         try:

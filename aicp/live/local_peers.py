@@ -37,10 +37,12 @@ class PeerHost(Protocol):
 class LocalPeer:
     """An in-process agent (``handlers``) or controller (no handlers)."""
 
-    def __init__(self, hub: PeerHost, peer_id: str, role: Role, handlers: Mapping[str, Handler] | None = None, concurrency: int = 64) -> None:
+    def __init__(
+        self, hub: PeerHost, peer_id: str, role: Role, handlers: Mapping[str, Handler] | None = None, concurrency: int = 64, identity: Identity | None = None
+    ) -> None:
         self.hub = hub
         self.handlers: dict[str, Handler] = dict(handlers or {})
-        self.session = PeerSession(Identity.generate(), peer_id, role, list(self.handlers), concurrency)
+        self.session = PeerSession(identity or Identity.generate(), peer_id, role, list(self.handlers), concurrency)
         self.waiter = OutcomeWaiter()
         self.conn: int | None = None
         self.ready = asyncio.Event()

@@ -22,8 +22,15 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 
 
 class _CoreCollector(Collector):
-    def __init__(self, proto: RouterProtocol, open_connections: Callable[[], int], transport_closes: Callable[[], Mapping[str, int]] | None) -> None:
+    def __init__(
+        self,
+        proto: RouterProtocol,
+        open_connections: Callable[[], int],
+        transport_closes: Callable[[], Mapping[str, int]] | None,
+        state_stats: Callable[[], Mapping[str, float] | None] | None = None,
+    ) -> None:
         self.proto = proto
+        self.state_stats = state_stats
         self.open_connections = open_connections
         self.transport_closes = transport_closes
 
@@ -57,14 +64,30 @@ class _CoreCollector(Collector):
         yield GaugeMetricFamily("aicp_tasks_in_flight", "Tasks in the router now", value=proto.pending_tasks())
         frames = CounterMetricFamily("aicp_frames", "Frames received from peers", value=proto.counters["frames_in"])
         yield frames
+        if self.state_stats is not None:
+            st = self.state_stats()
+            if st is not None:
+                yield CounterMetricFamily("aicp_state_records", "Lasting-state records handed to the state file's writer and done with", value=st["written"])
+                yield CounterMetricFamily("aicp_state_commits", "Transactions committed to the state file", value=st["commits"])
+                yield CounterMetricFamily("aicp_state_commit_seconds", "Time the event loop spent committing to the state file", value=st["commit_seconds"])
+                yield GaugeMetricFamily("aicp_state_commit_max_seconds", "The longest single commit to the state file", value=st["commit_max_seconds"])
+                yield GaugeMetricFamily("aicp_state_backlog", "Lasting-state records not committed yet", value=st["backlog"])
+                yield CounterMetricFamily("aicp_state_dropped", "Lasting-state records dropped because the writer fell too far behind", value=st["dropped"])
+                yield CounterMetricFamily("aicp_state_write_errors", "Failed writes to the state file (their records are lost)", value=st["errors"])
 
 
 class RouterMetrics:
     """One server's metrics. ``render()`` is the body of ``GET /metrics``."""
 
-    def __init__(self, proto: RouterProtocol, open_connections: Callable[[], int], transport_closes: Callable[[], Mapping[str, int]] | None = None) -> None:
+    def __init__(
+        self,
+        proto: RouterProtocol,
+        open_connections: Callable[[], int],
+        transport_closes: Callable[[], Mapping[str, int]] | None = None,
+        state_stats: Callable[[], Mapping[str, float] | None] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_CoreCollector(proto, open_connections, transport_closes))
+        self.registry.register(_CoreCollector(proto, open_connections, transport_closes, state_stats))
         self.latency = Histogram(
             "aicp_task_latency_seconds",
             "Time from a task's arrival at the router to its outcome",

@@ -11,6 +11,9 @@ the sans-I/O core. This module only moves bytes and time:
   at ``next_deadline()``. The core's ``now`` is wall-clock ``time.time()`` because
   it compares peers' timestamps; it is converted to loop time for ``call_at``;
 * plain HTTP on the same port serves ``/healthz``, ``/metrics`` and ``/agents``;
+* with a ``store`` (``aicp serve --state FILE``), the core's lasting state is restored
+  from it at ``start`` and every change is handed to it (``aicp.live.store``: SQLite,
+  committed in batches every few ms from the loop); ``stop`` writes the last records;
 * transport limits are enforced here, before the core sees a frame, and each
   refusal is counted by reason in ``transport_closes`` (``/metrics``:
   ``aicp_transport_closes_total{reason=...}``): ``too-large`` (close 1009, also for a
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import random
 import ssl as ssl_module
@@ -47,10 +51,12 @@ from aicp.live.links import LocalLink, WsLink
 from aicp.live.local_peers import LocalPeer
 from aicp.live.prometheus import RouterMetrics
 from aicp.live.record import TraceWriter
+from aicp.live.store import SqliteStore, StateFileError
 from aicp.messages import MAX_FRAME_BYTES
 from aicp.protocol import CLOSE_TOO_BIG, Output, ProtocolConfig, RouterProtocol, Send
 from aicp.router import Router, RouterConfig
 from aicp.signing import Identity
+from aicp.state import Snapshot
 
 log = logging.getLogger("aicp.live.server")
 
@@ -91,6 +97,7 @@ class AICPWebSocketServer:
         limits: ServerLimits | None = None,
         ssl: ssl_module.SSLContext | None = None,
         seed: int | None = None,
+        store: SqliteStore | None = None,
         record: str | Path | None = None,
     ) -> None:
         self.host = host
@@ -102,9 +109,10 @@ class AICPWebSocketServer:
             pcfg = msgspec.structs.replace(pcfg, max_frame_bytes=self.limits.max_frame_bytes)
         self.router = Router(router_config, strategy, rng=random.Random(seed))
         self.proto = RouterProtocol(identity or Identity.generate(), self.router, pcfg)
+        self.store = store
         #: connections closed or refused by a transport limit, by reason (see the module docstring)
         self.transport_closes: dict[str, int] = {}
-        self.metrics = RouterMetrics(self.proto, lambda: self.open_connections, lambda: self.transport_closes)
+        self.metrics = RouterMetrics(self.proto, lambda: self.open_connections, lambda: self.transport_closes, lambda: self.store.stats() if self.store else None)
         self.proto.outcome_observer = self.metrics.observe_outcome
         self.recorder: TraceWriter | None = TraceWriter(record) if record is not None else None
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
@@ -148,7 +156,7 @@ class AICPWebSocketServer:
         if self.loop is None:
             self._pending_local[agent_id] = handlers
             return
-        peer = LocalPeer(self, agent_id, "agent", handlers)
+        peer = LocalPeer(self, agent_id, "agent", handlers, identity=self._local_identity(agent_id))
         self._local[agent_id] = peer
         peer.attach()
 
@@ -174,14 +182,30 @@ class AICPWebSocketServer:
         if self._local_controller is None or self._local_controller.conn is None:
             if self.loop is None or self._stopping:
                 raise errors.TaskError(errors.SHUTTING_DOWN, "router is not running")
-            self._local_controller = LocalPeer(self, self.proto.config.router_id + ".local-controller", "controller")
+            peer_id = self.proto.config.router_id + ".local-controller"
+            self._local_controller = LocalPeer(self, peer_id, "controller", identity=self._local_identity(peer_id))
             self._local_controller.attach()
         return await self._local_controller.submit(method, obj, timeout, task_id)
+
+    def _local_identity(self, peer_id: str) -> Identity:
+        """In-process peers' keys derive from the router's, so their ids stay bound to them across restarts."""
+        seed = hashlib.sha256(b"AICP local peer\0" + self.proto.identity.seed + peer_id.encode()).digest()
+        return Identity(seed)
 
     # ------------------------------------------------------------------ life cycle
     async def start(self) -> None:
         """Listen. With ``port=0`` the kernel picks a port; ``self.port`` holds it afterwards."""
         self.loop = asyncio.get_running_loop()
+        if self.store is not None:
+            snap = self.store.snapshot
+            try:
+                self.proto.restore(snap, time.time())
+            except errors.LocalError as exc:
+                raise StateFileError(f"state file {self.store.path} holds a record the router refuses: {exc}; move it aside to start empty") from exc
+            self.proto.store = self.store
+            self.store.snapshot = Snapshot()  # restored: free the copy
+            self.store.start(self.loop)
+            log.info("state restored from %s: %d binding(s), %d seen id(s), %d outcome(s)", self.store.path, len(snap.bindings), len(snap.seen), len(snap.outcomes))
         self._stop_requested = asyncio.Event()
         lim = self.limits
         extensions = None
@@ -254,6 +278,8 @@ class AICPWebSocketServer:
         if self.recorder is not None:
             self.proto.record(None, time.time())
             self.recorder.close()
+        if self.store is not None:
+            self.store.close()  # writes the last records: the outcomes of the drain too
         self._stopped = True
         if self._stop_requested is not None:
             self._stop_requested.set()

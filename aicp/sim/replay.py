@@ -4,7 +4,7 @@
 :func:`scenario_from_trace`. What the trace fixes and what the simulator decides:
 
 * **arrivals**: exactly the recorded sequence: each admitted task at its recorded
-  time (relative to the trace's header), with its method and deadline. One workload
+  time (time 0 is the first admitted task), with its method and deadline. One workload
   per (method, deadline) pair, each replaying its own arrivals file;
 * **agents**: every agent that registered, with its capabilities and concurrency,
   joining and leaving at the recorded times (a crash fault for each absence, the
@@ -89,6 +89,9 @@ def scenario_from_trace(
         raise ScenarioError(f"{name}: the trace has no agent")
     if not arrivals:
         raise ScenarioError(f"{name}: the trace has no task")
+    # time 0 of the replay is the first admitted task: the minutes a router sat idle before it
+    # are not part of the traffic (they would only dilute throughput); earlier agent events clamp to 0
+    t0 = min(a.t for a in arrivals.values())
     folder.mkdir(parents=True, exist_ok=True)
     every_sample = [s for v in samples.values() for s in v]
 
@@ -133,7 +136,9 @@ def scenario_from_trace(
     for agent_id, spans in absences.items():
         for down, back in spans:
             assert down is not None
-            f: dict[str, Any] = {"action": "crash", "at_s": down - t0, "agents": [sim_id[agent_id]]}
+            if back is not None and back <= t0:
+                continue  # away and back before the traffic began
+            f: dict[str, Any] = {"action": "crash", "at_s": max(down - t0, 0.0), "agents": [sim_id[agent_id]]}
             if back is not None and back > down:
                 f["until_s"] = back - t0
             faults.append(f)

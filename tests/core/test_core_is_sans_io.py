@@ -27,7 +27,7 @@ import pytest
 AICP = Path(__file__).resolve().parents[2] / "aicp"
 #: entry points kept at the top under their historical names; they only forward to ``aicp.cli``
 ENTRY_POINTS = {"__main__.py", "server.py"}
-IO_MODULES = {"asyncio", "websockets", "simpy", "nats", "uvloop", "time", "socket", "selectors", "threading", "subprocess"}
+IO_MODULES = {"asyncio", "websockets", "simpy", "nats", "uvloop", "time", "socket", "selectors", "threading", "subprocess", "sqlite3"}
 LAYERS = ("live", "sim", "gateway", "lab", "cli")
 #: layer -> the aicp layers it must not import
 FORBIDDEN_LAYERS = {

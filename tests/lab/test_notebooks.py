@@ -2,7 +2,8 @@
 
 The notebooks make their data themselves when it is missing (AICP_NOTEBOOK_FAST=1
 picks the smallest configuration), so this also exercises aicp.lab.datagen end to end,
-including a short live ``aicp bench`` for notebook 03.
+including a short live ``aicp bench`` for notebook 03 and a recorded live run with an
+agent killed for notebook 04.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ EXPECTED: dict[str, list[str]] = {
     "01_strategy_comparison": ["strategy_latency_baseline.png", "strategy_latency_heterogeneous.png", "sweep_p99_baseline.png"],
     "02_failure_replay": ["failure_timeline_crash_storm.png", "failure_timeline_flapping.png"],
     "03_live_benchmark": ["bench_latency_throughput.png"],
+    "04_record_replay": ["record_replay_timeline.png", "record_replay_cdf.png"],
 }
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(110)]
@@ -35,7 +37,7 @@ def fast_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("notebook-results")
 
 
-def test_the_three_notebooks_are_there_and_saved_without_outputs() -> None:
+def test_the_notebooks_are_there_and_saved_without_outputs() -> None:
     assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(EXPECTED)
     for path in NOTEBOOKS.glob("*.ipynb"):
         nb = nbformat.read(path, as_version=4)
@@ -47,7 +49,7 @@ def test_the_three_notebooks_are_there_and_saved_without_outputs() -> None:
                 assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: saved with outputs; clear them"
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.live] if "live" in n else []) for n in sorted(EXPECTED)])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.live] if "live" in n or "record" in n else []) for n in sorted(EXPECTED)])
 def test_notebook_runs_without_errors(name: str, fast_results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(aicp_results.RESULTS_ENV, str(fast_results))
     monkeypatch.setenv("AICP_NOTEBOOK_FAST", "1")

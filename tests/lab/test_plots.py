@@ -201,7 +201,7 @@ def test_bench_figure_without_a_relay_still_draws_the_router() -> None:
 def test_write_all_without_data_and_without_generating_writes_nothing(tmp_path: Path) -> None:
     written, problems = plots.write_all(tmp_path, generate=False, say=lambda _: None)
     assert written == []
-    assert len(problems) == 6
+    assert len(problems) == 8  # 2 strategy, 1 sweep, 2 failure, 1 bench, 2 record-replay figures
     assert all("no data, and generating it is off" in p for p in problems)
     assert not (tmp_path / "plots").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing was run

@@ -41,10 +41,10 @@ def test_the_scenario_holds_the_recorded_arrivals_agents_and_absences(tmp_path: 
     assert [g.name for g in s.agents] == ["fast", "slow_1"] and [g.concurrency for g in s.agents] == [2, 1]
     assert sorted((w.method, w.timeout_ms or 0.0) for w in s.workload) == [("m", 0.0), ("m", 4000.0)]
     rows = [r for w in s.workload for r in csv.DictReader(s.resolve(w.arrival.file).open())]  # type: ignore[union-attr]
-    assert len(rows) == 40 and sorted(float(r["t_s"]) for r in rows)[0] == pytest.approx(0.1)
+    assert len(rows) == 40 and sorted(float(r["t_s"]) for r in rows)[0] == 0.0  # time 0 is the first arrival
     assert {float(r["service_ms"]) for r in rows} == {2.0, 20.0}
     crashes = sorted((f.at_s, f.until_s, tuple(f.agents)) for f in s.faults)  # type: ignore[attr-defined,arg-type]
-    assert crashes == [(0.0, pytest.approx(0.5), ("slow_1-0000",)), (pytest.approx(1.0), pytest.approx(1.5), ("slow_1-0000",))]
+    assert crashes == [(0.0, pytest.approx(0.4), ("slow_1-0000",)), (pytest.approx(0.9), pytest.approx(1.4), ("slow_1-0000",))]
     assert s.router.timeout_ms == 2000.0 and s.router.lease_s == 9.0 and s.strategies == ["least_loaded"] and s.seed == 3
 
 

@@ -19,6 +19,7 @@ import json
 import platform
 import random
 import statistics
+import tempfile
 import time
 import timeit
 from collections import deque
@@ -30,6 +31,7 @@ import msgspec
 import nacl.bindings as sodium
 
 from aicp import __version__, strategies
+from aicp.live.store import SqliteStore
 from aicp.messages import PROTOCOL_VERSION, Task, decode_body, decode_frame, encode, payload, seal
 from aicp.peer import PeerSession
 from aicp.protocol import RouterProtocol
@@ -73,20 +75,7 @@ def run_benchmarks(repeat: int = 7, agents: int = 100) -> list[dict[str, Any]]:
         rng.choice(pool).in_flight += 0
 
     # The full router path per task: verify+decode the task, dispatch, verify+decode the result, forward.
-    proto = RouterProtocol(Identity.generate(), Router(RouterConfig(), "power_of_two", random.Random(3)))
-    agent = PeerSession(Identity.generate(), "agent-1", "agent", ["m"])
-    ctl = PeerSession(Identity.generate(), "ctl-1", "controller")
-    now = 1.7e9
-    for conn, peer in ((1, agent), (2, ctl)):
-        [challenge] = proto.connection_made(conn, now)
-        peer.receive(challenge.data, now)  # type: ignore[union-attr]
-        proto.frame_received(conn, peer.register_frame(now), now)
-    tasks = []
-    for i in range(20000):
-        ts = now + i * 0.001  # 1000 tasks/s of simulated clock: inside the per-connection rate limit
-        tid, tframe = ctl.task_frame("m", payload({"text": "hello"}), ts)
-        task_body = Task(v=PROTOCOL_VERSION, id=tid, sender="ctl-1", ts=ts, method="m", payload=payload({"text": "hello"}))
-        tasks.append((ts, tframe, agent.result_frame(task_body, payload({"label": "x"}), ts)))
+    proto, tasks = _router_and_tasks()
     it = iter(tasks)
 
     def router_task() -> None:
@@ -112,7 +101,60 @@ def run_benchmarks(repeat: int = 7, agents: int = 100) -> list[dict[str, Any]]:
     verify_us = float(results[1]["baseline_us_per_op"])
     results.append({"operation": "router: one task end to end (2 verifies)", "us_per_op": per_task * 1e6,
                     "baseline": "2 x nacl crypto_sign_open", "baseline_us_per_op": 2 * verify_us, "ratio": per_task * 1e6 / (2 * verify_us)})
+    per_task_state = _router_task_with_state(repeat)
+    results.append({"operation": "router: the same with --state (SQLite)", "us_per_op": per_task_state * 1e6,
+                    "baseline": "router: one task, no state", "baseline_us_per_op": per_task * 1e6, "ratio": per_task_state / per_task})
     return results
+
+
+def _router_and_tasks(count: int = 20000) -> tuple[RouterProtocol, list[tuple[float, bytes, bytes]]]:
+    """A router with one agent and one controller registered, and ``count`` prepared (task, result) frame pairs."""
+    proto = RouterProtocol(Identity.generate(), Router(RouterConfig(), "power_of_two", random.Random(3)))
+    agent = PeerSession(Identity.generate(), "agent-1", "agent", ["m"])
+    ctl = PeerSession(Identity.generate(), "ctl-1", "controller")
+    now = 1.7e9
+    for conn, peer in ((1, agent), (2, ctl)):
+        [challenge] = proto.connection_made(conn, now)
+        peer.receive(challenge.data, now)  # type: ignore[union-attr]
+        proto.frame_received(conn, peer.register_frame(now), now)
+    tasks = []
+    for i in range(count):
+        ts = now + i * 0.001  # 1000 tasks/s of simulated clock: inside the per-connection rate limit
+        tid, tframe = ctl.task_frame("m", payload({"text": "hello"}), ts)
+        task_body = Task(v=PROTOCOL_VERSION, id=tid, sender="ctl-1", ts=ts, method="m", payload=payload({"text": "hello"}))
+        tasks.append((ts, tframe, agent.result_frame(task_body, payload({"label": "x"}), ts)))
+    return proto, tasks
+
+
+def _router_task_with_state(repeat: int) -> float:
+    """Seconds per task with a ``SqliteStore`` sink, its commits included.
+
+    Two records per task (the task's id and its outcome); they are
+    committed every 10 tasks, as the live router's 10 ms batches would at 1000 tasks/s.
+    """
+    with tempfile.TemporaryDirectory(prefix="aicp-bench-state-") as tmp:
+        store = SqliteStore.open(Path(tmp) / "state.db", now=0.0)
+        try:
+            proto, tasks = _router_and_tasks()
+            proto.store = store
+            number = max(1, len(tasks) // (repeat + 1))
+            it = iter(tasks)
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                for n in range(number):
+                    ts, tframe, rframe = next(it)
+                    proto.frame_received(2, tframe, ts)
+                    proto.frame_received(1, rframe, ts)
+                    if n % 10 == 9:
+                        store.flush()
+                store.flush()
+                times.append((time.perf_counter() - t0) / number)
+            if store.errors or store.dropped:
+                raise RuntimeError(f"state file: {store.errors} errors, {store.dropped} dropped")
+            return statistics.median(times)
+        finally:
+            store.close()
 
 
 def _per_op_bounded(fn: Callable[[], object], available: int, repeat: int) -> float:

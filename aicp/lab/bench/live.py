@@ -173,8 +173,9 @@ def start_system(fleet: Fleet, target: str, cfg: argparse.Namespace) -> str:
     if target == "relay":
         fleet.spawn("relay", ["-m", "aicp.lab.bench.relay", "--port", str(port)])
     else:
+        state = ["--state", str(fleet.run_dir / f"router-state-{port}.db")] if getattr(cfg, "state", False) else []  # a fresh file per router
         fleet.spawn("router", ["-m", "aicp.server", "--port", str(port), "--strategy", cfg.strategy, "--verify", cfg.verify,
-                               "--log-level", "WARNING", "--rate", "1000000", *own_fleet_flags(cfg.agents),
+                               "--log-level", "WARNING", "--rate", "1000000", *own_fleet_flags(cfg.agents), *state,
                                *(["--record", str(cfg.record)] if getattr(cfg, "record", None) else [])])
     _wait_port(port, 15)
     url = f"ws://127.0.0.1:{port}"
@@ -325,25 +326,6 @@ def format_result(name: str, r: dict[str, Any]) -> str:
             f"lost {r['lost']}  cpu[{cpu}]")
 
 
-def scenario_overrides(cfg: argparse.Namespace) -> None:
-    """Take agents, service time, arrival rate and strategy from a simulator scenario file."""
-    from aicp.sim import scenario as sc_mod
-
-    sc = sc_mod.load(cfg.scenario)
-    cfg.agents = sum(g.count for g in sc.agents)
-    group = sc.agents[0]
-    dist = type(group.service_time).__struct_config__.tag
-    if dist not in ("constant", "exponential", "lognormal"):
-        raise SystemExit(f"{cfg.scenario}: live agents support constant, exponential and lognormal service times, not {dist}")
-    cfg.service_time = f"{dist}:{group.service_time.mean_ms / group.speed}"  # type: ignore[union-attr]
-    cfg.agent_concurrency = group.concurrency
-    arrival = sc.workload[0].arrival
-    if type(arrival).__struct_config__.tag == "poisson":
-        cfg.rate = float(arrival.rate_per_s)  # type: ignore[union-attr]
-    if sc.strategies:
-        cfg.strategy = sc.strategies[0]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--url", default=None, help="benchmark a router that is already running (its agents must serve bench.synthetic)")
@@ -354,16 +336,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--loadgens", type=int, default=1, help="load-generator processes (default 1)")
     add("--rate", type=float, default=0.0, help="open loop: offered tasks/s, Poisson (default: closed loop)")
     add("--concurrency", type=int, default=64, help="closed loop: tasks in flight (default 64)")
-    add("--duration", type=float, default=10.0, help="measured seconds (default 10)")
-    add("--warmup", type=float, default=2.0, help="seconds before measuring (default 2)")
+    add("--duration", type=float, default=None, help="measured seconds (default 10; with --scenario: the file's duration_s - warmup_s)")
+    add("--warmup", type=float, default=None, help="seconds before measuring (default 2; with --scenario: the file's warmup_s)")
     add("--task-timeout", type=float, default=10.0, help="each task's deadline (s)")
-    add("--strategy", default="round_robin")
+    add("--strategy", default=None, help="routing strategy (default round_robin; with --scenario: every strategy the file lists; with --arrivals: the recorded one)")
     add("--verify", choices=["every-hop", "edge"], default="every-hop", help="router verification policy (default every-hop)")
+    add("--state", action="store_true", help="the router keeps its lasting state in an SQLite file in the run folder (aicp serve --state)")
     add("--baseline", action="store_true", help="also run the same load through the minimal relay and report the ratio")
     add("--sweep", action="store_true", help="step open-loop load up to saturation and write a latency-throughput curve")
     add("--sweep-rates", default="250,500,1000,1500,2000,3000,4000,5000,6000", help="offered rates for --sweep")
     add("--also-1000", action="store_true", help="also run 1000 tasks/s open loop to judge the latency goals")
-    add("--scenario", type=Path, default=None, help="take agents, service time, rate and strategy from a simulator scenario")
+    add("--scenario", type=Path, default=None, help="run a simulator scenario live, faithfully or not at all (every group, workload, router field, "
+        "network latency, crash/recover/flap faults; its own duration and warm-up; aicp/lab/bench/scenario_plan.py)")
+    add("--arrivals", type=Path, default=None, metavar="TRACE", help="open loop on the arrivals a trace recorded (aicp bench --record; docs/TRACE.md), "
+        "against agents from --agents/--service-time/--agent-concurrency")
     add("--via", choices=["websocket", "gateway"], default="websocket",
         help="gateway: also measure the HTTP gateway next to direct WebSocket submission (see aicp.lab.bench.via_gateway)")
     add("--gateway-rate", type=float, default=500.0, help="--via gateway: open-loop rate for the added-latency comparison (default 500)")
@@ -372,15 +358,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--json", type=Path, default=None, help="also write the summary to this file")
     add("--record", type=Path, default=None, metavar="FILE", help="the router records a trace of the run to FILE (docs/TRACE.md)")
     add("--record-overhead", action="store_true", help="instead: alternate routers without and with --record at --rate (default 1000/s), 3 pairs, and report the cost")
+    add("--state-overhead", action="store_true", help="instead: alternate routers without and with --state at --rate (default 1000/s), 3 pairs, and report the cost")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.scenario is not None:
-        scenario_overrides(args)
-    if args.record_overhead:
+    if args.scenario is not None or args.arrivals is not None:
+        if (args.scenario is not None and args.arrivals is not None) or args.url or args.record_overhead or args.state_overhead or args.sweep or args.baseline:
+            print("error: --scenario and --arrivals go alone (not together, nor with --url, --record-overhead, --state-overhead, --sweep or --baseline)",
+                  file=sys.stderr)
+            return 2
+        from aicp.lab.bench.scenario_run import run as run_plan
+
+        return run_plan(args)
+    args.strategy = args.strategy or "round_robin"
+    args.duration = 10.0 if args.duration is None else args.duration
+    args.warmup = 2.0 if args.warmup is None else args.warmup
+    if args.record_overhead or args.state_overhead:
         from aicp.lab.bench.record import record_overhead
 
-        return record_overhead(args)
+        return record_overhead(args, feature="record" if args.record_overhead else "state")
     run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
     run_dir = args.out / run_id
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,9 @@ Run by the benchmark orchestrator as ``python -m aicp.lab.bench.loadgen --out FI
   timers have millisecond resolution), so a stalled router or a busy load generator
   shows up as latency instead of silently lowering the offered load (no
   coordinated omission).
+* **Schedule** (``--schedule FILE``): open loop on a given arrival sequence
+  (``aicp bench --scenario`` and ``--arrivals``; aicp/lab/bench/schedule.py): each
+  task's intended time, method, deadline and payload size come from the file.
 * **Closed loop** (``--concurrency C``): C tasks in flight; each completion sends
   the next one. Latency is measured from the send.
 
@@ -28,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from msgspec import Raw
 from websockets.asyncio.client import connect
 
+from aicp.lab.bench.schedule import Schedule
 from aicp.messages import Error, RegisterAck, Result, payload
 from aicp.peer import PeerSession
 from aicp.signing import Identity
@@ -93,7 +98,8 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     session = PeerSession(Identity.generate(), args.id, "controller")
     body = payload({"text": "x" * max(0, args.payload_bytes)})
-    expected = int((args.rate or 2000.0) * (args.duration + args.warmup) * 1.3) + 1024
+    plan = Schedule.load(args.schedule) if args.schedule else None
+    expected = len(plan) + 16 if plan is not None else int((args.rate or 2000.0) * (args.duration + args.warmup) * 1.3) + 1024
     rec = Recorder(expected)
     waiters: dict[str, asyncio.Future[None]] = {}
     verify_failures = 0
@@ -130,17 +136,24 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
 
         read_task = loop.create_task(reader())
         cpu0 = time.process_time()
-        start = clock() + 0.05
+        start = clock() + (max(0.05, args.start_at - wall()) if args.start_at else 0.05)
         end = start + args.warmup + args.duration
         timeout_ms = args.task_timeout * 1000.0
 
-        async def send_one(intended: float) -> str:
-            tid, frame = session.task_frame(args.method, body, wall(), timeout_ms=timeout_ms)
+        async def send_one(intended: float, method: str = args.method, task_body: Raw = body, deadline_ms: float | None = timeout_ms) -> str:
+            tid, frame = session.task_frame(method, task_body, wall(), timeout_ms=deadline_ms)
             rec.new(tid, intended, clock())
             await ws.send(frame, text=True)
             return tid
 
-        if args.rate:
+        if plan is not None:
+            for t_rel, method, task_body, deadline_ms in plan.tasks():
+                t = start + t_rel
+                delay = t - clock() - EARLY_S
+                if delay > 0.0:
+                    await asyncio.sleep(delay)
+                await send_one(t, method, task_body, deadline_ms)
+        elif args.rate:
             t = start
             while True:
                 t += rng.expovariate(args.rate)
@@ -168,7 +181,7 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(max(0.0, start - clock()))
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))
         # drain: every task sent must get its outcome; wait up to the task timeout plus slack
-        drain_until = clock() + args.task_timeout + 5.0
+        drain_until = clock() + (plan.max_deadline_s(args.task_timeout) if plan is not None else args.task_timeout) + 5.0
         while clock() < drain_until and np.any(rec.outcome[: rec.n] == PENDING):
             await asyncio.sleep(0.01)
         read_task.cancel()
@@ -194,7 +207,7 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         "verify_failures": verify_failures,
         "warmup_s": args.warmup,
         "duration_s": args.duration,
-        "mode": "open" if args.rate else "closed",
+        "mode": "open" if (args.rate or plan is not None) else "closed",
         "cpu_s": cpu_s,
         "wall_s": wall_s,
     }
@@ -215,6 +228,8 @@ def main() -> None:
     p.add_argument("--payload-bytes", type=int, default=64)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--schedule", type=Path, default=None, help="open loop on this arrival schedule (.npz, aicp/lab/bench/schedule.py)")
+    p.add_argument("--start-at", type=float, default=0.0, help="wall-clock time (epoch s) of the schedule's time 0 (default: now)")
     args = p.parse_args()
     try:
         import uvloop

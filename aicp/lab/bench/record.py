@@ -5,6 +5,9 @@ open-loop load (``--rate``, default 1000 tasks/s). Per router it takes throughpu
 the router's CPU-seconds per completed task; the result is the median of each, and
 the ratios with/without. CPU per task is the figure that matters at a load below
 saturation (throughput then equals the offered rate whatever recording costs).
+
+``aicp bench --state-overhead`` runs the same comparison for ``--state`` (the router's
+lasting state in SQLite, a fresh file per router).
 """
 
 from __future__ import annotations
@@ -21,16 +24,18 @@ from aicp.lab.bench.live import Fleet, Trial, run_trial, start_system
 GOAL_THROUGHPUT_LOSS = 0.05
 
 
-def record_overhead(args: argparse.Namespace, pairs: int = 3) -> int:
+def record_overhead(args: argparse.Namespace, pairs: int = 3, feature: str = "record") -> int:
+    """``feature``: "record" (``--record``) or "state" (``--state``)."""
+    flag = f"--{feature}"
     rate = args.rate or 1000.0
-    run_dir = args.out / (time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-record")
+    run_dir = args.out / (time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-{feature}")
     run_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    print(f"recording overhead at {rate:g} tasks/s open loop, {pairs} pairs of routers (without, with --record), {args.duration:g} s each")
+    print(f"{flag} overhead at {rate:g} tasks/s open loop, {pairs} pairs of routers (without, with {flag}), {args.duration:g} s each")
     for i in range(pairs):
         for recording in (False, True):
-            trace_path = run_dir / f"trace-{i}.jsonl.gz" if recording else None
-            cfg = argparse.Namespace(**{**vars(args), "record": trace_path})
+            trace_path = run_dir / f"trace-{i}.jsonl.gz" if recording and feature == "record" else None
+            cfg = argparse.Namespace(**{**vars(args), "record": trace_path, "state": recording and feature == "state"})
             fleet = Fleet(run_dir)
             try:
                 url = start_system(fleet, "router", cfg)
@@ -43,7 +48,7 @@ def record_overhead(args: argparse.Namespace, pairs: int = 3) -> int:
                    "p50_ms": r["latency_ms"]["p50"], "p99_ms": r["latency_ms"]["p99"], "lost": r["lost"],
                    "trace_bytes": trace_path.stat().st_size if trace_path is not None and trace_path.exists() else None}
             rows.append(row)
-            print(f"  pair {i} {'with   ' if recording else 'without'} --record: throughput {row['throughput_per_s']:7.1f}/s  "
+            print(f"  pair {i} {'with   ' if recording else 'without'} {flag}: throughput {row['throughput_per_s']:7.1f}/s  "
                   f"router {row['router_us_per_task']:6.1f} us/task  p50 {row['p50_ms']:.2f}  p99 {row['p99_ms']:.2f} ms  lost {row['lost']}", flush=True)
 
     def median(recording: bool, key: str) -> float:
@@ -56,7 +61,7 @@ def record_overhead(args: argparse.Namespace, pairs: int = 3) -> int:
                "p99_ms": {"without": median(False, "p99_ms"), "with": median(True, "p99_ms")}}
     loss = 1.0 - throughput_ratio
     print(f"median throughput with/without: {throughput_ratio:.3f} ({100 * loss:+.1f}% lost)  router CPU per task with/without: {cpu_ratio:.3f}")
-    print(f"  {'PASS' if loss < GOAL_THROUGHPUT_LOSS else 'FAIL'}  recording costs under 5% of throughput at {rate:g}/s")
+    print(f"  {'PASS' if loss < GOAL_THROUGHPUT_LOSS else 'FAIL'}  {flag} costs under 5% of throughput at {rate:g}/s")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"results: {run_dir}")
     return 0 if all(r["lost"] == 0 for r in rows) else 1

@@ -1,0 +1,144 @@
+"""``aicp.live.store.SqliteStore`` on real SQLite files: round trip, expiry, and damaged files."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from live_helpers import run, serving
+
+from aicp.live.store import SCHEMA_VERSION, SqliteStore, StateFileError
+from aicp.signing import Identity
+from aicp.state import Binding, Seen, Snapshot, StoredOutcome
+
+NOW = 1_000_000.0
+
+
+def _count(path: Path, table: str) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_records_written_by_the_thread_come_back_at_the_next_open(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore.open(path, now=NOW, router_key="ed25519:r")
+    assert store.snapshot == Snapshot()
+    store.start()
+    key = Identity.generate().public_key_text
+    store.bind(Binding("a1", key, "agent"))
+    for i in range(1000):
+        store.seen(Seen("ctl", f"m{i}", NOW + 60, task=i % 2 == 0))
+    store.outcome(StoredOutcome("ctl\nm0", b'{"sig":"\x00 exact bytes"}', NOW + 60, b"\x01" * 32, ("a1", "a\n2")))
+    store.close()
+    assert store.backlog == 0 and store.written == 1002 and store.errors == 0 and store.dropped == 0
+    assert store.commits < 1002  # batched
+
+    again = SqliteStore.open(path, now=NOW + 1)
+    snap = again.snapshot
+    assert snap.bindings == [Binding("a1", key, "agent")]
+    assert len(snap.seen) == 1000 and Seen("ctl", "m2", NOW + 60, True) in snap.seen and Seen("ctl", "m3", NOW + 60, False) in snap.seen
+    assert snap.outcomes == [StoredOutcome("ctl\nm0", b'{"sig":"\x00 exact bytes"}', NOW + 60, b"\x01" * 32, ("a1", "a\n2"))]
+    again.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("SELECT value FROM meta WHERE name = 'router_key'").fetchone()[0] == "ed25519:r"
+    db.close()
+
+
+def test_expired_rows_are_deleted_at_open_and_bindings_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore.open(path, now=NOW)
+    store.bind(Binding("a1", "ed25519:x", "agent"))
+    store.seen(Seen("s", "old", NOW + 10))
+    store.seen(Seen("s", "new", NOW + 100))
+    store.outcome(StoredOutcome("k-old", b"x", NOW + 10))
+    store.outcome(StoredOutcome("k-new", b"y", NOW + 100))
+    store.close()  # never started: close writes synchronously
+    assert _count(path, "seen") == 2 and _count(path, "outcomes") == 2
+    later = SqliteStore.open(path, now=NOW + 50)
+    assert [s.msg_id for s in later.snapshot.seen] == ["new"] and [o.key for o in later.snapshot.outcomes] == ["k-new"]
+    assert len(later.snapshot.bindings) == 1
+    later.close()
+    assert _count(path, "seen") == 1 and _count(path, "outcomes") == 1  # gone from the file, not just skipped
+
+
+def test_the_maintenance_thread_purges_expired_rows_while_running(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore.open(path, now=NOW, purge_every_s=0.05)
+    store.start()
+    store.seen(Seen("s", "long-gone", 1.0))  # expired by the wall clock the maintenance thread purges with
+    store.outcome(StoredOutcome("k", b"x", 1.0))
+    store.seen(Seen("s", "current", 4e9))
+    while not store.flush():  # the maintenance thread may hold the file for a moment
+        time.sleep(0.01)
+    assert store.written == 3 and store.errors == 0
+    deadline = time.monotonic() + 10
+    while _count(path, "outcomes") or _count(path, "seen") != 1:
+        assert time.monotonic() < deadline, "expired rows were never purged"
+        time.sleep(0.02)
+    store.close()
+    assert _count(path, "seen") == 1 and _count(path, "outcomes") == 0
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    SqliteStore.open(path, now=NOW).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(StateFileError, match="schema"):
+        SqliteStore.open(path, now=NOW)
+
+
+def test_a_truncated_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore.open(path, now=NOW)
+    for i in range(5000):
+        store.seen(Seen("s", f"m{i}" * 20, NOW + 100))
+    store.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StateFileError, match=str(path.name)):
+        SqliteStore.open(path, now=NOW)
+
+
+def test_a_row_the_core_refuses_stops_the_server_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore.open(path, now=NOW)
+    store.bind(Binding("a1", "ed25519:not-a-key", "agent"))
+    store.close()
+
+    async def main() -> None:
+        with pytest.raises(StateFileError, match="stored binding of 'a1'"):
+            async with serving(store=SqliteStore.open(path)):
+                pass
+
+    run(main())
+
+
+def test_on_the_event_loop_records_are_committed_within_a_few_batches(tmp_path: Path) -> None:
+    """The live path: records are committed by a callback on the loop, without close()."""
+    path = tmp_path / "s.db"
+
+    async def main() -> None:
+        store = SqliteStore.open(path, batch_s=0.005)
+        store.start(asyncio.get_running_loop())
+        try:
+            for i in range(100):
+                store.seen(Seen("s", f"m{i}", time.time() + 60))
+            assert store.backlog == 100
+            deadline = time.monotonic() + 10
+            while store.backlog:
+                assert time.monotonic() < deadline, "the loop never committed"
+                await asyncio.sleep(0.005)
+            assert _count(path, "seen") == 100 and 1 <= store.commits <= 3
+        finally:
+            store.close()
+
+    run(main())
