@@ -96,3 +96,33 @@ def test_busy_gaps_take_back_to_back_tasks_only(tmp_path: Path) -> None:
     path = tmp_path / "busy.jsonl"
     path.write_bytes(b"".join(trace.encode(e) for e in ev))
     np.testing.assert_allclose(calibrate.busy_gaps(path), [4.5 - 4.1], atol=1e-3)
+
+
+GRID = Path(__file__).resolve().parents[2] / "scenarios" / "calibration"
+
+
+@pytest.mark.parametrize("path", sorted(GRID.glob("*.toml")), ids=lambda p: p.stem)
+def test_each_grid_workload_runs_live_as_its_file_says_and_is_in_the_issue_s_range(path: Path) -> None:
+    from aicp.sim import scenario as sc_mod
+
+    sc = sc_mod.load(path)
+    group, work = sc.agents[0], sc.workload[0]
+    args = calibrate.bench_args(agent_procs=2, live_duration=10.0, live_samples=4000, live_warmup=2.0, seed=1)
+    for strategy in sc.strategies:
+        cfg = calibrate.live_args_for(sc, path, strategy, args)
+        assert (cfg.agents, cfg.agent_concurrency, cfg.strategy) == (group.count, group.concurrency, strategy)
+        assert cfg.service_time == f"{type(group.service_time).__struct_config__.tag}:{group.service_time.mean_ms:g}"  # type: ignore[union-attr]
+        assert cfg.rate == work.arrival.rate_per_s  # type: ignore[union-attr]
+    busy = work.arrival.rate_per_s * group.service_time.mean_ms / 1000.0 / (group.count * group.concurrency)  # type: ignore[union-attr]
+    assert 0.5 <= busy <= 0.85 and 2 <= group.count <= 16 and 1 <= group.concurrency <= 4
+    assert 2.0 <= group.service_time.mean_ms <= 20.0  # type: ignore[union-attr]
+    assert sorted(sc.strategies) == ["least_loaded", "round_robin"]
+
+
+def test_the_grid_refuses_what_the_live_agents_cannot_run(tmp_path: Path) -> None:
+    from aicp.sim import scenario as sc_mod
+
+    sc = sc_mod.load(GRID / "g3_logn20_a8c2.toml", {"agents.0.service_time.sigma": 1.0})
+    args = calibrate.bench_args(agent_procs=2, live_duration=10.0, live_samples=4000, live_warmup=2.0, seed=1)
+    with pytest.raises(SystemExit, match=r"sigma 0\.5"):
+        calibrate.live_args_for(sc, GRID / "g3_logn20_a8c2.toml", "least_loaded", args)
