@@ -126,3 +126,21 @@ def test_the_grid_refuses_what_the_live_agents_cannot_run(tmp_path: Path) -> Non
     args = calibrate.bench_args(agent_procs=2, live_duration=10.0, live_samples=4000, live_warmup=2.0, seed=1)
     with pytest.raises(SystemExit, match=r"sigma 0\.5"):
         calibrate.live_args_for(sc, GRID / "g3_logn20_a8c2.toml", "least_loaded", args)
+
+
+def test_an_in_run_calibration_takes_the_run_s_own_costs(tmp_path: Path) -> None:
+    level = stack.Level(rate_per_s=100.0, wake_ms=[0.2, 0.4], agent_overhead_ms=[9.0], client_ms=[9.0])
+    cal = stack.Calibration(v=stack.CALIBRATION_VERSION, slot_ms=0.05, levels=[level])
+    many = np.full(30, 1.5)
+    live_result = {
+        "samples": {"service_ms": np.full(30, 6.0), "overhead_ms": many, "client_ms": np.array([2.0])},
+        "stack": {"wake_mean_ms": 1.0},
+    }
+    path, _ = _files(tmp_path)
+    got = calibrate.in_run_calibration(cal, live_result, 120.0, 1, path)
+    (lv,) = got.levels
+    assert lv.rate_per_s == 120.0
+    np.testing.assert_allclose(lv.wake_ms, [0.9, 1.1])  # the calibration's shape, the run's mean
+    np.testing.assert_allclose(lv.agent_overhead_ms, many)  # enough samples: the run's
+    assert lv.client_ms == [9.0]  # one sample only: the calibration's
+    assert got.slot_ms == 0.05  # one back-to-back pair in the trace: too few, the calibration's
