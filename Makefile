@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[sim,lab,gateway,test,lint,dask]'
+	$(BIN)/python -m pip install -q -e '.[sim,lab,gateway,test,lint,dask,cluster]'
 	touch $(STAMP)
 
 venv: $(STAMP)

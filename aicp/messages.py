@@ -207,13 +207,47 @@ _strict_decoder: Final = json.JSONDecoder(
 )
 
 
+_any_decoder: Final = msgspec.json.Decoder()
+
+#: Frames nested deeper than this take the exact path, where the recursion limit decides as before.
+_FAST_MAX_OPENINGS: Final = 256
+#: Maps every digit to b"0" and every other byte to b".": a run of 19 zeros is a number that may be out of range.
+_DIGIT_RUNS: Final = bytes(0x30 if 0x30 <= i <= 0x39 else 0x2E for i in range(256))
+_LONG_NUMBER: Final = b"0" * 19
+
+
+def _proven_strict(data: bytes) -> bool:
+    """C-speed proof that a frame is strict; False means "not proven", never "refused".
+
+    msgspec's untyped decode refuses invalid UTF-8, NaN, Infinity and numbers that
+    overflow a double. An integer outside the 64-bit range needs 19 digits or more, so
+    frames with such a run are not proven here. Duplicate keys are what msgspec hides
+    (last wins), so they are counted: each object member has one ``:`` outside strings,
+    and msgspec writes every ``:`` inside a string as it is. Re-encoding the decoded
+    value therefore gives as many ``:`` as the frame has exactly when no key was lost,
+    unless a string spells a colon as an escape (``\\u003a``): such frames are not proven.
+    """
+    if b"\\u003" in data or _LONG_NUMBER in data.translate(_DIGIT_RUNS) or data.count(b"[") + data.count(b"{") > _FAST_MAX_OPENINGS:
+        return False
+    try:
+        return data.count(b":") == _encoder.encode(_any_decoder.decode(data)).count(b":")
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError):  # ValidationError is a ValueError
+        return False
+
+
 def check_strict(data: bytes | str) -> None:
     """Raise ``DecodeError(malformed)`` unless ``data`` is JSON every parser reads the same way.
 
     Refused: invalid UTF-8 (encoded surrogates too), duplicate keys in any object,
     numbers that overflow a double, integers outside the 64-bit range, NaN and
     Infinity, and nesting deeper than the interpreter's recursion limit.
+
+    Most frames are proven strict by one C parse and re-encode (``_proven_strict``); any
+    other frame, and so every refusal, goes through the standard library's scanner with the hooks
+    above, which alone decides what is refused and why.
     """
+    if isinstance(data, bytes) and _proven_strict(data):
+        return
     try:
         text = data if isinstance(data, str) else data.decode("utf-8")
         _strict_decoder.decode(text)

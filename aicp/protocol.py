@@ -101,6 +101,34 @@ class Close(msgspec.Struct, frozen=True, gc=False):
 Output = Send | Close
 
 
+class Verification:
+    """One signature check that a driver may run off its event loop: see ``RouterProtocol.prepare_verify``.
+
+    ``run()`` touches nothing but this object, so it may run on any thread; libsodium
+    releases the GIL while it checks. ``done`` is set after ``error``, so a reader that
+    sees ``done`` sees the verdict.
+    """
+
+    __slots__ = ("conn", "data", "done", "error", "frame", "key_raw", "key_text", "sig")
+
+    def __init__(self, conn: int, data: bytes, frame: Frame, key_text: str, key_raw: bytes, sig: bytes) -> None:
+        self.conn = conn
+        self.data = data
+        self.frame = frame
+        self.key_text = key_text
+        self.key_raw = key_raw
+        self.sig = sig
+        self.error: errors.VerifyError | None = None
+        self.done = False
+
+    def run(self) -> None:
+        try:
+            verify(self.key_raw, self.frame.body, self.sig)
+        except errors.VerifyError as exc:
+            self.error = exc
+        self.done = True
+
+
 class _Conn:
     __slots__ = ("bucket", "closed", "id", "nonce", "peer")
 
@@ -279,6 +307,43 @@ class RouterProtocol:
                     self._interrupted[key] = s.expiry
                     self._interrupted_until = max(self._interrupted_until, s.expiry)
 
+    def learn_binding(self, binding: Binding, now: float) -> list[Output]:
+        """A binding that another router stored in the state the cluster shares (``aicp.live.store_jetstream``).
+
+        The shared store holds one binding per id, the first one written: it wins.
+        An unknown id is bound here too (not reported to ``store``: it is stored
+        already); the same key changes nothing. Another key means this router bound
+        the id to a different key in the moment before it learned the other router's
+        binding: the local binding is replaced, and the peer holding it, if connected,
+        is closed with ``key-mismatch`` as if it had registered after. O(1).
+        Raises ``LocalError`` on a binding whose role or key is not valid.
+        """
+        if binding.role not in ("agent", "controller"):
+            raise errors.LocalError(f"shared binding of {binding.peer_id!r} has an unknown role {binding.role!r}")
+        try:
+            key_raw = decode_public_key(binding.key)
+        except errors.ProtocolError as exc:
+            raise errors.LocalError(f"shared binding of {binding.peer_id!r} has an invalid key: {exc}") from exc
+        peer = self._peers.get(binding.peer_id)
+        if peer is not None and peer.key_text == binding.key:
+            return []
+        if peer is None and len(self._peers) >= self.config.max_peers:
+            return []
+        self._peers[binding.peer_id] = _Peer(binding.peer_id, binding.key, key_raw, binding.role)
+        if peer is None:
+            return []
+        self._count(errors.KEY_MISMATCH)
+        if peer.conn is None:
+            return []
+        old = peer.conn
+        peer.conn = None
+        old.peer = None
+        old.closed = True
+        out: list[Output] = [Close(old.id, CLOSE_POLICY, errors.KEY_MISMATCH)]
+        if peer.role == "agent":
+            out.extend(self._agent_lost(peer.peer_id, now, f"id bound to another key at another router ({errors.KEY_MISMATCH})"))
+        return out
+
     def record(self, sink: trace.Sink | None, now: float) -> None:
         """Hand every trace event (``aicp.trace``) to ``sink`` from now on; ``None`` stops.
 
@@ -359,8 +424,36 @@ class RouterProtocol:
             out.append(Close(c.id, CLOSE_GOING_AWAY, "router shutting down"))
         return out
 
-    def frame_received(self, conn: int, data: bytes | str, now: float, binary: bool = False) -> list[Output]:
+    def prepare_verify(self, conn: int, data: bytes | str) -> Verification | None:
+        """The signature check ``frame_received`` would make for this frame, to run elsewhere first.
+
+        Changes nothing. For a registered peer under ``every-hop`` it decodes the envelope and,
+        if it names the peer's own key, returns a ``Verification`` of it. The driver runs it
+        (on a thread, say), then calls ``frame_received(conn, v.data, now, v)`` in the connection's
+        order. ``None``: nothing to prepare; ``frame_received`` checks everything itself. Either
+        way the checks, their order and the verdicts are those of ``frame_received`` alone.
+        """
+        c = self._conns.get(conn)
+        if c is None or c.closed or c.peer is None or self.config.verify != "every-hop":
+            return None
+        if isinstance(data, str):
+            data = data.encode("utf-8", "surrogatepass")
+        peer = c.peer
+        if len(data) > self.config.max_frame_bytes:
+            return None
+        try:
+            frame = decode_frame(data)
+            if frame.key != peer.key_text:
+                return None
+            return Verification(conn, data, frame, peer.key_text, peer.key_raw, decode_signature(frame.sig))
+        except errors.ProtocolError:
+            return None
+
+    def frame_received(self, conn: int, data: bytes | str, now: float, verified: Verification | None = None, binary: bool = False) -> list[Output]:
         """One complete frame from ``conn``. Never raises for anything the peer sent.
+
+        ``verified``: this frame's ``Verification`` from ``prepare_verify``, already run. It stands
+        in for decoding the envelope and checking the signature; a check not yet run is made here.
 
         ``binary``: the driver received a WebSocket binary frame. AICP frames are text, so it
         closes the connection with 1003, without an error frame (PROTOCOL.md §1).
@@ -382,10 +475,10 @@ class RouterProtocol:
         try:
             if not self._take_token(c, now):
                 raise errors.ProtocolError(errors.RATE_LIMITED, "message rate over the limit")
-            frame = decode_frame(data)
+            frame = verified.frame if verified is not None and verified.data is data else decode_frame(data)
             if c.peer is None:
                 return self._handle_unregistered(c, frame, now)
-            return self._handle_registered(c, c.peer, frame, data, now)
+            return self._handle_registered(c, c.peer, frame, data, now, verified)
         except errors.ProtocolError as exc:
             # Name the refused message, so a refused task ends at its sender at once rather than
             # at a local timeout. When the frame failed before or at verification these fields are
@@ -472,11 +565,15 @@ class RouterProtocol:
         return out
 
     # ------------------------------------------------------------------ registered peers
-    def _handle_registered(self, c: _Conn, peer: _Peer, frame: Frame, data: bytes, now: float) -> list[Output]:
+    def _handle_registered(self, c: _Conn, peer: _Peer, frame: Frame, data: bytes, now: float, verified: Verification | None = None) -> list[Output]:
         if frame.sender != peer.peer_id or frame.key != peer.key_text:
             raise errors.VerifyError(errors.KEY_MISMATCH, "frame sender/key are not this connection's")
         if self.config.verify == "every-hop":
-            verify(peer.key_raw, frame.body, decode_signature(frame.sig))
+            if verified is not None and verified.done and verified.frame is frame and verified.key_raw == peer.key_raw:
+                if verified.error is not None:
+                    raise verified.error
+            else:
+                verify(peer.key_raw, frame.body, decode_signature(frame.sig))
         body = decode_body(frame.body)
         if body.sender != peer.peer_id:
             raise errors.VerifyError(errors.KEY_MISMATCH, "body sender is not this connection's peer")

@@ -16,9 +16,10 @@ a router restart"):
 The core never touches a file. ``RouterProtocol`` calls a ``StateSink`` with one small
 record per change, in the order the changes happen, and takes a ``Snapshot`` back at
 start (``RouterProtocol.restore``). A driver's sink buffers the records and writes them
-where it likes: ``aicp.live.store`` writes SQLite; a JetStream key-value backend would
-put ``bind.<id>``, ``seen.<sender>.<id>`` and ``outcome.<key>`` with the expiry as the
-entry's age limit. A sink call must be cheap and must not call back into the core: it
+where it likes: ``aicp.live.store`` writes SQLite; ``aicp.live.store_jetstream`` puts
+one JetStream KV entry per binding, seen id and outcome, with the expiry as the entry's
+TTL, in buckets several routers share (``RouterProtocol.learn_binding`` takes in the
+bindings the others store). A sink call must be cheap and must not call back into the core: it
 runs on the routing hot path (two records per task: the task's id and its outcome).
 
 ``Recorder`` is the in-memory sink: the reference a backend is tested against, and

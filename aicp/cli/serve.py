@@ -14,6 +14,7 @@ from aicp.live.logs import add_logging_arguments, setup_logging
 from aicp.live.loop import run_async
 from aicp.live.server import AICPWebSocketServer, ServerLimits
 from aicp.live.store import SqliteStore, StateFileError
+from aicp.live.store_jetstream import JetStreamStore, is_state_url
 from aicp.messages import MAX_FRAME_BYTES
 from aicp.protocol import ProtocolConfig
 from aicp.router import RouterConfig
@@ -37,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--window", type=float, default=60.0, metavar="S", help="freshness and replay window (s)")
     add("--allowlist", metavar="FILE", help="file of admitted public keys, one 'ed25519:...' per line")
     add("--key", metavar="FILE", help="router identity file (created 0600 if missing; default: a new key per run, or FILE.key with --state)")
-    add("--state", metavar="FILE", help="keep id->key bindings, seen message ids and task outcomes in this SQLite file across restarts "
-        "(created if missing; default: nothing kept)")
+    add("--state", metavar="FILE|URL", help="keep id->key bindings, seen message ids and task outcomes in this SQLite file across restarts "
+        "(created if missing), or in JetStream key-value buckets at nats://HOST:PORT, shared by the routers using them (default: nothing kept)")
+    add("--state-bucket", default="aicp", metavar="PREFIX", help="with --state nats://...: the buckets' name prefix (default aicp)")
     add("--state-batch-ms", type=float, default=10.0, metavar="MS", help="commit state records every MS ms: what a crash can lose (default 10)")
     add("--max-frame", type=int, default=MAX_FRAME_BYTES, metavar="BYTES", help="largest frame accepted (default 1 MiB)")
     add("--max-connections", type=int, default=10_000, help="concurrent WebSocket connections (default 10000)")
@@ -51,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--tls-key", metavar="PEM", help="private key for --tls-cert")
     add("--drain-timeout", type=float, default=10.0, metavar="S", help="on SIGINT/SIGTERM, how long in-flight tasks may finish (s)")
     add("--verify", choices=["every-hop", "edge"], default="every-hop", help="check signatures at the router on every frame, or at the edges only")
+    add("--verify-threads", type=int, default=0, metavar="N", help="check signatures on N worker threads, off the event loop (default 0: on the loop)")
     add("--seed", type=int, default=None, help="seed of the routing strategy's randomness")
     add("--record", metavar="FILE", default=None, help="write a trace of every task, dispatch, result, outcome and agent event (docs/TRACE.md; .gz compresses)")
     add_logging_arguments(parser)
@@ -79,10 +82,17 @@ def build_server(args: argparse.Namespace) -> AICPWebSocketServer:
         connect_burst=args.connect_burst,
         verify=args.verify,
     )
-    limits = ServerLimits(max_frame_bytes=args.max_frame, max_connections=args.max_connections, compression=args.compression, drain_s=args.drain_timeout)
-    key_file = args.key or (args.state + ".key" if args.state else None)  # a router whose state survives keeps its key too
+    limits = ServerLimits(max_frame_bytes=args.max_frame, max_connections=args.max_connections, compression=args.compression, drain_s=args.drain_timeout,
+                          verify_threads=args.verify_threads)
+    shared = bool(args.state) and is_state_url(args.state)
+    # a router whose state survives keeps its key too (give --key with a NATS URL)
+    key_file = args.key or (args.state + ".key" if args.state and not shared else None)
     identity = Identity.load_or_create(key_file) if key_file else None
-    store = SqliteStore.open(args.state, router_key=identity.public_key_text if identity else None, batch_s=args.state_batch_ms / 1000.0) if args.state else None
+    store: SqliteStore | JetStreamStore | None = None
+    if shared:
+        store = JetStreamStore(args.state, args.state_bucket, batch_s=args.state_batch_ms / 1000.0)  # connects in server.start()
+    elif args.state:
+        store = SqliteStore.open(args.state, router_key=identity.public_key_text if identity else None, batch_s=args.state_batch_ms / 1000.0)
     return AICPWebSocketServer(
         args.host, args.port, identity=identity, strategy=args.strategy, router_config=rcfg, protocol_config=pcfg, limits=limits, ssl=ssl_ctx, seed=args.seed,
         store=store, record=args.record,

@@ -39,6 +39,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from aicp import errors
 from aicp.live.handlers import Handler, invoke
+from aicp.live.links import FrameBatcher
 from aicp.messages import MAX_FRAME_BYTES, Error, Goaway, RegisterAck, Result, Role, Task, payload
 from aicp.peer import READY, PeerSession, Received
 from aicp.signing import Identity
@@ -138,6 +139,7 @@ class PeerClient:
         self.open_timeout_s = open_timeout_s
         self.max_frame_bytes = max_frame_bytes
         self.ws: ClientConnection | None = None
+        self._batch: FrameBatcher | None = None  # coalesces this connection's frames into one write per loop iteration
         self.ready = asyncio.Event()
         self.closing = False
         self.registrations = 0  # successful registrations, reconnects included
@@ -185,6 +187,7 @@ class PeerClient:
             raise
         assert self.session.state == READY
         self.ws = ws
+        self._batch = FrameBatcher(ws, self._dropped)
         self.goaway = None
         self.registrations += 1
         self.ready.set()
@@ -256,6 +259,8 @@ class PeerClient:
         self.ws = None
         self.ready.clear()
         if ws is not None:
+            if self._batch is not None:
+                self._batch.flush()  # what was sent before deregistering goes first
             try:
                 await ws.send(self.session.deregister_frame(time.time(), "closing"), text=True)
             except (ConnectionClosed, OSError):
@@ -300,6 +305,12 @@ class PeerClient:
         ws = self.ws
         if ws is None or not self.ready.is_set():
             return False
+        batch = self._batch
+        if batch is not None and batch.ws is ws:
+            if batch.writable():
+                batch.add(frame)  # written at the end of this loop iteration, with the others
+                return True
+            batch.flush()  # the transport is backed up: what the batch holds goes first, then flow control
         try:
             await ws.send(frame, text=True)
         except ConnectionClosed:
@@ -324,6 +335,9 @@ class PeerClient:
             log.info("%s: router is draining (%s, %.1f s)", self.peer_id, body.reason, body.drain_s)
         elif isinstance(body, Task):
             self._on_task(rec, body)
+
+    def _dropped(self, frames: list[bytes]) -> None:
+        """Frames accepted by ``_send`` that found the connection closed when written."""
 
     def _on_task(self, rec: Received, task: Task) -> None:
         log.warning("%s: a %s peer got a task; ignored", self.peer_id, self.session.role)
@@ -381,6 +395,14 @@ class AICPWebSocketClient(PeerClient):
     def _load(self) -> int:
         return self.running
 
+    def _dropped(self, frames: list[bytes]) -> None:
+        # Results among them are sent again after the next registration (the router drops any it already has).
+        for frame in frames:
+            if b'"type":"result"' in frame:
+                self._unsent[str(id(frame)) + ":" + str(time.monotonic_ns())] = frame
+        while len(self._unsent) > self.max_unsent:
+            self._unsent.popitem(last=False)
+
     async def drain(self, timeout: float) -> bool:
         """Refuse new tasks and wait up to ``timeout`` s for running ones to finish and send their results.
 
@@ -431,6 +453,10 @@ class AICPWebSocketClient(PeerClient):
         await self._send_result(frame)
 
     async def _send_result(self, frame: bytes) -> None:
+        batch = self._batch
+        if batch is not None and batch.ws is self.ws and self.ready.is_set() and batch.writable():
+            batch.add(frame)  # a flush that finds the connection closed hands it to _dropped, which keeps it
+            return
         key = str(id(frame)) + ":" + str(time.monotonic_ns())
         self._unsent[key] = frame
         while len(self._unsent) > self.max_unsent:

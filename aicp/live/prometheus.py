@@ -2,15 +2,18 @@
 
 Counts that the core already keeps (tasks by outcome, retries, rejections,
 agents by status, connections) are read from it at scrape time, so there is one
-source of truth. Latency is a histogram fed by ``RouterProtocol.outcome_observer``.
+source of truth. Latency is a histogram fed by ``RouterProtocol.outcome_observer``:
+per task it is one ``bisect`` and two additions on plain lists (``LatencyCounts``),
+and it becomes a Prometheus histogram only at scrape time.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from aicp.protocol import RouterProtocol
@@ -74,6 +77,42 @@ class _CoreCollector(Collector):
                 yield GaugeMetricFamily("aicp_state_backlog", "Lasting-state records not committed yet", value=st["backlog"])
                 yield CounterMetricFamily("aicp_state_dropped", "Lasting-state records dropped because the writer fell too far behind", value=st["dropped"])
                 yield CounterMetricFamily("aicp_state_write_errors", "Failed writes to the state file (their records are lost)", value=st["errors"])
+                if "conflicts" in st:
+                    yield CounterMetricFamily("aicp_state_binding_conflicts", "Bindings made here that another router had stored first (JetStream state)",
+                                              value=st["conflicts"])
+
+
+class LatencyCounts(Collector):
+    """Task latency by outcome as plain counters: O(log buckets) per observation, no locks, no label lookups.
+
+    Buckets are upper bounds, inclusive (``le``), as in Prometheus; the last slot counts
+    what is above every bound (``+Inf``).
+    """
+
+    OUTCOMES = ("completed", "failed")
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = {outcome: [0] * (len(buckets) + 1) for outcome in self.OUTCOMES}
+        self.sums = dict.fromkeys(self.OUTCOMES, 0.0)
+
+    def observe(self, outcome: str, seconds: float) -> None:
+        self.counts[outcome][bisect_left(self.buckets, seconds)] += 1
+        self.sums[outcome] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily("aicp_task_latency_seconds", "Time from a task's arrival at the router to its outcome", labels=["outcome"])
+        for outcome in self.OUTCOMES:
+            counts, running, cumulative = self.counts[outcome], 0, []
+            for bound, n in zip((*self.buckets, float("inf")), counts):
+                running += n
+                cumulative.append((_bound_text(bound), running))
+            family.add_metric([outcome], cumulative, self.sums[outcome])
+        yield family
+
+
+def _bound_text(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
 class RouterMetrics:
@@ -88,16 +127,11 @@ class RouterMetrics:
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_CoreCollector(proto, open_connections, transport_closes, state_stats))
-        self.latency = Histogram(
-            "aicp_task_latency_seconds",
-            "Time from a task's arrival at the router to its outcome",
-            labelnames=["outcome"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self.latency = LatencyCounts()
+        self.registry.register(self.latency)
 
     def observe_outcome(self, method: str, outcome: str, seconds: float) -> None:
-        self.latency.labels("completed" if outcome == "completed" else "failed").observe(max(seconds, 0.0))
+        self.latency.observe("completed" if outcome == "completed" else "failed", seconds if seconds > 0.0 else 0.0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

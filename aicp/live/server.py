@@ -13,7 +13,9 @@ the sans-I/O core. This module only moves bytes and time:
 * plain HTTP on the same port serves ``/healthz``, ``/metrics`` and ``/agents``;
 * with a ``store`` (``aicp serve --state FILE``), the core's lasting state is restored
   from it at ``start`` and every change is handed to it (``aicp.live.store``: SQLite,
-  committed in batches every few ms from the loop); ``stop`` writes the last records;
+  committed in batches every few ms from the loop; or ``aicp.live.store_jetstream``:
+  JetStream key-value buckets several routers share, ``--state nats://HOST:PORT``);
+  ``stop`` writes the last records;
 * transport limits are enforced here, before the core sees a frame, and each
   refusal is counted by reason in ``transport_closes`` (``/metrics``:
   ``aicp_transport_closes_total{reason=...}``): ``too-large`` (close 1009, also for a
@@ -52,11 +54,13 @@ from aicp.live.local_peers import LocalPeer
 from aicp.live.prometheus import RouterMetrics
 from aicp.live.record import TraceWriter
 from aicp.live.store import SqliteStore, StateFileError
+from aicp.live.store_jetstream import JetStreamStore
+from aicp.live.verifying import VerifierPool
 from aicp.messages import MAX_FRAME_BYTES
-from aicp.protocol import CLOSE_TOO_BIG, Output, ProtocolConfig, RouterProtocol, Send
+from aicp.protocol import CLOSE_TOO_BIG, Output, ProtocolConfig, RouterProtocol, Send, Verification
 from aicp.router import Router, RouterConfig
 from aicp.signing import Identity
-from aicp.state import Snapshot
+from aicp.state import Binding, Snapshot
 
 log = logging.getLogger("aicp.live.server")
 
@@ -75,11 +79,15 @@ class ServerLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     recv_queue: int = 64  # frames websockets buffers from one peer before it stops reading
     write_limit: int = 1 << 20  # bytes buffered in the kernel-side transport before send() waits
     open_timeout_s: float = 10.0
+    backlog: int = 4096  # pending TCP connections the kernel queues (capped by net.core.somaxconn); asyncio's 100 drops SYNs when a fleet connects at once
     close_timeout_s: float = 5.0
     ping_interval_s: float | None = 20.0
     ping_timeout_s: float | None = 20.0
     compression: bool = False  # when on: permessage-deflate with small windows (bounded memory)
     drain_s: float = 10.0  # graceful shutdown: how long in-flight tasks may run on
+    #: Signature checks of registered peers' frames on this many worker threads (libsodium
+    #: releases the GIL), applied to the core in each connection's order; 0: on the event loop.
+    verify_threads: int = 0
 
 
 class AICPWebSocketServer:
@@ -97,7 +105,7 @@ class AICPWebSocketServer:
         limits: ServerLimits | None = None,
         ssl: ssl_module.SSLContext | None = None,
         seed: int | None = None,
-        store: SqliteStore | None = None,
+        store: SqliteStore | JetStreamStore | None = None,
         record: str | Path | None = None,
     ) -> None:
         self.host = host
@@ -122,6 +130,7 @@ class AICPWebSocketServer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._server: Server | None = None
+        self._verifier: VerifierPool | None = None
         self._stop_requested: asyncio.Event | None = None
         self._stopping = False
         self._stopped = False
@@ -197,6 +206,8 @@ class AICPWebSocketServer:
         """Listen. With ``port=0`` the kernel picks a port; ``self.port`` holds it afterwards."""
         self.loop = asyncio.get_running_loop()
         if self.store is not None:
+            if isinstance(self.store, JetStreamStore) and self.store.nc is None:
+                await self.store.open()  # connects and reads the buckets (the SQLite file is read when it is opened)
             snap = self.store.snapshot
             try:
                 self.proto.restore(snap, time.time())
@@ -204,9 +215,14 @@ class AICPWebSocketServer:
                 raise StateFileError(f"state file {self.store.path} holds a record the router refuses: {exc}; move it aside to start empty") from exc
             self.proto.store = self.store
             self.store.snapshot = Snapshot()  # restored: free the copy
-            self.store.start(self.loop)
+            if isinstance(self.store, JetStreamStore):
+                self.store.start(self.loop, learn=self._learn_binding)
+            else:
+                self.store.start(self.loop)
             log.info("state restored from %s: %d binding(s), %d seen id(s), %d outcome(s)", self.store.path, len(snap.bindings), len(snap.seen), len(snap.outcomes))
         self._stop_requested = asyncio.Event()
+        if self.limits.verify_threads > 0 and self.proto.config.verify == "every-hop":
+            self._verifier = VerifierPool(self.proto, self._frame_checked, self.limits.verify_threads)
         lim = self.limits
         extensions = None
         if lim.compression:
@@ -223,6 +239,7 @@ class AICPWebSocketServer:
             max_queue=lim.recv_queue,
             write_limit=lim.write_limit,
             open_timeout=lim.open_timeout_s,
+            backlog=lim.backlog,
             close_timeout=lim.close_timeout_s,
             ping_interval=lim.ping_interval_s,
             ping_timeout=lim.ping_timeout_s,
@@ -275,10 +292,14 @@ class AICPWebSocketServer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._verifier is not None:
+            self._verifier.close()
         if self.recorder is not None:
             self.proto.record(None, time.time())
             self.recorder.close()
-        if self.store is not None:
+        if isinstance(self.store, JetStreamStore):
+            await self.store.aclose()  # writes the last records: the outcomes of the drain too
+        elif self.store is not None:
             self.store.close()  # writes the last records: the outcomes of the drain too
         self._stopped = True
         if self._stop_requested is not None:
@@ -323,22 +344,36 @@ class AICPWebSocketServer:
         self._links[conn] = link
         self._ws_open += 1
         proto = self.proto
+        verifier = self._verifier
         try:
             self._apply(proto.connection_made(conn, time.time()))
             while True:
                 # Text frames arrive as str: websockets checks their UTF-8 and closes with 1007 if it fails.
                 data = await ws.recv()  # str for a text frame, bytes for a binary one (closed with 1003)
-                self._apply(proto.frame_received(conn, data, time.time(), binary=isinstance(data, bytes)))
+                if verifier is None:
+                    self._apply(proto.frame_received(conn, data, time.time(), binary=isinstance(data, bytes)))
+                elif not verifier.submit(conn, data):
+                    await verifier.wait_room(conn)
         except ConnectionClosed as exc:
             reason = _CLOSE_REASONS.get(exc.sent.code) if exc.sent is not None and not exc.rcvd_then_sent else None
             if reason is not None:
                 self.count_transport_close(reason)
         finally:
+            if verifier is not None:
+                verifier.connection_ended(conn)  # what it sent before closing is applied first, in order
             self._ws_open -= 1
             self._links.pop(conn, None)
             self._apply(proto.connection_lost(conn, time.time()))
             if not link.writer.done():
                 link.writer.cancel()
+
+    def _frame_checked(self, conn: int, data: bytes | str, verified: Verification | None) -> None:
+        # A prepared frame's bytes are its text, encoded; bytes never prepared are a binary frame.
+        self._apply(self.proto.frame_received(conn, data, time.time(), verified, binary=verified is None and isinstance(data, bytes)))
+
+    def _learn_binding(self, binding: Binding) -> None:
+        """A binding from the state the routers share (``JetStreamStore``): it wins over a local one."""
+        self._apply(self.proto.learn_binding(binding, time.time()))
 
     def _apply(self, outputs: list[Output]) -> None:
         links = self._links

@@ -29,7 +29,7 @@ database, a newer schema, or rows the core refuses) raises ``StateFileError`` at
 the router refuses to start rather than start empty, which would silently hand every
 bound id to the first key that claims it. Move the file aside to start empty on purpose.
 
-Tables (one row per key; a JetStream key-value backend would hold the same entries):
+Tables (one row per key; ``aicp.live.store_jetstream`` holds the same entries in JetStream KV):
 
 * ``bindings(peer_id PK, key, role)``
 * ``seen(sender, msg_id, expiry, task)``, primary key ``(sender, msg_id)``

@@ -15,12 +15,13 @@ import math
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aicp import errors
 from aicp.inprocess import InProcessHub
-from aicp.messages import INT_MAX, INT_MIN, check_strict, decode_body, decode_frame, seal_raw
+from aicp.messages import INT_MAX, INT_MIN, _proven_strict, _strict_decoder, check_strict, decode_body, decode_frame, seal_raw
 from aicp.peer import PeerSession
 from aicp.protocol import Close, ProtocolConfig, RouterProtocol, Send
 from aicp.router import Router, RouterConfig
@@ -329,3 +330,44 @@ def test_a_lone_surrogate_in_a_text_frame_is_malformed() -> None:
     out = proto.frame_received(ctl, frame, hub.now)
     assert [o for o in out if isinstance(o, Close)] == []
     assert proto.rejections.get(errors.MALFORMED, 0) == before.get(errors.MALFORMED, 0) + 1
+
+
+def colon_texts() -> st.SearchStrategy[str]:
+    """JSON-ish text whose keys and strings hold colons, plainly or as escapes, with duplicate keys common."""
+    keys = st.sampled_from(['"a"', '"a:"', '":"', '"::"', '"\\u003a"', '"\\u003A"', '"a\\u003a"', '"\\\\u003a"'])
+    scalars = st.one_of(NUMBERS, keys, st.sampled_from(["true", "null", '"x:y"']))
+
+    def containers(kids: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+        arrays = st.lists(kids, max_size=4).map(lambda xs: "[" + ",".join(xs) + "]")
+        members = st.tuples(keys, kids).map(lambda kv: kv[0] + ":" + kv[1])
+        objects = st.lists(members, max_size=4).map(lambda xs: "{" + ",".join(xs) + "}")
+        return arrays | objects
+
+    return st.recursive(scalars, containers, max_leaves=12)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(json_texts(), colon_texts()))
+def test_the_fast_strictness_proof_never_accepts_what_the_exact_check_refuses(text: str) -> None:
+    """The one-parse proof (msgspec decode, re-encode, colon count) against the stdlib scanner with hooks: the oracle."""
+    data = text.encode()
+    if not _proven_strict(data):
+        return
+    _strict_decoder.decode(text)  # raises if the oracle refuses
+    assert not has_duplicates(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"a:":1,"a:":2}', '{":":":",":":1}', '{"a":{"b":1,"b":2}}', '[{"a":"x:y"},{"a":1,"a":1}]', '{"a":1,"\\u0061":2}',
+     '{"\\u003a":1,":":2}', '{"a":18446744073709551616}', '{"a":-9223372036854775809}', '{"a":1e400}'],
+)
+def test_the_fast_strictness_proof_leaves_every_refusal_to_the_exact_check(text: str) -> None:
+    assert not _proven_strict(text.encode())
+    with pytest.raises(errors.DecodeError) as exc:
+        check_strict(text.encode())
+    assert exc.value.code == errors.MALFORMED
+
+
+def test_the_fast_strictness_proof_accepts_an_ordinary_frame() -> None:
+    assert _proven_strict(GOOD)

@@ -12,6 +12,7 @@ from websockets.exceptions import ConnectionClosed
 
 from aicp import errors
 from aicp.live.handlers import echo
+from aicp.live.server import ServerLimits
 from aicp.messages import PROTOCOL_VERSION, Error, Task, decode_frame, seal_raw
 from aicp.peer import PeerSession
 from aicp.protocol import CLOSE_POLICY, CLOSE_UNSUPPORTED_DATA
@@ -20,9 +21,10 @@ from aicp.signing import Identity
 pytestmark = pytest.mark.live
 
 
-def test_a_binary_frame_closes_with_1003_and_agents_lists_bound_keys() -> None:
+@pytest.mark.parametrize("verify_threads", [0, 2])
+def test_a_binary_frame_closes_with_1003_and_agents_lists_bound_keys(verify_threads: int) -> None:
     async def main() -> None:
-        async with serving() as server, agent(server.url, "keyed", {"echo": echo}) as client:
+        async with serving(limits=ServerLimits(verify_threads=verify_threads)) as server, agent(server.url, "keyed", {"echo": echo}) as client:
             listed = await asyncio.to_thread(http_json, f"http://127.0.0.1:{server.port}/agents")
             assert listed["protocol"] == PROTOCOL_VERSION and listed["router_key"] == server.router_key
             [entry] = listed["agents"]

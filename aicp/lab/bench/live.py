@@ -32,6 +32,7 @@ import numpy as np
 import psutil
 
 from aicp import __version__
+from aicp.lab.bench import floor as bench_floor
 
 #: The original design's claims, which are the floor.
 TARGET_P99_MS = 50.0
@@ -57,6 +58,11 @@ class Proc:
     popen: subprocess.Popen[bytes]
     ps: psutil.Process
     cpu0: float = 0.0
+    io0: tuple[int, int] = (0, 0)
+
+    def io_calls(self) -> tuple[int, int]:
+        """Read and write system calls so far (Linux /proc/PID/io syscr, syscw), or (0, 0)."""
+        return bench_floor.io_calls(self.ps)
 
     def cpu_s(self) -> float:
         try:
@@ -72,11 +78,15 @@ class Fleet:
 
     run_dir: Path
     procs: list[Proc] = field(default_factory=list)
+    #: CPUs (taskset list) by role, "*" for every other role; empty: no pinning. See ``cpu_plan``.
+    cpus: dict[str, str] = field(default_factory=dict)
 
-    def spawn(self, role: str, args: list[str]) -> Proc:
+    def spawn(self, role: str, args: list[str], program: str | None = None) -> Proc:
+        """Start ``program`` (default: this Python) with ``args``; its output goes to ``<role>-<n>.log`` (pinned with taskset if asked)."""
+        pinned = self.cpus.get(role, self.cpus.get("*"))
         with open(self.run_dir / f"{role}-{len(self.procs)}.log", "wb") as log:  # the child keeps its own descriptor
             env = {**os.environ, "AICP_KEY_DIR": str(self.run_dir / "keys")}  # keep agents' keys out of ~/.aicp
-            popen = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            popen = subprocess.Popen([*(["taskset", "-c", pinned] if pinned else []), program or sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True, env=env)
         proc = Proc(role, popen, psutil.Process(popen.pid))
         self.procs.append(proc)
@@ -85,6 +95,7 @@ class Fleet:
     def mark_cpu(self) -> None:
         for p in self.procs:
             p.cpu0 = p.cpu_s()
+            p.io0 = p.io_calls()
 
     def cpu_by_role(self, wall_s: float) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
@@ -93,6 +104,9 @@ class Fleet:
             row = out.setdefault(p.role, {"processes": 0, "cpu_s": 0.0})
             row["processes"] += 1
             row["cpu_s"] += used
+            reads, writes = p.io_calls()
+            row["read_calls"] = row.get("read_calls", 0) + reads - p.io0[0]
+            row["write_calls"] = row.get("write_calls", 0) + writes - p.io0[1]
         for row in out.values():
             row["cpu_percent_of_one_core"] = 100.0 * row["cpu_s"] / wall_s if wall_s > 0 else float("nan")
         return out
@@ -170,21 +184,75 @@ class Trial:
 def start_system(fleet: Fleet, target: str, cfg: argparse.Namespace) -> str:
     """Start a router (or the baseline relay) and the agents; return its ws:// URL."""
     port = free_port()
-    if target == "relay":
-        fleet.spawn("relay", ["-m", "aicp.lab.bench.relay", "--port", str(port)])
+    if target in RELAYS:
+        fleet.spawn("relay", ["-m", RELAYS[target], "--port", str(port)])
     else:
         state = ["--state", str(fleet.run_dir / f"router-state-{port}.db")] if getattr(cfg, "state", False) else []  # a fresh file per router
+        if state and getattr(cfg, "state_jetstream", False):  # a fresh nats-server -js per router instead, in the fleet (its CPU is role "nats")
+            from aicp.live.store_jetstream import nats_server_binary
+
+            nats_port = free_port()
+            fleet.spawn("nats", ["-js", "-a", "127.0.0.1", "-p", str(nats_port), "-sd", str(fleet.run_dir / f"jetstream-{port}")], program=nats_server_binary())
+            _wait_port(nats_port, 15)
+            state = ["--state", f"nats://127.0.0.1:{nats_port}", "--key", str(fleet.run_dir / f"router-{port}.key")]
         fleet.spawn("router", ["-m", "aicp.server", "--port", str(port), "--strategy", cfg.strategy, "--verify", cfg.verify,
-                               "--log-level", "WARNING", "--rate", "1000000", *own_fleet_flags(cfg.agents), *state,
+                               "--log-level", "WARNING", "--rate", "1000000", *own_fleet_flags(cfg.agents), *state, *router_speed_flags(cfg),
                                *(["--record", str(cfg.record)] if getattr(cfg, "record", None) else [])])
     _wait_port(port, 15)
     url = f"ws://127.0.0.1:{port}"
     start_agents(fleet, url, cfg)
-    if target == "relay":
+    if target in RELAYS:
         time.sleep(1.0 + 0.02 * cfg.agents)  # the relay has no /agents; give agents time to register
     else:
         _agents_ready(f"http://127.0.0.1:{port}", cfg.agents, registration_timeout(cfg.agents))
     return url
+
+
+#: Baseline relays by bench target name: the same work per frame on each WebSocket library.
+RELAYS = {"relay": "aicp.lab.bench.relay", "relay_picows": "aicp.lab.bench.relay_picows"}
+
+
+def bench_targets(cfg: argparse.Namespace) -> list[str]:
+    """The router, then with ``--baseline`` the relay on each of ``--relay-transports``."""
+    if not cfg.baseline:
+        return ["router"]
+    names = {"websockets": "relay", "picows": "relay_picows"}
+    return ["router", *(names[t] for t in cfg.relay_transports.split(","))]
+
+
+def run_half_capacity(fleet: Fleet, url: str, saturated: dict[str, Any], cfg: argparse.Namespace) -> dict[str, Any]:
+    """Open loop at half the throughput the closed-loop trial just measured: the latency at a sane load."""
+    rate = round(0.5 * saturated["throughput_per_s"])
+    return run_trial(fleet, url, Trial("open", rate=float(rate), duration=cfg.duration, warmup=cfg.warmup), cfg, "router-half")
+
+
+def router_speed_flags(cfg: argparse.Namespace) -> list[str]:
+    """Router flags for ``--verify-threads``."""
+    threads = getattr(cfg, "verify_threads", 0)
+    return ["--verify-threads", str(threads)] if threads else []
+
+
+def cpu_plan(router_cpus: str | None, others_cpus: str | None = None) -> dict[str, str]:
+    """Pin the router (and the relay) to ``router_cpus`` and every other process to ``others_cpus``.
+
+    Without ``others_cpus`` the others get the CPUs the router does not have, or all of
+    them when the router has every CPU. Lists are taskset's (``0``, ``0,1``, ``0-3``).
+    """
+    if not router_cpus:
+        return {}
+    mine = _cpu_set(router_cpus)
+    everything = sorted(os.sched_getaffinity(0))
+    rest = [c for c in everything if c not in mine] or everything
+    others = others_cpus or ",".join(map(str, rest))
+    return {"router": router_cpus, "relay": router_cpus, "*": others}
+
+
+def _cpu_set(text: str) -> set[int]:
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 def start_agents(fleet: Fleet, url: str, cfg: argparse.Namespace, extra: tuple[str, ...] = ()) -> None:
@@ -234,6 +302,7 @@ def summarise(outs: list[Path], trial: Trial, cpu: dict[str, Any]) -> dict[str, 
     codes_total: dict[str, int] = {}
     lost = dup = verify_failures = submitted = 0
     gen_cpu = gen_wall = 0.0
+    gen_io = [0, 0]
     for out in outs:
         data = np.load(out)
         meta = json.loads(Path(str(out) + ".json").read_text())
@@ -250,8 +319,9 @@ def summarise(outs: list[Path], trial: Trial, cpu: dict[str, Any]) -> dict[str, 
         verify_failures += meta["verify_failures"]
         submitted += meta["submitted"]
         gen_cpu += meta["cpu_s"]
+        gen_io = [gen_io[0] + meta.get("read_calls", 0), gen_io[1] + meta.get("write_calls", 0)]
         gen_wall = max(gen_wall, meta["wall_s"])
-    cpu = {**cpu, "loadgen": {"processes": len(outs), "cpu_s": gen_cpu, "cpu_percent_of_one_core": 100.0 * gen_cpu / gen_wall if gen_wall else float("nan")}}
+    cpu = {**cpu, "loadgen": {"processes": len(outs), "cpu_s": gen_cpu, "read_calls": gen_io[0], "write_calls": gen_io[1], "cpu_percent_of_one_core": 100.0 * gen_cpu / gen_wall if gen_wall else float("nan")}}
     t_int = np.concatenate(intended)
     t_sent = np.concatenate(sent)
     t_done = np.concatenate(done)
@@ -342,6 +412,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--strategy", default=None, help="routing strategy (default round_robin; with --scenario: every strategy the file lists; with --arrivals: the recorded one)")
     add("--verify", choices=["every-hop", "edge"], default="every-hop", help="router verification policy (default every-hop)")
     add("--state", action="store_true", help="the router keeps its lasting state in an SQLite file in the run folder (aicp serve --state)")
+    add("--state-jetstream", action="store_true", help="with --state or --state-overhead: in JetStream KV on a nats-server -js the bench starts, not SQLite")
     add("--baseline", action="store_true", help="also run the same load through the minimal relay and report the ratio")
     add("--sweep", action="store_true", help="step open-loop load up to saturation and write a latency-throughput curve")
     add("--sweep-rates", default="250,500,1000,1500,2000,3000,4000,5000,6000", help="offered rates for --sweep")
@@ -356,6 +427,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=1)
     add("--out", type=Path, default=Path("results") / "bench", help="parent folder of the run folder")
     add("--json", type=Path, default=None, help="also write the summary to this file")
+    add("--half-capacity", action="store_true", help="after the closed-loop trial, run open loop at half its throughput (p99 goal)")
+    add("--relay-transports", default="websockets", help="with --baseline: relays to run, on websockets and/or picows (default websockets)")
+    add("--verify-threads", type=int, default=0, metavar="N", help="the router checks signatures on N worker threads (default 0: on its loop)")
+    add("--router-cpus", default=None, metavar="LIST", help="pin the router (and the relay) with taskset to these CPUs, e.g. 0 or 0,1")
+    add("--others-cpus", default=None, metavar="LIST", help="pin agents and load generators to these CPUs (default: the router's complement, or all)")
     add("--record", type=Path, default=None, metavar="FILE", help="the router records a trace of the run to FILE (docs/TRACE.md)")
     add("--record-overhead", action="store_true", help="instead: alternate routers without and with --record at --rate (default 1000/s), 3 pairs, and report the cost")
     add("--state-overhead", action="store_true", help="instead: alternate routers without and with --state at --rate (default 1000/s), 3 pairs, and report the cost")
@@ -387,9 +463,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"AICP {__version__} live benchmark {run_id}: {args.agents} agents in {args.agent_procs} processes, {args.loadgens} load generator(s), "
           f"service {args.service_time}, strategy {args.strategy}, verify {args.verify}")
     status = 0
+    costs = [bench_floor.signature_costs()]  # before and after the trials: the machine's quietest moments
+    sampler = bench_floor.FloorSampler().start()  # and while they run
     try:
-        for target in (["router", "relay"] if args.baseline else ["router"]):
-            fleet = Fleet(run_dir)
+        for target in bench_targets(args):
+            fleet = Fleet(run_dir, cpus=cpu_plan(args.router_cpus, args.others_cpus))
             try:
                 url = args.url if (args.url and target == "router") else start_system(fleet, target, args)
                 if target == "router" and args.via == "gateway":
@@ -399,6 +477,10 @@ def run(args: argparse.Namespace) -> int:
                 result = run_trial(fleet, url, main_trial, args, f"{target}-main")
                 summary[target] = result
                 print(format_result(target, result), flush=True)
+                if target == "router" and args.half_capacity and result["mode"] == "closed" and result["throughput_per_s"] > 0:
+                    half = run_half_capacity(fleet, url, result, args)
+                    summary["router_at_half"] = half
+                    print(format_result("router", half), flush=True)
                 if target == "router" and args.also_1000:
                     r1000 = run_trial(fleet, url, Trial("open", rate=1000.0, duration=args.duration, warmup=args.warmup), args, "router-1000")
                     summary["router_at_1000"] = r1000
@@ -419,6 +501,10 @@ def run(args: argparse.Namespace) -> int:
         summary["error"] = f"{type(exc).__name__}: {exc}"
         print(f"benchmark failed: {summary['error']}", file=sys.stderr)
         status = 1
+    during = sampler.stop()
+    costs.append(bench_floor.signature_costs())
+    for line in bench_floor.annotate_summary(summary, bench_floor.merge_costs(*costs), args.verify, during) + bench_floor.compare_relays(summary):
+        print(line)
     if "router" in summary:
         main_r = summary["router"]
         ratio = main_r["throughput_per_s"] / summary["relay"]["throughput_per_s"] if "relay" in summary and summary["relay"]["throughput_per_s"] else None
@@ -428,9 +514,11 @@ def run(args: argparse.Namespace) -> int:
         summary["verdicts"] = [{"check": c, "pass": p, "measured": m} for c, p, m in rows]
         if ratio is not None:
             print(f"router / relay throughput: {ratio:.2f}")
-        for check, ok, measured in rows:
+        goal_rows = bench_floor.goals(summary)
+        summary["goals"] = [{"check": c, "pass": p, "measured": m} for c, p, m in goal_rows]
+        for check, ok, measured in rows + goal_rows:
             print(f"  {'n/a ' if ok is None else ('PASS' if ok else 'FAIL')}  {check:48} {measured}")
-        trials = [summary[k] for k in ("router", "relay", "router_at_1000") if k in summary]
+        trials = [summary[k] for k in ("router", "relay", "relay_picows", "router_at_1000", "router_at_half") if k in summary]
         trials += summary.get("router_sweep", []) + summary.get("relay_sweep", [])
         summary["lost_all_trials"] = sum(t["lost"] for t in trials)
         if summary["lost_all_trials"]:

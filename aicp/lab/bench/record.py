@@ -7,7 +7,8 @@ the ratios with/without. CPU per task is the figure that matters at a load below
 saturation (throughput then equals the offered rate whatever recording costs).
 
 ``aicp bench --state-overhead`` runs the same comparison for ``--state`` (the router's
-lasting state in SQLite, a fresh file per router).
+lasting state in SQLite, a fresh file per router; with ``--state-jetstream`` in JetStream KV
+on a fresh ``nats-server -js`` per router, whose CPU is reported as role ``nats``).
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ def record_overhead(args: argparse.Namespace, pairs: int = 3, feature: str = "re
             tasks = max(1, r["completed"])
             row = {"pair": i, "recording": recording, "throughput_per_s": r["throughput_per_s"], "router_us_per_task": 1e6 * router_cpu / tasks,
                    "p50_ms": r["latency_ms"]["p50"], "p99_ms": r["latency_ms"]["p99"], "lost": r["lost"],
-                   "trace_bytes": trace_path.stat().st_size if trace_path is not None and trace_path.exists() else None}
+                   "trace_bytes": trace_path.stat().st_size if trace_path is not None and trace_path.exists() else None,
+                   "nats_us_per_task": 1e6 * r["cpu"]["nats"]["cpu_s"] / tasks if "nats" in r["cpu"] else None}
             rows.append(row)
+            nats = "" if row["nats_us_per_task"] is None else f" (nats-server {row['nats_us_per_task']:.1f})"
             print(f"  pair {i} {'with   ' if recording else 'without'} {flag}: throughput {row['throughput_per_s']:7.1f}/s  "
-                  f"router {row['router_us_per_task']:6.1f} us/task  p50 {row['p50_ms']:.2f}  p99 {row['p99_ms']:.2f} ms  lost {row['lost']}", flush=True)
+                  f"router {row['router_us_per_task']:6.1f} us/task{nats}  p50 {row['p50_ms']:.2f}  p99 {row['p99_ms']:.2f} ms  lost {row['lost']}", flush=True)
 
     def median(recording: bool, key: str) -> float:
         return statistics.median(r[key] for r in rows if r["recording"] is recording)

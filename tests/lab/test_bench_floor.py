@@ -1,0 +1,80 @@
+"""CPU per task by role and the signature floor in ``aicp bench``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aicp.lab.bench import floor
+
+
+def test_the_floor_counts_two_signs_and_four_verifies_on_every_hop_and_two_at_the_edge() -> None:
+    costs = {"sign_us": 20.0, "verify_us": 50.0}
+    assert floor.signature_floor("every-hop", costs)["floor_us"] == 2 * 20.0 + 4 * 50.0
+    assert floor.signature_floor("edge", costs)["floor_us"] == 2 * 20.0 + 2 * 50.0
+
+
+def test_signature_costs_are_positive_and_verify_costs_more_than_sign() -> None:
+    costs = floor.signature_costs(repeat=3, number=200)
+    assert 0.0 < costs["sign_us"] < costs["verify_us"]
+
+
+def test_cpu_per_task_divides_each_role_by_the_completed_tasks() -> None:
+    cpu = {"router": {"cpu_s": 0.3}, "agents": {"cpu_s": 0.2}, "loadgen": {"cpu_s": 0.1}}
+    out = floor.cpu_per_task(cpu, 1000, floor_us=300.0)
+    assert out["by_role_us"] == pytest.approx({"router": 300.0, "agents": 200.0, "loadgen": 100.0})
+    assert out["total_us"] == pytest.approx(600.0) and out["ratio_to_floor"] == pytest.approx(2.0)
+    assert floor.cpu_per_task(cpu, 0) == {"completed": 0}
+    assert "2.00x the signature floor" in floor.format_cpu("router", out)
+
+
+def test_merge_costs_keeps_the_least_disturbed_measurement() -> None:
+    assert floor.merge_costs({"sign_us": 30.0, "verify_us": 80.0}, {"sign_us": 25.0, "verify_us": 90.0}) == {"sign_us": 25.0, "verify_us": 80.0}
+
+
+def test_annotate_summary_holds_the_relay_to_the_every_hop_floor() -> None:
+    trial = {"cpu": {"router": {"cpu_s": 1.0}}, "completed": 1000}
+    summary = {"router": dict(trial), "relay": {"cpu": {"relay": {"cpu_s": 1.0}}, "completed": 1000}}
+    lines = floor.annotate_summary(summary, {"sign_us": 10.0, "verify_us": 20.0}, "edge")
+    assert summary["signature_floor"]["floor_us"] == 60.0
+    assert summary["router"]["cpu_per_task"]["floor_us"] == 60.0
+    assert summary["relay"]["cpu_per_task"]["floor_us"] == 100.0
+    assert len(lines) == 3 and lines[0].startswith("signature floor")
+
+
+@pytest.mark.live
+@pytest.mark.slow
+def test_a_short_live_bench_reports_cpu_per_task_for_every_role(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "aicp", "bench", "--duration", "1", "--warmup", "0.5", "--agents", "2", "--agent-procs", "1",
+           "--concurrency", "8", "--out", str(tmp_path), "--json", str(tmp_path / "s.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    per_task = summary["router"]["cpu_per_task"]
+    assert set(per_task["by_role_us"]) == {"router", "agents", "loadgen"}
+    assert all(us > 0 for us in per_task["by_role_us"].values())
+    assert per_task["ratio_to_floor"] == pytest.approx(per_task["total_us"] / summary["signature_floor"]["floor_us"])
+    assert "x the signature floor" in proc.stdout
+
+
+def test_goals_judge_the_ratio_the_relay_and_the_half_capacity_latency() -> None:
+    summary = {"router": {"cpu_per_task": {"ratio_to_floor": 1.4}}, "relay_ratio": 0.9,
+               "router_at_half": {"latency_ms": {"p99": 12.0}, "offered_rate_per_s": 1500.0}}
+    rows = {check.split(":")[1].strip()[:10]: ok for check, ok, _ in floor.goals(summary)}
+    assert list(rows.values()) == [True, False, False]
+    empty = floor.goals({})
+    assert [ok for _, ok, _ in empty] == [None, None]
+
+
+def test_the_verify_pool_bench_completes_every_task_inline_and_on_threads() -> None:
+    import asyncio
+
+    from aicp.lab.bench import verify_pool
+
+    for threads in (0, 2):
+        cpu_us, wall_us = asyncio.run(verify_pool.one_round(threads, 200))
+        assert cpu_us > 0 and wall_us > 0

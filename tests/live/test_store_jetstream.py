@@ -1,0 +1,307 @@
+"""Issue 14 item 5, cluster mode: the router's lasting state in JetStream KV on a real ``nats-server -js``.
+
+* ``JetStreamStore`` itself: what it writes comes back at the next connect (ids with
+  any characters), expired entries do not, and a binding another store created first
+  wins (``learn`` gets it; ``conflicts`` counts it);
+* a router process with ``--state nats://...``, killed (SIGKILL) and started again:
+  another key for a bound id is refused, a resubmitted task id gets its stored outcome
+  verbatim and runs 0 times, a replayed heartbeat is a duplicate;
+* two router processes sharing the buckets: an id bound at router A is refused with
+  another key at router B.
+
+The nats-server runs on a free port of 127.0.0.1 with a temporary store directory and
+is killed by PID after each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from live_helpers import Proc, agent, challenged, error_and_close, metric_samples, router_url, run
+from nats_helpers import JetStreamServer
+from test_state_live import FrameKeepingController
+
+from aicp import errors
+from aicp.lab.bench.live import free_port
+from aicp.live.store_jetstream import JetStreamStore, kv_token
+from aicp.messages import Error, decode_body, decode_frame
+from aicp.peer import PeerSession
+from aicp.protocol import task_key
+from aicp.signing import Identity
+from aicp.state import Binding, Seen, StoredOutcome
+
+pytest.importorskip("nats")
+pytestmark = [pytest.mark.live]
+
+
+@pytest.fixture
+def jetstream(tmp_path: Path) -> Iterator[JetStreamServer]:
+    server = JetStreamServer(free_port(), tmp_path / "js")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def _stored(url: str, bucket: str, key: str, what: str, timeout: float = 10.0) -> None:
+    """Wait until ``key`` is in ``bucket`` (read with a client of its own, as an operator would)."""
+    import nats
+    from nats.js.errors import KeyNotFoundError
+
+    nc = await nats.connect(url)
+    try:
+        kv = await nc.jetstream().key_value(bucket)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await kv.get(key)
+                return
+            except KeyNotFoundError:
+                assert time.monotonic() < deadline, f"{what} never reached {bucket}"
+                await asyncio.sleep(0.02)
+    finally:
+        await nc.close()
+
+
+# ---------------------------------------------------------------------------- the store alone
+
+
+def test_records_come_back_at_the_next_connect_and_expired_ones_do_not(jetstream: JetStreamServer) -> None:
+    now = time.time()
+    weird = "agent with spaces/é.*>"  # not a valid KV key as it is
+    records = [
+        Binding(weird, Identity.generate().public_key_text, "agent"),
+        Seen(weird, "m-1", now + 60, task=True),
+        Seen("ctl", "m.2", now + 60),
+        StoredOutcome(task_key("ctl", "t 1"), b'{"signed":"bytes"}', now + 60, b"\x01fp", ("a1", "a2")),
+    ]
+    short = Seen("ctl", "short", now + 0.5)
+
+    async def main() -> None:
+        store = await JetStreamStore.connect(jetstream.url, prefix="t")
+        assert store.snapshot.bindings == store.snapshot.seen == store.snapshot.outcomes == []
+        store.start(asyncio.get_running_loop())
+        for r in [*records, short]:
+            if isinstance(r, Binding):
+                store.bind(r)
+            elif isinstance(r, Seen):
+                store.seen(r)
+            else:
+                store.outcome(r)
+        await store.aclose()
+        assert store.written == 5 and store.errors == store.dropped == 0
+        await asyncio.sleep(2.2)  # the short one's TTL (1 s, rounded up) runs out; the others have 60 s
+        again = await JetStreamStore.connect(jetstream.url, prefix="t")
+        try:
+            snap = again.snapshot
+            assert snap.bindings == [records[0]]
+            assert sorted(snap.seen, key=lambda s: s.msg_id) == [records[1], records[2]]
+            assert snap.outcomes == [records[3]]
+        finally:
+            await again.aclose()
+
+    run(main(), timeout=30)
+
+
+def test_the_first_binding_stored_wins_and_the_other_store_learns_it(jetstream: JetStreamServer) -> None:
+    first, second = Identity.generate().public_key_text, Identity.generate().public_key_text
+
+    async def main() -> None:
+        a = await JetStreamStore.connect(jetstream.url)
+        b = await JetStreamStore.connect(jetstream.url)
+        learned_a: list[Binding] = []
+        learned_b: list[Binding] = []
+        loop = asyncio.get_running_loop()
+        a.start(loop, learn=learned_a.append)
+        b.start(loop, learn=learned_b.append)
+        try:
+            a.bind(Binding("x", first, "agent"))
+            await _stored(jetstream.url, "aicp_bindings", kv_token("x"), "a's binding")
+            b.bind(Binding("x", second, "agent"))  # b bound it locally before it heard of a's
+            deadline = time.monotonic() + 10
+            while b.conflicts == 0:
+                assert time.monotonic() < deadline, "b's create was not refused"
+                await asyncio.sleep(0.02)
+            assert Binding("x", first, "agent") in learned_b
+            assert Binding("x", second, "agent") not in learned_a + learned_b  # never stored
+            assert a.conflicts == 0
+        finally:
+            await a.aclose()
+            await b.aclose()
+        c = await JetStreamStore.connect(jetstream.url)
+        try:
+            assert c.snapshot.bindings == [Binding("x", first, "agent")]
+        finally:
+            await c.aclose()
+
+    run(main(), timeout=30)
+
+
+def test_no_jetstream_at_the_url_is_a_clear_error(procs: Callable[..., Proc]) -> None:
+    router = procs("-m", "aicp.server", "--port", "0", "--state", f"nats://127.0.0.1:{free_port()}")
+    assert router.popen.wait(timeout=30) == 2
+    router.wait_for_line(r"error: cannot reach the state server nats://127\.0\.0\.1:\d+", timeout=5)
+
+
+# ---------------------------------------------------------------------------- router processes
+
+
+def _router(procs: Callable[..., Proc], port: int, jetstream: JetStreamServer, key: Path) -> Proc:
+    return procs("-m", "aicp.server", "--port", str(port), "--state", jetstream.url, "--key", str(key), "--log-level", "WARNING", "--drain-timeout", "0.5")
+
+
+def test_a_router_on_jetstream_keeps_its_word_after_a_sigkill(procs: Callable[..., Proc], jetstream: JetStreamServer, tmp_path: Path) -> None:
+    port = free_port()
+    worker_key, ctl_key, beater_key = Identity.generate(), Identity.generate(), Identity.generate()
+    runs: list[int] = []
+
+    def work(x: int) -> dict[str, int]:
+        runs.append(x)
+        return {"echo": x}
+
+    async def main() -> None:
+        first = _router(procs, port, jetstream, tmp_path / "router.key")
+        url = await asyncio.to_thread(router_url, first)
+        async with agent(url, "worker", {"work": work}, identity=worker_key):
+            ctl = FrameKeepingController(url, "ctl", identity=ctl_key)
+            async with ctl:
+                assert (await ctl.submit("work", 7, timeout=10, task_id="t-kept")) == {"echo": 7}
+            stored = ctl.frames["t-kept"][0]
+            beater = PeerSession(beater_key, "beater", "agent", ["work"])
+            async with await challenged(url, beater) as ws:
+                await ws.send(beater.register_frame(time.time()), text=True)
+                beater.receive(await ws.recv(decode=False), time.time())
+                beat = beater.heartbeat_frame(time.time())
+                await ws.send(beat, text=True)
+            beat_id = decode_body(decode_frame(beat).body).id
+            await _stored(jetstream.url, "aicp_bindings", kv_token("worker"), "the worker's binding")
+            await _stored(jetstream.url, "aicp_outcomes", kv_token(task_key("ctl", "t-kept")), "the outcome")
+            await _stored(jetstream.url, "aicp_seen", f"{kv_token('beater')}.{kv_token(beat_id)}", "the heartbeat's id")
+        first.kill(signal.SIGKILL)
+        assert await asyncio.to_thread(first.popen.wait, 15) == -signal.SIGKILL
+
+        second = _router(procs, port, jetstream, tmp_path / "router.key")
+        url = await asyncio.to_thread(router_url, second)
+        # 1. the worker's id with another key: refused
+        thief = PeerSession(Identity.generate(), "worker", "agent", ["work"])
+        ws = await challenged(url, thief)
+        await ws.send(thief.register_frame(time.time()), text=True)
+        assert await error_and_close(ws, thief) == (errors.KEY_MISMATCH, 1008)
+        # 2. the task id resubmitted: the stored outcome verbatim, run 0 more times
+        async with agent(url, "worker", {"work": work}, identity=worker_key):
+            ctl = FrameKeepingController(url, "ctl", identity=ctl_key)
+            async with ctl:
+                assert (await ctl.submit("work", 7, timeout=10, task_id="t-kept")) == {"echo": 7}
+                assert ctl.frames["t-kept"] == [stored]
+        assert runs == [7]
+        # 3. the captured heartbeat again, verbatim: a duplicate
+        beater = PeerSession(beater_key, "beater", "agent", ["work"])
+        async with await challenged(url, beater) as ws:
+            await ws.send(beater.register_frame(time.time()), text=True)
+            beater.receive(await ws.recv(decode=False), time.time())
+            await ws.send(beat, text=True)
+            refusal = beater.receive(await ws.recv(decode=False), time.time()).body
+            assert isinstance(refusal, Error) and refusal.code == errors.DUPLICATE
+        samples = await asyncio.to_thread(metric_samples, url)
+        assert samples[("aicp_tasks_submitted_total", ())] == 0  # t-kept came from the store
+        assert samples[("aicp_state_write_errors_total", ())] == 0
+
+    run(main(), timeout=90)
+
+
+def test_an_id_bound_at_router_a_is_refused_with_another_key_at_router_b(procs: Callable[..., Proc], jetstream: JetStreamServer, tmp_path: Path) -> None:
+    owner = Identity.generate()
+
+    async def main() -> None:
+        a = _router(procs, free_port(), jetstream, tmp_path / "a.key")
+        b = _router(procs, free_port(), jetstream, tmp_path / "b.key")
+        url_a, url_b = await asyncio.gather(asyncio.to_thread(router_url, a), asyncio.to_thread(router_url, b))
+        async with agent(url_a, "worker", {"work": lambda x: x}, identity=owner):
+            await _stored(jetstream.url, "aicp_bindings", kv_token("worker"), "the worker's binding at A")
+            deadline = time.monotonic() + 10
+            while True:  # B learns it through its watch on the bucket, a round trip after the write
+                thief = PeerSession(Identity.generate(), "worker", "agent", ["work"])
+                ws = await challenged(url_b, thief)
+                await ws.send(thief.register_frame(time.time()), text=True)
+                try:
+                    reply = thief.receive(await ws.recv(decode=False), time.time()).body
+                finally:
+                    await ws.close()
+                if isinstance(reply, Error):
+                    assert reply.code == errors.KEY_MISMATCH
+                    break
+                assert time.monotonic() < deadline, "router B never learned the binding made at A"
+                await asyncio.sleep(0.05)
+        # the owner's key is accepted at B
+        async with agent(url_b, "worker", {"work": lambda x: x}, identity=owner):
+            pass
+        samples = await asyncio.to_thread(metric_samples, url_b)
+        assert samples[("aicp_rejections_total", (("code", errors.KEY_MISMATCH),))] >= 1
+
+    run(main(), timeout=60)
+
+
+def test_after_the_server_restarts_records_are_written_and_bindings_still_learned(jetstream: JetStreamServer) -> None:
+    owner = Identity.generate().public_key_text
+
+    async def main() -> None:
+        a = await JetStreamStore.connect(jetstream.url)
+        b = await JetStreamStore.connect(jetstream.url)
+        learned_b: list[Binding] = []
+        loop = asyncio.get_running_loop()
+        a.start(loop)
+        b.start(loop, learn=learned_b.append)
+        try:
+            await asyncio.to_thread(jetstream.stop)
+            await asyncio.to_thread(jetstream.start)  # same port, same store directory
+            deadline = time.monotonic() + 20
+            while not a.nc.is_connected or not b.nc.is_connected:
+                assert time.monotonic() < deadline, "the stores did not reconnect"
+                await asyncio.sleep(0.05)
+            a.bind(Binding("late", owner, "agent"))
+            a.seen(Seen("late", "m", time.time() + 60))
+            await _stored(jetstream.url, "aicp_bindings", kv_token("late"), "the binding made after the restart", timeout=20)
+            await _stored(jetstream.url, "aicp_seen", f"{kv_token('late')}.{kv_token('m')}", "the id seen after the restart", timeout=20)
+            while Binding("late", owner, "agent") not in learned_b:
+                assert time.monotonic() < deadline, "b's watch did not resume after the server restart"
+                await asyncio.sleep(0.05)
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    run(main(), timeout=60)
+
+
+def test_a_server_without_jetstream_or_with_foreign_entries_stops_the_router(procs: Callable[..., Proc], jetstream: JetStreamServer, tmp_path: Path) -> None:
+    async def put_garbage() -> None:
+        import nats
+
+        store = await JetStreamStore.connect(jetstream.url, prefix="bad")  # creates the buckets
+        await store.aclose()
+        nc = await nats.connect(jetstream.url)
+        try:
+            kv = await nc.jetstream().key_value("bad_bindings")
+            await kv.put("eA", b"not msgpack of a binding \xff")
+        finally:
+            await nc.close()
+
+    run(put_garbage(), timeout=20)
+    router = procs("-m", "aicp.server", "--port", "0", "--state", jetstream.url, "--state-bucket", "bad", "--key", str(tmp_path / "r.key"))
+    assert router.popen.wait(timeout=30) == 2
+    router.wait_for_line(r"error: state buckets bad_\* at nats://.* hold an entry that is not AICP state", timeout=5)
+    assert "listening" not in router.output()
+
+    plain = JetStreamServer(free_port(), tmp_path / "plain", jetstream=False)
+    plain.start()
+    try:
+        router = procs("-m", "aicp.server", "--port", "0", "--state", plain.url, "--key", str(tmp_path / "r.key"))
+        assert router.popen.wait(timeout=30) == 2
+        router.wait_for_line(r"error: cannot read the state buckets aicp_\* at nats://.*\(is JetStream on\? nats-server -js\)", timeout=5)
+    finally:
+        plain.stop()
