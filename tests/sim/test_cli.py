@@ -111,3 +111,23 @@ def test_bench_sim_small(capsys: pytest.CaptureFixture[str]) -> None:
         "mm100", {"mm_tasks": 3000, "seed": 1, "scenarios": str(SCENARIOS), "strategy": "round_robin", "scale_tasks": 0}
     )
     assert figures["tasks"] == 3000 and figures["ciw"]["tasks"] == 3000 and figures["ratio"] > 0 and figures["lost"] == 0
+
+
+def test_bench_sim_jsq_against_bare_simpy() -> None:
+    from aicp.lab.bench import sim as bench
+    from aicp.lab.bench import simpy_jsq
+
+    s = bench.jsq100_scenario(3000)
+    assert s.agents[0].count == 100 and s.agents[0].concurrency == 1 and s.strategies == ["least_loaded"]
+    figures = bench._case(
+        "jsq100",
+        {"mm_tasks": 3000, "seed": 1, "scenarios": str(SCENARIOS), "strategy": "round_robin", "scale_tasks": 0, "repeat": 2},
+    )
+    assert figures["tasks"] == 3000 and figures["simpy"]["tasks"] == 3000 and figures["lost"] == 0
+    assert len(figures["ratios"]) == 2 and min(figures["ratios"]) <= figures["ratio"] <= max(figures["ratios"])
+    # the same queue: both means near JSQ's ~105 ms at rho 0.9 (light load would give ~100 ms, no queue)
+    assert 95.0 < figures["simpy"]["mean_ms"] < 130.0 and 95.0 < figures["mean_ms"] < 130.0, figures
+    # the bare model really joins the shortest queue: at rho 0.99 it stays near the service time,
+    # where random assignment (M/M/1 per server) would average 100 / (1 - 0.99) = 10 s
+    heavy = simpy_jsq.run(20000, servers=100, rate_per_s=990.0, mean_service_s=0.1, seed=3)
+    assert heavy.mean_s < 0.5, heavy
