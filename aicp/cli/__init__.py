@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("aicp.cli.compare", "compare all strategies of a scenario with 95%% confidence intervals"),
     "sweep": ("aicp.cli.sweep", "run a parameter grid of a scenario in parallel"),
     "bench": ("aicp.lab.bench.live", "benchmark the live router with real processes"),
+    "calibrate": ("aicp.lab.calibrate", "measure the live stack's costs for the simulator; --grid: simulator against live, side by side"),
     "bench-core": ("aicp.lab.bench.core", "micro-benchmark the core against raw library calls"),
     "bench-fleet": ("aicp.lab.bench.fleet", "the live router with fleets of very different sizes (e.g. 8 and 10,000 agents) in one run"),
     "bench-sim": ("aicp.lab.bench.sim", "simulator speed: tasks per wall-clock second, and Ciw on M/M/100"),

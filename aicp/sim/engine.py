@@ -25,6 +25,7 @@ from simpy.events import Timeout
 from aicp import errors, signing
 from aicp.router import Action, AgentDown, Completed, Dispatch, Failed, Router, RouterConfig
 from aicp.sim import faults as fault_mod
+from aicp.sim import stack as stack_mod
 from aicp.sim.agents import SimAgent
 from aicp.sim.distributions import Blocks, seconds
 from aicp.sim.lifecycle import Lifecycle
@@ -35,7 +36,7 @@ from aicp.sim.streams import Stream, TraceStream
 from aicp.sim.workload import arrival_times, expected_count, read_trace
 
 # child streams of a replication's SeedSequence
-_S_ROUTER, _S_ARRIVAL, _S_SERVICE, _S_NETWORK, _S_UNIFORM, _S_FAULTS, _S_KEYS = range(7)
+_S_ROUTER, _S_ARRIVAL, _S_SERVICE, _S_NETWORK, _S_UNIFORM, _S_FAULTS, _S_KEYS, _S_STACK = range(8)
 
 
 def child_seed(ss: np.random.SeedSequence, *key: int) -> np.random.SeedSequence:
@@ -89,14 +90,20 @@ class Simulation:
         lat = s.network.latency
         instant = isinstance(lat, ConstantDist | ExponentialDist | LognormalDist) and lat.mean_ms == 0.0
         latency = seconds(lat, np.random.default_rng(child_seed(seed, _S_NETWORK)), s)
+        # the live stack's measured costs (aicp/sim/stack.py), only when the scenario names a calibration
+        self.stack = stack_mod.model(s, np.random.default_rng(child_seed(seed, _S_STACK))) if s.calibration else None
+        if self.stack is not None:
+            latency, instant, self.verify_s = self.stack.hop(latency), False, 0.0
         self.link = Link(env, latency, s.network.loss, self.uniform, instant)
         self.methods: list[str] = [w.method for w in s.workload]
         self._method_ids = {m: i for i, m in reversed(list(enumerate(self.methods)))}
         self.agents: list[SimAgent] = []
-        cost = (s.verify_cost_us + s.sign_cost_us) / 1e6
+        cost = (s.verify_cost_us + s.sign_cost_us) / 1e6 if self.stack is None else self.stack.slot_s
         key_rng = np.random.default_rng(child_seed(seed, _S_KEYS))
         for g, group in enumerate(s.agents):
             service = seconds(group.service_time, np.random.default_rng(child_seed(seed, _S_SERVICE, g)), s)
+            if self.stack is not None:
+                service = self.stack.service(service)
             prefix = group.name or f"g{g}"
             for i in range(group.count):
                 ident = signing.Identity(key_rng.bytes(32)) if self.real_signing else None
@@ -234,7 +241,8 @@ class Simulation:
     def submit(self, method: int, timeout_s: float | None, service_s: float | None) -> None:
         now = self.env.now
         rec = self.records
-        i = rec.add(now, method)
+        # with a calibration, the time outside the router (load generator, its hops) counts from an earlier start
+        i = rec.add(now if self.stack is None else now - self.stack.client(), method)
         self.submitted = rec.n
         if service_s is not None:
             self.fixed_service[i] = service_s

@@ -171,6 +171,12 @@ class Workload(_Strict):
     timeout_ms: Pos | None = None  # the task's overall deadline; None = router deadline_ms
 
 
+class CalibrationSection(_Strict):
+    """The live stack's measured costs (``aicp calibrate``; aicp/sim/stack.py); path relative to the scenario."""
+
+    file: str
+
+
 class RouterSection(_Strict):
     timeout_ms: Pos = 5000.0  # one attempt's limit
     deadline_ms: Pos = 30000.0  # a task's overall limit when its workload names none
@@ -226,6 +232,7 @@ class Scenario(_Strict):
     router: RouterSection = msgspec.field(default_factory=RouterSection)
     faults: list[Fault] = msgspec.field(default_factory=list)
     routers: Annotated[list[Routers], Meta(max_length=1)] = []  # [[routers]] count = N: a cluster (aicp.sim.cluster)
+    calibration: CalibrationSection | None = None  # None: an ideal stack (no live costs modeled)
     base_dir: str = "."  # where relative file names resolve; set from the file's folder
 
     def agent_ids(self) -> list[str]:
@@ -334,6 +341,8 @@ def check(s: Scenario, source: str) -> None:
         for name in _files_of(g.service_time):
             if not s.resolve(name).is_file():
                 raise ScenarioError(f"{source}: agents[{i}].service_time.file: {s.resolve(name)} does not exist")
+    if s.calibration is not None and not s.resolve(s.calibration.file).is_file():
+        raise ScenarioError(f"{source}: calibration.file: {s.resolve(s.calibration.file)} does not exist")
     ids = set(s.agent_ids())
     if len(ids) != sum(g.count for g in s.agents):
         raise ScenarioError(f"{source}: agents: two groups produce the same agent ids; give them distinct names")

@@ -1,0 +1,578 @@
+"""``aicp calibrate``: measure the live stack's own costs, and check the simulator against live runs.
+
+``aicp calibrate [--out FILE]`` starts a router that records a trace
+(docs/TRACE.md), 8 agents whose synthetic handler sleeps a constant 1 ms, and one
+load generator at 100, 400 and 1000 tasks/s in turn (agents at most ~12% busy, so
+most tasks find their agent idle); each rate is a level. Then one agent, 80% busy,
+for what holds a busy slot. From the traces and the load generator's samples it
+takes, per task (aicp/sim/stack.py says how each is used):
+
+* ``wake_ms``: the agent's signed ``service_ms`` minus the probe's constant service;
+* ``agent_overhead_ms``: router dispatch to router result, minus ``service_ms``
+  (tasks whose agent had nothing in hand);
+* ``client_ms``: the load generator's latency (from the intended send time) minus
+  the router's arrival-to-end time, the k-th task sent matched to the k-th arrival
+  from that load generator (one connection keeps the order);
+* ``slot_ms`` (one figure): the mean, over back-to-back tasks of the busy agent, of the
+  time between their results minus the second's ``service_ms`` (``busy_gaps``).
+
+It writes them as JSON; a scenario names the file with ``[calibration] file = ...``.
+The figures hold for this machine *at the time of the run*: on a shared machine
+rerun it right before comparing.
+
+``aicp calibrate --grid DIR`` calibrates (or takes ``--calibration FILE``), then for
+every scenario file in DIR (one agent group, one Poisson workload) and each of its
+strategies runs the workload live (a fresh router per strategy) and in the
+simulator without and with the calibration, and prints the p50/p99 table side by
+side (also ``grid.csv`` and ``grid.json`` in the run folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import json
+import os
+import platform
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from aicp import trace
+from aicp.lab.bench import live
+from aicp.sim import scenario as sc_mod
+from aicp.sim import stack as stack_mod
+
+PROBE_ID = "calibrate"
+MAX_SAMPLES = 5000
+
+
+# ----------------------------------------------------------------------------- measuring
+def bench_args(**changes: Any) -> argparse.Namespace:
+    """``aicp bench``'s defaults with ``changes`` applied (the orchestration functions read these)."""
+    parser = argparse.ArgumentParser()
+    live.add_arguments(parser)
+    ns = parser.parse_args([])
+    for key, value in changes.items():
+        setattr(ns, key, value)
+    return ns
+
+
+def sign_cost_ms(repeat: int = 2000) -> float:
+    """Median time of one Ed25519 signature over a result-sized body (ms)."""
+    from aicp.signing import Identity
+
+    ident = Identity.generate()
+    body = b"x" * 400
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        ident.sign(body)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000.0)
+
+
+def _thin(values: np.ndarray) -> list[float]:
+    if values.size > MAX_SAMPLES:
+        values = np.random.default_rng(0).choice(values, MAX_SAMPLES, replace=False)
+    return [round(float(v), 4) for v in values]
+
+
+def analyse(trace_path: Path, gen_npz: Path, requester: str, concurrency: int = 1, skip_s: float = 0.5) -> dict[str, np.ndarray]:
+    """Per-task figures of one load generator's tasks, from the router's trace and the generator's samples.
+
+    ``service_ms`` (what the agents signed, every completed task), ``overhead_ms``
+    (dispatch to result minus ``service_ms``, for tasks whose agent had fewer than
+    ``concurrency`` tasks in hand) and ``client_ms`` (the generator's latency minus the
+    router's arrival-to-end time; the k-th task sent is the k-th arrival from
+    ``requester``, since one connection keeps the order).
+    """
+    arrive: dict[str, float] = {}
+    order: list[str] = []
+    first_dispatch: dict[str, tuple[float, str]] = {}
+    reply: dict[str, tuple[float, float | None, str]] = {}
+    end: dict[str, tuple[float, str]] = {}
+    n = len(requester)
+    for ev in trace.parse(trace_path.read_bytes()):
+        if isinstance(ev, trace.Arrive):
+            if ev.task.startswith(requester) and ev.task[n : n + 1] in ("/", "\n"):
+                arrive[ev.task] = ev.t
+                order.append(ev.task)
+        elif isinstance(ev, trace.Dispatch):
+            if ev.attempt == 1:
+                first_dispatch[ev.task] = (ev.t, ev.agent)
+        elif isinstance(ev, trace.Reply):
+            if ev.ok:
+                reply[ev.task] = (ev.t, ev.service_ms, ev.agent)
+        elif isinstance(ev, trace.End):
+            end[ev.task] = (ev.t, ev.outcome)
+    data = np.load(gen_npz)
+    intended, sent, done, outcome = data["intended"], data["sent"], data["done"], data["outcome"]
+    if len(order) != len(intended):
+        raise RuntimeError(f"{trace_path}: {len(order)} arrivals from {requester} but the load generator sent {len(intended)}")
+    measured = {task for k, task in enumerate(order) if intended[k] >= skip_s}
+    service, overhead = [], []
+    in_hand: dict[str, list[float]] = {}  # agent -> result times of its earlier dispatches (a heap)
+    for task in sorted(first_dispatch, key=lambda k: first_dispatch[k][0]):
+        t_d, agent = first_dispatch[task]
+        got = reply.get(task)
+        heap = in_hand.setdefault(agent, [])
+        while heap and heap[0] < t_d:
+            heapq.heappop(heap)
+        idle = len(heap) < concurrency
+        if got is None or got[2] != agent:
+            continue
+        heapq.heappush(heap, got[0])
+        if task not in measured or got[1] is None:
+            continue
+        service.append(got[1])
+        if idle:
+            overhead.append((got[0] - t_d) * 1000.0 - got[1])
+    client: list[float] = []
+    for k, task in enumerate(order):
+        e = end.get(task)
+        if e is None or e[1] != "completed" or outcome[k] != 0 or task not in measured:
+            continue
+        live_ms = (done[k] - max(intended[k], sent[k])) * 1000.0
+        client.append(live_ms - (e[0] - arrive[task]) * 1000.0)
+    return {"service_ms": np.array(service), "overhead_ms": np.array(overhead), "client_ms": np.array(client)}
+
+
+def busy_gaps(trace_path: Path) -> np.ndarray:
+    """What holds a busy agent's slot beyond its signed ``service_ms`` (ms), one figure per back-to-back pair.
+
+    For two consecutive tasks of one agent (concurrency 1) where the second was dispatched
+    before the first's result came back, the time between the two results minus the
+    second's ``service_ms``: signing and sending the first result, and handing the slot
+    over on the agent's event loop. Each figure carries the jitter of two result hops,
+    which cancels in the mean.
+    """
+    dispatch: dict[str, tuple[float, str]] = {}
+    reply: dict[str, tuple[float, float]] = {}
+    for ev in trace.parse(trace_path.read_bytes()):
+        if isinstance(ev, trace.Dispatch) and ev.attempt == 1:
+            dispatch[ev.task] = (ev.t, ev.agent)
+        elif isinstance(ev, trace.Reply) and ev.ok and ev.service_ms is not None:
+            reply[ev.task] = (ev.t, ev.service_ms)
+    by_agent: dict[str, list[tuple[float, float, float]]] = {}
+    for task, (t_d, agent) in dispatch.items():
+        if task in reply:
+            by_agent.setdefault(agent, []).append((reply[task][0], t_d, reply[task][1]))
+    gaps = []
+    for rows in by_agent.values():
+        rows.sort()
+        for (r0, _, _), (r1, d1, s1) in itertools.pairwise(rows):
+            if d1 < r0:
+                gaps.append((r1 - r0) * 1000.0 - s1)
+    return np.array(gaps)
+
+
+def measure(args: argparse.Namespace) -> tuple[stack_mod.Calibration, Path]:
+    """Run the probe at each rate on one router and fleet; return the calibration and its run folder."""
+    run_dir = args.out_dir / (time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rates = [float(r) for r in args.probe_rates.split(",")]
+    trace_path = run_dir / "probe.jsonl"
+    cfg = bench_args(
+        agents=args.agents,
+        agent_procs=min(args.agent_procs, args.agents),
+        agent_concurrency=1,
+        service_time=f"constant:{args.probe_ms:g}",
+        strategy="least_loaded",
+        record=trace_path,
+        seed=args.seed,
+    )
+    print(
+        f"calibrate: {args.agents} agents in {cfg.agent_procs} processes, constant {args.probe_ms:g} ms, "
+        f"{', '.join(f'{r:g}' for r in rates)} tasks/s for {args.duration:g} s each",
+        flush=True,
+    )
+    fleet = live.Fleet(run_dir)
+    results = []
+    try:
+        url = live.start_system(fleet, "router", cfg)
+        for i, rate in enumerate(rates):
+            results.append(
+                live.run_trial(
+                    fleet, url, live.Trial("open", rate=rate, duration=args.duration, warmup=1.0), cfg, f"{PROBE_ID}{i}"
+                )
+            )
+    finally:
+        fleet.stop()  # the router flushes its trace when it stops
+    # a busy agent: one agent, constant service, 80% busy, so most tasks wait for the one before
+    busy_trace = run_dir / "busy.jsonl"
+    busy_rate = 0.8 * 1000.0 / args.busy_ms
+    busy_cfg = bench_args(
+        agents=1,
+        agent_procs=1,
+        agent_concurrency=1,
+        service_time=f"constant:{args.busy_ms:g}",
+        strategy="least_loaded",
+        record=busy_trace,
+        seed=args.seed,
+    )
+    fleet = live.Fleet(run_dir)
+    try:
+        url = live.start_system(fleet, "router", busy_cfg)
+        live.run_trial(
+            fleet, url, live.Trial("open", rate=busy_rate, duration=args.duration, warmup=1.0), busy_cfg, f"{PROBE_ID}-busy"
+        )
+    finally:
+        fleet.stop()
+    gaps = busy_gaps(busy_trace)
+    sign_ms = sign_cost_ms()
+    slot_ms = float(np.clip(gaps.mean(), 0.0, None)) if gaps.size >= 20 else sign_ms
+    levels = []
+    for i, rate in enumerate(rates):
+        got = analyse(trace_path, run_dir / f"{PROBE_ID}{i}-gen0.npz", f"{PROBE_ID}{i}-gen0")
+        lost = results[i]["lost"] + sum(results[i]["errors"].values())
+        if got["overhead_ms"].size < 50 or got["client_ms"].size < 50 or lost:
+            # the stack could not carry this rate here (a loaded machine): a level measured on a collapse would mislead
+            print(
+                f"calibrate: level {rate:g}/s dropped ({got['overhead_ms'].size} idle dispatches, {got['client_ms'].size} outcomes, "
+                f"{lost} failed or lost)",
+                file=sys.stderr,
+            )
+            continue
+        levels.append(
+            stack_mod.Level(
+                rate_per_s=rate,
+                wake_ms=_thin(got["service_ms"] - args.probe_ms),
+                agent_overhead_ms=_thin(got["overhead_ms"]),
+                client_ms=_thin(got["client_ms"]),
+            )
+        )
+    if not levels:
+        raise RuntimeError("no probe rate gave enough clean samples to calibrate")
+    cal = stack_mod.Calibration(
+        v=stack_mod.CALIBRATION_VERSION,
+        timer_ms=args.timer_ms,
+        slot_ms=round(slot_ms, 4),
+        levels=levels,
+        measured={
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": platform.node(),
+            "cpus": os.cpu_count(),
+            "load_avg_1m": os.getloadavg()[0],
+            "probe": {
+                "agents": args.agents,
+                "agent_procs": cfg.agent_procs,
+                "service_ms": args.probe_ms,
+                "rates_per_s": rates,
+                "duration_s": args.duration,
+            },
+            "probe_latency_ms": [r["latency_ms"] for r in results],
+            "busy_probe": {
+                "service_ms": args.busy_ms,
+                "rate_per_s": busy_rate,
+                "pairs": int(gaps.size),
+                "gap_mean_ms": float(gaps.mean()) if gaps.size else None,
+                "gap_p50_ms": float(np.median(gaps)) if gaps.size else None,
+            },
+            "sign_ms": sign_ms,
+            "cpu": [r["cpu"] for r in results],
+            # CPU per task by role (router, agents, load generator), for the record: the levels' costs already include
+            # what sharing the cores does to them at each rate
+            "cpu_ms_per_task": [
+                {role: 1000.0 * v["cpu_s"] / max(1, r["submitted"]) for role, v in r["cpu"].items()} for r in results
+            ],
+        },
+    )
+    return cal, run_dir
+
+
+def write(cal: stack_mod.Calibration, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(cal), indent=1))
+
+
+def describe(cal: stack_mod.Calibration) -> str:
+    lines = [f"timer {cal.timer_ms:g} ms, a busy agent's slot beyond its service {cal.slot_ms:.3f} ms"]
+    for level in cal.levels:
+        s = stack_mod.summary(level)
+        lines.append(
+            f"  at {level.rate_per_s:6g}/s: wake mean {s['wake_mean_ms']:.3f} (p50 {s['wake_p50_ms']:.3f}) ms; agent round trip mean "
+            f"{s['agent_overhead_mean_ms']:.3f} (p50 {s['agent_overhead_p50_ms']:.3f}) ms; client mean {s['client_mean_ms']:.3f} "
+            f"(p50 {s['client_p50_ms']:.3f}) ms"
+        )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the grid
+def live_args_for(scenario: sc_mod.Scenario, path: Path, strategy: str, args: argparse.Namespace) -> argparse.Namespace:
+    """Bench settings that reproduce a one-group, one-Poisson-workload scenario; anything else is refused."""
+    if len(scenario.agents) != 1 or len(scenario.workload) != 1:
+        raise SystemExit(f"{path}: the grid takes one agent group and one workload")
+    group, work = scenario.agents[0], scenario.workload[0]
+    if not isinstance(work.arrival, sc_mod.PoissonArrival):
+        raise SystemExit(f"{path}: the grid takes Poisson arrivals")
+    dist = group.service_time
+    if isinstance(dist, sc_mod.LognormalDist) and dist.sigma != 0.5:
+        raise SystemExit(f"{path}: live agents draw lognormal service with sigma 0.5, the file says {dist.sigma}")
+    if not isinstance(dist, sc_mod.ConstantDist | sc_mod.ExponentialDist | sc_mod.LognormalDist):
+        raise SystemExit(f"{path}: live agents support constant, exponential and lognormal service")
+    if scenario.faults or group.fail_prob or scenario.network.loss:
+        raise SystemExit(f"{path}: the grid runs no faults, failures or loss")
+    tag = type(dist).__struct_config__.tag
+    return bench_args(
+        agents=group.count,
+        agent_procs=min(args.agent_procs, group.count),
+        agent_concurrency=group.concurrency,
+        service_time=f"{tag}:{dist.mean_ms / group.speed:g}",
+        rate=work.arrival.rate_per_s,
+        strategy=strategy,
+        # enough samples for a p99 (at least args.live_samples), within [live_duration, 3 x live_duration]
+        duration=min(3.0 * args.live_duration, max(args.live_duration, args.live_samples / work.arrival.rate_per_s)),
+        warmup=args.live_warmup,
+        seed=args.seed,
+        task_timeout=5.0,  # an overloaded live run (a loaded machine) ends sooner
+    )
+
+
+def overloaded(result: dict[str, Any], rate: float) -> bool:
+    """The live stack did not carry the offered load: errors, lost tasks, or throughput under 90% of it."""
+    return bool(result["errors"]) or result["lost"] > 0 or result["throughput_per_s"] < 0.9 * rate
+
+
+def run_live(cfg: argparse.Namespace, run_dir: Path, tag: str, nominal_ms: float) -> dict[str, Any]:
+    """One live run with a recorded trace; adds the stack's costs as measured in this very run (``stack``)."""
+    cfg.record = run_dir / f"{tag}.jsonl"
+    fleet = live.Fleet(run_dir)
+    try:
+        url = live.start_system(fleet, "router", cfg)
+        result = live.run_trial(fleet, url, live.Trial("open", rate=cfg.rate, duration=cfg.duration, warmup=cfg.warmup), cfg, tag)
+    finally:
+        fleet.stop()
+    got = analyse(cfg.record, run_dir / f"{tag}-gen0.npz", f"{tag}-gen0", cfg.agent_concurrency, cfg.warmup)
+    result["stack"] = {
+        "wake_mean_ms": float(got["service_ms"].mean() - nominal_ms) if got["service_ms"].size else float("nan"),
+        "agent_overhead_mean_ms": float(got["overhead_ms"].mean()) if got["overhead_ms"].size else float("nan"),
+        "client_mean_ms": float(got["client_ms"].mean()) if got["client_ms"].size else float("nan"),
+        "idle_dispatches": int(got["overhead_ms"].size),
+    }
+    result["samples"] = got
+    return result
+
+
+def in_run_calibration(
+    cal: stack_mod.Calibration, live_result: dict[str, Any], rate: float, concurrency: int, trace_path: Path
+) -> stack_mod.Calibration:
+    """A calibration from the costs measured inside one live run (a check of the model, not a prediction).
+
+    The agent round trip and the client's time are the run's own samples; the slot
+    figure is the run's back-to-back gap (concurrency 1); the wake-up keeps the
+    calibration's shape at this rate, moved to the run's mean (a run's per-task draws
+    are unknown, only their mean). Anything the run has too few samples of stays as
+    calibrated.
+    """
+    got, measured = live_result["samples"], live_result["stack"]
+    low, high, w = stack_mod.bracket(cal.levels, rate)
+    near = high if w >= 0.5 else low
+    wake = np.asarray(near.wake_ms)
+    if np.isfinite(measured["wake_mean_ms"]):
+        wake = wake + (measured["wake_mean_ms"] - float(wake.mean()))
+    overhead = got["overhead_ms"] if got["overhead_ms"].size >= 20 else np.asarray(near.agent_overhead_ms)
+    client = got["client_ms"] if got["client_ms"].size >= 20 else np.asarray(near.client_ms)
+    gaps = busy_gaps(trace_path) if concurrency == 1 else np.array([])
+    slot = float(np.clip(gaps.mean(), 0.0, None)) if gaps.size >= 20 else cal.slot_ms
+    level = stack_mod.Level(rate_per_s=rate, wake_ms=_thin(wake), agent_overhead_ms=_thin(overhead), client_ms=_thin(client))
+    return stack_mod.Calibration(
+        v=cal.v, timer_ms=cal.timer_ms, slot_ms=round(slot, 4), levels=[level], measured={"from_run": str(trace_path)}
+    )
+
+
+def expected_stack(cal: stack_mod.Calibration, rate: float) -> dict[str, float]:
+    """The calibration's mean costs at ``rate`` (the mixture the simulator draws from)."""
+    low, high, w = stack_mod.bracket(cal.levels, rate)
+    lo, hi = stack_mod.summary(low), stack_mod.summary(high)
+    return {k: (1 - w) * lo[k] + w * hi[k] for k in ("wake_mean_ms", "agent_overhead_mean_ms", "client_mean_ms")}
+
+
+def run_sim(scenario: sc_mod.Scenario, strategy: str, calibration: Path | None) -> dict[str, float]:
+    """Mean over the scenario's replications of each replication's p50 and p99 (as ``aicp sim`` reports them)."""
+    from aicp.sim.engine import Simulation
+    from aicp.sim.runner import replication_seed
+
+    data = sc_mod.to_data(scenario)
+    data["calibration"] = None if calibration is None else {"file": str(calibration.resolve())}
+    sc = sc_mod.from_data(data, scenario.name)
+    p50, p99, util = [], [], []
+    for k in range(sc.replications):
+        summary = Simulation(sc, strategy, replication_seed(sc.seed, k)).run().summary
+        p50.append(summary["latency_ms"]["p50"])
+        p99.append(summary["latency_ms"]["p99"])
+        util.append(summary["utilisation"]["mean"])
+    return {"p50": float(np.mean(p50)), "p99": float(np.mean(p99)), "utilisation": float(np.mean(util))}
+
+
+def _err(pred: float, live_v: float) -> str:
+    return f"{100.0 * (pred - live_v) / live_v:+.0f}%" if live_v > 0 else "n/a"
+
+
+def grid(args: argparse.Namespace) -> int:
+    files = sorted(args.grid.glob("*.toml")) if args.grid.is_dir() else [args.grid]
+    if not files:
+        raise SystemExit(f"{args.grid}: no scenario files")
+    scenarios = [(f, sc_mod.load(f)) for f in files]
+    t0 = time.monotonic()
+    if args.calibration is not None:
+        cal_path = args.calibration
+        cal = stack_mod.load(cal_path)
+        run_dir = args.out_dir / (time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-grid")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        cal, run_dir = measure(args)
+        cal_path = run_dir / "calibration.json"
+        write(cal, cal_path)
+    print(f"calibration {cal_path}: {describe(cal)}", flush=True)
+    rows: list[dict[str, Any]] = []
+    header = (
+        f"{'workload':22} {'strategy':13} {'util':>5} | {'live p50':>8} {'sim':>6} {'err':>5} {'cal':>6} {'err':>5} | "
+        f"{'live p99':>8} {'sim':>6} {'err':>5} {'cal':>6} {'err':>5}"
+    )
+    print(header + "\n" + "-" * len(header), flush=True)
+    for path, scenario in scenarios:
+        for strategy in scenario.strategies:
+            cfg = live_args_for(scenario, path, strategy, args)
+            dist = scenario.agents[0].service_time
+            lv = run_live(cfg, run_dir, f"{scenario.name}-{strategy}", dist.mean_ms / scenario.agents[0].speed)  # type: ignore[union-attr]
+            plain = run_sim(scenario, strategy, None)
+            withcal = run_sim(scenario, strategy, cal_path)
+            run_cal_path = run_dir / f"{scenario.name}-{strategy}-in-run-calibration.json"
+            write(in_run_calibration(cal, lv, cfg.rate, cfg.agent_concurrency, cfg.record), run_cal_path)
+            inrun = run_sim(scenario, strategy, run_cal_path)
+            lat = lv["latency_ms"]
+            row = {
+                "workload": scenario.name,
+                "file": str(path),
+                "strategy": strategy,
+                "sim_utilisation": plain["utilisation"],
+                "live_p50": lat["p50"],
+                "sim_p50": plain["p50"],
+                "cal_p50": withcal["p50"],
+                "live_p99": lat["p99"],
+                "sim_p99": plain["p99"],
+                "cal_p99": withcal["p99"],
+                "inrun_p50": inrun["p50"],
+                "inrun_p99": inrun["p99"],
+                "live_samples": lat["samples"],
+                "live_errors": lv["errors"],
+                "live_lost": lv["lost"],
+                "live_cpu": lv["cpu"],
+                "live_throughput_per_s": lv["throughput_per_s"],
+                "stack_live": lv["stack"],
+                "stack_calibrated": expected_stack(cal, cfg.rate),
+                "live_overloaded": overloaded(lv, cfg.rate),
+            }
+            rows.append(row)
+            print(
+                f"{scenario.name:22} {strategy:13} {plain['utilisation']:5.2f} | {lat['p50']:8.2f} {plain['p50']:6.2f} {_err(plain['p50'], lat['p50']):>5} "
+                f"{withcal['p50']:6.2f} {_err(withcal['p50'], lat['p50']):>5} | {lat['p99']:8.2f} {plain['p99']:6.2f} {_err(plain['p99'], lat['p99']):>5} "
+                f"{withcal['p99']:6.2f} {_err(withcal['p99'], lat['p99']):>5}"
+                + ("  LIVE OVERLOADED" if row["live_overloaded"] else ""),
+                flush=True,
+            )
+    print(
+        "\nthe stack's costs, means in ms: measured in each live run vs the calibration at its rate (wake, agent round trip, client);\n"
+        "then the simulator with the costs measured in that very run (a check of the model apart from the machine's drift)"
+    )
+    for r in rows:
+        a, b = r["stack_live"], r["stack_calibrated"]
+        print(
+            f"{r['workload']:22} {r['strategy']:13} wake {a['wake_mean_ms']:6.3f} vs {b['wake_mean_ms']:6.3f}  round trip "
+            f"{a['agent_overhead_mean_ms']:6.3f} vs {b['agent_overhead_mean_ms']:6.3f}  client {a['client_mean_ms']:6.3f} vs {b['client_mean_ms']:6.3f}"
+            f"  (live throughput {r['live_throughput_per_s']:.0f}/s, {a['idle_dispatches']} idle dispatches)"
+            f"  in-run p50 {r['inrun_p50']:.2f} {_err(r['inrun_p50'], r['live_p50'])} p99 {r['inrun_p99']:.2f} {_err(r['inrun_p99'], r['live_p99'])}"
+        )
+    within = [r for r in rows if all(abs(r[f"cal_{p}"] - r[f"live_{p}"]) <= 0.15 * r[f"live_{p}"] for p in ("p50", "p99"))]
+    carried = [r for r in rows if not r["live_overloaded"]]
+    print(
+        f"calibrated p50 and p99 within 15% of live: {len(within)} of {len(rows)} rows "
+        f"({len([r for r in within if not r['live_overloaded']])} of the {len(carried)} the live stack carried); "
+        f"{time.monotonic() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus"
+    )
+    lines = [
+        "workload,strategy,sim_utilisation,live_p50,sim_p50,cal_p50,live_p99,sim_p99,cal_p99,live_samples,live_overloaded,inrun_p50,inrun_p99"
+    ]
+    for r in rows:
+        lines.append(
+            ",".join(
+                [r["workload"], r["strategy"], f"{r['sim_utilisation']:.3f}"]
+                + [f"{r[k]:.3f}" for k in ("live_p50", "sim_p50", "cal_p50", "live_p99", "sim_p99", "cal_p99")]
+                + [str(r["live_samples"]), str(r["live_overloaded"]).lower(), f"{r['inrun_p50']:.3f}", f"{r['inrun_p99']:.3f}"]
+            )
+        )
+    (run_dir / "grid.csv").write_text("\n".join(lines) + "\n")
+    (run_dir / "grid.json").write_text(
+        json.dumps(
+            {
+                "calibration": str(cal_path),
+                "calibration_summary": [stack_mod.summary(lv) for lv in cal.levels],
+                "rows": rows,
+                "load_avg_1m": os.getloadavg()[0],
+                "argv": sys.argv,
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    print(f"results: {run_dir}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- command line
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--out", type=Path, default=None, help="write the calibration here (default: calibration.json in the run folder)")
+    add(
+        "--out-dir",
+        type=Path,
+        default=Path("results") / "calibration",
+        help="parent of the run folder (default results/calibration)",
+    )
+    add("--agents", type=int, default=8, help="probe: agents (default 8)")
+    add(
+        "--agent-procs",
+        type=int,
+        default=2,
+        help="processes the agents are spread over, probe and grid (default 2, as aicp bench)",
+    )
+    add("--probe-ms", type=float, default=1.0, help="probe: the agents' constant service, whole milliseconds (default 1)")
+    add("--probe-rates", default="100,400,1000", help="probe: task rates, one trial each (default 100,400,1000)")
+    add("--duration", type=float, default=5.0, help="probe: measured seconds per rate (default 5)")
+    add("--busy-ms", type=float, default=4.0, help="probe: one agent's constant service in the busy trial (default 4)")
+    add("--timer-ms", type=float, default=1.0, help="the agents' sleep granularity (uvloop: 1 ms; 0: none)")
+    add(
+        "--grid",
+        type=Path,
+        default=None,
+        help="a folder of scenario files (or one file): run each live and simulated, print the table",
+    )
+    add("--calibration", type=Path, default=None, help="--grid: use this calibration instead of measuring one")
+    add("--live-duration", type=float, default=10.0, help="--grid: measured seconds per live run, at least (default 10)")
+    add(
+        "--live-samples",
+        type=int,
+        default=4000,
+        help="--grid: lengthen a slow workload's live run to this many tasks, up to 3x (default 4000)",
+    )
+    add("--live-warmup", type=float, default=2.0, help="--grid: warm-up seconds per live run (default 2)")
+    add("--seed", type=int, default=1)
+
+
+def run(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that every process started is stopped (finally blocks)
+    if args.grid is not None:
+        return grid(args)
+    cal, run_dir = measure(args)
+    out = args.out if args.out is not None else run_dir / "calibration.json"
+    write(cal, out)
+    print(describe(cal))
+    print(f"calibration: {out}")
+    return 0

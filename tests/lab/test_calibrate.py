@@ -1,0 +1,146 @@
+"""aicp.lab.calibrate: per-task stack costs from a router trace and a load generator's samples (synthetic files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aicp import trace
+from aicp.lab import calibrate
+from aicp.sim import stack
+
+T0 = 1_700_000_000.0  # router clock (epoch seconds)
+
+
+def _files(tmp_path: Path) -> tuple[Path, Path]:
+    """Three tasks from gen-a on one agent (concurrency 1), one from another requester.
+
+    Task 1: dispatched idle at +1.000, result +1.006 with service 4.2 ms -> overhead 1.8 ms.
+    Task 2: dispatched at +1.004 while task 1 is in hand -> not idle, no overhead sample.
+    Task 3: dispatched idle at +2.000, result +2.003, service 2.5 ms -> overhead 0.5 ms.
+    The generator's clock starts elsewhere: only differences are used.
+    """
+    ev: list[trace.TraceEvent] = [
+        trace.Header(t=T0, v=1, router="r", strategy="least_loaded"),
+        trace.AgentUp(t=T0, agent="a", capabilities=["m"], concurrency=1),
+    ]
+
+    def task(name: str, arrive: float, result: float, service: float, end: float, requester: str = "gen-a") -> None:
+        tid = f"{requester}\n{name}"
+        ev.append(trace.Arrive(t=T0 + arrive, task=tid, method="m", bytes=10))
+        ev.append(trace.Dispatch(t=T0 + arrive, task=tid, agent="a", attempt=1))
+        ev.append(trace.Reply(t=T0 + result, task=tid, agent="a", ok=True, service_ms=service))
+        ev.append(trace.End(t=T0 + end, task=tid, outcome="completed", attempts=1, agent="a"))
+
+    task("1", 1.000, 1.006, 4.2, 1.006)
+    task("x", 1.002, 1.0021, 0.0, 1.0021, requester="gen-b")  # another generator's task: not ours, but it occupies nothing
+    task("2", 1.004, 1.012, 5.0, 1.012)
+    task("3", 2.000, 2.003, 2.5, 2.003)
+    path = tmp_path / "run.jsonl"
+    path.write_bytes(b"".join(trace.encode(e) for e in ev))
+    gen = tmp_path / "gen.npz"
+    # generator clock: intended, sent, done; latencies 7, 9.5, 4 ms against router spans 6, 8, 3 ms
+    np.savez(
+        gen,
+        intended=np.array([1.0, 1.5, 2.0]),
+        sent=np.array([1.0005, 1.5, 1.9995]),
+        done=np.array([1.007, 1.5095, 2.004]),
+        outcome=np.array([0, 0, 0], dtype=np.int16),
+    )
+    return path, gen
+
+
+def test_analyse_takes_service_overhead_of_idle_dispatches_and_client_time(tmp_path: Path) -> None:
+    path, gen = _files(tmp_path)
+    got = calibrate.analyse(path, gen, "gen-a", concurrency=1, skip_s=0.0)
+    np.testing.assert_allclose(got["service_ms"], [4.2, 5.0, 2.5])
+    np.testing.assert_allclose(got["overhead_ms"], [1.8, 0.5], atol=1e-3)
+    # client: generator latency from max(intended, sent) minus the router's arrive-to-end span
+    np.testing.assert_allclose(got["client_ms"], [6.5 - 6.0, 9.5 - 8.0, 4.0 - 3.0], atol=1e-3)
+
+
+def test_analyse_with_two_slots_counts_the_second_dispatch_as_idle(tmp_path: Path) -> None:
+    path, gen = _files(tmp_path)
+    got = calibrate.analyse(path, gen, "gen-a", concurrency=2, skip_s=0.0)
+    np.testing.assert_allclose(got["overhead_ms"], [1.8, 8.0 - 5.0, 0.5], atol=1e-3)
+
+
+def test_analyse_refuses_a_generator_that_does_not_match_the_trace(tmp_path: Path) -> None:
+    path, _ = _files(tmp_path)
+    short = tmp_path / "short.npz"
+    np.savez(short, intended=np.array([1.0]), sent=np.array([1.0]), done=np.array([1.1]), outcome=np.array([0], dtype=np.int16))
+    with pytest.raises(RuntimeError, match="3 arrivals from gen-a but the load generator sent 1"):
+        calibrate.analyse(path, short, "gen-a")
+
+
+def test_a_written_calibration_loads_back(tmp_path: Path) -> None:
+    level = stack.Level(rate_per_s=100.0, wake_ms=[0.2], agent_overhead_ms=[0.4], client_ms=[0.6])
+    cal = stack.Calibration(v=stack.CALIBRATION_VERSION, slot_ms=0.03, levels=[level], measured={"at": "now"})
+    calibrate.write(cal, tmp_path / "c.json")
+    back = stack.load(tmp_path / "c.json")
+    assert back == cal
+    assert "wake mean 0.200" in calibrate.describe(back)
+    assert calibrate.expected_stack(back, 500.0) == pytest.approx(
+        {"wake_mean_ms": 0.2, "agent_overhead_mean_ms": 0.4, "client_mean_ms": 0.6}
+    )
+
+
+def test_busy_gaps_take_back_to_back_tasks_only(tmp_path: Path) -> None:
+    ev: list[trace.TraceEvent] = [trace.Header(t=T0, v=1, router="r", strategy="least_loaded")]
+    # (task, dispatch, result, service): 2 waits for 1 (dispatched before 1's result), 3 finds the agent idle
+    for name, t_d, t_r, svc in (("1", 0.000, 0.0050, 4.0), ("2", 0.001, 0.0095, 4.1), ("3", 0.020, 0.0250, 4.0)):
+        ev.append(trace.Dispatch(t=T0 + t_d, task=name, agent="a", attempt=1))
+        ev.append(trace.Reply(t=T0 + t_r, task=name, agent="a", ok=True, service_ms=svc))
+    path = tmp_path / "busy.jsonl"
+    path.write_bytes(b"".join(trace.encode(e) for e in ev))
+    np.testing.assert_allclose(calibrate.busy_gaps(path), [4.5 - 4.1], atol=1e-3)
+
+
+GRID = Path(__file__).resolve().parents[2] / "scenarios" / "calibration"
+
+
+@pytest.mark.parametrize("path", sorted(GRID.glob("*.toml")), ids=lambda p: p.stem)
+def test_each_grid_workload_runs_live_as_its_file_says_and_is_in_the_issue_s_range(path: Path) -> None:
+    from aicp.sim import scenario as sc_mod
+
+    sc = sc_mod.load(path)
+    group, work = sc.agents[0], sc.workload[0]
+    args = calibrate.bench_args(agent_procs=2, live_duration=10.0, live_samples=4000, live_warmup=2.0, seed=1)
+    for strategy in sc.strategies:
+        cfg = calibrate.live_args_for(sc, path, strategy, args)
+        assert (cfg.agents, cfg.agent_concurrency, cfg.strategy) == (group.count, group.concurrency, strategy)
+        assert cfg.service_time == f"{type(group.service_time).__struct_config__.tag}:{group.service_time.mean_ms:g}"  # type: ignore[union-attr]
+        assert cfg.rate == work.arrival.rate_per_s  # type: ignore[union-attr]
+    busy = work.arrival.rate_per_s * group.service_time.mean_ms / 1000.0 / (group.count * group.concurrency)  # type: ignore[union-attr]
+    assert 0.5 <= busy <= 0.85 and 2 <= group.count <= 16 and 1 <= group.concurrency <= 4
+    assert 2.0 <= group.service_time.mean_ms <= 20.0  # type: ignore[union-attr]
+    assert sorted(sc.strategies) == ["least_loaded", "round_robin"]
+
+
+def test_the_grid_refuses_what_the_live_agents_cannot_run(tmp_path: Path) -> None:
+    from aicp.sim import scenario as sc_mod
+
+    sc = sc_mod.load(GRID / "g3_logn20_a8c2.toml", {"agents.0.service_time.sigma": 1.0})
+    args = calibrate.bench_args(agent_procs=2, live_duration=10.0, live_samples=4000, live_warmup=2.0, seed=1)
+    with pytest.raises(SystemExit, match=r"sigma 0\.5"):
+        calibrate.live_args_for(sc, GRID / "g3_logn20_a8c2.toml", "least_loaded", args)
+
+
+def test_an_in_run_calibration_takes_the_run_s_own_costs(tmp_path: Path) -> None:
+    level = stack.Level(rate_per_s=100.0, wake_ms=[0.2, 0.4], agent_overhead_ms=[9.0], client_ms=[9.0])
+    cal = stack.Calibration(v=stack.CALIBRATION_VERSION, slot_ms=0.05, levels=[level])
+    many = np.full(30, 1.5)
+    live_result = {
+        "samples": {"service_ms": np.full(30, 6.0), "overhead_ms": many, "client_ms": np.array([2.0])},
+        "stack": {"wake_mean_ms": 1.0},
+    }
+    path, _ = _files(tmp_path)
+    got = calibrate.in_run_calibration(cal, live_result, 120.0, 1, path)
+    (lv,) = got.levels
+    assert lv.rate_per_s == 120.0
+    np.testing.assert_allclose(lv.wake_ms, [0.9, 1.1])  # the calibration's shape, the run's mean
+    np.testing.assert_allclose(lv.agent_overhead_ms, many)  # enough samples: the run's
+    assert lv.client_ms == [9.0]  # one sample only: the calibration's
+    assert got.slot_ms == 0.05  # one back-to-back pair in the trace: too few, the calibration's

@@ -1,0 +1,90 @@
+"""``aicp calibrate`` against a real router, agents and load generator: it writes a calibration the simulator loads."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from live_helpers import ROOT, python_cmd
+
+from aicp.sim import stack
+
+pytestmark = [pytest.mark.live, pytest.mark.slow]
+
+
+def test_calibrate_measures_one_level_from_a_recorded_probe(tmp_path: Path) -> None:
+    out = tmp_path / "cal.json"
+    done = subprocess.run(
+        python_cmd(
+            "-m",
+            "aicp",
+            "calibrate",
+            "--agents",
+            "2",
+            "--probe-rates",
+            "60",
+            "--duration",
+            "2",
+            "--out",
+            str(out),
+            "--out-dir",
+            str(tmp_path / "runs"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    cal = stack.load(out)
+    assert [lv.rate_per_s for lv in cal.levels] == [60.0]
+    level = cal.levels[0]
+    # about 120 tasks, nearly all on an idle agent: one sample each
+    assert len(level.client_ms) > 60 and len(level.agent_overhead_ms) > 60 and len(level.wake_ms) > 60
+    # the agent sleeps at least its rounded millisecond: a wake-up is never a whole tick early, and the round trip is positive
+    assert min(level.wake_ms) > -1.0
+    assert min(level.agent_overhead_ms) > 0.0
+    assert cal.slot_ms > 0.0
+    assert "wake mean" in done.stdout
+
+
+def test_the_grid_runs_a_workload_live_and_simulated_and_writes_the_table(tmp_path: Path) -> None:
+    grid = tmp_path / "grid"
+    grid.mkdir()
+    (grid / "small.toml").write_text(
+        'name = "small"\nduration_s = 5.0\nwarmup_s = 1.0\nreplications = 1\nstrategies = ["least_loaded"]\n'
+        '[[agents]]\ncount = 2\ncapabilities = ["bench.synthetic"]\nservice_time = { dist = "exponential", mean_ms = 5.0 }\n'
+        '[[workload]]\nmethod = "bench.synthetic"\narrival = { process = "poisson", rate_per_s = 60.0 }\n'
+    )
+    args = [
+        "--grid",
+        str(grid),
+        "--agents",
+        "2",
+        "--probe-rates",
+        "60",
+        "--duration",
+        "2",
+        "--live-duration",
+        "2",
+        "--live-warmup",
+        "1",
+    ]
+    done = subprocess.run(
+        python_cmd("-m", "aicp", "calibrate", *args, "--out-dir", str(tmp_path / "runs")),
+        capture_output=True,
+        text=True,
+        timeout=110,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (folder,) = (tmp_path / "runs").iterdir()
+    header, row = (folder / "grid.csv").read_text().splitlines()
+    assert header.startswith("workload,strategy,sim_utilisation,live_p50,sim_p50,cal_p50,live_p99")
+    cells = row.split(",")
+    assert cells[:2] == ["small", "least_loaded"]
+    live_p50, sim_p50, cal_p50 = (float(x) for x in cells[3:6])
+    # the calibrated model charges the stack's costs on top of the service: never below the ideal stack's p50
+    assert live_p50 > 0 and cal_p50 > sim_p50
+    assert "small" in done.stdout and "within 15% of live" in done.stdout
