@@ -135,6 +135,11 @@ def test_bindings_outcomes_and_seen_ids_survive_a_router_restart(procs: Callable
         assert samples[("aicp_rejections_total", (("code", errors.DUPLICATE),))] == 1
         assert samples[("aicp_rejections_total", (("code", errors.KEY_MISMATCH),))] == 1
         assert samples[("aicp_tasks_submitted_total", ())] == 1  # only the new task: t-kept came from the store
+        # the new task's records reach the file with the next batch (every 10 ms), not with its outcome
+        deadline = time.monotonic() + 5.0
+        while samples[("aicp_state_records_total", ())] == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            samples = await asyncio.to_thread(metric_samples, url)
         assert samples[("aicp_state_records_total", ())] > 0 and samples[("aicp_state_write_errors_total", ())] == 0
         assert samples[("aicp_state_commits_total", ())] > 0 and samples[("aicp_state_commit_max_seconds", ())] > 0
 
