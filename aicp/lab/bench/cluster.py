@@ -36,7 +36,7 @@ GOAL_P99_RATIO = 1.2
 
 
 def start_nats(fleet: Fleet) -> str:
-    from aicp.live.cluster import nats_server_binary
+    from aicp.live.store_jetstream import nats_server_binary
 
     port = free_port()
     log = open(fleet.run_dir / "nats-server.log", "wb")  # the child keeps its own descriptor
