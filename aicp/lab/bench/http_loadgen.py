@@ -25,6 +25,7 @@ import msgspec
 import numpy as np
 
 from aicp.lab.bench.loadgen import EARLY_S, PENDING, Recorder
+from aicp.live.loop import run_async
 from aicp.signing import CONTEXT, decode_public_key, verify
 
 
@@ -191,12 +192,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(run_loadgen(args))
-    else:
-        uvloop.run(run_loadgen(args))
+    run_async(run_loadgen(args))
 
 
 if __name__ == "__main__":

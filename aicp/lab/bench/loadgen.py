@@ -38,6 +38,7 @@ from websockets.asyncio.client import connect
 from aicp.lab.bench.floor import io_calls
 from aicp.lab.bench.schedule import Schedule
 from aicp.live.links import FrameBatcher
+from aicp.live.loop import run_async
 from aicp.messages import Error, RegisterAck, Result, payload
 from aicp.peer import PeerSession
 from aicp.signing import Identity
@@ -245,12 +246,7 @@ def main() -> None:
     p.add_argument("--schedule", type=Path, default=None, help="open loop on this arrival schedule (.npz, aicp/lab/bench/schedule.py)")
     p.add_argument("--start-at", type=float, default=0.0, help="wall-clock time (epoch s) of the schedule's time 0 (default: now)")
     args = p.parse_args()
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(run_loadgen(args))
-    else:
-        uvloop.run(run_loadgen(args))
+    run_async(run_loadgen(args))
 
 
 if __name__ == "__main__":

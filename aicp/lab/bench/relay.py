@@ -13,7 +13,6 @@ Run as ``python -m aicp.lab.bench.relay --port P``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import itertools
 import secrets
@@ -22,6 +21,7 @@ import time
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from aicp.live.loop import run_async
 from aicp.messages import PROTOCOL_VERSION, Challenge, Register, RegisterAck, Result, Task, decode_body, decode_frame, seal
 from aicp.signing import Identity, check_public_key, decode_public_key, decode_signature, verify
 
@@ -94,11 +94,7 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8766)
     args = p.parse_args()
     try:
-        import uvloop
-
-        uvloop.run(main_async(args.host, args.port))
-    except ImportError:  # pragma: no cover
-        asyncio.run(main_async(args.host, args.port))
+        run_async(main_async(args.host, args.port))
     except KeyboardInterrupt:
         pass
 

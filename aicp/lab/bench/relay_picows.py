@@ -13,7 +13,6 @@ Run as ``python -m aicp.lab.bench.relay_picows --port P``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import secrets
 import time
@@ -21,6 +20,7 @@ import time
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 from aicp import errors
+from aicp.live.loop import run_async
 from aicp.messages import PROTOCOL_VERSION, Challenge, Register, RegisterAck, Result, Task, decode_body, decode_frame, seal
 from aicp.signing import Identity, check_public_key, decode_public_key, decode_signature, verify
 
@@ -118,11 +118,7 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8767)
     args = p.parse_args()
     try:
-        import uvloop
-
-        uvloop.run(main_async(args.host, args.port))
-    except ImportError:  # pragma: no cover
-        asyncio.run(main_async(args.host, args.port))
+        run_async(main_async(args.host, args.port))
     except KeyboardInterrupt:
         pass
 
