@@ -52,6 +52,7 @@ class AgentState:
         "_in_flight",
         "_trust",
         "_watch",
+        "_watch_trust",
         "agent_id",
         "bad_signatures",
         "capabilities",
@@ -73,7 +74,8 @@ class AgentState:
     )
 
     def __init__(self, agent_id: str, capabilities: Iterable[str], concurrency: int, trust: float, now: float, lease_s: float) -> None:
-        self._watch: Registry | None = None
+        self._watch: Registry | None = None  # told of load changes once some pool has an index
+        self._watch_trust: Registry | None = None  # told of trust changes once some pool has a trust index
         self.agent_id = agent_id
         self.capabilities: tuple[str, ...] = tuple(dict.fromkeys(capabilities))
         self._concurrency = max(1, concurrency)
@@ -104,7 +106,7 @@ class AgentState:
     def in_flight(self, value: int) -> None:
         self._in_flight = value
         if self._watch is not None:
-            self._watch.agent_changed(self, False)
+            self._watch.load_changed(self)
 
     @property
     def concurrency(self) -> int:
@@ -114,7 +116,7 @@ class AgentState:
     def concurrency(self, value: int) -> None:
         self._concurrency = value
         if self._watch is not None:
-            self._watch.agent_changed(self, False)
+            self._watch.load_changed(self)
 
     @property
     def trust(self) -> float:
@@ -123,8 +125,8 @@ class AgentState:
     @trust.setter
     def trust(self, value: float) -> None:
         self._trust = value
-        if self._watch is not None:
-            self._watch.agent_changed(self, True)
+        if self._watch_trust is not None:
+            self._watch_trust.trust_changed(self)
 
     @property
     def load(self) -> float:
@@ -198,7 +200,7 @@ class ActivePool(Sequence[AgentState]):
 
     __slots__ = ("_active", "_by_status", "_indexes", "_n_active", "_on_first_index", "_slot_of", "_slots", "_trust_indexes", "capability")
 
-    def __init__(self, capability: str, on_first_index: Callable[[], None] | None = None) -> None:
+    def __init__(self, capability: str, on_first_index: Callable[[bool], None] | None = None) -> None:
         self.capability = capability
         self._on_first_index = on_first_index
         self._slots: list[AgentState | None] = []
@@ -306,11 +308,11 @@ class ActivePool(Sequence[AgentState]):
         From then on the pool keeps it up to date (see ``PoolIndex``)."""
         idx = self._indexes.get(key)
         if idx is None:
-            if self._on_first_index is not None:
-                self._on_first_index()
             idx = self._indexes[key] = factory(self)
             if idx.watches_trust:
                 self._trust_indexes.append(idx)
+            if self._on_first_index is not None:
+                self._on_first_index(idx.watches_trust)
         return idx  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- changes (Registry only)
@@ -375,7 +377,8 @@ class Registry:
         self.agents: dict[str, AgentState] = {}
         self._pools: dict[str, ActivePool] = {}
         self._by_status: dict[Status, int] = dict.fromkeys(Status, 0)
-        self._watching = False  # agents report load and trust changes only once some pool has an index
+        self._watching = False  # agents report load changes only once some pool has an index
+        self._watching_trust = False  # and trust changes only once some pool has an index that watches trust
 
     def __len__(self) -> int:
         return len(self.agents)
@@ -395,6 +398,8 @@ class Registry:
         self._join(state)
         if self._watching:
             state._watch = self
+        if self._watching_trust:
+            state._watch_trust = self
 
     def set_capabilities(self, state: AgentState, capabilities: Iterable[str]) -> None:
         """Replace an agent's capabilities; it moves to the end of each pool, O(c log n)."""
@@ -419,30 +424,49 @@ class Registry:
         state = self.agents.pop(agent_id, None)
         if state is None:
             return None
-        state._watch = None
+        state._watch = state._watch_trust = None
         self._by_status[state.status] -= 1
         self._leave(state)
         return state
 
-    def agent_changed(self, state: AgentState, trust: bool) -> None:
-        """Called by ``AgentState`` when its load (or, if ``trust``, its trust) is assigned:
+    def load_changed(self, state: AgentState) -> None:
+        """Called by ``AgentState`` when its ``in_flight`` or ``concurrency`` is assigned:
         O(c) plus the indexes' cost. Written flat: it runs on every dispatch and result."""
+        if state.status is Status.ACTIVE:
+            pools = self._pools
+            agent_id = state.agent_id
+            for cap in state.capabilities:
+                pool = pools[cap]
+                indexes = pool._indexes
+                if indexes:
+                    slot = pool._slot_of[agent_id]
+                    for idx in indexes.values():
+                        idx.changed(slot, state)
+
+    def trust_changed(self, state: AgentState) -> None:
+        """Called by ``AgentState`` when its ``trust`` is assigned (only once some index watches
+        trust): O(c) plus the trust indexes' cost."""
         if state.status is Status.ACTIVE:
             pools = self._pools
             for cap in state.capabilities:
                 pool = pools[cap]
-                indexes = pool._trust_indexes if trust else pool._indexes.values()
+                indexes = pool._trust_indexes
                 if indexes:
                     slot = pool._slot_of[state.agent_id]
                     for idx in indexes:
                         idx.changed(slot, state)
 
-    def _watch_agents(self) -> None:
-        """A strategy attached its first index: from now on agents report changes (O(n), once)."""
+    def _watch_agents(self, trust: bool) -> None:
+        """A strategy attached an index: from now on agents report load changes, and trust
+        changes too if the index watches trust (O(n), once each)."""
         if not self._watching:
             self._watching = True
             for state in self.agents.values():
                 state._watch = self
+        if trust and not self._watching_trust:
+            self._watching_trust = True
+            for state in self.agents.values():
+                state._watch_trust = self
 
     def agents_with(self, capability: str) -> ActivePool:
         """Active agents that have ``capability``, in join order: a live view, O(1). Do not mutate."""

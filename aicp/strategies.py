@@ -18,7 +18,7 @@ Cost per decision, n = active agents with the capability, m = excluded ids:
 =============== ============================================================
 round_robin     O((m + 1) log n); O(1) when every member is active, no exclusions
 random          same as round_robin
-least_loaded    O(log n) amortized (bucket queue of C heaps), plus O(m log n)
+least_loaded    O(log n) amortized (one heap of (load, slot), lazy deletion), plus O(m log n)
 power_of_two    two picks: O((m + 1) log n)
 trust_weighted  O(1) expected (rejection), O(log n) worst (Fenwick tree of weights)
 latency_ewma    two picks: O((m + 1) log n)
@@ -88,107 +88,97 @@ class UniformRandom:
 
 
 class _LoadIndex:
-    """Active agents by load (in_flight / concurrency), then join order: a bucket queue.
+    """Active agents by load (in_flight / concurrency), then join order: one heap, lazy deletion.
 
-    One C ``heapq`` of slots per distinct load value, and a heap of the load
-    values that have agents. Entries are removed lazily: an entry is stale when
-    its agent's load is no longer the bucket's. A bucket is rebuilt when stale
-    entries outnumber live ones, so memory stays O(n) and each change costs
-    O(log n) amortized. Loads are compared as the same floats the scan compared,
-    so agents with different concurrency tie exactly when the scan said they did.
+    ``_cur[slot]`` is the load of the active agent at ``slot`` (``None`` for an
+    inactive slot); the heap holds ``(load, slot)`` entries, some stale. An entry is
+    live while its load is still its slot's; a load change pushes one entry and
+    leaves the old one to be dropped when it reaches the top. The heap is rebuilt
+    from ``_cur`` when it holds more than twice as many entries as there are active
+    agents (plus ``INDEX_SLACK``), so memory stays O(n) and each change costs
+    O(log n) amortized; ``best`` pops the stale entries it meets, O(log n)
+    amortized. Loads are compared as the same floats the scan compared, so agents
+    with different concurrency tie exactly when the scan said they did; a tie goes
+    to the lower slot (the earlier join) because the heap orders ``(load, slot)``.
     """
 
-    __slots__ = ("_buckets", "_keys", "_live", "_load", "_pool", "_queued_keys")
+    __slots__ = ("_active", "_cur", "_heap", "_pool")
     watches_trust = False
 
     def __init__(self, pool: ActivePool) -> None:
         self._pool = pool
-        self._load: dict[int, float] = {}  # slot -> load, for active slots
-        self._buckets: dict[float, list[int]] = {}  # load -> heap of slots (some stale)
-        self._live: dict[float, int] = {}  # load -> active slots with that load (> 0)
-        self._keys: list[float] = []  # heap of loads (some stale)
-        self._queued_keys: set[float] = set()
+        self._cur: list[float | None] = []  # slot -> load of the active agent there, None if none
+        self._heap: list[tuple[float, int]] = []  # (load, slot), some stale
+        self._active = 0
         self.rebuild()
 
     def rebuild(self) -> None:
         """O(n)."""
-        self._load = {slot: a.in_flight / a.concurrency for slot, a in self._pool.active_slots()}
-        buckets: dict[float, list[int]] = {}
-        for slot, load in self._load.items():  # slots in ascending order: each list is already a heap
-            buckets.setdefault(load, []).append(slot)
-        self._buckets = buckets
-        self._live = {load: len(slots) for load, slots in buckets.items()}
-        self._keys = sorted(buckets)
-        self._queued_keys = set(buckets)
+        cur: list[float | None] = [None] * self._pool.slot_count
+        heap = []
+        for slot, a in self._pool.active_slots():
+            load = a.in_flight / a.concurrency
+            cur[slot] = load
+            heap.append((load, slot))
+        heapq.heapify(heap)
+        self._cur, self._heap, self._active = cur, heap, len(heap)
 
-    def _enter(self, slot: int, load: float) -> None:
-        self._load[slot] = load
-        live = self._live.get(load, 0) + 1
-        self._live[load] = live
-        bucket = self._buckets.get(load)
-        if bucket is None:
-            bucket = self._buckets[load] = []
-        heapq.heappush(bucket, slot)
-        if len(bucket) > 2 * live + INDEX_SLACK:
-            self._buckets[load] = sorted({s for s in bucket if self._load.get(s) == load})
-        if load not in self._queued_keys:
-            self._queued_keys.add(load)
-            heapq.heappush(self._keys, load)
-            if len(self._keys) > 2 * len(self._live) + INDEX_SLACK:
-                self._keys = sorted(self._live)
-                self._queued_keys = set(self._keys)
-                self._buckets = {k: b for k, b in self._buckets.items() if k in self._live}
-
-    def _leave(self, slot: int) -> None:
-        load = self._load.pop(slot)
-        live = self._live[load] - 1
-        if live:
-            self._live[load] = live
-        else:
-            del self._live[load]
+    def _push(self, slot: int, load: float) -> None:
+        heap = self._heap
+        heapq.heappush(heap, (load, slot))
+        if len(heap) > 2 * self._active + INDEX_SLACK:
+            cur = self._cur
+            self._heap = [(x, s) for s, x in enumerate(cur) if x is not None]
+            heapq.heapify(self._heap)
 
     def activated(self, slot: int, agent: AgentState) -> None:
-        self._enter(slot, agent.in_flight / agent.concurrency)
+        cur = self._cur
+        if slot >= len(cur):
+            cur.extend([None] * (slot + 1 - len(cur)))
+        load = agent.in_flight / agent.concurrency
+        cur[slot] = load
+        self._active += 1
+        self._push(slot, load)
 
     def deactivated(self, slot: int, agent: AgentState) -> None:
-        self._leave(slot)
+        self._cur[slot] = None
+        self._active -= 1
 
     def changed(self, slot: int, agent: AgentState) -> None:
         load = agent._in_flight / agent._concurrency
-        if self._load[slot] != load:
-            self._leave(slot)
-            self._enter(slot, load)
+        cur = self._cur
+        if cur[slot] != load:
+            cur[slot] = load
+            heap = self._heap
+            heapq.heappush(heap, (load, slot))
+            if len(heap) > 2 * self._active + INDEX_SLACK:
+                self._heap = [(x, s) for s, x in enumerate(cur) if x is not None]
+                heapq.heapify(self._heap)
 
     def best(self, excluded: Collection[int]) -> int | None:
         """The slot of the least loaded, earliest joined active agent not in ``excluded``."""
-        keys, live, buckets, loads = self._keys, self._live, self._buckets, self._load
-        popped_keys: list[float] = []
+        heap, cur = self._heap, self._cur
+        pop = heapq.heappop
+        skipped: list[tuple[float, int]] | None = None
         found: int | None = None
-        while keys:
-            key = keys[0]
-            if key not in live:  # no agent has this load any more
-                heapq.heappop(keys)
-                self._queued_keys.discard(key)
-                buckets.pop(key, None)
-                continue
-            bucket = buckets[key]
-            skipped: list[int] = []
-            while bucket:
-                slot = bucket[0]
-                if loads.get(slot) != key:
-                    heapq.heappop(bucket)  # stale
-                elif slot in excluded:
-                    skipped.append(heapq.heappop(bucket))
-                else:
-                    found = slot
-                    break
-            for slot in skipped:
-                heapq.heappush(bucket, slot)
-            if found is not None:
+        while heap:
+            entry = heap[0]
+            load, slot = entry
+            if cur[slot] != load:
+                pop(heap)  # stale
+            elif excluded and slot in excluded:
+                if skipped is None:
+                    skipped = []
+                skipped.append(pop(heap))
+                # the same live entry may be in the heap more than once (load went away and back)
+                while heap and heap[0] == entry:
+                    pop(heap)
+            else:
+                found = slot
                 break
-            popped_keys.append(heapq.heappop(keys))  # every agent at this load is excluded
-        for key in popped_keys:
-            heapq.heappush(keys, key)
+        if skipped:
+            for entry in skipped:
+                heapq.heappush(heap, entry)
         return found
 
 
