@@ -108,6 +108,12 @@ class AgentState:
         if self._watch is not None:
             self._watch.load_changed(self)
 
+    def add_in_flight(self, delta: int) -> None:
+        """``in_flight += delta`` in one call (the router's hot path): tells the registry the same way."""
+        self._in_flight += delta
+        if self._watch is not None:
+            self._watch.load_changed(self)
+
     @property
     def concurrency(self) -> int:
         return self._concurrency

@@ -212,10 +212,23 @@ class Router:
 
     def next_deadline(self) -> float | None:
         """When ``on_timer`` must next be called, or ``None`` if nothing is pending."""
-        timers = self._timers
-        while timers and not self._timer_live(timers[0]):
+        timers, tasks, agents = self._timers, self._tasks, self.registry.agents
+        while timers:
+            entry = timers[0]
+            kind = entry[2]
+            # _timer_live(entry), inlined for the two kinds that are checked on every call
+            if kind == _T_TASK:
+                task = tasks.get(entry[3])
+                if task is not None and task.token == entry[4]:
+                    return entry[0]
+            elif kind == _T_LEASE:
+                state = agents.get(entry[3])
+                if state is not None and state.epoch == entry[4] and state.status is not Status.DEAD:
+                    return entry[0]
+            elif self._timer_live(entry):
+                return entry[0]
             heapq.heappop(timers)
-        return timers[0][0] if timers else None
+        return None
 
     # ------------------------------------------------------------------ agents
     def register_agent(
@@ -292,7 +305,7 @@ class Router:
         state = self.registry.get(agent_id)
         if state is not None:
             state.bad_signatures += 1
-            state.trust -= self.config.bad_signature_loss * state.trust
+            state.trust = state._trust - self.config.bad_signature_loss * state._trust
 
     # ------------------------------------------------------------------ tasks
     def submit(
@@ -303,16 +316,20 @@ class Router:
         Cluster mode: a task forwarded by another router comes with ``local_only`` (never
         forwarded again) and ``max_attempts=1`` (its owner retries).
         """
-        if task_id in self._tasks:
+        tasks = self._tasks
+        if task_id in tasks:
             raise errors.LocalError(f"task {task_id!r} is already in the router")
         cfg = self.config
-        self.stats.submitted += 1
-        if len(self._tasks) >= cfg.max_tasks:
-            self.stats.shed += 1
+        stats = self.stats
+        stats.submitted += 1
+        if len(tasks) >= cfg.max_tasks:
+            stats.shed += 1
             return [self._count_fail(Failed(task_id, errors.OVERLOADED, "router is at max_tasks", 0))]
-        budget = min(timeout_s if timeout_s is not None else cfg.default_deadline_s, cfg.max_deadline_s)
+        budget = timeout_s if timeout_s is not None else cfg.default_deadline_s
+        if budget > cfg.max_deadline_s:
+            budget = cfg.max_deadline_s
         task = _Task(task_id, method, now, now + budget, cfg.max_attempts if max_attempts is None else max_attempts, local_only)
-        self._tasks[task_id] = task
+        tasks[task_id] = task
         tokens = self._retry_tokens + cfg.retry_budget_ratio
         self._retry_tokens = tokens if tokens < cfg.retry_budget_max else cfg.retry_budget_max
         actions: list[Action] = []
@@ -329,18 +346,25 @@ class Router:
             self.stats.late_results += 1
             return LATE, []
         agent = task.agent
-        self._release(task)
+        # _release(task), inlined: this runs once per task
+        task.agent = None
+        agent.add_in_flight(-1)
+        on_agent = self._by_agent.get(agent_id)
+        if on_agent is not None:
+            on_agent.pop(task_id, None)
         cfg = self.config
         sample = now - task.dispatched_at
-        if sample >= agent.latency_ewma:
+        ewma = agent.latency_ewma
+        if sample >= ewma:
             agent.latency_ewma = sample  # peak: react to slowness at once
         else:
-            agent.latency_ewma += cfg.latency_alpha * (sample - agent.latency_ewma)
+            agent.latency_ewma = ewma + cfg.latency_alpha * (sample - ewma)
         if ok:
             agent.succeeded += 1
             agent.consecutive_failures = 0
             agent.success_rate += cfg.success_alpha * (1.0 - agent.success_rate)
-            agent.trust += cfg.trust_gain * (1.0 - agent.trust)
+            trust = agent._trust
+            agent.trust = trust + cfg.trust_gain * (1.0 - trust)
             del self._tasks[task_id]
             self.stats.completed += 1
             return ACCEPTED, [Completed(task_id, agent_id, task.attempts)]
@@ -410,46 +434,51 @@ class Router:
         return state.status is not Status.DEAD if kind == _T_LEASE else state.status is Status.SUSPECT
 
     def _dispatch(self, task: _Task, now: float, actions: list[Action]) -> None:
-        candidates = self.registry.agents_with(task.method)
-        exclude = task.tried
-        remote = self.remote_ids.get(task.method) if task.local_only else None
+        method = task.method
+        candidates = self.registry.agents_with(method)
+        exclude = tried = task.tried
+        remote = self.remote_ids.get(method) if task.local_only else None
         if remote:  # forwarded here (cluster mode): never on to another router; a few ids, O(m log n)
-            exclude = [*task.tried, *remote]
+            exclude = [*tried, *remote]
         agent = None
         if candidates:
-            agent = self.strategy.choose(task.method, candidates, self.rng, exclude)
-            if agent is None and task.tried:
+            agent = self.strategy.choose(method, candidates, self.rng, exclude)
+            if agent is None and tried:
                 # Every capable agent was tried: allow any but the one that failed last.
-                agent = self.strategy.choose(task.method, candidates, self.rng, [*task.tried[-1:], *(remote or ())])
+                agent = self.strategy.choose(method, candidates, self.rng, [*tried[-1:], *(remote or ())])
         if agent is None:
             if task.attempts == 0:
                 actions.append(self._end(task, errors.NO_AGENT, f"no active agent has capability {task.method!r}"))
             else:
                 actions.append(self._end(task, task.last_code, task.last_message))
             return
-        task.attempts += 1
+        agent_id = agent.agent_id
+        task_id = task.id
+        attempts = task.attempts = task.attempts + 1
+        token = task.token = task.token + 1
         task.agent = agent
         task.phase = _DISPATCHED
         task.dispatched_at = now
-        task.tried.append(agent.agent_id)
-        task.token += 1
-        agent.in_flight += 1
+        tried.append(agent_id)
+        agent.add_in_flight(1)
         agent.dispatched += 1
         self.stats.dispatched += 1
-        by_agent = self._by_agent.get(agent.agent_id)
+        by_agent = self._by_agent.get(agent_id)
         if by_agent is None:
-            by_agent = self._by_agent[agent.agent_id] = {}
-        by_agent[task.id] = task
+            by_agent = self._by_agent[agent_id] = {}
+        by_agent[task_id] = task
         # A task forwarded by its owner (cluster mode) has one attempt, limited by the time the owner gave it.
-        limit = now + self.config.attempt_timeout_s if not task.local_only else task.deadline
-        self._push(limit if limit < task.deadline else task.deadline, _T_TASK, task.id, task.token)
-        actions.append(Dispatch(task.id, agent.agent_id, task.attempts))
+        deadline = task.deadline
+        limit = now + self.config.attempt_timeout_s if not task.local_only else deadline
+        self._seq = seq = self._seq + 1  # _push, inlined
+        heapq.heappush(self._timers, (limit if limit < deadline else deadline, seq, _T_TASK, task_id, token))
+        actions.append(Dispatch(task_id, agent_id, attempts))
 
     def _release(self, task: _Task) -> None:
         """Take the task off its agent: in-flight count and the per-agent index."""
         agent = task.agent
         if agent is not None:
-            agent.in_flight -= 1
+            agent.add_in_flight(-1)
             task.agent = None
             on_agent = self._by_agent.get(agent.agent_id)
             if on_agent is not None:
@@ -487,7 +516,7 @@ class Router:
 
     def _penalise(self, agent: AgentState, now: float) -> None:
         cfg = self.config
-        agent.trust -= cfg.trust_loss * agent.trust
+        agent.trust = agent._trust - cfg.trust_loss * agent._trust
         agent.success_rate -= cfg.success_alpha * agent.success_rate
         agent.consecutive_failures += 1
         if agent.consecutive_failures >= cfg.suspect_after_failures and agent.status is Status.ACTIVE:

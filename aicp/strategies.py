@@ -193,9 +193,11 @@ class LeastLoaded:
     name = "least_loaded"
 
     def choose(self, method: str, candidates: ActivePool, rng: random.Random, exclude: Collection[str]) -> AgentState | None:
-        index = candidates.index_for(self, _LoadIndex)
-        slot = index.best(candidates.excluded_slots(exclude) if exclude else ())
-        return None if slot is None else candidates.agent_at(slot)
+        index = candidates._indexes.get(self)
+        if index is None:
+            index = candidates.index_for(self, _LoadIndex)
+        slot = index.best(candidates.excluded_slots(exclude) if exclude else ())  # type: ignore[attr-defined]
+        return None if slot is None else candidates._slots[slot]
 
 
 def _two(pool: ActivePool, n: int, ranks: list[int], rng: random.Random) -> tuple[AgentState, AgentState]:
@@ -217,12 +219,12 @@ class PowerOfTwo:
         if n <= 1:
             return candidates.nth(0, ranks) if n == 1 else None
         a, b = _two(candidates, n, ranks, rng)
-        return b if b.in_flight * a.concurrency < a.in_flight * b.concurrency else a
+        return b if b._in_flight * a._concurrency < a._in_flight * b._concurrency else a
 
 
 def _weight(agent: AgentState) -> float:
-    trust = agent.trust
-    return (trust if trust > 0.0 else 0.0) / (1.0 + agent.in_flight / agent.concurrency)
+    trust = agent._trust
+    return (trust if trust > 0.0 else 0.0) / (1.0 + agent._in_flight / agent._concurrency)
 
 
 class _WeightIndex:
@@ -311,7 +313,7 @@ class TrustWeighted:
         rand = rng.random
         for _ in range(_REJECTION_TRIES):
             a = candidates.nth(int(rand() * n), ranks)
-            if rand() * (1.0 + a.in_flight / a.concurrency) < a.trust:
+            if rand() * (1.0 + a._in_flight / a._concurrency) < a._trust:
                 return a
         index = candidates.index_for(self, _WeightIndex)
         return index.draw(rng, candidates.excluded_slots(exclude) if exclude else (), n, ranks)
@@ -331,8 +333,8 @@ class LatencyEwma:
         if n <= 1:
             return candidates.nth(0, ranks) if n == 1 else None
         a, b = _two(candidates, n, ranks, rng)
-        cost_a = a.latency_ewma * (a.in_flight + 1) / a.concurrency
-        cost_b = b.latency_ewma * (b.in_flight + 1) / b.concurrency
+        cost_a = a.latency_ewma * (a._in_flight + 1) / a._concurrency
+        cost_b = b.latency_ewma * (b._in_flight + 1) / b._concurrency
         return b if cost_b < cost_a else a
 
 

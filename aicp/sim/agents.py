@@ -103,8 +103,12 @@ class SimAgent:
         """A task arrives from the router: ``(task id, service seconds from a trace or None)``."""
         if not self.up:
             return
-        if self.busy < self.concurrency:
-            self._start(message)
+        busy = self.busy
+        if busy < self.concurrency:
+            self.busy = busy + 1  # _start(), inlined
+            task, fixed = message
+            duration = (fixed if fixed is not None else self.service()) * self.slow / self.speed + self.cost_s
+            Timeout(self.env, duration, (task, self.epoch, duration)).callbacks.append(self._done)  # type: ignore[union-attr]
         else:
             self.mailbox.append(message)
 

@@ -239,11 +239,19 @@ class Simulation:
 
     # ------------------------------------------------------------------ router side
     def submit(self, method: int, timeout_s: float | None, service_s: float | None) -> None:
+        """One arrival: a record row, the router's ``submit``, its actions, the clock. The hot path,
+        written flat (``Records.add``, ``apply`` for the common single ``Dispatch``, and ``rearm``
+        inlined)."""
         now = self.env.now
         rec = self.records
+        i = rec.n
+        if i == rec.capacity:
+            rec.grow()
         # with a calibration, the time outside the router (load generator, its hops) counts from an earlier start
-        i = rec.add(now if self.stack is None else now - self.stack.client(), method)
-        self.submitted = rec.n
+        rec.arrival[i] = now if self.stack is None else now - self.stack.client()
+        if method:
+            rec.method[i] = method
+        self.submitted = rec.n = i + 1
         if service_s is not None:
             self.fixed_service[i] = service_s
         if self.controller is not None:
@@ -251,11 +259,27 @@ class Simulation:
             self._task_sigs[i] = (body, self.controller.sign(body))
         task_id = str(i)
         self._row[task_id] = i
-        self.apply(self.router.submit(task_id, self.methods[method], now, timeout_s), now)
-        if self.submitted >= self._max_tasks and not self.stopped:
+        router = self.router
+        actions = router.submit(task_id, self.methods[method], now, timeout_s)
+        a = actions[0] if len(actions) == 1 else None
+        if type(a) is Dispatch and self.trace is None and self.controller is None:
+            # submit dispatches only the task it was given, and a first attempt
+            agent = self.by_id[a.agent_id]
+            rec.dispatch[i] = now
+            rec.agent[i] = agent.index
+            rec.attempts[i] = 1
+            self.link.send(agent.index, agent.receive, (task_id, self.fixed_service.get(i) if self.fixed_service else None))
+        else:
+            self.apply(actions, now)
+        if i + 1 >= self._max_tasks and not self.stopped:
             self.stopped = True
             self.arrivals_end_s = now
-        self.rearm()
+        # rearm(), inlined
+        if not (self._in_clock or self._rearm_pending):
+            d = router.next_deadline()
+            if d is not None and (self._armed is None or d < self._armed):
+                self._rearm_pending = True
+                self._clock.interrupt()
 
     def stream_done(self) -> None:
         self._streams_left -= 1
@@ -292,7 +316,18 @@ class Simulation:
             _, actions = router.result(agent.agent_id, task, ok, now)
             if ok:
                 # A verified success only removes state from the router: no deadline can come forward.
-                if actions:
+                a = actions[0] if len(actions) == 1 else None
+                if type(a) is Completed:
+                    # apply(), inlined for the common case
+                    i = self._row.pop(task)
+                    rec = self.records
+                    rec.end[i] = now
+                    rec.outcome[i] = COMPLETED
+                    rec.attempts[i] = a.attempts
+                    self.ended += 1
+                    if self.stopped or self.fixed_service or self._task_sigs:
+                        self._ended(i)
+                elif actions:
                     self.apply(actions, now)
                 return
         if actions:
