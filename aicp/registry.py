@@ -19,7 +19,8 @@ pool tells every attached index when an agent becomes active or inactive, and
 ``AgentState`` tells the registry whenever ``in_flight``, ``concurrency`` or
 ``trust`` is assigned, so no caller can forget to. (Until a strategy attaches its
 first index, agents do not report, so round-robin and the random strategies pay
-nothing for this.)
+nothing for this; trust changes are reported only once an index watches trust,
+and rises through ``add_in_flight`` only once an index watches rises.)
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class AgentState:
         "_in_flight",
         "_trust",
         "_watch",
+        "_watch_rise",
         "_watch_trust",
         "agent_id",
         "bad_signatures",
@@ -75,6 +77,7 @@ class AgentState:
 
     def __init__(self, agent_id: str, capabilities: Iterable[str], concurrency: int, trust: float, now: float, lease_s: float) -> None:
         self._watch: Registry | None = None  # told of load changes once some pool has an index
+        self._watch_rise = False  # add_in_flight reports rises too once some pool has an index that watches them
         self._watch_trust: Registry | None = None  # told of trust changes once some pool has a trust index
         self.agent_id = agent_id
         self.capabilities: tuple[str, ...] = tuple(dict.fromkeys(capabilities))
@@ -109,9 +112,10 @@ class AgentState:
             self._watch.load_changed(self)
 
     def add_in_flight(self, delta: int) -> None:
-        """``in_flight += delta`` in one call (the router's hot path): tells the registry the same way."""
+        """``in_flight += delta`` in one call (the router's hot path). Tells the registry of a fall,
+        and of a rise only once some index watches rises (``PoolIndex.watches_load_rise``)."""
         self._in_flight += delta
-        if self._watch is not None:
+        if self._watch is not None and (delta < 0 or self._watch_rise):
             self._watch.load_changed(self)
 
     @property
@@ -169,6 +173,9 @@ class PoolIndex(Protocol):
     ``watches_trust``, on trust changes too."""
 
     watches_trust: bool
+    #: False: ``changed`` is needed only when a load falls (or is assigned), not when
+    #: ``add_in_flight`` raises it; the index reads loads from the agents.
+    watches_load_rise: bool
 
     def activated(self, slot: int, agent: AgentState) -> None:
         """``agent`` (at ``slot``) became active or joined as active."""
@@ -206,7 +213,7 @@ class ActivePool(Sequence[AgentState]):
 
     __slots__ = ("_active", "_by_status", "_indexes", "_n_active", "_on_first_index", "_slot_of", "_slots", "_trust_indexes", "capability")
 
-    def __init__(self, capability: str, on_first_index: Callable[[bool], None] | None = None) -> None:
+    def __init__(self, capability: str, on_first_index: Callable[[bool, bool], None] | None = None) -> None:
         self.capability = capability
         self._on_first_index = on_first_index
         self._slots: list[AgentState | None] = []
@@ -318,7 +325,7 @@ class ActivePool(Sequence[AgentState]):
             if idx.watches_trust:
                 self._trust_indexes.append(idx)
             if self._on_first_index is not None:
-                self._on_first_index(idx.watches_trust)
+                self._on_first_index(idx.watches_trust, idx.watches_load_rise)
         return idx  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- changes (Registry only)
@@ -385,6 +392,7 @@ class Registry:
         self._by_status: dict[Status, int] = dict.fromkeys(Status, 0)
         self._watching = False  # agents report load changes only once some pool has an index
         self._watching_trust = False  # and trust changes only once some pool has an index that watches trust
+        self._watching_rise = False  # and rises of load only once some pool has an index that watches them
 
     def __len__(self) -> int:
         return len(self.agents)
@@ -406,6 +414,7 @@ class Registry:
             state._watch = self
         if self._watching_trust:
             state._watch_trust = self
+        state._watch_rise = self._watching_rise
 
     def set_capabilities(self, state: AgentState, capabilities: Iterable[str]) -> None:
         """Replace an agent's capabilities; it moves to the end of each pool, O(c log n)."""
@@ -431,6 +440,7 @@ class Registry:
         if state is None:
             return None
         state._watch = state._watch_trust = None
+        state._watch_rise = False
         self._by_status[state.status] -= 1
         self._leave(state)
         return state
@@ -462,13 +472,17 @@ class Registry:
                     for idx in indexes:
                         idx.changed(slot, state)
 
-    def _watch_agents(self, trust: bool) -> None:
-        """A strategy attached an index: from now on agents report load changes, and trust
-        changes too if the index watches trust (O(n), once each)."""
+    def _watch_agents(self, trust: bool, rise: bool) -> None:
+        """A strategy attached an index: from now on agents report load changes, rises too if
+        the index watches them, and trust changes too if it watches trust (O(n), once each)."""
         if not self._watching:
             self._watching = True
             for state in self.agents.values():
                 state._watch = self
+        if rise and not self._watching_rise:
+            self._watching_rise = True
+            for state in self.agents.values():
+                state._watch_rise = True
         if trust and not self._watching_trust:
             self._watching_trust = True
             for state in self.agents.values():

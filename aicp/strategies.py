@@ -18,14 +18,14 @@ Cost per decision, n = active agents with the capability, m = excluded ids:
 =============== ============================================================
 round_robin     O((m + 1) log n); O(1) when every member is active, no exclusions
 random          same as round_robin
-least_loaded    O(log n) amortized (one heap of (load, slot), lazy deletion), plus O(m log n)
+least_loaded    O(log n) amortized (one heap of (load, slot), lazy keys), plus O(m log n)
 power_of_two    two picks: O((m + 1) log n)
 trust_weighted  O(1) expected (rejection), O(log n) worst (Fenwick tree of weights)
 latency_ewma    two picks: O((m + 1) log n)
 =============== ============================================================
 
 Index upkeep is paid when the router assigns ``in_flight`` or ``trust``:
-least_loaded O(log n) amortized per load change (nothing for a trust change),
+least_loaded O(log n) per fall of a load (nothing for a rise or a trust change),
 trust_weighted O(log n) per change; the others keep no index.
 """
 
@@ -38,7 +38,7 @@ from typing import Protocol
 
 from aicp import errors
 from aicp.fenwick import Fenwick
-from aicp.registry import ActivePool, AgentState
+from aicp.registry import ActivePool, AgentState, Status
 
 #: How many rejection-sampling rounds trust_weighted tries before an exact draw from its tree.
 _REJECTION_TRIES = 32
@@ -88,94 +88,81 @@ class UniformRandom:
 
 
 class _LoadIndex:
-    """Active agents by load (in_flight / concurrency), then join order: one heap, lazy deletion.
+    """Active agents by load (in_flight / concurrency), then join order: one heap, lazy keys.
 
-    ``_cur[slot]`` is the load of the active agent at ``slot`` (``None`` for an
-    inactive slot); the heap holds ``(load, slot)`` entries, some stale. An entry is
-    live while its load is still its slot's; a load change pushes one entry and
-    leaves the old one to be dropped when it reaches the top. The heap is rebuilt
-    from ``_cur`` when it holds more than twice as many entries as there are active
-    agents (plus ``INDEX_SLACK``), so memory stays O(n) and each change costs
-    O(log n) amortized; ``best`` pops the stale entries it meets, O(log n)
-    amortized. Loads are compared as the same floats the scan compared, so agents
-    with different concurrency tie exactly when the scan said they did; a tie goes
-    to the lower slot (the earlier join) because the heap orders ``(load, slot)``.
+    The heap holds ``(load, slot)`` entries. Invariant: every active agent has an
+    entry whose load is at most its current load (its latest entry: one is pushed
+    when it becomes active and whenever its load falls). A rise needs nothing at
+    once (agents do not even report it, ``watches_load_rise = False``): when ``best``
+    meets an entry below its agent's current load it re-keys it in place, and it
+    drops entries above the current load (a lower one exists) and those of
+    inactive slots. The first entry that matches its agent's current load is then
+    the least loaded agent, ties to the lower slot (the earlier join), because no
+    other active agent can have a smaller ``(load, slot)``. The heap is rebuilt from
+    the pool when it holds more than twice as many entries as there are active
+    agents (plus ``INDEX_SLACK``), so memory stays O(n); a fall costs O(log n),
+    ``best`` O(log n) amortized. Loads are the same floats the scan compared, so
+    agents with different concurrency tie exactly when the scan said they did.
     """
 
-    __slots__ = ("_active", "_cur", "_heap", "_pool")
+    __slots__ = ("_heap", "_pool")
     watches_trust = False
+    watches_load_rise = False
 
     def __init__(self, pool: ActivePool) -> None:
         self._pool = pool
-        self._cur: list[float | None] = []  # slot -> load of the active agent there, None if none
-        self._heap: list[tuple[float, int]] = []  # (load, slot), some stale
-        self._active = 0
+        self._heap: list[tuple[float, int]] = []
         self.rebuild()
 
     def rebuild(self) -> None:
         """O(n)."""
-        cur: list[float | None] = [None] * self._pool.slot_count
-        heap = []
-        for slot, a in self._pool.active_slots():
-            load = a.in_flight / a.concurrency
-            cur[slot] = load
-            heap.append((load, slot))
+        heap = [(a._in_flight / a._concurrency, slot) for slot, a in self._pool.active_slots()]
         heapq.heapify(heap)
-        self._cur, self._heap, self._active = cur, heap, len(heap)
+        self._heap = heap
 
-    def _push(self, slot: int, load: float) -> None:
+    def _push(self, slot: int, agent: AgentState) -> None:
         heap = self._heap
-        heapq.heappush(heap, (load, slot))
-        if len(heap) > 2 * self._active + INDEX_SLACK:
-            cur = self._cur
-            self._heap = [(x, s) for s, x in enumerate(cur) if x is not None]
-            heapq.heapify(self._heap)
+        heapq.heappush(heap, (agent._in_flight / agent._concurrency, slot))
+        if len(heap) > 2 * len(self._pool) + INDEX_SLACK:
+            self.rebuild()
 
     def activated(self, slot: int, agent: AgentState) -> None:
-        cur = self._cur
-        if slot >= len(cur):
-            cur.extend([None] * (slot + 1 - len(cur)))
-        load = agent.in_flight / agent.concurrency
-        cur[slot] = load
-        self._active += 1
-        self._push(slot, load)
+        self._push(slot, agent)
 
     def deactivated(self, slot: int, agent: AgentState) -> None:
-        self._cur[slot] = None
-        self._active -= 1
+        pass  # its entries are dropped when they reach the top
 
-    def changed(self, slot: int, agent: AgentState) -> None:
-        load = agent._in_flight / agent._concurrency
-        cur = self._cur
-        if cur[slot] != load:
-            cur[slot] = load
-            heap = self._heap
-            heapq.heappush(heap, (load, slot))
-            if len(heap) > 2 * self._active + INDEX_SLACK:
-                self._heap = [(x, s) for s, x in enumerate(cur) if x is not None]
-                heapq.heapify(self._heap)
+    changed = _push  # a fall (or an assignment): the agent's latest entry must not be above its load
 
     def best(self, excluded: Collection[int]) -> int | None:
         """The slot of the least loaded, earliest joined active agent not in ``excluded``."""
-        heap, cur = self._heap, self._cur
-        pop = heapq.heappop
+        heap, slots = self._heap, self._pool._slots
+        pop, active = heapq.heappop, Status.ACTIVE
         skipped: list[tuple[float, int]] | None = None
         found: int | None = None
         while heap:
             entry = heap[0]
-            load, slot = entry
-            if cur[slot] != load:
-                pop(heap)  # stale
-            elif excluded and slot in excluded:
+            key, slot = entry
+            agent = slots[slot] if slot < len(slots) else None
+            if agent is None or agent.status is not active:
+                pop(heap)  # not active any more
+                continue
+            load = agent._in_flight / agent._concurrency
+            if load != key:
+                if load > key:
+                    heapq.heapreplace(heap, (load, slot))  # the load rose: re-key
+                else:
+                    pop(heap)  # the load fell since: a lower entry exists
+                continue
+            if excluded and slot in excluded:
                 if skipped is None:
                     skipped = []
                 skipped.append(pop(heap))
-                # the same live entry may be in the heap more than once (load went away and back)
-                while heap and heap[0] == entry:
+                while heap and heap[0] == entry:  # the same agent may be in twice at the same load
                     pop(heap)
-            else:
-                found = slot
-                break
+                continue
+            found = slot
+            break
         if skipped:
             for entry in skipped:
                 heapq.heappush(heap, entry)
@@ -237,6 +224,7 @@ class _WeightIndex:
 
     __slots__ = ("_changes", "_pool", "_positive", "_tree")
     watches_trust = True
+    watches_load_rise = True
 
     def __init__(self, pool: ActivePool) -> None:
         self._pool = pool
