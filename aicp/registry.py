@@ -194,7 +194,8 @@ _I = TypeVar("_I", bound=PoolIndex)
 
 #: Holes a pool tolerates beyond one per member before it compacts its slots (tests set 0 to compact often).
 COMPACT_SLACK = 32
-_NO_RANKS: list[int] = []
+#: The ranks of no excluded agent (shared: never mutate).
+NO_RANKS: list[int] = []
 
 
 class ActivePool(Sequence[AgentState]):
@@ -267,7 +268,7 @@ class ActivePool(Sequence[AgentState]):
     def excluded_ranks(self, exclude: Collection[str]) -> list[int]:
         """The sorted ranks of the active agents named in ``exclude``, O(m log n)."""
         if not exclude:
-            return _NO_RANKS
+            return NO_RANKS
         slot_of, active = self._slot_of, self._active
         ranks = []
         for agent_id in set(exclude):
@@ -289,7 +290,9 @@ class ActivePool(Sequence[AgentState]):
                 k += 1
             else:
                 break
-        return self._slots[self._select(k)]  # type: ignore[return-value]
+        if self._n_active == len(self._slots):  # _select(k), inlined: every slot active
+            return self._slots[k]  # type: ignore[return-value]
+        return self._slots[self._active.find(k)]  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- slots
     def slot_of(self, agent_id: str) -> int | None:

@@ -38,7 +38,7 @@ from typing import Protocol
 
 from aicp import errors
 from aicp.fenwick import Fenwick
-from aicp.registry import ActivePool, AgentState, Status
+from aicp.registry import NO_RANKS, ActivePool, AgentState, Status
 
 #: How many rejection-sampling rounds trust_weighted tries before an exact draw from its tree.
 _REJECTION_TRIES = 32
@@ -65,7 +65,7 @@ class RoundRobin:
         self._cursor: dict[str, int] = {}
 
     def choose(self, method: str, candidates: ActivePool, rng: random.Random, exclude: Collection[str]) -> AgentState | None:
-        ranks = candidates.excluded_ranks(exclude)
+        ranks = candidates.excluded_ranks(exclude) if exclude else NO_RANKS
         n = len(candidates) - len(ranks)
         if n <= 0:
             return None
@@ -80,7 +80,7 @@ class UniformRandom:
     name = "random"
 
     def choose(self, method: str, candidates: ActivePool, rng: random.Random, exclude: Collection[str]) -> AgentState | None:
-        ranks = candidates.excluded_ranks(exclude)
+        ranks = candidates.excluded_ranks(exclude) if exclude else NO_RANKS
         n = len(candidates) - len(ranks)
         if n <= 0:
             return None
@@ -99,7 +99,7 @@ class _LoadIndex:
     inactive slots. The first entry that matches its agent's current load is then
     the least loaded agent, ties to the lower slot (the earlier join), because no
     other active agent can have a smaller ``(load, slot)``. The heap is rebuilt from
-    the pool when it holds more than twice as many entries as there are active
+    the pool when it holds more than four times as many entries as there are active
     agents (plus ``INDEX_SLACK``), so memory stays O(n); a fall costs O(log n),
     ``best`` O(log n) amortized. Loads are the same floats the scan compared, so
     agents with different concurrency tie exactly when the scan said they did.
@@ -115,15 +115,16 @@ class _LoadIndex:
         self.rebuild()
 
     def rebuild(self) -> None:
-        """O(n)."""
-        heap = [(a._in_flight / a._concurrency, slot) for slot, a in self._pool.active_slots()]
+        """O(n) (n: the pool's slots)."""
+        active = Status.ACTIVE
+        heap = [(a._in_flight / a._concurrency, slot) for slot, a in enumerate(self._pool._slots) if a is not None and a.status is active]
         heapq.heapify(heap)
         self._heap = heap
 
     def _push(self, slot: int, agent: AgentState) -> None:
         heap = self._heap
         heapq.heappush(heap, (agent._in_flight / agent._concurrency, slot))
-        if len(heap) > 2 * len(self._pool) + INDEX_SLACK:
+        if len(heap) > 4 * self._pool._n_active + INDEX_SLACK:
             self.rebuild()
 
     def activated(self, slot: int, agent: AgentState) -> None:
@@ -201,7 +202,7 @@ class PowerOfTwo:
     name = "power_of_two"
 
     def choose(self, method: str, candidates: ActivePool, rng: random.Random, exclude: Collection[str]) -> AgentState | None:
-        ranks = candidates.excluded_ranks(exclude)
+        ranks = candidates.excluded_ranks(exclude) if exclude else NO_RANKS
         n = len(candidates) - len(ranks)
         if n <= 1:
             return candidates.nth(0, ranks) if n == 1 else None
@@ -293,7 +294,7 @@ class TrustWeighted:
     name = "trust_weighted"
 
     def choose(self, method: str, candidates: ActivePool, rng: random.Random, exclude: Collection[str]) -> AgentState | None:
-        ranks = candidates.excluded_ranks(exclude)
+        ranks = candidates.excluded_ranks(exclude) if exclude else NO_RANKS
         n = len(candidates) - len(ranks)
         if n <= 1:
             return candidates.nth(0, ranks) if n == 1 else None
@@ -316,7 +317,7 @@ class LatencyEwma:
     name = "latency_ewma"
 
     def choose(self, method: str, candidates: ActivePool, rng: random.Random, exclude: Collection[str]) -> AgentState | None:
-        ranks = candidates.excluded_ranks(exclude)
+        ranks = candidates.excluded_ranks(exclude) if exclude else NO_RANKS
         n = len(candidates) - len(ranks)
         if n <= 1:
             return candidates.nth(0, ranks) if n == 1 else None
