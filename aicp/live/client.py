@@ -34,12 +34,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from aicp import errors
 from aicp.live.handlers import Handler, invoke
+from aicp.live.inbound import DirectClientConnection
 from aicp.live.links import FrameBatcher
 from aicp.messages import MAX_FRAME_BYTES, Error, Goaway, RegisterAck, Result, Role, Task, payload
 from aicp.peer import READY, PeerSession, Received
@@ -150,7 +150,7 @@ class PeerClient:
         self.max_reconnect_attempts = max_reconnect_attempts
         self.open_timeout_s = open_timeout_s
         self.max_frame_bytes = max_frame_bytes
-        self.ws: ClientConnection | None = None
+        self.ws: DirectClientConnection | None = None
         self._batch: FrameBatcher | None = None  # coalesces this connection's frames into one write per loop iteration
         self.ready = asyncio.Event()
         self.closing = False
@@ -188,7 +188,7 @@ class PeerClient:
     async def connect(self) -> None:
         """Open one connection and register on its challenge. Raises one of ``CONNECT_ERRORS``."""
         tls: dict[str, Any] = {} if self.ssl is None else {"ssl": self.ssl}  # wss:// without one: system trust store
-        ws = await ws_connect(
+        ws: DirectClientConnection = await ws_connect(  # type: ignore[assignment]
             self.server_url,
             **tls,
             open_timeout=self.open_timeout_s,
@@ -196,6 +196,7 @@ class PeerClient:
             max_size=self.max_frame_bytes,
             max_queue=64,
             compression=None,
+            create_connection=DirectClientConnection,
         )
         try:
             async with asyncio.timeout(self.open_timeout_s):
@@ -252,11 +253,11 @@ class PeerClient:
                 await self.connect_with_retry()
                 continue
             try:
-                while True:
-                    data = await ws.recv(decode=False)
-                    self._frame(data)
-            except ConnectionClosed as exc:
-                log.info("%s: connection closed (%s)", self.peer_id, exc)
+                # Each frame goes to _frame as websockets parses it (aicp.live.inbound), as bytes, as
+                # recv(decode=False) gave it: the session refuses a frame that is not strict UTF-8 JSON.
+                ws.direct(self._message, check_utf8=False)
+                await ws.wait_closed()
+                log.info("%s: connection closed (%s)", self.peer_id, ws.close_exc)
             finally:
                 if self.ws is ws:
                     self.ws = None
@@ -347,6 +348,9 @@ class PeerClient:
         except ConnectionClosed:
             return False
         return True
+
+    def _message(self, data: bytes, binary: bool) -> None:
+        self._frame(data)
 
     def _frame(self, data: bytes) -> None:
         try:

@@ -37,6 +37,7 @@ from websockets.asyncio.client import connect
 
 from aicp.lab.bench.floor import io_calls
 from aicp.lab.bench.schedule import Schedule
+from aicp.live.inbound import DirectClientConnection
 from aicp.live.links import FrameBatcher
 from aicp.live.loop import run_async
 from aicp.messages import Error, RegisterAck, Result, payload
@@ -108,7 +109,8 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
     waiters: dict[str, asyncio.Future[None]] = {}
     verify_failures = 0
 
-    async with connect(args.url, compression=None, max_size=2**20, ping_interval=None, open_timeout=10, max_queue=None) as ws:
+    async with connect(args.url, compression=None, max_size=2**20, ping_interval=None, open_timeout=10, max_queue=None, create_connection=DirectClientConnection) as ws:
+        assert isinstance(ws, DirectClientConnection)
         session.connection_made()
         session.receive(await ws.recv(decode=False), wall())
         await ws.send(session.register_frame(wall()), text=True)
@@ -116,29 +118,27 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(ack.body, RegisterAck):
             raise RuntimeError(f"registration refused: {ack.body}")
 
-        async def reader() -> None:
+        def on_message(data: bytes, binary: bool) -> None:  # each frame as it is parsed (aicp.live.inbound)
             nonlocal verify_failures
-            while True:
-                data = await ws.recv(decode=False)
-                now = clock()
-                try:
-                    got = session.receive(data, wall())
-                except Exception:
-                    verify_failures += 1
-                    continue
-                msg = got.body
-                if isinstance(msg, Result):
-                    tid, code = msg.task_id, "ok"
-                elif isinstance(msg, Error) and msg.task_id is not None:
-                    tid, code = msg.task_id, msg.code
-                else:
-                    continue
-                if rec.finish(tid, now, code) is not None:
-                    fut = waiters.pop(tid, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(None)
+            now = clock()
+            try:
+                got = session.receive(data, wall())
+            except Exception:
+                verify_failures += 1
+                return
+            msg = got.body
+            if isinstance(msg, Result):
+                tid, code = msg.task_id, "ok"
+            elif isinstance(msg, Error) and msg.task_id is not None:
+                tid, code = msg.task_id, msg.code
+            else:
+                return
+            if rec.finish(tid, now, code) is not None:
+                fut = waiters.pop(tid, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
 
-        read_task = loop.create_task(reader())
+        ws.direct(on_message, check_utf8=False)
         batch = FrameBatcher(ws)
         cpu0 = time.process_time()
         io0 = io_calls(psutil.Process())
@@ -196,9 +196,6 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         drain_until = clock() + (plan.max_deadline_s(args.task_timeout) if plan is not None else args.task_timeout) + 5.0
         while clock() < drain_until and np.any(rec.outcome[: rec.n] == PENDING):
             await asyncio.sleep(0.01)
-        read_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await read_task
         cpu_s = time.process_time() - cpu0
         io1 = io_calls(psutil.Process())
         wall_s = clock() - start

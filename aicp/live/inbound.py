@@ -1,0 +1,130 @@
+"""Incoming WebSocket messages handed to a callback as websockets parses them, not through ``recv()``.
+
+``recv()`` costs, per message, a frame queued in websockets' ``Assembler``, a future
+woken, and a task switch to the coroutine awaiting it, which then calls the core. A
+connection built from these classes calls ``on_message`` from ``data_received``
+instead, in the order the frames arrived, with no queue and no await: the router's
+core and the peers' sessions are synchronous, so nothing is lost by calling them there.
+
+The transport limits stay where they were:
+
+* websockets' sans-I/O ``Protocol`` still parses every frame and enforces
+  ``max_size`` on the whole message, across fragments (close 1009), closes a
+  protocol error with 1002, and answers pings and closes;
+* this module reassembles fragmented messages (at most ``MAX_FRAGMENTS``, else close
+  1009, as websockets does) and, with ``check_utf8``, refuses a text message that
+  is not valid UTF-8 as a whole with close 1007, as ``recv()`` does. Nothing is
+  delivered after a refusal;
+* the opening handshake and its timeout are websockets' own, unchanged.
+
+Flow control: a message is handled before the next byte is read, so the read side
+needs no queue and no pause; what is written is bounded by the driver's links.
+
+``direct(on_message)`` switches a connection over after its handshake (messages that
+arrived before are delivered first, in order); ``wait_closed()`` then ends with the
+connection, and ``close_exc`` says how it closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.messages import MAX_FRAGMENTS
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed, TooManyFragments
+from websockets.frames import BINARY, CONT, TEXT, CloseCode, Frame
+from websockets.protocol import Event
+
+log = logging.getLogger("aicp.live.inbound")
+
+#: ``on_message(data, binary)``: one whole message; ``data`` is bytes (valid UTF-8 for a
+#: text message when the connection checks it), ``binary`` says it came as a binary message.
+OnMessage = Callable[[bytes, bool], None]
+
+
+class DirectMessages:
+    """Mixed into a websockets ``Connection``: whole messages go to ``on_message`` as they are parsed.
+
+    O(1) per frame; a fragmented message is joined once, when its last fragment arrives.
+    """
+
+    on_message: OnMessage | None = None
+    check_utf8 = True
+    _fragments: list[Any] | None = None
+    _text = False
+    _refused = False
+
+    def direct(self, on_message: OnMessage, check_utf8: bool = True) -> None:
+        """Deliver every message from now on to ``on_message``, those already queued first, in order."""
+        conn: Any = self
+        self.check_utf8 = check_utf8
+        self.on_message = on_message
+        queued = conn.recv_messages.frames.queue
+        while queued and not self._refused:
+            self._frame(queued.popleft())
+        conn.recv_messages.maybe_resume()
+
+    def process_event(self, event: Event) -> None:
+        if self.on_message is None or not isinstance(event, Frame) or event.opcode not in (TEXT, BINARY, CONT):
+            super().process_event(event)  # type: ignore[misc]
+            return
+        if not self._refused:
+            self._frame(event)
+
+    def _frame(self, frame: Frame) -> None:
+        fragments = self._fragments
+        if fragments is None:
+            if frame.fin:
+                self._deliver(frame.data if type(frame.data) is bytes else bytes(frame.data), frame.opcode is TEXT)
+                return
+            self._fragments = [frame.data]
+            self._text = frame.opcode is TEXT
+            return
+        if len(fragments) >= MAX_FRAGMENTS:
+            self._refuse(CloseCode.MESSAGE_TOO_BIG, "too many fragments", TooManyFragments(MAX_FRAGMENTS))
+            return
+        fragments.append(frame.data)
+        if frame.fin:
+            self._fragments = None
+            self._deliver(b"".join(fragments), self._text)
+
+    def _deliver(self, data: bytes, text: bool) -> None:
+        if text and self.check_utf8:
+            try:
+                data.decode()
+            except UnicodeDecodeError as exc:
+                self._refuse(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}", exc)
+                return
+        assert self.on_message is not None
+        try:
+            self.on_message(data, not text)
+        except Exception as exc:  # a bug in the callback: this connection ends, the others go on
+            log.exception("message handler failed")
+            self._refuse(CloseCode.INTERNAL_ERROR, "internal error", exc)
+
+    def _refuse(self, code: CloseCode, reason: str, exc: BaseException) -> None:
+        """Close as ``recv()`` would have: fail the connection with ``code``; deliver nothing more."""
+        self._refused = True
+        self._fragments = None
+        conn: Any = self
+        conn.set_connection_exc(exc)
+        asyncio.get_running_loop().create_task(self._fail(code, reason))
+
+    async def _fail(self, code: CloseCode, reason: str) -> None:
+        conn: Any = self
+        with contextlib.suppress(ConnectionClosed):
+            async with conn.send_context():
+                conn.protocol.fail(code, reason)
+
+
+class DirectServerConnection(DirectMessages, ServerConnection):
+    """A server connection that can deliver messages with ``direct``."""
+
+
+class DirectClientConnection(DirectMessages, ClientConnection):
+    """A client connection that can deliver messages with ``direct``."""
