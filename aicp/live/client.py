@@ -25,6 +25,7 @@ that task themselves.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 import ssl as ssl_module
@@ -409,7 +410,10 @@ class AICPWebSocketClient(PeerClient):
     ) -> None:
         super().__init__(server_url, agent_id, identity or Identity.generate(), role="agent", capabilities=list(capabilities or []), concurrency=concurrency, **kwargs)
         self.handlers: dict[str, _HandlerSpec] = {}
-        self._slots = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
+        #: tasks received while every slot was busy, FIFO; ``running`` counts the slots in use
+        self._waiting: deque[Task] = deque()
+        self._starting = False
         self.max_queued = max_queued if max_queued is not None else 16 * concurrency
         self.max_unsent = max_unsent
         self._unsent: OrderedDict[str, bytes] = OrderedDict()  # result id -> frame
@@ -449,43 +453,112 @@ class AICPWebSocketClient(PeerClient):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self._tasks and (left := deadline - loop.time()) > 0:
-            await asyncio.wait(list(self._tasks), timeout=left)
-        return not self._tasks
+            await asyncio.wait(list(self._tasks), timeout=left)  # tasks waiting for a slot start as these end
+        return not self._tasks and not self._waiting
 
     def _on_task(self, rec: Received, task: Task) -> None:
         if self.draining:
             frame = self.session.result_frame(task, payload(None), time.time(), ok=False, reason="shutting-down: agent is draining")
             self._spawn(self._send_result(frame))
             return
-        if len(self._tasks) >= self.max_queued:
+        if len(self._tasks) + len(self._waiting) >= self.max_queued:
             frame = self.session.result_frame(task, payload(None), time.time(), ok=False, reason="overloaded: agent queue is full")
             self._spawn(self._send_result(frame))
             return
-        self._spawn(self._run_task(task))
+        self._waiting.append(task)
+        self._start_waiting()
 
     def _spawn(self, coro: Any) -> None:
         t: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
-    async def _run_task(self, task: Task) -> None:
-        async with self._slots:
-            self.running += 1
-            try:
-                spec = self.handlers.get(task.method)
-                if spec is None:
-                    raise LookupError(f"no handler for {task.method!r}")
-                started = time.perf_counter()
-                value = await invoke(spec.handler, msgspec.json.decode(task.payload), spec.in_thread)
-                service_ms = (time.perf_counter() - started) * 1000.0
-                frame = self.session.result_frame(task, payload(value), time.time(), ok=True, service_ms=round(service_ms, 4))
-            except Exception as exc:
+    def _start_waiting(self) -> None:
+        """Start waiting tasks, oldest first, while a slot is free (one loop, no recursion)."""
+        if self._starting:
+            return
+        self._starting = True
+        try:
+            while self._waiting and self.running < self.concurrency:
+                self._start(self._waiting.popleft())
+        finally:
+            self._starting = False
+
+    def _start(self, task: Task) -> None:
+        """Run ``task`` in a free slot: inline if its handler answers at once, else in an asyncio task.
+
+        Most handlers are sync and microseconds long: they run here, and the result is
+        signed and batched without creating a task, a future or a task switch.
+        """
+        self.running += 1
+        spec = self.handlers.get(task.method)
+        started = time.perf_counter()
+        if spec is None or spec.in_thread:
+            self._spawn(self._run_task(task, spec, started))
+            return
+        try:
+            value = spec.handler(msgspec.json.decode(task.payload))
+        except Exception as exc:
+            self._finish(task, None, started, exc)
+            return
+        if inspect.isawaitable(value):
+            self._spawn(self._await_result(task, value, started))
+            return
+        self._finish(task, value, started, None)
+
+    async def _run_task(self, task: Task, spec: _HandlerSpec | None, started: float) -> None:
+        try:
+            if spec is None:
+                raise LookupError(f"no handler for {task.method!r}")
+            value = await invoke(spec.handler, msgspec.json.decode(task.payload), spec.in_thread)
+        except Exception as exc:
+            self._finish(task, None, started, exc)
+            return
+        except BaseException:  # cancelled (close): the slot is freed all the same
+            self._release()
+            raise
+        self._finish(task, value, started, None)
+
+    async def _await_result(self, task: Task, pending: Any, started: float) -> None:
+        try:
+            value = await pending
+        except Exception as exc:
+            self._finish(task, None, started, exc)
+            return
+        except BaseException:
+            self._release()
+            raise
+        self._finish(task, value, started, None)
+
+    def _finish(self, task: Task, value: Any, started: float, exc: Exception | None) -> None:
+        """Sign the task's result (or its failure), send it, free the slot."""
+        try:
+            if exc is None:
+                try:
+                    service_ms = (time.perf_counter() - started) * 1000.0
+                    frame = self.session.result_frame(task, payload(value), time.time(), ok=True, service_ms=round(service_ms, 4))
+                except Exception as encode_exc:  # a result that is not JSON-encodable fails the task
+                    exc = encode_exc
+            if exc is not None:
                 log.info("%s: handler for %s failed: %r", self.peer_id, task.method, exc)
                 frame = self.session.result_frame(task, payload(None), time.time(), ok=False, reason=f"{type(exc).__name__}: {exc}")
-            finally:
-                self.running -= 1
-        self.completed += 1
-        await self._send_result(frame)
+            self.completed += 1
+            self._send_result_soon(frame)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self.running -= 1
+        if self._waiting:
+            self._start_waiting()
+
+    def _send_result_soon(self, frame: bytes) -> None:
+        """``_send_result`` without a task when the frame can be batched now (the usual case)."""
+        batch = self._batch
+        if batch is not None and batch.ws is self.ws and self.ready.is_set() and batch.writable():
+            batch.add(frame)  # a flush that finds the connection closed hands it to _dropped, which keeps it
+            return
+        self._spawn(self._send_result(frame))
 
     async def _send_result(self, frame: bytes) -> None:
         batch = self._batch
@@ -507,6 +580,7 @@ class AICPWebSocketClient(PeerClient):
             self._unsent.pop(key, None)
 
     async def _on_close(self) -> None:
+        self._waiting.clear()  # never started: the router fails them over when the connection ends
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
