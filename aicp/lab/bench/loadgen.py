@@ -12,7 +12,7 @@ Run by the benchmark orchestrator as ``python -m aicp.lab.bench.loadgen --out FI
   (``aicp bench --scenario`` and ``--arrivals``; aicp/lab/bench/schedule.py): each
   task's intended time, method, deadline and payload size come from the file.
 * **Closed loop** (``--concurrency C``): C tasks in flight; each completion sends
-  the next one. Latency is measured from the send.
+  the next one, from the frame callback. Latency is measured from the send.
 
 Every outcome is verified (signature and binding to its task) before it counts.
 Samples are written as numpy arrays (``.npz``): intended/sent/done times,
@@ -106,8 +106,8 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
     plan = Schedule.load(args.schedule) if args.schedule else None
     expected = len(plan) + 16 if plan is not None else int((args.rate or 2000.0) * (args.duration + args.warmup) * 1.3) + 1024
     rec = Recorder(expected)
-    waiters: dict[str, asyncio.Future[None]] = {}
     verify_failures = 0
+    closed_loop = False  # set once the closed loop starts: outcomes then send the next tasks
 
     async with connect(args.url, compression=None, max_size=2**20, ping_interval=None, open_timeout=10, max_queue=None, create_connection=DirectClientConnection) as ws:
         assert isinstance(ws, DirectClientConnection)
@@ -133,10 +133,8 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
                 tid, code = msg.task_id, msg.code
             else:
                 return
-            if rec.finish(tid, now, code) is not None:
-                fut = waiters.pop(tid, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
+            if rec.finish(tid, now, code) is not None and closed_loop:
+                send_next()  # closed loop: this slot's next task, from the callback (no future, no task switch)
 
         ws.direct(on_message, check_utf8=False)
         batch = FrameBatcher(ws)
@@ -155,6 +153,32 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
                 batch.flush()
                 await ws.send(frame, text=True)
             return tid
+
+        slots_left = args.concurrency
+        slots_done = asyncio.Event()
+        slow_sends: set[asyncio.Task[None]] = set()
+
+        async def send_slow(frame: bytes) -> None:
+            await ws.send(frame, text=True)
+
+        def send_next() -> None:
+            """Closed loop: one slot sends its next task, or stops after ``end``."""
+            nonlocal slots_left
+            now = clock()
+            if now >= end:
+                slots_left -= 1
+                if slots_left == 0:
+                    slots_done.set()
+                return
+            tid, frame = session.task_frame(args.method, body, wall(), timeout_ms=timeout_ms)
+            rec.new(tid, now, now)
+            if batch.writable():
+                batch.add(frame)
+            else:  # the socket is backed up: flow control in a task (the order of independent tasks does not matter)
+                batch.flush()
+                t = loop.create_task(send_slow(frame))
+                slow_sends.add(t)
+                t.add_done_callback(slow_sends.discard)
 
         if plan is not None:
             for t_rel, method, task_body, deadline_ms in plan.tasks():
@@ -177,21 +201,14 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
                     await asyncio.sleep(delay)
                 await send_one(t)
         else:
-
-            async def worker() -> None:
-                while clock() < end:
-                    intended = clock()
-                    fut: asyncio.Future[None] = loop.create_future()
-                    tid = await send_one(intended)
-                    if rec.outcome[rec.index[tid]] == PENDING:
-                        waiters[tid] = fut
-                        await fut  # no timer per task: the whole loop is bounded below
-
             await asyncio.sleep(max(0.0, start - clock()))
-            # A task that never gets an outcome stalls its worker until this bound, and counts as lost below.
+            closed_loop = True
+            for _ in range(args.concurrency):
+                send_next()
+            # A task that never gets an outcome stalls its slot until this bound, and counts as lost below.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(end - clock() + args.task_timeout + 5.0):
-                    await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+                    await slots_done.wait()
         # drain: every task sent must get its outcome; wait up to the task timeout plus slack
         drain_until = clock() + (plan.max_deadline_s(args.task_timeout) if plan is not None else args.task_timeout) + 5.0
         while clock() < drain_until and np.any(rec.outcome[: rec.n] == PENDING):
