@@ -37,8 +37,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.messages import MAX_FRAGMENTS
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, TooManyFragments
-from websockets.frames import BINARY, CONT, TEXT, CloseCode, Frame
-from websockets.protocol import Event
+from websockets.frames import BINARY, CONT, TEXT, CloseCode, Frame, apply_mask
+from websockets.protocol import OPEN, SERVER, Event
+from websockets.streams import StreamReader
 
 log = logging.getLogger("aicp.live.inbound")
 
@@ -68,6 +69,55 @@ class DirectMessages:
         while queued and not self._refused:
             self._frame(queued.popleft())
         conn.recv_messages.maybe_resume()
+
+    def data_received(self, data: bytes) -> None:
+        """Whole unfragmented data frames are cut out of ``data`` here; anything else goes to websockets.
+
+        The fast path takes only what websockets would turn into exactly one message
+        event: FIN set, no RSV bit, opcode text or binary, masking as the side requires,
+        within ``max_size``, complete in ``data``; and only while websockets' parser
+        stands between two frames, the connection is open, no extension is negotiated
+        and no fragmented message is in progress. The first byte that is anything else
+        (a control frame, a fragment, a partial frame, an error) and everything after it
+        go to websockets' parser, which then decides exactly as it always did.
+        """
+        protocol: Any = self.protocol  # type: ignore[attr-defined]
+        if (self.on_message is None or self._refused or self._fragments is not None or protocol.state is not OPEN or protocol.extensions
+                or protocol.current_size is not None or protocol.max_fragment_size is not None or not _between_frames(protocol)):
+            super().data_received(data)  # type: ignore[misc]
+            return
+        masked = protocol.side is SERVER
+        limit = protocol.max_message_size
+        pos, end = 0, len(data)
+        while end - pos >= 2:
+            head = data[pos]
+            if head != 0x81 and head != 0x82:  # FIN, no RSV, text or binary
+                break
+            length = data[pos + 1]
+            if (length & 0x80 != 0) is not masked:
+                break
+            length &= 0x7F
+            start = pos + 2
+            if length == 126:
+                length = int.from_bytes(data[start : start + 2], "big")
+                start += 2
+            elif length == 127:
+                length = int.from_bytes(data[start : start + 8], "big")
+                start += 8
+            if limit is not None and length > limit:
+                break
+            if masked:
+                start += 4
+            stop = start + length
+            if stop > end:
+                break
+            message = apply_mask(data[start:stop], data[start - 4 : start]) if masked else data[start:stop]
+            pos = stop
+            self._deliver(message, head == 0x81)
+            if self._refused or protocol.state is not OPEN:
+                break
+        if pos < end:
+            super().data_received(data[pos:] if pos else data)  # type: ignore[misc]
 
     def process_event(self, event: Event) -> None:
         if self.on_message is None or not isinstance(event, Frame) or event.opcode not in (TEXT, BINARY, CONT):
@@ -120,6 +170,24 @@ class DirectMessages:
         with contextlib.suppress(ConnectionClosed):
             async with conn.send_context():
                 conn.protocol.fail(code, reason)
+
+
+def _between_frames(protocol: Any) -> bool:
+    """True if websockets' parser waits for the first byte of a frame (not inside one).
+
+    Read from its generator: between frames it waits in ``StreamReader.at_eof``. Any
+    other shape (another websockets version) answers False: the fast path is not taken.
+    """
+    try:
+        waiting = protocol.parser
+        while waiting.gi_yieldfrom is not None:  # a server's parser delegates to Protocol.parse after the handshake
+            waiting = waiting.gi_yieldfrom
+        return waiting.gi_code is _AT_EOF and not protocol.reader.buffer  # type: ignore[no-any-return]
+    except AttributeError:
+        return False
+
+
+_AT_EOF = StreamReader.at_eof.__code__
 
 
 class DirectServerConnection(DirectMessages, ServerConnection):
