@@ -1,0 +1,62 @@
+"""The cluster's own NATS link: its parser over any split of the byte stream, and a round trip through a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+from conftest import NatsServer
+
+from aicp.live.nats_link import NatsLink, _Wire
+
+
+def test_messages_split_anywhere_in_the_stream_arrive_whole_and_in_order() -> None:
+    async def main() -> None:
+        got: list[tuple[str, bytes]] = []
+        link = NatsLink("nats://127.0.0.1:1")
+        link.subscribe("a", lambda data: got.append(("a", data)))
+        link.subscribe("b", lambda data: got.append(("b", data)))
+        wire = _Wire(link)
+        payloads = [b"", b"x\r\nMSG fake 1 3\r\n", bytes(range(256)) * 40, b"PING"]
+        stream = b"INFO {\"max_payload\": 4096}\r\nPING\r\n"
+        for i, p in enumerate(payloads):
+            stream += b"MSG aicp.s %d %d\r\n%s\r\n" % (1 + i % 2, len(p), p)
+            stream += b"HMSG aicp.h 1 12 14\r\nNATS/1.0\r\n\r\nhi\r\n"  # skipped whole
+        stream += b"MSG aicp.r 1 _INBOX.x 2\r\nok\r\n+OK\r\n"
+        want = [("a" if i % 2 == 0 else "b", p) for i, p in enumerate(payloads)] + [("a", b"ok")]
+        for step in (1, 2, 7, 100, len(stream)):
+            got.clear()
+            wire.buf, wire.need = b"", 0
+            for k in range(0, len(stream), step):
+                wire.data_received(stream[k:k + step])
+            assert got == want, step
+            assert wire.buf == b""
+        assert wire.max_payload == 4096
+
+    asyncio.run(main())
+
+
+def test_a_round_trip_through_nats_server_and_a_message_over_its_max_payload_is_refused(nats_server: NatsServer) -> None:
+    async def main() -> None:
+        got: list[bytes] = []
+        a, b = NatsLink(nats_server.url, "a"), NatsLink(nats_server.url, "b")
+        b.subscribe("t.b", got.append)
+        a.subscribe("t.b", got.append)  # echo is off: a does not hear itself
+        await a.start()
+        await b.start()
+        try:
+            sent = [b"m%d" % i for i in range(50)] + [b"z" * 300_000]
+            for m in sent:
+                assert a.publish(b"t.b", m)
+            assert not a.publish(b"t.b", b"z" * (2 << 20))  # the server's default max_payload is 1 MiB
+            for _ in range(200):
+                if len(got) >= len(sent):
+                    break
+                await asyncio.sleep(0.01)
+            assert got == sent
+            assert a.counters["too_large"] == 1 and a.counters["published"] == len(sent)
+        finally:
+            await a.close()
+            await b.close()
+        assert not a.connected and not a.publish(b"t.b", b"late")
+
+    asyncio.run(main())
