@@ -13,6 +13,7 @@ Three parts, every process started here and stopped at the end (docs/CLUSTER.md)
    second (every task crosses: both routers' CPU counts). The ratio is the cost of a hop.
    Both routers' CPU counts in both runs, less what they use idle (summaries and
    keep-alives are a fixed cost, paid with or without tasks; shown as "idle CPU").
+   ``--hop-cost PAIRS`` runs this part alone, PAIRS times alternating, and reports medians.
 
 The goals (issue 14): cross/local router CPU per task < 1.5; least_loaded's p99 on N
 routers within 20% of one router. Figures depend on the machine and its load.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import time
 import urllib.request
@@ -144,7 +146,53 @@ def default_rate(cfg: argparse.Namespace) -> float:
     return 0.7 * cfg.agents * cfg.agent_concurrency * 1000.0 / mean_ms
 
 
+def hop_cost(args: argparse.Namespace) -> int:
+    """Part 3 alone, ``args.hop_cost`` times: local then cross-router on the same two routers, alternating; medians."""
+    run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-hop"
+    run_dir = args.out / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rate = args.rate or default_rate(args)
+    trial = Trial("open", rate=rate, duration=args.duration, warmup=args.warmup)
+    print(f"aicp bench --routers --hop-cost {args.hop_cost}: 2 routers, {args.agents} agents at the first (x{args.agent_concurrency}, "
+          f"service {args.service_time}), open loop {rate:.0f} tasks/s, all local then all cross-router, alternating")
+    pairs: list[dict[str, float]] = []
+    lost = 0
+    fleet = Fleet(run_dir)
+    try:
+        nats = start_nats(fleet)
+        (url1, http1), (url2, http2) = start_router(fleet, args, "router-a", nats, "ra"), start_router(fleet, args, "router-b", nats, "rb")
+        start_agents_at(fleet, url1, args.agents, args, "a")
+        _agents_ready(http1, args.agents, 60.0)
+        wait_cluster([http1, http2])
+        roles = ("router-a", "router-b")
+        for i in range(args.hop_cost):
+            local = load(fleet, [(url1, rate)], trial, args, f"local{i}", roles)
+            cross = load(fleet, [(url2, rate)], trial, args, f"cross{i}", roles)
+            lost += local["lost"] + cross["lost"]
+            row = {"local": local["router_cpu_ms_per_task"], "cross": cross["router_cpu_ms_per_task"],
+                   "local_gross": local["router_cpu_ms_per_task_gross"], "cross_gross": cross["router_cpu_ms_per_task_gross"]}
+            row["ratio"], row["ratio_gross"] = row["cross"] / row["local"], row["cross_gross"] / row["local_gross"]
+            pairs.append(row)
+            print(f"  pair {i + 1}: router CPU ms/task local {row['local']:.3f}, cross {row['cross']:.3f}: {row['ratio']:.2f}x "
+                  f"(gross {row['local_gross']:.3f} / {row['cross_gross']:.3f}: {row['ratio_gross']:.2f}x)", flush=True)
+    finally:
+        fleet.stop()
+    ratio = statistics.median(r["ratio"] for r in pairs)
+    summary = {"run_id": run_id, "rate": rate, "pairs": pairs, "median_ratio": ratio, "median_ratio_gross": statistics.median(r["ratio_gross"] for r in pairs),
+               "lost": lost, "note": "figures from one run on this machine; others may be loading it"}
+    print(f"  {'PASS' if ratio < GOAL_CPU_RATIO else 'FAIL'}  goal: cross-router CPU/task < {GOAL_CPU_RATIO}x local, median of {len(pairs)}: {ratio:.2f}x "
+          f"(gross {summary['median_ratio_gross']:.2f}x); lost {lost}")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+    print(f"results: {run_dir}")
+    return 0 if lost == 0 else 1
+
+
 def run_cluster(args: argparse.Namespace) -> int:
+    if args.hop_cost > 0:
+        return hop_cost(args)
     n = args.routers
     run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-cluster"
     run_dir = args.out / run_id
