@@ -106,7 +106,7 @@ class NatsCluster:
         self._apply(self.node.isolated(time.time(), "NATS connection lost"))
 
     def _reconnected(self) -> None:
-        log.info("router %s is back on NATS", self.name)
+        log.info("router %s is on NATS at %s", self.name, self.nats_url)
 
     def _on_summary(self, data: bytes) -> None:
         self._apply(self.node.summary_received(data, time.time()))

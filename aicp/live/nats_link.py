@@ -15,7 +15,8 @@ task switch per message received, a queue and a flusher task per message sent;
   unanswered the connection is stale and dropped;
 * a lost connection calls ``on_disconnected`` and is re-dialled every ``reconnect_wait_s``
   (servers of a comma-separated URL list in turn) until ``close()``; the subscriptions are
-  made again, then ``on_reconnected`` is called. While down, ``publish`` drops (and counts)
+  made again, then ``on_reconnected`` is called (also when a first ``start`` failed and a
+  later dial succeeds). While down, ``publish`` drops (and counts)
   what it is given: the cluster's deadlines cover it (docs/CLUSTER.md).
 
 JetStream (``aicp.live.store_jetstream``) keeps using nats-py; it is not on a per-task path.
@@ -216,8 +217,7 @@ class NatsLink:
         self.counters["connects"] += 1
 
     async def _keep(self) -> None:
-        """Ping while connected; after a loss, tell the owner and re-dial."""
-        first = self._wire is None
+        """Ping while connected; after a loss, tell the owner and re-dial (``on_reconnected`` when a dial succeeds here)."""
         while not self._closing:
             wire = self._wire
             if wire is None:
@@ -227,9 +227,8 @@ class NatsLink:
                 except (OSError, TimeoutError, ConnectionError) as exc:
                     log.debug("NATS not reachable: %s", exc)
                     continue
-                if not first and self.on_reconnected is not None:
+                if self.on_reconnected is not None:
                     self.on_reconnected()
-                first = False
                 continue
             done, _ = await asyncio.wait([wire.lost], timeout=self.ping_interval_s)
             if not done and wire.transport is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from conftest import NatsServer
 
@@ -60,3 +61,47 @@ def test_a_round_trip_through_nats_server_and_a_message_over_its_max_payload_is_
         assert not a.connected and not a.publish(b"t.b", b"late")
 
     asyncio.run(main())
+
+
+def test_the_link_dials_until_nats_is_up_and_again_after_it_restarts(nats_server: NatsServer) -> None:
+    async def main() -> None:
+        events: list[str] = []
+        got: list[bytes] = []
+        nats_server.stop()
+        link = NatsLink(nats_server.url, "late", reconnect_wait_s=0.05, connect_timeout_s=0.5,
+                        on_disconnected=lambda: events.append("down"), on_reconnected=lambda: events.append("up"))
+        link.subscribe("t.x", got.append)
+        try:
+            await link.start()
+        except (OSError, TimeoutError, ConnectionError):
+            link.start_later()
+        else:
+            raise AssertionError("connected to a stopped nats-server")
+        assert not link.connected and not link.publish(b"t.x", b"dropped")
+        other = NatsLink(nats_server.url, "other")
+        try:
+            await asyncio.to_thread(nats_server.start)
+            await _until(lambda: link.connected)
+            assert events == ["up"]
+            await other.start()
+            other.publish(b"t.x", b"one")
+            await _until(lambda: got == [b"one"])
+            await asyncio.to_thread(nats_server.restart)
+            await _until(lambda: events == ["up", "down", "up"])
+            await _until(lambda: other.connected)  # its keep-alive re-dials too
+            other.publish(b"t.x", b"two")  # the subscription was made again
+            await _until(lambda: got == [b"one", b"two"])
+            assert link.counters["disconnects"] == 1 and link.counters["dropped"] == 1
+        finally:
+            await link.close()
+            await other.close()
+
+    asyncio.run(main())
+
+
+async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
