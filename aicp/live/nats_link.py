@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import cast
 from urllib.parse import unquote, urlsplit
@@ -42,12 +43,13 @@ MAX_BUFFERED = 64 * 2**20
 
 
 class _Server:
-    __slots__ = ("host", "password", "port", "token", "user")
+    __slots__ = ("host", "password", "port", "tls", "token", "user")
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url if "://" in url else "nats://" + url)
-        if parts.scheme != "nats":
-            raise errors.LocalError(f"NATS URL {url!r}: only nats:// is supported by the cluster link")
+        if parts.scheme not in ("nats", "tls"):
+            raise errors.LocalError(f"NATS URL {url!r}: nats:// or tls:// only")
+        self.tls = parts.scheme == "tls"
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 4222
         self.user = unquote(parts.username) if parts.username and parts.password is not None else None
@@ -61,6 +63,8 @@ class _Server:
             opts.update(user=self.user, **{"pass": self.password})
         if self.token is not None:
             opts["auth_token"] = self.token
+        if self.tls:
+            opts["tls_required"] = True
         return b"CONNECT " + json.dumps(opts, separators=(",", ":")).encode() + _CRLF
 
 
@@ -72,8 +76,10 @@ class _Wire(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.need = 0  # bytes ``buf`` must hold before parsing again (a message's payload not all here yet)
+        self.info: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # the server's INFO line came (tls:// upgrades then)
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # a failure nobody waits for is not an error to log
+        for fut in (self.info, self.ready):
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # a failure nobody waits for is not an error to log
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.max_payload = 1 << 20
         self.pings_out = 0
@@ -85,6 +91,8 @@ class _Wire(asyncio.Protocol):
         self.transport = None
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(f"NATS closed the connection: {exc}"))
+        if not self.info.done():
+            self.info.set_exception(ConnectionError(f"NATS closed the connection: {exc}"))
         if not self.lost.done():
             self.lost.set_result(None)
 
@@ -142,6 +150,8 @@ class _Wire(asyncio.Protocol):
                 self.max_payload = int(json.loads(line[5:]).get("max_payload", self.max_payload))
             except (ValueError, AttributeError):
                 pass
+            if not self.info.done():
+                self.info.set_result(None)
         elif line.startswith(b"-ERR"):
             log.warning("NATS server: %s", line.decode(errors="replace"))
             if not self.ready.done():
@@ -155,11 +165,13 @@ class NatsLink:
     """
 
     def __init__(self, url: str, name: str = "aicp", *, ping_interval_s: float = 1.0, max_outstanding_pings: int = 2,
-                 reconnect_wait_s: float = 0.25, connect_timeout_s: float = 2.0,
+                 reconnect_wait_s: float = 0.25, connect_timeout_s: float = 2.0, ssl_context: ssl.SSLContext | None = None,
                  on_disconnected: Callable[[], None] | None = None, on_reconnected: Callable[[], None] | None = None) -> None:
         self.servers = [_Server(u.strip()) for u in url.split(",") if u.strip()]
         if not self.servers:
             raise errors.LocalError("no NATS URL given")
+        #: for tls:// servers; default: the system's trust store (SSL_CERT_FILE and SSL_CERT_DIR are honoured)
+        self.ssl_context = ssl_context or (ssl.create_default_context() if any(srv.tls for srv in self.servers) else None)
         self.name = name
         self.ping_interval_s = ping_interval_s
         self.max_outstanding_pings = max_outstanding_pings
@@ -204,6 +216,18 @@ class NatsLink:
         self._next_server += 1
         loop = asyncio.get_running_loop()
         transport, wire = await asyncio.wait_for(loop.create_connection(lambda: _Wire(self), server.host, server.port), self.connect_timeout_s)
+        if server.tls:  # NATS sends INFO in clear, then the client upgrades the connection before CONNECT
+            try:
+                await asyncio.wait_for(asyncio.shield(wire.info), self.connect_timeout_s)
+                upgraded = await loop.start_tls(transport, wire, self.ssl_context or ssl.create_default_context(), server_hostname=server.host,
+                                                ssl_handshake_timeout=self.connect_timeout_s)
+            except BaseException:
+                transport.abort()
+                raise
+            if upgraded is None:
+                raise ConnectionError("TLS upgrade of the NATS connection failed")
+            transport = cast(asyncio.Transport, upgraded)
+            wire.transport = transport
         lines = [server.connect_line(self.name)]
         lines += [b"SUB %s %d\r\n" % (subject, i + 1) for i, subject in enumerate(self._subjects)]
         lines.append(b"PING\r\n")  # its PONG says CONNECT and every SUB were taken

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
+import pytest
 from conftest import NatsServer
 
+from aicp.lab.bench.live import _wait_port, free_port
 from aicp.live.nats_link import NatsLink, _Wire
 
 
@@ -105,3 +109,49 @@ async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not reached")
+
+
+def test_tls_urls_upgrade_after_info_and_an_unknown_ca_is_refused(tmp_path: Path) -> None:
+    """nats-server with --tls (a trustme CA): tls:// works with the CA trusted, and fails without it."""
+    import ssl
+
+    import trustme
+
+    from aicp.live.store_jetstream import nats_server_binary
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    port = free_port()
+    server = subprocess.Popen([nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "--tls", "--tlscert", str(tmp_path / "cert.pem"),
+                               "--tlskey", str(tmp_path / "key.pem")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port, 10)
+        trusted = ssl.create_default_context()
+        ca.configure_trust(trusted)
+
+        async def main() -> None:
+            got: list[bytes] = []
+            a = NatsLink(f"tls://127.0.0.1:{port}", "a", ssl_context=trusted)
+            b = NatsLink(f"tls://127.0.0.1:{port}", "b", ssl_context=trusted)
+            b.subscribe("t.tls", got.append)
+            await a.start()
+            await b.start()
+            try:
+                a.publish(b"t.tls", b"secret")
+                await _until(lambda: got == [b"secret"])
+            finally:
+                await a.close()
+                await b.close()
+            stranger = NatsLink(f"tls://127.0.0.1:{port}", "c", connect_timeout_s=2.0)  # the system trust store: not this CA
+            with pytest.raises(ssl.SSLError):
+                await stranger.start()
+            plain = NatsLink(f"nats://127.0.0.1:{port}", "d", connect_timeout_s=1.0)  # the server requires TLS
+            with pytest.raises((ConnectionError, TimeoutError)):
+                await plain.start()
+
+        asyncio.run(main())
+    finally:
+        server.kill()
+        server.wait(timeout=5)
