@@ -8,7 +8,9 @@ core and the peers' sessions are synchronous, so nothing is lost by calling them
 
 The transport limits stay where they were:
 
-* websockets' sans-I/O ``Protocol`` still parses every frame and enforces
+* a whole, unfragmented, well-formed data frame within ``max_size`` is cut out of
+  the received bytes here (``data_received``); every other frame, and every byte
+  after it, is parsed by websockets' sans-I/O ``Protocol``, which enforces
   ``max_size`` on the whole message, across fragments (close 1009), closes a
   protocol error with 1002, and answers pings and closes;
 * this module reassembles fragmented messages (at most ``MAX_FRAGMENTS``, else close
@@ -51,7 +53,8 @@ OnMessage = Callable[[bytes, bool], None]
 class DirectMessages:
     """Mixed into a websockets ``Connection``: whole messages go to ``on_message`` as they are parsed.
 
-    O(1) per frame; a fragmented message is joined once, when its last fragment arrives.
+    O(size) per frame (one copy to unmask it); a fragmented message is joined once,
+    when its last fragment arrives.
     """
 
     on_message: OnMessage | None = None
