@@ -4,8 +4,10 @@
 runs the four commands of docs/TRACE.md, printing each, and a table:
 
 1. ``aicp bench --scenario FILE --strategy FROM --record recorded.jsonl.gz``: a live run;
-2. ``aicp sim --replay recorded.jsonl.gz --strategy TO --strategy FROM``: the prediction
-   (and, for FROM, the simulator checked against the recorded run itself);
+2. ``aicp sim --replay recorded.jsonl.gz --stack-costs --strategy TO --strategy FROM``: the
+   prediction (and, for FROM, the simulator checked against the recorded run itself). The
+   tasks keep their recorded handler times; ``--stack-costs`` charges the hops and slot
+   hand-over read from the recorded trace (never a latency; ``--no-stack-costs``: none);
 3. ``aicp bench --arrivals recorded.jsonl.gz --strategy TO --record whatif.jsonl.gz``:
    TO live on the recorded arrivals, with the scenario's agents;
 4. the p50 and p99 of each, as the router saw them (trace arrival to outcome: the span
@@ -54,11 +56,12 @@ def msgspec_tag(obj: object) -> str:
     return str(type(obj).__struct_config__.tag)  # type: ignore[attr-defined]
 
 
-def whatif(scenario: Path, out: Path, src: str, dst: str) -> dict[str, Any]:
+def whatif(scenario: Path, out: Path, src: str, dst: str, stack_costs: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     recorded, rerun = out / "recorded.jsonl.gz", out / "whatif.jsonl.gz"
     _run(["bench", "--scenario", str(scenario), "--strategy", src, "--record", str(recorded), "--out", str(out / "bench")])
-    _run(["sim", "--replay", str(recorded), "--strategy", dst, "--strategy", src, "--out", str(out / "sim"), "--json", str(out / "predicted.json"), "--quiet"])
+    _run(["sim", "--replay", str(recorded), *(["--stack-costs"] if stack_costs else []), "--strategy", dst, "--strategy", src,
+          "--out", str(out / "sim"), "--json", str(out / "predicted.json"), "--quiet"])
     _run(["bench", "--arrivals", str(recorded), "--strategy", dst, *agent_flags(scenario), "--record", str(rerun), "--out", str(out / "bench"),
           "--json", str(out / "measured.json")])
     predicted = json.loads((out / "predicted.json").read_text())["results"]
@@ -89,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from", dest="src", default="round_robin", help="strategy recorded live (default round_robin)")
     p.add_argument("--to", dest="dst", default="least_loaded", help="strategy predicted, then run live (default least_loaded)")
     p.add_argument("--out", type=Path, default=Path("results") / "whatif", help="folder of the traces and results")
+    p.add_argument("--no-stack-costs", action="store_true", help="replay without the stack's costs read from the recorded trace")
     args = p.parse_args(argv)
-    whatif(args.scenario, args.out, args.src, args.dst)
+    whatif(args.scenario, args.out, args.src, args.dst, stack_costs=not args.no_stack_costs)
     return 0
 
 
