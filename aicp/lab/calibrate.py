@@ -20,11 +20,16 @@ It writes them as JSON; a scenario names the file with ``[calibration] file = ..
 The figures hold for this machine *at the time of the run*: on a shared machine
 rerun it right before comparing.
 
-``aicp calibrate --grid DIR`` calibrates (or takes ``--calibration FILE``), then for
-every scenario file in DIR (one agent group, one Poisson workload) and each of its
-strategies runs the workload live (a fresh router per strategy) and in the
-simulator without and with the calibration, and prints the p50/p99 table side by
-side (also ``grid.csv`` and ``grid.json`` in the run folder).
+``aicp calibrate --grid DIR`` runs, for every scenario file in DIR (one agent group,
+one Poisson workload), each of its strategies live (a fresh router per strategy, back
+to back), then the simulator on the file with the stack's costs taken four ways:
+``sim`` none; ``probe`` a calibration measured before the grid (``--probe``) or named
+(``--calibration FILE``), if any; ``run`` the costs read from that live run's own trace
+(:func:`aicp.sim.stack.costs_from_trace`: handler times, round trips of idle
+dispatches, slot hand-over; plus the load generator's part; never the latency); and
+``other`` the same read from the *other* strategy's live run of the workload, so that
+nothing of the run predicted reaches the simulator. It prints the p50/p99 table side
+by side (also ``grid.csv`` and ``grid.json`` in the run folder).
 """
 
 from __future__ import annotations
