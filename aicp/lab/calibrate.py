@@ -360,6 +360,13 @@ def run_live(cfg: argparse.Namespace, run_dir: Path, tag: str) -> dict[str, Any]
         result = live.run_trial(fleet, url, live.Trial("open", rate=cfg.rate, duration=cfg.duration, warmup=cfg.warmup), cfg, tag)
     finally:
         fleet.stop()
+    result.update(read_run(cfg, run_dir, tag))
+    return result
+
+
+def read_run(cfg: argparse.Namespace, run_dir: Path, tag: str) -> dict[str, Any]:
+    """The stack's costs of a recorded live run (its trace and load generator samples in ``run_dir``)."""
+    result: dict[str, Any] = {}
     got = analyse(cfg.record, run_dir / f"{tag}-gen0.npz", f"{tag}-gen0", cfg.agent_concurrency, cfg.warmup)
     costs = stack_mod.costs_from_trace(trace.parse(cfg.record.read_bytes()), skip_s=cfg.warmup)
     result["costs"] = costs
@@ -430,10 +437,16 @@ def grid(args: argparse.Namespace) -> int:
     scenarios = [(f, sc_mod.load(f)) for f in files]
     t0 = time.monotonic()
     cal_path: Path | None = None
+    earlier: dict[tuple[str, str], dict[str, Any]] = {}
+    if args.resim is not None:  # the live runs of an earlier grid, simulated again (no live run now)
+        old = json.loads((args.resim / "grid.json").read_text())
+        earlier = {(r["workload"], r["strategy"]): r for r in old["rows"]}
     if args.calibration is not None:
         cal_path = args.calibration
         stack_mod.load(cal_path)
-    if args.probe and cal_path is None:
+    if args.resim is not None:
+        run_dir = args.resim
+    elif args.probe and cal_path is None:
         cal, run_dir = measure(args)
         cal_path = run_dir / "calibration.json"
         write(cal, cal_path)
@@ -452,17 +465,33 @@ def grid(args: argparse.Namespace) -> int:
         cfgs: dict[str, argparse.Namespace] = {}
         for strategy in scenario.strategies:  # live first, all strategies back to back: the "other" costs are minutes apart at most
             cfgs[strategy] = live_args_for(scenario, path, strategy, args)
-            lives[strategy] = run_live(cfgs[strategy], run_dir, f"{scenario.name}-{strategy}")
+            tag = f"{scenario.name}-{strategy}"
+            if args.resim is None:
+                lives[strategy] = run_live(cfgs[strategy], run_dir, tag)
+            elif (scenario.name, strategy) in earlier:
+                old_row = earlier[(scenario.name, strategy)]
+                cfgs[strategy].record = run_dir / f"{tag}.jsonl"
+                cfgs[strategy].warmup = old_row.get("live_warmup_s", cfgs[strategy].warmup)
+                lives[strategy] = {
+                    "latency_ms": {"p50": old_row["live_p50"], "p99": old_row["live_p99"], "samples": old_row["live_samples"]},
+                    "errors": old_row["live_errors"],
+                    "lost": old_row["live_lost"],
+                    "cpu": old_row["live_cpu"],
+                    "throughput_per_s": old_row["live_throughput_per_s"],
+                    **read_run(cfgs[strategy], run_dir, tag),
+                }
+        if not lives:
+            continue
         cal_files: dict[str, Path | None] = {}
         for strategy, lv in lives.items():
             try:
-                out = run_dir / f"{scenario.name}-{strategy}-run-calibration.json"
+                out = run_dir / f"{scenario.name}-{strategy}-run-calibration{'-resim' if args.resim is not None else ''}.json"
                 stack_mod.write(run_calibration(lv, cfgs[strategy].record, sign_ms), out)
                 cal_files[strategy] = out
             except stack_mod.CalibrationError as exc:
                 print(f"{scenario.name} {strategy}: no run costs: {exc}", file=sys.stderr)
                 cal_files[strategy] = None
-        order = list(scenario.strategies)
+        order = [st for st in scenario.strategies if st in lives]
         for k, strategy in enumerate(order):
             lv = lives[strategy]
             other = order[(k + 1) % len(order)] if len(order) > 1 else None
@@ -488,6 +517,7 @@ def grid(args: argparse.Namespace) -> int:
                 "live_throughput_per_s": lv["throughput_per_s"],
                 "stack_live": lv["stack"],
                 "live_overloaded": overloaded(lv, cfgs[strategy].rate),
+                "live_warmup_s": cfgs[strategy].warmup,
             }
             for c in cols:
                 got = sims.get(c)
@@ -535,8 +565,9 @@ def grid(args: argparse.Namespace) -> int:
                 + [str(r["live_samples"]), str(r["live_overloaded"]).lower()]
             )
         )
-    (run_dir / "grid.csv").write_text("\n".join(lines) + "\n")
-    (run_dir / "grid.json").write_text(
+    suffix = "-resim" if args.resim is not None else ""
+    (run_dir / f"grid{suffix}.csv").write_text("\n".join(lines) + "\n")
+    (run_dir / f"grid{suffix}.json").write_text(
         json.dumps(
             {"probe_calibration": str(cal_path) if cal_path else None, "rows": rows, "load_avg_1m": os.getloadavg()[0], "argv": sys.argv},
             indent=2,
@@ -576,6 +607,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a folder of scenario files (or one file): run each live and simulated, print the table",
     )
     add("--calibration", type=Path, default=None, help="--grid: also simulate with this calibration (a 'probe' column)")
+    add(
+        "--resim",
+        type=Path,
+        default=None,
+        help="--grid: no live runs; simulate again the live runs recorded in this earlier grid's run folder",
+    )
     add("--probe", action="store_true", help="--grid: measure a probe calibration first and add its column (as aicp calibrate)")
     add("--live-duration", type=float, default=10.0, help="--grid: measured seconds per live run, at least (default 10)")
     add(

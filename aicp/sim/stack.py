@@ -64,6 +64,13 @@ class CalibrationError(ValueError):
     """A calibration file is missing, malformed, or of an unknown version."""
 
 
+class Window(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One stretch of a recorded run: the handler times and round trips of the tasks dispatched in it (ms)."""
+
+    handler_ms: list[float]
+    agent_overhead_ms: list[float]
+
+
 class Level(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The per-task samples measured at one task rate through the stack (ms)."""
 
@@ -74,6 +81,11 @@ class Level(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # the agents' signed handler times: when given, an agent's busy time is drawn from these
     # instead of the scenario's service distribution (timer rounding and wake-up are in them)
     handler_ms: list[float] = []
+    # a run's costs second by second: when given, a task draws its handler time and round trip from the
+    # window of the simulated clock (window k = [k, k+1) x window_s, cyclic), so that the slow moments of
+    # the run come together as they did live instead of being spread over the whole run
+    window_s: Annotated[float, Meta(ge=0.0)] = 0.0
+    windows: list[Window] = []
 
 
 class Calibration(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -105,6 +117,12 @@ def load(path: str | Path) -> Calibration:
                 raise CalibrationError(f"{p}: {name} at {level.rate_per_s:g}/s holds no samples")
     if len({bool(level.handler_ms) for level in cal.levels}) > 1:
         raise CalibrationError(f"{p}: handler_ms in some levels but not all")
+    for level in cal.levels:
+        if level.windows and (len(cal.levels) > 1 or level.window_s <= 0.0):
+            raise CalibrationError(f"{p}: windows need a single level and window_s > 0")
+        for k, win in enumerate(level.windows):
+            if not win.agent_overhead_ms or (level.handler_ms and not win.handler_ms):
+                raise CalibrationError(f"{p}: window {k} holds no samples")
     cal.levels.sort(key=lambda lv: lv.rate_per_s)
     return cal
 
@@ -159,6 +177,19 @@ class StackModel:
         self._client = _sampler(low.client_ms, high.client_ms, w, rng, clip=False)
         self._handler = _sampler(low.handler_ms, high.handler_ms, w, rng) if low.handler_ms else None
         self._no_wake = not low.wake_ms and not high.wake_ms
+        #: the simulated clock (s); the engine sets it. Read only by windowed costs.
+        self.clock: Callable[[], float] = lambda: 0.0
+        if low.windows and low.window_s > 0.0:  # one level (a run's calibration): its windows
+            n, width = len(low.windows), low.window_s
+            halves = [_sampler(win.agent_overhead_ms, [], 0.0, rng, 0.5, cal.slot_ms) for win in low.windows]
+            handlers = [_sampler(win.handler_ms, [], 0.0, rng) for win in low.windows]
+
+            def index() -> int:
+                return int(self.clock() // width) % n
+
+            self._half_hop = lambda: halves[index()]()
+            if self._handler is not None:
+                self._handler = lambda: handlers[index()]()
 
     @property
     def replaces_service(self) -> bool:
@@ -208,6 +239,8 @@ def summary(level: Level) -> dict[str, float]:
 MIN_GAPS = 20
 #: at most this many samples per set in a calibration file (a seeded subsample beyond)
 MAX_SAMPLES = 5000
+#: at most this many samples per window
+MAX_WINDOW = 1000
 
 
 @dataclass
@@ -219,6 +252,8 @@ class RunCosts:
     overhead_ms: np.ndarray  # the same resampled to weigh each second of the run by its dispatches (_stratified)
     gap_ms: np.ndarray  # what held a busy slot beyond the handler, tasks that waited for a slot
     rate_per_s: float  # measured arrivals per second
+    window_s: float  # width of the windows below
+    windows: list[tuple[np.ndarray, np.ndarray]]  # per window of dispatch time from the start: (handler_ms, idle_ms)
 
 
 def costs_from_trace(events: Iterable[trace.TraceEvent], skip_s: float = 0.0, window_s: float = 1.0) -> RunCosts:
@@ -295,7 +330,8 @@ def costs_from_trace(events: Iterable[trace.TraceEvent], skip_s: float = 0.0, wi
             dispatched.append(t_d)
     span = (max(arrive.values()) - start) if arrive else 0.0
     n_measured = sum(1 for t in arrive.values() if t >= start)
-    overhead = _stratified(idle, dispatched, window_s)
+    overhead = _stratified(idle, dispatched, window_s, start)
+    windows = _windows(idle, [(t, h) for t, h in zip(dispatched, handler, strict=True)], window_s, start)
     # a wait counts only if the task was dispatched a whole (90th percentile) round trip before the result that
     # freed its slot: then it was at the agent when the slot freed, and the gap holds no part of its own hop
     lead = float(np.percentile([o for _, o in idle], 90)) if idle else 0.0
@@ -306,10 +342,40 @@ def costs_from_trace(events: Iterable[trace.TraceEvent], skip_s: float = 0.0, wi
         overhead_ms=overhead,
         gap_ms=np.array(gaps),
         rate_per_s=n_measured / span if span > 0 else 1.0,
+        window_s=window_s,
+        windows=windows,
     )
 
 
-def _stratified(idle: list[tuple[float, float]], dispatched: list[float], window_s: float = 1.0) -> np.ndarray:
+def _by_window(pairs: list[tuple[float, float]], window_s: float, t0: float) -> dict[int, list[float]]:
+    out: dict[int, list[float]] = {}
+    for t, v in pairs:
+        out.setdefault(max(0, int((t - t0) // window_s)), []).append(v)
+    return out
+
+
+def _nearest(have: dict[int, list[float]], w: int) -> list[float]:
+    keys = np.array(sorted(have))
+    return have[int(keys[np.argmin(np.abs(keys - w))])]
+
+
+def _windows(
+    idle: list[tuple[float, float]], handled: list[tuple[float, float]], window_s: float, t0: float
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per window of dispatch time from ``t0``: the handler times and idle round trips of its tasks.
+
+    A window without a sample of one kind borrows the nearest window that has one.
+    """
+    if not idle or not handled:
+        return []
+    rts, hs = _by_window(idle, window_s, t0), _by_window(handled, window_s, t0)
+    last = max(max(rts), max(hs))
+    return [
+        (np.asarray(hs.get(w) or _nearest(hs, w)), np.asarray(rts.get(w) or _nearest(rts, w))) for w in range(last + 1)
+    ]
+
+
+def _stratified(idle: list[tuple[float, float]], dispatched: list[float], window_s: float, t0: float) -> np.ndarray:
     """Round trips of idle dispatches, resampled so each second of the run weighs as many tasks as it dispatched.
 
     An agent is idle more often when the machine is quiet, when hops are quick too: taken
@@ -318,27 +384,20 @@ def _stratified(idle: list[tuple[float, float]], dispatched: list[float], window
     """
     if not idle:
         return np.array([])
-    t0 = min(t for t, _ in idle)
-    by_window: dict[int, list[float]] = {}
-    for t, o in idle:
-        by_window.setdefault(int((t - t0) // window_s), []).append(o)
+    by_window = _by_window(idle, window_s, t0)
     counts: dict[int, int] = {}
     for t in dispatched:
-        w = int((t - t0) // window_s)
+        w = max(0, int((t - t0) // window_s))
         counts[w] = counts.get(w, 0) + 1
-    have = np.array(sorted(by_window))
     rng = np.random.default_rng(0)
-    out: list[np.ndarray] = []
-    for w, n in sorted(counts.items()):
-        near = int(have[np.argmin(np.abs(have - w))])
-        out.append(rng.choice(np.asarray(by_window[near]), n))
+    out = [rng.choice(np.asarray(by_window.get(w) or _nearest(by_window, w)), n) for w, n in sorted(counts.items())]
     return np.concatenate(out)
 
 
-def thin(values: np.ndarray, seed: int = 0) -> list[float]:
-    """At most MAX_SAMPLES of ``values`` (a seeded subsample), rounded to 0.1 us, as a list."""
-    if values.size > MAX_SAMPLES:
-        values = np.random.default_rng(seed).choice(values, MAX_SAMPLES, replace=False)
+def thin(values: np.ndarray, most: int = MAX_SAMPLES) -> list[float]:
+    """At most ``most`` of ``values`` (a seeded subsample), rounded to 0.1 us, as a list."""
+    if values.size > most:
+        values = np.random.default_rng(0).choice(values, most, replace=False)
     return [round(float(v), 4) for v in values]
 
 
@@ -349,6 +408,7 @@ def from_run(
     handler: bool = True,
     fallback_slot_ms: float = 0.0,
     measured: dict[str, object] | None = None,
+    windows: bool = True,
 ) -> Calibration:
     """A one-level calibration from a recorded run's costs (:func:`costs_from_trace`).
 
@@ -357,7 +417,8 @@ def from_run(
     times). ``client_ms``: the time outside the router per task, if measured (else the
     latency is taken at the router). ``slot_ms`` is the mean of the run's gaps, or
     ``fallback_slot_ms`` with fewer than MIN_GAPS of them. No timer rounding, no wake-up:
-    the handler times hold both.
+    the handler times hold both. ``windows``: keep the costs second by second (the
+    run's windows), so that the simulated clock draws from the same moment of the run.
     """
     if costs.overhead_ms.size == 0:
         raise CalibrationError("the run has no completed task dispatched to an agent with a free slot")
@@ -368,6 +429,11 @@ def from_run(
         agent_overhead_ms=thin(costs.overhead_ms),
         client_ms=thin(client_ms) if client_ms is not None else [],
         handler_ms=thin(costs.handler_ms) if handler else [],
+        window_s=costs.window_s if windows and costs.windows else 0.0,
+        windows=[
+            Window(handler_ms=thin(h, MAX_WINDOW) if handler else [], agent_overhead_ms=thin(o, MAX_WINDOW))
+            for h, o in (costs.windows if windows else [])
+        ],
     )
     return Calibration(v=CALIBRATION_VERSION, timer_ms=0.0, slot_ms=round(slot, 4), levels=[level], measured=measured or {})
 

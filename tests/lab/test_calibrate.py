@@ -101,7 +101,7 @@ def test_busy_gaps_take_back_to_back_tasks_only(tmp_path: Path) -> None:
 GRID = Path(__file__).resolve().parents[2] / "scenarios" / "calibration"
 
 
-@pytest.mark.parametrize("path", sorted(GRID.glob("*.toml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(GRID.rglob("*.toml")), ids=lambda p: p.stem)
 def test_each_grid_workload_runs_live_as_its_file_says_and_is_in_the_issue_s_range(path: Path) -> None:
     from aicp.sim import scenario as sc_mod
 

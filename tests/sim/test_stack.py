@@ -194,3 +194,27 @@ def test_a_run_calibration_without_client_samples_takes_the_latency_at_the_route
     np.testing.assert_allclose(lat, 1.0 + 3.0, atol=1e-3)  # the scenario's service as it is, plus the round trip
     with pytest.raises(stack.CalibrationError, match="free slot"):
         stack.from_run(stack.costs_from_trace(_trace(1, [])))
+
+
+def test_windowed_run_costs_follow_the_simulated_clock(tmp_path: Path) -> None:
+    # second 0 of the run: round trips of 1 ms; second 1: 9 ms (a slow moment); handler 2 ms throughout
+    tasks = [(f"a{i}", 0.1 * i, 0.1 * i, 0.1 * i + 0.003, 2.0) for i in range(10)]
+    tasks += [(f"b{i}", 1.0 + 0.1 * i, 1.0 + 0.1 * i, 1.0 + 0.1 * i + 0.011, 2.0) for i in range(10)]
+    costs = stack.costs_from_trace(_trace(1, tasks))
+    assert len(costs.windows) == 2
+    cal = stack.from_run(costs)
+    assert cal.levels[0].window_s == 1.0 and len(cal.levels[0].windows) == 2
+    stack.write(cal, tmp_path / "run.json")
+    assert stack.load(tmp_path / "run.json") == cal
+    result = run(_scenario(tmp_path, {"dist": "constant", "mean_ms": 7.0}, "run.json"), "least_loaded")
+    rec = result.records
+    done = rec["outcome"] == 1
+    second = (np.floor(rec["arrival"][done]) % 2).astype(int)  # the window cycles: 0, 1, 0, 1, ...
+    lat = _latencies_ms(result)
+    assert lat.size > 150
+    np.testing.assert_allclose(lat[second == 0], 1.0 + 2.0, atol=1e-3)
+    np.testing.assert_allclose(lat[second == 1], 9.0 + 2.0, atol=1e-3)
+    # without windows: the two seconds' round trips are drawn alike all run long
+    stack.write(stack.from_run(costs, windows=False), tmp_path / "flat.json")
+    flat = _latencies_ms(run(_scenario(tmp_path, {"dist": "constant", "mean_ms": 7.0}, "flat.json"), "least_loaded"))
+    assert set(np.round(flat, 2)) == {3.0, 7.0, 11.0}  # 0.5 + 0.5, 0.5 + 4.5 or 4.5 + 4.5 ms of hops, plus 2
