@@ -376,19 +376,22 @@ def read_run(cfg: argparse.Namespace, run_dir: Path, tag: str) -> dict[str, Any]
         "agent_overhead_mean_ms": float(costs.overhead_ms.mean()) if costs.overhead_ms.size else float("nan"),
         "slot_gap_mean_ms": float(costs.gap_ms.mean()) if costs.gap_ms.size else float("nan"),
         "client_mean_ms": float(got["client_ms"].mean()) if got["client_ms"].size else float("nan"),
-        "idle_dispatches": int(costs.overhead_ms.size),
+        "idle_dispatches": int(costs.idle_ms.size),
         "slot_waits": int(costs.gap_ms.size),
     }
     return result
 
 
-def run_calibration(live_result: dict[str, Any], source: Path, fallback_slot_ms: float) -> stack_mod.Calibration:
+def run_calibration(
+    live_result: dict[str, Any], source: Path, fallback_slot_ms: float, windows: bool = False
+) -> stack_mod.Calibration:
     """The calibration the simulator takes from one live run: its handler times, hops, slot gaps and client part."""
     client = live_result["client_ms"]
     return stack_mod.from_run(
         live_result["costs"],
         client_ms=client if client.size else None,
         fallback_slot_ms=fallback_slot_ms,
+        windows=windows,
         measured={"from_run": str(source), "what": "aicp.sim.stack.costs_from_trace + the load generator's part"},
     )
 
@@ -486,7 +489,7 @@ def grid(args: argparse.Namespace) -> int:
         for strategy, lv in lives.items():
             try:
                 out = run_dir / f"{scenario.name}-{strategy}-run-calibration{'-resim' if args.resim is not None else ''}.json"
-                stack_mod.write(run_calibration(lv, cfgs[strategy].record, sign_ms), out)
+                stack_mod.write(run_calibration(lv, cfgs[strategy].record, sign_ms, args.windows), out)
                 cal_files[strategy] = out
             except stack_mod.CalibrationError as exc:
                 print(f"{scenario.name} {strategy}: no run costs: {exc}", file=sys.stderr)
@@ -612,6 +615,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="--grid: no live runs; simulate again the live runs recorded in this earlier grid's run folder",
+    )
+    add(
+        "--windows",
+        action="store_true",
+        help="--grid: the run costs second by second, drawn at the same moment of the simulated clock (default: pooled)",
     )
     add("--probe", action="store_true", help="--grid: measure a probe calibration first and add its column (as aicp calibrate)")
     add("--live-duration", type=float, default=10.0, help="--grid: measured seconds per live run, at least (default 10)")

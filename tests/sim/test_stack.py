@@ -202,7 +202,7 @@ def test_windowed_run_costs_follow_the_simulated_clock(tmp_path: Path) -> None:
     tasks += [(f"b{i}", 1.0 + 0.1 * i, 1.0 + 0.1 * i, 1.0 + 0.1 * i + 0.011, 2.0) for i in range(10)]
     costs = stack.costs_from_trace(_trace(1, tasks))
     assert len(costs.windows) == 2
-    cal = stack.from_run(costs)
+    cal = stack.from_run(costs, windows=True)
     assert cal.levels[0].window_s == 1.0 and len(cal.levels[0].windows) == 2
     stack.write(cal, tmp_path / "run.json")
     assert stack.load(tmp_path / "run.json") == cal
@@ -215,6 +215,6 @@ def test_windowed_run_costs_follow_the_simulated_clock(tmp_path: Path) -> None:
     np.testing.assert_allclose(lat[second == 0], 1.0 + 2.0, atol=1e-3)
     np.testing.assert_allclose(lat[second == 1], 9.0 + 2.0, atol=1e-3)
     # without windows: the two seconds' round trips are drawn alike all run long
-    stack.write(stack.from_run(costs, windows=False), tmp_path / "flat.json")
+    stack.write(stack.from_run(costs), tmp_path / "flat.json")
     flat = _latencies_ms(run(_scenario(tmp_path, {"dist": "constant", "mean_ms": 7.0}, "flat.json"), "least_loaded"))
     assert set(np.round(flat, 2)) == {3.0, 7.0, 11.0}  # 0.5 + 0.5, 0.5 + 4.5 or 4.5 + 4.5 ms of hops, plus 2
