@@ -56,7 +56,7 @@ def cluster() -> Iterator[tuple[str, Client]]:
     pids: set[int] = set()
     with connect("local:2", dashboard=False) as client:
         try:
-            yield client.scheduler.address, client
+            yield str(client.scheduler_info()["address"]), client
         finally:
             pids = set(client.run(os.getpid).values())
     _assert_gone([psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)])
@@ -271,6 +271,7 @@ def test_bench_sim_dask_compares_both_modes_on_the_same_runs(cluster: tuple[str,
 
     address, _ = cluster
     s = mm100_scenario(200)
-    f = dask_overhead._compare("short", lambda folder: dask_overhead._batch(s, 6, 1, folder), 2, address)
+    f = dask_overhead._compare("short", lambda folder: dask_overhead._batch(s, 6, 1, folder), 2, address, rounds=2)
+    assert f["rounds"] == 2 and len(f["pool_walls_s"]) == len(f["dask_walls_s"]) == 2
     assert f["runs"] == 6 and f["tasks_per_run"] == 200 and f["same_results"] and f["errors"] == 0
     assert f["pool_wall_s"] > 0 and f["dask_wall_s"] > 0 and f["pool_cpu_per_run_ms"] > 0 and f["dask_cpu_per_run_ms"] > 0
