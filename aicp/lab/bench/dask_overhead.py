@@ -100,11 +100,15 @@ def _same(a: list[RunOutcome], b: list[RunOutcome]) -> bool:
     return enc(a) == enc(b)
 
 
-def _compare(name: str, specs_of: Any, workers: int, address: str, rounds: int = 1, budget_s: float = math.inf) -> dict[str, Any]:
+def _compare(
+    name: str, specs_of: Any, workers: int, address: str, rounds: int = 1, budget_s: float = math.inf, idle_cpu: float = 0.0
+) -> dict[str, Any]:
     """``rounds`` rounds of the same batch through the pool and through Dask, in alternating
     order (pool, Dask, Dask, pool, pool, ...) so that drift in the machine's load falls on
     both sides alike; no new round starts after ``budget_s``. Walls are medians over rounds;
-    the ratio is the median of the rounds' Dask/pool ratios."""
+    the ratio is the median of the rounds' Dask/pool ratios. ``idle_cpu``: CPU seconds per
+    second the idle cluster spends, which the pool's CPU includes (the cluster stays up
+    while the pool runs) and a pool without a cluster would not."""
     pool_walls: list[float] = []
     dask_walls: list[float] = []
     cpu = {"pool": 0.0, "dask": 0.0}
@@ -142,6 +146,7 @@ def _compare(name: str, specs_of: Any, workers: int, address: str, rounds: int =
         "dask_walls_s": dask_walls,
         "overhead_per_run_ms": (dask_wall - pool_wall) * workers / runs * 1000.0,
         "pool_cpu_per_run_ms": cpu["pool"] / (runs * done) * 1000.0,
+        "pool_cpu_less_idle_cluster_per_run_ms": (cpu["pool"] - idle_cpu * sum(pool_walls)) / (runs * done) * 1000.0,
         "dask_cpu_per_run_ms": cpu["dask"] / (runs * done) * 1000.0,
         "ratio": statistics.median(d / p for d, p in zip(dask_walls, pool_walls)),
         "same_results": same,
@@ -172,16 +177,23 @@ def run(args: argparse.Namespace) -> int:
         startup = time.perf_counter() - t0
         workers = sum(client.nthreads().values())
         address = str(client.scheduler_info()["address"])
-        print(f"bench-sim --dask: {workers} worker thread(s) at {address}, ready in {startup:.1f} s", file=sys.stderr)
+        c0, t1 = _cpu_s(), time.perf_counter()
+        time.sleep(3.0)
+        idle_cpu = (_cpu_s() - c0) / (time.perf_counter() - t1)
+        print(
+            f"bench-sim --dask: {workers} worker thread(s) at {address}, ready in {startup:.1f} s; "
+            f"idle, the cluster spends {idle_cpu * 1000:.1f} ms of CPU per second",
+            file=sys.stderr,
+        )
         short = _scenario(args.dask_short_tasks)
         half = max(1, args.dask_short_runs // 2)
-        figures = [_compare("short", lambda f: _batch(short, half, seed, f), workers, address, 2, args.dask_budget_s)]
+        figures = [_compare("short", lambda f: _batch(short, half, seed, f), workers, address, 2, args.dask_budget_s, idle_cpu)]
         long_tasks = _calibrate(args.dask_long_s, seed)
         long = _scenario(long_tasks)
         figures.append(
-            _compare("long", lambda f: _batch(long, 2 * workers, seed, f), workers, address, max(1, args.dask_rounds), args.dask_budget_s)
+            _compare("long", lambda f: _batch(long, 2 * workers, seed, f), workers, address, max(1, args.dask_rounds), args.dask_budget_s, idle_cpu)
         )
-    doc = {"address": args.dask, "workers": workers, "cluster_ready_s": startup, "cases": figures}
+    doc = {"address": args.dask, "workers": workers, "cluster_ready_s": startup, "idle_cluster_cpu_ms_per_s": idle_cpu * 1000, "cases": figures}
     print(f"Dask {args.dask} ({workers} workers, ready in {startup:.1f} s) against a local process pool of {workers}:")
     for f in figures:
         print(
@@ -191,7 +203,9 @@ def run(args: argparse.Namespace) -> int:
         )
         print(
             f"        CPU per run (all processes): pool {f['pool_cpu_per_run_ms']:.1f} ms, Dask {f['dask_cpu_per_run_ms']:.1f} ms "
-            f"({f['dask_cpu_per_run_ms'] - f['pool_cpu_per_run_ms']:+.1f} ms, ×{f['dask_cpu_per_run_ms'] / f['pool_cpu_per_run_ms']:.3f})"
+            f"({f['dask_cpu_per_run_ms'] - f['pool_cpu_per_run_ms']:+.1f} ms, ×{f['dask_cpu_per_run_ms'] / f['pool_cpu_per_run_ms']:.3f}); "
+            f"the pool less the idle cluster's share {f['pool_cpu_less_idle_cluster_per_run_ms']:.1f} ms "
+            f"(Dask ×{f['dask_cpu_per_run_ms'] / f['pool_cpu_less_idle_cluster_per_run_ms']:.3f})"
         )
     s, lg = figures
     print(f"  per-run overhead (short runs): {s['overhead_per_run_ms']:+.1f} ms (goal < 50 ms)")
