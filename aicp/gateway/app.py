@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 import msgspec
@@ -186,7 +186,7 @@ def create_app(config: GatewayConfig, gateway: Gateway | None = None) -> FastAPI
         task = owned_task(request, task_id, principal)
         if isinstance(task, Response):
             return task
-        return StreamingResponse(_event_stream(task), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+        return StreamingResponse(_event_stream(task, gw.link.settle), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
     # ------------------------------------------------------------------ the live view
     @app.get(
@@ -241,8 +241,9 @@ def _no_telemetry() -> dict[str, Any]:
     return {}
 
 
-async def _event_stream(task: GatewayTask) -> AsyncIterator[bytes]:
-    queue = task.watch()  # no await between watch() and the snapshot below: no event is missed or sent twice
+async def _event_stream(task: GatewayTask, settle: Callable[[GatewayTask], None]) -> AsyncIterator[bytes]:
+    settle(task)  # the progress notices kept unverified join its events (GatewayLink.settle)
+    queue = task.watch()  # no await between settle(), watch() and the snapshot below: no event is missed or sent twice
     try:
         for event in list(task.events):
             yield _sse(event.event, _encoder.encode(event))
