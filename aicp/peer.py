@@ -81,6 +81,7 @@ class PeerSession:
         self.lease_s = 90.0
         self._prefix = secrets.token_hex(6) + "-"
         self._seq = 0
+        self._last_key: tuple[str, bytes] = ("", b"")  # the last key decoded: nearly every frame is the router's
 
     def new_id(self) -> str:
         self._seq += 1
@@ -97,7 +98,11 @@ class PeerSession:
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogatepass")  # lone surrogates then fail as malformed
         frame = decode_frame(data)
-        key_raw = decode_public_key(frame.key)
+        if frame.key == self._last_key[0]:
+            key_raw = self._last_key[1]
+        else:
+            key_raw = decode_public_key(frame.key)
+            self._last_key = (frame.key, key_raw)
         from_router = self.router_id is not None and frame.sender == self.router_id
         if from_router or self.state == CONNECTING:
             if self.router_key is not None and frame.key != self.router_key:

@@ -25,6 +25,7 @@ that task themselves.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 import ssl as ssl_module
@@ -34,12 +35,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from aicp import errors
 from aicp.live.handlers import Handler, invoke
+from aicp.live.inbound import DirectClientConnection
 from aicp.live.links import FrameBatcher
 from aicp.messages import MAX_FRAME_BYTES, Error, Goaway, RegisterAck, Result, Role, Task, payload
 from aicp.peer import READY, PeerSession, Received
@@ -150,7 +151,7 @@ class PeerClient:
         self.max_reconnect_attempts = max_reconnect_attempts
         self.open_timeout_s = open_timeout_s
         self.max_frame_bytes = max_frame_bytes
-        self.ws: ClientConnection | None = None
+        self.ws: DirectClientConnection | None = None
         self._batch: FrameBatcher | None = None  # coalesces this connection's frames into one write per loop iteration
         self.ready = asyncio.Event()
         self.closing = False
@@ -188,7 +189,7 @@ class PeerClient:
     async def connect(self) -> None:
         """Open one connection and register on its challenge. Raises one of ``CONNECT_ERRORS``."""
         tls: dict[str, Any] = {} if self.ssl is None else {"ssl": self.ssl}  # wss:// without one: system trust store
-        ws = await ws_connect(
+        ws: DirectClientConnection = await ws_connect(  # type: ignore[assignment]
             self.server_url,
             **tls,
             open_timeout=self.open_timeout_s,
@@ -196,6 +197,7 @@ class PeerClient:
             max_size=self.max_frame_bytes,
             max_queue=64,
             compression=None,
+            create_connection=DirectClientConnection,
         )
         try:
             async with asyncio.timeout(self.open_timeout_s):
@@ -252,11 +254,11 @@ class PeerClient:
                 await self.connect_with_retry()
                 continue
             try:
-                while True:
-                    data = await ws.recv(decode=False)
-                    self._frame(data)
-            except ConnectionClosed as exc:
-                log.info("%s: connection closed (%s)", self.peer_id, exc)
+                # Each frame goes to _frame as websockets parses it (aicp.live.inbound), as bytes, as
+                # recv(decode=False) gave it: the session refuses a frame that is not strict UTF-8 JSON.
+                ws.direct(self._message, check_utf8=False)
+                await ws.wait_closed()
+                log.info("%s: connection closed (%s)", self.peer_id, ws.close_exc)
             finally:
                 if self.ws is ws:
                     self.ws = None
@@ -348,6 +350,9 @@ class PeerClient:
             return False
         return True
 
+    def _message(self, data: bytes, binary: bool) -> None:
+        self._frame(data)
+
     def _frame(self, data: bytes) -> None:
         try:
             rec = self.session.receive(data, time.time())
@@ -405,7 +410,10 @@ class AICPWebSocketClient(PeerClient):
     ) -> None:
         super().__init__(server_url, agent_id, identity or Identity.generate(), role="agent", capabilities=list(capabilities or []), concurrency=concurrency, **kwargs)
         self.handlers: dict[str, _HandlerSpec] = {}
-        self._slots = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
+        #: tasks received while every slot was busy, FIFO; ``running`` counts the slots in use
+        self._waiting: deque[Task] = deque()
+        self._starting = False
         self.max_queued = max_queued if max_queued is not None else 16 * concurrency
         self.max_unsent = max_unsent
         self._unsent: OrderedDict[str, bytes] = OrderedDict()  # result id -> frame
@@ -445,43 +453,112 @@ class AICPWebSocketClient(PeerClient):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self._tasks and (left := deadline - loop.time()) > 0:
-            await asyncio.wait(list(self._tasks), timeout=left)
-        return not self._tasks
+            await asyncio.wait(list(self._tasks), timeout=left)  # tasks waiting for a slot start as these end
+        return not self._tasks and not self._waiting
 
     def _on_task(self, rec: Received, task: Task) -> None:
         if self.draining:
             frame = self.session.result_frame(task, payload(None), time.time(), ok=False, reason="shutting-down: agent is draining")
             self._spawn(self._send_result(frame))
             return
-        if len(self._tasks) >= self.max_queued:
+        if len(self._tasks) + len(self._waiting) >= self.max_queued:
             frame = self.session.result_frame(task, payload(None), time.time(), ok=False, reason="overloaded: agent queue is full")
             self._spawn(self._send_result(frame))
             return
-        self._spawn(self._run_task(task))
+        self._waiting.append(task)
+        self._start_waiting()
 
     def _spawn(self, coro: Any) -> None:
         t: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
-    async def _run_task(self, task: Task) -> None:
-        async with self._slots:
-            self.running += 1
-            try:
-                spec = self.handlers.get(task.method)
-                if spec is None:
-                    raise LookupError(f"no handler for {task.method!r}")
-                started = time.perf_counter()
-                value = await invoke(spec.handler, msgspec.json.decode(task.payload), spec.in_thread)
-                service_ms = (time.perf_counter() - started) * 1000.0
-                frame = self.session.result_frame(task, payload(value), time.time(), ok=True, service_ms=round(service_ms, 4))
-            except Exception as exc:
+    def _start_waiting(self) -> None:
+        """Start waiting tasks, oldest first, while a slot is free (one loop, no recursion)."""
+        if self._starting:
+            return
+        self._starting = True
+        try:
+            while self._waiting and self.running < self.concurrency:
+                self._start(self._waiting.popleft())
+        finally:
+            self._starting = False
+
+    def _start(self, task: Task) -> None:
+        """Run ``task`` in a free slot: inline if its handler answers at once, else in an asyncio task.
+
+        Most handlers are sync and microseconds long: they run here, and the result is
+        signed and batched without creating a task, a future or a task switch.
+        """
+        self.running += 1
+        spec = self.handlers.get(task.method)
+        started = time.perf_counter()
+        if spec is None or spec.in_thread:
+            self._spawn(self._run_task(task, spec, started))
+            return
+        try:
+            value = spec.handler(msgspec.json.decode(task.payload))
+        except Exception as exc:
+            self._finish(task, None, started, exc)
+            return
+        if inspect.isawaitable(value):
+            self._spawn(self._await_result(task, value, started))
+            return
+        self._finish(task, value, started, None)
+
+    async def _run_task(self, task: Task, spec: _HandlerSpec | None, started: float) -> None:
+        try:
+            if spec is None:
+                raise LookupError(f"no handler for {task.method!r}")
+            value = await invoke(spec.handler, msgspec.json.decode(task.payload), spec.in_thread)
+        except Exception as exc:
+            self._finish(task, None, started, exc)
+            return
+        except BaseException:  # cancelled (close): the slot is freed all the same
+            self._release()
+            raise
+        self._finish(task, value, started, None)
+
+    async def _await_result(self, task: Task, pending: Any, started: float) -> None:
+        try:
+            value = await pending
+        except Exception as exc:
+            self._finish(task, None, started, exc)
+            return
+        except BaseException:
+            self._release()
+            raise
+        self._finish(task, value, started, None)
+
+    def _finish(self, task: Task, value: Any, started: float, exc: Exception | None) -> None:
+        """Sign the task's result (or its failure), send it, free the slot."""
+        try:
+            if exc is None:
+                try:
+                    service_ms = (time.perf_counter() - started) * 1000.0
+                    frame = self.session.result_frame(task, payload(value), time.time(), ok=True, service_ms=round(service_ms, 4))
+                except Exception as encode_exc:  # a result that is not JSON-encodable fails the task
+                    exc = encode_exc
+            if exc is not None:
                 log.info("%s: handler for %s failed: %r", self.peer_id, task.method, exc)
                 frame = self.session.result_frame(task, payload(None), time.time(), ok=False, reason=f"{type(exc).__name__}: {exc}")
-            finally:
-                self.running -= 1
-        self.completed += 1
-        await self._send_result(frame)
+            self.completed += 1
+            self._send_result_soon(frame)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self.running -= 1
+        if self._waiting:
+            self._start_waiting()
+
+    def _send_result_soon(self, frame: bytes) -> None:
+        """``_send_result`` without a task when the frame can be batched now (the usual case)."""
+        batch = self._batch
+        if batch is not None and batch.ws is self.ws and self.ready.is_set() and batch.writable():
+            batch.add(frame)  # a flush that finds the connection closed hands it to _dropped, which keeps it
+            return
+        self._spawn(self._send_result(frame))
 
     async def _send_result(self, frame: bytes) -> None:
         batch = self._batch
@@ -503,6 +580,7 @@ class AICPWebSocketClient(PeerClient):
             self._unsent.pop(key, None)
 
     async def _on_close(self) -> None:
+        self._waiting.clear()  # never started: the router fails them over when the connection ends
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:

@@ -13,7 +13,7 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
 Handler = Callable[[Any], Any]
@@ -149,7 +149,8 @@ class Synthetic:
 
     ``mean_ms`` is the mean service time; lognormal uses ``sigma`` for its shape and is
     scaled so its mean is ``mean_ms``. It sleeps with ``asyncio.sleep``, so many tasks
-    overlap on one agent up to its concurrency.
+    overlap on one agent up to its concurrency; with no service time it returns its
+    result directly, not as an awaitable.
     """
 
     def __init__(self, distribution: Distribution = "constant", mean_ms: float = 0.0, fail_prob: float = 0.0, sigma: float = 0.5, seed: int | None = None) -> None:
@@ -174,10 +175,18 @@ class Synthetic:
         mu = math.log(mean) - self.sigma**2 / 2.0
         return self.rng.lognormvariate(mu, self.sigma)
 
-    async def __call__(self, payload: Any) -> dict[str, Any]:
+    def __call__(self, payload: Any) -> dict[str, Any] | Coroutine[Any, Any, dict[str, Any]]:
+        """The result at once for a zero service time (an agent then answers without a task switch), else an awaitable."""
         delay = self.service_time_s()
         if delay > 0.0:
-            await asyncio.sleep(delay)
+            return self._after(delay, payload)
+        return self._outcome(delay, payload)
+
+    async def _after(self, delay: float, payload: Any) -> dict[str, Any]:
+        await asyncio.sleep(delay)
+        return self._outcome(delay, payload)
+
+    def _outcome(self, delay: float, payload: Any) -> dict[str, Any]:
         if self.fail_prob > 0.0 and self.rng.random() < self.fail_prob:
             raise RuntimeError("synthetic failure")
         return {"service_ms": round(delay * 1000.0, 3), "echo": payload}

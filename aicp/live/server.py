@@ -49,6 +49,7 @@ from websockets.http11 import Request, Response
 from aicp import errors
 from aicp.live import http
 from aicp.live.handlers import Handler
+from aicp.live.inbound import DirectServerConnection
 from aicp.live.links import LocalLink, WsLink
 from aicp.live.local_peers import LocalPeer
 from aicp.live.prometheus import RouterMetrics
@@ -76,7 +77,7 @@ class ServerLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_frame_bytes: int = MAX_FRAME_BYTES
     max_connections: int = 10_000
     send_queue: int = 4096  # frames queued to one peer before it is closed as too slow
-    recv_queue: int = 64  # frames websockets buffers from one peer before it stops reading
+    recv_queue: int = 64  # with verify_threads: frames websockets buffers from one peer before it stops reading (else each is handled as it is read)
     write_limit: int = 1 << 20  # bytes buffered in the kernel-side transport before send() waits
     open_timeout_s: float = 10.0
     backlog: int = 4096  # pending TCP connections the kernel queues (capped by net.core.somaxconn); asyncio's 100 drops SYNs when a fleet connects at once
@@ -231,7 +232,7 @@ class AICPWebSocketServer:
         if lim.compression:
             extensions = [ServerPerMessageDeflateFactory(server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5})]
         self._server = await serve(
-            self._handle,
+            self._handle,  # type: ignore[arg-type]  # every connection is a CountedConnection (create_connection below)
             self.host,
             self.port,
             ssl=self.ssl,
@@ -341,7 +342,7 @@ class AICPWebSocketServer:
         if conn in self._links:
             self._apply(self.proto.frame_received(conn, data, time.time()))
 
-    async def _handle(self, ws: ServerConnection) -> None:
+    async def _handle(self, ws: CountedConnection) -> None:
         conn = self._new_conn()
         link = WsLink(ws, self.limits.send_queue, self.limits.close_timeout_s, lambda: self.count_transport_close("slow-consumer"))
         self._links[conn] = link
@@ -350,12 +351,19 @@ class AICPWebSocketServer:
         verifier = self._verifier
         try:
             self._apply(proto.connection_made(conn, time.time()))
+            if verifier is None:
+                # Each message goes to the core as websockets parses it (aicp.live.inbound): text
+                # messages are checked for UTF-8 there (1007), and a binary one is closed with 1003.
+                def on_message(data: bytes, binary: bool) -> None:
+                    self._apply(proto.frame_received(conn, data, time.time(), binary=binary))
+
+                ws.direct(on_message)
+                await ws.wait_closed()
+                raise ws.close_exc
             while True:
                 # Text frames arrive as str: websockets checks their UTF-8 and closes with 1007 if it fails.
                 data = await ws.recv()  # str for a text frame, bytes for a binary one (closed with 1003)
-                if verifier is None:
-                    self._apply(proto.frame_received(conn, data, time.time(), binary=isinstance(data, bytes)))
-                elif not verifier.submit(conn, data):
+                if not verifier.submit(conn, data):
                     await verifier.wait_room(conn)
         except ConnectionClosed as exc:
             reason = _CLOSE_REASONS.get(exc.sent.code) if exc.sent is not None and not exc.rcvd_then_sent else None
@@ -427,8 +435,8 @@ class AICPWebSocketServer:
         return http.answer(self, connection, request.path.partition("?")[0])
 
 
-class CountedConnection(ServerConnection):
-    """Counts opening handshakes cut off by ``open_timeout`` (websockets cancels them)."""
+class CountedConnection(DirectServerConnection):
+    """Counts opening handshakes cut off by ``open_timeout`` (websockets cancels them); delivers messages with ``direct``."""
 
     def __init__(self, *args: Any, on_open_timeout: Callable[[], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -99,6 +99,10 @@ def test_6_compressed_frame_inflating_past_the_limit_closes_1009_without_inflati
             assert ws.close_code == 1009
             growth = _peak_rss_bytes(server.popen.pid) - peak_before
             assert growth < 24 << 20, f"router peak RSS grew by {growth >> 20} MiB"
+            for _ in range(100):  # the router counts the close when its side of the connection ends, maybe after ours
+                if await _transport_closes(url, "too-large") == 1:
+                    break
+                await asyncio.sleep(0.05)
             assert await _transport_closes(url, "too-large") == 1
             await _healthy(ctl, "after")
             samples = await _metrics(url)
@@ -125,6 +129,43 @@ def test_9_invalid_utf8_in_a_text_frame_closes_1007() -> None:
             assert server.proto.rejections == rejections  # refused before the core saw a byte
             assert await _transport_closes(server.url, "invalid-utf8") == 3
             await _healthy(ctl, "after")
+
+    run(main())
+
+
+def _fragments(data: bytes, n: int) -> list[bytes]:
+    step = -(-len(data) // n)
+    return [data[i : i + step] for i in range(0, len(data), step)]
+
+
+def test_fragmented_messages_are_reassembled_and_limited_as_a_whole() -> None:
+    """The router takes messages from websockets' parser itself (aicp.live.inbound): a task sent in
+    fragments, one split inside a multi-byte character, is served; a message whose fragments add up
+    past the size limit closes 1009, and one that is invalid UTF-8 only once joined closes 1007."""
+
+    async def main() -> None:
+        async with serving() as server, agent(server.url, "a", {"echo": echo}):
+            session = PeerSession(Identity.generate(), "frag", "controller")
+            ws = await challenged(server.url, session)
+            await ws.send(_fragments(session.register_frame(time.time()), 3), text=True)
+            assert isinstance(session.receive(await ws.recv(decode=False), time.time()).body, RegisterAck)
+            tid, frame = session.task_frame("echo", payload("héllo wörld"), time.time())
+            split = frame.index("é".encode()) + 1  # inside the two bytes of é
+            await ws.send([frame[:split], frame[split:]], text=True)
+            result = session.receive(await ws.recv(decode=False), time.time()).body
+            assert getattr(result, "task_id", None) == tid and bytes(result.payload) == bytes(payload("héllo wörld"))  # type: ignore[union-attr]
+            await ws.close()
+            for message, code, reason in (
+                (b"x" * (server.limits.max_frame_bytes + 1), 1009, "too-large"),
+                (b'{"a":"\xc3', 1007, "invalid-utf8"),  # each fragment alone could be the start of valid text
+            ):
+                ws = await connect(server.url, max_size=None)
+                await ws.recv()
+                await ws.send(_fragments(message, 4) if code == 1009 else [message, b"\x28"], text=True)
+                await ws.wait_closed()
+                assert ws.close_code == code
+                await wait_until(lambda reason=reason: server.transport_closes.get(reason) == 1, what=f"the {reason} close to be counted")  # type: ignore[misc]
+                assert await _transport_closes(server.url, reason) == 1
 
     run(main())
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import statistics
 import threading
+from typing import Any
 
 import pytest
+from live_helpers import agent, run, serving, wait_until
 
+from aicp import errors
+from aicp.live.controller import AICPController
 from aicp.live.handlers import Synthetic, builtin, echo, invoke, parse_service_time, text_classify
 
 
@@ -58,10 +62,10 @@ def test_synthetic_failure_probability_and_zero_default() -> None:
         failures = 0
         for _ in range(2000):
             try:
-                await h("x")
+                await invoke(h, "x")
             except RuntimeError:
                 failures += 1
-        ok = await Synthetic(seed=3)("y")
+        ok = await invoke(Synthetic(seed=3), "y")
         assert ok == {"service_ms": 0.0, "echo": "y"}
         return failures, 2000
 
@@ -93,3 +97,41 @@ def test_invoke_runs_sync_inline_async_awaited_and_blocking_in_a_thread() -> Non
         assert tid != main_thread
 
     asyncio.run(main())
+
+
+def test_an_agent_runs_at_most_its_concurrency_sync_and_async_handlers_alike() -> None:
+    """Sync handlers run inline in the agent (no task per task); async ones in tasks; one slot count for both."""
+
+    async def main() -> None:
+        gate = asyncio.Event()
+        running = peak = 0
+
+        async def slow(p: Any) -> Any:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await gate.wait()
+            running -= 1
+            return p
+
+        def fast(p: Any) -> Any:
+            if p == "boom":
+                raise ValueError("boom")
+            return [p, running]
+
+        async with serving() as server, agent(server.url, "a", {"slow": slow, "fast": fast}, concurrency=2) as client, AICPController(server.url, "c") as ctl:
+            slows = [asyncio.ensure_future(ctl.submit("slow", i, timeout=10)) for i in range(4)]
+            await wait_until(lambda: running == 2, what="two slow tasks running")
+            assert client.running == 2
+            fasts = [asyncio.ensure_future(ctl.submit("fast", i, timeout=10)) for i in range(3)]
+            await asyncio.sleep(0.1)
+            assert not any(f.done() for f in fasts) and peak == 2  # no free slot: they wait, even though they are sync
+            gate.set()
+            assert await asyncio.gather(*slows) == [0, 1, 2, 3]
+            assert [r[0] for r in await asyncio.gather(*fasts)] == [0, 1, 2]
+            with pytest.raises(errors.TaskError) as exc:
+                await ctl.submit("fast", "boom", timeout=10)
+            assert exc.value.code == errors.AGENT_FAILED and "ValueError: boom" in exc.value.message
+            assert peak == 2 and client.running == 0 and client.completed == 8
+
+    run(main())

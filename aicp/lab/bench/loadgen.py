@@ -12,7 +12,7 @@ Run by the benchmark orchestrator as ``python -m aicp.lab.bench.loadgen --out FI
   (``aicp bench --scenario`` and ``--arrivals``; aicp/lab/bench/schedule.py): each
   task's intended time, method, deadline and payload size come from the file.
 * **Closed loop** (``--concurrency C``): C tasks in flight; each completion sends
-  the next one. Latency is measured from the send.
+  the next one, from the frame callback. Latency is measured from the send.
 
 Every outcome is verified (signature and binding to its task) before it counts.
 Samples are written as numpy arrays (``.npz``): intended/sent/done times,
@@ -37,6 +37,7 @@ from websockets.asyncio.client import connect
 
 from aicp.lab.bench.floor import io_calls
 from aicp.lab.bench.schedule import Schedule
+from aicp.live.inbound import DirectClientConnection
 from aicp.live.links import FrameBatcher
 from aicp.live.loop import run_async
 from aicp.messages import Error, RegisterAck, Result, payload
@@ -105,10 +106,11 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
     plan = Schedule.load(args.schedule) if args.schedule else None
     expected = len(plan) + 16 if plan is not None else int((args.rate or 2000.0) * (args.duration + args.warmup) * 1.3) + 1024
     rec = Recorder(expected)
-    waiters: dict[str, asyncio.Future[None]] = {}
     verify_failures = 0
+    closed_loop = False  # set once the closed loop starts: outcomes then send the next tasks
 
-    async with connect(args.url, compression=None, max_size=2**20, ping_interval=None, open_timeout=10, max_queue=None) as ws:
+    async with connect(args.url, compression=None, max_size=2**20, ping_interval=None, open_timeout=10, max_queue=None, create_connection=DirectClientConnection) as ws:
+        assert isinstance(ws, DirectClientConnection)
         session.connection_made()
         session.receive(await ws.recv(decode=False), wall())
         await ws.send(session.register_frame(wall()), text=True)
@@ -116,29 +118,25 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(ack.body, RegisterAck):
             raise RuntimeError(f"registration refused: {ack.body}")
 
-        async def reader() -> None:
+        def on_message(data: bytes, binary: bool) -> None:  # each frame as it is parsed (aicp.live.inbound)
             nonlocal verify_failures
-            while True:
-                data = await ws.recv(decode=False)
-                now = clock()
-                try:
-                    got = session.receive(data, wall())
-                except Exception:
-                    verify_failures += 1
-                    continue
-                msg = got.body
-                if isinstance(msg, Result):
-                    tid, code = msg.task_id, "ok"
-                elif isinstance(msg, Error) and msg.task_id is not None:
-                    tid, code = msg.task_id, msg.code
-                else:
-                    continue
-                if rec.finish(tid, now, code) is not None:
-                    fut = waiters.pop(tid, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(None)
+            now = clock()
+            try:
+                got = session.receive(data, wall())
+            except Exception:
+                verify_failures += 1
+                return
+            msg = got.body
+            if isinstance(msg, Result):
+                tid, code = msg.task_id, "ok"
+            elif isinstance(msg, Error) and msg.task_id is not None:
+                tid, code = msg.task_id, msg.code
+            else:
+                return
+            if rec.finish(tid, now, code) is not None and closed_loop:
+                send_next()  # closed loop: this slot's next task, from the callback (no future, no task switch)
 
-        read_task = loop.create_task(reader())
+        ws.direct(on_message, check_utf8=False)
         batch = FrameBatcher(ws)
         cpu0 = time.process_time()
         io0 = io_calls(psutil.Process())
@@ -155,6 +153,32 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
                 batch.flush()
                 await ws.send(frame, text=True)
             return tid
+
+        slots_left = args.concurrency
+        slots_done = asyncio.Event()
+        slow_sends: set[asyncio.Task[None]] = set()
+
+        async def send_slow(frame: bytes) -> None:
+            await ws.send(frame, text=True)
+
+        def send_next() -> None:
+            """Closed loop: one slot sends its next task, or stops after ``end``."""
+            nonlocal slots_left
+            now = clock()
+            if now >= end:
+                slots_left -= 1
+                if slots_left == 0:
+                    slots_done.set()
+                return
+            tid, frame = session.task_frame(args.method, body, wall(), timeout_ms=timeout_ms)
+            rec.new(tid, now, now)
+            if batch.writable():
+                batch.add(frame)
+            else:  # the socket is backed up: flow control in a task (the order of independent tasks does not matter)
+                batch.flush()
+                t = loop.create_task(send_slow(frame))
+                slow_sends.add(t)
+                t.add_done_callback(slow_sends.discard)
 
         if plan is not None:
             for t_rel, method, task_body, deadline_ms in plan.tasks():
@@ -177,28 +201,18 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
                     await asyncio.sleep(delay)
                 await send_one(t)
         else:
-
-            async def worker() -> None:
-                while clock() < end:
-                    intended = clock()
-                    fut: asyncio.Future[None] = loop.create_future()
-                    tid = await send_one(intended)
-                    if rec.outcome[rec.index[tid]] == PENDING:
-                        waiters[tid] = fut
-                        await fut  # no timer per task: the whole loop is bounded below
-
             await asyncio.sleep(max(0.0, start - clock()))
-            # A task that never gets an outcome stalls its worker until this bound, and counts as lost below.
+            closed_loop = True
+            for _ in range(args.concurrency):
+                send_next()
+            # A task that never gets an outcome stalls its slot until this bound, and counts as lost below.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(end - clock() + args.task_timeout + 5.0):
-                    await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+                    await slots_done.wait()
         # drain: every task sent must get its outcome; wait up to the task timeout plus slack
         drain_until = clock() + (plan.max_deadline_s(args.task_timeout) if plan is not None else args.task_timeout) + 5.0
         while clock() < drain_until and np.any(rec.outcome[: rec.n] == PENDING):
             await asyncio.sleep(0.01)
-        read_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await read_task
         cpu_s = time.process_time() - cpu0
         io1 = io_calls(psutil.Process())
         wall_s = clock() - start

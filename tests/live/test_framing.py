@@ -1,0 +1,103 @@
+"""Framing by hand: ``links.frame_texts`` writes what websockets would; ``inbound`` reads what websockets would."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
+from websockets.frames import apply_mask
+from websockets.protocol import Protocol, Side, State
+
+from aicp.live.inbound import DirectServerConnection
+from aicp.live.links import frame_texts
+
+#: Every header length form (7-bit, 16-bit, 64-bit) at its edges, and an empty message.
+MESSAGES = [b"", b"a" * 125, b"b" * 126, b"c" * 65535, b"d" * 65536, '{"x":"é"}'.encode()]
+
+
+def test_unmasked_frames_are_byte_for_byte_websockets_own() -> None:
+    server = Protocol(Side.SERVER, state=State.OPEN)
+    for message in MESSAGES:
+        server.send_text(message)
+    assert frame_texts(MESSAGES, masked=False) == b"".join(server.data_to_send())
+
+
+@pytest.mark.parametrize(("reader", "masked"), [(Side.SERVER, True), (Side.CLIENT, False)])
+def test_websockets_parses_them_back_as_whole_text_messages(reader: Side, masked: bool) -> None:
+    peer = Protocol(reader, state=State.OPEN, max_size=None)
+    peer.receive_data(frame_texts(MESSAGES, masked=masked))
+    events = peer.events_received()
+    assert [bytes(e.data) for e in events] == MESSAGES and all(e.fin for e in events)  # type: ignore[union-attr]
+    assert peer.state is State.OPEN
+
+
+def test_a_server_refuses_an_unmasked_client_frame() -> None:
+    server = Protocol(Side.SERVER, state=State.OPEN)
+    server.receive_data(frame_texts([b"x"], masked=False))
+    assert server.events_received() == [] and server.state is State.CLOSING
+
+
+def _client_frame(opcode: int, data: bytes, fin: bool = True) -> bytes:
+    """One masked client frame, built by hand (a control frame, a fragment)."""
+    key = os.urandom(4)
+    assert len(data) < 126
+    return bytes((0x80 * fin | opcode, 0x80 | len(data))) + key + apply_mask(data, key)
+
+
+def test_direct_delivery_sees_every_message_once_in_order_however_the_bytes_are_cut() -> None:
+    """The router's fast path (aicp.live.inbound) and websockets' parser share one byte stream:
+    pings, fragmented messages and frames cut at random places hand over between them."""
+    rng = random.Random(7)
+    messages = [b"", b"a" * 125, b"b" * 126, "héllo".encode(), b"c" * 70_000, b'{"x":1}', "😀".encode() * 40]
+    stream: list[bytes] = []
+    expected: list[tuple[bytes, bool]] = []
+    for i in range(60):
+        message = messages[i % len(messages)]
+        if i % 9 == 4:  # a fragmented text message, in three parts
+            stream += [_client_frame(0x1, message[:1], fin=False), _client_frame(0x0, message[1:2], fin=False), _client_frame(0x0, message[2:48])]
+            message = message[:48]  # whole characters: 12 of the 4-byte emoji
+        elif i % 11 == 3:
+            stream.append(_client_frame(0x9, b"ping"))  # answered by websockets, delivered to nobody
+            stream.append(frame_texts([message], masked=True))
+        elif i % 13 == 5:  # binary
+            key = os.urandom(4)
+            stream.append(bytes((0x82, 0x80 | 7)) + key + apply_mask(b"binary!", key))
+            expected.append((b"binary!", True))
+            continue
+        else:
+            stream.append(frame_texts([message], masked=True))
+        expected.append((message, False))
+    data = b"".join(stream)
+
+    async def main() -> list[tuple[bytes, bool]]:
+        got: list[tuple[bytes, bool]] = []
+        done = asyncio.Event()
+
+        async def handler(ws: DirectServerConnection) -> None:
+            def on_message(message: bytes, binary: bool) -> None:
+                got.append((message, binary))
+                if len(got) == len(expected):
+                    done.set()
+
+            ws.direct(on_message)
+            await ws.wait_closed()
+
+        async with serve(handler, "127.0.0.1", 0, create_connection=DirectServerConnection, max_size=1 << 20, compression=None) as server:  # type: ignore[arg-type]
+            port = next(iter(server.sockets)).getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}", compression=None) as client:  # no extension: the fast path applies
+                pos = 0
+                while pos < len(data):
+                    step = rng.choice([1, 2, 3, 7, 100, 1000, 5000, 70_010])
+                    client.transport.write(data[pos : pos + step])
+                    pos += step
+                    if rng.random() < 0.3:
+                        await asyncio.sleep(0.001)  # a separate read on the server, most likely
+                await asyncio.wait_for(done.wait(), 10)
+                assert client.state is State.OPEN
+        return got
+
+    assert asyncio.run(main()) == expected
