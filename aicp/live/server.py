@@ -83,6 +83,10 @@ class ServerLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     close_timeout_s: float = 5.0
     ping_interval_s: float | None = 20.0
     ping_timeout_s: float | None = 20.0
+    #: Keep pinging agents once registered. Off by default: an agent's lease (PROTOCOL.md §6)
+    #: already proves it alive, and 10,000 agents' pings cost the router 500 wake-ups a second.
+    #: Controllers and connections not yet registered are always pinged.
+    ping_agents: bool = False
     compression: bool = False  # when on: permessage-deflate with small windows (bounded memory)
     drain_s: float = 10.0  # graceful shutdown: how long in-flight tasks may run on
     #: Signature checks of registered peers' frames on this many worker threads (libsodium
@@ -348,6 +352,7 @@ class AICPWebSocketServer:
         self._ws_open += 1
         proto = self.proto
         verifier = self._verifier
+        pinging = ws.keepalive_task is not None and not self.limits.ping_agents  # until it registers as an agent
         try:
             self._apply(proto.connection_made(conn, time.time()))
             while True:
@@ -357,6 +362,9 @@ class AICPWebSocketServer:
                     self._apply(proto.frame_received(conn, data, time.time(), binary=isinstance(data, bytes)))
                 elif not verifier.submit(conn, data):
                     await verifier.wait_room(conn)
+                if pinging and proto.role_of(conn) == "agent":
+                    pinging = False
+                    _stop_keepalive(ws)
         except ConnectionClosed as exc:
             reason = _CLOSE_REASONS.get(exc.sent.code) if exc.sent is not None and not exc.rcvd_then_sent else None
             if reason is not None:
@@ -425,6 +433,14 @@ class AICPWebSocketServer:
                 return connection.respond(429, "rate-limited: too many new connections from this address\n")
             return None
         return http.answer(self, connection, request.path.partition("?")[0])
+
+
+def _stop_keepalive(ws: ServerConnection) -> None:
+    """Stop websockets' ping task on a registered agent's connection: its lease proves it alive."""
+    task = ws.keepalive_task
+    if task is not None:
+        ws.keepalive_task = None
+        task.cancel()
 
 
 class CountedConnection(ServerConnection):
