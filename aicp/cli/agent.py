@@ -35,7 +35,7 @@ from aicp.live.agent import Agent
 from aicp.live.client import DEFAULT_URL
 from aicp.live.keys import KEY_DIR_ENV, identity_for
 from aicp.live.logs import add_logging_arguments, setup_logging
-from aicp.live.loop import run_async
+from aicp.live.loop import run_async, tune_gc
 from aicp.signing import Identity
 
 log = logging.getLogger("aicp.agent")
@@ -149,4 +149,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: --service-time: {exc}", file=sys.stderr)
         return 2
+    if args.count > 1:
+        tune_gc()  # thousands of agents' connections in one process
     return int(run_async(_main(args)))
