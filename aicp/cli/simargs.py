@@ -24,6 +24,12 @@ def add_common(parser: argparse.ArgumentParser, sets_are_grids: bool = False, re
             default=replay_service,
             help=f"with --replay: each task keeps its recorded service time (task), or draws from its agent's recorded samples (agent) (default {replay_service})",
         )
+        parser.add_argument(
+            "--stack-costs",
+            action="store_true",
+            help="with --replay: also charge the live stack's costs read from the trace (hops, slot hand-over; "
+            "never a task's latency; docs/SIMULATOR.md)",
+        )
     parser.add_argument(
         "--strategy", action="append", metavar="NAME", help="strategy to run (repeatable; default: the scenario's list)"
     )
@@ -62,7 +68,9 @@ def load(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> S
             raise ScenarioError(f"{path}: {exc.strerror or exc}") from None
         stem = path.name.split(".")[0] or "trace"
         folder = Path(args.out) / "replays" / f"{stem}-{args.service}"
-        scenario = scenario_from_trace(data, folder, name=f"replay-{stem}", service=args.service)
+        scenario = scenario_from_trace(
+            data, folder, name=f"replay-{stem}", service=args.service, stack_costs=getattr(args, "stack_costs", False)
+        )
         return scenario_mod.with_overrides(scenario, overrides, str(path)) if overrides else scenario
     if not args.scenario:
         raise ScenarioError("no scenario file given")

@@ -1,49 +1,35 @@
 """The REST face: ``POST /tasks``, ``GET /tasks/{id}``, its events, and the live registry.
 
-Request bodies are read and decoded here with msgspec (not pydantic), so every
-refusal is a problem with its own status and code, and the hot path stays short.
-The OpenAPI document still describes every endpoint with an example.
+Request bodies are read and decoded with msgspec (not pydantic), so every
+refusal is a problem with its own status and code. ``POST /tasks`` itself is
+answered by ``aicp.gateway.submit`` before FastAPI's stack; its route here describes
+it in the OpenAPI document, which has an example for every endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import inspect
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, Final
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
 
 import msgspec
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from msgspec import Meta, Raw
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 
 import aicp
 from aicp import errors
 from aicp.gateway import problems
 from aicp.gateway.auth import Principal
-from aicp.gateway.core import Gateway, GatewayConfig, Problem
+from aicp.gateway.core import Gateway, GatewayConfig
 from aicp.gateway.problems import problem
+from aicp.gateway.submit import GatewayApp, TaskSubmission
 from aicp.gateway.tasks import GatewayTask
-from aicp.messages import Method, check_strict
 
 _encoder: Final = msgspec.json.Encoder()
-Millis = Annotated[float, Meta(gt=0.0, le=1.0e9)]
-
-
-class TaskRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """The body of ``POST /tasks``."""
-
-    method: Method
-    payload: Raw = msgspec.field(default_factory=lambda: Raw(b"null"))
-    timeout_ms: Millis | None = None
-
-
-_request_decoder: Final = msgspec.json.Decoder(TaskRequest)
 
 # ---------------------------------------------------------------------------- OpenAPI examples
 _SIG = "kqT2...88 base64 characters...Aw=="
@@ -90,26 +76,6 @@ def _task_response(task: GatewayTask, status: int = 200, headers: dict[str, str]
     return _json(task.view(), status, headers)
 
 
-def _outcome_response(task: GatewayTask) -> Response:
-    """A finished task: 200 with its result, or the problem of its error code."""
-    o = task.outcome
-    assert o is not None
-    loc = {"Location": f"/tasks/{task.id}"}
-    if o.ok:
-        return _task_response(task, 200, loc)
-    status = problems.status_of(o.code)
-    headers = dict(loc)
-    if status in (429, 503):
-        headers["Retry-After"] = "1"
-    return problem(status, o.code, o.message or o.code, headers=headers, task_id=task.id, instance=f"/tasks/{task.id}")
-
-
-def _from_problem(p: Problem, headers: dict[str, str] | None = None) -> Response:
-    if p.status == 503 and headers is None:
-        headers = {"Retry-After": "1"}
-    return problem(p.status, p.code, p.detail, headers=headers)
-
-
 def create_app(config: GatewayConfig, gateway: Gateway | None = None) -> FastAPI:
     gw = gateway or Gateway(config)
 
@@ -121,7 +87,7 @@ def create_app(config: GatewayConfig, gateway: Gateway | None = None) -> FastAPI
         finally:
             await gw.stop()
 
-    app = FastAPI(
+    app = GatewayApp(
         **_no_telemetry(),
         title="AICP gateway",
         version=aicp.__version__ if hasattr(aicp, "__version__") else "0",
@@ -130,29 +96,13 @@ def create_app(config: GatewayConfig, gateway: Gateway | None = None) -> FastAPI
         lifespan=lifespan,
     )
     app.state.gateway = gw
+    submission = TaskSubmission(gw)
 
     def authenticate(request: Request) -> Principal | Response:
         principal = gw.keys.principal(request.headers.get("authorization"))
         if principal is None:
             return problem(401, problems.UNAUTHORIZED, "send Authorization: Bearer <API key>", headers={"WWW-Authenticate": 'Bearer realm="aicp"'})
         return principal
-
-    async def read_body(request: Request) -> bytes | Response:
-        ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if ctype != "application/json" and not ctype.endswith("+json"):
-            return problem(415, problems.UNSUPPORTED_MEDIA_TYPE, f"Content-Type must be application/json, not {ctype or 'missing'!r}")
-        limit = gw.config.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return problem(413, errors.TOO_LARGE, f"the body is over {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                return problem(413, errors.TOO_LARGE, f"the body is over {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     # ------------------------------------------------------------------ errors from the framework
     @app.exception_handler(StarletteHTTPException)
@@ -188,37 +138,10 @@ def create_app(config: GatewayConfig, gateway: Gateway | None = None) -> FastAPI
         },
     )
     async def post_task(request: Request) -> Response:
-        principal = authenticate(request)
-        if isinstance(principal, Response):
-            return principal
-        if not gw.admit(principal):
-            return problem(429, errors.RATE_LIMITED, f"over {gw.rates.rate:g} tasks/s for this API key", headers={"Retry-After": str(gw.rates.retry_after_s)})
-        body = await read_body(request)
-        if isinstance(body, Response):
-            return body
-        try:
-            check_strict(body)
-            req = _request_decoder.decode(body)
-        except errors.DecodeError as exc:
-            return problem(400, errors.MALFORMED, exc.message)
-        except msgspec.ValidationError as exc:
-            return problem(422, errors.INVALID_MESSAGE, str(exc))
-        except msgspec.DecodeError as exc:
-            return problem(400, errors.MALFORMED, str(exc))
-        idem = request.headers.get("idempotency-key")
-        digest = hashlib.sha256(body).digest() if idem is not None else None
-        task, prob, is_new = gw.accept(principal, req.method, req.payload, req.timeout_ms, idem, digest)
-        if task is None:
-            assert prob is not None
-            return _from_problem(prob)
-        if is_new:
-            await gw.link.send(task)
-        if "respond-async" in request.headers.get("prefer", ""):
-            if task.ended:
-                return _outcome_response(task)
-            return _task_response(task, 202, {"Location": f"/tasks/{task.id}", "Preference-Applied": "respond-async"})
-        await task.done.wait()  # bounded: the link ends every task by its local deadline
-        return _outcome_response(task)
+        """Reached only where ``GatewayApp`` does not take the request first (e.g. under a ``root_path``)."""
+        status, ctype, body, extra = await submission.reply(request.scope, request.receive)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in extra}
+        return Response(body, status_code=status or 400, media_type=ctype.decode("latin-1"), headers=headers)
 
     def owned_task(request: Request, task_id: str, principal: Principal) -> GatewayTask | Response:
         task = gw.store.get(task_id)
@@ -263,7 +186,7 @@ def create_app(config: GatewayConfig, gateway: Gateway | None = None) -> FastAPI
         task = owned_task(request, task_id, principal)
         if isinstance(task, Response):
             return task
-        return StreamingResponse(_event_stream(task), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+        return StreamingResponse(_event_stream(task, gw.link.settle), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
     # ------------------------------------------------------------------ the live view
     @app.get(
@@ -303,9 +226,7 @@ def create_app(config: GatewayConfig, gateway: Gateway | None = None) -> FastAPI
             }
         )
 
-    # The hot endpoint again as a plain Starlette route, matched first: requests skip FastAPI's
-    # per-request dependency solving, while the APIRoute above still describes it in OpenAPI.
-    app.router.routes.insert(0, Route("/tasks", post_task, methods=["POST"]))
+    app.submission = submission  # POST /tasks skips the framework (aicp.gateway.submit)
 
     from aicp.gateway.a2a import install_a2a
 
@@ -320,8 +241,9 @@ def _no_telemetry() -> dict[str, Any]:
     return {}
 
 
-async def _event_stream(task: GatewayTask) -> AsyncIterator[bytes]:
-    queue = task.watch()  # no await between watch() and the snapshot below: no event is missed or sent twice
+async def _event_stream(task: GatewayTask, settle: Callable[[GatewayTask], None]) -> AsyncIterator[bytes]:
+    settle(task)  # the progress notices kept unverified join its events (GatewayLink.settle)
+    queue = task.watch()  # no await between settle(), watch() and the snapshot below: no event is missed or sent twice
     try:
         for event in list(task.events):
             yield _sse(event.event, _encoder.encode(event))

@@ -12,7 +12,11 @@ again under the same id, and the router answers with its one outcome (running:
 when it ends; finished: the stored outcome frame), never a second execution.
 With ``progress`` (the default) the gateway registers asking for the router's
 ``progress`` notices, so each task's events also show when it was dispatched to an
-agent and when it was retried on another.
+agent and when it was retried on another. A notice for a task nobody is watching is
+kept unverified (``_defer``) and verified only when someone reads the task's events
+(``settle``): the Ed25519 check is most of a notice's cost, and most notices are
+never read. Nothing uses a notice before it is verified; one that fails is dropped
+and counted in ``rejected_frames``, as it would have been on arrival.
 
 Each task also has a local deadline (its timeout plus ``grace_s``) so it ends
 with ``timeout`` even if the router never comes back.
@@ -28,10 +32,10 @@ from typing import Any, Final
 import msgspec
 
 from aicp import errors
-from aicp.gateway.tasks import RESUBMITTED, SUBMITTED, GatewayTask, Outcome, TaskStore
+from aicp.gateway.tasks import RESUBMITTED, SUBMITTED, Event, GatewayTask, Outcome, TaskStore
 from aicp.live.client import PeerClient
-from aicp.messages import Error, Frame, Goaway, Progress, Result
-from aicp.signing import Identity
+from aicp.messages import Error, Frame, Goaway, Progress, Result, decode_body, decode_frame
+from aicp.signing import Identity, decode_public_key, decode_signature, verify
 
 log = logging.getLogger("aicp.gateway.link")
 
@@ -40,6 +44,9 @@ IDEMPOTENCY_CONFLICT: Final = "idempotency-conflict"
 
 #: The router's outcome frame has already been verified by ``PeerSession.receive``; this only splits it.
 _frame_decoder: Final = msgspec.json.Decoder(Frame)
+
+#: How a progress notice's frame reads (the body comes last in the envelope, its tag first); other frames skip ``_defer``.
+_PROGRESS_MARK: Final = b'"body":{"type":"progress"'
 
 
 def default_gateway_id(identity: Identity) -> str:
@@ -102,6 +109,8 @@ class GatewayLink(PeerClient):
 
     # ------------------------------------------------------------------ frames
     def _frame(self, data: bytes) -> None:
+        if _PROGRESS_MARK in data and self._defer(data):
+            return
         try:
             rec = self.session.receive(data, time.time())
         except errors.ProtocolError as exc:
@@ -140,6 +149,45 @@ class GatewayLink(PeerClient):
         elif isinstance(body, Goaway):
             self.goaway = body
             log.info("%s: router is draining (%s, %.1f s)", self.peer_id, body.reason, body.drain_s)
+
+    def _defer(self, data: bytes) -> bool:
+        """Keep a router progress notice for a running, unwatched task of its method, unverified; False: handle it now.
+
+        The frame is decoded (strictly) but not verified; it is bound here to the key
+        the router registered with, and only its signature is left for ``settle``.
+        """
+        try:
+            frame = decode_frame(data)
+            body = decode_body(frame.body)
+        except errors.ProtocolError:
+            return False  # refused and counted by the full path
+        if not isinstance(body, Progress) or frame.sender != self.session.router_id or frame.key != self.session.router_key or body.sender != frame.sender:
+            return False
+        task = self.store.running.get(body.task_id)
+        if task is None or task.watchers or body.method != task.method:
+            return False
+        task.unverified.append((len(task.events), time.time(), data))
+        return True
+
+    def settle(self, task: GatewayTask) -> None:
+        """Verify the notices ``_defer`` kept for ``task``; each good one joins ``events`` where it arrived. O(kept notices)."""
+        kept = task.unverified
+        if not kept:
+            return
+        task.unverified = []
+        shift = 0
+        for index, ts, data in kept:
+            frame = decode_frame(data)  # decoded once already: it does not fail now
+            try:
+                verify(decode_public_key(frame.key), bytes(frame.body), decode_signature(frame.sig))
+            except errors.ProtocolError as exc:
+                self.rejected_frames += 1
+                log.warning("%s: refused a progress notice for %s: %s", self.peer_id, task.id, exc)
+                continue
+            body = decode_body(frame.body)
+            assert isinstance(body, Progress)
+            task.events.insert(index + shift, Event(body.state, task.id, ts, agent_id=body.agent))
+            shift += 1
 
     def _conflict(self, task: GatewayTask, first_method: str) -> None:
         msg = f"this Idempotency-Key was first used for a {first_method!r} task, not {task.method!r}"

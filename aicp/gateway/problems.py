@@ -55,16 +55,22 @@ STATUS_OF_CODE: Final[dict[str, int]] = {
 }
 
 _encoder: Final = msgspec.json.Encoder()
+_TITLES: Final = {s.value: s.phrase for s in HTTPStatus}
 
 
 def status_of(code: str) -> int:
     return STATUS_OF_CODE.get(code, 502)
 
 
-def problem(status: int, code: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> Response:
-    body: dict[str, Any] = {"type": f"urn:aicp:error:{code}", "title": HTTPStatus(status).phrase, "status": status, "detail": detail, "code": code}
+def problem_body(status: int, code: str, detail: str, **extra: Any) -> bytes:
+    """The JSON of one problem; ``extra`` members that are None are left out."""
+    body: dict[str, Any] = {"type": f"urn:aicp:error:{code}", "title": _TITLES[status], "status": status, "detail": detail, "code": code}
     body.update({k: v for k, v in extra.items() if v is not None})
-    return Response(_encoder.encode(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return _encoder.encode(body)
+
+
+def problem(status: int, code: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    return Response(problem_body(status, code, detail, **extra), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def example(status: int, code: str, detail: str) -> dict[str, Any]:

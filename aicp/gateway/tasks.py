@@ -66,7 +66,13 @@ class Event(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class GatewayTask:
-    """One accepted task. ``done`` is set once, when the outcome is known."""
+    """One accepted task. ``done`` is set once, when the outcome is known.
+
+    ``unverified`` holds the router's progress notices that arrived while nobody
+    watched the task, as (position in ``events``, arrival time, frame bytes), not yet
+    verified: ``GatewayLink.settle`` verifies them and puts them in ``events`` before
+    anyone reads those (see ``GatewayLink._defer``).
+    """
 
     __slots__ = (
         "context_id",
@@ -82,6 +88,7 @@ class GatewayTask:
         "payload",
         "state",
         "timeout_ms",
+        "unverified",
         "watchers",
     )
 
@@ -99,6 +106,7 @@ class GatewayTask:
         self.outcome: Outcome | None = None
         self.done = asyncio.Event()
         self.watchers: list[asyncio.Queue[Event]] = []
+        self.unverified: list[tuple[int, float, bytes]] = []
         self.deadline: asyncio.TimerHandle | None = None
 
     @property

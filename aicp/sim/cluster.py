@@ -15,7 +15,9 @@ Faults on routers: ``crash`` drops the router with everything in it; its agents 
 their work and register at the next live router after ``network.reconnect_s``, and its
 controllers re-send their pending tasks there under the same ids (the task keeps its
 deadline and its one record, as live). ``partition`` cuts a router off from the other
-routers only. Optional router CPU (``task_cpu_us``, ``hop_cpu_us``) makes each router a
+routers only. Faults on agents (``[[faults]]``: crash, recover, flap, partition, heal,
+slow, heartbeat_loss, misbehave) mean what they mean with one router
+(``aicp.sim.lifecycle``), at the router the agent is connected to (``_AgentLife``). Optional router CPU (``task_cpu_us``, ``hop_cpu_us``) makes each router a
 single FIFO server, for the throughput curve as routers are added.
 
 Every task ends once: its record is written only by its current owner; an outcome
@@ -37,6 +39,7 @@ from simpy.events import Timeout
 from aicp import errors
 from aicp.cluster import REMOTE_MARK, ClusterConfig, ClusterView, Summary, candidate_id
 from aicp.router import Action, AgentDown, Completed, Dispatch, Failed, Router
+from aicp.sim import faults as fault_mod
 from aicp.sim.agents import SimAgent
 from aicp.sim.distributions import Blocks, seconds
 from aicp.sim.engine import RunResult, child_seed, router_config, router_seed
@@ -46,7 +49,7 @@ from aicp.sim.scenario import ConstantDist, ExponentialDist, LognormalDist, Rout
 from aicp.sim.streams import Stream, TraceStream
 from aicp.sim.workload import arrival_times, expected_count, read_trace
 
-_S_ROUTER, _S_ARRIVAL, _S_SERVICE, _S_NETWORK, _S_UNIFORM = range(5)
+_S_ROUTER, _S_ARRIVAL, _S_SERVICE, _S_NETWORK, _S_UNIFORM, _S_FAULTS = range(6)
 
 
 def placement(total: int, weights: list[float]) -> list[int]:
@@ -77,6 +80,62 @@ class _Node:
 
     def _lose(self, vid: str, now: float, reason: str) -> list[Action]:
         return self.router.agent_lost(vid, now, reason)
+
+
+class _AgentLife:
+    """Agents' processes and connections (``aicp.sim.faults.FaultTarget``), each at the router it is connected to.
+
+    As ``aicp.sim.lifecycle.Lifecycle`` with one router: a crash closes the connection and
+    that router hears of it one hop later (``agent_lost``), unless a partition cuts the agent
+    off, when only its lease can tell; a recovered or healed agent registers again (at its
+    router, or the next live one). Crashed and partitioned agents are kept in insertion-ordered
+    dicts: a crash, a recovery or a heal is O(1).
+    """
+
+    def __init__(self, sim: ClusterSimulation) -> None:
+        self.sim = sim
+        self.crashed: dict[SimAgent, None] = {}
+        self.partitioned_order: dict[SimAgent, None] = {}
+
+    def is_partitioned(self, agent: SimAgent) -> bool:
+        return agent.index in self.sim.link.partitioned
+
+    def crash(self, agent: SimAgent) -> None:
+        if not agent.up:
+            return
+        agent.up = False
+        agent.reset()
+        self.crashed[agent] = None
+        if agent.connected:
+            agent.connected = False
+            self.sim.link.control(agent.index, self._closed, (agent, agent.epoch))
+
+    def recover(self, agent: SimAgent) -> None:
+        if agent.up:
+            return
+        agent.up = True
+        agent.reset()
+        self.crashed.pop(agent, None)
+        self.sim.link.control(agent.index, self.sim._reconnect, agent)
+
+    def partition(self, agent: SimAgent) -> None:
+        self.sim.link.partitioned.add(agent.index)
+        self.partitioned_order[agent] = None
+
+    def heal(self, agent: SimAgent) -> None:
+        self.sim.link.partitioned.discard(agent.index)
+        self.partitioned_order.pop(agent, None)
+        if agent.up and not agent.connected:
+            self.sim.link.control(agent.index, self.sim._reconnect, agent)
+
+    def _closed(self, message: tuple[SimAgent, int]) -> None:
+        agent, epoch = message
+        if agent.epoch != epoch:
+            return  # it came back before the router saw it go
+        sim = self.sim
+        node = sim.nodes[sim.agent_router[agent.index]]
+        if node.up:
+            sim._apply(node, node.router.agent_lost(agent.agent_id, sim.env.now, "connection closed"))
 
 
 class ClusterSimulation:
@@ -117,6 +176,8 @@ class ClusterSimulation:
                                             group.speed, group.fail_prob, group.trust, cost, None, self.uniform, self.send_result))
                 self.agent_router.append(homes[i])
         self.by_id = {a.agent_id: a for a in self.agents}
+        self.life = _AgentLife(self)
+        self.bad_signatures = 0
         expected = sum(expected_count(w.arrival, s.duration_s) for w in s.workload)
         self.records = Records(int(min(expected, s.max_tasks or expected) * 1.1) + 1024)
         self.owner = array("i")  # task -> owning router index
@@ -160,6 +221,7 @@ class ClusterSimulation:
         for f in self.spec.faults:
             env.process(self._fault(f.at_s, f.action, f.router, f.until_s))
         env.process(self._heartbeats())
+        fault_mod.start(env, list(s.faults), np.random.default_rng(child_seed(self._seed, 10 + _S_FAULTS)), self.agents, self.life)
         cfg = self.nodes[0].router.config
         guard = s.duration_s + cfg.max_deadline_s + cfg.attempt_timeout_s * cfg.max_attempts + 60.0
         env.run(until=env.any_of([self._drained, env.timeout(guard)]))
@@ -184,6 +246,7 @@ class ClusterSimulation:
             cross_router_share=self.forwards / self.submitted if self.submitted else 0.0,
             forwards=self.forwards,
             resubmitted=self.resubmitted,
+            bad_signatures=self.bad_signatures,
             per_router={n.name: {"up": n.up, "summaries_sent": n.view.counters["summaries_sent"], "routers_lost": n.view.counters["routers_lost"],
                                  "completed": n.router.stats.completed} for n in self.nodes},
             sim_end_s=self.env.now,
@@ -275,7 +338,8 @@ class ClusterSimulation:
                     self._record_end(i, "completed" if ok else action.code)  # type: ignore[union-attr]
             elif isinstance(action, AgentDown):
                 down = self.by_id.get(action.agent_id)
-                if down is not None:
+                if down is not None:  # the router closed its connection (lease expired): it drops its work, registers again
+                    down.connected = False
                     down.reset()
                     self._later(self.scenario.network.reconnect_s, self._reconnect, down)
         self._arm(node)
@@ -298,18 +362,23 @@ class ClusterSimulation:
         self._apply(owner, actions)
 
     def send_result(self, agent: SimAgent, task: str, ok: bool) -> None:
-        self.link.send(agent.index, self._on_result, (agent, task, ok))
+        self.link.send(agent.index, self._on_result, (agent, task, ok, agent.misbehave))
 
-    def _on_result(self, message: tuple[SimAgent, str, bool]) -> None:
-        agent, task, ok = message
+    def _on_result(self, message: tuple[SimAgent, str, bool, bool]) -> None:
+        agent = message[0]
         node = self.nodes[self.agent_router[agent.index]]
         if node.up:
-            self._cpu(node, self.task_cpu_s, self._result_at, (node, agent, task, ok))
+            self._cpu(node, self.task_cpu_s, self._result_at, (node, message))
 
-    def _result_at(self, args: tuple[_Node, SimAgent, str, bool]) -> None:
-        node, agent, task, ok = args
+    def _result_at(self, args: tuple[_Node, tuple[SimAgent, str, bool, bool]]) -> None:
+        node, (agent, task, ok, bad) = args
         if node.up and self.agent_router[agent.index] == node.index:
-            _, actions = node.router.result(agent.agent_id, task, ok, self.env.now, "" if ok else "agent failed")
+            if bad:  # a misbehaving agent's signature does not verify: a failed attempt, and its trust drops
+                self.bad_signatures += 1
+                node.router.penalise_bad_signature(agent.agent_id)
+                _, actions = node.router.result(agent.agent_id, task, False, self.env.now, errors.INVALID_SIGNATURE)
+            else:
+                _, actions = node.router.result(agent.agent_id, task, ok, self.env.now, "" if ok else "agent failed")
             self._apply(node, actions)
 
     def _record_end(self, i: int, code: str) -> None:
@@ -390,12 +459,13 @@ class ClusterSimulation:
 
     def _heartbeats(self) -> Any:
         hb = self.nodes[0].router.config.heartbeat_s
+        part = self.link.partitioned
         while not self._drained.triggered:
             yield self.env.timeout(hb)
             now = self.env.now
             for a in self.agents:
                 node = self.nodes[self.agent_router[a.index]]
-                if node.up and a.up:
+                if node.up and a.up and a.connected and not a.hb_lost and a.index not in part:
                     node.router.heartbeat(a.agent_id, now)
 
     # ------------------------------------------------------------------ faults
@@ -435,6 +505,7 @@ class ClusterSimulation:
         reconnect = self.scenario.network.reconnect_s
         for a in self.agents:
             if self.agent_router[a.index] == node.index:
+                a.connected = False
                 a.reset()
                 self._later(reconnect, self._reconnect, a)
         pending = [i for i in range(self.records.n) if self.owner[i] == node.index and self.records.outcome[i] == 0]
@@ -442,6 +513,10 @@ class ClusterSimulation:
             self._later(reconnect, self._resubmit, i)
 
     def _reconnect(self, agent: SimAgent) -> None:
+        """The agent registers again: at its router if it is up, else at the next live one. A crashed or cut-off agent
+        does not (its recovery or heal brings it back)."""
+        if not agent.up or agent.connected or agent.index in self.link.partitioned:
+            return
         home = self.nodes[self.agent_router[agent.index]]
         node = home if home.up else self._live_from(home.index + 1)
         if node is None:
@@ -449,6 +524,7 @@ class ClusterSimulation:
             return
         self.agent_router[agent.index] = node.index
         agent.reset()
+        agent.connected = True
         self._apply(node, node.router.register_agent(agent.agent_id, agent.capabilities, self.env.now, concurrency=agent.concurrency, trust=agent.trust))
 
     def _resubmit(self, i: int) -> None:

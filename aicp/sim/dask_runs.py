@@ -22,7 +22,10 @@ Faults:
   caller writes the runs finished so far.
 
 ``local[:N]`` starts a ``LocalCluster`` of N worker processes (default: CPUs) with one
-thread each, on 127.0.0.1, its dashboard on a free port.
+thread each, on 127.0.0.1, its dashboard on a free port, and ``QUIET`` settings: Dask's
+own background work (a profiler sampling the running task's stack every 10 ms, event-loop
+and memory checks every 20 and 100 ms) took 40 ms of CPU per second on each idle worker
+and 60 ms/s in the client, scheduler and nannies, CPU the runs need on the same cores.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 try:
+    import dask
     from distributed import Client, Future, LocalCluster, as_completed
     from distributed.diagnostics.plugin import SchedulerPlugin
 except ImportError as exc:  # pragma: no cover - depends on the install
@@ -52,6 +56,17 @@ from tqdm import tqdm
 import aicp
 from aicp.sim.runner import RunLog, RunOutcome, RunSpec, kept_arrays, run_one
 from aicp.sim.scenario import EmpiricalDist, Scenario, TraceArrival
+
+#: Dask settings for a cluster whose workers run simulations of seconds each: no statistical
+#: profiler (it interrupts the run's thread every 10 ms to walk its stack), and the event
+#: loop's periodic checks every second or two instead of every 20-500 ms. Applied to the
+#: ``local`` clusters started here; docs/SIMULATOR.md gives them as a config file for others.
+QUIET: dict[str, Any] = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+}
 
 #: what a run's folder keeps, as the bytes of each .npz file: {"timelines": b"PK...", "records": b"PK..."}
 Kept = dict[str, bytes]
@@ -79,13 +94,14 @@ def connect(address: str, dashboard: bool = True) -> Iterator[Client]:
     client: Client | None = None
     try:
         if kind == "local":
-            cluster = LocalCluster(
-                n_workers=n or os.cpu_count() or 1,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0" if dashboard else None,
-            )
+            with dask.config.set(QUIET):  # read by the scheduler here and passed on by each nanny to its worker
+                cluster = LocalCluster(
+                    n_workers=n or os.cpu_count() or 1,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address="127.0.0.1:0" if dashboard else None,
+                )
             client = Client(cluster)
         else:
             client = Client(address, timeout=30)

@@ -93,6 +93,7 @@ class Simulation:
         # the live stack's measured costs (aicp/sim/stack.py), only when the scenario names a calibration
         self.stack = stack_mod.model(s, np.random.default_rng(child_seed(seed, _S_STACK))) if s.calibration else None
         if self.stack is not None:
+            self.stack.clock = lambda: env.now  # windowed costs follow the simulated clock
             latency, instant, self.verify_s = self.stack.hop(latency), False, 0.0
         self.link = Link(env, latency, s.network.loss, self.uniform, instant)
         self.methods: list[str] = [w.method for w in s.workload]

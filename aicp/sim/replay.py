@@ -53,8 +53,16 @@ def scenario_from_trace(
     strategies: list[str] | None = None,
     replications: int = 5,
     seed: int = 0,
+    stack_costs: bool = False,
 ) -> Scenario:
-    """Build the scenario of a trace (the file's bytes); write its arrivals and samples under ``folder``."""
+    """Build the scenario of a trace (the file's bytes); write its arrivals and samples under ``folder``.
+
+    ``stack_costs``: also charge the live stack's costs read from the same trace
+    (:func:`aicp.sim.stack.costs_from_trace`: the hops of tasks dispatched to a free
+    slot, the slot hand-over of tasks that waited; never a task's latency), written
+    as ``stack.json`` in ``folder`` and named as the scenario's calibration. The
+    latency is then still taken at the router, as a trace's arrive-to-end span is.
+    """
     try:
         events = list(trace.parse(data, name))
     except trace.TraceError as exc:
@@ -164,4 +172,13 @@ def scenario_from_trace(
     }
     if strategies:
         data_out["strategies"] = strategies
+    if stack_costs:
+        from aicp.sim import stack
+
+        try:
+            cal = stack.from_run(stack.costs_from_trace(events), handler=False, measured={"from_trace": name})
+        except stack.CalibrationError as exc:
+            raise ScenarioError(f"{name}: {exc}") from None
+        stack.write(cal, folder / "stack.json")
+        data_out["calibration"] = {"file": "stack.json"}
     return scenario_mod.from_data(data_out, name)

@@ -366,8 +366,6 @@ def check(s: Scenario, source: str) -> None:
                 raise ScenarioError(f"{source}: routers.faults[{i}].router: {rf.router} is not one of the {r.count} routers (0-based)")
             if rf.until_s is not None and rf.until_s <= rf.at_s:
                 raise ScenarioError(f"{source}: routers.faults[{i}].until_s must be after at_s")
-        if s.faults:
-            raise ScenarioError(f"{source}: agent faults are not modelled with several routers yet; use routers.faults")
 
 
 def _files_of(obj: object) -> list[str]:

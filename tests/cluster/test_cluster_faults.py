@@ -96,7 +96,7 @@ def test_sigkill_one_of_three_routers_under_load_every_task_ends_exactly_once(pr
     # the killed router's agents registered elsewhere: the survivors hold all six
     health = [http_json(u.replace("ws://", "http://") + "/healthz") for u in (urls[0], urls[2])]
     assert sum(h["agents"]["active"] for h in health) == 6, health
-    assert all(h["cluster"]["routers"] == [n] for h, n in zip(health, ("r3", "r1")))
+    assert all(h["cluster"]["routers"] == [n] for h, n in zip(health, ("r3", "r1"))), [h["cluster"] for h in health]
     print("survivors:", [{k: h["cluster"][k] for k in ("tasks_forwarded_out", "tasks_forwarded_in", "routers_lost")} for h in health])
 
 

@@ -101,7 +101,7 @@ def test_busy_gaps_take_back_to_back_tasks_only(tmp_path: Path) -> None:
 GRID = Path(__file__).resolve().parents[2] / "scenarios" / "calibration"
 
 
-@pytest.mark.parametrize("path", sorted(GRID.glob("*.toml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(GRID.rglob("*.toml")), ids=lambda p: p.stem)
 def test_each_grid_workload_runs_live_as_its_file_says_and_is_in_the_issue_s_range(path: Path) -> None:
     from aicp.sim import scenario as sc_mod
 
@@ -128,19 +128,14 @@ def test_the_grid_refuses_what_the_live_agents_cannot_run(tmp_path: Path) -> Non
         calibrate.live_args_for(sc, GRID / "g3_logn20_a8c2.toml", "least_loaded", args)
 
 
-def test_an_in_run_calibration_takes_the_run_s_own_costs(tmp_path: Path) -> None:
-    level = stack.Level(rate_per_s=100.0, wake_ms=[0.2, 0.4], agent_overhead_ms=[9.0], client_ms=[9.0])
-    cal = stack.Calibration(v=stack.CALIBRATION_VERSION, slot_ms=0.05, levels=[level])
-    many = np.full(30, 1.5)
-    live_result = {
-        "samples": {"service_ms": np.full(30, 6.0), "overhead_ms": many, "client_ms": np.array([2.0])},
-        "stack": {"wake_mean_ms": 1.0},
-    }
+def test_a_run_calibration_takes_the_run_s_handler_times_hops_and_client_part(tmp_path: Path) -> None:
     path, _ = _files(tmp_path)
-    got = calibrate.in_run_calibration(cal, live_result, 120.0, 1, path)
-    (lv,) = got.levels
-    assert lv.rate_per_s == 120.0
-    np.testing.assert_allclose(lv.wake_ms, [0.9, 1.1])  # the calibration's shape, the run's mean
-    np.testing.assert_allclose(lv.agent_overhead_ms, many)  # enough samples: the run's
-    assert lv.client_ms == [9.0]  # one sample only: the calibration's
-    assert got.slot_ms == 0.05  # one back-to-back pair in the trace: too few, the calibration's
+    costs = stack.costs_from_trace(trace.parse(path.read_bytes()))
+    live_result = {"costs": costs, "client_ms": np.array([0.5, 1.5])}
+    cal = calibrate.run_calibration(live_result, path, fallback_slot_ms=0.07)
+    (lv,) = cal.levels
+    assert sorted(lv.handler_ms) == [0.0, 2.5, 4.2, 5.0]  # every completed task, the other generator's too
+    np.testing.assert_allclose(sorted(lv.agent_overhead_ms), sorted(costs.overhead_ms), atol=1e-4)
+    assert lv.client_ms == [0.5, 1.5] and lv.wake_ms == [] and cal.timer_ms == 0.0
+    assert cal.slot_ms == 0.07  # one wait in the trace: too few, the fallback
+    assert calibrate.run_calibration({"costs": costs, "client_ms": np.array([])}, path, 0.0).levels[0].client_ms == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from live_helpers import ROOT, python_cmd
 
@@ -70,6 +71,7 @@ def test_the_grid_runs_a_workload_live_and_simulated_and_writes_the_table(tmp_pa
         "2",
         "--live-warmup",
         "1",
+        "--probe",
     ]
     done = subprocess.run(
         python_cmd("-m", "aicp", "calibrate", *args, "--out-dir", str(tmp_path / "runs")),
@@ -81,10 +83,13 @@ def test_the_grid_runs_a_workload_live_and_simulated_and_writes_the_table(tmp_pa
     assert done.returncode == 0, done.stdout + done.stderr
     (folder,) = (tmp_path / "runs").iterdir()
     header, row = (folder / "grid.csv").read_text().splitlines()
-    assert header.startswith("workload,strategy,sim_utilisation,live_p50,sim_p50,cal_p50,live_p99")
+    assert header.startswith("workload,strategy,sim_utilisation,live_p50,sim_p50,probe_p50,run_p50,other_p50,live_p99")
     cells = row.split(",")
     assert cells[:2] == ["small", "least_loaded"]
-    live_p50, sim_p50, cal_p50 = (float(x) for x in cells[3:6])
-    # the calibrated model charges the stack's costs on top of the service: never below the ideal stack's p50
-    assert live_p50 > 0 and cal_p50 > sim_p50
-    assert "small" in done.stdout and "within 15% of live" in done.stdout
+    live_p50, sim_p50, probe_p50, run_p50, other_p50 = (float(x) for x in cells[3:8])
+    # the stack's costs (probed, or read from the run's trace) come on top of the service: never below the ideal stack's p50
+    assert live_p50 > 0 and probe_p50 > sim_p50 and run_p50 > sim_p50
+    assert np.isnan(other_p50)  # one strategy: no other run to take costs from
+    cal = stack.load(folder / "small-least_loaded-run-calibration.json")
+    assert cal.levels[0].handler_ms and cal.levels[0].client_ms  # the run's own handler times and load generator part
+    assert "small" in done.stdout and "within 15%" in done.stdout

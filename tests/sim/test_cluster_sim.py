@@ -95,3 +95,37 @@ def test_bad_router_sections_are_refused(tmp_path: Path) -> None:
         load(tmp_path, extra="placement = [1, 2]")
     with pytest.raises(scenario_mod.ScenarioError, match="router"):
         load(tmp_path, extra='faults = [{ at_s = 1.0, action = "crash", router = 5 }]')
+
+
+def test_agent_faults_in_a_cluster_end_every_task_exactly_once(tmp_path: Path) -> None:
+    """Agent faults with several routers: crashed agents' tasks fail over, partitioned ones are dropped by
+    their lease and come back when healed, a misbehaving one's results are refused."""
+    faults = """
+[[faults]]
+action = "crash"
+at_s = 3.0
+agents = 6
+until_s = 6.0
+[[faults]]
+action = "partition"
+at_s = 4.0
+agents = 4
+until_s = 8.0
+[[faults]]
+action = "misbehave"
+at_s = 2.0
+agents = ["g0-0000", "g0-0029"]
+until_s = 5.0
+"""
+    sim = ClusterSimulation(load(tmp_path, duration=10.0, extra="placement = [3, 2, 1]\n" + faults), "least_loaded", np.random.SeedSequence(0))
+    result = sim.run()
+    summary, rec = result.summary, result.records
+    assert all(a.up and a.connected for a in sim.agents)  # recovered and healed agents registered again
+    assert not sim.link.partitioned and sim.link.dropped > 0
+    assert summary["submitted"] == summary["ended"] and summary["lost_total"] == 0 and summary["duplicate_outcomes"] == 0
+    assert summary["bad_signatures"] > 0
+    assert (rec["outcome"] == COMPLETED).mean() > 0.98  # failed attempts are retried on other agents
+    assert (rec["attempts"] > 1).sum() > 0
+    # the same scenario without the faults: every task completes at the first attempt
+    clean, rec0 = run(load(tmp_path, duration=10.0, extra="placement = [3, 2, 1]"))
+    assert clean["bad_signatures"] == 0 and (rec0["attempts"] == 1).all()

@@ -18,11 +18,11 @@ from typing import Any
 import msgspec
 import psutil
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client
 from sim_helpers import SCENARIOS, load
 
 from aicp.cli import main
-from aicp.sim.dask_runs import parse_address, remote_run, scenario_files
+from aicp.sim.dask_runs import connect, parse_address, remote_run, scenario_files
 from aicp.sim.runner import RunLog, RunSpec, run_many, run_one, run_scenario, without_wall
 
 pytestmark = pytest.mark.live  # real worker processes and a scheduler on 127.0.0.1
@@ -51,19 +51,27 @@ def _assert_gone(procs: list[psutil.Process]) -> None:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[str, Client]]:
-    """Two single-thread worker processes, no dashboard; the test's own client watches them."""
-    lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
-    client = Client(lc)
+    """Two single-thread worker processes as ``--dask local:2`` starts them, no dashboard;
+    the test's own client watches them."""
     pids: set[int] = set()
-    try:
-        yield lc.scheduler_address, client
-    finally:
+    with connect("local:2", dashboard=False) as client:
         try:
-            pids = set(client.run(os.getpid).values())
+            yield str(client.scheduler_info()["address"]), client
         finally:
-            client.close()
-            lc.close()
-        _assert_gone([psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)])
+            pids = set(client.run(os.getpid).values())
+    _assert_gone([psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)])
+
+
+def _background(dask_worker: Any) -> tuple[bool, float, float]:
+    memory = dask_worker.memory_manager
+    return "profile" in dask_worker.periodic_callbacks, dask_worker._tick_interval, memory.memory_monitor_interval
+
+
+def test_a_local_cluster_s_workers_leave_the_cpu_to_the_runs(cluster: tuple[str, Client]) -> None:
+    """No profiler sampling the run's stack, event-loop checks once a second (dask_runs.QUIET)."""
+    _, client = cluster
+    assert set(client.run(_background).values()) == {(False, 1.0, 1.0)}
+    assert client.run_on_scheduler(lambda dask_scheduler: dask_scheduler._tick_interval) == 1.0
 
 
 def test_parse_address() -> None:
@@ -263,6 +271,7 @@ def test_bench_sim_dask_compares_both_modes_on_the_same_runs(cluster: tuple[str,
 
     address, _ = cluster
     s = mm100_scenario(200)
-    f = dask_overhead._compare("short", lambda folder: dask_overhead._batch(s, 6, 1, folder), 2, address)
+    f = dask_overhead._compare("short", lambda folder: dask_overhead._batch(s, 6, 1, folder), 2, address, rounds=2)
+    assert f["rounds"] == 2 and len(f["pool_walls_s"]) == len(f["dask_walls_s"]) == 2
     assert f["runs"] == 6 and f["tasks_per_run"] == 200 and f["same_results"] and f["errors"] == 0
     assert f["pool_wall_s"] > 0 and f["dask_wall_s"] > 0 and f["pool_cpu_per_run_ms"] > 0 and f["dask_cpu_per_run_ms"] > 0

@@ -65,3 +65,15 @@ def test_a_trace_without_agents_or_tasks_is_refused(tmp_path: Path) -> None:
         scenario_from_trace(header + trace.encode(trace.AgentUp(t=T0, agent="a", capabilities=["m"], concurrency=1)), tmp_path)
     with pytest.raises(ScenarioError, match="replay:1"):
         scenario_from_trace(b"{}\n", tmp_path)
+
+
+def test_a_replay_with_stack_costs_charges_the_recorded_round_trips(tmp_path: Path) -> None:
+    # every recorded task: 10 ms from dispatch to result; the fast agent signed 2 ms of it (an 8 ms round trip),
+    # the slow one 20 ms (made up by hand: a round trip below zero, which the simulator clips to none)
+    plain = run(scenario_from_trace(recorded(), tmp_path / "plain"), "round_robin")
+    s = scenario_from_trace(recorded(), tmp_path / "costs", stack_costs=True)
+    assert s.calibration is not None and (tmp_path / "costs" / "stack.json").is_file()
+    costed = run(s, "round_robin")
+    assert costed.summary["tasks"] == 40 and costed.summary["lost"] == 0
+    # half the hops drawn carry 4 ms each way, half none: some 4 ms more per task
+    assert costed.summary["latency_ms"]["p50"] > plain.summary["latency_ms"]["p50"] + 3.0

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sim_helpers import run
 
+from aicp import trace
 from aicp.sim import scenario as scenario_mod
 from aicp.sim import stack
 
@@ -87,8 +88,8 @@ def test_calibrated_costs_raise_queueing_at_high_utilisation(tmp_path: Path) -> 
 
 
 def test_a_bad_calibration_file_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(stack.CalibrationError, match="version 2"):
-        stack.load(_write(tmp_path / "v2.json", v=2))
+    with pytest.raises(stack.CalibrationError, match="version 3"):
+        stack.load(_write(tmp_path / "v3.json", v=3))
     with pytest.raises(stack.CalibrationError, match="client_ms at 100/s holds no samples"):
         stack.load(_write(tmp_path / "empty.json", client_ms=[]))
     with pytest.raises(scenario_mod.ScenarioError, match=r"calibration\.file"):
@@ -111,3 +112,109 @@ def test_a_scenario_draws_from_the_levels_around_its_rate(tmp_path: Path) -> Non
     )
     assert set(np.round(lat, 6)) == {2.0, 3.0}
     assert abs(np.mean(lat) - 2.5) < 0.05
+
+
+# ----------------------------------------------------------------------------- costs read from a recorded run
+T0 = 1_700_000_000.0
+
+
+def _trace(concurrency: int, tasks: list[tuple[str, float, float, float, float]]) -> list[trace.TraceEvent]:
+    """One agent; ``tasks``: (id, arrive, dispatch, result, signed service ms), times in s after T0."""
+    ev: list[trace.TraceEvent] = [
+        trace.Header(t=T0, v=1, router="r", strategy="least_loaded"),
+        trace.AgentUp(t=T0, agent="a", capabilities=["m"], concurrency=concurrency),
+    ]
+    for task, t_a, t_d, t_r, svc in tasks:
+        ev.append(trace.Arrive(t=T0 + t_a, task=task, method="m", bytes=1))
+        ev.append(trace.Dispatch(t=T0 + t_d, task=task, agent="a", attempt=1))
+        ev.append(trace.Reply(t=T0 + t_r, task=task, agent="a", ok=True, service_ms=svc))
+        ev.append(trace.End(t=T0 + t_r, task=task, outcome="completed", attempts=1, agent="a"))
+    ev.sort(key=lambda e: e.t)
+    return ev
+
+
+def test_run_costs_split_idle_dispatches_from_waits_for_a_slot() -> None:
+    # 1 idle (round trip 6 - 4 = 2 ms); 2 waits for 1's slot (9.5 - 5.0 - 4.1 = 0.4 ms); 3 waits for 2's; 4 idle again
+    tasks = [("1", 0.0, 0.0, 0.006, 4.0), ("2", 0.001, 0.001, 0.0145, 8.5), ("3", 0.002, 0.002, 0.0185, 3.5), ("4", 0.05, 0.05, 0.0531, 2.0)]
+    costs = stack.costs_from_trace(_trace(1, tasks))
+    np.testing.assert_allclose(costs.handler_ms, [4.0, 8.5, 3.5, 2.0])
+    np.testing.assert_allclose(costs.idle_ms, [2.0, 1.1], atol=1e-3)
+    np.testing.assert_allclose(costs.gap_ms, [0.0, 0.5], atol=1e-3)
+    # with two slots, task 2 finds one free: a round trip, not a wait; 3 waits for the earliest outstanding (1),
+    # but only 4 ms before 1's result, within the 90th percentile round trip (4.4 ms): it may still have been on its way
+    two = stack.costs_from_trace(_trace(2, tasks))
+    np.testing.assert_allclose(two.idle_ms, [2.0, 14.5 - 1.0 - 8.5, 1.1], atol=1e-3)
+    assert two.gap_ms.size == 0
+    slow = [*tasks[:2], ("3", 0.002, 0.002, 0.0185, 3.5)]
+    slow[0] = ("1", 0.0, 0.0, 0.0101, 4.0)  # 1's result comes 8.1 ms after 3 was dispatched: 3 waited at the agent
+    np.testing.assert_allclose(stack.costs_from_trace(_trace(2, slow)).gap_ms, [18.5 - 10.1 - 3.5], atol=1e-3)
+
+
+def test_round_trips_weigh_each_second_by_its_dispatches() -> None:
+    # second 0: one idle dispatch (1 ms) among ten; second 1: one idle (5 ms) alone. As they came: mean 3 ms;
+    # weighed by dispatches: ten draws of 1 ms, one of 5 ms.
+    tasks = [("q0", 0.0, 0.0, 0.003, 2.0)]
+    tasks += [(f"b{i}", 0.001 * i, 0.001 * i, 0.5 + 0.01 * i, 2.0) for i in range(1, 10)]  # behind q0: waits
+    tasks += [("s0", 1.5, 1.5, 1.507, 2.0)]
+    costs = stack.costs_from_trace(_trace(1, tasks))
+    np.testing.assert_allclose(sorted(costs.idle_ms), [1.0, 5.0], atol=1e-3)
+    np.testing.assert_allclose(sorted(costs.overhead_ms), [1.0] * 10 + [5.0], atol=1e-3)
+
+
+def test_run_costs_never_read_when_a_task_arrived_only_the_warm_up() -> None:
+    # the same dispatches and results with arrivals moved earlier (longer waits at the router): the same costs
+    tasks = [("1", 0.0, 0.0, 0.006, 4.0), ("2", 0.001, 0.001, 0.0145, 8.5), ("3", 0.04, 0.05, 0.0531, 2.0)]
+    early = [(k, t_a - 0.03 if k != "1" else t_a, t_d, t_r, s) for k, t_a, t_d, t_r, s in tasks]
+    a, b = stack.costs_from_trace(_trace(1, tasks)), stack.costs_from_trace(_trace(1, early))
+    for name in ("handler_ms", "overhead_ms", "gap_ms"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    warm = stack.costs_from_trace(_trace(1, tasks), skip_s=0.01)  # tasks arriving in the first 10 ms are left out
+    np.testing.assert_allclose(warm.handler_ms, [2.0])
+
+
+def test_a_run_calibration_replaces_the_service_draw_with_the_handler_times(tmp_path: Path) -> None:
+    tasks = [(str(i), 0.01 * i, 0.01 * i, 0.01 * i + 0.0035, 2.5) for i in range(30)]  # idle: round trip 1 ms, handler 2.5 ms
+    cal = stack.from_run(stack.costs_from_trace(_trace(1, tasks)), client_ms=np.full(5, 0.25), fallback_slot_ms=0.125)
+    assert cal.slot_ms == 0.125 and cal.timer_ms == 0.0 and cal.levels[0].wake_ms == []  # no waits: the fallback
+    stack.write(cal, tmp_path / "run.json")
+    # the scenario says 9 ms; the agents of the run took 2.5: the run's handler times win
+    lat = _latencies_ms(run(_scenario(tmp_path, {"dist": "constant", "mean_ms": 9.0}, "run.json"), "least_loaded"))
+    np.testing.assert_allclose(lat, 0.25 + 1.0 + 2.5, atol=1e-3)
+    two = _scenario(tmp_path, {"dist": "constant", "mean_ms": 9.0}, "run.json")
+    data = scenario_mod.to_data(two)
+    data["agents"] = [data["agents"][0], {**data["agents"][0], "count": 1}]
+    with pytest.raises(stack.CalibrationError, match="one agent group"):
+        run(scenario_mod.from_data(data), "least_loaded")
+
+
+def test_a_run_calibration_without_client_samples_takes_the_latency_at_the_router(tmp_path: Path) -> None:
+    tasks = [(str(i), 0.01 * i, 0.01 * i, 0.01 * i + 0.004, 3.0) for i in range(30)]
+    stack.write(stack.from_run(stack.costs_from_trace(_trace(1, tasks)), handler=False), tmp_path / "run.json")
+    lat = _latencies_ms(run(_scenario(tmp_path, {"dist": "constant", "mean_ms": 3.0}, "run.json"), "least_loaded"))
+    np.testing.assert_allclose(lat, 1.0 + 3.0, atol=1e-3)  # the scenario's service as it is, plus the round trip
+    with pytest.raises(stack.CalibrationError, match="free slot"):
+        stack.from_run(stack.costs_from_trace(_trace(1, [])))
+
+
+def test_windowed_run_costs_follow_the_simulated_clock(tmp_path: Path) -> None:
+    # second 0 of the run: round trips of 1 ms; second 1: 9 ms (a slow moment); handler 2 ms throughout
+    tasks = [(f"a{i}", 0.1 * i, 0.1 * i, 0.1 * i + 0.003, 2.0) for i in range(10)]
+    tasks += [(f"b{i}", 1.0 + 0.1 * i, 1.0 + 0.1 * i, 1.0 + 0.1 * i + 0.011, 2.0) for i in range(10)]
+    costs = stack.costs_from_trace(_trace(1, tasks))
+    assert len(costs.windows) == 2
+    cal = stack.from_run(costs, windows=True)
+    assert cal.levels[0].window_s == 1.0 and len(cal.levels[0].windows) == 2
+    stack.write(cal, tmp_path / "run.json")
+    assert stack.load(tmp_path / "run.json") == cal
+    result = run(_scenario(tmp_path, {"dist": "constant", "mean_ms": 7.0}, "run.json"), "least_loaded")
+    rec = result.records
+    done = rec["outcome"] == 1
+    second = (np.floor(rec["arrival"][done]) % 2).astype(int)  # the window cycles: 0, 1, 0, 1, ...
+    lat = _latencies_ms(result)
+    assert lat.size > 150
+    np.testing.assert_allclose(lat[second == 0], 1.0 + 2.0, atol=1e-3)
+    np.testing.assert_allclose(lat[second == 1], 9.0 + 2.0, atol=1e-3)
+    # without windows: the two seconds' round trips are drawn alike all run long
+    stack.write(stack.from_run(costs), tmp_path / "flat.json")
+    flat = _latencies_ms(run(_scenario(tmp_path, {"dist": "constant", "mean_ms": 7.0}, "flat.json"), "least_loaded"))
+    assert set(np.round(flat, 2)) == {3.0, 7.0, 11.0}  # 0.5 + 0.5, 0.5 + 4.5 or 4.5 + 4.5 ms of hops, plus 2

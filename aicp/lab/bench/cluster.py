@@ -11,6 +11,9 @@ Three parts, every process started here and stopped at the end (docs/CLUSTER.md)
 3. **router CPU per task, local against cross-router**: two routers, every agent at
    the first; the same load is sent to the first (every task local), then to the
    second (every task crosses: both routers' CPU counts). The ratio is the cost of a hop.
+   Both routers' CPU counts in both runs, less what they use idle (summaries and
+   keep-alives are a fixed cost, paid with or without tasks; shown as "idle CPU").
+   ``--hop-cost PAIRS`` runs this part alone, PAIRS times alternating, and reports medians.
 
 The goals (issue 14): cross/local router CPU per task < 1.5; least_loaded's p99 on N
 routers within 20% of one router. Figures depend on the machine and its load.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import time
 import urllib.request
@@ -33,6 +37,8 @@ from aicp.live.handlers import parse_service_time
 
 GOAL_CPU_RATIO = 1.5
 GOAL_P99_RATIO = 1.2
+#: seconds of idle CPU measured before each load, to take the fixed cost out of the per-task figure
+IDLE_S = 2.0
 
 
 def start_nats(fleet: Fleet) -> str:
@@ -89,8 +95,24 @@ def uneven_split(total: int, routers: int) -> list[int]:
     return counts
 
 
+def idle_cpu(fleet: Fleet, roles: tuple[str, ...], seconds: float = IDLE_S) -> float:
+    """CPU seconds per second the processes whose role is in ``roles`` use with no task running (summaries, pings, timers)."""
+    fleet.mark_cpu()
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    cpu = fleet.cpu_by_role(time.monotonic() - t0)
+    return sum(cpu[r]["cpu_s"] for r in roles if r in cpu) / (time.monotonic() - t0)
+
+
 def load(fleet: Fleet, targets: list[tuple[str, float]], trial: Trial, cfg: argparse.Namespace, tag: str, roles: tuple[str, ...]) -> dict[str, Any]:
-    """One open-loop load generator per (url, rate); CPU of the processes whose role is in ``roles``."""
+    """One open-loop load generator per (url, rate); CPU of the processes whose role is in ``roles``.
+
+    ``router_cpu_ms_per_task`` is their CPU over the run, less what they use idle over as long (measured
+    just before: a cluster's summaries and keep-alives cost the same with or without tasks, so they are
+    a fixed cost, not a per-task one), over every task sent (warm-up included: its CPU is in the run).
+    ``router_cpu_ms_per_task_gross`` keeps the idle cost in.
+    """
+    idle = idle_cpu(fleet, roles)
     fleet.mark_cpu()
     outs, gens = [], []
     for i, (url, rate) in enumerate(targets):
@@ -109,7 +131,11 @@ def load(fleet: Fleet, targets: list[tuple[str, float]], trial: Trial, cfg: argp
     fleet.procs = [p for p in fleet.procs if p.role != "loadgen"]
     result = summarise(outs, trial, cpu)
     tasks = result["submitted"]
-    result["router_cpu_ms_per_task"] = 1000.0 * sum(cpu[r]["cpu_s"] for r in roles if r in cpu) / tasks if tasks else float("nan")
+    wall = time.monotonic() - t0
+    used = sum(cpu[r]["cpu_s"] for r in roles if r in cpu)
+    result["router_idle_cpu_percent"] = 100.0 * idle
+    result["router_cpu_ms_per_task_gross"] = 1000.0 * used / tasks if tasks else float("nan")
+    result["router_cpu_ms_per_task"] = 1000.0 * max(0.0, used - idle * wall) / tasks if tasks else float("nan")
     return result
 
 
@@ -120,7 +146,53 @@ def default_rate(cfg: argparse.Namespace) -> float:
     return 0.7 * cfg.agents * cfg.agent_concurrency * 1000.0 / mean_ms
 
 
+def hop_cost(args: argparse.Namespace) -> int:
+    """Part 3 alone, ``args.hop_cost`` times: local then cross-router on the same two routers, alternating; medians."""
+    run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-hop"
+    run_dir = args.out / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rate = args.rate or default_rate(args)
+    trial = Trial("open", rate=rate, duration=args.duration, warmup=args.warmup)
+    print(f"aicp bench --routers --hop-cost {args.hop_cost}: 2 routers, {args.agents} agents at the first (x{args.agent_concurrency}, "
+          f"service {args.service_time}), open loop {rate:.0f} tasks/s, all local then all cross-router, alternating")
+    pairs: list[dict[str, float]] = []
+    lost = 0
+    fleet = Fleet(run_dir)
+    try:
+        nats = start_nats(fleet)
+        (url1, http1), (url2, http2) = start_router(fleet, args, "router-a", nats, "ra"), start_router(fleet, args, "router-b", nats, "rb")
+        start_agents_at(fleet, url1, args.agents, args, "a")
+        _agents_ready(http1, args.agents, 60.0)
+        wait_cluster([http1, http2])
+        roles = ("router-a", "router-b")
+        for i in range(args.hop_cost):
+            local = load(fleet, [(url1, rate)], trial, args, f"local{i}", roles)
+            cross = load(fleet, [(url2, rate)], trial, args, f"cross{i}", roles)
+            lost += local["lost"] + cross["lost"]
+            row = {"local": local["router_cpu_ms_per_task"], "cross": cross["router_cpu_ms_per_task"],
+                   "local_gross": local["router_cpu_ms_per_task_gross"], "cross_gross": cross["router_cpu_ms_per_task_gross"]}
+            row["ratio"], row["ratio_gross"] = row["cross"] / row["local"], row["cross_gross"] / row["local_gross"]
+            pairs.append(row)
+            print(f"  pair {i + 1}: router CPU ms/task local {row['local']:.3f}, cross {row['cross']:.3f}: {row['ratio']:.2f}x "
+                  f"(gross {row['local_gross']:.3f} / {row['cross_gross']:.3f}: {row['ratio_gross']:.2f}x)", flush=True)
+    finally:
+        fleet.stop()
+    ratio = statistics.median(r["ratio"] for r in pairs)
+    summary = {"run_id": run_id, "rate": rate, "pairs": pairs, "median_ratio": ratio, "median_ratio_gross": statistics.median(r["ratio_gross"] for r in pairs),
+               "lost": lost, "note": "figures from one run on this machine; others may be loading it"}
+    print(f"  {'PASS' if ratio < GOAL_CPU_RATIO else 'FAIL'}  goal: cross-router CPU/task < {GOAL_CPU_RATIO}x local, median of {len(pairs)}: {ratio:.2f}x "
+          f"(gross {summary['median_ratio_gross']:.2f}x); lost {lost}")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+    print(f"results: {run_dir}")
+    return 0 if lost == 0 else 1
+
+
 def run_cluster(args: argparse.Namespace) -> int:
+    if args.hop_cost > 0:
+        return hop_cost(args)
     n = args.routers
     run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-cluster"
     run_dir = args.out / run_id
@@ -189,15 +261,17 @@ def run_cluster(args: argparse.Namespace) -> int:
 
 def report(s: dict[str, Any]) -> int:
     single, cluster, local, cross = s["single"], s["cluster"], s["cpu_local"], s["cpu_cross"]
-    print(f"{'':28} {'throughput/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'cross share':>11} {'router CPU ms/task':>18} {'lost':>5} {'errors'}")
+    print(f"{'':28} {'throughput/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'cross share':>11} {'router CPU ms/task':>18} {'(gross)':>8} {'idle CPU':>8} "
+          f"{'lost':>5} {'errors'}")
     rows = [("1 router, every agent", single, None), (f"{s['routers']} routers, agents {s['split']}", cluster, cluster.get("cross_router_share")),
             ("2 routers, all local", local, 0.0), ("2 routers, all cross-router", cross, 1.0)]
     for name, r, share in rows:
         lat = r["latency_ms"]
         share_text = "-" if share is None else f"{100 * share:.0f}%"
         print(f"{name:28} {r['throughput_per_s']:12.0f} {lat['p50']:8.2f} {lat['p99']:8.2f} {share_text:>11} {r['router_cpu_ms_per_task']:18.3f} "
-              f"{r['lost']:5d} {r['errors'] or ''}")
+              f"{r['router_cpu_ms_per_task_gross']:8.3f} {r['router_idle_cpu_percent']:7.1f}% {r['lost']:5d} {r['errors'] or ''}")
     cpu_ratio = cross["router_cpu_ms_per_task"] / local["router_cpu_ms_per_task"]
+    s["cpu_ratio_gross_cross_over_local"] = cross["router_cpu_ms_per_task_gross"] / local["router_cpu_ms_per_task_gross"]
     p99_ratio = cluster["latency_ms"]["p99"] / single["latency_ms"]["p99"]
     s["cpu_ratio_cross_over_local"] = cpu_ratio
     s["p99_ratio_cluster_over_single"] = p99_ratio
@@ -208,6 +282,7 @@ def report(s: dict[str, Any]) -> int:
     s["verdicts"] = [{"check": c, "pass": p, "measured": m} for c, p, m in checks]
     for check, ok, measured in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {check:52} {measured}")
+    print(f"  router CPU per task is net of the routers' idle CPU; with it left in, cross/local = {s['cpu_ratio_gross_cross_over_local']:.2f}x")
     print("  (one run on this machine; if other work loads it, the figures move)")
     return 0 if lost == 0 else 1
 

@@ -422,6 +422,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--arrivals", type=Path, default=None, metavar="TRACE", help="open loop on the arrivals a trace recorded (aicp bench --record; docs/TRACE.md), "
         "against agents from --agents/--service-time/--agent-concurrency")
     add("--routers", type=int, default=1, help="N > 1: N routers over a real nats-server next to one router, in one run (aicp.lab.bench.cluster)")
+    add("--hop-cost", type=int, default=0, metavar="PAIRS", help="with --routers: instead, only the router CPU of a cross-router task against a "
+        "local one, PAIRS runs of each, alternating, and their medians")
     add("--via", choices=["websocket", "gateway"], default="websocket",
         help="gateway: also measure the HTTP gateway next to direct WebSocket submission (see aicp.lab.bench.via_gateway)")
     add("--gateway-rate", type=float, default=500.0, help="--via gateway: open-loop rate for the added-latency comparison (default 500)")

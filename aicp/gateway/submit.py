@@ -1,0 +1,171 @@
+"""``POST /tasks``, the gateway's hot path, as a plain ASGI handler.
+
+Every task submitted over REST goes through here, so this path skips what FastAPI
+and Starlette do on each request: the middleware stack (six layers, each wrapping
+``send``), the ``Request`` object, a header lookup by linear scan per header, and
+the ``Response`` object. Here the headers are read once into a dict, the body is
+decoded with msgspec, and the answer is two ASGI messages. ``GatewayApp`` sends
+``POST /tasks`` here before FastAPI sees it; the FastAPI route of the same path
+still describes it in OpenAPI and calls the same ``TaskSubmission.reply`` (it only
+runs where the shortcut does not match, e.g. under a ``root_path``).
+
+The answers are the ones the framework route gave: the same statuses, headers and
+RFC 9457 problems, in the same order of checks (401, 429, 415, 413, 400, 422, 403,
+503, then the task's outcome).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Annotated, Any, Final
+
+import msgspec
+from fastapi import FastAPI
+from msgspec import Meta, Raw
+from starlette.types import Receive, Scope, Send
+
+from aicp import errors
+from aicp.gateway import problems
+from aicp.gateway.core import Gateway, Problem
+from aicp.gateway.problems import PROBLEM_JSON, problem_body
+from aicp.gateway.tasks import GatewayTask
+from aicp.messages import Method, check_strict
+
+log = logging.getLogger("aicp.gateway")
+
+_encoder: Final = msgspec.json.Encoder()
+JSON: Final = b"application/json"
+
+Millis = Annotated[float, Meta(gt=0.0, le=1.0e9)]
+
+
+class TaskRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of ``POST /tasks``."""
+
+    method: Method
+    payload: Raw = msgspec.field(default_factory=lambda: Raw(b"null"))
+    timeout_ms: Millis | None = None
+
+
+#: (status, content type, body, other headers): everything an answer is made of.
+Reply = tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]
+#: The client left before its request body arrived: nothing to answer.
+GONE: Final[Reply] = (0, b"", b"", [])
+
+
+def problem_reply(status: int, code: str, detail: str, headers: list[tuple[bytes, bytes]] | None = None, **extra: Any) -> Reply:
+    return status, PROBLEM_JSON.encode(), problem_body(status, code, detail, **extra), headers or []
+
+
+def task_reply(task: GatewayTask, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
+    return status, JSON, _encoder.encode(task.view()), headers or []
+
+
+def outcome_reply(task: GatewayTask) -> Reply:
+    """A finished task: 200 with its result, or the problem of its error code."""
+    o = task.outcome
+    assert o is not None
+    loc = [(b"location", f"/tasks/{task.id}".encode())]
+    if o.ok:
+        return task_reply(task, 200, loc)
+    status = problems.status_of(o.code)
+    if status in (429, 503):
+        loc.append((b"retry-after", b"1"))
+    return problem_reply(status, o.code, o.message or o.code, loc, task_id=task.id, instance=f"/tasks/{task.id}")
+
+
+def from_problem(p: Problem) -> Reply:
+    return problem_reply(p.status, p.code, p.detail, [(b"retry-after", b"1")] if p.status == 503 else None)
+
+
+class TaskSubmission:
+    """``POST /tasks``: authenticate, rate-limit, read and check the body, submit, and answer with the outcome."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.decoder = msgspec.json.Decoder(TaskRequest)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            status, ctype, body, extra = await self.reply(scope, receive)
+        except Exception:
+            log.exception("POST /tasks failed")
+            status, ctype, body, extra = problem_reply(500, "internal", "the gateway failed on this request; see its log")
+        if status == 0:
+            return
+        headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *extra]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def reply(self, scope: Scope, receive: Receive) -> Reply:
+        gw = self.gw
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:  # ASGI header names are lower case; the first of a repeated one counts
+            if name not in headers:
+                headers[name] = value
+        auth = headers.get(b"authorization")
+        principal = gw.keys.principal(auth.decode("latin-1") if auth is not None else None)
+        if principal is None:
+            return problem_reply(401, problems.UNAUTHORIZED, "send Authorization: Bearer <API key>", [(b"www-authenticate", b'Bearer realm="aicp"')])
+        if not gw.admit(principal):
+            return problem_reply(429, errors.RATE_LIMITED, f"over {gw.rates.rate:g} tasks/s for this API key", [(b"retry-after", str(gw.rates.retry_after_s).encode())])
+        ctype = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+        if ctype != JSON and not ctype.endswith(b"+json"):
+            shown = repr(ctype.decode("latin-1")) if ctype else "'missing'"
+            return problem_reply(415, problems.UNSUPPORTED_MEDIA_TYPE, f"Content-Type must be application/json, not {shown}")
+        limit = gw.config.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return problem_reply(413, errors.TOO_LARGE, f"the body is over {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return GONE
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return problem_reply(413, errors.TOO_LARGE, f"the body is over {limit} bytes")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            check_strict(body)
+            req = self.decoder.decode(body)
+        except errors.DecodeError as exc:
+            return problem_reply(400, errors.MALFORMED, exc.message)
+        except msgspec.ValidationError as exc:
+            return problem_reply(422, errors.INVALID_MESSAGE, str(exc))
+        except msgspec.DecodeError as exc:
+            return problem_reply(400, errors.MALFORMED, str(exc))
+        idem_raw = headers.get(b"idempotency-key")
+        idem = idem_raw.decode("latin-1") if idem_raw is not None else None
+        digest = hashlib.sha256(body).digest() if idem is not None else None
+        task, prob, is_new = gw.accept(principal, req.method, req.payload, req.timeout_ms, idem, digest)
+        if task is None:
+            assert prob is not None
+            return from_problem(prob)
+        if is_new:
+            await gw.link.send(task)
+        if b"respond-async" in headers.get(b"prefer", b""):
+            if task.ended:
+                return outcome_reply(task)
+            return task_reply(task, 202, [(b"location", f"/tasks/{task.id}".encode()), (b"preference-applied", b"respond-async")])
+        if not task.ended:
+            await task.done.wait()  # bounded: the link ends every task by its local deadline
+        return outcome_reply(task)
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, with ``POST /tasks`` answered by ``submission`` before the framework's stack."""
+
+    submission: TaskSubmission | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.submission is not None and scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/tasks":
+            await self.submission(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)

@@ -1,0 +1,80 @@
+"""``POST /tasks`` answers the same through the raw ASGI shortcut and through the FastAPI route.
+
+The app is called in-process (no sockets, no lifespan: the gateway is not connected,
+so a valid body gets ``503 not-connected``). Under a ``root_path`` ``GatewayApp``
+does not take the request, so FastAPI's route answers it; both must give the same
+status, content type, problem body and headers, and the route must stay in OpenAPI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from aicp.gateway.app import create_app
+from aicp.gateway.core import GatewayConfig
+
+KEYS = "alice-token-0123456789abcdef alice echo\n"
+AUTH = {"Authorization": "Bearer alice-token-0123456789abcdef"}
+JSON_CT = {"Content-Type": "application/json"}
+
+#: (name, headers, body, status, code)
+CASES: list[tuple[str, dict[str, str], bytes, int, str]] = [
+    ("no API key", JSON_CT, b'{"method": "echo"}', 401, "unauthorized"),
+    ("wrong content type", {**AUTH, "Content-Type": "text/plain"}, b'{"method": "echo"}', 415, "unsupported-media-type"),
+    ("no content type", AUTH, b'{"method": "echo"}', 415, "unsupported-media-type"),
+    ("body too large", {**AUTH, **JSON_CT}, json.dumps({"method": "echo", "payload": "x" * 2000}).encode(), 413, "too-large"),
+    ("malformed JSON", {**AUTH, **JSON_CT}, b'{"method": "echo",', 400, "malformed"),
+    ("duplicate keys", {**AUTH, **JSON_CT}, b'{"method": "echo", "method": "x"}', 400, "malformed"),
+    ("missing method", {**AUTH, **JSON_CT}, b'{"payload": 1}', 422, "invalid-message"),
+    ("unknown field", {**AUTH, **JSON_CT}, b'{"method": "echo", "priority": 1}', 422, "invalid-message"),
+    ("negative timeout", {**AUTH, **JSON_CT}, b'{"method": "echo", "timeout_ms": -1}', 422, "invalid-message"),
+    ("bad Idempotency-Key", {**AUTH, **JSON_CT, "Idempotency-Key": "has space"}, b'{"method": "echo"}', 422, "invalid-message"),
+    ("method not allowed for the key", {**AUTH, **JSON_CT}, b'{"method": "text.classify"}', 403, "forbidden"),
+    ("not connected to a router", {**AUTH, **JSON_CT, "Content-Type": "application/json; charset=utf-8"}, b'{"method": "echo"}', 503, "not-connected"),
+]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
+    tmp = tmp_path_factory.mktemp("submit")
+    (tmp / "keys").write_text(KEYS)
+    return create_app(GatewayConfig(key_file=str(tmp / "gateway.key"), api_keys=str(tmp / "keys"), max_body_bytes=1024, idempotency_journal=None))
+
+
+async def both(app: FastAPI, headers: dict[str, str], body: bytes) -> tuple[httpx.Response, httpx.Response]:
+    out = []
+    for root in ("", "/gw"):  # "": GatewayApp's shortcut; "/gw": FastAPI's route
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, root_path=root), base_url="http://127.0.0.1") as client:
+            out.append(await client.post(root + "/tasks", content=body, headers=headers))
+    return out[0], out[1]
+
+
+def comparable(r: httpx.Response) -> dict[str, Any]:
+    return {"status": r.status_code, "body": r.json(), "headers": {k: v for k, v in r.headers.items() if k not in ("content-length",)}}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_the_shortcut_and_the_fastapi_route_give_the_same_problem(app: FastAPI, case: tuple[Any, ...]) -> None:
+    _, headers, body, status, code = case
+    fast, routed = asyncio.run(both(app, headers, body))
+    assert fast.status_code == status, fast.text
+    assert fast.headers["content-type"] == "application/problem+json"
+    problem = fast.json()
+    assert problem["code"] == code and problem["status"] == status and problem["type"] == f"urn:aicp:error:{code}" and problem["detail"]
+    assert comparable(fast) == comparable(routed)
+    if status == 401:
+        assert fast.headers["www-authenticate"].startswith("Bearer")
+    if status == 503:
+        assert fast.headers["retry-after"] == "1"
+
+
+def test_post_tasks_stays_in_the_openapi_document_with_its_example(app: FastAPI) -> None:
+    op = app.openapi()["paths"]["/tasks"]["post"]
+    assert op["requestBody"]["content"]["application/json"]["example"]["method"] == "text.classify"
+    assert {"200", "202", "400", "413", "415", "422", "503", "504"} <= set(op["responses"])
