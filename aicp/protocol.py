@@ -258,6 +258,11 @@ class RouterProtocol:
         c = self._conns.get(conn)
         return c.peer.peer_id if c is not None and c.peer is not None else None
 
+    def role_of(self, conn: int) -> str | None:
+        """The role registered on ``conn`` (``agent``, ``controller``, ``router``), None before registration. O(1)."""
+        c = self._conns.get(conn)
+        return c.peer.role if c is not None and c.peer is not None else None
+
     def connected_peers(self) -> dict[str, str]:
         """peer id -> role, for peers with a live connection."""
         return {p.peer_id: p.role for p in self._peers.values() if p.conn is not None}

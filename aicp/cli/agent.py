@@ -3,7 +3,9 @@
 Each ``--capability`` is served by the built-in handler of the same name when
 there is one (``echo``, ``text.classify``, ``synthetic``), else by ``--handler``
 (default ``synthetic``). ``--count N`` runs N agents in this process, ids
-``ID-0`` … ``ID-(N-1)``; each is an ``aicp.Agent``.
+``ID-0`` … ``ID-(N-1)``; each is an ``aicp.Agent``. They connect and register at most
+``--connect-concurrency`` at a time (a storm of thousands of simultaneous handshakes
+would make them all miss their timeout and retry together).
 
 Keys come from ``--key FILE`` (``FILE.0``, ``FILE.1`` … when N > 1), created with
 mode 0600 when missing. Without ``--key``, an agent with a chosen ``--id`` keeps
@@ -26,13 +28,14 @@ import secrets
 import signal
 import ssl as ssl_module
 import sys
+from collections.abc import Iterator
 
 from aicp.live import handlers
 from aicp.live.agent import Agent
 from aicp.live.client import DEFAULT_URL
 from aicp.live.keys import KEY_DIR_ENV, identity_for
 from aicp.live.logs import add_logging_arguments, setup_logging
-from aicp.live.loop import run_async
+from aicp.live.loop import run_async, tune_gc
 from aicp.signing import Identity
 
 log = logging.getLogger("aicp.agent")
@@ -49,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--concurrency", type=int, default=16, help="tasks one agent runs at once (default 16)")
     add("--service-time", default="0", metavar="[DIST:]MS", help="synthetic handler: constant|exponential|lognormal mean in ms (default 0)")
     add("--fail-prob", type=float, default=0.0, help="synthetic handler: probability a task fails (default 0)")
+    add("--connect-concurrency", type=int, default=64, metavar="N",
+        help="connection attempts (handshake and registration) in progress at once in this process (default 64)")
     add("--heartbeat", type=float, default=None, metavar="S", help="heartbeat interval (default: what the router asks for)")
     add("--drain-timeout", type=float, default=10.0, metavar="S", help="on SIGINT/SIGTERM, seconds running tasks get to finish (default 10)")
     add("--router-key", default=None, help="expected router public key (default: trust the router's key on each connection)")
@@ -57,11 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_logging_arguments(parser)
 
 
-def build_agents(args: argparse.Namespace) -> list[Agent]:
+def iter_agents(args: argparse.Namespace) -> Iterator[Agent]:
+    """The agents of ``args``, one at a time (each may create its key file on the way)."""
     capabilities = args.capability or ["text.classify"]
     base_id = args.id or f"agent-{secrets.token_hex(4)}"
     ssl_ctx = ssl_module.create_default_context(cafile=args.cafile) if args.url.startswith("wss://") else None
-    agents = []
+    # One gate for the whole process: N agents started together register a bounded number at a
+    # time, so the handshakes in progress finish within their timeout instead of all failing together.
+    gate = asyncio.Semaphore(max(1, args.connect_concurrency)) if args.count > 1 else None
     for i in range(args.count):
         agent_id = base_id if args.count == 1 else f"{base_id}-{i}"
         if args.key:
@@ -71,13 +79,16 @@ def build_agents(args: argparse.Namespace) -> list[Agent]:
         else:
             identity = Identity.generate()
         agent = Agent(agent_id, args.url, identity=identity, concurrency=args.concurrency, heartbeat=args.heartbeat,
-                      drain_timeout=args.drain_timeout, router_key=args.router_key, ssl=ssl_ctx)
+                      drain_timeout=args.drain_timeout, router_key=args.router_key, ssl=ssl_ctx, connect_gate=gate)
         seed = None if args.seed is None else args.seed + i
         for cap in capabilities:
             name = cap if cap in handlers.BUILTINS else args.handler
             agent.handler(cap)(handlers.builtin(name, args.service_time, args.fail_prob, seed))
-        agents.append(agent)
-    return agents
+        yield agent
+
+
+def build_agents(args: argparse.Namespace) -> list[Agent]:
+    return list(iter_agents(args))
 
 
 async def _run_agent(agent: Agent) -> None:
@@ -100,7 +111,7 @@ async def _run_agent(agent: Agent) -> None:
 
 async def _main(args: argparse.Namespace) -> int:
     """Run every agent until a signal stops them all, or one fails (then stop the rest); 1 if one failed."""
-    agents = build_agents(args)
+    agents: list[Agent] = []
     loop = asyncio.get_running_loop()
 
     def stop_all() -> None:
@@ -109,7 +120,13 @@ async def _main(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop_all)
-    runners = {loop.create_task(_run_agent(a)): a for a in agents}
+    runners: dict[asyncio.Task[None], Agent] = {}
+    # Each agent starts as soon as it is built: the first ones register while later ones still load or create their keys.
+    for i, agent in enumerate(iter_agents(args), 1):
+        agents.append(agent)
+        runners[loop.create_task(_run_agent(agent))] = agent
+        if i % 32 == 0:
+            await asyncio.sleep(0)
     failed = 0
     pending = set(runners)
     while pending:
@@ -132,4 +149,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: --service-time: {exc}", file=sys.stderr)
         return 2
+    if args.count > 1:
+        tune_gc()  # thousands of agents' connections in one process
     return int(run_async(_main(args)))

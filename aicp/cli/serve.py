@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aicp import strategies
 from aicp.live.logs import add_logging_arguments, setup_logging
-from aicp.live.loop import run_async
+from aicp.live.loop import run_async, tune_gc
 from aicp.live.server import AICPWebSocketServer, ServerLimits
 from aicp.live.store import SqliteStore, StateFileError
 from aicp.live.store_jetstream import JetStreamStore, is_state_url
@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
     try:
         server = build_server(args)
+        tune_gc()  # this process holds every peer's connection
         run_async(_serve(server, args))
     except StateFileError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -37,6 +37,8 @@ from typing import Any
 import msgspec
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.proxy import get_proxy
+from websockets.uri import parse_uri
 
 from aicp import errors
 from aicp.live.handlers import Handler, invoke
@@ -49,6 +51,9 @@ from aicp.signing import Identity
 log = logging.getLogger("aicp.live.client")
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
+
+#: Seconds a client waits for the pong to one of its WebSocket pings before dropping the connection.
+PING_TIMEOUT_S = 20.0
 
 
 def split_urls(urls: str | Sequence[str]) -> list[str]:
@@ -65,6 +70,24 @@ CONNECT_ERRORS: tuple[type[BaseException], ...] = (OSError, WebSocketException, 
 #: Registration refusals that trying again cannot cure (the same key, id and version
 #: would be refused again): ``connect_with_retry`` raises them instead of retrying.
 PERMANENT_REFUSALS: frozenset[str] = frozenset({errors.KEY_MISMATCH, errors.NOT_ALLOWED, errors.INVALID_KEY, errors.UNSUPPORTED_VERSION, errors.INVALID_MESSAGE})
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy websockets would pick for ``url`` from the environment, looked up once per URL.
+
+    websockets reads the proxy settings (``*_proxy``, ``no_proxy``) on every connection;
+    a process running thousands of agents against one router would re-read the whole
+    environment thousands of times. The answer only depends on the URL and the
+    environment, which a running process does not change. O(1) after the first lookup.
+    """
+    cached = _PROXIES.get(url, _UNSET)
+    if cached is _UNSET:
+        cached = _PROXIES[url] = get_proxy(parse_uri(url))
+    return cached  # type: ignore[return-value]
+
+
+_UNSET = object()
+_PROXIES: dict[str, object] = {}
 
 
 class OutcomeWaiter:
@@ -137,7 +160,17 @@ class PeerClient:
         open_timeout_s: float = 10.0,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         progress: bool = False,
+        connect_gate: asyncio.Semaphore | None = None,
+        ping_interval_s: float | None = None,
     ) -> None:
+        """``connect_gate``: a semaphore shared by the clients of one process, held for each
+        connection attempt (TCP, WebSocket handshake, registration): thousands of agents in one
+        process then register a bounded number at a time instead of all timing out together.
+        ``ping_interval_s``: seconds between WebSocket pings to the router once registered, which is
+        how this side notices a router that vanished without closing the connection (no pong within
+        20 s: the connection is dropped and the client reconnects). None (default): the ``lease_s``
+        the router announced, the time it gives an agent to prove itself alive; 0: never ping.
+        """
         #: the routers to try, in turn: a list, or one string of comma-separated URLs (cluster mode)
         self.urls = split_urls(server_url)
         self._url_index = 0
@@ -161,6 +194,8 @@ class PeerClient:
         self.rejected_frames = 0  # frames that failed verification here
         self.waiter = OutcomeWaiter()
         self._heartbeat: asyncio.Task[None] | None = None  # owned by serve()
+        self.connect_gate = connect_gate
+        self.ping_interval_s = ping_interval_s
 
     @property
     def peer_id(self) -> str:
@@ -187,10 +222,18 @@ class PeerClient:
 
     # ------------------------------------------------------------------ connection
     async def connect(self) -> None:
-        """Open one connection and register on its challenge. Raises one of ``CONNECT_ERRORS``."""
+        """Open one connection and register on its challenge (holding ``connect_gate`` if any). Raises one of ``CONNECT_ERRORS``."""
+        if self.connect_gate is None:
+            await self._connect()
+            return
+        async with self.connect_gate:
+            await self._connect()
+
+    async def _connect(self) -> None:
         tls: dict[str, Any] = {} if self.ssl is None else {"ssl": self.ssl}  # wss:// without one: system trust store
+        url = self.server_url
         ws: DirectClientConnection = await ws_connect(  # type: ignore[assignment]
-            self.server_url,
+            url,
             **tls,
             open_timeout=self.open_timeout_s,
             close_timeout=2.0,
@@ -198,6 +241,9 @@ class PeerClient:
             max_queue=64,
             compression=None,
             create_connection=DirectClientConnection,
+            proxy=proxy_for(url),
+            ping_interval=None,  # started after registration, at an interval the router's lease sets
+            ping_timeout=PING_TIMEOUT_S,
         )
         try:
             async with asyncio.timeout(self.open_timeout_s):
@@ -215,6 +261,10 @@ class PeerClient:
             await ws.close()
             raise
         assert self.session.state == READY
+        interval = self.session.lease_s if self.ping_interval_s is None else self.ping_interval_s
+        if interval > 0:
+            ws.ping_interval = interval
+            ws.start_keepalive()
         self.ws = ws
         self._batch = FrameBatcher(ws, self._dropped)
         self.goaway = None
@@ -306,9 +356,15 @@ class PeerClient:
         return await self._send(self.session.heartbeat_frame(time.time(), load))
 
     async def heartbeat_loop(self, interval: float | None = None) -> None:
-        """Renew the lease every ``interval`` seconds (default: what the router asked for) until ``close()``."""
+        """Renew the lease every ``interval`` seconds (default: what the router asked for) until ``close()``.
+
+        The first heartbeat comes after a random fraction (half to all) of the interval, so
+        agents started together do not renew their leases in bursts at the router.
+        """
+        phase = random.uniform(0.5, 1.0)
         while not self.closing:
-            await asyncio.sleep(interval if interval is not None else self.session.heartbeat_s)
+            await asyncio.sleep(phase * (interval if interval is not None else self.session.heartbeat_s))
+            phase = 1.0
             if self.ready.is_set():
                 await self.send_heartbeat(self._load())
 

@@ -84,6 +84,10 @@ class ServerLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     close_timeout_s: float = 5.0
     ping_interval_s: float | None = 20.0
     ping_timeout_s: float | None = 20.0
+    #: Keep pinging agents once registered. Off by default: an agent's lease (PROTOCOL.md §6)
+    #: already proves it alive, and 10,000 agents' pings cost the router 500 wake-ups a second.
+    #: Controllers and connections not yet registered are always pinged.
+    ping_agents: bool = False
     compression: bool = False  # when on: permessage-deflate with small windows (bounded memory)
     drain_s: float = 10.0  # graceful shutdown: how long in-flight tasks may run on
     #: Signature checks of registered peers' frames on this many worker threads (libsodium
@@ -349,13 +353,18 @@ class AICPWebSocketServer:
         self._ws_open += 1
         proto = self.proto
         verifier = self._verifier
+        pinging = ws.keepalive_task is not None and not self.limits.ping_agents  # until it registers as an agent
         try:
             self._apply(proto.connection_made(conn, time.time()))
             if verifier is None:
                 # Each message goes to the core as websockets parses it (aicp.live.inbound): text
                 # messages are checked for UTF-8 there (1007), and a binary one is closed with 1003.
                 def on_message(data: bytes, binary: bool) -> None:
+                    nonlocal pinging
                     self._apply(proto.frame_received(conn, data, time.time(), binary=binary))
+                    if pinging and proto.role_of(conn) == "agent":
+                        pinging = False
+                        _stop_keepalive(ws)
 
                 ws.direct(on_message)
                 await ws.wait_closed()
@@ -365,6 +374,9 @@ class AICPWebSocketServer:
                 data = await ws.recv()  # str for a text frame, bytes for a binary one (closed with 1003)
                 if not verifier.submit(conn, data):
                     await verifier.wait_room(conn)
+                if pinging and proto.role_of(conn) == "agent":
+                    pinging = False
+                    _stop_keepalive(ws)
         except ConnectionClosed as exc:
             reason = _CLOSE_REASONS.get(exc.sent.code) if exc.sent is not None and not exc.rcvd_then_sent else None
             if reason is not None:
@@ -433,6 +445,14 @@ class AICPWebSocketServer:
                 return connection.respond(429, "rate-limited: too many new connections from this address\n")
             return None
         return http.answer(self, connection, request.path.partition("?")[0])
+
+
+def _stop_keepalive(ws: ServerConnection) -> None:
+    """Stop websockets' ping task on a registered agent's connection: its lease proves it alive."""
+    task = ws.keepalive_task
+    if task is not None:
+        ws.keepalive_task = None
+        task.cancel()
 
 
 class CountedConnection(DirectServerConnection):

@@ -4,7 +4,11 @@ For each fleet size N (``--agents 8,10000``) it starts a fresh router and N real
 agents spread over ``--agent-procs`` processes on 127.0.0.1, then measures:
 
 * **registration**: seconds from starting the agent processes until the router
-  counts N active agents, and the rate in agents/s;
+  counts N active agents, the rate in agents/s, and the CPU the router and the
+  agent processes spent per registration (ms; this does not depend on how loaded
+  the machine is, the seconds do). The agents' keys are created before the clock
+  starts (``keys_s`` says how long that took): registration is measured as a fleet
+  that already has its keys, as after a restart;
 * **memory**: the router's RSS before any agent and after all registered, and the
   difference per connected agent;
 * **heartbeats**: CPU of the router and of the agents over an idle window of
@@ -12,7 +16,8 @@ agents spread over ``--agent-procs`` processes on 127.0.0.1, then measures:
   the heartbeats; counted by the router's ``aicp_frames_total``);
 * **routing**: a closed-loop trial (``--concurrency``) among the N agents, with the
   same load generator as ``aicp bench``; throughput is reported as a ratio to the
-  first (smallest) fleet of the same run.
+  first (smallest) fleet of the same run, with the router's and the agent processes'
+  CPU per task, to tell the router's own cost per decision from CPU taken by the agents.
 
 Everything it starts is stopped by PID, whatever happens. Results go to
 ``results/bench-fleet/<run-id>/summary.json``.
@@ -43,6 +48,7 @@ from aicp.lab.bench.live import (
     run_trial,
     start_agents,
 )
+from aicp.live.keys import identity_for
 
 GOAL_REGISTER_S_AT_10K = 20.0
 GOAL_RSS_MB_AT_10K = 400.0
@@ -56,6 +62,40 @@ def frames_in(http: str) -> float:
             if line.startswith("aicp_frames_total "):
                 return float(line.split()[1])
     raise RuntimeError("the router's /metrics has no aicp_frames_total")
+
+
+def make_keys(n: int, agent_procs: int, key_dir: Path) -> float:
+    """Create the key files the agents of ``start_agents`` will load (ids ``bench-I-J``); returns the seconds taken."""
+    t0 = time.monotonic()
+    per_proc = max(1, n // agent_procs)
+    started = 0
+    for i in range(agent_procs):
+        count = per_proc if i < agent_procs - 1 else n - started
+        if count <= 0:
+            break
+        started += count
+        ids = [f"bench-{i}"] if count == 1 else [f"bench-{i}-{j}" for j in range(count)]
+        for agent_id in ids:
+            identity_for(agent_id, key_dir=key_dir)
+    return time.monotonic() - t0
+
+
+def _per(cpu: dict[str, dict[str, float]], role: str, count: float, scale: float) -> float:
+    """``scale`` × the CPU seconds of ``role`` per unit of ``count`` (NaN if none)."""
+    used = cpu.get(role, {}).get("cpu_s")
+    return scale * used / count if used is not None and count else float("nan")
+
+
+def _net_of_idle(busy: dict[str, dict[str, float]], idle: dict[str, dict[str, float]], idle_s: float, tasks: float) -> dict[str, float]:
+    """CPU per task (us) by role, less what the role burns when idle (heartbeats, pings) over the same wall time:
+    the cost of routing itself, apart from the cost of keeping the fleet alive."""
+    out = {}
+    for role, row in busy.items():
+        pct = row.get("cpu_percent_of_one_core", float("nan"))
+        wall = 100.0 * row["cpu_s"] / pct if pct and pct == pct else float("nan")
+        idle_rate = idle.get(role, {}).get("cpu_s", 0.0) / idle_s if idle_s else 0.0
+        out[role] = 1e6 * (row["cpu_s"] - idle_rate * wall) / tasks if tasks else float("nan")
+    return out
 
 
 def _rss_mb(proc: Proc) -> float:
@@ -75,19 +115,26 @@ def measure_fleet(n: int, cfg: argparse.Namespace, run_dir: Path) -> dict[str, A
         http = f"http://127.0.0.1:{port}"
         time.sleep(0.5)
         rss0 = _rss_mb(router)
+        keys_s = make_keys(n, sized.agent_procs, run_dir / "keys")
+        fleet.mark_cpu()
         t0 = time.monotonic()
         start_agents(fleet, f"ws://127.0.0.1:{port}", sized)
         deadline = t0 + registration_timeout(n)
         seen = 0
+        poll_s = 0.0
         while seen < n:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {seen} of {n} agents registered after {registration_timeout(n):g} s")
             time.sleep(0.05)
+            asked = time.monotonic()
             try:
                 seen = active_agents(http)
             except (OSError, ValueError):
                 continue
-        register_s = time.monotonic() - t0
+            finally:
+                poll_s = time.monotonic() - asked
+        register_s = time.monotonic() - t0  # an upper bound: the last /healthz took poll_s to answer
+        registering = fleet.cpu_by_role(register_s)
         time.sleep(1.0)
         rss1 = _rss_mb(router)
         # idle: only heartbeats cross the router
@@ -100,19 +147,26 @@ def measure_fleet(n: int, cfg: argparse.Namespace, run_dir: Path) -> dict[str, A
         trial = Trial("closed", concurrency=cfg.concurrency, duration=cfg.duration, warmup=cfg.warmup)
         routed = run_trial(fleet, f"ws://127.0.0.1:{port}", trial, sized, f"fleet-{n}")
         rss2 = _rss_mb(router)
+        tasks = routed["completed"]
         return {
             "agents": n,
             "agent_procs": sized.agent_procs,
+            "keys_s": keys_s,
             "register_s": register_s,
             "register_per_s": n / register_s,
+            "register_last_poll_s": poll_s,
+            "register_cpu_ms_per_agent": {role: _per(registering, role, n, 1e3) for role in registering},
             "router_rss_mb": {"empty": rss0, "registered": rss1, "after_load": rss2},
             "router_kb_per_agent": 1024.0 * (rss1 - rss0) / n,
             "idle_s": idle_s,
             "heartbeat_s": cfg.heartbeat,
             "idle_frames": beats,
             "idle_cpu_percent": {role: v["cpu_percent_of_one_core"] for role, v in idle.items()},
-            "router_us_per_heartbeat": 1e6 * idle.get("router", {}).get("cpu_s", float("nan")) / beats if beats else float("nan"),
+            "router_us_per_heartbeat": _per(idle, "router", beats, 1e6),
+            "agents_us_per_heartbeat": _per(idle, "agents", beats, 1e6),
             "routing": routed,
+            "routing_cpu_us_per_task": {role: _per(routed["cpu"], role, tasks, 1e6) for role in routed["cpu"]},
+            "routing_cpu_us_per_task_net_of_idle": _net_of_idle(routed["cpu"], idle, idle_s, tasks),
         }
     finally:
         fleet.stop()
@@ -155,11 +209,21 @@ def run(args: argparse.Namespace) -> int:
             row = measure_fleet(n, args, run_dir)
             summary["fleets"].append(row)
             r = row["routing"]
-            print(f"{n:>7} agents  registered in {row['register_s']:6.2f} s ({row['register_per_s']:7.0f}/s)  router RSS "
-                  f"{row['router_rss_mb']['empty']:.0f} -> {row['router_rss_mb']['registered']:.0f} MB ({row['router_kb_per_agent']:.1f} KB/agent)  "
-                  f"idle CPU router {row['idle_cpu_percent'].get('router', float('nan')):.1f}% agents {row['idle_cpu_percent'].get('agents', float('nan')):.1f}% "
-                  f"({row['idle_frames']:.0f} heartbeats, {row['router_us_per_heartbeat']:.0f} us each)  throughput {r['throughput_per_s']:.0f}/s  p50 {r['latency_ms']['p50']:.2f}  "
-                  f"p99 {r['latency_ms']['p99']:.2f} ms  lost {r['lost']}", flush=True)
+            reg = row["register_cpu_ms_per_agent"]
+            per_task = row["routing_cpu_us_per_task"]
+            print(f"{n:>7} agents  registered in {row['register_s']:6.2f} s ({row['register_per_s']:7.0f}/s; CPU per agent: router "
+                  f"{reg.get('router', float('nan')):.2f} ms, agents {reg.get('agents', float('nan')):.2f} ms; keys made in {row['keys_s']:.1f} s before; "
+                  f"the last /healthz poll took {row['register_last_poll_s']:.2f} s)", flush=True)
+            print(f"         router RSS {row['router_rss_mb']['empty']:.0f} -> {row['router_rss_mb']['registered']:.0f} MB ({row['router_kb_per_agent']:.1f} KB/agent), "
+                  f"{row['router_rss_mb']['after_load']:.0f} MB after load", flush=True)
+            print(f"         idle {row['idle_s']:g} s: CPU router {row['idle_cpu_percent'].get('router', float('nan')):.1f}% agents "
+                  f"{row['idle_cpu_percent'].get('agents', float('nan')):.1f}% of one core ({row['idle_frames']:.0f} heartbeats; per heartbeat router "
+                  f"{row['router_us_per_heartbeat']:.0f} us, agents {row['agents_us_per_heartbeat']:.0f} us)", flush=True)
+            print(f"         routing: {r['throughput_per_s']:.0f}/s  p50 {r['latency_ms']['p50']:.2f}  p99 {r['latency_ms']['p99']:.2f} ms  lost {r['lost']}; "
+                  f"CPU per task: router {per_task.get('router', float('nan')):.0f} us, agents {per_task.get('agents', float('nan')):.0f} us, "
+                  f"load generator {per_task.get('loadgen', float('nan')):.0f} us (less idle CPU: router "
+                  f"{row['routing_cpu_us_per_task_net_of_idle'].get('router', float('nan')):.0f} us, agents "
+                  f"{row['routing_cpu_us_per_task_net_of_idle'].get('agents', float('nan')):.0f} us)", flush=True)
     except Exception as exc:
         summary["error"] = f"{type(exc).__name__}: {exc}"
         print(f"benchmark failed: {summary['error']}", file=sys.stderr)
@@ -180,6 +244,10 @@ def run(args: argparse.Namespace) -> int:
         summary["verdicts"] = [{"check": c, "pass": ok, "measured": m} for c, ok, m in checks]
         for c, ok, m in checks:
             print(f"  {'PASS' if ok else 'FAIL'}  {c:48} {m}")
+        small_cost, big_cost = fleets[0]["routing_cpu_us_per_task"], big["routing_cpu_us_per_task"]
+        summary["router_cpu_per_task_ratio"] = big_cost.get("router", float("nan")) / small_cost.get("router", float("nan"))
+        print(f"  (router CPU per task with {big['agents']} agents is {summary['router_cpu_per_task_ratio']:.2f}x that with {fleets[0]['agents']}; "
+              f"agent processes {big_cost.get('agents', float('nan')) / small_cost.get('agents', float('nan')):.2f}x)")
     if any(row["routing"]["lost"] for row in fleets):
         status = 1
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
