@@ -20,15 +20,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from live_helpers import Proc, agent, challenged, http_json, router_url, run
+from live_helpers import Proc, agent, http_json, refused_as_taken, router_url, run
 from nats_helpers import JetStreamServer
 from test_state_live import FrameKeepingController
 
-from aicp import errors
 from aicp.lab.bench.live import free_port
 from aicp.live.store_jetstream import kv_token
-from aicp.messages import Error
-from aicp.peer import PeerSession
 from aicp.protocol import task_key
 from aicp.signing import Identity
 
@@ -99,20 +96,7 @@ def test_cluster_routers_share_bindings_and_a_new_router_answers_a_resubmission_
             assert len(stored) == 1 and runs == [7]
             assert http_json(health_b)["cluster"]["tasks_forwarded_out"] == 1
             # 2. the worker's id with another key at B, where it never connected: refused once B has seen A's binding
-            deadline = time.monotonic() + 10
-            while True:
-                thief = PeerSession(Identity.generate(), "worker", "agent", ["work"])
-                ws = await challenged(url_b, thief)
-                await ws.send(thief.register_frame(time.time()), text=True)
-                try:
-                    reply = thief.receive(await ws.recv(decode=False), time.time()).body
-                finally:
-                    await ws.close()
-                if isinstance(reply, Error):
-                    assert reply.code == errors.KEY_MISMATCH
-                    break
-                assert time.monotonic() < deadline, "rb never learned the binding made at ra"
-                await asyncio.sleep(0.05)
+            await refused_as_taken(url_b, "worker", ["work"], "the binding made at ra")
             # 3. the owner B dies; C joins; the same task id resubmitted at C gets B's stored outcome, verbatim
             await _outcome_stored(jetstream.url, kv_token(task_key("ctl", "t-kept")))
             rb.kill(signal.SIGKILL)

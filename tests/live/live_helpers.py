@@ -28,13 +28,14 @@ from typing import Any, TypeVar
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 
-from aicp.errors import ProtocolError
+from aicp.errors import KEY_MISMATCH, ProtocolError
 from aicp.live.client import AICPWebSocketClient
 from aicp.live.controller import AICPController
 from aicp.live.handlers import Handler
 from aicp.live.server import AICPWebSocketServer
 from aicp.messages import Error, Result, decode_body, decode_frame
 from aicp.peer import PeerSession
+from aicp.signing import Identity
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,6 +111,28 @@ async def challenged(url: str, session: PeerSession, **kwargs: Any) -> ClientCon
     session.connection_made()
     session.receive(await ws.recv(decode=False), time.time())
     return ws
+
+
+async def refused_as_taken(url: str, peer_id: str, methods: list[str], what: str, within_s: float = 10.0) -> None:
+    """Register ``peer_id`` with a fresh key at ``url`` until the router refuses it with ``key-mismatch``.
+
+    A router learns a binding made elsewhere (another router, a shared store) a round trip
+    after it was written, so this retries every 50 ms; ``what`` names the binding in the failure.
+    """
+    deadline = time.monotonic() + within_s
+    while True:
+        thief = PeerSession(Identity.generate(), peer_id, "agent", methods)
+        ws = await challenged(url, thief)
+        await ws.send(thief.register_frame(time.time()), text=True)
+        try:
+            reply = thief.receive(await ws.recv(decode=False), time.time()).body
+        finally:
+            await ws.close()
+        if isinstance(reply, Error):
+            assert reply.code == KEY_MISMATCH, reply
+            return
+        assert time.monotonic() < deadline, f"{url} never learned {what}"
+        await asyncio.sleep(0.05)
 
 
 async def error_and_close(ws: ClientConnection, session: PeerSession) -> tuple[str, int | None]:

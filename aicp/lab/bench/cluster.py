@@ -146,6 +146,16 @@ def default_rate(cfg: argparse.Namespace) -> float:
     return 0.7 * cfg.agents * cfg.agent_concurrency * 1000.0 / mean_ms
 
 
+def _two_routers(fleet: Fleet, cfg: argparse.Namespace) -> tuple[str, str]:
+    """nats-server, routers ra and rb in one cluster, ``cfg.agents`` agents at ra; returns (ra, rb) ws URLs once both see them."""
+    nats = start_nats(fleet)
+    (url1, http1), (url2, http2) = start_router(fleet, cfg, "router-a", nats, "ra"), start_router(fleet, cfg, "router-b", nats, "rb")
+    start_agents_at(fleet, url1, cfg.agents, cfg, "a")
+    _agents_ready(http1, cfg.agents, 60.0)
+    wait_cluster([http1, http2])
+    return url1, url2
+
+
 def hop_cost(args: argparse.Namespace) -> int:
     """Part 3 alone, ``args.hop_cost`` times: local then cross-router on the same two routers, alternating; medians."""
     run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-hop"
@@ -159,11 +169,7 @@ def hop_cost(args: argparse.Namespace) -> int:
     lost = 0
     fleet = Fleet(run_dir)
     try:
-        nats = start_nats(fleet)
-        (url1, http1), (url2, http2) = start_router(fleet, args, "router-a", nats, "ra"), start_router(fleet, args, "router-b", nats, "rb")
-        start_agents_at(fleet, url1, args.agents, args, "a")
-        _agents_ready(http1, args.agents, 60.0)
-        wait_cluster([http1, http2])
+        url1, url2 = _two_routers(fleet, args)
         roles = ("router-a", "router-b")
         for i in range(args.hop_cost):
             local = load(fleet, [(url1, rate)], trial, args, f"local{i}", roles)
@@ -236,11 +242,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         # 3. router CPU per task: local against cross-router, same two routers, same agents
         fleet = Fleet(run_dir)
         try:
-            nats = start_nats(fleet)
-            (url1, http1), (url2, http2) = start_router(fleet, args, "router-a", nats, "ra"), start_router(fleet, args, "router-b", nats, "rb")
-            start_agents_at(fleet, url1, args.agents, args, "a")
-            _agents_ready(http1, args.agents, 60.0)
-            wait_cluster([http1, http2])
+            url1, url2 = _two_routers(fleet, args)
             summary["cpu_local"] = load(fleet, [(url1, rate)], trial, args, "cpu-local", ("router-a", "router-b"))
             summary["cpu_cross"] = load(fleet, [(url2, rate)], trial, args, "cpu-cross", ("router-a", "router-b"))
         finally:
