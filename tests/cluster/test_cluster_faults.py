@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import NatsServer
 from live_helpers import CountingController, Proc, http_json, router_url, run
+from nats_helpers import NatsServer
 
 from aicp import errors
 from aicp.lab.bench.live import free_port

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
-from conftest import NatsServer
 from live_helpers import Proc, agent, run, wait_until
+from nats_helpers import NatsServer
 
 from aicp import errors
 from aicp.cluster import ClusterConfig

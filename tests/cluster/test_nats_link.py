@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import NatsServer
+from nats_helpers import NatsServer
 
 from aicp.lab.bench.live import _wait_port, free_port
 from aicp.live.nats_link import NatsLink, _Wire

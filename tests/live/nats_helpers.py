@@ -45,3 +45,14 @@ class JetStreamServer:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=5)
         self.popen = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class NatsServer(JetStreamServer):
+    """A plain ``nats-server`` (no JetStream) on 127.0.0.1:``port``; ``restart()`` keeps the port."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port, Path(), jetstream=False)
