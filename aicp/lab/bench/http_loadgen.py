@@ -63,6 +63,10 @@ class HttpConn:
                 length = int(line[15:])
         return status, await self.reader.readexactly(length)
 
+    def usable(self) -> bool:
+        """False once the server has closed this idle connection (uvicorn does after 5 s idle, its keep-alive timeout)."""
+        return not self.reader.at_eof() and not self.writer.is_closing()
+
     def close(self) -> None:
         self.writer.close()
 
@@ -99,8 +103,13 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         nonlocal verify_failures, seq
         seq += 1
         key = f"req-{seq}"  # the gateway names the task; the recorder tracks the request
+        while conn is None and idle:  # the most recently used first; one the server has closed meanwhile is dropped
+            conn = idle.pop()
+            if not conn.usable():
+                conn.close()
+                conn = None
         if conn is None:
-            conn = idle.pop() if idle else await HttpConn.open(host, port)
+            conn = await HttpConn.open(host, port)
         rec.new(key, intended, clock())
         try:
             status, data = await conn.post(head, body)
