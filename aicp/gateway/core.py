@@ -67,6 +67,7 @@ class Gateway:
         self.store = TaskStore(config.max_running, config.max_kept)
         self.link = GatewayLink(config.router_url, self.identity, self.store, config.gateway_id, progress=config.progress, router_key=config.router_key)
         self.view = RouterView(config.router_url, config.registry_ttl_s)
+        self.link.on_registered = self.view.invalidate  # a reconnection may find another router: its registry, not the cached one
         self.keys = ApiKeys(config.api_keys)
         self.rates = KeyRates(config.rate, config.burst)
         journal = config.key_file + ".idempotency" if config.idempotency_journal == "" else config.idempotency_journal

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
@@ -61,6 +62,7 @@ class GatewayLink(PeerClient):
         super().__init__(server_url, peer_id or default_gateway_id(identity), identity, role="controller", progress=progress, **kwargs)
         self.store = store
         self.grace_s = grace_s
+        self.on_registered: Callable[[], None] | None = None  # called on each (re)registration, before resubmitting
         self._runner: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -194,6 +196,8 @@ class GatewayLink(PeerClient):
         self.store.finish(task, Outcome(False, IDEMPOTENCY_CONFLICT, msg), "failed")
 
     async def _on_ready(self) -> None:
+        if self.on_registered is not None:
+            self.on_registered()
         for task in list(self.store.running.values()):
             if not await self._send_task(task, SUBMITTED if task.state == "accepted" else RESUBMITTED):
                 return

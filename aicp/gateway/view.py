@@ -40,6 +40,11 @@ class RouterView:
         self._lock = asyncio.Lock()
         self.reachable = False
 
+    def invalidate(self) -> None:
+        """Forget the cached copy: the next read asks the router again (the gateway calls it on each registration,
+        since after a reconnection the router may be another process whose registry the old copy does not describe)."""
+        self._fetched_at = -1.0e9
+
     async def refresh(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._fetched_at < self.ttl_s:
             return

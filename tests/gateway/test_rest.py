@@ -259,6 +259,6 @@ def test_the_gateway_reconnects_when_the_router_comes_back(stack: Stack) -> None
         router_url(router2)
         wait_ready(gw_url, {"echo"}, stack.headers())
         again = httpx.post(gw_url + "/tasks", content='{"method": "echo", "payload": 3}', headers=h, timeout=30)
-        assert again.status_code == 200 and again.json()["result"] == 3
+        assert again.status_code == 200 and again.json()["result"] == 3, again.text
     finally:
         stop(procs)
