@@ -32,7 +32,18 @@ from typing import Any
 
 import psutil
 
-from aicp.lab.bench.live import METHOD, Fleet, Proc, Trial, _agents_ready, _wait_port, free_port, own_fleet_flags, summarise
+from aicp.lab.bench.live import (
+    METHOD,
+    Fleet,
+    Proc,
+    Trial,
+    _agents_ready,
+    _wait_port,
+    free_port,
+    own_fleet_flags,
+    summarise,
+    write_summary,
+)
 from aicp.live.handlers import parse_service_time
 
 GOAL_CPU_RATIO = 1.5
@@ -188,11 +199,7 @@ def hop_cost(args: argparse.Namespace) -> int:
                "lost": lost, "note": "figures from one run on this machine; others may be loading it"}
     print(f"  {'PASS' if ratio < GOAL_CPU_RATIO else 'FAIL'}  goal: cross-router CPU/task < {GOAL_CPU_RATIO}x local, median of {len(pairs)}: {ratio:.2f}x "
           f"(gross {summary['median_ratio_gross']:.2f}x); lost {lost}")
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2))
-    print(f"results: {run_dir}")
+    write_summary(run_dir, summary, args.json)
     return 0 if lost == 0 else 1
 
 
@@ -253,11 +260,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         status = 1
     if status == 0:
         status = report(summary)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2, default=str))
-    print(f"results: {run_dir}")
+    write_summary(run_dir, summary, args.json)
     return status
 
 

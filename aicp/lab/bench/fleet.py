@@ -26,7 +26,6 @@ Everything it starts is stopped by PID, whatever happens. Results go to
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -47,6 +46,7 @@ from aicp.lab.bench.live import (
     registration_timeout,
     run_trial,
     start_agents,
+    write_summary,
 )
 from aicp.live.keys import identity_for
 
@@ -250,6 +250,5 @@ def run(args: argparse.Namespace) -> int:
               f"agent processes {big_cost.get('agents', float('nan')) / small_cost.get('agents', float('nan')):.2f}x)")
     if any(row["routing"]["lost"] for row in fleets):
         status = 1
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"results: {run_dir}")
+    write_summary(run_dir, summary)
     return status

@@ -46,6 +46,16 @@ GOAL_RELAY_RATIO = 0.70
 METHOD = "bench.synthetic"
 
 
+def write_summary(run_dir: Path, summary: dict[str, Any], json_path: Path | None = None) -> None:
+    """A bench's ``summary.json`` in its run folder, a copy at ``--json`` if given, and the ``results:`` line."""
+    text = json.dumps(summary, indent=2, default=str)
+    (run_dir / "summary.json").write_text(text)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(text)
+    print(f"results: {run_dir}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -531,9 +541,5 @@ def run(args: argparse.Namespace) -> int:
         if summary["lost_all_trials"]:
             print(f"LOST TASKS: {summary['lost_all_trials']} across all trials", file=sys.stderr)
             status = 1
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2, default=str))
-    print(f"results: {run_dir}")
+    write_summary(run_dir, summary, args.json)
     return status

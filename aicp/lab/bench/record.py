@@ -14,13 +14,12 @@ on a fresh ``nats-server -js`` per router, whose CPU is reported as role ``nats`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 from typing import Any
 
-from aicp.lab.bench.live import Fleet, Trial, run_trial, start_system
+from aicp.lab.bench.live import Fleet, Trial, run_trial, start_system, write_summary
 
 GOAL_THROUGHPUT_LOSS = 0.05
 
@@ -65,7 +64,6 @@ def record_overhead(args: argparse.Namespace, pairs: int = 3, feature: str = "re
     loss = 1.0 - throughput_ratio
     print(f"median throughput with/without: {throughput_ratio:.3f} ({100 * loss:+.1f}% lost)  router CPU per task with/without: {cpu_ratio:.3f}")
     print(f"  {'PASS' if loss < GOAL_THROUGHPUT_LOSS else 'FAIL'}  {flag} costs under 5% of throughput at {rate:g}/s")
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"results: {run_dir}")
+    write_summary(run_dir, summary)
     return 0 if all(r["lost"] == 0 for r in rows) else 1
 

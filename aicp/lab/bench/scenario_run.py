@@ -39,6 +39,7 @@ from aicp.lab.bench.live import (
     own_fleet_flags,
     registration_timeout,
     summarise,
+    write_summary,
 )
 from aicp.lab.bench.scenario_plan import AgentProc, AgentSpec, Plan, build_plan
 from aicp.live.handlers import parse_service_time
@@ -200,9 +201,5 @@ def run(args: argparse.Namespace) -> int:
         print(format_result(strategy[:8], r), flush=True)
         if r["lost"]:
             status = 1
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2, default=str))
-    print(f"results: {run_dir}")
+    write_summary(run_dir, summary, args.json)
     return status

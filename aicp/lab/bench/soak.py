@@ -35,7 +35,18 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from aicp import __version__
-from aicp.lab.bench.live import METHOD, Fleet, Proc, Trial, _agents_ready, _wait_port, free_port, run_trial, summarise
+from aicp.lab.bench.live import (
+    METHOD,
+    Fleet,
+    Proc,
+    Trial,
+    _agents_ready,
+    _wait_port,
+    free_port,
+    run_trial,
+    summarise,
+    write_summary,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -212,9 +223,5 @@ def run(args: argparse.Namespace) -> int:
     finally:
         fleet.stop()
     summary["exit_status"] = status
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2, default=str))
-    print(f"results: {run_dir}")
+    write_summary(run_dir, summary, args.json)
     return status
