@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "live"))
 
 from live_helpers import Proc, python_cmd
-from nats_helpers import NatsServer
+from nats_helpers import NatsServer, jetstream  # noqa: F401  (jetstream: a fixture)
 
 from aicp.lab.bench.live import free_port
 

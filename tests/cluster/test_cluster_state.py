@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,16 +30,6 @@ from aicp.protocol import task_key
 from aicp.signing import Identity
 
 pytestmark = [pytest.mark.live]
-
-
-@pytest.fixture
-def jetstream(tmp_path: Path) -> Iterator[JetStreamServer]:
-    server = JetStreamServer(free_port(), tmp_path / "js")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _router(procs: Callable[..., Proc], name: str, js: JetStreamServer, tmp_path: Path) -> Proc:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from live_helpers import Proc, python_cmd
+from nats_helpers import jetstream  # noqa: F401  (a fixture: nats-server -js for the state tests)
 
 
 @pytest.fixture

@@ -7,8 +7,12 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from aicp.lab.bench.live import free_port
 from aicp.live.store_jetstream import nats_server_binary
 
 
@@ -56,3 +60,14 @@ class NatsServer(JetStreamServer):
 
     def __init__(self, port: int) -> None:
         super().__init__(port, Path(), jetstream=False)
+
+
+@pytest.fixture
+def jetstream(tmp_path: Path) -> Iterator[JetStreamServer]:
+    """``nats-server -js`` on a free port, its store under ``tmp_path``; killed after the test."""
+    server = JetStreamServer(free_port(), tmp_path / "js")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,16 +37,6 @@ from aicp.state import Binding, Seen, StoredOutcome
 
 pytest.importorskip("nats")
 pytestmark = [pytest.mark.live]
-
-
-@pytest.fixture
-def jetstream(tmp_path: Path) -> Iterator[JetStreamServer]:
-    server = JetStreamServer(free_port(), tmp_path / "js")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def _stored(url: str, bucket: str, key: str, what: str, timeout: float = 10.0) -> None:
