@@ -1,5 +1,7 @@
 # Every target creates and reuses .venv itself: a fresh clone needs nothing else.
 PY ?= python3
+# pytest-xdist workers for `make test` (tests/conftest.py says how the tests are grouped); TEST_WORKERS=0 runs in one process
+TEST_WORKERS ?= 2
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -15,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check aicp tests

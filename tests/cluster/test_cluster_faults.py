@@ -20,7 +20,7 @@ from nats_helpers import NatsServer
 from aicp import errors
 from aicp.lab.bench.live import free_port
 
-pytestmark = [pytest.mark.live, pytest.mark.slow]
+pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.load]
 
 
 def start_cluster(procs: Callable[..., Proc], nats: NatsServer, names: list[str], agents_per_router: int) -> tuple[list[Proc], list[str]]:

@@ -34,7 +34,7 @@ def stop(procs: list[Proc]) -> None:
         p._reader.join(timeout=2)
 
 
-def gateway_url(proc: Proc, timeout: float = 15.0) -> str:
+def gateway_url(proc: Proc, timeout: float = 30.0) -> str:
     return proc.wait_for_line(r"gateway listening on (http://127\.0\.0\.1:\d+)", timeout).group(1)
 
 

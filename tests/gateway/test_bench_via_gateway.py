@@ -10,7 +10,7 @@ import pytest
 from gateway_helpers import python_cmd
 from live_helpers import ROOT
 
-pytestmark = [pytest.mark.live, pytest.mark.slow]
+pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.load]
 
 
 def test_gateway_and_direct_are_measured_in_one_run(tmp_path: Path) -> None:

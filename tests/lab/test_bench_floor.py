@@ -48,6 +48,7 @@ def test_annotate_summary_holds_the_relay_to_the_every_hop_floor() -> None:
 
 @pytest.mark.live
 @pytest.mark.slow
+@pytest.mark.load
 def test_a_short_live_bench_reports_cpu_per_task_for_every_role(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "aicp", "bench", "--duration", "1", "--warmup", "0.5", "--agents", "2", "--agent-procs", "1",
            "--concurrency", "8", "--out", str(tmp_path), "--json", str(tmp_path / "s.json")]

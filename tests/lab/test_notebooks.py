@@ -28,7 +28,7 @@ EXPECTED: dict[str, list[str]] = {
     "04_record_replay": ["record_replay_timeline.png", "record_replay_cdf.png"],
 }
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(110)]
+pytestmark = [pytest.mark.slow, pytest.mark.load, pytest.mark.timeout(110)]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from live_helpers import ROOT, python_cmd
 
 from aicp import trace
 
-pytestmark = [pytest.mark.live, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.live, pytest.mark.load, pytest.mark.timeout(90)]
 
 
 def test_recorded_arrivals_drive_the_live_router_in_order(tmp_path: Path) -> None:

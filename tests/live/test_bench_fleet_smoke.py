@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from live_helpers import ROOT, python_cmd
 
-pytestmark = [pytest.mark.live, pytest.mark.slow]
+pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.load]
 
 
 def test_two_fleets_register_idle_and_route_in_one_run(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from live_helpers import ROOT, python_cmd
 
 from aicp import trace
 
-pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.load, pytest.mark.timeout(90)]
 
 
 def test_a_two_group_scenario_with_a_crash_runs_live(tmp_path: Path) -> None:

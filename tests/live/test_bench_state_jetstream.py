@@ -10,7 +10,7 @@ import pytest
 from live_helpers import ROOT, python_cmd
 
 pytest.importorskip("nats")
-pytestmark = [pytest.mark.live, pytest.mark.slow]
+pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.load]
 
 
 def test_state_overhead_on_jetstream_runs_a_nats_server_per_router_and_loses_nothing(tmp_path: Path) -> None:

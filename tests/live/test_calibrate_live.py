@@ -11,7 +11,7 @@ from live_helpers import ROOT, python_cmd
 
 from aicp.sim import stack
 
-pytestmark = [pytest.mark.live, pytest.mark.slow]
+pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.load]
 
 
 def test_calibrate_measures_one_level_from_a_recorded_probe(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from live_helpers import ROOT, python_cmd
 
-pytestmark = [pytest.mark.live, pytest.mark.slow]
+pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.load]
 
 
 def test_a_short_soak_kills_agents_and_loses_nothing(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from aicp.cli import main
 from aicp.sim.dask_runs import connect, parse_address, remote_run, scenario_files
 from aicp.sim.runner import RunLog, RunSpec, run_many, run_one, run_scenario, without_wall
 
-pytestmark = pytest.mark.live  # real worker processes and a scheduler on 127.0.0.1
+pytestmark = [pytest.mark.live, pytest.mark.slow]  # real worker processes and a scheduler on 127.0.0.1
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = ["--set", "workload.0.arrival.rate_per_s=150,250", "--set", "duration_s=4", "--set", "warmup_s=1"]
