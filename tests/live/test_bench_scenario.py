@@ -21,7 +21,13 @@ pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.load, pytest.mark.
 
 def test_a_two_group_scenario_with_a_crash_runs_live(tmp_path: Path) -> None:
     rec = tmp_path / "run.jsonl"
-    out = subprocess.run(python_cmd("-m", "aicp", "bench", "--scenario", "scenarios/live_two_groups.toml", "--strategy", "least_loaded",
+    # The shipped file, but fast-0001 starts again at 3.0 s instead of 4.0 s: a fresh interpreter
+    # on a busy machine can take more than the 2 s left before the 6 s run ends to register.
+    text = (ROOT / "scenarios" / "live_two_groups.toml").read_text()
+    assert text.count("until_s = 4.0\n") == 1
+    scenario = tmp_path / "live_two_groups.toml"
+    scenario.write_text(text.replace("until_s = 4.0\n", "until_s = 3.0\n"))
+    out = subprocess.run(python_cmd("-m", "aicp", "bench", "--scenario", str(scenario), "--strategy", "least_loaded",
                                     "--out", str(tmp_path), "--json", str(tmp_path / "s.json"), "--record", str(rec)),
                          capture_output=True, text=True, timeout=80, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
