@@ -186,7 +186,8 @@ class Controller(AICPController):
     ``agent-failed``, ``rate-limited``, …).
 
     Without ``controller_id`` the controller is ``controller-<random>`` with a fresh
-    key each run. With one, its key is kept like an agent's (see ``aicp.live.keys``:
+    key each run, registered as ephemeral: the router frees the id ``window_s`` after the
+    controller has gone and its last task has ended (docs/PROTOCOL.md §4.4). With one, its key is kept like an agent's (see ``aicp.live.keys``:
     ``$AICP_KEY_DIR``, default ``~/.config/aicp/keys/<id>.key``), so a restarted
     controller can submit a task id again and get its stored outcome.
     ``identity`` or ``key_file`` override where the key comes from.
@@ -207,6 +208,8 @@ class Controller(AICPController):
                 identity = Identity.generate()
             else:
                 identity = identity_for(controller_id or "controller", key_file=key_file, key_dir=key_dir)
+        if controller_id is None:
+            kwargs.setdefault("ephemeral", True)
         super().__init__(url, controller_id or f"controller-{secrets.token_hex(4)}", identity, **kwargs)
         self.waiter = _ResultWaiter()
 
