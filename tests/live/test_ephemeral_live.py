@@ -1,0 +1,47 @@
+"""Ephemeral controller ids on a real WebSocket router (docs/PROTOCOL.md §4.4).
+
+``Controller(url)`` and ``aicp submit`` without ``--id`` make their id up, so they register
+it as ephemeral and the router frees it ``window_s`` after they have gone; a chosen id
+(``--id``, ``AICPController(url, "name")``) stays bound. The router's window is 1 s here.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from live_helpers import agent, run, serving, wait_until
+
+from aicp.cli import submit
+from aicp.live.controller import AICPController, Controller
+from aicp.protocol import ProtocolConfig
+
+pytestmark = [pytest.mark.live]
+
+WINDOW = 1.0
+
+
+def echo(obj: object) -> object:
+    return obj
+
+
+def test_one_shot_controllers_without_a_chosen_id_are_freed_and_chosen_ones_stay() -> None:
+    async def main() -> None:
+        async with serving(protocol_config=ProtocolConfig(window_s=WINDOW)) as server, agent(server.url, "a1", {"echo": echo}):
+            proto = server.proto
+            for i in range(5):
+                async with Controller(server.url) as ctl:  # a made-up id, as each run of a script
+                    assert ctl.session.ephemeral
+                    assert (await ctl.submit("echo", i)).value == i
+            parser = argparse.ArgumentParser()
+            submit.add_arguments(parser)
+            for i in range(3):  # aicp submit, in this process
+                assert await submit._submit(parser.parse_args(["echo", "1", "--url", server.url]), i) == i
+            async with AICPController(server.url, "chosen") as chosen:
+                assert not chosen.session.ephemeral
+                assert await chosen.submit("echo", 1) == 1
+            # each made-up id is freed WINDOW after its controller left, by the router's timer
+            await wait_until(lambda: proto.bound_ids == 2, timeout=10 * WINDOW, what="the made-up ids to be freed")
+            assert proto.connected_peers() == {"a1": "agent"}
+
+    run(main(), timeout=30)
