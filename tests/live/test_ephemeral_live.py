@@ -12,9 +12,12 @@ import argparse
 import pytest
 from live_helpers import agent, run, serving, wait_until
 
+from aicp import errors
 from aicp.cli import submit
+from aicp.live.client import PeerClient
 from aicp.live.controller import AICPController, Controller
 from aicp.protocol import ProtocolConfig
+from aicp.signing import Identity
 
 pytestmark = [pytest.mark.live]
 
@@ -45,3 +48,22 @@ def test_one_shot_controllers_without_a_chosen_id_are_freed_and_chosen_ones_stay
             assert proto.connected_peers() == {"a1": "agent"}
 
     run(main(), timeout=30)
+
+
+def test_a_client_refused_for_the_field_registers_again_without_it() -> None:
+    """A router older than ``ephemeral`` refuses the unknown field (``invalid-message``); the client then binds its id for good there.
+
+    An agent's ephemeral registration is refused with the same code by this router, which stands in for an old one.
+    """
+
+    async def main() -> None:
+        async with serving() as server:
+            client = PeerClient(server.url, "a-made-up", Identity.generate(), role="agent", capabilities=["echo"], ephemeral=True, reconnect=False)
+            try:
+                await client.connect()
+                assert client.registrations == 1 and not client.session.ephemeral
+                assert server.proto.rejections == {errors.INVALID_MESSAGE: 1}
+            finally:
+                await client.close()
+
+    run(main(), timeout=20)
