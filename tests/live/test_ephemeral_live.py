@@ -8,9 +8,10 @@ it as ephemeral and the router frees it ``window_s`` after they have gone; a cho
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 import pytest
-from live_helpers import agent, run, serving, wait_until
+from live_helpers import agent, metric_samples, run, serving, wait_until
 
 from aicp import errors
 from aicp.cli import submit
@@ -46,6 +47,7 @@ def test_one_shot_controllers_without_a_chosen_id_are_freed_and_chosen_ones_stay
             # each made-up id is freed WINDOW after its controller left, by the router's timer
             await wait_until(lambda: proto.bound_ids == 2, timeout=10 * WINDOW, what="the made-up ids to be freed")
             assert proto.connected_peers() == {"a1": "agent"}
+            assert (await asyncio.to_thread(metric_samples, server.url))[("aicp_bound_ids", ())] == 2
 
     run(main(), timeout=30)
 
