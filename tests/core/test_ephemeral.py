@@ -257,3 +257,79 @@ def test_a_learned_ephemeral_binding_is_freed_here_without_unbinding_it_from_the
     assert "eph2" not in rec.bindings
     hub.proto.binding_dropped("eph2", hub.now)  # freed here too: nothing to restore
     assert "eph2" not in rec.bindings
+
+
+class SharedBucket:
+    """A model of the JetStream bindings bucket several routers share: ``create`` (first wins),
+    a purge only with the stored key, and every change told to every router, as the watcher does.
+
+    Each router's sink only queues (a sink must not call back into the core); ``flush`` applies the queues.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Binding] = {}
+        self.hubs: list[InProcessHub] = []
+        self.queues: list[list[tuple[str, Binding]]] = []
+
+    def join(self, hub: InProcessHub) -> None:
+        queue: list[tuple[str, Binding]] = []
+
+        class Sink(Recorder):
+            def bind(self, binding: Binding) -> None:
+                queue.append(("bind", binding))
+
+            def unbind(self, binding: Binding) -> None:
+                queue.append(("unbind", binding))
+
+        hub.proto.store = Sink()
+        self.hubs.append(hub)
+        self.queues.append(queue)
+
+    def flush(self) -> None:
+        for writer, queue in zip(self.hubs, self.queues, strict=True):
+            while queue:
+                op, b = queue.pop(0)
+                stored = self.entries.get(b.peer_id)
+                if op == "bind" and stored is not None and stored.key != b.key:  # create refused: the writer learns the winner
+                    writer._apply(writer.proto.learn_binding(stored, writer.now))
+                    writer.run_until_idle()
+                elif op == "bind" and stored is None:
+                    self.entries[b.peer_id] = b
+                    for hub in self.hubs:
+                        hub._apply(hub.proto.learn_binding(b, hub.now))
+                elif op == "unbind" and self.entries.get(b.peer_id, None) == b:
+                    del self.entries[b.peer_id]
+                    for hub in self.hubs:
+                        hub.proto.binding_dropped(b.peer_id, hub.now)
+
+
+def test_in_a_cluster_an_ephemeral_id_stays_bound_while_any_router_holds_it() -> None:
+    bucket = SharedBucket()
+    a, b = make_hub(), make_hub()
+    bucket.join(a)
+    bucket.join(b)
+
+    def both(dt: float) -> None:
+        a.advance(dt)
+        b.advance(dt)
+        bucket.flush()
+
+    owner = Identity.generate()
+    a.disconnect(controller(a, "c-1", owner, ephemeral=True))  # it registered at A, then moved to B
+    bucket.flush()
+    at_b = controller(b, "c-1", owner, ephemeral=True)
+    assert at_b.session.state == READY
+    both(WINDOW)  # A frees its copy and purges the entry; B still holds it, and writes it again
+    assert a.proto.bound_ids == 1 and bucket.entries["c-1"].key == owner.public_key_text  # A learned it again
+    assert refusal(controller(a, "c-1", Identity.generate(), ephemeral=True)) == errors.KEY_MISMATCH
+    both(5 * WINDOW)  # A has forgotten its learned copy by now, but the entry stays while B holds the id
+    assert "c-1" in bucket.entries
+    thief = controller(a, "c-1", Identity.generate(), ephemeral=True)  # A binds it locally, for a round trip ...
+    bucket.flush()
+    assert thief.closed is not None and thief.closed[1] == errors.KEY_MISMATCH  # ... until the bucket refuses it
+    assert at_b.closed is None and bucket.entries["c-1"].key == owner.public_key_text
+    b.disconnect(at_b)
+    both(WINDOW)
+    both(WINDOW)
+    assert bucket.entries == {} and a.proto.bound_ids == b.proto.bound_ids == 0
+    assert controller(a, "c-1", Identity.generate(), ephemeral=True).session.state == READY  # free everywhere
