@@ -337,12 +337,27 @@ def live_args_for(scenario: sc_mod.Scenario, path: Path, strategy: str, args: ar
         warmup=args.live_warmup,
         seed=args.seed,
         task_timeout=5.0,  # an overloaded live run (a loaded machine) ends sooner
+        # the same service draws in every strategy's run, as the load generator's arrivals already are (common random
+        # numbers): the "other" column then compares strategies on one realisation of the workload, not two
+        agent_seed=None if getattr(args, "fresh_draws", False) else args.seed,
+        # the simulated agents queue without limit; live, a 16-task queue (the default) overflows in a 50 ms stall of a
+        # 2.5 ms workload, and the router then fails tasks and holds the agent out: a cascade the simulator does not model
+        agent_max_queued=GRID_AGENT_QUEUE,
     )
+
+
+#: tasks one live agent of the grid may hold before refusing (aicp agent --max-queued); far above any queue a carried workload builds
+GRID_AGENT_QUEUE = 4096
 
 
 def overloaded(result: dict[str, Any], rate: float) -> bool:
     """The live stack did not carry the offered load: errors, lost tasks, or throughput under 90% of it."""
-    return bool(result["errors"]) or result["lost"] > 0 or result["throughput_per_s"] < 0.9 * rate
+    return failed(result) or result["throughput_per_s"] < 0.9 * rate
+
+
+def failed(result: dict[str, Any]) -> bool:
+    """Some task of the live run failed or was lost: the run holds an incident (a stall, a refusal cascade), not the workload."""
+    return bool(result["errors"]) or result["lost"] > 0
 
 
 def run_live(cfg: argparse.Namespace, run_dir: Path, tag: str) -> dict[str, Any]:
@@ -421,6 +436,18 @@ def run_sim(scenario: sc_mod.Scenario, strategy: str, calibration: Path | None) 
     return {"p50": float(np.mean(p50)), "p99": float(np.mean(p99)), "utilisation": float(np.mean(util))}
 
 
+def flags(row: dict[str, Any]) -> str:
+    """What to distrust in a row: its live run (failed tasks: an incident, rerun it; or under 90% throughput), or the run its ``other`` costs come from."""
+    out = ""
+    if row.get("live_failed"):
+        out += "  LIVE FAILED (rerun)"
+    elif row["live_overloaded"]:
+        out += "  LIVE OVERLOADED"
+    if row.get("other_failed"):
+        out += "  OTHER RUN FAILED"
+    return out
+
+
 def _err(pred: float, live_v: float) -> str:
     return f"{100.0 * (pred - live_v) / live_v:+.0f}%" if live_v > 0 else "n/a"
 
@@ -471,6 +498,21 @@ def grid(args: argparse.Namespace) -> int:
             tag = f"{scenario.name}-{strategy}"
             if args.resim is None:
                 lives[strategy] = run_live(cfgs[strategy], run_dir, tag)
+                for attempt in range(1, args.live_retries + 1):
+                    if not failed(lives[strategy]):
+                        break
+                    # an incident of the machine, not of the workload: keep its files aside and run it again
+                    for f in run_dir.glob(f"{tag}[.-]*"):
+                        if f.name.startswith(f"{tag}-failed"):
+                            continue
+                        f.rename(f.with_name(f.name.replace(tag, f"{tag}-failed{attempt}", 1)))
+                    print(
+                        f"{tag}: live run {attempt} had {sum(lives[strategy]['errors'].values())} failed and {lives[strategy]['lost']} lost "
+                        f"tasks; running it again (its files: {tag}-failed{attempt}*)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    lives[strategy] = run_live(cfgs[strategy], run_dir, tag)
             elif (scenario.name, strategy) in earlier:
                 old_row = earlier[(scenario.name, strategy)]
                 cfgs[strategy].record = run_dir / f"{tag}.jsonl"
@@ -520,6 +562,8 @@ def grid(args: argparse.Namespace) -> int:
                 "live_throughput_per_s": lv["throughput_per_s"],
                 "stack_live": lv["stack"],
                 "live_overloaded": overloaded(lv, cfgs[strategy].rate),
+                "live_failed": failed(lv),
+                "other_failed": bool(other and failed(lives[other])),
                 "live_warmup_s": cfgs[strategy].warmup,
             }
             for c in cols:
@@ -533,7 +577,7 @@ def grid(args: argparse.Namespace) -> int:
 
             print(
                 f"{scenario.name:22} {strategy:13} {row['sim_utilisation']:5.2f} | {lat['p50']:8.2f} {cells('p50')} | {lat['p99']:8.2f} {cells('p99')}"
-                + ("  LIVE OVERLOADED" if row["live_overloaded"] else ""),
+                + flags(row),
                 flush=True,
             )
     print(
@@ -548,14 +592,14 @@ def grid(args: argparse.Namespace) -> int:
             f"({a['idle_dispatches']} idle dispatches)  slot gap {a['slot_gap_mean_ms']:6.3f} ({a['slot_waits']} waits)  "
             f"client {a['client_mean_ms']:6.3f}  live throughput {r['live_throughput_per_s']:.0f}/s"
         )
-    carried = [r for r in rows if not r["live_overloaded"]]
+    carried = [r for r in rows if not r["live_overloaded"] and not r.get("other_failed")]
     for c in cols[1:]:
         within = [r for r in rows if _within(r[f"{c}_p50"], r["live_p50"]) and _within(r[f"{c}_p99"], r["live_p99"])]
         p50 = sum(_within(r[f"{c}_p50"], r["live_p50"]) for r in rows)
         p99 = sum(_within(r[f"{c}_p99"], r["live_p99"]) for r in rows)
         print(
             f"{c:5}: p50 within 15% in {p50} of {len(rows)} rows, p99 in {p99}, both in {len(within)} "
-            f"({len([r for r in within if not r['live_overloaded']])} of the {len(carried)} the live stack carried)"
+            f"({len([r for r in within if r in carried])} of the {len(carried)} whose live runs, its and the other's, the stack carried)"
         )
     print(f"{time.monotonic() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
     keys = ["live_p50", *(f"{c}_p50" for c in cols), "live_p99", *(f"{c}_p99" for c in cols)]
@@ -628,6 +672,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=4000,
         help="--grid: lengthen a slow workload's live run to this many tasks, up to 3x (default 4000)",
+    )
+    add("--live-retries", type=int, default=1, help="--grid: run a live run again, up to N times, if tasks failed or were lost (default 1)")
+    add(
+        "--fresh-draws",
+        action="store_true",
+        help="--grid: the live agents draw unseeded service times, each run its own (default: seeded, the same draws in each strategy's run)",
     )
     add("--live-warmup", type=float, default=2.0, help="--grid: warm-up seconds per live run (default 2)")
     add("--seed", type=int, default=1)
