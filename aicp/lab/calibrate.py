@@ -35,6 +35,7 @@ by side (also ``grid.csv`` and ``grid.json`` in the run folder).
 from __future__ import annotations
 
 import argparse
+import copy
 import heapq
 import itertools
 import json
@@ -379,6 +380,26 @@ def run_live(cfg: argparse.Namespace, run_dir: Path, tag: str) -> dict[str, Any]
     return result
 
 
+def run_live_retrying(cfg: argparse.Namespace, run_dir: Path, tag: str, retries: int) -> dict[str, Any]:
+    """:func:`run_live`, run again (up to ``retries`` times) while tasks failed or were lost; the failed runs' files kept aside."""
+    result = run_live(cfg, run_dir, tag)
+    for attempt in range(1, retries + 1):
+        if not failed(result):
+            break
+        # an incident of the machine (a stall that overflowed the agents' queues), not of the workload
+        for f in run_dir.glob(f"{tag}[.-]*"):
+            if not f.name.startswith(f"{tag}-failed"):
+                f.rename(f.with_name(f.name.replace(tag, f"{tag}-failed{attempt}", 1)))
+        print(
+            f"{tag}: live run {attempt} had {sum(result['errors'].values())} failed and {result['lost']} lost tasks; "
+            f"running it again (its files: {tag}-failed{attempt}*)",
+            file=sys.stderr,
+            flush=True,
+        )
+        result = run_live(cfg, run_dir, tag)
+    return result
+
+
 def read_run(cfg: argparse.Namespace, run_dir: Path, tag: str) -> dict[str, Any]:
     """The stack's costs of a recorded live run (its trace and load generator samples in ``run_dir``)."""
     result: dict[str, Any] = {}
@@ -386,15 +407,48 @@ def read_run(cfg: argparse.Namespace, run_dir: Path, tag: str) -> dict[str, Any]
     costs = stack_mod.costs_from_trace(trace.parse(cfg.record.read_bytes()), skip_s=cfg.warmup)
     result["costs"] = costs
     result["client_ms"] = got["client_ms"]
-    result["stack"] = {
+    result["stack"] = stack_means(costs, got["client_ms"])
+    return result
+
+
+def stack_means(costs: stack_mod.RunCosts, client_ms: np.ndarray) -> dict[str, Any]:
+    """The means of a run's stack costs, for the table."""
+    return {
         "handler_mean_ms": float(costs.handler_ms.mean()) if costs.handler_ms.size else float("nan"),
         "agent_overhead_mean_ms": float(costs.overhead_ms.mean()) if costs.overhead_ms.size else float("nan"),
         "slot_gap_mean_ms": float(costs.gap_ms.mean()) if costs.gap_ms.size else float("nan"),
-        "client_mean_ms": float(got["client_ms"].mean()) if got["client_ms"].size else float("nan"),
+        "client_mean_ms": float(client_ms.mean()) if client_ms.size else float("nan"),
         "idle_dispatches": int(costs.idle_ms.size),
         "slot_waits": int(costs.gap_ms.size),
     }
-    return result
+
+
+def merge_blocks(blocks: list[dict[str, Any]], run_dir: Path, tags: list[str], cfg: argparse.Namespace, block_s: float) -> dict[str, Any]:
+    """One strategy's live result from its blocks: the latency over all their tasks, their costs pooled."""
+    if len(blocks) == 1:
+        return {**blocks[0], "tags": tags}
+    cpu: dict[str, Any] = {}
+    for b in blocks:
+        for role, v in b["cpu"].items():
+            if role != "loadgen":
+                cpu.setdefault(role, {"cpu_s": 0.0})["cpu_s"] += v["cpu_s"]
+    whole = live.Trial("open", rate=cfg.rate, duration=block_s * len(blocks), warmup=cfg.warmup)
+    result = live.summarise([run_dir / f"{t}-gen0.npz" for t in tags], whole, cpu)
+    costs = stack_mod.RunCosts.concat([b["costs"] for b in blocks])
+    client = np.concatenate([b["client_ms"] for b in blocks])
+    return {**result, "costs": costs, "client_ms": client, "stack": stack_means(costs, client), "tags": tags}
+
+
+def block_plan(strategies: list[str], blocks: int) -> list[tuple[int, str]]:
+    """The order of the live runs: each strategy's run in ``blocks`` parts, the order reversed every other block.
+
+    Two strategies, two blocks: A B B A, so that a drift of the machine's speed during the
+    workload (linear in time) reaches both strategies alike.
+    """
+    out: list[tuple[int, str]] = []
+    for k in range(blocks):
+        out += [(k, st) for st in (strategies if k % 2 == 0 else strategies[::-1])]
+    return out
 
 
 def run_calibration(
@@ -493,37 +547,48 @@ def grid(args: argparse.Namespace) -> int:
     for path, scenario in scenarios:
         lives: dict[str, dict[str, Any]] = {}
         cfgs: dict[str, argparse.Namespace] = {}
-        for strategy in scenario.strategies:  # live first, all strategies back to back: the "other" costs are minutes apart at most
+        for strategy in scenario.strategies:
             cfgs[strategy] = live_args_for(scenario, path, strategy, args)
-            tag = f"{scenario.name}-{strategy}"
-            if args.resim is None:
-                lives[strategy] = run_live(cfgs[strategy], run_dir, tag)
-                for attempt in range(1, args.live_retries + 1):
-                    if not failed(lives[strategy]):
-                        break
-                    # an incident of the machine, not of the workload: keep its files aside and run it again
-                    for f in run_dir.glob(f"{tag}[.-]*"):
-                        if f.name.startswith(f"{tag}-failed"):
-                            continue
-                        f.rename(f.with_name(f.name.replace(tag, f"{tag}-failed{attempt}", 1)))
-                    print(
-                        f"{tag}: live run {attempt} had {sum(lives[strategy]['errors'].values())} failed and {lives[strategy]['lost']} lost "
-                        f"tasks; running it again (its files: {tag}-failed{attempt}*)",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    lives[strategy] = run_live(cfgs[strategy], run_dir, tag)
-            elif (scenario.name, strategy) in earlier:
+        if args.resim is None:
+            # live first, all strategies back to back, each in args.blocks parts (A B B A): a drift of the machine between
+            # the runs reaches both strategies alike; block k of every strategy draws the same arrivals and service times
+            parts: dict[str, list[dict[str, Any]]] = {st: [] for st in scenario.strategies}
+            tags: dict[str, list[str]] = {st: [] for st in scenario.strategies}
+            for k, strategy in block_plan(list(scenario.strategies), args.blocks):
+                cfg = copy.copy(cfgs[strategy])
+                cfg.duration = cfgs[strategy].duration / args.blocks
+                cfg.seed = args.seed + 1000 * k
+                if cfg.agent_seed is not None:
+                    cfg.agent_seed = cfg.seed
+                tag = f"{scenario.name}-{strategy}" + (f"-b{k}" if args.blocks > 1 else "")
+                parts[strategy].append(run_live_retrying(cfg, run_dir, tag, args.live_retries))
+                tags[strategy].append(tag)
+            for strategy in scenario.strategies:
+                cfgs[strategy].record = run_dir / f"{tags[strategy][0]}.jsonl"
+                block_s = cfgs[strategy].duration / args.blocks
+                lives[strategy] = merge_blocks(parts[strategy], run_dir, tags[strategy], cfgs[strategy], block_s)
+        else:
+            for strategy in scenario.strategies:
+                if (scenario.name, strategy) not in earlier:
+                    continue
                 old_row = earlier[(scenario.name, strategy)]
-                cfgs[strategy].record = run_dir / f"{tag}.jsonl"
                 cfgs[strategy].warmup = old_row.get("live_warmup_s", cfgs[strategy].warmup)
+                blocks = []
+                for tag in old_row.get("live_tags") or [f"{scenario.name}-{strategy}"]:
+                    cfgs[strategy].record = run_dir / f"{tag}.jsonl"
+                    blocks.append(read_run(cfgs[strategy], run_dir, tag))
+                costs = stack_mod.RunCosts.concat([b["costs"] for b in blocks])
+                client = np.concatenate([b["client_ms"] for b in blocks])
                 lives[strategy] = {
                     "latency_ms": {"p50": old_row["live_p50"], "p99": old_row["live_p99"], "samples": old_row["live_samples"]},
                     "errors": old_row["live_errors"],
                     "lost": old_row["live_lost"],
                     "cpu": old_row["live_cpu"],
                     "throughput_per_s": old_row["live_throughput_per_s"],
-                    **read_run(cfgs[strategy], run_dir, tag),
+                    "costs": costs,
+                    "client_ms": client,
+                    "stack": stack_means(costs, client),
+                    "tags": old_row.get("live_tags") or [f"{scenario.name}-{strategy}"],
                 }
         if not lives:
             continue
@@ -565,6 +630,7 @@ def grid(args: argparse.Namespace) -> int:
                 "live_failed": failed(lv),
                 "other_failed": bool(other and failed(lives[other])),
                 "live_warmup_s": cfgs[strategy].warmup,
+                "live_tags": lv["tags"],
             }
             for c in cols:
                 got = sims.get(c)
@@ -672,6 +738,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=4000,
         help="--grid: lengthen a slow workload's live run to this many tasks, up to 3x (default 4000)",
+    )
+    add(
+        "--blocks",
+        type=int,
+        default=2,
+        help="--grid: each strategy's live run in N parts, the order reversed every other part (2: A B B A; 1: A B, as before)",
     )
     add("--live-retries", type=int, default=1, help="--grid: run a live run again, up to N times, if tasks failed or were lost (default 1)")
     add(

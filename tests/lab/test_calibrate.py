@@ -186,3 +186,14 @@ def test_seeded_agents_draw_from_seed_plus_their_index_and_take_a_queue_cap(tmp_
         assert [handler.service_time_s() for _ in range(5)] == [want.service_time_s() for _ in range(5)]
     default = agent_cli.build_agents(parser.parse_args([*argv, "--concurrency", "2"]))
     assert [a.client.max_queued for a in default] == [32, 32]  # 16 x concurrency, as before
+
+
+def test_the_live_runs_go_a_b_b_a_and_their_blocks_pool_into_one_run_s_costs(tmp_path: Path) -> None:
+    assert calibrate.block_plan(["ll", "rr"], 2) == [(0, "ll"), (0, "rr"), (1, "rr"), (1, "ll")]
+    assert calibrate.block_plan(["ll", "rr"], 1) == [(0, "ll"), (0, "rr")]
+    path, _ = _files(tmp_path)
+    one = stack.costs_from_trace(trace.parse(path.read_bytes()))
+    both = stack.RunCosts.concat([one, one])
+    assert both.handler_ms.tolist() == one.handler_ms.tolist() * 2 and both.idle_ms.size == 2 * one.idle_ms.size
+    assert len(both.windows) == 2 * len(one.windows) and both.rate_per_s == pytest.approx(one.rate_per_s)
+    assert stack.RunCosts.concat([one]) is one
