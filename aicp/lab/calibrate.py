@@ -540,7 +540,10 @@ def grid(args: argparse.Namespace) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
     sign_ms = sign_cost_ms()
     rows: list[dict[str, Any]] = []
-    cols = ["sim", *(["probe"] if cal_path else []), "run", "other"]
+    wanted = set(args.columns.split(","))
+    if not wanted <= {"sim", "probe", "run", "other"}:
+        raise SystemExit(f"--columns: {', '.join(sorted(wanted - {'sim', 'probe', 'run', 'other'}))}: none such (sim, probe, run, other)")
+    cols = [c for c in ("sim", *(["probe"] if cal_path else []), "run", "other") if c in wanted]
     head = " ".join(f"{c:>6} {'err':>5}" for c in cols)
     header = f"{'workload':22} {'strategy':13} {'util':>5} | {'live p50':>8} {head} | {'live p99':>8} {head}"
     print(header + "\n" + "-" * len(header), flush=True)
@@ -605,19 +608,18 @@ def grid(args: argparse.Namespace) -> int:
         for k, strategy in enumerate(order):
             lv = lives[strategy]
             other = order[(k + 1) % len(order)] if len(order) > 1 else None
-            sims: dict[str, dict[str, float] | None] = {"sim": run_sim(scenario, strategy, None)}
-            if cal_path:
-                sims["probe"] = run_sim(scenario, strategy, cal_path)
             own, theirs = cal_files[strategy], cal_files.get(other) if other else None
-            sims["run"] = run_sim(scenario, strategy, own) if own else None
-            sims["other"] = run_sim(scenario, strategy, theirs) if theirs else None
+            inputs = {"sim": None, "probe": cal_path, "run": own, "other": theirs}
+            sims: dict[str, dict[str, float] | None] = {
+                c: run_sim(scenario, strategy, inputs[c]) if c == "sim" or inputs[c] else None for c in cols
+            }
             lat = lv["latency_ms"]
             row: dict[str, Any] = {
                 "workload": scenario.name,
                 "file": str(path),
                 "strategy": strategy,
                 "other_strategy": other,
-                "sim_utilisation": sims["sim"]["utilisation"],  # type: ignore[index]
+                "sim_utilisation": next((v["utilisation"] for v in sims.values() if v), float("nan")),
                 "live_p50": lat["p50"],
                 "live_p99": lat["p99"],
                 "live_samples": lat["samples"],
@@ -659,7 +661,7 @@ def grid(args: argparse.Namespace) -> int:
             f"client {a['client_mean_ms']:6.3f}  live throughput {r['live_throughput_per_s']:.0f}/s"
         )
     carried = [r for r in rows if not r["live_overloaded"] and not r.get("other_failed")]
-    for c in cols[1:]:
+    for c in (c for c in cols if c != "sim"):
         within = [r for r in rows if _within(r[f"{c}_p50"], r["live_p50"]) and _within(r[f"{c}_p99"], r["live_p99"])]
         p50 = sum(_within(r[f"{c}_p50"], r["live_p50"]) for r in rows)
         p99 = sum(_within(r[f"{c}_p99"], r["live_p99"]) for r in rows)
@@ -744,6 +746,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=2,
         help="--grid: each strategy's live run in N parts, the order reversed every other part (2: A B B A; 1: A B, as before)",
+    )
+    add(
+        "--columns",
+        default="sim,probe,run,other",
+        help="--grid: the simulated columns, a comma-separated subset of sim,probe,run,other (default all; e.g. other with --resim)",
     )
     add("--live-retries", type=int, default=1, help="--grid: run a live run again, up to N times, if tasks failed or were lost (default 1)")
     add(
