@@ -29,7 +29,11 @@ to back), then the simulator on the file with the stack's costs taken four ways:
 dispatches, slot hand-over; plus the load generator's part; never the latency); and
 ``other`` the same read from the *other* strategy's live run of the workload, so that
 nothing of the run predicted reaches the simulator. It prints the p50/p99 table side
-by side (also ``grid.csv`` and ``grid.json`` in the run folder).
+by side (also ``grid.csv`` and ``grid.json`` in the run folder). So that the two runs of a
+workload differ by their strategy only, each is made in ``--blocks`` parts in the order
+A B B A (a drift of the machine reaches both alike), block k of every strategy draws the
+same arrivals and service times (seeded agents), the agents queue without a cap as the
+simulated ones do, and a run with failed or lost tasks is run again (``--live-retries``).
 """
 
 from __future__ import annotations
