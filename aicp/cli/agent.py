@@ -62,7 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--drain-timeout", type=float, default=10.0, metavar="S", help="on SIGINT/SIGTERM, seconds running tasks get to finish (default 10)")
     add("--router-key", default=None, help="expected router public key (default: trust the router's key on each connection)")
     add("--cafile", default=None, help="CA bundle for wss:// URLs")
-    add("--seed", type=int, default=None, help="seed for the synthetic handler")
+    add("--seed", type=int, default=None, help="seed for the synthetic handler (agent i of --count draws from seed + i)")
+    add("--max-queued", type=int, default=None, metavar="N",
+        help="tasks one agent holds, running or waiting for a slot, before it refuses more as overloaded (default 16 x --concurrency)")
     add_logging_arguments(parser)
 
 
@@ -83,7 +85,8 @@ def iter_agents(args: argparse.Namespace) -> Iterator[Agent]:
         else:
             identity = Identity.generate()
         agent = Agent(agent_id, args.url, identity=identity, concurrency=args.concurrency, heartbeat=args.heartbeat,
-                      drain_timeout=args.drain_timeout, router_key=args.router_key, ssl=ssl_ctx, connect_gate=gate)
+                      drain_timeout=args.drain_timeout, router_key=args.router_key, ssl=ssl_ctx, connect_gate=gate,
+                      **({"max_queued": args.max_queued} if args.max_queued is not None else {}))
         seed = None if args.seed is None else args.seed + i
         for cap in capabilities:
             name = cap if cap in handlers.BUILTINS else args.handler
