@@ -363,14 +363,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "add a growth table of registration and per-task cost for every strategy",
     )
     parser.add_argument("--strategy", action="append", default=None, help="strategies in the growth table (repeatable; default: all)")
+    parser.add_argument("--scale-only", action="store_true", help="with several --agents: only the growth table, not the per-operation rows")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
 
 
 def run(args: argparse.Namespace) -> int:
     sizes: list[int] = args.agents
-    results = run_benchmarks(args.repeat, sizes[0])
+    results: list[dict[str, Any]] = []
     print(f"AICP {__version__} core micro-benchmark, Python {platform.python_version()}, median of {args.repeat} rounds")
-    print(format_table(results))
+    if not (args.scale_only and len(sizes) > 1):
+        results = run_benchmarks(args.repeat, sizes[0])
+        print(format_table(results))
     scale: list[dict[str, Any]] = []
     if len(sizes) > 1:
         unknown = [n for n in args.strategy or [] if n not in strategies.names()]
