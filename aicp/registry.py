@@ -49,8 +49,9 @@ class AgentState:
 
     Layout: CPython lays slots out in the sorted order of their names, so the fields a
     strategy reads of a candidate (``_concurrency``, ``_in_flight``, ``_latency`` behind
-    ``latency_ewma``, ``_trust``) share the object's first cache line; with 100,000
-    agents a candidate is rarely in cache, and each further line is one more miss.
+    ``latency_ewma``, ``_trust``) sit side by side, 32 bytes near the object's start (one
+    cache line, two when the object's start falls late in a line); with 100,000 agents a
+    candidate is rarely in cache, and each further line is one more miss.
     """
 
     __slots__ = (
