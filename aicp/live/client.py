@@ -151,15 +151,17 @@ class LeaseKeeper:
     future and a timer per agent and wake each of them once per interval. Here a heap
     of ``(due, seq, client, token)`` in loop time holds one entry per enrolled client,
     and one ``loop.call_at`` handle is armed for the earliest; when it fires, every
-    client due within ``SLACK_S`` is asked for its next due time (``PeerClient._beat``:
+    client due within ``slack`` is asked for its next due time (``PeerClient._beat``:
     it sends a heartbeat only if it sent no other frame for a whole interval) and
     pushed again. O(log n) per due client, n the clients of this loop; nothing per
-    client between its due times. A client leaves by changing its token (``leave``):
+    client between its due times. The slack (a sixteenth of the shortest interval,
+    at most ``MAX_SLACK_S``) lets one wake-up send the heartbeats of many clients, a
+    little early: they reach the router together, and it reads them in one wake-up too. A client leaves by changing its token (``leave``):
     its stale entry is dropped when it comes up.
     """
 
-    #: Clients due this close to the earliest are served in the same wake-up.
-    SLACK_S = 0.005
+    #: Clients due this close to the earliest are served in the same wake-up (at most).
+    MAX_SLACK_S = 0.25
     _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LeaseKeeper] = weakref.WeakKeyDictionary()
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -169,6 +171,7 @@ class LeaseKeeper:
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = float("inf")
         self.enrolled = 0  # clients enrolled now
+        self.slack = self.MAX_SLACK_S  # seconds a heartbeat may come early
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> LeaseKeeper:
@@ -178,8 +181,9 @@ class LeaseKeeper:
             keeper = cls._by_loop[loop] = cls(loop)
         return keeper
 
-    def enrol(self, client: PeerClient, due: float) -> None:
-        """Ask ``client`` for a heartbeat at loop time ``due`` and after, until ``leave``."""
+    def enrol(self, client: PeerClient, due: float, interval: float) -> None:
+        """Ask ``client`` for a heartbeat at loop time ``due`` and every ``interval`` after, until ``leave``."""
+        self.slack = min(self.slack, interval / 16.0)
         client._beat_token += 1
         self.enrolled += 1
         self._push(due, client)
@@ -207,14 +211,14 @@ class LeaseKeeper:
         self._armed_at = float("inf")
         heap = self._heap
         now = self.loop.time()
-        horizon = now + self.SLACK_S
+        horizon = now + self.slack
         due_now = []
         while heap and heap[0][0] <= horizon:
             _, _, client, token = heapq.heappop(heap)
             if token == client._beat_token:
                 due_now.append(client)
         for client in due_now:
-            nxt = client._beat(now)
+            nxt = client._beat(now, self.slack)
             if nxt is not None:
                 self._push(nxt, client)
         if heap and self._handle is None:
@@ -420,7 +424,7 @@ class PeerClient:
             await self.connect_with_retry()
         loop = asyncio.get_running_loop()
         keeper = self._keeper = LeaseKeeper.of(loop)
-        keeper.enrol(self, self._sent_at + self._interval())
+        keeper.enrol(self, self._sent_at + self._interval(), self._interval())
         try:
             await self.listen()
         finally:
@@ -454,15 +458,16 @@ class PeerClient:
     def _interval(self) -> float:
         return self._beat_interval if self._beat_interval is not None else self.session.heartbeat_s
 
-    def _beat(self, now: float) -> float | None:
-        """``LeaseKeeper``: renew the lease now unless a frame sent within the interval did; the next due time (None: leave)."""
+    def _beat(self, now: float, slack: float) -> float | None:
+        """``LeaseKeeper``: renew the lease now (up to ``slack`` early) unless a frame sent within the interval did;
+        the next due time (None: leave)."""
         if self.closing:
             return None
         interval = self._interval()
         if not self.ready.is_set():
             return now + interval  # reconnecting: the registration will renew it
         renewed = self._sent_at + interval
-        if renewed > now + LeaseKeeper.SLACK_S:
+        if renewed > now + slack:
             return renewed
         self.heartbeats_sent += 1
         frame = self.session.heartbeat_frame(time.time(), self._load())
