@@ -17,7 +17,10 @@ agents spread over ``--agent-procs`` processes on 127.0.0.1, then measures:
 * **routing**: a closed-loop trial (``--concurrency``) among the N agents, with the
   same load generator as ``aicp bench``; throughput is reported as a ratio to the
   first (smallest) fleet of the same run, with the router's and the agent processes'
-  CPU per task, to tell the router's own cost per decision from CPU taken by the agents.
+  CPU per task, to tell the router's own cost per decision from CPU taken by the agents;
+  and the heartbeats that still arrived meanwhile (an agent whose results renew its
+  lease sends none, PROTOCOL.md §6; one not dispatched to yet still does), with the
+  CPU per task less theirs at the idle window's cost per heartbeat.
 
 Everything it starts is stopped by PID, whatever happens. Results go to
 ``results/bench-fleet/<run-id>/summary.json``.
@@ -86,15 +89,25 @@ def _per(cpu: dict[str, dict[str, float]], role: str, count: float, scale: float
     return scale * used / count if used is not None and count else float("nan")
 
 
-def _net_of_idle(busy: dict[str, dict[str, float]], idle: dict[str, dict[str, float]], idle_s: float, tasks: float) -> dict[str, float]:
-    """CPU per task (us) by role, less what the role burns when idle (heartbeats, pings) over the same wall time:
-    the cost of routing itself, apart from the cost of keeping the fleet alive."""
+def _net_of_idle(busy: dict[str, dict[str, float]], idle: dict[str, dict[str, float]], idle_s: float, tasks: float,
+                 idle_beats: float = 0.0, busy_beats: float | None = None) -> dict[str, float]:
+    """CPU per task (us) by role, less what keeping the fleet alive cost meanwhile: the cost of routing itself.
+
+    With ``busy_beats`` (heartbeats that arrived during the routing trial) and heartbeats in the
+    idle window, the idle window's CPU per heartbeat times ``busy_beats`` is taken off: agents
+    whose results renew their leases send fewer heartbeats under load than idle. Otherwise the
+    idle window's CPU rate over the trial's wall time is.
+    """
     out = {}
     for role, row in busy.items():
         pct = row.get("cpu_percent_of_one_core", float("nan"))
         wall = 100.0 * row["cpu_s"] / pct if pct and pct == pct else float("nan")
-        idle_rate = idle.get(role, {}).get("cpu_s", 0.0) / idle_s if idle_s else 0.0
-        out[role] = 1e6 * (row["cpu_s"] - idle_rate * wall) / tasks if tasks else float("nan")
+        idle_cpu = idle.get(role, {}).get("cpu_s", 0.0)
+        if busy_beats is not None and idle_beats > 0:
+            keep_alive = idle_cpu / idle_beats * busy_beats
+        else:
+            keep_alive = (idle_cpu / idle_s if idle_s else 0.0) * wall
+        out[role] = 1e6 * (row["cpu_s"] - keep_alive) / tasks if tasks else float("nan")
     return out
 
 
@@ -145,7 +158,10 @@ def measure_fleet(n: int, cfg: argparse.Namespace, run_dir: Path) -> dict[str, A
         idle = fleet.cpu_by_role(idle_s)
         beats = frames_in(http) - frames0
         trial = Trial("closed", concurrency=cfg.concurrency, duration=cfg.duration, warmup=cfg.warmup)
+        frames1 = frames_in(http)
         routed = run_trial(fleet, f"ws://127.0.0.1:{port}", trial, sized, f"fleet-{n}")
+        # every other frame in the trial is a load generator's registration, a task or its result
+        busy_beats = max(0.0, frames_in(http) - frames1 - cfg.loadgens - routed["submitted"] - routed["completed"])
         rss2 = _rss_mb(router)
         tasks = routed["completed"]
         return {
@@ -166,7 +182,8 @@ def measure_fleet(n: int, cfg: argparse.Namespace, run_dir: Path) -> dict[str, A
             "agents_us_per_heartbeat": _per(idle, "agents", beats, 1e6),
             "routing": routed,
             "routing_cpu_us_per_task": {role: _per(routed["cpu"], role, tasks, 1e6) for role in routed["cpu"]},
-            "routing_cpu_us_per_task_net_of_idle": _net_of_idle(routed["cpu"], idle, idle_s, tasks),
+            "routing_heartbeats": busy_beats,
+            "routing_cpu_us_per_task_net_of_idle": _net_of_idle(routed["cpu"], idle, idle_s, tasks, beats, busy_beats),
         }
     finally:
         fleet.stop()
@@ -221,7 +238,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{row['router_us_per_heartbeat']:.0f} us, agents {row['agents_us_per_heartbeat']:.0f} us)", flush=True)
             print(f"         routing: {r['throughput_per_s']:.0f}/s  p50 {r['latency_ms']['p50']:.2f}  p99 {r['latency_ms']['p99']:.2f} ms  lost {r['lost']}; "
                   f"CPU per task: router {per_task.get('router', float('nan')):.0f} us, agents {per_task.get('agents', float('nan')):.0f} us, "
-                  f"load generator {per_task.get('loadgen', float('nan')):.0f} us (less idle CPU: router "
+                  f"load generator {per_task.get('loadgen', float('nan')):.0f} us; about {row['routing_heartbeats']:.0f} heartbeats meanwhile "
+                  f"(less their CPU: router "
                   f"{row['routing_cpu_us_per_task_net_of_idle'].get('router', float('nan')):.0f} us, agents "
                   f"{row['routing_cpu_us_per_task_net_of_idle'].get('agents', float('nan')):.0f} us)", flush=True)
     except Exception as exc:
