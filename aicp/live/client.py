@@ -208,7 +208,7 @@ class LeaseKeeper:
 
     def _fire(self) -> None:
         self._handle = None
-        self._armed_at = float("inf")
+        self._armed_at = float("-inf")  # no arming while serving: once, for the earliest left, at the end
         heap = self._heap
         now = self.loop.time()
         horizon = now + self.slack
@@ -221,7 +221,8 @@ class LeaseKeeper:
             nxt = client._beat(now, self.slack)
             if nxt is not None:
                 self._push(nxt, client)
-        if heap and self._handle is None:
+        self._armed_at = float("inf")
+        if heap:
             self._armed_at = heap[0][0]
             self._handle = self.loop.call_at(self._armed_at, self._fire)
 

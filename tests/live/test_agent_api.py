@@ -23,7 +23,7 @@ import aicp
 from aicp import errors
 from aicp.live import keys
 from aicp.live.agent import Agent
-from aicp.live.client import AICPWebSocketClient
+from aicp.live.client import AICPWebSocketClient, LeaseKeeper
 from aicp.live.controller import Controller, TaskResult
 from aicp.signing import CONTEXT, Identity
 
@@ -357,3 +357,24 @@ def test_agent_process_interrupted_with_sigint_exits_0(procs: Callable[..., Proc
 
     assert sys.platform != "win32"
     run(main(), timeout=30)
+
+
+def test_the_lease_keeper_serves_each_client_when_due_and_rearms_for_the_earliest_left() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        keeper = LeaseKeeper(loop)
+        clients = [AICPWebSocketClient("ws://127.0.0.1:9", f"k{i}", Identity.generate()) for i in range(10)]
+        now = loop.time()
+        for i, client in enumerate(clients):  # due every 0.1 s from now; a 16th of the interval is 62.5 ms of slack
+            keeper.enrol(client, now + 0.1 * i, interval=1.0)
+        assert keeper._armed_at == now
+        keeper._fire()  # serves k0 only (the others are due later than the slack); not connected, it asks again in one interval
+        assert keeper._armed_at == now + 0.1  # the earliest left, not k0's next turn a whole interval later
+        assert sorted(due for due, _, _, _ in keeper._heap)[-1] >= now + 1.0
+        keeper.leave(clients[1])
+        assert keeper.enrolled == 9
+        for client in clients[2:] + clients[:1]:
+            keeper.leave(client)
+        assert keeper.enrolled == 0 and keeper._handle is None and not keeper._heap
+
+    run(main())
