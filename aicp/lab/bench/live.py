@@ -495,11 +495,13 @@ def run(args: argparse.Namespace) -> int:
                 summary[target] = result
                 print(format_result(target, result), flush=True)
                 if target == "router" and args.half_capacity and result["mode"] == "closed" and result["throughput_per_s"] > 0:
-                    half = run_half_capacity(fleet, url, result, args)
+                    with sampler.quiet():  # a latency trial: nothing else of ours takes a core meanwhile
+                        half = run_half_capacity(fleet, url, result, args)
                     summary["router_at_half"] = half
                     print(format_result("router", half), flush=True)
                 if target == "router" and args.also_1000:
-                    r1000 = run_trial(fleet, url, Trial("open", rate=1000.0, duration=args.duration, warmup=args.warmup), args, "router-1000")
+                    with sampler.quiet():
+                        r1000 = run_trial(fleet, url, Trial("open", rate=1000.0, duration=args.duration, warmup=args.warmup), args, "router-1000")
                     summary["router_at_1000"] = r1000
                     print(format_result("router", r1000), flush=True)
                 if args.sweep:
