@@ -192,8 +192,14 @@ class _Outcome(msgspec.Struct, frozen=True, gc=False):
 
 
 def task_fingerprint(body: Task) -> bytes:
-    """What makes two task frames with one id the same task: the method and the payload's exact bytes."""
-    return hashlib.sha256(body.method.encode() + b"\0" + bytes(body.payload)).digest()
+    """What makes two task frames with one id the same task: the method and the payload's exact bytes.
+
+    SHA-256 of method, NUL, payload, hashed in place (no joined copy of the payload).
+    """
+    h = hashlib.sha256(body.method.encode())
+    h.update(b"\0")
+    h.update(body.payload)
+    return h.digest()
 
 
 def task_key(requester: str, task_id: str) -> str:
