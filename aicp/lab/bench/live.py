@@ -336,8 +336,9 @@ def summarise(outs: list[Path], trial: Trial, cpu: dict[str, Any]) -> dict[str, 
     t_sent = np.concatenate(sent)
     t_done = np.concatenate(done)
     names = np.concatenate(outcome)
-    # open loop: from the intended send time, or the actual send when that was (slightly) earlier than intended
-    start_t = np.maximum(t_int, t_sent) if trial.mode == "open" else t_sent
+    # open loop: from the intended send time, or the actual send when that was (slightly) earlier than intended:
+    # the earlier of the two, so a late send's lag is charged and an early one is never credited
+    start_t = np.minimum(t_int, t_sent) if trial.mode == "open" else t_sent
     measured = start_t >= trial.warmup
     ok = measured & (names == "ok")
     lat_ms = (t_done[ok] - start_t[ok]) * 1000.0

@@ -195,7 +195,7 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
                 if t >= end:
                     break
                 # Event-loop timers have millisecond resolution, so wake up to EARLY_S before the
-                # intended time and send then; latency is measured from max(intended, sent), so an
+                # intended time and send then; latency is measured from min(intended, sent), so an
                 # early send is never credited and a late one is always charged.
                 delay = t - clock() - EARLY_S
                 if delay > 0.0:
