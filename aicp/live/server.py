@@ -354,7 +354,7 @@ class AICPWebSocketServer:
         self._ws_open += 1
         proto = self.proto
         verifier = self._verifier
-        pinging = ws.keepalive_task is not None and not self.limits.ping_agents  # until it registers as an agent
+        pinging = ws.keepalive_task is not None and not self.limits.ping_agents  # watched until the connection registers; an agent's pings then stop
         try:
             self._apply(proto.connection_made(conn, time.time()))
             if verifier is None:
@@ -363,9 +363,12 @@ class AICPWebSocketServer:
                 def on_message(data: bytes, binary: bool) -> None:
                     nonlocal pinging
                     self._apply(proto.frame_received(conn, data, time.time(), binary=binary))
-                    if pinging and proto.role_of(conn) == "agent":
-                        pinging = False
-                        _stop_keepalive(ws)
+                    if pinging:  # until the connection registers: its role never changes after that
+                        role = proto.role_of(conn)
+                        if role is not None:
+                            pinging = False
+                            if role == "agent":
+                                _stop_keepalive(ws)
 
                 ws.direct(on_message)
                 await ws.wait_closed()
