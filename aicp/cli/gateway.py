@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     port = sock.getsockname()[1]
-    kwargs: dict[str, object] = {"log_level": "warning", "access_log": False, "lifespan": "on", "timeout_graceful_shutdown": 5}
+    # proxy_headers off: nothing here reads the client address, and uvicorn's ProxyHeadersMiddleware would wrap every request
+    kwargs: dict[str, object] = {"log_level": "warning", "access_log": False, "lifespan": "on", "timeout_graceful_shutdown": 5, "proxy_headers": False}
     try:  # httptools, not h11 (several times the CPU per request), writing each answer in one syscall
         from aicp.gateway.http import CoalescingHttpToolsProtocol
 
