@@ -91,15 +91,16 @@ class Fleet:
     #: CPUs (taskset list) by role, "*" for every other role; empty: no pinning. See ``cpu_plan``.
     cpus: dict[str, str] = field(default_factory=dict)
 
-    def spawn(self, role: str, args: list[str], program: str | None = None, env: dict[str, str] | None = None) -> Proc:
+    def spawn(self, role: str, args: list[str], program: str | None = None, env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
         """Start ``program`` (default: this Python) with ``args``; its output goes to ``<role>-<n>.log`` (pinned with taskset if asked).
 
-        ``env``: variables set on top of this process's environment (e.g. ``PYTHONPATH`` for another source tree)."""
+        ``env``: variables set on top of this process's environment; with ``cwd`` (``python -m`` puts it first on
+        ``sys.path``) and ``PYTHONPATH``, another source tree runs."""
         pinned = self.cpus.get(role, self.cpus.get("*"))
         with open(self.run_dir / f"{role}-{len(self.procs)}.log", "wb") as log:  # the child keeps its own descriptor
-            env = {**os.environ, "AICP_KEY_DIR": str(self.run_dir / "keys"), **(env or {})}  # keep agents' keys out of ~/.aicp
+            env = {**os.environ, "AICP_KEY_DIR": str((self.run_dir / "keys").resolve()), **(env or {})}  # keep agents' keys out of ~/.aicp
             popen = subprocess.Popen([*(["taskset", "-c", pinned] if pinned else []), program or sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, env=env)
+                                     start_new_session=True, env=env, cwd=cwd)
         proc = Proc(role, popen, psutil.Process(popen.pid))
         self.procs.append(proc)
         return proc

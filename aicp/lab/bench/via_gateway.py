@@ -46,8 +46,9 @@ def start_gateway(fleet: Fleet, router_url: str, role: str = "gateway", tree: st
     """Start ``aicp gateway`` (from ``tree`` if given) against ``router_url``; return its base URL once connected."""
     port = free_port()
     key = fleet.run_dir / "keys" / f"{role}.key"
-    env = {"PYTHONPATH": str(Path(tree).resolve())} if tree else None
-    fleet.spawn(role, ["-m", "aicp", "gateway", "--url", router_url, "--port", str(port), "--key", str(key), "--log-level", "WARNING"], env=env)
+    source = Path(tree).resolve() if tree else None
+    env = {"PYTHONPATH": str(source)} if source else None
+    fleet.spawn(role, ["-m", "aicp", "gateway", "--url", router_url, "--port", str(port), "--key", str(key.resolve()), "--log-level", "WARNING"], env=env, cwd=source)
     _wait_port(port, 20)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
