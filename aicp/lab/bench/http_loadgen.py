@@ -2,9 +2,9 @@
 
 The twin of ``loadgen`` (same arguments, same ``.npz`` samples, same open- and
 closed-loop rules), so the orchestrator summarises both the same way and the two
-transports are compared on one footing. The HTTP client is a few lines over
-asyncio streams rather than a general library, so the client's own cost stays
-small next to the gateway's. Every 200 answer is verified like the WebSocket
+transports are compared on one footing. The HTTP client is a small asyncio protocol
+rather than a general library, so the client's own cost stays small next to the
+gateway's, and an answer is timed where it arrives, as the WebSocket one is. Every 200 answer is verified like the WebSocket
 loadgen verifies its frames: the agent's signature over the signed bytes, and the
 task id inside them.
 """
@@ -18,8 +18,9 @@ import contextlib
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import numpy as np
@@ -40,35 +41,81 @@ class _Answer(msgspec.Struct):
 _decode = msgspec.json.Decoder(_Answer).decode
 
 
-class HttpConn:
-    """One keep-alive HTTP/1.1 connection; one request at a time."""
+class HttpConn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection; one request at a time.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    A protocol, not asyncio streams: an answer is parsed in ``data_received`` and its
+    arrival time (``done_at``) taken there, as the WebSocket load generator takes its
+    own in its frame callback (aicp.live.inbound), so both transports are timed at the
+    same point, before the loop wakes the waiting task. O(answer size) per answer.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.closed = False
+        self.done_at = 0.0  # clock() when the last answer was complete
 
     @classmethod
-    async def open(cls, host: str, port: int) -> HttpConn:
-        reader, writer = await asyncio.open_connection(host, port)
-        return cls(reader, writer)
+    async def open(cls, host: str, port: int, clock: Callable[[], float] = time.perf_counter) -> HttpConn:
+        _, conn = await asyncio.get_running_loop().create_connection(lambda: cls(clock), host, port)
+        return conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is one, without inheriting from it
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        try:
+            lines = bytes(self.buf[:end]).split(b"\r\n")
+            status = int(lines[0].split(b" ", 2)[1])
+            length = 0
+            for line in lines[1:]:
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+        except (ValueError, IndexError) as exc:
+            waiter.set_exception(ValueError(f"bad HTTP answer: {exc}"))
+            return
+        total = end + 4 + length
+        if len(self.buf) < total:
+            return
+        body = bytes(self.buf[end + 4 : total])
+        del self.buf[:total]
+        self.done_at = self.clock()
+        waiter.set_result((status, body))
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(asyncio.IncompleteReadError(bytes(self.buf), None))
 
     async def post(self, head: bytes, body: bytes) -> tuple[int, bytes]:
-        self.writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
-        raw = await self.reader.readuntil(b"\r\n\r\n")
-        lines = raw.split(b"\r\n")
-        status = int(lines[0].split(b" ", 2)[1])
-        length = 0
-        for line in lines[1:]:
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        return status, await self.reader.readexactly(length)
+        """Send ``head`` (up to ``Content-Length: ``) and ``body``; (status, answer body) once it has all arrived."""
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("the server closed this connection")
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
+        return await self.waiter
 
     def usable(self) -> bool:
         """False once the server has closed this idle connection (uvicorn does after 5 s idle, its keep-alive timeout)."""
-        return not self.reader.at_eof() and not self.writer.is_closing()
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.transport is not None:
+            self.transport.close()
 
 
 def check(status: int, data: bytes) -> tuple[str, str | None]:
@@ -117,7 +164,7 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
             rec.finish(key, clock(), "connection-error")
             conn.close()
             return None
-        now = clock()
+        now = conn.done_at  # when the answer arrived, not when this task woke up
         try:
             code, _ = check(status, data)
         except Exception:
