@@ -101,13 +101,16 @@ class HttpConn(asyncio.Protocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(asyncio.IncompleteReadError(bytes(self.buf), None))
 
-    async def post(self, head: bytes, body: bytes) -> tuple[int, bytes]:
-        """Send ``head`` (up to ``Content-Length: ``) and ``body``; (status, answer body) once it has all arrived."""
+    def start(self, head: bytes, body: bytes) -> asyncio.Future[tuple[int, bytes]]:
+        """Send ``head`` (up to ``Content-Length: ``) and ``body`` now; the future gets (status, answer body) once it has all arrived."""
         if self.closed or self.transport is None or self.transport.is_closing():
             raise ConnectionResetError("the server closed this connection")
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
-        return await self.waiter
+        return self.waiter
+
+    async def post(self, head: bytes, body: bytes) -> tuple[int, bytes]:
+        return await self.start(head, body)
 
     def usable(self) -> bool:
         """False once the server has closed this idle connection (uvicorn does after 5 s idle, its keep-alive timeout)."""
@@ -147,19 +150,35 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
     seq = 0
 
     async def one(intended: float, conn: HttpConn | None = None) -> HttpConn | None:
-        nonlocal verify_failures, seq
+        nonlocal seq
         seq += 1
         key = f"req-{seq}"  # the gateway names the task; the recorder tracks the request
-        while conn is None and idle:  # the most recently used first; one the server has closed meanwhile is dropped
-            conn = idle.pop()
-            if not conn.usable():
-                conn.close()
-                conn = None
+        conn = conn or idle_conn()
         if conn is None:
             conn = await HttpConn.open(host, port)
         rec.new(key, intended, clock())
         try:
-            status, data = await conn.post(head, body)
+            answer = conn.start(head, body)
+        except OSError:
+            rec.finish(key, clock(), "connection-error")
+            conn.close()
+            return None
+        return await settle(key, conn, answer)
+
+    def idle_conn() -> HttpConn | None:
+        """The most recently used idle connection; one the server has closed meanwhile is dropped."""
+        while idle:
+            conn = idle.pop()
+            if conn.usable():
+                return conn
+            conn.close()
+        return None
+
+    async def settle(key: str, conn: HttpConn, answer: asyncio.Future[tuple[int, bytes]]) -> HttpConn | None:
+        """Wait for ``key``'s answer on ``conn``, check it and record it; ``conn`` again if it can be reused."""
+        nonlocal verify_failures
+        try:
+            status, data = await answer
         except (OSError, asyncio.IncompleteReadError, ValueError):
             rec.finish(key, clock(), "connection-error")
             conn.close()
@@ -179,10 +198,27 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
     if args.rate:
         running: set[asyncio.Task[Any]] = set()
 
-        async def spawned(t: float) -> None:
-            conn = await one(t)
+        async def spawned(t: float, started: tuple[str, HttpConn, asyncio.Future[tuple[int, bytes]]] | None = None) -> None:
+            conn = await (settle(*started) if started is not None else one(t))
             if conn is not None:
                 idle.append(conn)
+
+        def send_now(t: float) -> tuple[str, HttpConn, asyncio.Future[tuple[int, bytes]]] | None:
+            """On an idle connection, the request leaves here, before any task runs (the WebSocket generator
+            sends from its schedule loop too); None: no idle connection, a task opens one."""
+            nonlocal seq
+            conn = idle_conn()
+            if conn is None:
+                return None
+            seq += 1
+            key = f"req-{seq}"
+            rec.new(key, t, clock())
+            try:
+                return key, conn, conn.start(head, body)
+            except OSError:
+                rec.finish(key, clock(), "connection-error")
+                conn.close()
+                return None
 
         t = start
         while True:
@@ -192,7 +228,7 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
             delay = t - clock() - EARLY_S
             if delay > 0.0:
                 await asyncio.sleep(delay)
-            task = asyncio.get_running_loop().create_task(spawned(t))
+            task = asyncio.get_running_loop().create_task(spawned(t, send_now(t)))
             running.add(task)
             task.add_done_callback(running.discard)
         if running:
