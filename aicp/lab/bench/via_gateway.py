@@ -169,6 +169,13 @@ def compare(fleet: Fleet, router_url: str, cfg: argparse.Namespace) -> dict[str,
               + " ".join(f"{d:+.2f}" for d in opened[name + "_added_p50_rounds_ms"])
               + f"; all rounds pooled {opened[name + '_added_p50_pooled_ms']:+.3f}); its CPU per task {out[name.replace('-', '_') + '_cpu_per_task_us']:.0f} µs "
               f"(router {cpu_per_task_us(opened[name], 'router'):.0f} µs; direct: router {cpu_per_task_us(opened['direct'], 'router'):.0f} µs)", flush=True)
+    if baseline:  # this tree's gateway against the other's, round by round (both against the same direct slice)
+        pairs = [r["gateway"]["latency_ms"]["p50"] - r["gateway-baseline"]["latency_ms"]["p50"] for r in opened["rounds"]]
+        cpu_ratio = out["gateway_cpu_per_task_us"] / out["gateway_baseline_cpu_per_task_us"]
+        router_ratio = cpu_per_task_us(opened["gateway"], "router") / cpu_per_task_us(opened["gateway-baseline"], "router")
+        out["against_baseline"] = {"p50_rounds_ms": pairs, "p50_ms": statistics.median(pairs), "gateway_cpu_ratio": cpu_ratio, "router_cpu_ratio": router_ratio}
+        print(f"  gateway against gateway-baseline: p50 {statistics.median(pairs):+.3f} ms (median of the rounds: " + " ".join(f"{d:+.2f}" for d in pairs)
+              + f"); gateway CPU per task x{cpu_ratio:.2f}, router CPU per task x{router_ratio:.2f}", flush=True)
     closed_trial = Trial("closed", concurrency=cfg.concurrency, duration=cfg.duration, warmup=cfg.warmup)
     for key, name, runner, url in (("direct_closed", "direct", run_trial, router_url), ("gateway_closed", "gateway", run_http_trial, http_url)):
         out[key] = runner(fleet, url, closed_trial, cfg, f"via-{key}")
