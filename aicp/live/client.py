@@ -162,6 +162,7 @@ class PeerClient:
         progress: bool = False,
         connect_gate: asyncio.Semaphore | None = None,
         ping_interval_s: float | None = None,
+        ephemeral: bool = False,
     ) -> None:
         """``connect_gate``: a semaphore shared by the clients of one process, held for each
         connection attempt (TCP, WebSocket handshake, registration): thousands of agents in one
@@ -170,12 +171,15 @@ class PeerClient:
         how this side notices a router that vanished without closing the connection (no pong within
         20 s: the connection is dropped and the client reconnects). None (default): the ``lease_s``
         the router announced, the time it gives an agent to prove itself alive; 0: never ping.
+        ``ephemeral``: (controllers) this id was made up for this run, so the router may free it
+        once the client is gone (docs/PROTOCOL.md §4.4). A router older than that field refuses
+        it (``invalid-message``): the client then registers once more without it.
         """
         #: the routers to try, in turn: a list, or one string of comma-separated URLs (cluster mode)
         self.urls = split_urls(server_url)
         self._url_index = 0
         self.identity = identity
-        self.session = PeerSession(identity, peer_id, role, capabilities or [], concurrency, router_key, progress=progress)
+        self.session = PeerSession(identity, peer_id, role, capabilities or [], concurrency, router_key, progress=progress, ephemeral=ephemeral)
         self._pinned_router_key = router_key  # None: trust the key of each router we connect to
         self.ssl = ssl
         self.reconnect = reconnect
@@ -223,6 +227,17 @@ class PeerClient:
     # ------------------------------------------------------------------ connection
     async def connect(self) -> None:
         """Open one connection and register on its challenge (holding ``connect_gate`` if any). Raises one of ``CONNECT_ERRORS``."""
+        try:
+            await self._connect_gated()
+        except errors.ProtocolError as exc:
+            if exc.code != errors.INVALID_MESSAGE or not self.session.ephemeral:
+                raise
+            # A router that predates ``ephemeral`` refuses the field: bind the id for good there instead.
+            log.info("%s: router refused the ephemeral registration (%s); registering without it", self.peer_id, exc.message)
+            self.session.ephemeral = False
+            await self._connect_gated()
+
+    async def _connect_gated(self) -> None:
         if self.connect_gate is None:
             await self._connect()
             return
