@@ -790,6 +790,10 @@ class RouterProtocol:
         if body.sender != peer.peer_id:
             raise errors.VerifyError(errors.KEY_MISMATCH, "body sender is not this connection's peer")
         self._check_fresh(body, now)
+        if peer.role == "agent" and (peer.peer_id, body.id) not in self._replay:
+            # Any new frame the agent signed just now proves it alive, whatever the router then
+            # makes of it (PROTOCOL.md §6): a busy agent whose results flow needs no heartbeats.
+            self.router.renew_lease(peer.peer_id, now)
         if isinstance(body, Task):
             return self._on_task(c, peer, body, data, now)
         if isinstance(body, Result):
