@@ -91,13 +91,16 @@ class Fleet:
     #: CPUs (taskset list) by role, "*" for every other role; empty: no pinning. See ``cpu_plan``.
     cpus: dict[str, str] = field(default_factory=dict)
 
-    def spawn(self, role: str, args: list[str], program: str | None = None) -> Proc:
-        """Start ``program`` (default: this Python) with ``args``; its output goes to ``<role>-<n>.log`` (pinned with taskset if asked)."""
+    def spawn(self, role: str, args: list[str], program: str | None = None, env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
+        """Start ``program`` (default: this Python) with ``args``; its output goes to ``<role>-<n>.log`` (pinned with taskset if asked).
+
+        ``env``: variables set on top of this process's environment; with ``cwd`` (``python -m`` puts it first on
+        ``sys.path``) and ``PYTHONPATH``, another source tree runs."""
         pinned = self.cpus.get(role, self.cpus.get("*"))
         with open(self.run_dir / f"{role}-{len(self.procs)}.log", "wb") as log:  # the child keeps its own descriptor
-            env = {**os.environ, "AICP_KEY_DIR": str(self.run_dir / "keys")}  # keep agents' keys out of ~/.aicp
+            env = {**os.environ, "AICP_KEY_DIR": str((self.run_dir / "keys").resolve()), **(env or {})}  # keep agents' keys out of ~/.aicp
             popen = subprocess.Popen([*(["taskset", "-c", pinned] if pinned else []), program or sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, env=env)
+                                     start_new_session=True, env=env, cwd=cwd)
         proc = Proc(role, popen, psutil.Process(popen.pid))
         self.procs.append(proc)
         return proc
@@ -445,6 +448,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--via", choices=["websocket", "gateway"], default="websocket",
         help="gateway: also measure the HTTP gateway next to direct WebSocket submission (see aicp.lab.bench.via_gateway)")
     add("--gateway-rate", type=float, default=500.0, help="--via gateway: open-loop rate for the added-latency comparison (default 500)")
+    add("--gateway-rounds", type=int, default=3, help="--via gateway: the open-loop comparison alternates this many rounds of a direct and a "
+        "gateway slice, --duration split among them (default 3)")
+    add("--gateway-baseline", default=None, metavar="TREE", help="--via gateway: also run a gateway from this source tree (PYTHONPATH=TREE) in "
+        "each round, next to this tree's, on the same router and agents: a before/after in one run")
     add("--seed", type=int, default=1)
     add("--out", type=Path, default=Path("results") / "bench", help="parent folder of the run folder")
     add("--json", type=Path, default=None, help="also write the summary to this file")
