@@ -184,10 +184,11 @@ class _Peer:
 class _Pending:
     """An admitted task. ``assignees`` lists every agent it was dispatched to (at most ``max_attempts``)."""
 
-    __slots__ = ("assignees", "fingerprint", "frame", "method", "requester", "submitted_at", "task_id")
+    __slots__ = ("assignees", "fingerprint", "frame", "method", "progress", "requester", "submitted_at", "task_id")
 
-    def __init__(self, requester: str, task_id: str, method: str, frame: bytes, submitted_at: float, fingerprint: bytes) -> None:
+    def __init__(self, requester: str, task_id: str, method: str, frame: bytes, submitted_at: float, fingerprint: bytes, progress: bool | None = None) -> None:
         self.requester = requester
+        self.progress = progress  # the task's own ``progress`` field; None: the requester's registration decides
         self.task_id = task_id
         self.method = method
         self.frame = frame
@@ -205,8 +206,14 @@ class _Outcome(msgspec.Struct, frozen=True, gc=False):
 
 
 def task_fingerprint(body: Task) -> bytes:
-    """What makes two task frames with one id the same task: the method and the payload's exact bytes."""
-    return hashlib.sha256(body.method.encode() + b"\0" + bytes(body.payload)).digest()
+    """What makes two task frames with one id the same task: the method and the payload's exact bytes.
+
+    SHA-256 of method, NUL, payload, hashed in place (no joined copy of the payload).
+    """
+    h = hashlib.sha256(body.method.encode())
+    h.update(b"\0")
+    h.update(body.payload)
+    return h.digest()
 
 
 def task_key(requester: str, task_id: str) -> str:
@@ -379,7 +386,7 @@ class RouterProtocol:
                 frame_out = self._error_frame(now, errors.ID_CONFLICT, f"task id {body.id!r} ended with another method or payload", body.id, body.id, body.method)
                 self.forwards.append(Forward(requester.router, "outcome", key, frame_out))
             return []
-        self._pending[key] = _Pending(origin, body.id, body.method, data, now, fingerprint)
+        self._pending[key] = _Pending(origin, body.id, body.method, data, now, fingerprint, body.progress)
         requester.tasks += 1
         if self.trace is not None:
             self.trace(trace.Arrive(t=now, task=key, method=body.method, bytes=len(body.payload), timeout_ms=timeout_s * 1000.0))
@@ -789,6 +796,10 @@ class RouterProtocol:
         if body.sender != peer.peer_id:
             raise errors.VerifyError(errors.KEY_MISMATCH, "body sender is not this connection's peer")
         self._check_fresh(body, now)
+        if peer.role == "agent" and (peer.peer_id, body.id) not in self._replay:
+            # Any new frame the agent signed just now proves it alive, whatever the router then
+            # makes of it (PROTOCOL.md §6): a busy agent whose results flow needs no heartbeats.
+            self.router.renew_lease(peer.peer_id, now)
         if isinstance(body, Task):
             return self._on_task(c, peer, body, data, now)
         if isinstance(body, Result):
@@ -843,7 +854,7 @@ class RouterProtocol:
         if self.router.tasks_in_flight >= self.router.config.max_tasks:
             raise errors.VerifyError(errors.OVERLOADED, "router is at max_tasks")
         self._remember(body, now)
-        self._pending[key] = _Pending(peer.peer_id, body.id, body.method, data, now, fingerprint)
+        self._pending[key] = _Pending(peer.peer_id, body.id, body.method, data, now, fingerprint, body.progress)
         peer.tasks += 1
         if self.trace is not None:
             self.trace(trace.Arrive(t=now, task=key, method=body.method, bytes=len(body.payload), timeout_ms=body.timeout_ms))
@@ -911,7 +922,7 @@ class RouterProtocol:
                     limit = self.router.attempt_deadline(action.task_id, now)
                     self.forwards.append(Forward(agent.router, "task", action.task_id, pending.frame, max(0.001, (limit or now) - now)))
                 requester = self._peers.get(pending.requester)
-                if requester is not None and requester.progress and requester.conn is not None:
+                if requester is not None and requester.conn is not None and (requester.progress if pending.progress is None else pending.progress):
                     out.append(Send(requester.conn.id, self._progress_frame(now, pending, action)))
             elif isinstance(action, Completed):
                 pending = self._pending.pop(action.task_id)
