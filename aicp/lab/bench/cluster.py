@@ -32,6 +32,7 @@ from typing import Any
 
 import psutil
 
+from aicp.lab.bench import wakeup
 from aicp.lab.bench.live import (
     METHOD,
     Fleet,
@@ -238,9 +239,15 @@ def hop_cost(args: argparse.Namespace) -> int:
             print(f"          {_by_router_text(local['by_router'], 'local')}; {_by_router_text(cross['by_router'], 'cross')}", flush=True)
     finally:
         fleet.stop()
+    # The floor under it: one loopback wake-up, read and write, at the rate a router wakes for a cross-router task's frames.
+    wake = wakeup.measure(2 * rate, min(args.duration, 5.0))
+    extra_us = 1000.0 * statistics.median(r["cross"] - r["local"] for r in pairs)
     ratio = statistics.median(r["ratio"] for r in pairs)
     summary = {"run_id": run_id, "rate": rate, "pairs": pairs, "median_ratio": ratio, "median_ratio_gross": statistics.median(r["ratio_gross"] for r in pairs),
-               "lost": lost, "note": "figures from one run on this machine; others may be loading it"}
+               "lost": lost, "wakeup": wake, "cross_extra_us_per_task": extra_us, "note": "figures from one run on this machine; others may be loading it"}
+    print(f"  a cross-router task costs {extra_us:.0f} us more router CPU than a local one (median); it adds 2 wake-ups, reads and writes "
+          f"(one more frame in and out at each of 2 routers): one loopback wake-up+read+write alone costs {wake['us_per_message']:.0f} us "
+          f"here (uvloop echo at {2 * rate:.0f}/s, python -m aicp.lab.bench.wakeup)")
     print(f"  {'PASS' if ratio < GOAL_CPU_RATIO else 'FAIL'}  goal: cross-router CPU/task < {GOAL_CPU_RATIO}x local, median of {len(pairs)}: {ratio:.2f}x "
           f"(gross {summary['median_ratio_gross']:.2f}x); lost {lost}")
     write_summary(run_dir, summary, args.json)
