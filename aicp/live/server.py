@@ -7,8 +7,9 @@ the sans-I/O core. This module only moves bytes and time:
   ``frame_received`` as bytes, and the core's ``Send`` outputs are written to the
   right connection verbatim (one writer task and a bounded queue per connection, so
   a slow peer never stalls the others);
-* one timer, re-armed with ``loop.call_at`` after every event, calls ``on_timer``
-  at ``next_deadline()``. The core's ``now`` is wall-clock ``time.time()`` because
+* one timer calls ``on_timer`` at ``next_deadline()``; it is re-armed (``loop.call_at``)
+  only when an event makes the deadline earlier than the armed one (a timer that fires
+  early finds nothing due and re-arms). The core's ``now`` is wall-clock ``time.time()`` because
   it compares peers' timestamps; it is converted to loop time for ``call_at``;
 * plain HTTP on the same port serves ``/healthz``, ``/metrics`` and ``/agents``;
 * with a ``store`` (``aicp serve --state FILE``), the core's lasting state is restored
@@ -300,6 +301,7 @@ class AICPWebSocketServer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self._timer_at = None
         if self._verifier is not None:
             self._verifier.close()
         if self.recorder is not None:
@@ -413,14 +415,22 @@ class AICPWebSocketServer:
         self._rearm()
 
     def _rearm(self) -> None:
+        """Arm the timer for the core's next deadline, unless the one armed fires first.
+
+        Under load the next deadline is the oldest task's attempt timeout, which moves later
+        with nearly every outcome; moving the timer each time cost a cancel and a ``call_at``
+        per frame. A timer that fires before the deadline finds nothing due and re-arms here,
+        so only a deadline earlier than the armed one (or none armed) re-arms now.
+        """
         deadline = self.proto.next_deadline()
-        if deadline == self._timer_at:
+        armed = self._timer_at
+        if deadline is None or (armed is not None and armed <= deadline):
             return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._timer_at = deadline
-        if deadline is None or self.loop is None:
+        if self.loop is None:
             return
         # 1 ms slack: loop time and wall time drift apart by microseconds, and firing early is a wasted wake-up.
         when = self.loop.time() + max(0.0, deadline - time.time()) + 0.001
