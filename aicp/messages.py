@@ -79,6 +79,9 @@ class Register(Body, tag="register"):
     capabilities: Annotated[list[Method], Meta(max_length=256)] = []
     concurrency: Annotated[int, Meta(ge=1, le=100_000)] = 1
     progress: bool = False  # send me ``progress`` notices for my tasks (dispatched, retried)
+    #: controllers only: the client made this id up for this run; the router may free the id
+    #: ``window_s`` after the peer left and its last task ended (docs/PROTOCOL.md §4.4)
+    ephemeral: bool = False
 
 
 class RegisterAck(Body, tag="register-ack"):

@@ -66,9 +66,12 @@ class PeerSession:
         concurrency: int = 1,
         router_key: str | None = None,
         progress: bool = False,
+        ephemeral: bool = False,
     ) -> None:
         self.identity = identity
         self.progress = progress  # ask the router for ``progress`` notices on our tasks
+        #: a controller whose id was made up for this run: the router may free it once we are gone (PROTOCOL.md §4.4)
+        self.ephemeral = ephemeral
         self.peer_id = peer_id
         self.role: Role = role
         self.capabilities = list(capabilities)
@@ -147,6 +150,7 @@ class PeerSession:
             capabilities=self.capabilities if self.role == "agent" else [],
             concurrency=self.concurrency,
             progress=self.progress,
+            ephemeral=self.ephemeral,
         )
         return seal(self.identity, self.peer_id, body)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import secrets
 from collections.abc import Callable
 from typing import Final, Literal
@@ -165,9 +166,12 @@ class _Conn:
 
 
 class _Peer:
-    __slots__ = ("conn", "key_raw", "key_text", "peer_id", "progress", "role", "router")
+    """A bound id. An ephemeral one is freed once it is idle (no connection, no pending task) past ``hold_until``."""
 
-    def __init__(self, peer_id: str, key_text: str, key_raw: bytes, role: str, router: str | None = None) -> None:
+    __slots__ = ("conn", "ephemeral", "hold_until", "key_raw", "key_text", "owned", "peer_id", "progress", "role", "router", "tasks")
+
+    def __init__(self, peer_id: str, key_text: str, key_raw: bytes, role: str, router: str | None = None,
+                 ephemeral: bool = False, owned: bool = True) -> None:
         self.peer_id = peer_id
         self.key_text = key_text
         self.key_raw = key_raw
@@ -175,6 +179,15 @@ class _Peer:
         self.conn: _Conn | None = None
         self.router = router  # cluster mode: the remote router this peer stands for (it has no connection)
         self.progress = False  # it asked for Progress notices at its last registration
+        self.ephemeral = ephemeral  # registered with ``ephemeral: true``: freed when idle past hold_until
+        #: its binding is this router's to report (made or re-registered here, or restored), so freeing
+        #: it is reported to ``store.unbind`` too; False for one only learned from the shared store
+        self.owned = owned
+        self.tasks = 0  # admitted tasks it is the requester of, not ended yet
+        self.hold_until = 0.0  # ephemeral: kept at least until then (last left or last outcome + window_s)
+
+    def binding(self) -> Binding:
+        return Binding(self.peer_id, self.key_text, self.role, self.ephemeral)
 
 
 class _Pending:
@@ -248,6 +261,10 @@ class RouterProtocol:
         #: Filled once, at most ``replay_cache_size``; emptied as they are resubmitted, or all at once when the last expires.
         self._interrupted: dict[str, float] = {}
         self._interrupted_until = 0.0
+        #: (hold_until, peer id) of ephemeral peers that went idle: a heap, popped by ``on_timer``.
+        #: One entry per time one went idle (entries of peers that came back are skipped when popped),
+        #: so it holds at most (ephemeral departures and task ends within window_s) entries; O(log n) each.
+        self._idle: list[tuple[float, str]] = []
         #: called as ``(method, outcome, seconds)`` when a task ends; outcome is "completed" or the
         #: error code. Drivers use it for latency histograms; it must not call back into the protocol.
         self.outcome_observer: Callable[[str, str, float], None] | None = None
@@ -311,8 +328,19 @@ class RouterProtocol:
             "agents": agents,
         }
 
+    @property
+    def bound_ids(self) -> int:
+        """Peer ids bound now (ephemeral ones included until freed; cluster stand-ins too). O(1)."""
+        return len(self._peers)
+
     def next_deadline(self) -> float | None:
-        return self.router.next_deadline()
+        """When ``on_timer`` must next be called: the router's next deadline, or freeing an idle ephemeral id. O(1) amortized."""
+        deadline = self.router.next_deadline()
+        if self._idle:
+            until = self._idle[0][0]
+            if deadline is None or until < deadline:
+                return until
+        return deadline
 
     # ------------------------------------------------------------------ cluster mode (aicp.cluster drives these)
     def take_forwards(self) -> list[Forward]:
@@ -363,7 +391,7 @@ class RouterProtocol:
             # The latest owner gets the one outcome (the earlier one has lost that controller).
             self.counters["tasks_resubmitted"] += 1
             if pending.requester != origin and pending.fingerprint == fingerprint and _signer(pending.frame) == _signer(data):
-                pending.requester = origin
+                self._retarget(pending, origin, now)
             return []
         stored = self._outcomes.get(key, now)
         if stored is not None:
@@ -375,6 +403,7 @@ class RouterProtocol:
                 self.forwards.append(Forward(requester.router, "outcome", key, frame_out))
             return []
         self._pending[key] = _Pending(origin, task_id, method, data, now, fingerprint)
+        requester.tasks += 1
         if self.trace is not None:
             if body is None:
                 with contextlib.suppress(errors.ProtocolError):
@@ -435,7 +464,8 @@ class RouterProtocol:
     def restore(self, snapshot: Snapshot, now: float) -> None:
         """Take back the lasting state of an earlier run, before the first connection.
 
-        Bindings are restored up to ``max_peers``; seen ids and outcomes that have not
+        Bindings are restored up to ``max_peers`` (an ephemeral one is held as if its peer left
+        now, or until its last stored seen id or outcome expires if later); seen ids and outcomes that have not
         expired up to their caches' sizes, the longest-lived ones if not all fit. A task the earlier run admitted
         that has no outcome was interrupted by the restart: a resubmission of it gets
         ``shutting-down`` (as on a graceful stop) rather than running a second time.
@@ -451,7 +481,23 @@ class RouterProtocol:
             except errors.ProtocolError as exc:
                 raise errors.LocalError(f"stored binding of {b.peer_id!r} has an invalid key: {exc}") from exc
             if b.peer_id not in self._peers and len(self._peers) < self.config.max_peers:
-                self._peers[b.peer_id] = _Peer(b.peer_id, b.key, key_raw, b.role)
+                if b.ephemeral and b.role != "controller":
+                    raise errors.LocalError(f"stored binding of {b.peer_id!r} is ephemeral but not a controller's")
+                peer = self._peers[b.peer_id] = _Peer(b.peer_id, b.key, key_raw, b.role, ephemeral=b.ephemeral)
+                # A restart counts as its peer leaving now; held longer if a stored record of it lasts longer.
+                peer.hold_until = now + self.config.window_s
+        held = {p.peer_id: p for p in self._peers.values() if p.ephemeral}
+        if held:
+            for s in snapshot.seen:
+                p = held.get(s.sender)
+                if p is not None and s.expiry > p.hold_until:
+                    p.hold_until = s.expiry
+            for o in snapshot.outcomes:
+                p = held.get(o.key.split("\n", 1)[0])
+                if p is not None and o.expiry > p.hold_until:
+                    p.hold_until = o.expiry
+            for p in held.values():
+                heapq.heappush(self._idle, (p.hold_until, p.peer_id))
         for o in sorted(snapshot.outcomes, key=lambda o: o.expiry):
             self._outcomes.restore(o.key, _Outcome(o.frame, o.fingerprint, o.assignees), o.expiry, now)
         # If the cache is now smaller than the earlier run's, keep the ids that must be remembered longest.
@@ -467,6 +513,9 @@ class RouterProtocol:
         """A binding that another router stored in the state the cluster shares (``aicp.live.store_jetstream``).
 
         The shared store holds one binding per id, the first one written: it wins.
+        A learned ephemeral binding is held here ``window_s`` from each time it is learned
+        (longer while its peer is connected here), then freed here without ``unbind``:
+        the router that made it removes it from the shared store.
         An unknown id is bound here too (not reported to ``store``: it is stored
         already); the same key changes nothing. Another key means this router bound
         the id to a different key in the moment before it learned the other router's
@@ -480,14 +529,23 @@ class RouterProtocol:
             key_raw = decode_public_key(binding.key)
         except errors.ProtocolError as exc:
             raise errors.LocalError(f"shared binding of {binding.peer_id!r} has an invalid key: {exc}") from exc
+        if binding.ephemeral and binding.role != "controller":
+            raise errors.LocalError(f"shared binding of {binding.peer_id!r} is ephemeral but not a controller's")
         peer = self._peers.get(binding.peer_id)
         if peer is not None and peer.key_text == binding.key:
+            if peer.ephemeral:  # it is held somewhere: hold it here a window longer too
+                self._hold(peer, now)
             return []
         if peer is None and len(self._peers) >= self.config.max_peers:
             return []
-        self._peers[binding.peer_id] = _Peer(binding.peer_id, binding.key, key_raw, binding.role)
+        new = self._peers[binding.peer_id] = _Peer(binding.peer_id, binding.key, key_raw, binding.role, ephemeral=binding.ephemeral, owned=False)
         if peer is None:
+            if new.ephemeral:
+                self._hold(new, now)
             return []
+        new.tasks = peer.tasks  # its pending tasks stay counted (their outcomes go to the id's holder, as before)
+        if new.ephemeral:
+            self._hold(new, now)
         self._count(errors.KEY_MISMATCH)
         if peer.conn is None:
             return []
@@ -499,6 +557,17 @@ class RouterProtocol:
         if peer.role == "agent":
             out.extend(self._agent_lost(peer.peer_id, now, f"id bound to another key at another router ({errors.KEY_MISMATCH})"))
         return out
+
+    def binding_dropped(self, peer_id: str, now: float) -> None:
+        """The shared store no longer holds ``peer_id``'s binding: another router freed its ephemeral copy.
+
+        If this router still holds the id as its own (its peer registered here, and it is not
+        freed here yet), the binding is reported to ``store.bind`` again, so the shared store
+        keeps it while any router holds it. O(1).
+        """
+        peer = self._peers.get(peer_id)
+        if peer is not None and peer.ephemeral and peer.owned and self.store is not None:
+            self.store.bind(peer.binding())
 
     def record(self, sink: trace.Sink | None, now: float) -> None:
         """Hand every trace event (``aicp.trace``) to ``sink`` from now on; ``None`` stops.
@@ -557,11 +626,33 @@ class RouterProtocol:
             return []
         peer.conn = None
         if peer.role != "agent":
+            if peer.ephemeral:
+                self._hold(peer, now)
             return []
         return self._agent_lost(peer.peer_id, now, "disconnected")
 
     def on_timer(self, now: float) -> list[Output]:
+        idle = self._idle
+        while idle and idle[0][0] <= now:
+            _, peer_id = heapq.heappop(idle)
+            peer = self._peers.get(peer_id)
+            if peer is None or not peer.ephemeral or peer.conn is not None or peer.tasks:
+                continue  # freed already, back, or still waiting for an outcome (pushed again when it ends)
+            if peer.hold_until > now:
+                heapq.heappush(idle, (peer.hold_until, peer_id))  # held longer since this entry was pushed
+                continue
+            del self._peers[peer_id]
+            if peer.owned and self.store is not None:
+                self.store.unbind(peer.binding())
         return self._apply(self.router.on_timer(now), now)
+
+    def _hold(self, peer: _Peer, now: float) -> None:
+        """An ephemeral peer left, or one of its tasks ended, or it was learned: keep it ``window_s`` from now. O(log n)."""
+        until = now + self.config.window_s
+        if until > peer.hold_until:
+            peer.hold_until = until
+        if peer.conn is None and not peer.tasks:
+            heapq.heappush(self._idle, (peer.hold_until, peer.peer_id))
 
     def begin_drain(self, now: float, drain_s: float, reason: str = "router shutting down") -> list[Output]:
         """Refuse new tasks from now on and tell every peer to finish within ``drain_s``."""
@@ -679,6 +770,8 @@ class RouterProtocol:
             raise errors.VerifyError(errors.KEY_MISMATCH, f"id {body.sender!r} is bound to another key")
         if body.role == "controller" and body.capabilities:
             raise errors.DecodeError(errors.INVALID_MESSAGE, "a controller registers no capabilities")
+        if body.ephemeral and body.role != "controller":
+            raise errors.DecodeError(errors.INVALID_MESSAGE, "only a controller registers an ephemeral id")
         if peer is not None and peer.role != body.role:
             raise errors.DecodeError(errors.INVALID_MESSAGE, f"id {body.sender!r} registered before as {peer.role}")
         if peer is None and len(self._peers) >= cfg.max_peers:
@@ -686,9 +779,11 @@ class RouterProtocol:
         self._check_new(body)
         self._remember(body, now)  # the last check (overloaded if the id cache is full): nothing changed before it
         if peer is None:
-            peer = self._peers[body.sender] = _Peer(body.sender, frame.key, key_raw, body.role)
+            peer = self._peers[body.sender] = _Peer(body.sender, frame.key, key_raw, body.role, ephemeral=body.ephemeral)
             if self.store is not None:
-                self.store.bind(Binding(body.sender, frame.key, body.role))
+                self.store.bind(peer.binding())
+        else:
+            peer.owned = True  # registered here: this router frees it from the shared store too
         out: list[Output] = []
         old = peer.conn
         if old is not None and old is not c:
@@ -734,6 +829,10 @@ class RouterProtocol:
         if body.sender != peer.peer_id:
             raise errors.VerifyError(errors.KEY_MISMATCH, "body sender is not this connection's peer")
         self._check_fresh(body, now)
+        if peer.role == "agent" and (peer.peer_id, body.id) not in self._replay:
+            # Any new frame the agent signed just now proves it alive, whatever the router then
+            # makes of it (PROTOCOL.md §6): a busy agent whose results flow needs no heartbeats.
+            self.router.renew_lease(peer.peer_id, now)
         if isinstance(body, Task):
             return self._on_task(c, peer, body, data, now)
         if isinstance(body, Result):
@@ -754,6 +853,8 @@ class RouterProtocol:
         c.closed = True
         if peer.role == "agent":
             out.extend(self._agent_lost(peer.peer_id, now, "deregistered"))
+        elif peer.ephemeral:
+            self._hold(peer, now)
         out.append(Close(c.id, CLOSE_NORMAL, "deregistered"))
         return out
 
@@ -765,7 +866,7 @@ class RouterProtocol:
             if pending.fingerprint != fingerprint:
                 raise errors.VerifyError(errors.ID_CONFLICT, f"task id {body.id!r} is running with another method or payload")
             self.counters["tasks_resubmitted"] += 1
-            pending.requester = peer.peer_id  # cluster mode: it may have come here from another router first
+            self._retarget(pending, peer.peer_id, now)  # cluster mode: it may have come here from another router first
             return []
         stored = self._outcomes.get(key, now)
         if stored is not None:
@@ -787,6 +888,7 @@ class RouterProtocol:
             raise errors.VerifyError(errors.OVERLOADED, "router is at max_tasks")
         self._remember(body, now)
         self._pending[key] = _Pending(peer.peer_id, body.id, body.method, data, now, fingerprint)
+        peer.tasks += 1
         if self.trace is not None:
             self.trace(trace.Arrive(t=now, task=key, method=body.method, bytes=len(body.payload), timeout_ms=body.timeout_ms))
         self.counters["tasks_accepted"] += 1
@@ -902,10 +1004,28 @@ class RouterProtocol:
         if self.store is not None:
             self.store.outcome(StoredOutcome(key, outcome.frame, expiry, outcome.fingerprint, outcome.assignees))
 
+    def _retarget(self, pending: _Pending, requester: str, now: float) -> None:
+        """A pending task's outcome goes to ``requester`` from now on; each requester's ``tasks`` follows."""
+        if pending.requester == requester:
+            return
+        old = self._peers.get(pending.requester)
+        if old is not None:
+            old.tasks -= 1
+            if old.ephemeral:
+                self._hold(old, now)
+        new = self._peers.get(requester)
+        if new is not None:
+            new.tasks += 1
+        pending.requester = requester
+
     def _deliver(self, pending: _Pending, key: str, frame: bytes, now: float, ok: bool = False) -> list[Output]:
         """``ok``: ``frame`` is the verified, successful result of this task (a ``Completed``)."""
         self._keep_outcome(key, _Outcome(frame, pending.fingerprint, tuple(pending.assignees)), now)
         requester = self._peers.get(pending.requester)
+        if requester is not None:
+            requester.tasks -= 1
+            if requester.ephemeral:  # its outcome is kept window_s: so is its binding
+                self._hold(requester, now)
         if requester is not None and requester.router is not None:
             self.forwards.append(Forward(requester.router, "outcome", key, frame, ok=ok))
             return []

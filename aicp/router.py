@@ -276,6 +276,16 @@ class Router:
         state.last_seen = now
         state.reported_load = load
 
+    def renew_lease(self, agent_id: str, now: float) -> None:
+        """The agent was heard from (any verified frame of its own, PROTOCOL.md §6): its lease runs from ``now``. O(1).
+
+        The lease timer is not moved: when it fires it finds the later expiry and is pushed again.
+        """
+        state = self.registry.get(agent_id)
+        if state is not None and state.status is not Status.DEAD:
+            state.lease_expiry = now + self.config.lease_s
+            state.last_seen = now
+
     def drain_agent(self, agent_id: str, now: float) -> None:
         """Take no new tasks to this agent; its in-flight tasks run on."""
         state = self.registry.get(agent_id)

@@ -3,7 +3,10 @@
 Three things make a restarted router keep its word (docs/SECURITY.md, "What survives
 a router restart"):
 
-* **bindings**: peer id -> public key and role, bound on first use;
+* **bindings**: peer id -> public key and role, bound on first use. A chosen id is bound
+  for good; an ephemeral one (a controller that registered with ``ephemeral: true``)
+  is freed ``window_s`` after its peer left and its last task ended, and reported
+  to the sink with ``unbind`` then;
 * **seen ids**: ``(sender, message id)`` until the moment a copy can no longer be fresh,
   so a frame captured before the restart is still a ``duplicate`` after it. Only tasks,
   heartbeats and deregistrations are kept: a registration cannot be replayed anyway
@@ -37,11 +40,16 @@ import msgspec
 
 
 class Binding(msgspec.Struct, frozen=True, gc=False):
-    """``peer_id`` is bound to ``key`` (text form, ``ed25519:...``) as ``role``. Bindings never expire."""
+    """``peer_id`` is bound to ``key`` (text form, ``ed25519:...``) as ``role``.
+
+    ``ephemeral``: the id was registered with ``ephemeral: true`` (docs/PROTOCOL.md §4.4).
+    Such a binding ends with ``StateSink.unbind`` when the router frees it; any other never does.
+    """
 
     peer_id: str
     key: str
     role: str
+    ephemeral: bool = False
 
 
 class Seen(msgspec.Struct, frozen=True, gc=False):
@@ -85,6 +93,10 @@ class StateSink(Protocol):
 
     def bind(self, binding: Binding) -> None: ...
 
+    def unbind(self, binding: Binding) -> None:
+        """An ephemeral ``binding`` was freed: forget it (only if the id is still bound to its key)."""
+        ...
+
     def seen(self, seen: Seen) -> None: ...
 
     def outcome(self, outcome: StoredOutcome) -> None: ...
@@ -107,6 +119,12 @@ class Recorder:
         self.bindings[binding.peer_id] = binding
         self.records += 1
 
+    def unbind(self, binding: Binding) -> None:
+        stored = self.bindings.get(binding.peer_id)
+        if stored is not None and stored.key == binding.key:
+            del self.bindings[binding.peer_id]
+        self.records += 1
+
     def seen(self, seen: Seen) -> None:
         self.seen_ids[(seen.sender, seen.msg_id)] = seen
         self.records += 1
@@ -116,7 +134,7 @@ class Recorder:
         self.records += 1
 
     def purge(self, now: float) -> None:
-        """Forget expired seen ids and outcomes (bindings stay)."""
+        """Forget expired seen ids and outcomes (bindings stay until ``unbind``)."""
         self.seen_ids = {k: s for k, s in self.seen_ids.items() if s.expiry > now}
         self.outcomes = {k: o for k, o in self.outcomes.items() if o.expiry > now}
 

@@ -130,8 +130,9 @@ def _peer_vectors() -> list[dict[str, Any]]:
     v = PROTOCOL_VERSION
     out: list[dict[str, Any]] = []
 
-    def reg(ident: Identity, pid: str, role: str, nonce: str, mid: str, caps: list[str], ts: float = NOW) -> bytes:
-        return _body(Register(v=v, id=mid, sender=pid, ts=ts, nonce=nonce, role=role, key=ident.public_key_text, capabilities=caps))  # type: ignore[arg-type]
+    def reg(ident: Identity, pid: str, role: str, nonce: str, mid: str, caps: list[str], ts: float = NOW, ephemeral: bool = False) -> bytes:
+        return _body(Register(v=v, id=mid, sender=pid, ts=ts, nonce=nonce, role=role, key=ident.public_key_text, capabilities=caps,  # type: ignore[arg-type]
+                              ephemeral=ephemeral))
 
     def nonce(conn: int) -> str:
         return f"nonce-{conn:04d}-abcdefghijkl"
@@ -235,6 +236,12 @@ def _peer_vectors() -> list[dict[str, Any]]:
     out.append(_vector("old-version-registration", OTHER_SEED,
                        reg(other, "agent-7", "agent", nonce(9), "x5", ["echo"]).replace(b'"v":"1.1"', b'"v":1'),
                        sender="agent-7", conn=9, now=NOW + 3, error=errors.UNSUPPORTED_VERSION, note="a protocol 1.0 peer registering: error, then close 1008"))
+    out.append(_vector("ephemeral-controller-register", OTHER_SEED, reg(other, "controller-5e1f", "controller", nonce(10), "x6", [], NOW + 3, ephemeral=True),
+                       sender="controller-5e1f", conn=10, now=NOW + 3, error=None,
+                       note="a controller with a made-up id registers it as ephemeral (§4.4): bound while connected, freed window_s after it leaves"))
+    out.append(_vector("ephemeral-agent-register", OTHER_SEED, reg(other, "agent-8", "agent", nonce(11), "x7", ["echo"], NOW + 3, ephemeral=True),
+                       sender="agent-8", conn=11, now=NOW + 3, error=errors.INVALID_MESSAGE,
+                       note="only a controller registers an ephemeral id (§8 H12): error, then close 1008"))
     return out
 
 

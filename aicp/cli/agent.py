@@ -14,6 +14,10 @@ default ``$XDG_CONFIG_HOME/aicp/keys`` or ``~/.config/aicp/keys``, because the
 router binds an id to its first key and would refuse the same id under a new one.
 An agent with a random id (no ``--id``) gets a fresh key each run and saves none.
 
+Each agent prints one line when it first registers; with ``--count`` above 10, the
+first ten do, then a count at each tenth of the fleet and when all are in
+(``10000 of 10000 agents registered in 17.3 s``); every registration is still logged at INFO.
+
 SIGINT/SIGTERM stop every agent gracefully: new tasks are refused (the router
 retries them elsewhere), running ones get ``--drain-timeout`` seconds to finish
 and send their results, then each agent deregisters; exit 0.
@@ -58,7 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--drain-timeout", type=float, default=10.0, metavar="S", help="on SIGINT/SIGTERM, seconds running tasks get to finish (default 10)")
     add("--router-key", default=None, help="expected router public key (default: trust the router's key on each connection)")
     add("--cafile", default=None, help="CA bundle for wss:// URLs")
-    add("--seed", type=int, default=None, help="seed for the synthetic handler")
+    add("--seed", type=int, default=None, help="seed for the synthetic handler (agent i of --count draws from seed + i)")
+    add("--max-queued", type=int, default=None, metavar="N",
+        help="tasks one agent holds, running or waiting for a slot, before it refuses more as overloaded (default 16 x --concurrency)")
     add_logging_arguments(parser)
 
 
@@ -79,7 +85,8 @@ def iter_agents(args: argparse.Namespace) -> Iterator[Agent]:
         else:
             identity = Identity.generate()
         agent = Agent(agent_id, args.url, identity=identity, concurrency=args.concurrency, heartbeat=args.heartbeat,
-                      drain_timeout=args.drain_timeout, router_key=args.router_key, ssl=ssl_ctx, connect_gate=gate)
+                      drain_timeout=args.drain_timeout, router_key=args.router_key, ssl=ssl_ctx, connect_gate=gate,
+                      **({"max_queued": args.max_queued} if args.max_queued is not None else {}))
         seed = None if args.seed is None else args.seed + i
         for cap in capabilities:
             name = cap if cap in handlers.BUILTINS else args.handler
@@ -91,17 +98,44 @@ def build_agents(args: argparse.Namespace) -> list[Agent]:
     return list(iter_agents(args))
 
 
-async def _run_agent(agent: Agent) -> None:
-    """Serve until stopped; print one line when the agent first registers."""
+# With --count N, the first LINES_EACH agents print their own line; the rest are counted and
+# reported at every tenth of N and once all are in, so a fleet of 10,000 prints about 20 lines.
+LINES_EACH = 10
+
+
+class RegistrationReport:
+    """Prints the agents' first registrations: one line each for the first ``LINES_EACH``, then counts.
+
+    O(1) per registration; ``total`` is the number of agents this process runs.
+    """
+
+    def __init__(self, total: int, now: float) -> None:
+        self.total = total
+        self.started = now
+        self.seen = 0
+        self.next_mark = max(1, total // 10)
+
+    def registered(self, agent: Agent, now: float) -> None:
+        self.seen += 1
+        client = agent.client
+        if self.seen <= LINES_EACH:
+            print(f"Agent {client.peer_id} registered with {client.session.router_id} at {client.server_url} "
+                  f"(key {client.identity.public_key_text}, capabilities {', '.join(client.session.capabilities)})", flush=True)
+        elif self.seen == self.total or self.seen >= self.next_mark:
+            print(f"{self.seen} of {self.total} agents registered in {now - self.started:.1f} s", flush=True)
+        while self.next_mark <= self.seen:
+            self.next_mark += max(1, self.total // 10)
+
+
+async def _run_agent(agent: Agent, report: RegistrationReport) -> None:
+    """Serve until stopped; tell ``report`` when the agent first registers."""
     loop = asyncio.get_running_loop()
     serving = loop.create_task(agent.serve())
     registered = loop.create_task(agent.client.ready.wait())
     try:
         await asyncio.wait({serving, registered}, return_when=asyncio.FIRST_COMPLETED)
         if registered.done():
-            client = agent.client
-            print(f"Agent {client.peer_id} registered with {client.session.router_id} at {client.server_url} "
-                  f"(key {client.identity.public_key_text}, capabilities {', '.join(client.session.capabilities)})", flush=True)
+            report.registered(agent, loop.time())
         await serving
     finally:
         registered.cancel()
@@ -121,10 +155,11 @@ async def _main(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop_all)
     runners: dict[asyncio.Task[None], Agent] = {}
+    report = RegistrationReport(args.count, loop.time())
     # Each agent starts as soon as it is built: the first ones register while later ones still load or create their keys.
     for i, agent in enumerate(iter_agents(args), 1):
         agents.append(agent)
-        runners[loop.create_task(_run_agent(agent))] = agent
+        runners[loop.create_task(_run_agent(agent, report))] = agent
         if i % 32 == 0:
             await asyncio.sleep(0)
     failed = 0

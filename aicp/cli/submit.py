@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import ssl as ssl_module
 import sys
 import time
@@ -45,8 +44,8 @@ async def _submit(args: argparse.Namespace, obj: Any) -> Any:
         identity = Identity.generate()
     ssl_ctx = ssl_module.create_default_context(cafile=args.cafile) if args.url.startswith("wss://") else None
     routers = len(split_urls(args.url))  # several: each is tried once, in turn
-    ctl = AICPController(args.url, args.id or f"controller-{secrets.token_hex(4)}", identity, router_key=args.router_key, ssl=ssl_ctx, reconnect=False,
-                         max_reconnect_attempts=routers - 1)
+    # Without --id the id is made up for this run (controller-<random>), and ephemeral: the router frees it once we are gone.
+    ctl = AICPController(args.url, args.id, identity, router_key=args.router_key, ssl=ssl_ctx, reconnect=False, max_reconnect_attempts=routers - 1)
     await ctl.start(retry=routers > 1)
     try:
         if args.repeat <= 1:

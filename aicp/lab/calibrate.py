@@ -29,12 +29,17 @@ to back), then the simulator on the file with the stack's costs taken four ways:
 dispatches, slot hand-over; plus the load generator's part; never the latency); and
 ``other`` the same read from the *other* strategy's live run of the workload, so that
 nothing of the run predicted reaches the simulator. It prints the p50/p99 table side
-by side (also ``grid.csv`` and ``grid.json`` in the run folder).
+by side (also ``grid.csv`` and ``grid.json`` in the run folder). So that the two runs of a
+workload differ by their strategy only, each is made in ``--blocks`` parts in the order
+A B B A (a drift of the machine reaches both alike), block k of every strategy draws the
+same arrivals and service times (seeded agents), the agents queue without a cap as the
+simulated ones do, and a run with failed or lost tasks is run again (``--live-retries``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import heapq
 import itertools
 import json
@@ -337,12 +342,27 @@ def live_args_for(scenario: sc_mod.Scenario, path: Path, strategy: str, args: ar
         warmup=args.live_warmup,
         seed=args.seed,
         task_timeout=5.0,  # an overloaded live run (a loaded machine) ends sooner
+        # the same service draws in every strategy's run, as the load generator's arrivals already are (common random
+        # numbers): the "other" column then compares strategies on one realisation of the workload, not two
+        agent_seed=None if getattr(args, "fresh_draws", False) else args.seed,
+        # the simulated agents queue without limit; live, a 16-task queue (the default) overflows in a 50 ms stall of a
+        # 2.5 ms workload, and the router then fails tasks and holds the agent out: a cascade the simulator does not model
+        agent_max_queued=GRID_AGENT_QUEUE,
     )
+
+
+#: tasks one live agent of the grid may hold before refusing (aicp agent --max-queued); far above any queue a carried workload builds
+GRID_AGENT_QUEUE = 4096
 
 
 def overloaded(result: dict[str, Any], rate: float) -> bool:
     """The live stack did not carry the offered load: errors, lost tasks, or throughput under 90% of it."""
-    return bool(result["errors"]) or result["lost"] > 0 or result["throughput_per_s"] < 0.9 * rate
+    return failed(result) or result["throughput_per_s"] < 0.9 * rate
+
+
+def failed(result: dict[str, Any]) -> bool:
+    """Some task of the live run failed or was lost: the run holds an incident (a stall, a refusal cascade), not the workload."""
+    return bool(result["errors"]) or result["lost"] > 0
 
 
 def run_live(cfg: argparse.Namespace, run_dir: Path, tag: str) -> dict[str, Any]:
@@ -364,6 +384,26 @@ def run_live(cfg: argparse.Namespace, run_dir: Path, tag: str) -> dict[str, Any]
     return result
 
 
+def run_live_retrying(cfg: argparse.Namespace, run_dir: Path, tag: str, retries: int) -> dict[str, Any]:
+    """:func:`run_live`, run again (up to ``retries`` times) while tasks failed or were lost; the failed runs' files kept aside."""
+    result = run_live(cfg, run_dir, tag)
+    for attempt in range(1, retries + 1):
+        if not failed(result):
+            break
+        # an incident of the machine (a stall that overflowed the agents' queues), not of the workload
+        for f in run_dir.glob(f"{tag}[.-]*"):
+            if not f.name.startswith(f"{tag}-failed"):
+                f.rename(f.with_name(f.name.replace(tag, f"{tag}-failed{attempt}", 1)))
+        print(
+            f"{tag}: live run {attempt} had {sum(result['errors'].values())} failed and {result['lost']} lost tasks; "
+            f"running it again (its files: {tag}-failed{attempt}*)",
+            file=sys.stderr,
+            flush=True,
+        )
+        result = run_live(cfg, run_dir, tag)
+    return result
+
+
 def read_run(cfg: argparse.Namespace, run_dir: Path, tag: str) -> dict[str, Any]:
     """The stack's costs of a recorded live run (its trace and load generator samples in ``run_dir``)."""
     result: dict[str, Any] = {}
@@ -371,15 +411,48 @@ def read_run(cfg: argparse.Namespace, run_dir: Path, tag: str) -> dict[str, Any]
     costs = stack_mod.costs_from_trace(trace.parse(cfg.record.read_bytes()), skip_s=cfg.warmup)
     result["costs"] = costs
     result["client_ms"] = got["client_ms"]
-    result["stack"] = {
+    result["stack"] = stack_means(costs, got["client_ms"])
+    return result
+
+
+def stack_means(costs: stack_mod.RunCosts, client_ms: np.ndarray) -> dict[str, Any]:
+    """The means of a run's stack costs, for the table."""
+    return {
         "handler_mean_ms": float(costs.handler_ms.mean()) if costs.handler_ms.size else float("nan"),
         "agent_overhead_mean_ms": float(costs.overhead_ms.mean()) if costs.overhead_ms.size else float("nan"),
         "slot_gap_mean_ms": float(costs.gap_ms.mean()) if costs.gap_ms.size else float("nan"),
-        "client_mean_ms": float(got["client_ms"].mean()) if got["client_ms"].size else float("nan"),
+        "client_mean_ms": float(client_ms.mean()) if client_ms.size else float("nan"),
         "idle_dispatches": int(costs.idle_ms.size),
         "slot_waits": int(costs.gap_ms.size),
     }
-    return result
+
+
+def merge_blocks(blocks: list[dict[str, Any]], run_dir: Path, tags: list[str], cfg: argparse.Namespace, block_s: float) -> dict[str, Any]:
+    """One strategy's live result from its blocks: the latency over all their tasks, their costs pooled."""
+    if len(blocks) == 1:
+        return {**blocks[0], "tags": tags}
+    cpu: dict[str, Any] = {}
+    for b in blocks:
+        for role, v in b["cpu"].items():
+            if role != "loadgen":
+                cpu.setdefault(role, {"cpu_s": 0.0})["cpu_s"] += v["cpu_s"]
+    whole = live.Trial("open", rate=cfg.rate, duration=block_s * len(blocks), warmup=cfg.warmup)
+    result = live.summarise([run_dir / f"{t}-gen0.npz" for t in tags], whole, cpu)
+    costs = stack_mod.RunCosts.concat([b["costs"] for b in blocks])
+    client = np.concatenate([b["client_ms"] for b in blocks])
+    return {**result, "costs": costs, "client_ms": client, "stack": stack_means(costs, client), "tags": tags}
+
+
+def block_plan(strategies: list[str], blocks: int) -> list[tuple[int, str]]:
+    """The order of the live runs: each strategy's run in ``blocks`` parts, the order reversed every other block.
+
+    Two strategies, two blocks: A B B A, so that a drift of the machine's speed during the
+    workload (linear in time) reaches both strategies alike.
+    """
+    out: list[tuple[int, str]] = []
+    for k in range(blocks):
+        out += [(k, st) for st in (strategies if k % 2 == 0 else strategies[::-1])]
+    return out
 
 
 def run_calibration(
@@ -421,6 +494,18 @@ def run_sim(scenario: sc_mod.Scenario, strategy: str, calibration: Path | None) 
     return {"p50": float(np.mean(p50)), "p99": float(np.mean(p99)), "utilisation": float(np.mean(util))}
 
 
+def flags(row: dict[str, Any]) -> str:
+    """What to distrust in a row: its live run (failed tasks: an incident, rerun it; or under 90% throughput), or the run its ``other`` costs come from."""
+    out = ""
+    if row.get("live_failed"):
+        out += "  LIVE FAILED (rerun)"
+    elif row["live_overloaded"]:
+        out += "  LIVE OVERLOADED"
+    if row.get("other_failed"):
+        out += "  OTHER RUN FAILED"
+    return out
+
+
 def _err(pred: float, live_v: float) -> str:
     return f"{100.0 * (pred - live_v) / live_v:+.0f}%" if live_v > 0 else "n/a"
 
@@ -459,29 +544,58 @@ def grid(args: argparse.Namespace) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
     sign_ms = sign_cost_ms()
     rows: list[dict[str, Any]] = []
-    cols = ["sim", *(["probe"] if cal_path else []), "run", "other"]
+    wanted = set(args.columns.split(","))
+    if not wanted <= {"sim", "probe", "run", "other"}:
+        raise SystemExit(f"--columns: {', '.join(sorted(wanted - {'sim', 'probe', 'run', 'other'}))}: none such (sim, probe, run, other)")
+    cols = [c for c in ("sim", *(["probe"] if cal_path else []), "run", "other") if c in wanted]
     head = " ".join(f"{c:>6} {'err':>5}" for c in cols)
     header = f"{'workload':22} {'strategy':13} {'util':>5} | {'live p50':>8} {head} | {'live p99':>8} {head}"
     print(header + "\n" + "-" * len(header), flush=True)
     for path, scenario in scenarios:
         lives: dict[str, dict[str, Any]] = {}
         cfgs: dict[str, argparse.Namespace] = {}
-        for strategy in scenario.strategies:  # live first, all strategies back to back: the "other" costs are minutes apart at most
+        for strategy in scenario.strategies:
             cfgs[strategy] = live_args_for(scenario, path, strategy, args)
-            tag = f"{scenario.name}-{strategy}"
-            if args.resim is None:
-                lives[strategy] = run_live(cfgs[strategy], run_dir, tag)
-            elif (scenario.name, strategy) in earlier:
+        if args.resim is None:
+            # live first, all strategies back to back, each in args.blocks parts (A B B A): a drift of the machine between
+            # the runs reaches both strategies alike; block k of every strategy draws the same arrivals and service times
+            parts: dict[str, list[dict[str, Any]]] = {st: [] for st in scenario.strategies}
+            tags: dict[str, list[str]] = {st: [] for st in scenario.strategies}
+            for k, strategy in block_plan(list(scenario.strategies), args.blocks):
+                cfg = copy.copy(cfgs[strategy])
+                cfg.duration = cfgs[strategy].duration / args.blocks
+                cfg.seed = args.seed + 1000 * k
+                if cfg.agent_seed is not None:
+                    cfg.agent_seed = cfg.seed
+                tag = f"{scenario.name}-{strategy}" + (f"-b{k}" if args.blocks > 1 else "")
+                parts[strategy].append(run_live_retrying(cfg, run_dir, tag, args.live_retries))
+                tags[strategy].append(tag)
+            for strategy in scenario.strategies:
+                cfgs[strategy].record = run_dir / f"{tags[strategy][0]}.jsonl"
+                block_s = cfgs[strategy].duration / args.blocks
+                lives[strategy] = merge_blocks(parts[strategy], run_dir, tags[strategy], cfgs[strategy], block_s)
+        else:
+            for strategy in scenario.strategies:
+                if (scenario.name, strategy) not in earlier:
+                    continue
                 old_row = earlier[(scenario.name, strategy)]
-                cfgs[strategy].record = run_dir / f"{tag}.jsonl"
                 cfgs[strategy].warmup = old_row.get("live_warmup_s", cfgs[strategy].warmup)
+                blocks = []
+                for tag in old_row.get("live_tags") or [f"{scenario.name}-{strategy}"]:
+                    cfgs[strategy].record = run_dir / f"{tag}.jsonl"
+                    blocks.append(read_run(cfgs[strategy], run_dir, tag))
+                costs = stack_mod.RunCosts.concat([b["costs"] for b in blocks])
+                client = np.concatenate([b["client_ms"] for b in blocks])
                 lives[strategy] = {
                     "latency_ms": {"p50": old_row["live_p50"], "p99": old_row["live_p99"], "samples": old_row["live_samples"]},
                     "errors": old_row["live_errors"],
                     "lost": old_row["live_lost"],
                     "cpu": old_row["live_cpu"],
                     "throughput_per_s": old_row["live_throughput_per_s"],
-                    **read_run(cfgs[strategy], run_dir, tag),
+                    "costs": costs,
+                    "client_ms": client,
+                    "stack": stack_means(costs, client),
+                    "tags": old_row.get("live_tags") or [f"{scenario.name}-{strategy}"],
                 }
         if not lives:
             continue
@@ -498,19 +612,18 @@ def grid(args: argparse.Namespace) -> int:
         for k, strategy in enumerate(order):
             lv = lives[strategy]
             other = order[(k + 1) % len(order)] if len(order) > 1 else None
-            sims: dict[str, dict[str, float] | None] = {"sim": run_sim(scenario, strategy, None)}
-            if cal_path:
-                sims["probe"] = run_sim(scenario, strategy, cal_path)
             own, theirs = cal_files[strategy], cal_files.get(other) if other else None
-            sims["run"] = run_sim(scenario, strategy, own) if own else None
-            sims["other"] = run_sim(scenario, strategy, theirs) if theirs else None
+            inputs = {"sim": None, "probe": cal_path, "run": own, "other": theirs}
+            sims: dict[str, dict[str, float] | None] = {
+                c: run_sim(scenario, strategy, inputs[c]) if c == "sim" or inputs[c] else None for c in cols
+            }
             lat = lv["latency_ms"]
             row: dict[str, Any] = {
                 "workload": scenario.name,
                 "file": str(path),
                 "strategy": strategy,
                 "other_strategy": other,
-                "sim_utilisation": sims["sim"]["utilisation"],  # type: ignore[index]
+                "sim_utilisation": next((v["utilisation"] for v in sims.values() if v), float("nan")),
                 "live_p50": lat["p50"],
                 "live_p99": lat["p99"],
                 "live_samples": lat["samples"],
@@ -520,7 +633,10 @@ def grid(args: argparse.Namespace) -> int:
                 "live_throughput_per_s": lv["throughput_per_s"],
                 "stack_live": lv["stack"],
                 "live_overloaded": overloaded(lv, cfgs[strategy].rate),
+                "live_failed": failed(lv),
+                "other_failed": bool(other and failed(lives[other])),
                 "live_warmup_s": cfgs[strategy].warmup,
+                "live_tags": lv["tags"],
             }
             for c in cols:
                 got = sims.get(c)
@@ -533,7 +649,7 @@ def grid(args: argparse.Namespace) -> int:
 
             print(
                 f"{scenario.name:22} {strategy:13} {row['sim_utilisation']:5.2f} | {lat['p50']:8.2f} {cells('p50')} | {lat['p99']:8.2f} {cells('p99')}"
-                + ("  LIVE OVERLOADED" if row["live_overloaded"] else ""),
+                + flags(row),
                 flush=True,
             )
     print(
@@ -548,14 +664,14 @@ def grid(args: argparse.Namespace) -> int:
             f"({a['idle_dispatches']} idle dispatches)  slot gap {a['slot_gap_mean_ms']:6.3f} ({a['slot_waits']} waits)  "
             f"client {a['client_mean_ms']:6.3f}  live throughput {r['live_throughput_per_s']:.0f}/s"
         )
-    carried = [r for r in rows if not r["live_overloaded"]]
-    for c in cols[1:]:
+    carried = [r for r in rows if not r["live_overloaded"] and not r.get("other_failed")]
+    for c in (c for c in cols if c != "sim"):
         within = [r for r in rows if _within(r[f"{c}_p50"], r["live_p50"]) and _within(r[f"{c}_p99"], r["live_p99"])]
         p50 = sum(_within(r[f"{c}_p50"], r["live_p50"]) for r in rows)
         p99 = sum(_within(r[f"{c}_p99"], r["live_p99"]) for r in rows)
         print(
             f"{c:5}: p50 within 15% in {p50} of {len(rows)} rows, p99 in {p99}, both in {len(within)} "
-            f"({len([r for r in within if not r['live_overloaded']])} of the {len(carried)} the live stack carried)"
+            f"({len([r for r in within if r in carried])} of the {len(carried)} whose live runs, its and the other's, the stack carried)"
         )
     print(f"{time.monotonic() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
     keys = ["live_p50", *(f"{c}_p50" for c in cols), "live_p99", *(f"{c}_p99" for c in cols)]
@@ -628,6 +744,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=4000,
         help="--grid: lengthen a slow workload's live run to this many tasks, up to 3x (default 4000)",
+    )
+    add(
+        "--blocks",
+        type=int,
+        default=2,
+        help="--grid: each strategy's live run in N parts, the order reversed every other part (2: A B B A; 1: A B, as before)",
+    )
+    add(
+        "--columns",
+        default="sim,probe,run,other",
+        help="--grid: the simulated columns, a comma-separated subset of sim,probe,run,other (default all; e.g. other with --resim)",
+    )
+    add("--live-retries", type=int, default=1, help="--grid: run a live run again, up to N times, if tasks failed or were lost (default 1)")
+    add(
+        "--fresh-draws",
+        action="store_true",
+        help="--grid: the live agents draw unseeded service times, each run its own (default: seeded, the same draws in each strategy's run)",
     )
     add("--live-warmup", type=float, default=2.0, help="--grid: warm-up seconds per live run (default 2)")
     add("--seed", type=int, default=1)

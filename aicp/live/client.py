@@ -17,19 +17,24 @@ Typical use (``aicp.Agent`` wraps this with a persistent key, decorators and sig
     client.register_handler("text.classify", text_classify)
     await client.serve()         # connect, renew the lease, handle tasks until close()
 
-``serve()`` owns its heartbeat task. Callers of the older sequence (``connect()``,
-a task running ``heartbeat_loop()``, ``listen()``) keep working but must hold on to
-that task themselves.
+``serve()`` renews the lease: it enrols the client with its event loop's
+``LeaseKeeper``, one timer for every client of the loop, which sends a heartbeat
+only when the client sent no other frame for a whole interval (any verified frame
+renews an agent's lease, PROTOCOL.md §6). Callers of the older sequence
+(``connect()``, a task running ``heartbeat_loop()``, ``listen()``) keep working but
+must hold on to that task themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import inspect
 import logging
 import random
 import ssl as ssl_module
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Any
@@ -139,6 +144,89 @@ class OutcomeWaiter:
                 fut.set_exception(errors.TaskError(code, message, task_id))
 
 
+class LeaseKeeper:
+    """Renews the leases of every client served on one event loop, with one timer.
+
+    A process running thousands of agents would otherwise keep a task, a sleeping
+    future and a timer per agent and wake each of them once per interval. Here a heap
+    of ``(due, seq, client, token)`` in loop time holds one entry per enrolled client,
+    and one ``loop.call_at`` handle is armed for the earliest; when it fires, every
+    client due within ``slack`` is asked for its next due time (``PeerClient._beat``:
+    it sends a heartbeat only if it sent no other frame for a whole interval) and
+    pushed again. O(log n) per due client, n the clients of this loop; nothing per
+    client between its due times. The slack (a sixteenth of the shortest interval,
+    at most ``MAX_SLACK_S``) lets one wake-up send the heartbeats of many clients, a
+    little early: they reach the router together, and it reads them in one wake-up too. A client leaves by changing its token (``leave``):
+    its stale entry is dropped when it comes up.
+    """
+
+    #: Clients due this close to the earliest are served in the same wake-up (at most).
+    MAX_SLACK_S = 0.25
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LeaseKeeper] = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._heap: list[tuple[float, int, PeerClient, int]] = []
+        self._seq = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_at = float("inf")
+        self.enrolled = 0  # clients enrolled now
+        self.slack = self.MAX_SLACK_S  # seconds a heartbeat may come early
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> LeaseKeeper:
+        """The keeper of ``loop`` (created on first use)."""
+        keeper = cls._by_loop.get(loop)
+        if keeper is None:
+            keeper = cls._by_loop[loop] = cls(loop)
+        return keeper
+
+    def enrol(self, client: PeerClient, due: float, interval: float) -> None:
+        """Ask ``client`` for a heartbeat at loop time ``due`` and every ``interval`` after, until ``leave``."""
+        self.slack = min(self.slack, interval / 16.0)
+        client._beat_token += 1
+        self.enrolled += 1
+        self._push(due, client)
+
+    def leave(self, client: PeerClient) -> None:
+        client._beat_token += 1
+        self.enrolled -= 1
+        if not self.enrolled and self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+            self._armed_at = float("inf")
+            self._heap.clear()
+
+    def _push(self, due: float, client: PeerClient) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, client, client._beat_token))
+        if due < self._armed_at:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._armed_at = due
+            self._handle = self.loop.call_at(due, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._armed_at = float("-inf")  # no arming while serving: once, for the earliest left, at the end
+        heap = self._heap
+        now = self.loop.time()
+        horizon = now + self.slack
+        due_now = []
+        while heap and heap[0][0] <= horizon:
+            _, _, client, token = heapq.heappop(heap)
+            if token == client._beat_token:
+                due_now.append(client)
+        for client in due_now:
+            nxt = client._beat(now, self.slack)
+            if nxt is not None:
+                self._push(nxt, client)
+        self._armed_at = float("inf")
+        if heap:
+            self._armed_at = heap[0][0]
+            self._handle = self.loop.call_at(self._armed_at, self._fire)
+
+
 class PeerClient:
     """One peer identity with a self-healing connection to the router."""
 
@@ -162,6 +250,7 @@ class PeerClient:
         progress: bool = False,
         connect_gate: asyncio.Semaphore | None = None,
         ping_interval_s: float | None = None,
+        ephemeral: bool = False,
     ) -> None:
         """``connect_gate``: a semaphore shared by the clients of one process, held for each
         connection attempt (TCP, WebSocket handshake, registration): thousands of agents in one
@@ -170,12 +259,15 @@ class PeerClient:
         how this side notices a router that vanished without closing the connection (no pong within
         20 s: the connection is dropped and the client reconnects). None (default): the ``lease_s``
         the router announced, the time it gives an agent to prove itself alive; 0: never ping.
+        ``ephemeral``: (controllers) this id was made up for this run, so the router may free it
+        once the client is gone (docs/PROTOCOL.md §4.4). A router older than that field refuses
+        it (``invalid-message``): the client then registers once more without it.
         """
         #: the routers to try, in turn: a list, or one string of comma-separated URLs (cluster mode)
         self.urls = split_urls(server_url)
         self._url_index = 0
         self.identity = identity
-        self.session = PeerSession(identity, peer_id, role, capabilities or [], concurrency, router_key, progress=progress)
+        self.session = PeerSession(identity, peer_id, role, capabilities or [], concurrency, router_key, progress=progress, ephemeral=ephemeral)
         self._pinned_router_key = router_key  # None: trust the key of each router we connect to
         self.ssl = ssl
         self.reconnect = reconnect
@@ -193,7 +285,12 @@ class PeerClient:
         self.errors: deque[Error] = deque(maxlen=256)  # router errors not tied to a task we wait for
         self.rejected_frames = 0  # frames that failed verification here
         self.waiter = OutcomeWaiter()
-        self._heartbeat: asyncio.Task[None] | None = None  # owned by serve()
+        self._keeper: LeaseKeeper | None = None  # set while serve() renews the lease
+        self._beat_token = 0  # LeaseKeeper's: an entry with another token is stale
+        self._beat_interval: float | None = None  # serve()'s heartbeat interval (None: the router's)
+        self._sent_at = 0.0  # loop time of the last frame handed to the connection (a renewal of the lease)
+        self._beat_tasks: set[asyncio.Task[bool]] = set()  # heartbeats waiting for flow control
+        self.heartbeats_sent = 0
         self.connect_gate = connect_gate
         self.ping_interval_s = ping_interval_s
 
@@ -223,6 +320,17 @@ class PeerClient:
     # ------------------------------------------------------------------ connection
     async def connect(self) -> None:
         """Open one connection and register on its challenge (holding ``connect_gate`` if any). Raises one of ``CONNECT_ERRORS``."""
+        try:
+            await self._connect_gated()
+        except errors.ProtocolError as exc:
+            if exc.code != errors.INVALID_MESSAGE or not self.session.ephemeral:
+                raise
+            # A router that predates ``ephemeral`` refuses the field: bind the id for good there instead.
+            log.info("%s: router refused the ephemeral registration (%s); registering without it", self.peer_id, exc.message)
+            self.session.ephemeral = False
+            await self._connect_gated()
+
+    async def _connect_gated(self) -> None:
         if self.connect_gate is None:
             await self._connect()
             return
@@ -267,6 +375,10 @@ class PeerClient:
             ws.start_keepalive()
         self.ws = ws
         self._batch = FrameBatcher(ws, self._dropped)
+        # The registration renewed the lease. The first heartbeat is due after a random half to
+        # all of the interval, as if registered that much earlier: agents started together
+        # do not renew their leases in bursts at the router.
+        self._sent_at = self._batch.loop.time() - random.uniform(0.0, 0.5) * self._interval()
         self.goaway = None
         self.registrations += 1
         self.ready.set()
@@ -319,25 +431,29 @@ class PeerClient:
     async def serve(self, heartbeat: float | None = None) -> None:
         """Connect (retrying) unless connected, then handle frames and renew the lease until ``close()``.
 
-        The heartbeat task (every ``heartbeat`` seconds, default what the router asks
-        for) belongs to this call: it starts after the first registration and is
-        cancelled and awaited when the call returns or is cancelled.
+        Meanwhile the client is enrolled with its loop's ``LeaseKeeper``: a heartbeat every
+        ``heartbeat`` seconds (default what the router asks for) in which it sent nothing
+        else, from the first registration until the call returns or is cancelled.
         """
+        self._beat_interval = heartbeat
         if not self.connected:
             await self.connect_with_retry()
-        self._heartbeat = asyncio.get_running_loop().create_task(self.heartbeat_loop(heartbeat))
+        loop = asyncio.get_running_loop()
+        keeper = self._keeper = LeaseKeeper.of(loop)
+        keeper.enrol(self, self._sent_at + self._interval(), self._interval())
         try:
             await self.listen()
         finally:
-            beat, self._heartbeat = self._heartbeat, None
-            beat.cancel()
-            await asyncio.gather(beat, return_exceptions=True)
+            if self._keeper is keeper:
+                self._keeper = None
+                keeper.leave(self)
 
     async def close(self) -> None:
         """Leave: deregister if connected, close the socket, stop reconnecting."""
         self.closing = True
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        if self._keeper is not None:
+            self._keeper.leave(self)
+            self._keeper = None
         ws = self.ws
         self.ws = None
         self.ready.clear()
@@ -354,6 +470,33 @@ class PeerClient:
     async def send_heartbeat(self, load: int = 0) -> bool:
         """Send one heartbeat; False if not connected."""
         return await self._send(self.session.heartbeat_frame(time.time(), load))
+
+    def _interval(self) -> float:
+        return self._beat_interval if self._beat_interval is not None else self.session.heartbeat_s
+
+    def _beat(self, now: float, slack: float) -> float | None:
+        """``LeaseKeeper``: renew the lease now (up to ``slack`` early) unless a frame sent within the interval did;
+        the next due time (None: leave)."""
+        if self.closing:
+            return None
+        interval = self._interval()
+        if not self.ready.is_set():
+            return now + interval  # reconnecting: the registration will renew it
+        renewed = self._sent_at + interval
+        if renewed > now + slack:
+            return renewed
+        self.heartbeats_sent += 1
+        frame = self.session.heartbeat_frame(time.time(), self._load())
+        batch = self._batch
+        if batch is not None and batch.ws is self.ws and batch.writable():
+            batch.add(frame)
+            self._sent_at = now
+        else:
+            task = batch.loop.create_task(self._send(frame)) if batch is not None else None
+            if task is not None:
+                self._beat_tasks.add(task)
+                task.add_done_callback(self._beat_tasks.discard)
+        return now + interval
 
     async def heartbeat_loop(self, interval: float | None = None) -> None:
         """Renew the lease every ``interval`` seconds (default: what the router asked for) until ``close()``.
@@ -398,12 +541,15 @@ class PeerClient:
         if batch is not None and batch.ws is ws:
             if batch.writable():
                 batch.add(frame)  # written at the end of this loop iteration, with the others
+                self._sent_at = batch.loop.time()
                 return True
             batch.flush()  # the transport is backed up: what the batch holds goes first, then flow control
         try:
             await ws.send(frame, text=True)
         except ConnectionClosed:
             return False
+        if batch is not None:
+            self._sent_at = batch.loop.time()
         return True
 
     def _message(self, data: bytes, binary: bool) -> None:
@@ -613,6 +759,7 @@ class AICPWebSocketClient(PeerClient):
         batch = self._batch
         if batch is not None and batch.ws is self.ws and self.ready.is_set() and batch.writable():
             batch.add(frame)  # a flush that finds the connection closed hands it to _dropped, which keeps it
+            self._sent_at = batch.loop.time()
             return
         self._spawn(self._send_result(frame))
 
@@ -620,6 +767,7 @@ class AICPWebSocketClient(PeerClient):
         batch = self._batch
         if batch is not None and batch.ws is self.ws and self.ready.is_set() and batch.writable():
             batch.add(frame)  # a flush that finds the connection closed hands it to _dropped, which keeps it
+            self._sent_at = batch.loop.time()
             return
         key = str(id(frame)) + ":" + str(time.monotonic_ns())
         self._unsent[key] = frame

@@ -47,9 +47,18 @@ class _Submitted(msgspec.Struct):
 
 
 class AICPController(PeerClient):
-    """An async control-plane client. Use ``async with AICPController(...) as ctl``."""
+    """An async control-plane client. Use ``async with AICPController(...) as ctl``.
 
-    def __init__(self, server_url: str | Sequence[str] = DEFAULT_URL, controller_id: str = "controller", identity: Identity | None = None, **kwargs: Any) -> None:
+    Without ``controller_id`` the id is ``controller-<random>``, registered as ephemeral
+    (docs/PROTOCOL.md §4.4): the router frees it ``window_s`` after this client has gone and
+    its last task has ended. (It was ``"controller"``, which the first run's throwaway key
+    then held for good, so every later run without an id was refused ``key-mismatch``.)
+    """
+
+    def __init__(self, server_url: str | Sequence[str] = DEFAULT_URL, controller_id: str | None = None, identity: Identity | None = None, **kwargs: Any) -> None:
+        if controller_id is None:
+            kwargs.setdefault("ephemeral", True)
+            controller_id = f"controller-{secrets.token_hex(4)}"
         super().__init__(server_url, controller_id, identity or Identity.generate(), role="controller", **kwargs)
         self._submitted: dict[str, _Submitted] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -186,7 +195,8 @@ class Controller(AICPController):
     ``agent-failed``, ``rate-limited``, …).
 
     Without ``controller_id`` the controller is ``controller-<random>`` with a fresh
-    key each run. With one, its key is kept like an agent's (see ``aicp.live.keys``:
+    key each run, registered as ephemeral: the router frees the id ``window_s`` after the
+    controller has gone and its last task has ended (docs/PROTOCOL.md §4.4). With one, its key is kept like an agent's (see ``aicp.live.keys``:
     ``$AICP_KEY_DIR``, default ``~/.config/aicp/keys/<id>.key``), so a restarted
     controller can submit a task id again and get its stored outcome.
     ``identity`` or ``key_file`` override where the key comes from.
@@ -207,7 +217,7 @@ class Controller(AICPController):
                 identity = Identity.generate()
             else:
                 identity = identity_for(controller_id or "controller", key_file=key_file, key_dir=key_dir)
-        super().__init__(url, controller_id or f"controller-{secrets.token_hex(4)}", identity, **kwargs)
+        super().__init__(url, controller_id, identity, **kwargs)  # without an id: a made-up, ephemeral one
         self.waiter = _ResultWaiter()
 
     async def __aenter__(self) -> Controller:

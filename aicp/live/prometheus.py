@@ -65,6 +65,7 @@ class _CoreCollector(Collector):
         yield agents
         yield GaugeMetricFamily("aicp_open_connections", "Open WebSocket connections", value=self.open_connections())
         yield GaugeMetricFamily("aicp_tasks_in_flight", "Tasks in the router now", value=proto.pending_tasks())
+        yield GaugeMetricFamily("aicp_bound_ids", "Peer ids bound to a key now (ephemeral ones until freed)", value=proto.bound_ids)
         frames = CounterMetricFamily("aicp_frames", "Frames received from peers", value=proto.counters["frames_in"])
         yield frames
         if self.state_stats is not None:

@@ -225,7 +225,7 @@ class AICPWebSocketServer:
             self.proto.store = self.store
             self.store.snapshot = Snapshot()  # restored: free the copy
             if isinstance(self.store, JetStreamStore):
-                self.store.start(self.loop, learn=self._learn_binding)
+                self.store.start(self.loop, learn=self._learn_binding, dropped=self._binding_dropped)
             else:
                 self.store.start(self.loop)
             log.info("state restored from %s: %d binding(s), %d seen id(s), %d outcome(s)", self.store.path, len(snap.bindings), len(snap.seen), len(snap.outcomes))
@@ -399,6 +399,10 @@ class AICPWebSocketServer:
     def _learn_binding(self, binding: Binding) -> None:
         """A binding from the state the routers share (``JetStreamStore``): it wins over a local one."""
         self._apply(self.proto.learn_binding(binding, time.time()))
+
+    def _binding_dropped(self, peer_id: str) -> None:
+        """Another router freed an ephemeral binding in the shared state: written again if this router still holds it."""
+        self.proto.binding_dropped(peer_id, time.time())
 
     def _apply(self, outputs: list[Output]) -> None:
         links = self._links

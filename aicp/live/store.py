@@ -18,7 +18,9 @@ the last ``batch_s``. A committed transaction survives a process crash; a power 
 kernel crash may also lose the transactions since the last checkpoint (at most about a
 second). What the loss means is in docs/SECURITY.md. ``close()`` writes everything.
 
-**Retention.** Bindings are kept for good (at most ``max_peers`` rows). Seen ids and
+**Retention.** Bindings of chosen ids are kept for good (at most ``max_peers`` rows); an
+ephemeral one (docs/PROTOCOL.md §4.4) is deleted when the router frees it, ``window_s``
+after its controller left and its last task ended (a restart counts as leaving). Seen ids and
 outcomes carry their expiry (wall-clock seconds); expired rows are deleted every 5 s
 and at open, so the file holds about (message rate x (window + 5 s)) seen rows and
 (task rate x (window + 5 s)) outcomes, like the router's memory. SQLite reuses freed pages: the
@@ -31,7 +33,7 @@ bound id to the first key that claims it. Move the file aside to start empty on 
 
 Tables (one row per key; ``aicp.live.store_jetstream`` holds the same entries in JetStream KV):
 
-* ``bindings(peer_id PK, key, role)``
+* ``bindings(peer_id PK, key, role, ephemeral)`` (schema 1 had no ``ephemeral``: it is added at open, 0)
 * ``seen(sender, msg_id, expiry, task)``, primary key ``(sender, msg_id)``
 * ``outcomes(key PK, frame BLOB, expiry, fingerprint BLOB, assignees)`` (a JSON list)
 * ``meta(name PK, value)``: ``router_key`` of the last router that wrote the file
@@ -53,10 +55,11 @@ from aicp.state import Binding, Seen, Snapshot, StoredOutcome
 log = logging.getLogger("aicp.live.store")
 
 APPLICATION_ID = 0x41494350  # "AICP"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: bindings.ephemeral
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS bindings (peer_id TEXT PRIMARY KEY, key TEXT NOT NULL, role TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bindings (peer_id TEXT PRIMARY KEY, key TEXT NOT NULL, role TEXT NOT NULL,
+                                     ephemeral INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS seen (sender TEXT NOT NULL, msg_id TEXT NOT NULL, expiry REAL NOT NULL, task INTEGER NOT NULL,
                                  PRIMARY KEY (sender, msg_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outcomes (key TEXT PRIMARY KEY, frame BLOB NOT NULL, expiry REAL NOT NULL,
@@ -64,7 +67,13 @@ CREATE TABLE IF NOT EXISTS outcomes (key TEXT PRIMARY KEY, frame BLOB NOT NULL, 
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
-Record = Binding | Seen | StoredOutcome
+class Unbind(msgspec.Struct, frozen=True, gc=False):
+    """A sink's record of ``StateSink.unbind``: delete ``binding`` if the id is still bound to its key."""
+
+    binding: Binding
+
+
+Record = Binding | Unbind | Seen | StoredOutcome
 
 
 class StateFileError(Exception):
@@ -149,6 +158,8 @@ class SqliteStore:
         db.execute(f"PRAGMA application_id={APPLICATION_ID}")
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.executescript(_SCHEMA)
+        if "ephemeral" not in {row[1] for row in db.execute("PRAGMA table_info(bindings)")}:  # a schema 1 file
+            db.execute("ALTER TABLE bindings ADD COLUMN ephemeral INTEGER NOT NULL DEFAULT 0")
         db.execute("BEGIN")
         db.execute("DELETE FROM seen WHERE expiry <= ?", (now,))
         db.execute("DELETE FROM outcomes WHERE expiry <= ?", (now,))
@@ -161,7 +172,7 @@ class SqliteStore:
         db.execute("COMMIT")
         try:
             return Snapshot(
-                bindings=[Binding(str(a), str(b), str(c)) for a, b, c in db.execute("SELECT peer_id, key, role FROM bindings")],
+                bindings=[Binding(str(a), str(b), str(c), bool(d)) for a, b, c, d in db.execute("SELECT peer_id, key, role, ephemeral FROM bindings")],
                 seen=[Seen(str(a), str(b), float(c), bool(d)) for a, b, c, d in db.execute("SELECT sender, msg_id, expiry, task FROM seen")],
                 outcomes=[
                     StoredOutcome(str(a), bytes(b), float(c), bytes(d), tuple(msgspec.json.decode(e, type=list[str])))
@@ -183,6 +194,9 @@ class SqliteStore:
 
     def bind(self, binding: Binding) -> None:
         self._add(binding)
+
+    def unbind(self, binding: Binding) -> None:
+        self._add(Unbind(binding))
 
     def seen(self, seen: Seen) -> None:
         self._add(seen)
@@ -239,14 +253,19 @@ class SqliteStore:
         if not batch:
             return True
         t0 = time.perf_counter()
-        bindings, seen, outcomes = [], [], []
+        seen, outcomes = [], []
+        by_id: dict[str, Binding | Unbind] = {}  # the last binding change per id wins: a batch may free an id and bind it again
         for r in batch:
             if isinstance(r, Seen):
                 seen.append((r.sender, r.msg_id, r.expiry, int(r.task)))
             elif isinstance(r, StoredOutcome):
                 outcomes.append((r.key, r.frame, r.expiry, r.fingerprint, msgspec.json.encode(r.assignees).decode()))
+            elif isinstance(r, Unbind):
+                by_id[r.binding.peer_id] = r
             else:
-                bindings.append((r.peer_id, r.key, r.role))
+                by_id[r.peer_id] = r
+        bindings = [(r.peer_id, r.key, r.role, int(r.ephemeral)) for r in by_id.values() if isinstance(r, Binding)]
+        unbound = [(r.binding.peer_id, r.binding.key) for r in by_id.values() if isinstance(r, Unbind)]
         db = self._db
         try:
             if wait:
@@ -263,7 +282,9 @@ class SqliteStore:
         self._buffer = []
         try:
             if bindings:
-                db.executemany("INSERT OR REPLACE INTO bindings VALUES (?, ?, ?)", bindings)
+                db.executemany("INSERT OR REPLACE INTO bindings VALUES (?, ?, ?, ?)", bindings)
+            if unbound:
+                db.executemany("DELETE FROM bindings WHERE peer_id = ? AND key = ?", unbound)
             if seen:
                 db.executemany("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)", seen)
             if outcomes:

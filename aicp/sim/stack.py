@@ -255,6 +255,22 @@ class RunCosts:
     window_s: float  # width of the windows below
     windows: list[tuple[np.ndarray, np.ndarray]]  # per window of dispatch time from the start: (handler_ms, idle_ms)
 
+    @staticmethod
+    def concat(parts: list[RunCosts]) -> RunCosts:
+        """The costs of several runs of one workload (the parts of a split run) as one: samples pooled, windows one after another."""
+        if len(parts) == 1:
+            return parts[0]
+        n = [p.handler_ms.size for p in parts]
+        return RunCosts(
+            handler_ms=np.concatenate([p.handler_ms for p in parts]),
+            idle_ms=np.concatenate([p.idle_ms for p in parts]),
+            overhead_ms=np.concatenate([p.overhead_ms for p in parts]),
+            gap_ms=np.concatenate([p.gap_ms for p in parts]),
+            rate_per_s=float(np.average([p.rate_per_s for p in parts], weights=n)) if sum(n) else parts[0].rate_per_s,
+            window_s=parts[0].window_s,
+            windows=[w for p in parts for w in p.windows],
+        )
+
 
 def costs_from_trace(events: Iterable[trace.TraceEvent], skip_s: float = 0.0, window_s: float = 1.0) -> RunCosts:
     """The stack's costs in a recorded run, from the router's timestamps and the agents' signed handler times.

@@ -173,6 +173,27 @@ def test_silent_agent_is_evicted_after_its_lease_and_its_connection_closed() -> 
     assert hub.proto.connected_peers() == {"chatty": "agent"}
 
 
+def test_an_agent_sending_results_keeps_its_lease_without_heartbeats_but_a_replayed_frame_does_not_renew_it() -> None:
+    hub = make_hub(lease_s=10.0, attempt_timeout_s=100.0)
+    busy = agent(hub, "busy", auto=False)
+    replayer = agent(hub, "replayer", caps=["other"])
+    c = controller(hub)
+    beat = replayer.session.heartbeat_frame(hub.now)
+    replayer.send(beat)
+    for _ in range(4):  # 16 s without a heartbeat from busy, a result every 4 s
+        hub.advance(4.0)
+        c.submit("m", 1)
+        hub.run_until_idle()
+        busy.answer(busy.held.popleft())
+        replayer.send(beat)  # the same heartbeat again: a replay, refused, renews nothing
+        hub.run_until_idle()
+    assert busy.closed is None
+    assert replayer.closed == (CLOSE_LEASE_EXPIRED, "lease expired")
+    assert hub.proto.connected_peers() == {"busy": "agent", "ctl": "controller"}
+    hub.advance(10.5)  # silent from now on: the lease runs out after the last result
+    assert busy.closed == (CLOSE_LEASE_EXPIRED, "lease expired")
+
+
 def test_same_identity_reconnecting_replaces_the_old_connection() -> None:
     hub = make_hub()
     ident = Identity.generate()

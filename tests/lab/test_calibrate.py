@@ -139,3 +139,61 @@ def test_a_run_calibration_takes_the_run_s_handler_times_hops_and_client_part(tm
     assert lv.client_ms == [0.5, 1.5] and lv.wake_ms == [] and cal.timer_ms == 0.0
     assert cal.slot_ms == 0.07  # one wait in the trace: too few, the fallback
     assert calibrate.run_calibration({"costs": costs, "client_ms": np.array([])}, path, 0.0).levels[0].client_ms == []
+
+
+def test_the_grid_s_live_agents_draw_the_same_service_times_in_each_strategy_s_run_and_queue_without_a_cap() -> None:
+    from aicp.sim import scenario as sc_mod
+
+    path = GRID / "g6_exp2.5_a2c1.toml"
+    sc = sc_mod.load(path)
+    args = calibrate.bench_args(agent_procs=2, live_duration=10.0, live_samples=4000, live_warmup=2.0, seed=3, fresh_draws=False)
+    cfgs = [calibrate.live_args_for(sc, path, strategy, args) for strategy in sc.strategies]
+    assert {(c.agent_seed, c.agent_max_queued) for c in cfgs} == {(3, calibrate.GRID_AGENT_QUEUE)}
+    args.fresh_draws = True
+    assert calibrate.live_args_for(sc, path, "round_robin", args).agent_seed is None
+
+
+def test_a_row_whose_live_run_or_other_run_failed_tasks_is_flagged_for_a_rerun() -> None:
+    ok = {"errors": {}, "lost": 0, "throughput_per_s": 520.0}
+    broken = {"errors": {"agent-failed": 148}, "lost": 0, "throughput_per_s": 507.0}
+    slow = {"errors": {}, "lost": 0, "throughput_per_s": 400.0}
+    assert not calibrate.failed(ok) and calibrate.failed(broken) and calibrate.failed({**ok, "lost": 1})
+    assert calibrate.overloaded(slow, 520.0) and not calibrate.failed(slow)
+
+    def row(live: dict, other: dict) -> dict:
+        return {"live_overloaded": calibrate.overloaded(live, 520.0), "live_failed": calibrate.failed(live), "other_failed": calibrate.failed(other)}
+
+    assert calibrate.flags(row(ok, ok)) == ""
+    assert calibrate.flags(row(broken, ok)) == "  LIVE FAILED (rerun)"
+    assert calibrate.flags(row(slow, broken)) == "  LIVE OVERLOADED  OTHER RUN FAILED"
+
+
+def test_seeded_agents_draw_from_seed_plus_their_index_and_take_a_queue_cap(tmp_path: Path) -> None:
+    import argparse
+
+    from aicp.cli import agent as agent_cli
+    from aicp.live.handlers import Synthetic
+
+    parser = argparse.ArgumentParser()
+    agent_cli.add_arguments(parser)
+    argv = ["--id", "a", "--count", "2", "--capability", "m", "--service-time", "exponential:3", "--key", str(tmp_path / "k")]
+    agents = agent_cli.build_agents(parser.parse_args([*argv, "--seed", "5", "--max-queued", "7"]))
+    assert [a.client.max_queued for a in agents] == [7, 7]
+    for i, a in enumerate(agents):
+        handler = a.client.handlers["m"].handler
+        assert isinstance(handler, Synthetic)
+        want = Synthetic("exponential", 3.0, seed=5 + i)
+        assert [handler.service_time_s() for _ in range(5)] == [want.service_time_s() for _ in range(5)]
+    default = agent_cli.build_agents(parser.parse_args([*argv, "--concurrency", "2"]))
+    assert [a.client.max_queued for a in default] == [32, 32]  # 16 x concurrency, as before
+
+
+def test_the_live_runs_go_a_b_b_a_and_their_blocks_pool_into_one_run_s_costs(tmp_path: Path) -> None:
+    assert calibrate.block_plan(["ll", "rr"], 2) == [(0, "ll"), (0, "rr"), (1, "rr"), (1, "ll")]
+    assert calibrate.block_plan(["ll", "rr"], 1) == [(0, "ll"), (0, "rr")]
+    path, _ = _files(tmp_path)
+    one = stack.costs_from_trace(trace.parse(path.read_bytes()))
+    both = stack.RunCosts.concat([one, one])
+    assert both.handler_ms.tolist() == one.handler_ms.tolist() * 2 and both.idle_ms.size == 2 * one.idle_ms.size
+    assert len(both.windows) == 2 * len(one.windows) and both.rate_per_s == pytest.approx(one.rate_per_s)
+    assert stack.RunCosts.concat([one]) is one

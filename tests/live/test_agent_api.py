@@ -23,7 +23,7 @@ import aicp
 from aicp import errors
 from aicp.live import keys
 from aicp.live.agent import Agent
-from aicp.live.client import AICPWebSocketClient
+from aicp.live.client import AICPWebSocketClient, LeaseKeeper
 from aicp.live.controller import Controller, TaskResult
 from aicp.signing import CONTEXT, Identity
 
@@ -125,23 +125,32 @@ def test_stop_drains_running_tasks_and_refuses_new_ones(tmp_path: Path) -> None:
     run(main())
 
 
-def test_serve_owns_its_heartbeat_task(tmp_path: Path) -> None:
-    agent = Agent("beater", key_dir=tmp_path, heartbeat=0.05)
+def test_serve_sends_heartbeats_only_in_intervals_without_results_and_leaves_the_keeper(tmp_path: Path) -> None:
+    agent = Agent("beater", key_dir=tmp_path, heartbeat=0.25)
+    agent.handler("echo")(lambda x: x)
 
     async def main() -> None:
         async with serving() as server:
             agent.client.server_url = server.url
             serve = asyncio.ensure_future(agent.serve())
-            await wait_until(lambda: agent.client._heartbeat is not None, what="the heartbeat task")
-            beat = agent.client._heartbeat
-            assert beat is not None
+            await wait_until(lambda: agent.client._keeper is not None, what="the lease keeper")
+            keeper = agent.client._keeper
+            assert keeper is not None and keeper.enrolled == 1
+            await wait_until(lambda: agent.client.heartbeats_sent >= 1, what="a heartbeat while idle")
             state = server.router.registry.get("beater")
             assert state is not None
-            first_seen = state.last_seen
-            await wait_until(lambda: state.last_seen > first_seen + 0.1, what="heartbeats renewing the lease")
+            # 1.25 s of results at least every ~40 ms: five heartbeat intervals in which the results renew the lease
+            beats = agent.client.heartbeats_sent
+            loop = asyncio.get_running_loop()
+            until = loop.time() + 1.25
+            while loop.time() < until:
+                assert await server.route_message("echo", 1, timeout=5.0) == 1
+                await asyncio.sleep(0.02)
+            assert agent.client.heartbeats_sent - beats <= 2  # one may fall due as it starts, another in a stall of the loaded machine
+            await wait_until(lambda: agent.client.heartbeats_sent >= beats + 3, what="heartbeats once idle again")
             agent.stop()
             await serve
-            assert beat.done() and agent.client._heartbeat is None
+            assert agent.client._keeper is None and keeper.enrolled == 0
 
     run(main())
 
@@ -348,3 +357,24 @@ def test_agent_process_interrupted_with_sigint_exits_0(procs: Callable[..., Proc
 
     assert sys.platform != "win32"
     run(main(), timeout=30)
+
+
+def test_the_lease_keeper_serves_each_client_when_due_and_rearms_for_the_earliest_left() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        keeper = LeaseKeeper(loop)
+        clients = [AICPWebSocketClient("ws://127.0.0.1:9", f"k{i}", Identity.generate()) for i in range(10)]
+        now = loop.time()
+        for i, client in enumerate(clients):  # due every 0.1 s from now; a 16th of the interval is 62.5 ms of slack
+            keeper.enrol(client, now + 0.1 * i, interval=1.0)
+        assert keeper._armed_at == now
+        keeper._fire()  # serves k0 only (the others are due later than the slack); not connected, it asks again in one interval
+        assert keeper._armed_at == now + 0.1  # the earliest left, not k0's next turn a whole interval later
+        assert sorted(due for due, _, _, _ in keeper._heap)[-1] >= now + 1.0
+        keeper.leave(clients[1])
+        assert keeper.enrolled == 9
+        for client in clients[2:] + clients[:1]:
+            keeper.leave(client)
+        assert keeper.enrolled == 0 and keeper._handle is None and not keeper._heap
+
+    run(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -93,3 +94,7 @@ def test_the_grid_runs_a_workload_live_and_simulated_and_writes_the_table(tmp_pa
     cal = stack.load(folder / "small-least_loaded-run-calibration.json")
     assert cal.levels[0].handler_ms and cal.levels[0].client_ms  # the run's own handler times and load generator part
     assert "small" in done.stdout and "within 15%" in done.stdout
+    # the live run in two blocks (A B B A with more strategies), each with its own trace; the row names both
+    (row_json,) = json.loads((folder / "grid.json").read_text())["rows"]
+    assert row_json["live_tags"] == ["small-least_loaded-b0", "small-least_loaded-b1"]
+    assert all((folder / f"{t}.jsonl").exists() and (folder / f"{t}-gen0.npz").exists() for t in row_json["live_tags"])

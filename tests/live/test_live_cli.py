@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import re
 import socket
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from live_helpers import ROOT, agent, python_cmd, run
+from live_helpers import ROOT, Proc, agent, python_cmd, run
 
 from aicp import errors
 from aicp.cli.serve import add_arguments, build_server
@@ -75,3 +77,18 @@ def test_serve_flags_reach_the_core_and_the_allowlist_admits_only_listed_keys(tm
             await server.stop(drain_s=0)
 
     run(main())
+
+
+def test_a_fleet_prints_ten_agent_lines_then_counts(procs: Callable[..., Proc]) -> None:
+    """``aicp agent --count N`` names its first ten agents, then reports counts, not N lines."""
+    server = procs("-m", "aicp.server", "--port", "0")
+    url = server.wait_for_line(r"listening on (ws://127\.0\.0\.1:\d+)").group(1)
+    fleet = procs("-m", "aicp", "agent", "--url", url, "--capability", "echo", "--count", "25", "--id", "fleet", "--heartbeat", "30")
+    fleet.wait_for_line(r"^25 of 25 agents registered in \d+\.\d s$", timeout=30)
+    lines = fleet.output().splitlines()
+    named = [line for line in lines if re.match(r"Agent fleet-\d+ registered with ", line)]
+    counts = [line for line in lines if " agents registered in " in line]
+    assert len(named) == 10 and len(set(named)) == 10
+    # after the ten named ones: a line at each further tenth of the fleet (12, 14, ..., 24 of 25), then 25 of 25
+    assert counts[-1].startswith("25 of 25") and 1 <= len(counts) <= 10
+    assert [int(c.split()[0]) for c in counts] == sorted(int(c.split()[0]) for c in counts)

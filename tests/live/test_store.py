@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 import time
 from pathlib import Path
@@ -10,7 +11,13 @@ from pathlib import Path
 import pytest
 from live_helpers import run, serving
 
+from aicp import errors
+from aicp.inprocess import InProcessHub
 from aicp.live.store import SCHEMA_VERSION, SqliteStore, StateFileError
+from aicp.messages import Error
+from aicp.peer import READY, PeerSession
+from aicp.protocol import ProtocolConfig, RouterProtocol
+from aicp.router import Router
 from aicp.signing import Identity
 from aicp.state import Binding, Seen, Snapshot, StoredOutcome
 
@@ -142,3 +149,88 @@ def test_on_the_event_loop_records_are_committed_within_a_few_batches(tmp_path: 
             store.close()
 
     run(main())
+
+
+def test_an_unbound_ephemeral_binding_is_deleted_and_the_last_change_per_id_wins(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    k1, k2 = Identity.generate().public_key_text, Identity.generate().public_key_text
+    store = SqliteStore.open(path, now=NOW)
+    store.bind(Binding("chosen", k1, "controller"))
+    store.bind(Binding("gone", k1, "controller", ephemeral=True))
+    store.bind(Binding("kept", k1, "controller", ephemeral=True))
+    store.bind(Binding("again", k1, "controller", ephemeral=True))
+    store.flush()
+    store.unbind(Binding("gone", k1, "controller", ephemeral=True))
+    store.unbind(Binding("kept", k2, "controller", ephemeral=True))  # another key: not this row
+    store.unbind(Binding("again", k1, "controller", ephemeral=True))  # freed, then bound again in the same batch
+    store.bind(Binding("again", k2, "controller", ephemeral=True))
+    store.close()
+    later = SqliteStore.open(path, now=NOW)
+    assert sorted(later.snapshot.bindings, key=lambda b: b.peer_id) == [
+        Binding("again", k2, "controller", ephemeral=True),
+        Binding("chosen", k1, "controller"),
+        Binding("kept", k1, "controller", ephemeral=True),
+    ]
+    later.close()
+
+
+def test_a_schema_1_file_opens_and_its_bindings_stay_bound_for_good(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        PRAGMA application_id=1095320400;
+        PRAGMA user_version=1;
+        CREATE TABLE bindings (peer_id TEXT PRIMARY KEY, key TEXT NOT NULL, role TEXT NOT NULL) WITHOUT ROWID;
+        INSERT INTO bindings VALUES ('a1', 'ed25519:x', 'agent');
+    """)
+    db.close()
+    store = SqliteStore.open(path, now=NOW)
+    assert store.snapshot.bindings == [Binding("a1", "ed25519:x", "agent")]
+    store.bind(Binding("c-1", "ed25519:y", "controller", ephemeral=True))
+    store.close()
+    again = SqliteStore.open(path, now=NOW)
+    assert Binding("c-1", "ed25519:y", "controller", ephemeral=True) in again.snapshot.bindings
+    again.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    db.close()
+
+
+def test_a_router_restarted_on_its_file_keeps_the_rules_for_chosen_and_ephemeral_ids(tmp_path: Path) -> None:
+    """The core on a real file, restarted: a chosen id stays bound; an ephemeral one is held a window, then its row is deleted."""
+    router_key = Identity.generate()
+    window = 60.0
+
+    def hub_on(store: SqliteStore, now: float) -> InProcessHub:
+        proto = RouterProtocol(router_key, Router(rng=random.Random(1)), ProtocolConfig(window_s=window))
+        proto.restore(store.snapshot, now)
+        proto.store = store
+        return InProcessHub(proto, now)
+
+    def register(hub: InProcessHub, peer_id: str, ident: Identity, ephemeral: bool) -> str | None:
+        ep = hub.connect(PeerSession(ident, peer_id, "controller", ephemeral=ephemeral))
+        hub.disconnect(ep)
+        errs = [r.body.code for r in ep.inbox if isinstance(r.body, Error)]
+        return errs[-1] if errs else (None if ep.session.state == READY else "not ready")
+
+    path = tmp_path / "s.db"
+    chosen, eph = Identity.generate(), Identity.generate()
+    store = SqliteStore.open(path, now=NOW)
+    hub = hub_on(store, NOW)
+    assert register(hub, "chosen", chosen, False) is None and register(hub, "eph", eph, True) is None
+    store.close()  # stopped (or killed after the commit) within the ephemeral id's window
+
+    store = SqliteStore.open(path, now=NOW + 10)
+    hub = hub_on(store, NOW + 10)
+    assert register(hub, "eph", Identity.generate(), True) == errors.KEY_MISMATCH  # still held after the restart
+    assert register(hub, "eph", eph, True) is None  # its owner is welcome back
+    hub.advance(window)
+    assert hub.proto.bound_ids == 1
+    store.close()
+    assert _count(path, "bindings") == 1  # the row is gone too
+
+    store = SqliteStore.open(path, now=NOW + 10 * window)
+    hub = hub_on(store, NOW + 10 * window)
+    assert register(hub, "chosen", Identity.generate(), True) == errors.KEY_MISMATCH  # bound for good, across restarts
+    assert register(hub, "eph", Identity.generate(), True) is None  # free: a new controller may take it
+    store.close()

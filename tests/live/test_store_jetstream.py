@@ -283,3 +283,43 @@ def test_a_server_without_jetstream_or_with_foreign_entries_stops_the_router(pro
         router.wait_for_line(r"error: cannot read the state buckets aicp_\* at nats://.*\(is JetStream on\? nats-server -js\)", timeout=5)
     finally:
         plain.stop()
+
+
+def test_a_freed_ephemeral_binding_is_purged_only_with_its_own_key_and_the_others_hear_of_it(jetstream: JetStreamServer) -> None:
+    mine, other = Identity.generate().public_key_text, Identity.generate().public_key_text
+
+    async def main() -> None:
+        a = await JetStreamStore.connect(jetstream.url, prefix="e")
+        b = await JetStreamStore.connect(jetstream.url, prefix="e")
+        dropped_b: list[str] = []
+        learned_b: list[Binding] = []
+        loop = asyncio.get_running_loop()
+        a.start(loop)
+        b.start(loop, learn=learned_b.append, dropped=dropped_b.append)
+        eph = Binding("controller-1f/é", mine, "controller", ephemeral=True)
+        try:
+            a.bind(eph)
+            a.bind(Binding("chosen", mine, "controller"))
+            await _stored(jetstream.url, "e_bindings", kv_token(eph.peer_id), "the ephemeral binding")
+            a.unbind(Binding(eph.peer_id, other, "controller", ephemeral=True))  # not the stored key: kept
+            a.unbind(eph)
+            deadline = time.monotonic() + 10
+            while not dropped_b:
+                assert time.monotonic() < deadline, "b never heard of the purge"
+                await asyncio.sleep(0.02)
+            assert dropped_b == [eph.peer_id] and a.unbound == 1 and a.errors == 0
+            assert eph in learned_b
+            b.bind(Binding(eph.peer_id, other, "controller", ephemeral=True))  # the id is free: another key may take it
+            await b.aclose()
+            assert b.conflicts == 0
+        finally:
+            await a.aclose()
+            await b.aclose()
+        c = await JetStreamStore.connect(jetstream.url, prefix="e")
+        try:
+            assert sorted(c.snapshot.bindings, key=lambda x: x.peer_id) == [
+                Binding("chosen", mine, "controller"), Binding(eph.peer_id, other, "controller", ephemeral=True)]
+        finally:
+            await c.aclose()
+
+    run(main(), timeout=30)

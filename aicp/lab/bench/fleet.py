@@ -15,9 +15,13 @@ agents spread over ``--agent-procs`` processes on 127.0.0.1, then measures:
   ``--idle`` seconds, and the router's CPU per frame received in it (the frames are
   the heartbeats; counted by the router's ``aicp_frames_total``);
 * **routing**: a closed-loop trial (``--concurrency``) among the N agents, with the
-  same load generator as ``aicp bench``; throughput is reported as a ratio to the
+  same load generator as ``aicp bench``, measured over the same ``--duration`` for every
+  fleet after a warm-up long enough to reach every agent once (``warmup_for``); throughput is reported as a ratio to the
   first (smallest) fleet of the same run, with the router's and the agent processes'
-  CPU per task, to tell the router's own cost per decision from CPU taken by the agents.
+  CPU per task, to tell the router's own cost per decision from CPU taken by the agents;
+  and the heartbeats that still arrived meanwhile (an agent whose results renew its
+  lease sends none, PROTOCOL.md §6; one not dispatched to yet still does), with the
+  CPU per task less theirs at the idle window's cost per heartbeat.
 
 Everything it starts is stopped by PID, whatever happens. Results go to
 ``results/bench-fleet/<run-id>/summary.json``.
@@ -86,15 +90,25 @@ def _per(cpu: dict[str, dict[str, float]], role: str, count: float, scale: float
     return scale * used / count if used is not None and count else float("nan")
 
 
-def _net_of_idle(busy: dict[str, dict[str, float]], idle: dict[str, dict[str, float]], idle_s: float, tasks: float) -> dict[str, float]:
-    """CPU per task (us) by role, less what the role burns when idle (heartbeats, pings) over the same wall time:
-    the cost of routing itself, apart from the cost of keeping the fleet alive."""
+def _net_of_idle(busy: dict[str, dict[str, float]], idle: dict[str, dict[str, float]], idle_s: float, tasks: float,
+                 idle_beats: float = 0.0, busy_beats: float | None = None) -> dict[str, float]:
+    """CPU per task (us) by role, less what keeping the fleet alive cost meanwhile: the cost of routing itself.
+
+    With ``busy_beats`` (heartbeats that arrived during the routing trial) and heartbeats in the
+    idle window, the idle window's CPU per heartbeat times ``busy_beats`` is taken off: agents
+    whose results renew their leases send fewer heartbeats under load than idle. Otherwise the
+    idle window's CPU rate over the trial's wall time is.
+    """
     out = {}
     for role, row in busy.items():
         pct = row.get("cpu_percent_of_one_core", float("nan"))
         wall = 100.0 * row["cpu_s"] / pct if pct and pct == pct else float("nan")
-        idle_rate = idle.get(role, {}).get("cpu_s", 0.0) / idle_s if idle_s else 0.0
-        out[role] = 1e6 * (row["cpu_s"] - idle_rate * wall) / tasks if tasks else float("nan")
+        idle_cpu = idle.get(role, {}).get("cpu_s", 0.0)
+        if busy_beats is not None and idle_beats > 0:
+            keep_alive = idle_cpu / idle_beats * busy_beats
+        else:
+            keep_alive = (idle_cpu / idle_s if idle_s else 0.0) * wall
+        out[role] = 1e6 * (row["cpu_s"] - keep_alive) / tasks if tasks else float("nan")
     return out
 
 
@@ -102,7 +116,23 @@ def _rss_mb(proc: Proc) -> float:
     return float(proc.ps.memory_info().rss) / 2**20
 
 
-def measure_fleet(n: int, cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+def warmup_for(n: int, cfg: argparse.Namespace, first_throughput: float | None) -> float:
+    """Seconds of load before the routing trial's measured window for a fleet of ``n``.
+
+    ``--warmup S`` gives S to every fleet. By default (auto) it is 2 s, or for a later fleet
+    the time the first fleet's throughput takes to send ``n`` tasks, if longer (at most 20 s):
+    round robin then reaches every agent once before the window, so the window sees the
+    fleet's steady state under load, in which an agent's results renew its lease and it
+    sends no heartbeats (PROTOCOL.md §6), not the idle fleet's heartbeats still running out.
+    """
+    if cfg.warmup is not None:
+        return float(cfg.warmup)
+    if not first_throughput:
+        return 2.0
+    return min(20.0, max(2.0, n / first_throughput))
+
+
+def measure_fleet(n: int, cfg: argparse.Namespace, run_dir: Path, warmup: float = 2.0) -> dict[str, Any]:
     """Start a router and ``n`` agents, measure, stop everything. Returns one row."""
     fleet = Fleet(run_dir)
     sized = argparse.Namespace(**{**vars(cfg), "agents": n, "agent_procs": max(1, min(cfg.agent_procs, n))})
@@ -144,8 +174,11 @@ def measure_fleet(n: int, cfg: argparse.Namespace, run_dir: Path) -> dict[str, A
         time.sleep(idle_s)
         idle = fleet.cpu_by_role(idle_s)
         beats = frames_in(http) - frames0
-        trial = Trial("closed", concurrency=cfg.concurrency, duration=cfg.duration, warmup=cfg.warmup)
+        trial = Trial("closed", concurrency=cfg.concurrency, duration=cfg.duration, warmup=warmup)
+        frames1 = frames_in(http)
         routed = run_trial(fleet, f"ws://127.0.0.1:{port}", trial, sized, f"fleet-{n}")
+        # every other frame in the trial is a load generator's registration, a task or its result
+        busy_beats = max(0.0, frames_in(http) - frames1 - cfg.loadgens - routed["submitted"] - routed["completed"])
         rss2 = _rss_mb(router)
         tasks = routed["completed"]
         return {
@@ -166,7 +199,8 @@ def measure_fleet(n: int, cfg: argparse.Namespace, run_dir: Path) -> dict[str, A
             "agents_us_per_heartbeat": _per(idle, "agents", beats, 1e6),
             "routing": routed,
             "routing_cpu_us_per_task": {role: _per(routed["cpu"], role, tasks, 1e6) for role in routed["cpu"]},
-            "routing_cpu_us_per_task_net_of_idle": _net_of_idle(routed["cpu"], idle, idle_s, tasks),
+            "routing_heartbeats": busy_beats,
+            "routing_cpu_us_per_task_net_of_idle": _net_of_idle(routed["cpu"], idle, idle_s, tasks, beats, busy_beats),
         }
     finally:
         fleet.stop()
@@ -184,7 +218,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--idle", type=float, default=10.0, metavar="S", help="idle window in which only heartbeats arrive (default 10 s)")
     add("--concurrency", type=int, default=64, help="closed-loop tasks in flight (default 64)")
     add("--duration", type=float, default=6.0, help="measured seconds of the routing trial (default 6)")
-    add("--warmup", type=float, default=2.0)
+    add("--warmup", type=float, default=None, metavar="S",
+        help="seconds of load before each routing trial's window (default: 2, or for a later fleet long enough for the first fleet's throughput to reach each agent once, at most 20)")
     add("--loadgens", type=int, default=1)
     add("--task-timeout", type=float, default=10.0)
     add("--seed", type=int, default=1)
@@ -205,8 +240,11 @@ def run(args: argparse.Namespace) -> int:
           f"closed loop at concurrency {args.concurrency}")
     status = 0
     try:
+        first_throughput: float | None = None
         for n in sizes:
-            row = measure_fleet(n, args, run_dir)
+            row = measure_fleet(n, args, run_dir, warmup_for(n, args, first_throughput))
+            if first_throughput is None:
+                first_throughput = row["routing"]["throughput_per_s"]
             summary["fleets"].append(row)
             r = row["routing"]
             reg = row["register_cpu_ms_per_agent"]
@@ -219,9 +257,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"         idle {row['idle_s']:g} s: CPU router {row['idle_cpu_percent'].get('router', float('nan')):.1f}% agents "
                   f"{row['idle_cpu_percent'].get('agents', float('nan')):.1f}% of one core ({row['idle_frames']:.0f} heartbeats; per heartbeat router "
                   f"{row['router_us_per_heartbeat']:.0f} us, agents {row['agents_us_per_heartbeat']:.0f} us)", flush=True)
-            print(f"         routing: {r['throughput_per_s']:.0f}/s  p50 {r['latency_ms']['p50']:.2f}  p99 {r['latency_ms']['p99']:.2f} ms  lost {r['lost']}; "
+            print(f"         routing ({r['warmup_s']:.1f} s warm-up): {r['throughput_per_s']:.0f}/s  p50 {r['latency_ms']['p50']:.2f}  p99 {r['latency_ms']['p99']:.2f} ms  lost {r['lost']}; "
                   f"CPU per task: router {per_task.get('router', float('nan')):.0f} us, agents {per_task.get('agents', float('nan')):.0f} us, "
-                  f"load generator {per_task.get('loadgen', float('nan')):.0f} us (less idle CPU: router "
+                  f"load generator {per_task.get('loadgen', float('nan')):.0f} us; about {row['routing_heartbeats']:.0f} heartbeats meanwhile "
+                  f"(less their CPU: router "
                   f"{row['routing_cpu_us_per_task_net_of_idle'].get('router', float('nan')):.0f} us, agents "
                   f"{row['routing_cpu_us_per_task_net_of_idle'].get('agents', float('nan')):.0f} us)", flush=True)
     except Exception as exc:

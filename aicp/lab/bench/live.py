@@ -273,10 +273,13 @@ def start_agents(fleet: Fleet, url: str, cfg: argparse.Namespace, extra: tuple[s
         count = per_proc if i < cfg.agent_procs - 1 else cfg.agents - started
         if count <= 0:
             break
+        # seeded: agent k of the fleet (across processes) draws its service times from agent_seed + k
+        seed = [] if getattr(cfg, "agent_seed", None) is None else ["--seed", str(cfg.agent_seed + started)]
+        queued = [] if getattr(cfg, "agent_max_queued", None) is None else ["--max-queued", str(cfg.agent_max_queued)]
         started += count
         fleet.spawn("agents", ["-m", "aicp", "agent", "--url", url, "--capability", METHOD, "--handler", "synthetic", "--count", str(count),
                                "--id", f"bench-{i}", "--service-time", cfg.service_time, "--concurrency", str(cfg.agent_concurrency),
-                               "--log-level", "WARNING", *extra])
+                               "--log-level", "WARNING", *seed, *queued, *extra])
 
 
 def run_trial(fleet: Fleet, url: str, trial: Trial, cfg: argparse.Namespace, tag: str) -> dict[str, Any]:
@@ -413,6 +416,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--agent-procs", type=int, default=2, help="processes the agents are spread over (default 2)")
     add("--agent-concurrency", type=int, default=64, help="tasks each agent runs at once (default 64)")
     add("--service-time", default="constant:0", help="synthetic service time [DIST:]MS (default constant:0)")
+    add("--agent-seed", type=int, default=None, help="seed the agents' service draws (agent k: SEED + k), so that two runs draw the same "
+        "service times (default: unseeded)")
+    add("--agent-max-queued", type=int, default=None, metavar="N", help="tasks one agent holds before it refuses more as overloaded "
+        "(default 16 x --agent-concurrency)")
     add("--loadgens", type=int, default=1, help="load-generator processes (default 1)")
     add("--rate", type=float, default=0.0, help="open loop: offered tasks/s, Poisson (default: closed loop)")
     add("--concurrency", type=int, default=64, help="closed loop: tasks in flight (default 64)")
