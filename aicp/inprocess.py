@@ -45,8 +45,8 @@ class Endpoint:
     def send(self, data: bytes) -> None:
         self.hub.to_router(self.conn, data)
 
-    def submit(self, method: str, obj: Any, task_id: str | None = None, timeout_ms: float | None = None) -> str:
-        tid, frame = self.session.task_frame(method, payload(obj), self.hub.now, task_id, timeout_ms)
+    def submit(self, method: str, obj: Any, task_id: str | None = None, timeout_ms: float | None = None, progress: bool | None = None) -> str:
+        tid, frame = self.session.task_frame(method, payload(obj), self.hub.now, task_id, timeout_ms, progress)
         self.send(frame)
         return tid
 

@@ -106,6 +106,8 @@ class Task(Body, tag="task"):
     method: Method
     payload: Raw
     timeout_ms: Millis | None = None
+    #: ``progress`` notices for this task: true asks for them, false declines them; omitted: as the requester registered
+    progress: bool | None = None
 
 
 class Result(Body, tag="result"):
@@ -134,7 +136,7 @@ class Error(Body, tag="error"):
 
 
 class Progress(Body, tag="progress"):
-    """Router → requester, only if it registered with ``progress``: its task went to ``agent`` (attempt 1) or again (retried)."""
+    """Router → requester, for a task that asked (``Task.progress``, else the registration's ``progress``): its task went to ``agent`` (attempt 1) or again (retried)."""
 
     task_id: Id
     method: Method

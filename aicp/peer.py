@@ -157,9 +157,12 @@ class PeerSession:
     def heartbeat_frame(self, now: float, load: int = 0) -> bytes:
         return seal(self.identity, self.peer_id, Heartbeat(v=PROTOCOL_VERSION, id=self.new_id(), sender=self.peer_id, ts=now, load=load))
 
-    def task_frame(self, method: str, payload: Raw, now: float, task_id: str | None = None, timeout_ms: float | None = None) -> tuple[str, bytes]:
+    def task_frame(
+        self, method: str, payload: Raw, now: float, task_id: str | None = None, timeout_ms: float | None = None, progress: bool | None = None
+    ) -> tuple[str, bytes]:
+        """A signed task. ``progress``: ask (True) or decline (False) the router's notices for this one task; None: as registered."""
         tid = task_id or self.new_id()
-        body = Task(v=PROTOCOL_VERSION, id=tid, sender=self.peer_id, ts=now, method=method, payload=payload, timeout_ms=timeout_ms)
+        body = Task(v=PROTOCOL_VERSION, id=tid, sender=self.peer_id, ts=now, method=method, payload=payload, timeout_ms=timeout_ms, progress=progress)
         return tid, seal(self.identity, self.peer_id, body)
 
     def result_frame(self, task: Task, payload: Raw, now: float, ok: bool = True, reason: str = "", service_ms: float | None = None) -> bytes:

@@ -193,10 +193,11 @@ class _Peer:
 class _Pending:
     """An admitted task. ``assignees`` lists every agent it was dispatched to (at most ``max_attempts``)."""
 
-    __slots__ = ("assignees", "fingerprint", "frame", "method", "requester", "submitted_at", "task_id")
+    __slots__ = ("assignees", "fingerprint", "frame", "method", "progress", "requester", "submitted_at", "task_id")
 
-    def __init__(self, requester: str, task_id: str, method: str, frame: bytes, submitted_at: float, fingerprint: bytes) -> None:
+    def __init__(self, requester: str, task_id: str, method: str, frame: bytes, submitted_at: float, fingerprint: bytes, progress: bool | None = None) -> None:
         self.requester = requester
+        self.progress = progress  # the task's own ``progress`` field; None: the requester's registration decides
         self.task_id = task_id
         self.method = method
         self.frame = frame
@@ -214,8 +215,14 @@ class _Outcome(msgspec.Struct, frozen=True, gc=False):
 
 
 def task_fingerprint(body: Task) -> bytes:
-    """What makes two task frames with one id the same task: the method and the payload's exact bytes."""
-    return hashlib.sha256(body.method.encode() + b"\0" + bytes(body.payload)).digest()
+    """What makes two task frames with one id the same task: the method and the payload's exact bytes.
+
+    SHA-256 of method, NUL, payload, hashed in place (no joined copy of the payload).
+    """
+    h = hashlib.sha256(body.method.encode())
+    h.update(b"\0")
+    h.update(body.payload)
+    return h.digest()
 
 
 def _signer(data: bytes) -> str | None:
@@ -402,7 +409,8 @@ class RouterProtocol:
                 frame_out = self._error_frame(now, errors.ID_CONFLICT, f"task id {task_id!r} ended with another method or payload", task_id, task_id, method)
                 self.forwards.append(Forward(requester.router, "outcome", key, frame_out))
             return []
-        self._pending[key] = _Pending(origin, task_id, method, data, now, fingerprint)
+        # The task's own progress field matters only to a requester with a connection, never the owner router here.
+        self._pending[key] = _Pending(origin, task_id, method, data, now, fingerprint, body.progress if body is not None else None)
         requester.tasks += 1
         if self.trace is not None:
             if body is None:
@@ -887,7 +895,7 @@ class RouterProtocol:
         if self.router.tasks_in_flight >= self.router.config.max_tasks:
             raise errors.VerifyError(errors.OVERLOADED, "router is at max_tasks")
         self._remember(body, now)
-        self._pending[key] = _Pending(peer.peer_id, body.id, body.method, data, now, fingerprint)
+        self._pending[key] = _Pending(peer.peer_id, body.id, body.method, data, now, fingerprint, body.progress)
         peer.tasks += 1
         if self.trace is not None:
             self.trace(trace.Arrive(t=now, task=key, method=body.method, bytes=len(body.payload), timeout_ms=body.timeout_ms))
@@ -956,7 +964,7 @@ class RouterProtocol:
                     self.forwards.append(Forward(agent.router, "task", action.task_id, pending.frame, max(0.001, (limit or now) - now),
                                                  pending.method, pending.fingerprint))
                 requester = self._peers.get(pending.requester)
-                if requester is not None and requester.progress and requester.conn is not None:
+                if requester is not None and requester.conn is not None and (requester.progress if pending.progress is None else pending.progress):
                     out.append(Send(requester.conn.id, self._progress_frame(now, pending, action)))
             elif isinstance(action, Completed):
                 pending = self._pending.pop(action.task_id)

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Final
 
 import nacl.bindings as _sodium
-import nacl.exceptions
 import nacl.signing
+from nacl._sodium import ffi as _ffi
+from nacl._sodium import lib as _lib
 
 from aicp import errors
 
@@ -64,15 +65,21 @@ def encode_signature(sig: bytes) -> str:
 
 
 def decode_signature(text: str) -> bytes:
+    """The 64 bytes of a signature's one text form: 88 characters of padded standard base64.
+
+    ``a2b_base64(strict_mode=True)`` is what ``base64.b64decode(validate=True)`` calls, and
+    ``b2a_base64`` what ``b64encode`` does, without their Python wrappers (run for every frame).
+    """
     if len(text) != 88:
         raise errors.VerifyError(errors.INVALID_SIGNATURE, "signature must be 88 base64 characters")
     try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
+        data = text.encode("ascii")
+        raw = binascii.a2b_base64(data, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise errors.VerifyError(errors.INVALID_SIGNATURE, "signature is not base64") from exc
     if len(raw) != SIGNATURE_BYTES:
         raise errors.VerifyError(errors.INVALID_SIGNATURE, "signature must be 64 bytes")
-    if encode_signature(raw) != text:  # non-zero padding bits: one signature, one text form
+    if binascii.b2a_base64(raw, newline=False) != data:  # non-zero padding bits: one signature, one text form
         raise errors.VerifyError(errors.INVALID_SIGNATURE, "signature is not canonically encoded")
     return raw
 
@@ -80,12 +87,17 @@ def decode_signature(text: str) -> bytes:
 def verify(public_key: bytes, body: bytes, signature: bytes) -> None:
     """Raise ``VerifyError(invalid-signature)`` unless ``signature`` covers CONTEXT+body.
 
-    libsodium's verifier rejects non-canonical S (S >= L) and small-order keys.
+    libsodium's verifier rejects non-canonical S (S >= L) and small-order keys. It is
+    libsodium's ``crypto_sign_open``, as PyNaCl's wrapper calls it, but with no output
+    buffer: libsodium then only verifies (``m`` and ``mlen_p`` may be NULL), so the
+    two buffers PyNaCl allocates and the copy of the message it returns are skipped.
+    cffi releases the GIL around the call, as before.
     """
-    try:
-        _sodium.crypto_sign_open(signature + CONTEXT + body, public_key)
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError) as exc:
-        raise errors.VerifyError(errors.INVALID_SIGNATURE, "signature does not verify") from exc
+    if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
+        raise errors.VerifyError(errors.INVALID_SIGNATURE, "signature does not verify")
+    signed = signature + CONTEXT + body
+    if _lib.crypto_sign_open(_ffi.NULL, _ffi.NULL, signed, len(signed), public_key) != 0:
+        raise errors.VerifyError(errors.INVALID_SIGNATURE, "signature does not verify")
 
 
 class Identity:
@@ -107,8 +119,16 @@ class Identity:
         return cls(os.urandom(SEED_BYTES))
 
     def sign(self, body: bytes) -> bytes:
-        """Detached signature over CONTEXT + body."""
-        return _sodium.crypto_sign(CONTEXT + body, self._secret)[:SIGNATURE_BYTES]
+        """Detached signature over CONTEXT + body.
+
+        libsodium's ``crypto_sign`` (what PyNaCl's wrapper calls), keeping only the
+        signature: no length output and no copy of the signed message.
+        """
+        message = CONTEXT + body
+        signed = _ffi.new("unsigned char[]", len(message) + SIGNATURE_BYTES)
+        if _lib.crypto_sign(signed, _ffi.NULL, message, len(message), self._secret) != 0:
+            raise errors.LocalError("libsodium could not sign")
+        return _ffi.buffer(signed, SIGNATURE_BYTES)[:]
 
     def save(self, path: str | os.PathLike[str], *, exclusive: bool = False) -> None:
         """Write the seed as hex to a file readable by the owner only (0600).

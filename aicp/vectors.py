@@ -52,7 +52,8 @@ FIELDS: dict[str, str] = {
     "frame": "the exact text of the WebSocket frame",
     "valid": "true when the router accepts the frame (error is null), or for a router-to-peer frame",
     "error": "peer-to-router: the code of the error frame the router answers with, or null when it accepts the frame",
-    "answers": "peer-to-router: every frame the router sent back on the same connection in response, in order (register-ack, error, a stored outcome)",
+    "answers": "peer-to-router: every frame the router sent back on the same connection in response, in order (register-ack, error, a stored outcome, "
+    "a progress notice)",
     "forwarded": "peer-to-router: frames the router sent on other connections in response, as {connection, frame}; a task or result appears byte for byte",
     "close": "peer-to-router: null, or {code, reason} when the router closed this connection after the answers",
 }
@@ -179,6 +180,11 @@ def _peer_vectors() -> list[dict[str, Any]]:
                        _body(Task(v=v, id="task-3", sender="ctl-1", ts=NOW + 2.9, method="text.classify", payload=payload({"text": "ok"}))),
                        sender="ctl-1", conn=2, now=NOW + 2.9, error=None,
                        note="task-3 sent again with a fresh ts after its stale refusal: admitted and forwarded to agent-1"))
+    out.append(_vector("task-asks-progress", CONTROLLER_SEED,
+                       _body(Task(v=v, id="task-4", sender="ctl-1", ts=NOW + 2.95, method="text.classify", payload=payload({"text": "fine"}), progress=True)),
+                       sender="ctl-1", conn=2, now=NOW + 2.95, error=None,
+                       note="progress: true on this one task (ctl-1 registered without progress): admitted, forwarded to agent-1, and answered "
+                       "with a signed progress notice (dispatched to agent-1)"))
     hb2 = _body(Heartbeat(v=v, id="m4", sender="agent-1", ts=NOW + 3))
     out.append(_vector("duplicate-id", AGENT_SEED, _body(Heartbeat(v=v, id="m2", sender="agent-1", ts=NOW + 3)), sender="agent-1", conn=1,
                        now=NOW + 3, error=errors.DUPLICATE, note="a new heartbeat reusing id m2 inside the replay window"))
@@ -293,9 +299,9 @@ def build() -> dict[str, Any]:
         judged = outcome_of(vec, outputs)
         assert judged["error"] == vec["error"], (vec["name"], judged["error"])
         vectors.append({**vec, "answers": judged["answers"], "forwarded": judged["forwarded"], "close": judged["close"]})
-        if vec["name"] in ("agent-register", "stale-timestamp", "task-no-agent"):
+        if vec["name"] in ("agent-register", "stale-timestamp", "task-no-agent", "task-asks-progress"):
             [answer] = judged["answers"]
-            kind = {"agent-register": "register-ack", "stale-timestamp": "error", "task-no-agent": "error"}[vec["name"]]
+            kind = {"agent-register": "register-ack", "stale-timestamp": "error", "task-no-agent": "error", "task-asks-progress": "progress"}[vec["name"]]
             vectors.append(_router_vector(f"router-{kind}-for-{vec['name']}", answer.encode(), vec["connection"], vec["now"],
                                           f"the router's {kind} answering {vec['name']}"))
     router = Identity(ROUTER_SEED)

@@ -36,7 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--burst", type=float, default=None, metavar="N", help="burst per API key (default: one second's worth)")
     add("--max-body", type=int, default=1 << 20, metavar="BYTES", help="largest request body (default 1 MiB)")
     add("--max-running", type=int, default=10_000, help="tasks running through this gateway at once (default 10000)")
-    add("--no-progress", action="store_true", help="do not ask the router for dispatched/retried notices (saves one signed frame per attempt)")
+    add("--progress", choices=["async", "all", "none"], default="async",
+        help="which tasks get the router's dispatched/retried events (one signed frame per attempt): async (default) only those whose id the "
+        "caller gets before the outcome (respond-async, A2A streaming), all, or none")
+    add("--no-progress", action="store_true", help="the same as --progress none")
     add("--public-url", default=None, help="base URL written into Agent Cards (default: the request's own)")
     add_logging_arguments(parser)
 
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body,
         max_running=args.max_running,
         public_url=args.public_url,
-        progress=not args.no_progress,
+        progress="none" if args.no_progress else args.progress,
     )
     try:
         app = create_app(config)
@@ -88,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     port = sock.getsockname()[1]
-    kwargs: dict[str, object] = {"log_level": "warning", "access_log": False, "lifespan": "on", "timeout_graceful_shutdown": 5}
+    # proxy_headers off: nothing here reads the client address, and uvicorn's ProxyHeadersMiddleware would wrap every request
+    kwargs: dict[str, object] = {"log_level": "warning", "access_log": False, "lifespan": "on", "timeout_graceful_shutdown": 5, "proxy_headers": False}
     try:  # httptools, not h11 (several times the CPU per request), writing each answer in one syscall
         from aicp.gateway.http import CoalescingHttpToolsProtocol
 

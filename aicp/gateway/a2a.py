@@ -223,7 +223,7 @@ class AicpRequestHandler(RequestHandler):
             raise TaskNotFoundError(message=f"no task {task_id!r} at this agent")
         return task
 
-    async def _start(self, params: pb.SendMessageRequest, context: ServerCallContext) -> GatewayTask:
+    async def _start(self, params: pb.SendMessageRequest, context: ServerCallContext, watchable: bool) -> GatewayTask:
         validate_proto_required_fields(params)
         message = params.message
         if message.task_id:
@@ -242,7 +242,7 @@ class AicpRequestHandler(RequestHandler):
             raise InvalidParamsError(message="metadata.timeout_ms must be positive")
         idem = message.message_id if len(message.message_id) <= 96 else None
         digest = hashlib.sha256(method.encode() + b"\0" + body).digest()
-        task, prob, is_new = self.gw.accept(principal, method, Raw(body), timeout, idem, digest, message.context_id)
+        task, prob, is_new = self.gw.accept(principal, method, Raw(body), timeout, idem, digest, message.context_id, watchable)
         if task is None:
             assert prob is not None
             if prob.status in (403, 422):
@@ -253,13 +253,13 @@ class AicpRequestHandler(RequestHandler):
         return task
 
     async def on_message_send(self, params: pb.SendMessageRequest, context: ServerCallContext) -> pb.Task | pb.Message:
-        task = await self._start(params, context)
+        task = await self._start(params, context, watchable=params.configuration.return_immediately)
         if not params.configuration.return_immediately:
             await task.done.wait()  # bounded by the task's local deadline
         return to_task(task)
 
     async def on_message_send_stream(self, params: pb.SendMessageRequest, context: ServerCallContext) -> AsyncGenerator[Any]:
-        task = await self._start(params, context)
+        task = await self._start(params, context, watchable=True)
         async for event in _stream(task):
             yield event
 

@@ -28,14 +28,18 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 class Principal:
     """Who is calling: a named key and the methods it may submit."""
 
-    __slots__ = ("methods", "name")
+    __slots__ = ("_any", "_exact", "_patterns", "methods", "name")
 
     def __init__(self, name: str, methods: tuple[str, ...]) -> None:
         self.name = name
         self.methods = methods
+        self._any = "*" in methods
+        self._exact = frozenset(m for m in methods if not any(c in m for c in "*?[")) if not self._any else frozenset()
+        self._patterns = tuple(m for m in methods if m not in self._exact)
 
     def may(self, method: str) -> bool:
-        return any(p == "*" or p == method or fnmatch.fnmatchcase(method, p) for p in self.methods)
+        """O(1) for ``*`` and plain method names (checked on every request), O(patterns) for the others."""
+        return self._any or method in self._exact or any(fnmatch.fnmatchcase(method, p) for p in self._patterns)
 
 
 ANONYMOUS = Principal("anonymous", ("*",))

@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 import msgspec
 from msgspec import Raw
@@ -50,7 +50,7 @@ class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_kept: int = 100_000
     public_url: str | None = None  # base URL written into Agent Cards (default: the request's)
     registry_ttl_s: float = 1.0
-    progress: bool = True  # ask the router for dispatched/retried notices (one signed frame per attempt)
+    progress: Literal["async", "all", "none"] = "async"  # which tasks get the router's dispatched/retried notices (GatewayLink)
     idempotency_journal: str | None = ""  # "": next to the key file (KEY.idempotency); None: memory only
 
 
@@ -93,10 +93,13 @@ class Gateway:
         idempotency_key: str | None = None,
         digest: bytes | None = None,
         context_id: str = "",
+        watchable: bool = True,
     ) -> tuple[GatewayTask | None, Problem | None, bool]:
         """Take a task in and track it. Returns (task, None, is_new) or (None, problem, False).
 
         A new task is tracked at once; the caller then awaits ``link.send(task)``.
+        ``watchable``: its caller gets the task id before the outcome (respond-async, A2A
+        streaming), so someone may watch its events: it asks the router for progress notices.
 
         With an Idempotency-Key the task id is derived from the caller's key name and
         the Idempotency-Key, so the router (which keeps each outcome for its replay
@@ -125,7 +128,7 @@ class Gateway:
             return None, Problem(503, NOT_CONNECTED, "the gateway is not connected to the router; try again shortly"), False
         if self.store.full:
             return None, Problem(503, errors.OVERLOADED, f"{self.store.max_running} tasks are already running here"), False
-        task = GatewayTask(task_id, method, payload, timeout, principal.name, digest, context_id)
+        task = GatewayTask(task_id, method, payload, timeout, principal.name, digest, context_id, watchable)
         if idempotency_key is not None and digest is not None and first is None:  # new key: write it down
             self.journal.record(task_id, digest)
         self.link.track(task)

@@ -6,8 +6,12 @@ by uvloop and asyncio) two TCP segments, so the client may wake twice for one
 answer. ``CoalescingHttpToolsProtocol`` gives uvicorn a transport whose ``write``
 keeps the bytes until the end of the current loop iteration (``call_soon``) and then
 sends them in one call, the way ``aicp.live.links.FrameBatcher`` does for WebSocket
-frames. Nothing else changes: reading, flow control and closing are the real
-transport's (``close`` sends what is held first; ``abort`` drops it).
+frames. A complete response does not wait for the end of the iteration: uvicorn calls
+``on_response_complete`` right after writing its last byte, and the held bytes leave
+then (otherwise the answer would wait behind a poll and whatever else that iteration
+runs, on the critical path of every request). Nothing else changes: reading, flow
+control and closing are the real transport's (``close`` sends what is held first;
+``abort`` drops it).
 """
 
 from __future__ import annotations
@@ -67,3 +71,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def on_response_complete(self) -> None:
+        """The whole response is written: send it now, in one write (the ``call_soon`` flush then finds nothing)."""
+        transport = self.transport
+        if isinstance(transport, CoalescingTransport):
+            transport.flush()
+        super().on_response_complete()

@@ -10,9 +10,15 @@ The connection reconnects with exponential backoff and full jitter
 sent once the connection is back; after a reconnect every running task is sent
 again under the same id, and the router answers with its one outcome (running:
 when it ends; finished: the stored outcome frame), never a second execution.
-With ``progress`` (the default) the gateway registers asking for the router's
-``progress`` notices, so each task's events also show when it was dispatched to an
-agent and when it was retried on another. A notice for a task nobody is watching is
+The router's ``progress`` notices show in a task's events when it was dispatched to
+an agent and when it was retried on another. Which tasks get them is ``progress``:
+``"async"`` (the default) asks for them per task (the task body's ``progress: true``,
+docs/PROTOCOL.md §5) only on tasks whose caller learns the id before the outcome
+(``Prefer: respond-async``, A2A streaming or ``returnImmediately``), since only those
+can be watched while they run; a task answered synchronously gets none, which spares
+the router a signature and a frame and this process a wake-up on the critical path.
+``"all"`` registers asking for notices on every task (the field is never sent, as
+before it existed); ``"none"`` asks for none. A notice for a task nobody is watching is
 kept unverified (``_defer``) and verified only when someone reads the task's events
 (``settle``): the Ed25519 check is most of a notice's cost, and most notices are
 never read. Nothing uses a notice before it is verified; one that fails is dropped
@@ -46,6 +52,10 @@ IDEMPOTENCY_CONFLICT: Final = "idempotency-conflict"
 #: The router's outcome frame has already been verified by ``PeerSession.receive``; this only splits it.
 _frame_decoder: Final = msgspec.json.Decoder(Frame)
 
+#: ``GatewayLink(progress=...)``: which tasks get the router's progress notices (see the module docstring).
+PROGRESS_MODES: Final = ("async", "all", "none")
+ASYNC_PROGRESS: Final = "async"
+
 #: How a progress notice's frame reads (the body comes last in the envelope, its tag first); other frames skip ``_defer``.
 _PROGRESS_MARK: Final = b'"body":{"type":"progress"'
 
@@ -58,8 +68,14 @@ def default_gateway_id(identity: Identity) -> str:
 class GatewayLink(PeerClient):
     """The controller connection that ends ``TaskStore`` tasks as outcomes arrive."""
 
-    def __init__(self, server_url: str, identity: Identity, store: TaskStore, peer_id: str | None = None, grace_s: float = 2.0, progress: bool = True, **kwargs: Any) -> None:
-        super().__init__(server_url, peer_id or default_gateway_id(identity), identity, role="controller", progress=progress, **kwargs)
+    def __init__(
+        self, server_url: str, identity: Identity, store: TaskStore, peer_id: str | None = None, grace_s: float = 2.0, progress: bool | str = ASYNC_PROGRESS, **kwargs: Any
+    ) -> None:
+        mode = {True: "all", False: "none"}.get(progress, progress) if isinstance(progress, bool) else progress
+        if mode not in PROGRESS_MODES:
+            raise ValueError(f"progress must be one of {', '.join(PROGRESS_MODES)}, not {progress!r}")
+        super().__init__(server_url, peer_id or default_gateway_id(identity), identity, role="controller", progress=mode == "all", **kwargs)
+        self.progress_mode = mode
         self.store = store
         self.grace_s = grace_s
         self.on_registered: Callable[[], None] | None = None  # called on each (re)registration, before resubmitting
@@ -96,7 +112,8 @@ class GatewayLink(PeerClient):
         return self.store.finish(task, Outcome(False, "canceled", "canceled by the caller"), "canceled")
 
     async def _send_task(self, task: GatewayTask, event: str) -> bool:
-        _, frame = self.session.task_frame(task.method, task.payload, time.time(), task.id, task.timeout_ms)
+        ask = True if self.progress_mode == ASYNC_PROGRESS and task.progress else None  # None: as registered (the field is left out)
+        _, frame = self.session.task_frame(task.method, task.payload, time.time(), task.id, task.timeout_ms, ask)
         if not await self._send(frame):
             return False
         if not task.ended:

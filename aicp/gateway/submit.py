@@ -144,13 +144,14 @@ class TaskSubmission:
         idem_raw = headers.get(b"idempotency-key")
         idem = idem_raw.decode("latin-1") if idem_raw is not None else None
         digest = hashlib.sha256(body).digest() if idem is not None else None
-        task, prob, is_new = gw.accept(principal, req.method, req.payload, req.timeout_ms, idem, digest)
+        respond_async = b"respond-async" in headers.get(b"prefer", b"")
+        task, prob, is_new = gw.accept(principal, req.method, req.payload, req.timeout_ms, idem, digest, watchable=respond_async)
         if task is None:
             assert prob is not None
             return from_problem(prob)
         if is_new:
             await gw.link.send(task)
-        if b"respond-async" in headers.get(b"prefer", b""):
+        if respond_async:
             if task.ended:
                 return outcome_reply(task)
             return task_reply(task, 202, [(b"location", f"/tasks/{task.id}".encode()), (b"preference-applied", b"respond-async")])

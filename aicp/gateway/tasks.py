@@ -86,14 +86,18 @@ class GatewayTask:
         "outcome",
         "owner",
         "payload",
+        "progress",
         "state",
         "timeout_ms",
         "unverified",
         "watchers",
     )
 
-    def __init__(self, task_id: str, method: str, payload: Raw, timeout_ms: float, owner: str, digest: bytes | None, context_id: str = "") -> None:
+    def __init__(
+        self, task_id: str, method: str, payload: Raw, timeout_ms: float, owner: str, digest: bytes | None, context_id: str = "", progress: bool = True
+    ) -> None:
         self.id = task_id
+        self.progress = progress  # its caller may watch it run: ask the router for its progress notices (GatewayLink)
         self.method = method
         self.payload = payload
         self.timeout_ms = timeout_ms

@@ -149,7 +149,7 @@ def analyse(trace_path: Path, gen_npz: Path, requester: str, concurrency: int = 
         e = end.get(task)
         if e is None or e[1] != "completed" or outcome[k] != 0 or task not in measured:
             continue
-        live_ms = (done[k] - max(intended[k], sent[k])) * 1000.0
+        live_ms = (done[k] - min(intended[k], sent[k])) * 1000.0  # from the intended time; from the send if that was earlier
         client.append(live_ms - (e[0] - arrive[task]) * 1000.0)
     return {"service_ms": np.array(service), "overhead_ms": np.array(overhead), "client_ms": np.array(client)}
 

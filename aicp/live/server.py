@@ -7,9 +7,8 @@ the sans-I/O core. This module only moves bytes and time:
   ``frame_received`` as bytes, and the core's ``Send`` outputs are written to the
   right connection verbatim (one writer task and a bounded queue per connection, so
   a slow peer never stalls the others);
-* one timer calls ``on_timer`` at ``next_deadline()``; it is re-armed (``loop.call_at``)
-  only when an event makes the deadline earlier than the armed one (a timer that fires
-  early finds nothing due and re-arms). The core's ``now`` is wall-clock ``time.time()`` because
+* one timer (``loop.call_at``), checked after every event, calls ``on_timer`` at
+  ``next_deadline()``, or earlier when the deadline moved later (``_rearm``). The core's ``now`` is wall-clock ``time.time()`` because
   it compares peers' timestamps; it is converted to loop time for ``call_at``;
 * plain HTTP on the same port serves ``/healthz``, ``/metrics`` and ``/agents``;
 * with a ``store`` (``aicp serve --state FILE``), the core's lasting state is restored
@@ -355,7 +354,7 @@ class AICPWebSocketServer:
         self._ws_open += 1
         proto = self.proto
         verifier = self._verifier
-        pinging = ws.keepalive_task is not None and not self.limits.ping_agents  # until it registers as an agent
+        pinging = ws.keepalive_task is not None and not self.limits.ping_agents  # watched until the connection registers; an agent's pings then stop
         try:
             self._apply(proto.connection_made(conn, time.time()))
             if verifier is None:
@@ -364,9 +363,12 @@ class AICPWebSocketServer:
                 def on_message(data: bytes, binary: bool) -> None:
                     nonlocal pinging
                     self._apply(proto.frame_received(conn, data, time.time(), binary=binary))
-                    if pinging and proto.role_of(conn) == "agent":
-                        pinging = False
-                        _stop_keepalive(ws)
+                    if pinging:  # until the connection registers: its role never changes after that
+                        role = proto.role_of(conn)
+                        if role is not None:
+                            pinging = False
+                            if role == "agent":
+                                _stop_keepalive(ws)
 
                 ws.direct(on_message)
                 await ws.wait_closed()
@@ -419,22 +421,24 @@ class AICPWebSocketServer:
         self._rearm()
 
     def _rearm(self) -> None:
-        """Arm the timer for the core's next deadline, unless the one armed fires first.
+        """Arm the one timer for the core's next deadline, unless the armed one fires no later.
 
-        Under load the next deadline is the oldest task's attempt timeout, which moves later
-        with nearly every outcome; moving the timer each time cost a cancel and a ``call_at``
-        per frame. A timer that fires before the deadline finds nothing due and re-arms here,
-        so only a deadline earlier than the armed one (or none armed) re-arms now.
+        Calling ``on_timer`` before anything is due is harmless (it runs what is due: nothing),
+        so a timer armed for an earlier deadline is kept when the next deadline moves later, as
+        it does on nearly every result (the oldest task's attempt deadline leaves the head of
+        the heap). It fires, finds nothing due and arms the timer for the deadline of then:
+        about one early wake-up per attempt timeout, instead of a timer cancelled and created
+        per task.
         """
         deadline = self.proto.next_deadline()
         armed = self._timer_at
-        if deadline is None or (armed is not None and armed <= deadline):
+        if deadline == armed or (armed is not None and (deadline is None or armed <= deadline)):
             return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._timer_at = deadline
-        if self.loop is None:
+        if deadline is None or self.loop is None:
             return
         # 1 ms slack: loop time and wall time drift apart by microseconds, and firing early is a wasted wake-up.
         when = self.loop.time() + max(0.0, deadline - time.time()) + 0.001

@@ -11,7 +11,7 @@ import pytest
 from aicp import errors
 from aicp.inprocess import Endpoint, InProcessHub
 from aicp.lab.demo import in_process_demo
-from aicp.messages import PROTOCOL_VERSION, Error, Goaway, Progress, RegisterAck, Result, Task, seal
+from aicp.messages import PROTOCOL_VERSION, Error, Goaway, Progress, RegisterAck, Result, Task, payload, seal
 from aicp.peer import READY, PeerSession
 from aicp.protocol import CLOSE_LEASE_EXPIRED, CLOSE_NORMAL, CLOSE_REPLACED, ProtocolConfig, RouterProtocol
 from aicp.router import Router, RouterConfig
@@ -336,6 +336,22 @@ def test_a_requester_that_asks_gets_progress_notices_for_dispatch_and_retry() ->
     assert [n.agent for n in notices] == ["bad", "good"] and all(n.method == "m" for n in notices)
     assert isinstance(asks.outcomes[tid], Result) and asks.outcome_count[tid] == 1
     assert not [r for r in quiet.inbox if isinstance(r.body, Progress)] and quiet.outcome_count[other] == 1
+
+
+def test_a_task_asks_for_or_declines_progress_notices_whatever_the_registration_said() -> None:
+    hub = make_hub()
+    agent(hub, "a1")
+    asks = hub.connect(PeerSession(Identity.generate(), "asks", "controller", progress=True))
+    quiet = controller(hub, "quiet")
+    wanted = quiet.submit("m", 1, progress=True)
+    declined = asks.submit("m", 2, progress=False)
+    as_registered = [quiet.submit("m", 3), asks.submit("m", 4)]
+    hub.advance(1.0)
+    seen = {r.body.task_id for ep in (asks, quiet) for r in ep.inbox if isinstance(r.body, Progress)}
+    assert seen == {wanted, as_registered[1]}
+    assert all(ep.outcome_count[t] == 1 for ep, t in ((quiet, wanted), (asks, declined), (quiet, as_registered[0]), (asks, as_registered[1])))
+    assert b'"progress":true' in quiet.session.task_frame("m", payload(5), hub.now, progress=True)[1]
+    assert b'"progress"' not in quiet.session.task_frame("m", payload(6), hub.now)[1]  # omitted unless set: the frames of peers that never set it are unchanged
 
 
 def test_peers_may_not_send_progress_notices() -> None:

@@ -49,11 +49,11 @@ def test_the_cases_an_implementer_asked_for_are_there() -> None:
     names = set(BY_NAME)
     assert {"tampered-payload", "wrong-key", "stale-timestamp", "duplicate-id", "other-key-and-bad-signature",
             "bound-id-other-key-and-bad-signature", "task-id-conflict", "result-not-assigned", "task-after-refusal",
-            "second-register", "register-as-router", "old-version-registration"} <= names
+            "second-register", "register-as-router", "old-version-registration", "task-asks-progress"} <= names
     challenges = [v for v in VECTORS if v["name"].startswith("router-challenge-")]
     assert sorted(v["connection"] for v in challenges) == list(range(1, max(v["connection"] for v in VECTORS) + 1))
     types = {decode_body(body_of(v["frame"].encode())).__struct_config__.tag for v in VECTORS if v["direction"] == "router-to-peer"}
-    assert {"challenge", "register-ack", "error"} <= types
+    assert {"challenge", "register-ack", "error", "progress"} <= types
     # the signer's and the verifier's views differ where the issue said they silently did
     for name in ("tampered-payload", "signature-over-reencoding", "other-key-and-bad-signature"):
         assert BY_NAME[name]["signer_signed_bytes_hex"] != BY_NAME[name]["signed_bytes_hex"], name

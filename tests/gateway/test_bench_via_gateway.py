@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 
 def test_gateway_and_direct_are_measured_in_one_run(tmp_path: Path) -> None:
-    args = ["-m", "aicp", "bench", "--via", "gateway", "--gateway-rate", "50", "--agents", "2", "--agent-procs", "1", "--concurrency", "4",
+    args = ["-m", "aicp", "bench", "--via", "gateway", "--gateway-rate", "50", "--gateway-rounds", "2", "--agents", "2", "--agent-procs", "1", "--concurrency", "4",
             "--duration", "1", "--warmup", "0.3", "--out", str(tmp_path)]
     done = subprocess.run(python_cmd(*args), capture_output=True, text=True, timeout=240, cwd=ROOT)
     (run_dir,) = tmp_path.iterdir()
@@ -26,4 +26,6 @@ def test_gateway_and_direct_are_measured_in_one_run(tmp_path: Path) -> None:
         assert row["completed"] > 0 and row["lost"] == 0 and row["verify_failures"] == 0 and not row["errors"], (key, row)
     assert via["gateway_open"]["cpu"]["gateway"]["cpu_s"] > 0  # the gateway process did the work, and was charged for it
     assert via["throughput_share"] > 0 and len(via["verdicts"]) == 2
+    assert len(via["open_rounds"]) == 2 and len(via["added_p50_rounds_ms"]) == 2  # direct and gateway slices alternate, round by round
+    assert via["gateway_open"]["completed"] == sum(r["gateway"]["completed"] for r in via["open_rounds"])
     assert "gateway  closed" in done.stdout

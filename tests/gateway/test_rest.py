@@ -45,6 +45,9 @@ def test_post_waits_and_returns_a_result_the_caller_verifies_alone(stack: Stack)
     assert r.headers["location"] == f"/tasks/{data['id']}"
     body = verify(data)
     assert body["method"] == "text.classify"
+    with httpx.stream("GET", stack.gateway + r.headers["location"] + "/events", headers=stack.headers(), timeout=10) as resp:
+        replayed = [json.loads(line[6:])["event"] for line in resp.iter_lines() if line.startswith("data: ")]
+    assert replayed == ["accepted", "submitted", "completed"]  # answered synchronously: no progress notices asked for (docs/GATEWAY.md)
     tampered = dict(data, signed_bytes=base64.b64encode(base64.b64decode(data["signed_bytes"]).replace(b"positive", b"negative")).decode())
     with pytest.raises(nacl.exceptions.BadSignatureError):
         verify(tampered)

@@ -17,10 +17,12 @@ process, and multiplies them by the operations one task needs.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import threading
 import time
 import timeit
+from collections.abc import Iterator
 from typing import Any, Final
 
 from aicp.messages import PROTOCOL_VERSION, Task, encode, payload
@@ -58,22 +60,38 @@ class FloorSampler:
     On a machine shared with other work, every process's CPU per operation grows with the
     contention (caches, sibling hyperthreads). The floor timed under the same conditions
     keeps the ratio comparable between runs; the quiet floor (before and after) is kept too.
-    Duty cycle about 2% of one core.
+    Duty cycle about 2% of one core, in bursts of about 2 ms (20 signs and 20 verifies every
+    0.1 s): a burst takes a core from the processes under test, and the 12 ms bursts this
+    sampler used to run (100 of each every 0.5 s) pushed the tasks they overlapped into the
+    latency tail. ``quiet()`` stops it for a latency trial (the half-capacity and 1000/s runs).
     """
 
-    def __init__(self, every_s: float = 0.5) -> None:
+    def __init__(self, every_s: float = 0.1, number: int = 20) -> None:
         self.every_s = every_s
+        self.number = number
         self.samples: list[dict[str, float]] = []
         self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
         self._thread = threading.Thread(target=self._run, name="floor-sampler", daemon=True)
 
     def start(self) -> FloorSampler:
         self._thread.start()
         return self
 
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """No sample starts inside this block (one already begun ends within a few ms)."""
+        self._running.clear()
+        try:
+            yield
+        finally:
+            self._running.set()
+
     def stop(self) -> dict[str, float] | None:
         """Median of the samples, or None if there were none."""
         self._stop.set()
+        self._running.set()
         self._thread.join(timeout=5)
         if not self.samples:
             return None
@@ -81,7 +99,9 @@ class FloorSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
-            self.samples.append(signature_costs(repeat=1, number=100, clock=time.thread_time))
+            self._running.wait()
+            if not self._stop.is_set():
+                self.samples.append(signature_costs(repeat=1, number=self.number, clock=time.thread_time))
 
 
 def signature_floor(policy: str, costs: dict[str, float]) -> dict[str, float]:

@@ -2,9 +2,9 @@
 
 The twin of ``loadgen`` (same arguments, same ``.npz`` samples, same open- and
 closed-loop rules), so the orchestrator summarises both the same way and the two
-transports are compared on one footing. The HTTP client is a few lines over
-asyncio streams rather than a general library, so the client's own cost stays
-small next to the gateway's. Every 200 answer is verified like the WebSocket
+transports are compared on one footing. The HTTP client is a small asyncio protocol
+rather than a general library, so the client's own cost stays small next to the
+gateway's, and an answer is timed where it arrives, as the WebSocket one is. Every 200 answer is verified like the WebSocket
 loadgen verifies its frames: the agent's signature over the signed bytes, and the
 task id inside them.
 """
@@ -18,8 +18,9 @@ import contextlib
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import numpy as np
@@ -40,35 +41,84 @@ class _Answer(msgspec.Struct):
 _decode = msgspec.json.Decoder(_Answer).decode
 
 
-class HttpConn:
-    """One keep-alive HTTP/1.1 connection; one request at a time."""
+class HttpConn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection; one request at a time.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    A protocol, not asyncio streams: an answer is parsed in ``data_received`` and its
+    arrival time (``done_at``) taken there, as the WebSocket load generator takes its
+    own in its frame callback (aicp.live.inbound), so both transports are timed at the
+    same point, before the loop wakes the waiting task. O(answer size) per answer.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.closed = False
+        self.done_at = 0.0  # clock() when the last answer was complete
 
     @classmethod
-    async def open(cls, host: str, port: int) -> HttpConn:
-        reader, writer = await asyncio.open_connection(host, port)
-        return cls(reader, writer)
+    async def open(cls, host: str, port: int, clock: Callable[[], float] = time.perf_counter) -> HttpConn:
+        _, conn = await asyncio.get_running_loop().create_connection(lambda: cls(clock), host, port)
+        return conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is one, without inheriting from it
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        try:
+            lines = bytes(self.buf[:end]).split(b"\r\n")
+            status = int(lines[0].split(b" ", 2)[1])
+            length = 0
+            for line in lines[1:]:
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+        except (ValueError, IndexError) as exc:
+            waiter.set_exception(ValueError(f"bad HTTP answer: {exc}"))
+            return
+        total = end + 4 + length
+        if len(self.buf) < total:
+            return
+        body = bytes(self.buf[end + 4 : total])
+        del self.buf[:total]
+        self.done_at = self.clock()
+        waiter.set_result((status, body))
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(asyncio.IncompleteReadError(bytes(self.buf), None))
+
+    def start(self, head: bytes, body: bytes) -> asyncio.Future[tuple[int, bytes]]:
+        """Send ``head`` (up to ``Content-Length: ``) and ``body`` now; the future gets (status, answer body) once it has all arrived."""
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("the server closed this connection")
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
+        return self.waiter
 
     async def post(self, head: bytes, body: bytes) -> tuple[int, bytes]:
-        self.writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
-        raw = await self.reader.readuntil(b"\r\n\r\n")
-        lines = raw.split(b"\r\n")
-        status = int(lines[0].split(b" ", 2)[1])
-        length = 0
-        for line in lines[1:]:
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        return status, await self.reader.readexactly(length)
+        return await self.start(head, body)
 
     def usable(self) -> bool:
         """False once the server has closed this idle connection (uvicorn does after 5 s idle, its keep-alive timeout)."""
-        return not self.reader.at_eof() and not self.writer.is_closing()
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.transport is not None:
+            self.transport.close()
 
 
 def check(status: int, data: bytes) -> tuple[str, str | None]:
@@ -100,24 +150,40 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
     seq = 0
 
     async def one(intended: float, conn: HttpConn | None = None) -> HttpConn | None:
-        nonlocal verify_failures, seq
+        nonlocal seq
         seq += 1
         key = f"req-{seq}"  # the gateway names the task; the recorder tracks the request
-        while conn is None and idle:  # the most recently used first; one the server has closed meanwhile is dropped
-            conn = idle.pop()
-            if not conn.usable():
-                conn.close()
-                conn = None
+        conn = conn or idle_conn()
         if conn is None:
             conn = await HttpConn.open(host, port)
         rec.new(key, intended, clock())
         try:
-            status, data = await conn.post(head, body)
+            answer = conn.start(head, body)
+        except OSError:
+            rec.finish(key, clock(), "connection-error")
+            conn.close()
+            return None
+        return await settle(key, conn, answer)
+
+    def idle_conn() -> HttpConn | None:
+        """The most recently used idle connection; one the server has closed meanwhile is dropped."""
+        while idle:
+            conn = idle.pop()
+            if conn.usable():
+                return conn
+            conn.close()
+        return None
+
+    async def settle(key: str, conn: HttpConn, answer: asyncio.Future[tuple[int, bytes]]) -> HttpConn | None:
+        """Wait for ``key``'s answer on ``conn``, check it and record it; ``conn`` again if it can be reused."""
+        nonlocal verify_failures
+        try:
+            status, data = await answer
         except (OSError, asyncio.IncompleteReadError, ValueError):
             rec.finish(key, clock(), "connection-error")
             conn.close()
             return None
-        now = clock()
+        now = conn.done_at  # when the answer arrived, not when this task woke up
         try:
             code, _ = check(status, data)
         except Exception:
@@ -132,10 +198,27 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
     if args.rate:
         running: set[asyncio.Task[Any]] = set()
 
-        async def spawned(t: float) -> None:
-            conn = await one(t)
+        async def spawned(t: float, started: tuple[str, HttpConn, asyncio.Future[tuple[int, bytes]]] | None = None) -> None:
+            conn = await (settle(*started) if started is not None else one(t))
             if conn is not None:
                 idle.append(conn)
+
+        def send_now(t: float) -> tuple[str, HttpConn, asyncio.Future[tuple[int, bytes]]] | None:
+            """On an idle connection, the request leaves here, before any task runs (the WebSocket generator
+            sends from its schedule loop too); None: no idle connection, a task opens one."""
+            nonlocal seq
+            conn = idle_conn()
+            if conn is None:
+                return None
+            seq += 1
+            key = f"req-{seq}"
+            rec.new(key, t, clock())
+            try:
+                return key, conn, conn.start(head, body)
+            except OSError:
+                rec.finish(key, clock(), "connection-error")
+                conn.close()
+                return None
 
         t = start
         while True:
@@ -145,7 +228,7 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
             delay = t - clock() - EARLY_S
             if delay > 0.0:
                 await asyncio.sleep(delay)
-            task = asyncio.get_running_loop().create_task(spawned(t))
+            task = asyncio.get_running_loop().create_task(spawned(t, send_now(t)))
             running.add(task)
             task.add_done_callback(running.discard)
         if running:

@@ -91,13 +91,16 @@ class Fleet:
     #: CPUs (taskset list) by role, "*" for every other role; empty: no pinning. See ``cpu_plan``.
     cpus: dict[str, str] = field(default_factory=dict)
 
-    def spawn(self, role: str, args: list[str], program: str | None = None) -> Proc:
-        """Start ``program`` (default: this Python) with ``args``; its output goes to ``<role>-<n>.log`` (pinned with taskset if asked)."""
+    def spawn(self, role: str, args: list[str], program: str | None = None, env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
+        """Start ``program`` (default: this Python) with ``args``; its output goes to ``<role>-<n>.log`` (pinned with taskset if asked).
+
+        ``env``: variables set on top of this process's environment; with ``cwd`` (``python -m`` puts it first on
+        ``sys.path``) and ``PYTHONPATH``, another source tree runs."""
         pinned = self.cpus.get(role, self.cpus.get("*"))
         with open(self.run_dir / f"{role}-{len(self.procs)}.log", "wb") as log:  # the child keeps its own descriptor
-            env = {**os.environ, "AICP_KEY_DIR": str(self.run_dir / "keys")}  # keep agents' keys out of ~/.aicp
+            env = {**os.environ, "AICP_KEY_DIR": str((self.run_dir / "keys").resolve()), **(env or {})}  # keep agents' keys out of ~/.aicp
             popen = subprocess.Popen([*(["taskset", "-c", pinned] if pinned else []), program or sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, env=env)
+                                     start_new_session=True, env=env, cwd=cwd)
         proc = Proc(role, popen, psutil.Process(popen.pid))
         self.procs.append(proc)
         return proc
@@ -339,8 +342,9 @@ def summarise(outs: list[Path], trial: Trial, cpu: dict[str, Any]) -> dict[str, 
     t_sent = np.concatenate(sent)
     t_done = np.concatenate(done)
     names = np.concatenate(outcome)
-    # open loop: from the intended send time, or the actual send when that was (slightly) earlier than intended
-    start_t = np.maximum(t_int, t_sent) if trial.mode == "open" else t_sent
+    # open loop: from the intended send time, or the actual send when that was (slightly) earlier than intended:
+    # the earlier of the two, so a late send's lag is charged and an early one is never credited
+    start_t = np.minimum(t_int, t_sent) if trial.mode == "open" else t_sent
     measured = start_t >= trial.warmup
     ok = measured & (names == "ok")
     lat_ms = (t_done[ok] - start_t[ok]) * 1000.0
@@ -444,6 +448,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--via", choices=["websocket", "gateway"], default="websocket",
         help="gateway: also measure the HTTP gateway next to direct WebSocket submission (see aicp.lab.bench.via_gateway)")
     add("--gateway-rate", type=float, default=500.0, help="--via gateway: open-loop rate for the added-latency comparison (default 500)")
+    add("--gateway-rounds", type=int, default=3, help="--via gateway: the open-loop comparison alternates this many rounds of a direct and a "
+        "gateway slice, --duration split among them (default 3)")
+    add("--gateway-baseline", default=None, metavar="TREE", help="--via gateway: also run a gateway from this source tree (PYTHONPATH=TREE) in "
+        "each round, next to this tree's, on the same router and agents: a before/after in one run")
     add("--seed", type=int, default=1)
     add("--out", type=Path, default=Path("results") / "bench", help="parent folder of the run folder")
     add("--json", type=Path, default=None, help="also write the summary to this file")
@@ -502,11 +510,13 @@ def run(args: argparse.Namespace) -> int:
                 summary[target] = result
                 print(format_result(target, result), flush=True)
                 if target == "router" and args.half_capacity and result["mode"] == "closed" and result["throughput_per_s"] > 0:
-                    half = run_half_capacity(fleet, url, result, args)
+                    with sampler.quiet():  # a latency trial: nothing else of ours takes a core meanwhile
+                        half = run_half_capacity(fleet, url, result, args)
                     summary["router_at_half"] = half
                     print(format_result("router", half), flush=True)
                 if target == "router" and args.also_1000:
-                    r1000 = run_trial(fleet, url, Trial("open", rate=1000.0, duration=args.duration, warmup=args.warmup), args, "router-1000")
+                    with sampler.quiet():
+                        r1000 = run_trial(fleet, url, Trial("open", rate=1000.0, duration=args.duration, warmup=args.warmup), args, "router-1000")
                     summary["router_at_1000"] = r1000
                     print(format_result("router", r1000), flush=True)
                 if args.sweep:

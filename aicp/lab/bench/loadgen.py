@@ -141,6 +141,7 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         cpu0 = time.process_time()
         io0 = io_calls(psutil.Process())
         start = clock() + (max(0.05, args.start_at - wall()) if args.start_at else 0.05)
+        start_wall = wall() - clock() + start
         end = start + args.warmup + args.duration
         timeout_ms = args.task_timeout * 1000.0
 
@@ -194,7 +195,7 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
                 if t >= end:
                     break
                 # Event-loop timers have millisecond resolution, so wake up to EARLY_S before the
-                # intended time and send then; latency is measured from max(intended, sent), so an
+                # intended time and send then; latency is measured from min(intended, sent), so an
                 # early send is never credited and a late one is always charged.
                 delay = t - clock() - EARLY_S
                 if delay > 0.0:
@@ -224,6 +225,7 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         sent=rec.sent[:n] - start,
         done=rec.done[:n] - start,
         outcome=rec.outcome[:n],
+        task_ids=np.array(list(rec.index), dtype=str),  # in submission order: to join a router trace (aicp bench --record)
     )
     meta = {
         "id": args.id,
@@ -239,6 +241,7 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         "read_calls": io1[0] - io0[0],
         "write_calls": io1[1] - io0[1],
         "wall_s": wall_s,
+        "start_wall": start_wall,  # time.time() at this generator's time 0: its times + this = the router's clock
     }
     Path(str(args.out) + ".json").write_text(json.dumps(meta))
     return meta
