@@ -160,8 +160,12 @@ class Router:
         self.stats = RouterStats()
         self.trace: trace.Sink | None = None  # hold-outs go here when recording (RouterProtocol.record sets it)
         self._tasks: dict[str, _Task] = {}
-        self._by_agent: dict[str, dict[str, _Task]] = {}
+        # Timers are (when, seq, kind, key, token) in two heaps: the tasks' (attempt timeouts and
+        # backoffs, one per task in the router) and the agents' (leases and hold-outs, about one per
+        # agent), so a task's timer costs O(log tasks), whatever the number of agents. Both are
+        # consumed in (when, seq) order, as one heap would be: seq is unique.
         self._timers: list[tuple[float, int, int, str, int]] = []
+        self._agent_timers: list[tuple[float, int, int, str, int]] = []
         self._seq = 0
         self._retry_tokens = self.config.retry_budget_reserve
         self._dead: deque[str] = deque()
@@ -183,7 +187,8 @@ class Router:
         return task.agent.agent_id if task is not None and task.agent is not None else None
 
     def tasks_on(self, agent_id: str) -> list[str]:
-        return list(self._by_agent.get(agent_id, {}))
+        state = self.registry.get(agent_id)
+        return list(state.tasks) if state is not None and state.tasks else []
 
     def is_remote(self, agent_id: str) -> bool:
         return agent_id in self._remote
@@ -199,8 +204,8 @@ class Router:
 
     def count_on(self, agent_id: str) -> int:
         """How many of this router's tasks are on ``agent_id`` now. O(1)."""
-        on = self._by_agent.get(agent_id)
-        return len(on) if on is not None else 0
+        state = self.registry.get(agent_id)
+        return len(state.tasks) if state is not None and state.tasks else 0
 
     def attempt_deadline(self, task_id: str, now: float) -> float | None:
         """When the task's current attempt times out (``None``: not in the router)."""
@@ -212,23 +217,27 @@ class Router:
 
     def next_deadline(self) -> float | None:
         """When ``on_timer`` must next be called, or ``None`` if nothing is pending."""
-        timers, tasks, agents = self._timers, self._tasks, self.registry.agents
+        timers, tasks = self._timers, self._tasks
+        first: float | None = None
         while timers:
             entry = timers[0]
-            kind = entry[2]
-            # _timer_live(entry), inlined for the two kinds that are checked on every call
-            if kind == _T_TASK:
-                task = tasks.get(entry[3])
-                if task is not None and task.token == entry[4]:
-                    return entry[0]
-            elif kind == _T_LEASE:
-                state = agents.get(entry[3])
-                if state is not None and state.epoch == entry[4] and state.status is not Status.DEAD:
-                    return entry[0]
-            elif self._timer_live(entry):
-                return entry[0]
+            task = tasks.get(entry[3])  # _timer_live(entry), inlined: every entry here is a task's
+            if task is not None and task.token == entry[4]:
+                first = entry[0]
+                break
             heapq.heappop(timers)
-        return None
+        timers, agents = self._agent_timers, self.registry.agents
+        while timers:
+            entry = timers[0]
+            if entry[2] == _T_LEASE:  # inlined too
+                state = agents.get(entry[3])
+                live = state is not None and state.epoch == entry[4] and state.status is not Status.DEAD
+            else:
+                live = self._timer_live(entry)
+            if live:
+                return entry[0] if first is None or entry[0] < first else first
+            heapq.heappop(timers)
+        return first
 
     # ------------------------------------------------------------------ agents
     def register_agent(
@@ -302,7 +311,8 @@ class Router:
         state.epoch += 1
         self.stats.agents_lost += 1
         actions: list[Action] = []
-        for task in list(self._by_agent.pop(agent_id, {}).values()):
+        on_agent, state.tasks = state.tasks, None
+        for task in list(on_agent.values()) if on_agent else ():
             self._release(task)
             self._penalise(state, now)
             self._retry_or_fail(task, errors.AGENT_FAILED, f"agent {agent_id} {reason}", now, actions)
@@ -359,16 +369,16 @@ class Router:
         # _release(task), inlined: this runs once per task
         task.agent = None
         agent.add_in_flight(-1)
-        on_agent = self._by_agent.get(agent_id)
+        on_agent = agent.tasks
         if on_agent is not None:
             on_agent.pop(task_id, None)
         cfg = self.config
         sample = now - task.dispatched_at
-        ewma = agent.latency_ewma
+        ewma = agent._latency  # latency_ewma
         if sample >= ewma:
-            agent.latency_ewma = sample  # peak: react to slowness at once
+            agent._latency = sample  # peak: react to slowness at once
         else:
-            agent.latency_ewma = ewma + cfg.latency_alpha * (sample - ewma)
+            agent._latency = ewma + cfg.latency_alpha * (sample - ewma)
         if ok:
             agent.succeeded += 1
             agent.consecutive_failures = 0
@@ -396,9 +406,16 @@ class Router:
     def on_timer(self, now: float) -> list[Action]:
         """Run every deadline that is due at ``now``."""
         actions: list[Action] = []
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, _, kind, key, token = heapq.heappop(timers)
+        task_timers, agent_timers = self._timers, self._agent_timers
+        pop = heapq.heappop
+        while True:  # the due entries of both heaps, merged in (when, seq) order
+            if task_timers and task_timers[0][0] <= now:
+                heap = agent_timers if agent_timers and agent_timers[0] < task_timers[0] else task_timers
+            elif agent_timers and agent_timers[0][0] <= now:
+                heap = agent_timers
+            else:
+                break
+            _, _, kind, key, token = pop(heap)
             if kind == _T_TASK:
                 task = self._tasks.get(key)
                 if task is None or task.token != token:
@@ -431,7 +448,7 @@ class Router:
     # ------------------------------------------------------------------ internals
     def _push(self, when: float, kind: int, key: str, token: int) -> None:
         self._seq += 1
-        heapq.heappush(self._timers, (when, self._seq, kind, key, token))
+        heapq.heappush(self._timers if kind == _T_TASK else self._agent_timers, (when, self._seq, kind, key, token))
 
     def _timer_live(self, entry: tuple[float, int, int, str, int]) -> bool:
         _, _, kind, key, token = entry
@@ -473,9 +490,9 @@ class Router:
         agent.add_in_flight(1)
         agent.dispatched += 1
         self.stats.dispatched += 1
-        by_agent = self._by_agent.get(agent_id)
+        by_agent = agent.tasks
         if by_agent is None:
-            by_agent = self._by_agent[agent_id] = {}
+            by_agent = agent.tasks = {}
         by_agent[task_id] = task
         # A task forwarded by its owner (cluster mode) has one attempt, limited by the time the owner gave it.
         deadline = task.deadline
@@ -490,7 +507,7 @@ class Router:
         if agent is not None:
             agent.add_in_flight(-1)
             task.agent = None
-            on_agent = self._by_agent.get(agent.agent_id)
+            on_agent = agent.tasks
             if on_agent is not None:
                 on_agent.pop(task.id, None)
 
@@ -568,4 +585,4 @@ class Router:
                     self._remote.discard(old)
                     for cap in state.capabilities:
                         self.remote_ids[cap].remove(old)
-                self._by_agent.pop(old, None)
+                state.tasks = None

@@ -87,6 +87,15 @@ class UniformRandom:
         return candidates.nth(int(rng.random() * n), ranks)
 
 
+def _load_key(agent: AgentState) -> float:
+    """``agent.load`` as ``_LoadIndex`` keys it: the int ``in_flight`` when ``concurrency`` is 1,
+    else the float ``in_flight / concurrency``. The int equals the float exactly and Python
+    compares ints with floats exactly, so keys order and tie as the loads do; the common case
+    allocates no float, and small ints are shared objects that a heap comparison finds in cache."""
+    conc = agent._concurrency
+    return agent._in_flight if conc == 1 else agent._in_flight / conc
+
+
 class _LoadIndex:
     """Active agents by load (in_flight / concurrency), then join order: one heap, lazy keys.
 
@@ -101,7 +110,7 @@ class _LoadIndex:
     other active agent can have a smaller ``(load, slot)``. The heap is rebuilt from
     the pool when it holds more than four times as many entries as there are active
     agents (plus ``INDEX_SLACK``), so memory stays O(n); a fall costs O(log n),
-    ``best`` O(log n) amortized. Loads are the same floats the scan compared, so
+    ``best`` O(log n) amortized. Loads compare as the scan's floats did (``_load_key``), so
     agents with different concurrency tie exactly when the scan said they did.
     """
 
@@ -117,13 +126,13 @@ class _LoadIndex:
     def rebuild(self) -> None:
         """O(n) (n: the pool's slots)."""
         active = Status.ACTIVE
-        heap = [(a._in_flight / a._concurrency, slot) for slot, a in enumerate(self._pool._slots) if a is not None and a.status is active]
+        heap = [(_load_key(a), slot) for slot, a in enumerate(self._pool._slots) if a is not None and a.status is active]
         heapq.heapify(heap)
         self._heap = heap
 
     def _push(self, slot: int, agent: AgentState) -> None:
         heap = self._heap
-        heapq.heappush(heap, (agent._in_flight / agent._concurrency, slot))
+        heapq.heappush(heap, (_load_key(agent), slot))
         if len(heap) > 4 * self._pool._n_active + INDEX_SLACK:
             self.rebuild()
 
@@ -148,7 +157,8 @@ class _LoadIndex:
             if agent is None or agent.status is not active:
                 pop(heap)  # not active any more
                 continue
-            load = agent._in_flight / agent._concurrency
+            conc = agent._concurrency  # _load_key(agent), inlined
+            load = agent._in_flight if conc == 1 else agent._in_flight / conc
             if load != key:
                 if load > key:
                     heapq.heapreplace(heap, (load, slot))  # the load rose: re-key
@@ -175,7 +185,7 @@ class LeastLoaded:
 
     Ties go to the agent that joined the capability's pool first (registration
     order; re-registering after death or with new capabilities joins again, at the
-    end). Exact: the same choice as a scan of the whole pool, from a bucket queue
+    end). Exact: the same choice as a scan of the whole pool, from a heap of (load, slot)
     (``_LoadIndex``) in O(log n) amortized."""
 
     name = "least_loaded"
@@ -322,8 +332,8 @@ class LatencyEwma:
         if n <= 1:
             return candidates.nth(0, ranks) if n == 1 else None
         a, b = _two(candidates, n, ranks, rng)
-        cost_a = a.latency_ewma * (a._in_flight + 1) / a._concurrency
-        cost_b = b.latency_ewma * (b._in_flight + 1) / b._concurrency
+        cost_a = a._latency * (a._in_flight + 1) / a._concurrency  # latency_ewma
+        cost_b = b._latency * (b._in_flight + 1) / b._concurrency
         return b if cost_b < cost_a else a
 
 

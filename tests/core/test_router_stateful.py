@@ -217,7 +217,7 @@ class RouterMachine(RuleBasedStateMachine):
                 by_agent[task.agent.agent_id] += 1
                 assert self.router.registry.get(task.agent.agent_id) is task.agent
         for state in self.router.registry.agents.values():
-            on_it = self.router._by_agent.get(state.agent_id, {})
+            on_it = state.tasks or {}
             assert state.in_flight == by_agent[state.agent_id] == len(on_it), state
             assert all(t.agent is state for t in on_it.values())
             if state.status is Status.DEAD:

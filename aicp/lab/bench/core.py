@@ -6,15 +6,26 @@ comparable across machines. Figures are medians of ``--repeat`` timing rounds.
 
 ``--agents 100,1000,10000,100000`` adds the growth table of issue 10: for every
 strategy and pool size n, the cost of registering one agent into a router that
-already holds the others, and of one task (a submit plus the result of the oldest
-task in flight) while n/2 tasks are in flight (at most 5000). Both should stay
-flat as n grows. They are CPU seconds of this process (``time.process_time``), so
-other load on a shared machine distorts them less than wall time would.
+already holds the others (the mean over registering agents 2..n, one after
+another, into fresh routers: at least 20,000 registrations per sample), and of one
+task (a submit plus the result of the oldest task in flight, 5,000 per sample)
+while n/2 tasks are in flight (at most 5000). Both should stay flat as n grows.
+They are CPU seconds of this process (``time.process_time``), so other load on a
+shared machine distorts them less than wall time would.
+
+The sizes are compared like with like (``run_scale``): each of the ``--repeat``
+rounds takes one sample of every size in turn, so a drift of the machine's speed
+between minutes falls on all sizes alike; the growth figure is the median of the
+rounds' own ratios (largest size / smallest), shown with their range. The cyclic
+garbage collector is off while a sample is timed (it runs between rounds): a full
+collection scans every object in the process, the other sizes' routers too, so
+with it on a sample would pay for objects that are not part of the size it times.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import random
@@ -170,87 +181,158 @@ def _per_op_bounded(fn: Callable[[], object], available: int, repeat: int) -> fl
 
 #: Tasks in flight while a cycle is timed: half the agents, at most this many.
 MAX_IN_FLIGHT = 5000
-#: Submit+result cycles per timing round.
-CYCLES_PER_ROUND = 2000
+#: Submit+result cycles per task sample (tens of milliseconds: far above the timer's resolution).
+CYCLES_PER_SAMPLE = 5000
+#: Agents registered per registration sample, at least: small pools take several routers.
+MIN_REGISTRATIONS = 20_000
 
 
-def _register_round(strategy: str, n: int) -> tuple[float, Router]:
-    """Seconds to register agents 2..n into a router whose strategy has already made a choice
-    (so its indexes exist and registration pays for their upkeep), and the router."""
+def _new_router(strategy: str) -> Router:
+    """A router with agent ``a0`` whose strategy has already made a choice (so its
+    indexes exist and every later registration pays for their upkeep)."""
     router = Router(RouterConfig(max_tasks=MAX_IN_FLIGHT + 10), strategy, random.Random(1))
     router.register_agent("a0", ["m"], 0.0)
     [d] = router.submit("warm-up", "m", 0.0)
     router.result(d.agent_id, "warm-up", True, 0.0)  # type: ignore[union-attr]
-    register = router.register_agent
+    return router
+
+
+def _register_sample(strategy: str, n: int, min_registrations: int = MIN_REGISTRATIONS) -> float:
+    """CPU seconds per agent to register agents a1..a(n-1), one after another, into a
+    router that holds the ones before (averaged over enough fresh routers that at least
+    ``min_registrations`` agents are registered)."""
     ids = [f"a{i}" for i in range(1, n)]
     caps = ["m"]
-    t0 = time.process_time()
-    for agent_id in ids:
-        register(agent_id, caps, 0.0)
-    return time.process_time() - t0, router
+    done, elapsed = 0, 0.0
+    while done < min_registrations:
+        register = _new_router(strategy).register_agent
+        t0 = time.process_time()
+        for agent_id in ids:
+            register(agent_id, caps, 0.0)
+        elapsed += time.process_time() - t0
+        done += len(ids)
+    return elapsed / done
 
 
-def scale_benchmark(strategy: str, n: int, repeat: int) -> dict[str, Any]:
-    """Registration µs per agent and µs per task cycle for ``strategy`` with ``n`` agents."""
-    n = max(2, n)
-    rounds = max(1, min(repeat, 300_000 // n))
-    per_agent = []
-    router: Router | None = None
-    for _ in range(rounds):
-        done, elapsed = 0, 0.0
-        while done < min(20_000, 100 * n) or done == 0:  # small pools: many routers per round
-            seconds, router = _register_round(strategy, n)
-            elapsed += seconds
-            done += n - 1
-        per_agent.append(elapsed / done)
-    assert router is not None
-    in_flight: deque[tuple[str, str]] = deque()
-    counter = iter(range(10**12))
+class _TaskLoop:
+    """A router with ``n`` agents and min(n/2, ``MAX_IN_FLIGHT``) tasks in flight.
 
-    def submit() -> None:
-        tid = f"t{next(counter)}"
-        [d] = router.submit(tid, "m", 0.0)
+    ``sample`` times one cycle: a submit (the strategy picks an agent among the n) and
+    the result of the oldest task in flight, so the number in flight stays the same."""
+
+    def __init__(self, strategy: str, n: int, cycles: int = CYCLES_PER_SAMPLE) -> None:
+        self.router = router = _new_router(strategy)
+        for i in range(1, n):
+            router.register_agent(f"a{i}", ["m"], 0.0)
+        self.in_flight: deque[tuple[str, str]] = deque()
+        self.counter = iter(range(10**12))
+        for _ in range(min(n // 2, MAX_IN_FLIGHT)):
+            self._submit()
+        self.sample(max(1, cycles // 5))  # warm-up, not reported
+
+    def _submit(self) -> None:
+        tid = f"t{next(self.counter)}"
+        [d] = self.router.submit(tid, "m", 0.0)
         if not isinstance(d, Dispatch):
             raise RuntimeError(f"the router did not dispatch: {d!r}")
-        in_flight.append((d.agent_id, tid))
+        self.in_flight.append((d.agent_id, tid))
 
-    for _ in range(min(n // 2, MAX_IN_FLIGHT)):
-        submit()
-    per_task = []
-    for _ in range(repeat):
+    def sample(self, cycles: int) -> float:
+        """CPU seconds per cycle over ``cycles`` cycles."""
+        submit, result, oldest = self._submit, self.router.result, self.in_flight.popleft
         t0 = time.process_time()
-        for _ in range(CYCLES_PER_ROUND):
+        for _ in range(cycles):
             submit()
-            agent_id, tid = in_flight.popleft()
-            router.result(agent_id, tid, True, 0.0)
-        per_task.append((time.process_time() - t0) / CYCLES_PER_ROUND)
-    return {
-        "strategy": strategy,
-        "agents": n,
-        "in_flight": min(n // 2, MAX_IN_FLIGHT),
-        "register_us_per_agent": statistics.median(per_agent) * 1e6,
-        "task_us": statistics.median(per_task) * 1e6,
-    }
+            agent_id, tid = oldest()
+            result(agent_id, tid, True, 0.0)
+        return (time.process_time() - t0) / cycles
 
 
-def run_scale(sizes: Sequence[int], repeat: int, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    return [scale_benchmark(name, n, repeat) for name in (names or strategies.names()) for n in sizes]
+def run_scale(
+    sizes: Sequence[int], repeat: int, names: Sequence[str] | None = None, *, cycles: int = CYCLES_PER_SAMPLE, min_registrations: int = MIN_REGISTRATIONS
+) -> list[dict[str, Any]]:
+    """Registration and per-task cost for every strategy at every pool size.
+
+    Sizes are measured in interleaved rounds, not one after another: round r takes one
+    registration sample and one task sample at every size (in turn, forwards on even
+    rounds and backwards on odd ones), so a drift of the machine's speed over the run
+    weighs on every size alike, and each round gives its own growth ratio. The cyclic
+    garbage collector is off inside the timed sections (collected between rounds,
+    untimed): a full collection costs time in proportion to every object in the process,
+    the other sizes' routers included, which is not a cost of the size being timed.
+    """
+    sizes = [max(2, n) for n in sizes]
+    rows: list[dict[str, Any]] = []
+    was_enabled = gc.isenabled()
+    try:
+        for name in names or strategies.names():
+            gc.collect()
+            gc.disable()
+            loops = {n: _TaskLoop(name, n, cycles) for n in sizes}
+            reg: dict[int, list[float]] = {n: [] for n in sizes}
+            task: dict[int, list[float]] = {n: [] for n in sizes}
+            for r in range(repeat):
+                order = sizes if r % 2 == 0 else sizes[::-1]
+                for n in order:
+                    reg[n].append(_register_sample(name, n, min_registrations) * 1e6)
+                for n in order:
+                    task[n].append(loops[n].sample(cycles) * 1e6)
+                gc.enable()
+                gc.collect()
+                gc.disable()
+            del loops
+            rows.extend(
+                {
+                    "strategy": name,
+                    "agents": n,
+                    "in_flight": min(n // 2, MAX_IN_FLIGHT),
+                    "register_us_per_agent": statistics.median(reg[n]),
+                    "task_us": statistics.median(task[n]),
+                    "register_us_rounds": reg[n],
+                    "task_us_rounds": task[n],
+                }
+                for n in sizes
+            )
+            gc.enable()
+    finally:
+        if was_enabled:
+            gc.enable()
+        else:
+            gc.disable()
+    return rows
+
+
+def scale_growth(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per strategy, the growth from the smallest to the largest pool: for registration and
+    for a task, the ratio in every round (same round: same stretch of the run) and their median."""
+    out = []
+    for name in dict.fromkeys(r["strategy"] for r in rows):
+        mine = sorted((r for r in rows if r["strategy"] == name), key=lambda r: r["agents"])
+        small, large = mine[0], mine[-1]
+        entry: dict[str, Any] = {"strategy": name, "from": small["agents"], "to": large["agents"]}
+        for key, label in (("register_us_rounds", "register"), ("task_us_rounds", "task")):
+            ratios = [b / a for a, b in zip(small[key], large[key], strict=True)]
+            entry[f"{label}_growth"] = statistics.median(ratios)
+            entry[f"{label}_growth_rounds"] = ratios
+        out.append(entry)
+    return out
 
 
 def format_scale_table(rows: list[dict[str, Any]]) -> str:
     sizes = sorted({r["agents"] for r in rows})
     by = {(r["strategy"], r["agents"]): r for r in rows}
-    names = list(dict.fromkeys(r["strategy"] for r in rows))
     heads = " → ".join(f"{n:,}" for n in sizes)
     lines = [
-        f"| strategy | register, µs per agent: {heads} | one task (submit+result), µs: {heads} | growth {sizes[0]:,} → {sizes[-1]:,} |",
+        f"| strategy | register, µs per agent: {heads} | one task (submit+result), µs: {heads} "
+        f"| growth {sizes[0]:,} → {sizes[-1]:,}, register / task: median of rounds (range) |",
         "|---|---|---|---|",
     ]
-    for name in names:
+    for g in scale_growth(rows):
+        name = g["strategy"]
         reg = [by[name, n]["register_us_per_agent"] for n in sizes]
         task = [by[name, n]["task_us"] for n in sizes]
-        growth = f"{reg[-1] / reg[0]:.2f}× / {task[-1] / task[0]:.2f}×"
-        lines.append(f"| {name} | {' → '.join(f'{v:.1f}' for v in reg)} | {' → '.join(f'{v:.1f}' for v in task)} | {growth} |")
+        spread = [f"{g[k + '_growth']:.2f}× ({min(g[k + '_growth_rounds']):.2f}–{max(g[k + '_growth_rounds']):.2f})" for k in ("register", "task")]
+        lines.append(f"| {name} | {' → '.join(f'{v:.1f}' for v in reg)} | {' → '.join(f'{v:.1f}' for v in task)} | {spread[0]} / {spread[1]} |")
     return "\n".join(lines)
 
 
@@ -281,14 +363,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "add a growth table of registration and per-task cost for every strategy",
     )
     parser.add_argument("--strategy", action="append", default=None, help="strategies in the growth table (repeatable; default: all)")
+    parser.add_argument("--scale-only", action="store_true", help="with several --agents: only the growth table, not the per-operation rows")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
 
 
 def run(args: argparse.Namespace) -> int:
     sizes: list[int] = args.agents
-    results = run_benchmarks(args.repeat, sizes[0])
+    results: list[dict[str, Any]] = []
     print(f"AICP {__version__} core micro-benchmark, Python {platform.python_version()}, median of {args.repeat} rounds")
-    print(format_table(results))
+    if not (args.scale_only and len(sizes) > 1):
+        results = run_benchmarks(args.repeat, sizes[0])
+        print(format_table(results))
     scale: list[dict[str, Any]] = []
     if len(sizes) > 1:
         unknown = [n for n in args.strategy or [] if n not in strategies.names()]
@@ -297,11 +382,15 @@ def run(args: argparse.Namespace) -> int:
             return 2
         scale = run_scale(sizes, args.repeat, args.strategy)
         print()
-        print(f"growth with the pool: n/2 tasks in flight (at most {MAX_IN_FLIGHT}), CPU time, medians of {args.repeat} rounds")
+        print(
+            f"growth with the pool: n/2 tasks in flight (at most {MAX_IN_FLIGHT}), CPU time; {args.repeat} rounds, each one sample "
+            f"per size in turn (order alternating), garbage collector off while timing; µs: median of the rounds"
+        )
         print(format_scale_table(scale))
     out = args.json or Path("results") / "bench" / f"core-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"version": __version__, "python": platform.python_version(), "repeat": args.repeat, "results": results, "scale": scale}
+    doc = {"version": __version__, "python": platform.python_version(), "repeat": args.repeat, "results": results, "scale": scale,
+           "scale_growth": scale_growth(scale) if scale else []}
     out.write_text(json.dumps(doc, indent=2))
     print(f"written: {out}")
     return 0
