@@ -18,8 +18,8 @@ A live driver (NATS: ``aicp.live.cluster``; in memory: tests) calls::
 
     out = node.start(now)
     out = node.summary_received(data, now)             # a Publish from another router
-    out = node.task_received(origin, data, timeout_s, now)
-    out = node.outcome_received(origin, key, data, now)
+    out = node.task_received(origin, data, timeout_s, now, key, method, fingerprint)  # a Forward "task"
+    out = node.outcome_received(origin, key, data, now, ok)                         # a Forward "outcome"
     out = node.isolated(now)                           # the link to the others is down
     out = node.on_timer(now)                           # at node.next_deadline()
     out += node.flush()                                # after any RouterProtocol call of its own
@@ -298,19 +298,23 @@ class ClusterNode:
             self.proto.add_remote(requester_id(s.router), s.router, "router")
         return self.flush(list(self.view.apply(s, now)))
 
-    def task_received(self, origin: str, data: bytes, timeout_s: float, now: float) -> list[ClusterOutput]:
-        """Router ``origin`` forwards a task frame it owns: run it here, once, within ``timeout_s`` (plus ``forward_grace_s``)."""
+    def task_received(self, origin: str, data: bytes, timeout_s: float, now: float, key: str = "", method: str = "",
+                      fingerprint: bytes = b"") -> list[ClusterOutput]:
+        """Router ``origin`` forwards a task frame it owns: run it here, once, within ``timeout_s`` (plus ``forward_grace_s``).
+
+        ``key``, ``method``, ``fingerprint``: the ``Forward``'s, so the frame is not decoded again (see ``submit_forwarded``).
+        """
         if origin == self.name or REMOTE_MARK in origin:
             return []
         self.counters["tasks_forwarded_in"] += 1
         self.proto.add_remote(requester_id(origin), origin, "router")
         timeout = max(0.001, timeout_s) + self.config.forward_grace_s
-        return self.flush(list(self.proto.submit_forwarded(requester_id(origin), data, timeout, now)))
+        return self.flush(list(self.proto.submit_forwarded(requester_id(origin), data, timeout, now, key, method, fingerprint)))
 
-    def outcome_received(self, origin: str, key: str, data: bytes, now: float) -> list[ClusterOutput]:
-        """Router ``origin`` sends the outcome of task ``key`` that this router forwarded to it."""
+    def outcome_received(self, origin: str, key: str, data: bytes, now: float, ok: bool = False) -> list[ClusterOutput]:
+        """Router ``origin`` sends the outcome of task ``key`` that this router forwarded to it (``ok``: the ``Forward``'s)."""
         self.counters["outcomes_in"] += 1
-        return self.flush(list(self.proto.remote_outcome(origin, key, data, now)))
+        return self.flush(list(self.proto.remote_outcome(origin, key, data, now, ok)))
 
     def router_lost(self, name: str, now: float, reason: str) -> list[ClusterOutput]:
         """The driver knows ``name`` is gone: do not wait for the timeout."""

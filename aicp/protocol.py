@@ -23,6 +23,7 @@ first connection. The core itself never reads or writes it anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import secrets
@@ -108,6 +109,11 @@ class Forward(msgspec.Struct, frozen=True, gc=False):
     ``kind`` "task": run the task there, within ``timeout_s``; "outcome": the one outcome
     of task ``key`` that ``router`` forwarded here. Drivers collect these with
     ``take_forwards()``; a router outside a cluster never makes one.
+
+    What the sending router already read from the frame travels beside it, so the receiving
+    router need not decode it again (routers of a cluster trust each other): a task's
+    ``method`` and ``fingerprint``; for an outcome, ``ok`` says it is the verified, successful
+    result of task ``key`` (anything else is decoded by the owner).
     """
 
     router: str
@@ -115,6 +121,9 @@ class Forward(msgspec.Struct, frozen=True, gc=False):
     key: str
     data: bytes
     timeout_s: float = 0.0
+    method: str = ""
+    fingerprint: bytes = b""
+    ok: bool = False
 
 
 class Verification:
@@ -214,6 +223,14 @@ def task_fingerprint(body: Task) -> bytes:
     h.update(b"\0")
     h.update(body.payload)
     return h.digest()
+
+
+def _signer(data: bytes) -> str | None:
+    """The key a frame names (``None`` if it cannot be read): only to compare two frames of one task id."""
+    try:
+        return decode_frame(data).key
+    except errors.ProtocolError:
+        return None
 
 
 def task_key(requester: str, task_id: str) -> str:
@@ -349,32 +366,38 @@ class RouterProtocol:
         """A remote candidate is gone (its router silent or without agents): its tasks fail over."""
         return self._agent_lost(peer_id, now, reason)
 
-    def submit_forwarded(self, origin: str, data: bytes, timeout_s: float, now: float) -> list[Output]:
+    def submit_forwarded(self, origin: str, data: bytes, timeout_s: float, now: float, key: str = "", method: str = "",
+                         fingerprint: bytes = b"") -> list[Output]:
         """A task frame another router owns, to run here on a local agent, in one attempt.
 
         ``origin`` is the peer added with ``add_remote(..., "router")``. The frame is not verified
         again (its owner did; routers of a cluster trust each other). Its one outcome comes out as a
         ``Forward`` of kind "outcome" to the origin's router.
+
+        ``key``, ``method`` and ``fingerprint`` are what the owner read from the frame (its
+        ``Forward``): given, the frame is not decoded here at all; missing, it is.
         """
         requester = self._peers[origin]
-        try:
-            frame = decode_frame(data)
-            body = decode_body(frame.body)
-        except errors.ProtocolError as exc:
-            self._count(exc.code)
-            return []
-        if not isinstance(body, Task):
-            self._count(errors.INVALID_MESSAGE)
-            return []
-        key = task_key(body.sender, body.id)
         assert requester.router is not None
-        fingerprint = task_fingerprint(body)
+        body: Task | None = None
+        _, sep, task_id = key.partition("\n")
+        if not (sep and task_id and method and len(fingerprint) == 32):
+            try:
+                decoded = decode_body(decode_frame(data).body)
+            except errors.ProtocolError as exc:
+                self._count(exc.code)
+                return []
+            if not isinstance(decoded, Task):
+                self._count(errors.INVALID_MESSAGE)
+                return []
+            body = decoded
+            key, task_id, method, fingerprint = task_key(body.sender, body.id), body.id, body.method, task_fingerprint(body)
         pending = self._pending.get(key)
         if pending is not None:
             # The same task again: its controller moved and re-sent it through another owner.
             # The latest owner gets the one outcome (the earlier one has lost that controller).
             self.counters["tasks_resubmitted"] += 1
-            if pending.requester != origin and pending.fingerprint == fingerprint and decode_frame(pending.frame).key == frame.key:
+            if pending.requester != origin and pending.fingerprint == fingerprint and _signer(pending.frame) == _signer(data):
                 self._retarget(pending, origin, now)
             return []
         stored = self._outcomes.get(key, now)
@@ -383,22 +406,29 @@ class RouterProtocol:
             if stored.fingerprint == fingerprint:
                 self.forwards.append(Forward(requester.router, "outcome", key, stored.frame))
             else:
-                frame_out = self._error_frame(now, errors.ID_CONFLICT, f"task id {body.id!r} ended with another method or payload", body.id, body.id, body.method)
+                frame_out = self._error_frame(now, errors.ID_CONFLICT, f"task id {task_id!r} ended with another method or payload", task_id, task_id, method)
                 self.forwards.append(Forward(requester.router, "outcome", key, frame_out))
             return []
-        self._pending[key] = _Pending(origin, body.id, body.method, data, now, fingerprint, body.progress)
+        # The task's own progress field matters only to a requester with a connection, never the owner router here.
+        self._pending[key] = _Pending(origin, task_id, method, data, now, fingerprint, body.progress if body is not None else None)
         requester.tasks += 1
         if self.trace is not None:
-            self.trace(trace.Arrive(t=now, task=key, method=body.method, bytes=len(body.payload), timeout_ms=timeout_s * 1000.0))
+            if body is None:
+                with contextlib.suppress(errors.ProtocolError):
+                    decoded = decode_body(decode_frame(data).body)
+                    body = decoded if isinstance(decoded, Task) else None
+            self.trace(trace.Arrive(t=now, task=key, method=method, bytes=len(body.payload) if body is not None else 0, timeout_ms=timeout_s * 1000.0))
         self.counters["tasks_accepted"] += 1
-        return self._apply(self.router.submit(key, body.method, now, timeout_s, local_only=True, max_attempts=1), now)
+        return self._apply(self.router.submit(key, method, now, timeout_s, local_only=True, max_attempts=1), now)
 
-    def remote_outcome(self, router: str, key: str, data: bytes, now: float) -> list[Output]:
+    def remote_outcome(self, router: str, key: str, data: bytes, now: float, ok: bool = False) -> list[Output]:
         """Router ``router`` sends the outcome of task ``key`` it ran for us: a result frame, or its error frame.
 
         A success completes the task (the result frame goes to the requester verbatim); an
         error or a result that does not match is a failed attempt, retried as any other.
         An outcome for an attempt this router has already given up on is late and dropped.
+        ``ok``: ``router`` says ``data`` is the verified, successful result of this task (its
+        ``Forward.ok``); it is taken as such, without decoding it again.
         """
         agent = self.router.assigned_agent(key)
         peer = self._peers.get(agent) if agent is not None else None
@@ -406,7 +436,14 @@ class RouterProtocol:
         if peer is None or peer.router != router or pending is None:
             self.counters["results_late"] += 1
             return []
-        ok, reason = False, ""
+        if ok:
+            if self.trace is not None:
+                with contextlib.suppress(errors.ProtocolError):
+                    result = decode_body(decode_frame(data).body)
+                    if isinstance(result, Result):
+                        self.trace(trace.Reply(t=now, task=key, agent=peer.peer_id, ok=True, service_ms=result.service_ms))
+            return self._remote_verdict(peer.peer_id, key, True, "", now, data)
+        reason = ""
         try:
             body = decode_body(decode_frame(data).body)
         except errors.ProtocolError as exc:
@@ -422,11 +459,15 @@ class RouterProtocol:
             reason = f"router {router}: {body.code}: {body.message}"
         elif body is not None:
             reason = f"router {router} sent a {type(body).__name__} as an outcome"
-        verdict, actions = self.router.result(peer.peer_id, key, ok, now, reason)
+        return self._remote_verdict(peer.peer_id, key, ok, reason, now, data)
+
+    def _remote_verdict(self, agent_id: str, key: str, ok: bool, reason: str, now: float, data: bytes) -> list[Output]:
+        verdict, actions = self.router.result(agent_id, key, ok, now, reason)
         if verdict != ACCEPTED:
             self.counters["results_late"] += 1
             return []
         return self._apply(actions, now, result_frame=data if ok else None)
+
     # ------------------------------------------------------------------ lasting state
     def restore(self, snapshot: Snapshot, now: float) -> None:
         """Take back the lasting state of an earlier run, before the first connection.
@@ -920,7 +961,8 @@ class RouterProtocol:
                     out.append(Send(agent.conn.id, pending.frame))
                 elif agent.router is not None:
                     limit = self.router.attempt_deadline(action.task_id, now)
-                    self.forwards.append(Forward(agent.router, "task", action.task_id, pending.frame, max(0.001, (limit or now) - now)))
+                    self.forwards.append(Forward(agent.router, "task", action.task_id, pending.frame, max(0.001, (limit or now) - now),
+                                                 pending.method, pending.fingerprint))
                 requester = self._peers.get(pending.requester)
                 if requester is not None and requester.conn is not None and (requester.progress if pending.progress is None else pending.progress):
                     out.append(Send(requester.conn.id, self._progress_frame(now, pending, action)))
@@ -931,7 +973,7 @@ class RouterProtocol:
                 self.counters["outcomes_completed"] += 1
                 if self.outcome_observer is not None:
                     self.outcome_observer(pending.method, "completed", now - pending.submitted_at)
-                out.extend(self._deliver(pending, action.task_id, result_frame, now))
+                out.extend(self._deliver(pending, action.task_id, result_frame, now, ok=True))
             elif isinstance(action, Failed):
                 pending = self._pending.pop(action.task_id)
                 self.counters["outcomes_failed"] += 1
@@ -984,7 +1026,8 @@ class RouterProtocol:
             new.tasks += 1
         pending.requester = requester
 
-    def _deliver(self, pending: _Pending, key: str, frame: bytes, now: float) -> list[Output]:
+    def _deliver(self, pending: _Pending, key: str, frame: bytes, now: float, ok: bool = False) -> list[Output]:
+        """``ok``: ``frame`` is the verified, successful result of this task (a ``Completed``)."""
         self._keep_outcome(key, _Outcome(frame, pending.fingerprint, tuple(pending.assignees)), now)
         requester = self._peers.get(pending.requester)
         if requester is not None:
@@ -992,7 +1035,7 @@ class RouterProtocol:
             if requester.ephemeral:  # its outcome is kept window_s: so is its binding
                 self._hold(requester, now)
         if requester is not None and requester.router is not None:
-            self.forwards.append(Forward(requester.router, "outcome", key, frame))
+            self.forwards.append(Forward(requester.router, "outcome", key, frame, ok=ok))
             return []
         if requester is None or requester.conn is None:
             return []  # kept in the outcome cache for a resubmission

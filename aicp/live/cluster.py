@@ -5,8 +5,11 @@ The driver only moves bytes (docs/CLUSTER.md has the design):
 * ``aicp.<cluster>.summary``: every router publishes its ``Summary`` here every
   ``publish_interval_s`` and reads the others';
 * ``aicp.<cluster>.r.<router>``: tasks forwarded to ``router`` and outcomes sent back
-  to it. A message is ``kind NUL origin NUL timeout NUL key NUL`` followed by the
-  signed frame, verbatim (ids never contain NUL, so splitting is exact);
+  to it. A message is ``kind NUL origin NUL timeout NUL key NUL method NUL mark NUL``
+  followed by the signed frame, verbatim (ids never contain NUL, so splitting is exact).
+  ``method`` and ``mark`` carry what the sender already read from the frame, so the
+  receiver does not decode it again: for a task its method and fingerprint (hex); for
+  an outcome, ``ok`` when it is the verified successful result of that task;
 * losing the NATS connection isolates the router (local routing only) until it is
   back; the link re-dials by itself, and the others' summaries bring their
   routers back as candidates.
@@ -112,16 +115,17 @@ class NatsCluster:
         self._apply(self.node.summary_received(data, time.time()))
 
     def _on_direct(self, data: bytes) -> None:
-        parts = data.split(b"\x00", 4)
-        if len(parts) != 5:
+        parts = data.split(b"\x00", 6)
+        if len(parts) != 7:
             return
-        kind, origin, timeout, key, frame = parts
+        kind, origin, timeout, key, method, mark, frame = parts
         now = time.time()
         try:
             if kind == b"t":
-                self._apply(self.node.task_received(origin.decode(), frame, float(timeout), now))
+                self._apply(self.node.task_received(origin.decode(), frame, float(timeout), now, key.decode().replace(" ", "\n"), method.decode(),
+                                                    bytes.fromhex(mark.decode())))
             elif kind == b"o":
-                self._apply(self.node.outcome_received(origin.decode(), key.decode().replace(" ", "\n"), frame, now))
+                self._apply(self.node.outcome_received(origin.decode(), key.decode().replace(" ", "\n"), frame, now, mark == b"ok"))
         except (UnicodeDecodeError, ValueError) as exc:
             log.warning("bad cluster message from NATS: %s", exc)
 
@@ -140,8 +144,11 @@ class NatsCluster:
             elif isinstance(out, Publish):
                 publish(self._summary_subject, out.data)
             elif isinstance(out, Forward):
-                head = b"t" if out.kind == "task" else b"o"
-                meta = b"%s\x00%s\x00%.6f\x00%s\x00" % (head, self._origin, out.timeout_s, out.key.replace("\n", " ").encode())
+                key = out.key.replace("\n", " ").encode()
+                if out.kind == "task":
+                    meta = b"t\x00%s\x00%.6f\x00%s\x00%s\x00%s\x00" % (self._origin, out.timeout_s, key, out.method.encode(), out.fingerprint.hex().encode())
+                else:
+                    meta = b"o\x00%s\x00\x00%s\x00\x00%s\x00" % (self._origin, key, b"ok" if out.ok else b"")
                 subject = self._subjects.get(out.router)
                 if subject is None:
                     subject = self._subjects[out.router] = self.subject_of(out.router).encode()

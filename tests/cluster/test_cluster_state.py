@@ -78,6 +78,10 @@ def test_cluster_routers_share_bindings_and_a_new_router_answers_a_resubmission_
         health_b = url_b.replace("ws://", "http://") + "/healthz"
         async with agent(url_a, "worker", {"work": work}, identity=worker_key):
             await _until(lambda: http_json(health_b)["cluster"]["routers"] == ["ra"], "rb never heard ra")
+            # ra's first summary may predate the worker: wait for the one that offers "work" (a remote candidate at B)
+            agents_b = url_b.replace("ws://", "http://") + "/agents"
+            await _until(lambda: any(a["agent_id"] == "~ra~work" and a["status"] == "active" for a in http_json(agents_b)["agents"]),
+                         "rb never saw ra's capacity for work")
             # 1. submitted at B, run at A
             ctl = FrameKeepingController(url_b, "ctl", identity=ctl_key)
             async with ctl:

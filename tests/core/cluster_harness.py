@@ -107,9 +107,9 @@ class ClusterHarness:
                 if isinstance(msg, Publish):
                     self.apply(dst, node.summary_received(msg.data, self.now))
                 elif msg.kind == "task":
-                    self.apply(dst, node.task_received(src, msg.data, msg.timeout_s, self.now))
+                    self.apply(dst, node.task_received(src, msg.data, msg.timeout_s, self.now, msg.key, msg.method, msg.fingerprint))
                 else:
-                    self.apply(dst, node.outcome_received(src, msg.key, msg.data, self.now))
+                    self.apply(dst, node.outcome_received(src, msg.key, msg.data, self.now, msg.ok))
             if not busy:
                 return
         raise RuntimeError("cluster did not go idle")

@@ -9,7 +9,7 @@ from aicp import errors
 from aicp.cluster import ClusterConfig, ClusterNode, candidate_id
 from aicp.messages import Error, Result, Task, decode_body, decode_frame, payload
 from aicp.peer import PeerSession
-from aicp.protocol import Forward, ProtocolConfig, RouterProtocol
+from aicp.protocol import Forward, ProtocolConfig, RouterProtocol, task_fingerprint
 from aicp.router import Router
 from aicp.signing import Identity, decode_public_key, decode_signature, verify
 
@@ -37,6 +37,40 @@ def test_task_submitted_at_a_runs_at_b_and_the_signed_result_comes_back_verbatim
     verify(decode_public_key(frame.key), frame.body, decode_signature(frame.sig))
     assert c.nodes["a"].counters["tasks_forwarded_out"] == 1 and c.nodes["b"].counters["tasks_forwarded_in"] == 1
     assert c.hubs["a"].proto.router.stats.completed == 1
+
+
+def test_forwards_carry_what_the_sender_read_and_the_receiver_takes_them_without_decoding_again() -> None:
+    c = ClusterHarness(["a", "b"], strategy="round_robin")
+
+    def fail_odd(task: Task) -> object:
+        if bytes(task.payload) == b'{"n":1}':
+            raise RuntimeError("no")
+        return {"ok": True}
+
+    c.agent("b", "agent-b", ["echo"], handler=fail_odd)
+    ctl = c.controller("a")
+    settle(c)
+    sent: list[Forward] = []
+    apply = c.apply
+    c.apply = lambda name, outs: (sent.extend(o for o in outs if isinstance(o, Forward)), apply(name, outs))[1]  # type: ignore[method-assign]
+    good, bad = ctl.submit("echo", {"n": 0}), ctl.submit("echo", {"n": 1})
+    c.advance(1.0)  # the failed one is retried after its backoff
+    tasks = [f for f in sent if f.kind == "task"]
+    assert [(f.router, f.method) for f in tasks[:2]] == [("b", "echo"), ("b", "echo")]
+    assert {f.fingerprint for f in tasks} == {task_fingerprint(decode_body(decode_frame(f.data).body)) for f in tasks}  # type: ignore[arg-type]
+    outcomes = {f.key.split("\n")[1]: f for f in sent if f.kind == "outcome"}
+    assert outcomes[good].ok and not outcomes[bad].ok  # only the verified successful result is marked
+    assert isinstance(ctl.outcomes[good], Result) and ctl.outcomes[good].ok
+    # The failed attempt is decoded at the owner and retried there (b is the only router with an agent: it fails again).
+    assert isinstance(ctl.outcomes[bad], Error) and ctl.outcomes[bad].code == errors.AGENT_FAILED
+    assert ctl.outcome_count[good] == ctl.outcome_count[bad] == 1
+    # A router that says nothing about the frame (no method, no fingerprint) decodes it: same task, same one outcome.
+    sent.clear()
+    tid, frame = ctl.session.task_frame("echo", payload({"n": 2}), c.now)
+    c.apply("b", c.nodes["b"].task_received("a", frame, 1.0, c.now, "c1\nnot-this-id", "", b""))
+    c.pump()
+    done = [f for f in sent if f.kind == "outcome"]
+    assert [(f.key, f.ok) for f in done] == [("c1\n" + tid, True)]
 
 
 def test_least_loaded_prefers_a_free_local_agent_and_overflows_to_the_idlest_router() -> None:

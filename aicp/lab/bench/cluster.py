@@ -32,6 +32,7 @@ from typing import Any
 
 import psutil
 
+from aicp.lab.bench import wakeup
 from aicp.lab.bench.live import (
     METHOD,
     Fleet,
@@ -106,13 +107,41 @@ def uneven_split(total: int, routers: int) -> list[int]:
     return counts
 
 
-def idle_cpu(fleet: Fleet, roles: tuple[str, ...], seconds: float = IDLE_S) -> float:
-    """CPU seconds per second the processes whose role is in ``roles`` use with no task running (summaries, pings, timers)."""
-    fleet.mark_cpu()
+def process_cpu_s(proc: Proc) -> float:
+    """CPU seconds ``proc`` has used, to the nanosecond: the sum of its threads' ``/proc/PID/task/TID/schedstat``.
+
+    psutil's ``cpu_times`` counts in clock ticks (10 ms): over a 2 s idle window a router's
+    0.01-0.02 s is one or two ticks, and the idle subtraction moved the per-task figure by
+    several percent from run to run. Falls back to psutil where schedstat is missing.
+    """
+    pid = proc.popen.pid
+    try:
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split(maxsplit=1)[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        return proc.cpu_s()
+
+
+def roles_cpu_s(fleet: Fleet, roles: tuple[str, ...]) -> dict[str, float]:
+    """CPU seconds so far of each process whose role is in ``roles`` (``process_cpu_s``), summed by role."""
+    out: dict[str, float] = {}
+    for p in fleet.procs:
+        if p.role in roles:
+            out[p.role] = out.get(p.role, 0.0) + process_cpu_s(p)
+    return out
+
+
+def idle_cpu(fleet: Fleet, roles: tuple[str, ...], seconds: float = IDLE_S) -> dict[str, float]:
+    """CPU seconds per second each role in ``roles`` uses with no task running (summaries, pings, timers)."""
+    before = roles_cpu_s(fleet, roles)
     t0 = time.monotonic()
     time.sleep(seconds)
-    cpu = fleet.cpu_by_role(time.monotonic() - t0)
-    return sum(cpu[r]["cpu_s"] for r in roles if r in cpu) / (time.monotonic() - t0)
+    after = roles_cpu_s(fleet, roles)
+    wall = time.monotonic() - t0
+    return {r: (after[r] - before[r]) / wall for r in after}
 
 
 def load(fleet: Fleet, targets: list[tuple[str, float]], trial: Trial, cfg: argparse.Namespace, tag: str, roles: tuple[str, ...]) -> dict[str, Any]:
@@ -125,6 +154,7 @@ def load(fleet: Fleet, targets: list[tuple[str, float]], trial: Trial, cfg: argp
     """
     idle = idle_cpu(fleet, roles)
     fleet.mark_cpu()
+    cpu0 = roles_cpu_s(fleet, roles)
     outs, gens = [], []
     for i, (url, rate) in enumerate(targets):
         out = fleet.run_dir / f"{tag}-gen{i}.npz"
@@ -135,18 +165,24 @@ def load(fleet: Fleet, targets: list[tuple[str, float]], trial: Trial, cfg: argp
     t0 = time.monotonic()
     for g in gens:
         g.popen.wait(timeout=max(1.0, trial.warmup + trial.duration + cfg.task_timeout + 30.0 - (time.monotonic() - t0)))
-    cpu = fleet.cpu_by_role(time.monotonic() - t0)
+    cpu1 = roles_cpu_s(fleet, roles)
+    wall = time.monotonic() - t0
+    cpu = fleet.cpu_by_role(wall)
     for g in gens:
         if g.popen.returncode != 0:
             raise RuntimeError(f"load generator failed (exit {g.popen.returncode}); see {fleet.run_dir}")
     fleet.procs = [p for p in fleet.procs if p.role != "loadgen"]
     result = summarise(outs, trial, cpu)
     tasks = result["submitted"]
-    wall = time.monotonic() - t0
-    used = sum(cpu[r]["cpu_s"] for r in roles if r in cpu)
-    result["router_idle_cpu_percent"] = 100.0 * idle
-    result["router_cpu_ms_per_task_gross"] = 1000.0 * used / tasks if tasks else float("nan")
-    result["router_cpu_ms_per_task"] = 1000.0 * max(0.0, used - idle * wall) / tasks if tasks else float("nan")
+    used = {r: cpu1[r] - cpu0[r] for r in cpu1}
+    net = {r: max(0.0, used[r] - idle.get(r, 0.0) * wall) for r in used}
+    result["router_idle_cpu_percent"] = 100.0 * sum(idle.values())
+    result["router_cpu_ms_per_task_gross"] = 1000.0 * sum(used.values()) / tasks if tasks else float("nan")
+    result["router_cpu_ms_per_task"] = 1000.0 * sum(net.values()) / tasks if tasks else float("nan")
+    #: per router: net CPU ms per task, and read/write system calls per task (from /proc/PID/io)
+    result["by_router"] = {r: {"cpu_ms_per_task": 1000.0 * net[r] / tasks if tasks else float("nan"),
+                               "reads_per_task": cpu[r].get("read_calls", 0) / tasks if tasks else float("nan"),
+                               "writes_per_task": cpu[r].get("write_calls", 0) / tasks if tasks else float("nan")} for r in net}
     return result
 
 
@@ -167,6 +203,13 @@ def _two_routers(fleet: Fleet, cfg: argparse.Namespace) -> tuple[str, str]:
     return url1, url2
 
 
+def _by_router_text(by: dict[str, dict[str, float]], kind: str) -> str:
+    """router-a holds the agents; router-b is the owner of cross-router tasks (idle in the local run)."""
+    names = {"router-a": "agents' router" if kind == "cross" else "router", "router-b": "owner" if kind == "cross" else "other"}
+    return f"{kind}: " + ", ".join(f"{names.get(r, r)} {v['cpu_ms_per_task']:.3f} ms ({v['reads_per_task']:.1f} reads, {v['writes_per_task']:.1f} writes)"
+                                   for r, v in sorted(by.items()))
+
+
 def hop_cost(args: argparse.Namespace) -> int:
     """Part 3 alone, ``args.hop_cost`` times: local then cross-router on the same two routers, alternating; medians."""
     run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-hop"
@@ -176,7 +219,7 @@ def hop_cost(args: argparse.Namespace) -> int:
     trial = Trial("open", rate=rate, duration=args.duration, warmup=args.warmup)
     print(f"aicp bench --routers --hop-cost {args.hop_cost}: 2 routers, {args.agents} agents at the first (x{args.agent_concurrency}, "
           f"service {args.service_time}), open loop {rate:.0f} tasks/s, all local then all cross-router, alternating")
-    pairs: list[dict[str, float]] = []
+    pairs: list[dict[str, Any]] = []
     lost = 0
     fleet = Fleet(run_dir)
     try:
@@ -190,13 +233,21 @@ def hop_cost(args: argparse.Namespace) -> int:
                    "local_gross": local["router_cpu_ms_per_task_gross"], "cross_gross": cross["router_cpu_ms_per_task_gross"]}
             row["ratio"], row["ratio_gross"] = row["cross"] / row["local"], row["cross_gross"] / row["local_gross"]
             pairs.append(row)
+            row["by_router"] = {"local": local["by_router"], "cross": cross["by_router"]}
             print(f"  pair {i + 1}: router CPU ms/task local {row['local']:.3f}, cross {row['cross']:.3f}: {row['ratio']:.2f}x "
                   f"(gross {row['local_gross']:.3f} / {row['cross_gross']:.3f}: {row['ratio_gross']:.2f}x)", flush=True)
+            print(f"          {_by_router_text(local['by_router'], 'local')}; {_by_router_text(cross['by_router'], 'cross')}", flush=True)
     finally:
         fleet.stop()
+    # The floor under it: one loopback wake-up, read and write, at the rate a router wakes for a cross-router task's frames.
+    wake = wakeup.measure(2 * rate, min(args.duration, 5.0))
+    extra_us = 1000.0 * statistics.median(r["cross"] - r["local"] for r in pairs)
     ratio = statistics.median(r["ratio"] for r in pairs)
     summary = {"run_id": run_id, "rate": rate, "pairs": pairs, "median_ratio": ratio, "median_ratio_gross": statistics.median(r["ratio_gross"] for r in pairs),
-               "lost": lost, "note": "figures from one run on this machine; others may be loading it"}
+               "lost": lost, "wakeup": wake, "cross_extra_us_per_task": extra_us, "note": "figures from one run on this machine; others may be loading it"}
+    print(f"  a cross-router task costs {extra_us:.0f} us more router CPU than a local one (median); it adds 2 wake-ups, reads and writes "
+          f"(one more frame in and out at each of 2 routers): one loopback wake-up+read+write alone costs {wake['us_per_message']:.0f} us "
+          f"here (uvloop echo at {2 * rate:.0f}/s, python -m aicp.lab.bench.wakeup)")
     print(f"  {'PASS' if ratio < GOAL_CPU_RATIO else 'FAIL'}  goal: cross-router CPU/task < {GOAL_CPU_RATIO}x local, median of {len(pairs)}: {ratio:.2f}x "
           f"(gross {summary['median_ratio_gross']:.2f}x); lost {lost}")
     write_summary(run_dir, summary, args.json)
