@@ -363,12 +363,8 @@ class AICPWebSocketServer:
                 def on_message(data: bytes, binary: bool) -> None:
                     nonlocal pinging
                     self._apply(proto.frame_received(conn, data, time.time(), binary=binary))
-                    if pinging:  # until the connection registers: its role never changes after that
-                        role = proto.role_of(conn)
-                        if role is not None:
-                            pinging = False
-                            if role == "agent":
-                                _stop_keepalive(ws)
+                    if pinging:
+                        pinging = _unregistered(proto, conn, ws)
 
                 ws.direct(on_message)
                 await ws.wait_closed()
@@ -378,9 +374,8 @@ class AICPWebSocketServer:
                 data = await ws.recv()  # str for a text frame, bytes for a binary one (closed with 1003)
                 if not verifier.submit(conn, data):
                     await verifier.wait_room(conn)
-                if pinging and proto.role_of(conn) == "agent":
-                    pinging = False
-                    _stop_keepalive(ws)
+                if pinging:  # the verifier may apply the registration later: checked again on the next frame
+                    pinging = _unregistered(proto, conn, ws)
         except ConnectionClosed as exc:
             reason = _CLOSE_REASONS.get(exc.sent.code) if exc.sent is not None and not exc.rcvd_then_sent else None
             if reason is not None:
@@ -465,12 +460,19 @@ class AICPWebSocketServer:
         return http.answer(self, connection, request.path.partition("?")[0])
 
 
-def _stop_keepalive(ws: ServerConnection) -> None:
-    """Stop websockets' ping task on a registered agent's connection: its lease proves it alive."""
-    task = ws.keepalive_task
-    if task is not None:
-        ws.keepalive_task = None
-        task.cancel()
+def _unregistered(proto: RouterProtocol, conn: int, ws: ServerConnection) -> bool:
+    """True while ``conn`` has not registered. Once it has (a role never changes after that), an
+    agent's connection stops websockets' ping task, since its lease proves it alive; a
+    controller's keeps pinging. Either way there is nothing left to watch: False."""
+    role = proto.role_of(conn)
+    if role is None:
+        return True
+    if role == "agent":
+        task = ws.keepalive_task
+        if task is not None:
+            ws.keepalive_task = None
+            task.cancel()
+    return False
 
 
 class CountedConnection(DirectServerConnection):
