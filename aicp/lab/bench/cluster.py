@@ -114,13 +114,8 @@ def process_cpu_s(proc: Proc) -> float:
     0.01-0.02 s is one or two ticks, and the idle subtraction moved the per-task figure by
     several percent from run to run. Falls back to psutil where schedstat is missing.
     """
-    pid = proc.popen.pid
     try:
-        total = 0
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
-                total += int(f.read().split(maxsplit=1)[0])
-        return total / 1e9
+        return wakeup.thread_cpu_s(proc.popen.pid)
     except (OSError, ValueError, IndexError):
         return proc.cpu_s()
 

@@ -23,7 +23,8 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any
+
+from aicp.live.loop import run_async
 
 MESSAGE = b"x" * 400  # about a task frame's size
 
@@ -80,14 +81,6 @@ async def _send(port: int, rate: float, duration: float) -> int:
     return count
 
 
-def _run(coro: Any) -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
 def measure(rate: float, duration: float, idle_s: float = 2.0) -> dict[str, float]:
     """Start the echo server, measure its idle CPU, then its CPU per message at ``rate``; stops it."""
     port_file = f"/tmp/aicp-wakeup-{os.getpid()}.port"
@@ -107,7 +100,7 @@ def measure(rate: float, duration: float, idle_s: float = 2.0) -> dict[str, floa
         time.sleep(idle_s)
         idle = (thread_cpu_s(server.pid) - c0) / (time.monotonic() - t0)
         c0, t0 = thread_cpu_s(server.pid), time.monotonic()
-        count = _run(_send(port, rate, duration))
+        count = run_async(_send(port, rate, duration))
         used, wall = thread_cpu_s(server.pid) - c0, time.monotonic() - t0
     finally:
         server.kill()
@@ -125,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", metavar="PORT_FILE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        _run(_serve(args.serve))
+        run_async(_serve(args.serve))
         return 0
     print(json.dumps(measure(args.rate, args.duration)))
     return 0
