@@ -36,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aicp.lab.bench.floor import cpu_per_task
 from aicp.lab.bench.live import Fleet, Trial, _wait_port, format_result, free_port, run_trial, summarise
 
 GOAL_ADDED_P50_MS = 1.0
@@ -108,9 +109,8 @@ def _merge_cpu(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def cpu_per_task_us(result: dict[str, Any], role: str) -> float:
-    """µs of ``role``'s CPU per completed task in a trial (warm-up included on both sides)."""
-    done = result["completed"]
-    return 1e6 * result["cpu"][role]["cpu_s"] / done if done and role in result["cpu"] else float("nan")
+    """µs of ``role``'s CPU per completed task in a trial (warm-up included on both sides); NaN if none."""
+    return float(cpu_per_task(result["cpu"], result["completed"]).get("by_role_us", {}).get(role, float("nan")))
 
 
 def open_loop_rounds(fleet: Fleet, variants: list[tuple[str, Runner, str]], cfg: argparse.Namespace) -> dict[str, Any]:
