@@ -45,6 +45,7 @@ from aicp.lab.bench.live import (
     Trial,
     _wait_port,
     active_agents,
+    agent_groups,
     free_port,
     own_fleet_flags,
     registration_timeout,
@@ -71,15 +72,8 @@ def frames_in(http: str) -> float:
 def make_keys(n: int, agent_procs: int, key_dir: Path) -> float:
     """Create the key files the agents of ``start_agents`` will load (ids ``bench-I-J``); returns the seconds taken."""
     t0 = time.monotonic()
-    per_proc = max(1, n // agent_procs)
-    started = 0
-    for i in range(agent_procs):
-        count = per_proc if i < agent_procs - 1 else n - started
-        if count <= 0:
-            break
-        started += count
-        ids = [f"bench-{i}"] if count == 1 else [f"bench-{i}-{j}" for j in range(count)]
-        for agent_id in ids:
+    for base_id, count, _ in agent_groups(n, agent_procs):
+        for agent_id in [base_id] if count == 1 else [f"{base_id}-{j}" for j in range(count)]:
             identity_for(agent_id, key_dir=key_dir)
     return time.monotonic() - t0
 

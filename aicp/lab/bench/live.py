@@ -270,19 +270,29 @@ def _cpu_set(text: str) -> set[int]:
 
 def start_agents(fleet: Fleet, url: str, cfg: argparse.Namespace, extra: tuple[str, ...] = ()) -> None:
     """Spread ``cfg.agents`` synthetic agents over ``cfg.agent_procs`` processes (returns at once)."""
-    per_proc = max(1, cfg.agents // cfg.agent_procs)
+    for base_id, count, first in agent_groups(cfg.agents, cfg.agent_procs):
+        # seeded: agent k of the fleet (across processes) draws its service times from agent_seed + k
+        seed = [] if getattr(cfg, "agent_seed", None) is None else ["--seed", str(cfg.agent_seed + first)]
+        queued = [] if getattr(cfg, "agent_max_queued", None) is None else ["--max-queued", str(cfg.agent_max_queued)]
+        fleet.spawn("agents", ["-m", "aicp", "agent", "--url", url, "--capability", METHOD, "--handler", "synthetic", "--count", str(count),
+                               "--id", base_id, "--service-time", cfg.service_time, "--concurrency", str(cfg.agent_concurrency),
+                               "--log-level", "WARNING", *seed, *queued, *extra])
+
+
+def agent_groups(agents: int, agent_procs: int) -> list[tuple[str, int, int]]:
+    """How ``start_agents`` spreads ``agents`` over ``agent_procs`` processes: for each process, the
+    ``--id`` it gets (``bench-I``; its agents are ``bench-I-J``, or ``bench-I`` alone when it runs one,
+    as ``aicp agent --count`` names them), how many agents it runs, and the fleet index of its first."""
+    per_proc = max(1, agents // agent_procs)
+    groups: list[tuple[str, int, int]] = []
     started = 0
-    for i in range(cfg.agent_procs):
-        count = per_proc if i < cfg.agent_procs - 1 else cfg.agents - started
+    for i in range(agent_procs):
+        count = per_proc if i < agent_procs - 1 else agents - started
         if count <= 0:
             break
-        # seeded: agent k of the fleet (across processes) draws its service times from agent_seed + k
-        seed = [] if getattr(cfg, "agent_seed", None) is None else ["--seed", str(cfg.agent_seed + started)]
-        queued = [] if getattr(cfg, "agent_max_queued", None) is None else ["--max-queued", str(cfg.agent_max_queued)]
+        groups.append((f"bench-{i}", count, started))
         started += count
-        fleet.spawn("agents", ["-m", "aicp", "agent", "--url", url, "--capability", METHOD, "--handler", "synthetic", "--count", str(count),
-                               "--id", f"bench-{i}", "--service-time", cfg.service_time, "--concurrency", str(cfg.agent_concurrency),
-                               "--log-level", "WARNING", *seed, *queued, *extra])
+    return groups
 
 
 def run_trial(fleet: Fleet, url: str, trial: Trial, cfg: argparse.Namespace, tag: str) -> dict[str, Any]:
