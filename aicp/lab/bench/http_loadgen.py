@@ -18,7 +18,7 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -149,21 +149,23 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
     idle: list[HttpConn] = []
     seq = 0
 
-    async def one(intended: float, conn: HttpConn | None = None) -> HttpConn | None:
+    def begin(intended: float, conn: HttpConn) -> tuple[str, HttpConn, asyncio.Future[tuple[int, bytes]]] | None:
+        """Send one request on ``conn`` now; None if it failed at once (recorded as a connection error)."""
         nonlocal seq
         seq += 1
         key = f"req-{seq}"  # the gateway names the task; the recorder tracks the request
-        conn = conn or idle_conn()
-        if conn is None:
-            conn = await HttpConn.open(host, port)
         rec.new(key, intended, clock())
         try:
-            answer = conn.start(head, body)
+            return key, conn, conn.start(head, body)
         except OSError:
             rec.finish(key, clock(), "connection-error")
             conn.close()
             return None
-        return await settle(key, conn, answer)
+
+    async def one(intended: float, conn: HttpConn | None = None) -> HttpConn | None:
+        conn = conn or idle_conn() or await HttpConn.open(host, port)
+        started = begin(intended, conn)
+        return None if started is None else await settle(*started)
 
     def idle_conn() -> HttpConn | None:
         """The most recently used idle connection; one the server has closed meanwhile is dropped."""
@@ -198,27 +200,10 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
     if args.rate:
         running: set[asyncio.Task[Any]] = set()
 
-        async def spawned(t: float, started: tuple[str, HttpConn, asyncio.Future[tuple[int, bytes]]] | None = None) -> None:
-            conn = await (settle(*started) if started is not None else one(t))
+        async def spawned(answer: Awaitable[HttpConn | None]) -> None:
+            conn = await answer
             if conn is not None:
                 idle.append(conn)
-
-        def send_now(t: float) -> tuple[str, HttpConn, asyncio.Future[tuple[int, bytes]]] | None:
-            """On an idle connection, the request leaves here, before any task runs (the WebSocket generator
-            sends from its schedule loop too); None: no idle connection, a task opens one."""
-            nonlocal seq
-            conn = idle_conn()
-            if conn is None:
-                return None
-            seq += 1
-            key = f"req-{seq}"
-            rec.new(key, t, clock())
-            try:
-                return key, conn, conn.start(head, body)
-            except OSError:
-                rec.finish(key, clock(), "connection-error")
-                conn.close()
-                return None
 
         t = start
         while True:
@@ -228,7 +213,17 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
             delay = t - clock() - EARLY_S
             if delay > 0.0:
                 await asyncio.sleep(delay)
-            task = asyncio.get_running_loop().create_task(spawned(t, send_now(t)))
+            # On an idle connection the request leaves here, before any task runs (the WebSocket
+            # generator sends from its schedule loop too); without one, a task opens a connection.
+            conn = idle_conn()
+            if conn is None:
+                answer: Awaitable[HttpConn | None] = one(t)
+            else:
+                started = begin(t, conn)
+                if started is None:
+                    continue  # failed at once, recorded
+                answer = settle(*started)
+            task = asyncio.get_running_loop().create_task(spawned(answer))
             running.add(task)
             task.add_done_callback(running.discard)
         if running:
