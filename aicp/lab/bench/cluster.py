@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -66,12 +67,14 @@ def start_nats(fleet: Fleet) -> str:
     return f"nats://127.0.0.1:{port}"
 
 
-def start_router(fleet: Fleet, cfg: argparse.Namespace, role: str, nats: str | None = None, name: str = "router") -> tuple[str, str]:
-    """A router process (in the cluster at ``nats`` if given); returns its (ws, http) URLs."""
+def start_router(fleet: Fleet, cfg: argparse.Namespace, role: str, nats: str | None = None, name: str = "router", tree: str | None = None) -> tuple[str, str]:
+    """A router process (in the cluster at ``nats`` if given; from source tree ``tree`` if given); returns its (ws, http) URLs."""
     port = free_port()
     cluster = ["--cluster", nats, "--router-id", name] if nats else []
+    source = Path(tree).resolve() if tree else None
     fleet.spawn(role, ["-m", "aicp.server", "--port", str(port), "--strategy", cfg.strategy, "--verify", cfg.verify, "--log-level", "WARNING",
-                       "--rate", "1000000", *own_fleet_flags(cfg.agents), *cluster])
+                       "--rate", "1000000", *own_fleet_flags(cfg.agents), *cluster],
+                env={"PYTHONPATH": str(source)} if source else None, cwd=source)
     _wait_port(port, 15)
     return f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}"
 
@@ -188,11 +191,15 @@ def default_rate(cfg: argparse.Namespace) -> float:
     return 0.7 * cfg.agents * cfg.agent_concurrency * 1000.0 / mean_ms
 
 
-def _two_routers(fleet: Fleet, cfg: argparse.Namespace) -> tuple[str, str]:
-    """nats-server, routers ra and rb in one cluster, ``cfg.agents`` agents at ra; returns (ra, rb) ws URLs once both see them."""
+def _two_routers(fleet: Fleet, cfg: argparse.Namespace, prefix: str = "", tree: str | None = None) -> tuple[str, str]:
+    """nats-server, routers ra and rb in one cluster, ``cfg.agents`` agents at ra; returns (ra, rb) ws URLs once both see them.
+
+    ``prefix`` goes before the routers' roles (``router-a``, ``router-b``); ``tree``: the routers' source tree (default this one).
+    """
     nats = start_nats(fleet)
-    (url1, http1), (url2, http2) = start_router(fleet, cfg, "router-a", nats, "ra"), start_router(fleet, cfg, "router-b", nats, "rb")
-    start_agents_at(fleet, url1, cfg.agents, cfg, "a")
+    (url1, http1) = start_router(fleet, cfg, prefix + "router-a", nats, "ra", tree)
+    (url2, http2) = start_router(fleet, cfg, prefix + "router-b", nats, "rb", tree)
+    start_agents_at(fleet, url1, cfg.agents, cfg, prefix + "a")
     _agents_ready(http1, cfg.agents, 60.0)
     wait_cluster([http1, http2])
     return url1, url2
@@ -205,44 +212,76 @@ def _by_router_text(by: dict[str, dict[str, float]], kind: str) -> str:
                                    for r, v in sorted(by.items()))
 
 
+def _pair(fleet: Fleet, urls: tuple[str, str], trial: Trial, cfg: argparse.Namespace, tag: str, roles: tuple[str, str]) -> dict[str, Any]:
+    """One local run then one cross-router run on the routers at ``urls`` (``roles``): their CPU per task and ratio."""
+    local = load(fleet, [(urls[0], trial.rate)], trial, cfg, f"{tag}local", roles)
+    cross = load(fleet, [(urls[1], trial.rate)], trial, cfg, f"{tag}cross", roles)
+    row: dict[str, Any] = {"local": local["router_cpu_ms_per_task"], "cross": cross["router_cpu_ms_per_task"],
+                           "local_gross": local["router_cpu_ms_per_task_gross"], "cross_gross": cross["router_cpu_ms_per_task_gross"],
+                           "lost": local["lost"] + cross["lost"]}
+    row["ratio"], row["ratio_gross"] = row["cross"] / row["local"], row["cross_gross"] / row["local_gross"]
+    prefix = roles[0][: -len("router-a")]
+    row["by_router"] = {kind: {r[len(prefix):]: v for r, v in res["by_router"].items()} for kind, res in (("local", local), ("cross", cross))}
+    return row
+
+
+def _print_pair(name: str, row: dict[str, Any]) -> None:
+    print(f"  {name}: router CPU ms/task local {row['local']:.3f}, cross {row['cross']:.3f}: {row['ratio']:.2f}x "
+          f"(gross {row['local_gross']:.3f} / {row['cross_gross']:.3f}: {row['ratio_gross']:.2f}x)", flush=True)
+    print(f"          {_by_router_text(row['by_router']['local'], 'local')}; {_by_router_text(row['by_router']['cross'], 'cross')}", flush=True)
+
+
+def _medians(pairs: list[dict[str, Any]]) -> dict[str, float]:
+    return {"median_ratio": statistics.median(r["ratio"] for r in pairs), "median_ratio_gross": statistics.median(r["ratio_gross"] for r in pairs),
+            "cross_extra_us_per_task": 1000.0 * statistics.median(r["cross"] - r["local"] for r in pairs),
+            "median_local": statistics.median(r["local"] for r in pairs), "median_cross": statistics.median(r["cross"] for r in pairs)}
+
+
 def hop_cost(args: argparse.Namespace) -> int:
-    """Part 3 alone, ``args.hop_cost`` times: local then cross-router on the same two routers, alternating; medians."""
+    """Part 3 alone, ``args.hop_cost`` times: local then cross-router on the same two routers, alternating; medians.
+
+    With ``args.hop_baseline`` (a source tree), two more routers from that tree (their own nats-server and agents)
+    run the same pair right after this tree's in each round: before and after in one run, under the same load.
+    """
     run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-hop"
     run_dir = args.out / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     rate = args.rate or default_rate(args)
     trial = Trial("open", rate=rate, duration=args.duration, warmup=args.warmup)
+    baseline = getattr(args, "hop_baseline", None)
     print(f"aicp bench --routers --hop-cost {args.hop_cost}: 2 routers, {args.agents} agents at the first (x{args.agent_concurrency}, "
-          f"service {args.service_time}), open loop {rate:.0f} tasks/s, all local then all cross-router, alternating")
+          f"service {args.service_time}), open loop {rate:.0f} tasks/s, all local then all cross-router, alternating"
+          + (f"; baseline routers from {baseline} after this tree's in each round" if baseline else ""))
     pairs: list[dict[str, Any]] = []
-    lost = 0
+    base_pairs: list[dict[str, Any]] = []
     fleet = Fleet(run_dir)
     try:
-        url1, url2 = _two_routers(fleet, args)
-        roles = ("router-a", "router-b")
+        urls = _two_routers(fleet, args)
+        base_urls = _two_routers(fleet, args, "base-", baseline) if baseline else None
         for i in range(args.hop_cost):
-            local = load(fleet, [(url1, rate)], trial, args, f"local{i}", roles)
-            cross = load(fleet, [(url2, rate)], trial, args, f"cross{i}", roles)
-            lost += local["lost"] + cross["lost"]
-            row = {"local": local["router_cpu_ms_per_task"], "cross": cross["router_cpu_ms_per_task"],
-                   "local_gross": local["router_cpu_ms_per_task_gross"], "cross_gross": cross["router_cpu_ms_per_task_gross"]}
-            row["ratio"], row["ratio_gross"] = row["cross"] / row["local"], row["cross_gross"] / row["local_gross"]
-            pairs.append(row)
-            row["by_router"] = {"local": local["by_router"], "cross": cross["by_router"]}
-            print(f"  pair {i + 1}: router CPU ms/task local {row['local']:.3f}, cross {row['cross']:.3f}: {row['ratio']:.2f}x "
-                  f"(gross {row['local_gross']:.3f} / {row['cross_gross']:.3f}: {row['ratio_gross']:.2f}x)", flush=True)
-            print(f"          {_by_router_text(local['by_router'], 'local')}; {_by_router_text(cross['by_router'], 'cross')}", flush=True)
+            pairs.append(_pair(fleet, urls, trial, args, f"{i}-", ("router-a", "router-b")))
+            _print_pair(f"pair {i + 1}" + (" (this tree)" if baseline else ""), pairs[-1])
+            if base_urls is not None:
+                base_pairs.append(_pair(fleet, base_urls, trial, args, f"{i}-base-", ("base-router-a", "base-router-b")))
+                _print_pair(f"pair {i + 1} (baseline)  ", base_pairs[-1])
     finally:
         fleet.stop()
     # The floor under it: one loopback wake-up, read and write, at the rate a router wakes for a cross-router task's frames.
     wake = wakeup.measure(2 * rate, min(args.duration, 5.0))
-    extra_us = 1000.0 * statistics.median(r["cross"] - r["local"] for r in pairs)
-    ratio = statistics.median(r["ratio"] for r in pairs)
-    summary = {"run_id": run_id, "rate": rate, "pairs": pairs, "median_ratio": ratio, "median_ratio_gross": statistics.median(r["ratio_gross"] for r in pairs),
-               "lost": lost, "wakeup": wake, "cross_extra_us_per_task": extra_us, "note": "figures from one run on this machine; others may be loading it"}
+    lost = sum(r["lost"] for r in pairs + base_pairs)
+    summary: dict[str, Any] = {"run_id": run_id, "rate": rate, "pairs": pairs, **_medians(pairs), "lost": lost, "wakeup": wake,
+                               "note": "figures from one run on this machine; others may be loading it"}
+    extra_us, ratio = summary["cross_extra_us_per_task"], summary["median_ratio"]
     print(f"  a cross-router task costs {extra_us:.0f} us more router CPU than a local one (median); it adds 2 wake-ups, reads and writes "
           f"(one more frame in and out at each of 2 routers): one loopback wake-up+read+write alone costs {wake['us_per_message']:.0f} us "
           f"here (uvloop echo at {2 * rate:.0f}/s, python -m aicp.lab.bench.wakeup)")
+    if base_pairs:
+        base = summary["baseline"] = {"tree": str(baseline), "pairs": base_pairs, **_medians(base_pairs)}
+        paired = statistics.median(r["ratio"] / b["ratio"] for r, b in zip(pairs, base_pairs))
+        summary["ratio_over_baseline_paired"] = paired
+        print(f"  medians, this tree: local {summary['median_local']:.3f}, cross {summary['median_cross']:.3f} ms/task, {ratio:.2f}x; "
+              f"baseline: local {base['median_local']:.3f}, cross {base['median_cross']:.3f}, {base['median_ratio']:.2f}x; "
+              f"cross extra {extra_us:.0f} against {base['cross_extra_us_per_task']:.0f} us; ratio / baseline's, paired by round: {paired:.2f}")
     print(f"  {'PASS' if ratio < GOAL_CPU_RATIO else 'FAIL'}  goal: cross-router CPU/task < {GOAL_CPU_RATIO}x local, median of {len(pairs)}: {ratio:.2f}x "
           f"(gross {summary['median_ratio_gross']:.2f}x); lost {lost}")
     write_summary(run_dir, summary, args.json)
