@@ -152,7 +152,7 @@ class NatsCluster:
                 subject = self._subjects.get(out.router)
                 if subject is None:
                     subject = self._subjects[out.router] = self.subject_of(out.router).encode()
-                publish(subject, meta + out.data)
+                publish(subject, out.data, meta)
         if local:
             self.server._apply(local)  # type: ignore[arg-type]  # Send | Close is the server's Output
 

@@ -52,13 +52,16 @@ def test_a_round_trip_through_nats_server_and_a_message_over_its_max_payload_is_
             sent = [b"m%d" % i for i in range(50)] + [b"z" * 300_000]
             for m in sent:
                 assert a.publish(b"t.b", m)
+            assert a.publish(b"t.b", b"frame", b"head\x00")  # a head goes before the payload, in one message
+            sent.append(b"head\x00frame")
             assert not a.publish(b"t.b", b"z" * (2 << 20))  # the server's default max_payload is 1 MiB
+            assert not a.publish(b"t.b", b"z" * (1 << 20), b"h")  # the head counts towards it
             for _ in range(200):
                 if len(got) >= len(sent):
                     break
                 await asyncio.sleep(0.01)
             assert got == sent
-            assert a.counters["too_large"] == 1 and a.counters["published"] == len(sent)
+            assert a.counters["too_large"] == 2 and a.counters["published"] == len(sent)
         finally:
             await a.close()
             await b.close()
