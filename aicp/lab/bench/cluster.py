@@ -241,7 +241,8 @@ def hop_cost(args: argparse.Namespace) -> int:
     """Part 3 alone, ``args.hop_cost`` times: local then cross-router on the same two routers, alternating; medians.
 
     With ``args.hop_baseline`` (a source tree), two more routers from that tree (their own nats-server and agents)
-    run the same pair right after this tree's in each round: before and after in one run, under the same load.
+    run the same pair beside this tree's in each round, the two trees taking turns to go first: before and after in one
+    run, under the same load.
     """
     run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-hop"
     run_dir = args.out / run_id
@@ -251,7 +252,7 @@ def hop_cost(args: argparse.Namespace) -> int:
     baseline = getattr(args, "hop_baseline", None)
     print(f"aicp bench --routers --hop-cost {args.hop_cost}: 2 routers, {args.agents} agents at the first (x{args.agent_concurrency}, "
           f"service {args.service_time}), open loop {rate:.0f} tasks/s, all local then all cross-router, alternating"
-          + (f"; baseline routers from {baseline} after this tree's in each round" if baseline else ""))
+          + (f"; baseline routers from {baseline} beside this tree's in each round, taking turns to go first" if baseline else ""))
     pairs: list[dict[str, Any]] = []
     base_pairs: list[dict[str, Any]] = []
     fleet = Fleet(run_dir)
@@ -259,11 +260,14 @@ def hop_cost(args: argparse.Namespace) -> int:
         urls = _two_routers(fleet, args)
         base_urls = _two_routers(fleet, args, "base-", baseline) if baseline else None
         for i in range(args.hop_cost):
-            pairs.append(_pair(fleet, urls, trial, args, f"{i}-", ("router-a", "router-b")))
-            _print_pair(f"pair {i + 1}" + (" (this tree)" if baseline else ""), pairs[-1])
-            if base_urls is not None:
-                base_pairs.append(_pair(fleet, base_urls, trial, args, f"{i}-base-", ("base-router-a", "base-router-b")))
-                _print_pair(f"pair {i + 1} (baseline)  ", base_pairs[-1])
+            # With a baseline, the two trees take turns going first (round 2 starts with the baseline), so an order effect falls on both.
+            for base_turn in (False, True) if i % 2 == 0 else (True, False):
+                if not base_turn:
+                    pairs.append(_pair(fleet, urls, trial, args, f"{i}-", ("router-a", "router-b")))
+                    _print_pair(f"pair {i + 1}" + (" (this tree)" if baseline else ""), pairs[-1])
+                elif base_urls is not None:
+                    base_pairs.append(_pair(fleet, base_urls, trial, args, f"{i}-base-", ("base-router-a", "base-router-b")))
+                    _print_pair(f"pair {i + 1} (baseline)  ", base_pairs[-1])
     finally:
         fleet.stop()
     # The floor under it: one loopback wake-up, read and write, at the rate a router wakes for a cross-router task's frames.

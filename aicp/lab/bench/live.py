@@ -456,7 +456,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--hop-cost", type=int, default=0, metavar="PAIRS", help="with --routers: instead, only the router CPU of a cross-router task against a "
         "local one, PAIRS runs of each, alternating, and their medians")
     add("--hop-baseline", default=None, metavar="TREE", help="with --hop-cost: in each pair, also run the pair on two routers started from this "
-        "source tree (PYTHONPATH=TREE, e.g. git archive main | tar -x -C /tmp/before), beside this tree's: a before/after in one run")
+        "source tree (PYTHONPATH=TREE, e.g. git archive main | tar -x -C /tmp/before), beside this tree's (taking turns to go first): a before/after in one run")
     add("--via", choices=["websocket", "gateway"], default="websocket",
         help="gateway: also measure the HTTP gateway next to direct WebSocket submission (see aicp.lab.bench.via_gateway)")
     add("--gateway-rate", type=float, default=500.0, help="--via gateway: open-loop rate for the added-latency comparison (default 500)")
