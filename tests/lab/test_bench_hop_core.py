@@ -18,8 +18,8 @@ def test_a_cross_router_task_goes_owner_remote_agent_and_back_and_every_step_is_
 
 def test_cold_mode_evicts_before_each_step() -> None:
     hop = hop_core.Hop(cold=True)
-    assert hop._junk is not None and len(hop._junk) == hop_core.EVICT_BYTES
+    assert hop._junk is not None and len(hop._junk) == hop_core.EVICT_BYTES and hop._fill[1] == 1
     hop._junk[0] = 1
     hop._evict()
-    assert hop._junk[0] == 0
+    assert hop._junk[0] == 0 and hop._junk[1] == 1
     assert hop_core.Hop(cold=False)._junk is None
