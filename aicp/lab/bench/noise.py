@@ -148,7 +148,7 @@ class NoiseMeter:
 
     def stop(self) -> dict[str, Any]:
         """The whole run since this meter was made; stops the probe."""
-        out = self.since(self.first)
+        out = self.since(self.first, keep_stalls=MAX_STALLS)
         if self.probe is not None:
             self.probe.stop()
         return out
