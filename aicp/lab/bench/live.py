@@ -71,6 +71,7 @@ class Proc:
     ps: psutil.Process
     cpu0: float = 0.0
     io0: tuple[int, int] = (0, 0)
+    wait0: float | None = 0.0  # a process started after ``mark_cpu`` had waited 0 s then
 
     def io_calls(self) -> tuple[int, int]:
         """Read and write system calls so far (Linux /proc/PID/io syscr, syscw), or (0, 0)."""
@@ -115,6 +116,7 @@ class Fleet:
         for p in self.procs:
             p.cpu0 = p.cpu_s()
             p.io0 = p.io_calls()
+            p.wait0 = bench_noise.runq_wait_s(p.popen.pid)
 
     def mark_noise(self) -> bench_noise.Mark | None:
         """The start of a trial's noise window (None without a meter)."""
@@ -134,8 +136,12 @@ class Fleet:
             reads, writes = p.io_calls()
             row["read_calls"] = row.get("read_calls", 0) + reads - p.io0[0]
             row["write_calls"] = row.get("write_calls", 0) + writes - p.io0[1]
+            wait = bench_noise.runq_wait_s(p.popen.pid)
+            if wait is not None and p.wait0 is not None:  # time ready to run but kept off a CPU
+                row["runq_wait_s"] = row.get("runq_wait_s", 0.0) + wait - p.wait0
         for row in out.values():
             row["cpu_percent_of_one_core"] = 100.0 * row["cpu_s"] / wall_s if wall_s > 0 else float("nan")
+            row["wall_s"] = wall_s
         return out
 
     def stop(self) -> None:
@@ -258,8 +264,8 @@ def merge_cpu(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         for role, v in row["cpu"].items():
             m = out.setdefault(role, {"processes": 0, "cpu_s": 0.0, "read_calls": 0, "write_calls": 0, "cpu_percent_of_one_core": 0.0})
             m["processes"] = max(m["processes"], v.get("processes", 1))
-            for k in ("cpu_s", "read_calls", "write_calls"):
-                m[k] += v.get(k, 0)
+            for k in ("cpu_s", "read_calls", "write_calls", *(x for x in ("runq_wait_s", "wall_s") if x in v)):
+                m[k] = m.get(k, 0) + v.get(k, 0)
             m["cpu_percent_of_one_core"] += v["cpu_percent_of_one_core"] / len(rows)
     return out
 
@@ -457,7 +463,8 @@ def summarise(outs: list[Path], trial: Trial, cpu: dict[str, Any]) -> dict[str, 
         gen_cpu += meta["cpu_s"]
         gen_io = [gen_io[0] + meta.get("read_calls", 0), gen_io[1] + meta.get("write_calls", 0)]
         gen_wall = max(gen_wall, meta["wall_s"])
-    cpu = {**cpu, "loadgen": {"processes": len(outs), "cpu_s": gen_cpu, "read_calls": gen_io[0], "write_calls": gen_io[1], "cpu_percent_of_one_core": 100.0 * gen_cpu / gen_wall if gen_wall else float("nan")}}
+    waited = {k: v for k, v in cpu.get("loadgen", {}).items() if k in ("runq_wait_s", "wall_s")}  # from the fleet, if it ran them
+    cpu = {**cpu, "loadgen": {"processes": len(outs), "cpu_s": gen_cpu, "read_calls": gen_io[0], "write_calls": gen_io[1], "cpu_percent_of_one_core": 100.0 * gen_cpu / gen_wall if gen_wall else float("nan"), **waited}}
     t_int = np.concatenate(intended)
     t_sent = np.concatenate(sent)
     t_done = np.concatenate(done)
@@ -528,6 +535,9 @@ def format_result(name: str, r: dict[str, Any]) -> str:
     lat = r["latency_ms"]
     load = f"offered {r['offered_rate_per_s']:.0f}/s" if r["mode"] == "open" else f"concurrency {r['concurrency']}"
     cpu = ", ".join(f"{role} {v['cpu_percent_of_one_core']:.0f}%" for role, v in r["cpu"].items())
+    waits = {role: 1e3 * v["runq_wait_s"] / v["wall_s"] for role, v in r["cpu"].items() if "runq_wait_s" in v and v.get("wall_s")}
+    if waits:  # the processes of a role together: 2 agent processes can wait up to 2000 ms a second
+        cpu += "; waiting for a CPU " + ", ".join(f"{role} {w:.0f} ms/s" for role, w in waits.items())
     return (f"{name:8} {r['mode']:6} {load:22} throughput {r['throughput_per_s']:8.0f}/s  p50 {lat['p50']:7.2f}  p90 {lat['p90']:7.2f}  "
             f"p99 {lat['p99']:7.2f}  p99.9 {lat['p999']:7.2f}  max {lat['max']:7.2f} ms  completed {r['completed']}  errors {r['errors'] or 0}  "
             f"lost {r['lost']}  cpu[{cpu}]" + (f"  machine[{bench_noise.format_noise(r['noise'])}]" if r.get("noise") else ""))

@@ -25,6 +25,7 @@ Memory: the probe keeps at most ``MAX_STALLS`` stalls (O(1) per wake-up).
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -181,3 +182,19 @@ def merge_noise(parts: list[dict[str, Any]]) -> dict[str, Any] | None:
                     "stall_max_ms": max(p["stall_max_ms"] for p in parts), "stall_threshold_ms": parts[0]["stall_threshold_ms"],
                     "stall_list": sorted(s for p in parts for s in p.get("stall_list", []))})
     return out
+
+
+def runq_wait_s(pid: int) -> float | None:
+    """Seconds the threads of ``pid`` have spent ready to run but waiting for a CPU (the second field of
+    ``/proc/PID/task/*/schedstat``), so far; None where the kernel does not say (not Linux, process gone).
+
+    Contention among our own processes (and other work) shows here; the host's steal does not (it shows in ``steal_share``).
+    """
+    try:
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[1])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
