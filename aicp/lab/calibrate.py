@@ -630,8 +630,8 @@ def run_sim_same(
     for k in range(scenario.replications):
         lat, busy = [], []
         for b, (sc, (_, agent_seed, order)) in enumerate(zip(scenarios, blocks, strict=True)):
-            assert agent_seed is not None, "unseeded draws cannot be regenerated"
-            draws = [live_draws(cfg, names[a], agent_seed) for a in order]
+            # unseeded agents (grids before seeded draws): the arrivals only; the calibration's handler times serve
+            draws = None if agent_seed is None else [live_draws(cfg, names[a], agent_seed) for a in order]
             res = Simulation(sc, strategy, replication_seed(sc.seed, k * len(blocks) + b), draws=draws).run()
             rec = res.records
             m = (rec["arrival"] >= cfg.warmup) & (rec["outcome"] == COMPLETED)
@@ -797,8 +797,9 @@ def grid(args: argparse.Namespace) -> int:
             if "same" in cols:
                 # the other run's costs, on this run's own arrivals and service draws (regenerated from the seeds)
                 same_blocks = [(g, a, joined(run_dir / f"{t}.jsonl")) for t, (g, a) in zip(lv["tags"], lv["seeds"], strict=True)]
-                seeded = all(a is not None for _, a, _ in same_blocks)
-                sims["same"] = run_sim_same(scenario, strategy, theirs_same, cfgs[strategy], same_blocks, run_dir) if theirs_same and seeded else None
+                # unseeded agents: the run's own arrivals, and the other run's handler times as the other column draws them
+                same_cal = theirs_same if all(a is not None for _, a, _ in same_blocks) else theirs
+                sims["same"] = run_sim_same(scenario, strategy, same_cal, cfgs[strategy], same_blocks, run_dir) if same_cal else None
             lat = lv["latency_ms"]
             row: dict[str, Any] = {
                 "workload": scenario.name,
