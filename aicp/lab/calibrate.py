@@ -744,6 +744,7 @@ def grid(args: argparse.Namespace) -> int:
                     continue
                 old_row = earlier[(scenario.name, strategy)]
                 cfgs[strategy].warmup = old_row.get("live_warmup_s", cfgs[strategy].warmup)
+                cfgs[strategy].duration = old_row.get("live_duration_s", cfgs[strategy].duration)  # all blocks
                 blocks = []
                 for tag in old_row.get("live_tags") or [f"{scenario.name}-{strategy}"]:
                     cfgs[strategy].record = run_dir / f"{tag}.jsonl"
@@ -819,6 +820,7 @@ def grid(args: argparse.Namespace) -> int:
                 "live_failed": failed(lv),
                 "other_failed": bool(other and failed(lives[other])),
                 "live_warmup_s": cfgs[strategy].warmup,
+                "live_duration_s": cfgs[strategy].duration,
                 "live_tags": lv["tags"],
                 "live_seeds": lv["seeds"],
             }
