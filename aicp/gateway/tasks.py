@@ -17,6 +17,7 @@ import asyncio
 import base64
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Final, Literal
 
 import msgspec
@@ -96,6 +97,7 @@ class GatewayTask:
         "events",
         "id",
         "method",
+        "on_end",
         "outcome",
         "owner",
         "payload",
@@ -125,6 +127,7 @@ class GatewayTask:
         self.watchers: list[asyncio.Queue[Event]] | tuple[()] = ()
         self.unverified: list[tuple[int, float, bytes]] | tuple[()] = ()
         self.deadline: asyncio.TimerHandle | None = None
+        self.on_end: Callable[[], None] | None = None  # called once, at the end of ``TaskStore.finish`` (the synchronous POST answers from it)
 
     @property
     def ended(self) -> bool:
@@ -225,4 +228,8 @@ class TaskStore:
         self.finished[task.id] = task
         while len(self.finished) > self.max_kept:
             self.finished.popitem(last=False)
+        hook = task.on_end
+        if hook is not None:
+            task.on_end = None
+            hook()  # must not raise (TaskSubmission's catches everything)
         return True
