@@ -48,6 +48,7 @@ import platform
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ import numpy as np
 
 from aicp import trace
 from aicp.lab.bench import live
+from aicp.lab.bench.loadgen import poisson_gaps
+from aicp.live import handlers
 from aicp.sim import scenario as sc_mod
 from aicp.sim import stack as stack_mod
 
@@ -344,12 +347,17 @@ def live_args_for(scenario: sc_mod.Scenario, path: Path, strategy: str, args: ar
         task_timeout=5.0,  # an overloaded live run (a loaded machine) ends sooner
         # the same service draws in every strategy's run, as the load generator's arrivals already are (common random
         # numbers): the "other" column then compares strategies on one realisation of the workload, not two
-        agent_seed=None if getattr(args, "fresh_draws", False) else args.seed,
+        agent_seed=None if getattr(args, "fresh_draws", False) else args.seed + AGENT_SEED_OFFSET,
         # the simulated agents queue without limit; live, a 16-task queue (the default) overflows in a 50 ms stall of a
         # 2.5 ms workload, and the router then fails tasks and holds the agent out: a cascade the simulator does not model
         agent_max_queued=GRID_AGENT_QUEUE,
     )
 
+
+#: the grid's agent k of block b draws its service times from seed + 1000 b + AGENT_SEED_OFFSET + k, and the load
+#: generator its arrivals from seed + 1000 b. With no offset (grids before this), agent 0 drew from the load
+#: generator's own random.Random(seed): its k-th service time was its k-th arrival gap, scaled (correlation 0.98)
+AGENT_SEED_OFFSET = 100
 
 #: tasks one live agent of the grid may hold before refusing (aicp agent --max-queued); far above any queue a carried workload builds
 GRID_AGENT_QUEUE = 4096
@@ -494,6 +502,158 @@ def run_sim(scenario: sc_mod.Scenario, strategy: str, calibration: Path | None) 
     return {"p50": float(np.mean(p50)), "p99": float(np.mean(p99)), "utilisation": float(np.mean(util))}
 
 
+# ----------------------------------------------------------------------------- the live run's own draws (the ``same`` column)
+def fleet_indexes(agents: int, agent_procs: int) -> dict[str, int]:
+    """Each live agent's name -> its index in the fleet (what its seed adds), as ``live.start_agents`` names them."""
+    out: dict[str, int] = {}
+    for base_id, count, first in live.agent_groups(agents, agent_procs):
+        for j in range(count):
+            out[base_id if count == 1 else f"{base_id}-{j}"] = first + j
+    return out
+
+
+def live_draws(cfg: argparse.Namespace, fleet_index: int, agent_seed: int) -> Callable[[], float]:
+    """The service draws (s) of one live agent, in the order it starts its tasks: the synthetic handler it runs, seeded alike."""
+    dist, mean_ms = handlers.parse_service_time(cfg.service_time)
+    return handlers.Synthetic(dist, mean_ms, seed=agent_seed + fleet_index).service_time_s
+
+
+def joined(trace_path: Path) -> list[str]:
+    """The agents of a recorded run in the order they registered (the strategies' pool order)."""
+    out: list[str] = []
+    for ev in trace.parse(trace_path.read_bytes()):
+        if isinstance(ev, trace.AgentUp) and ev.agent not in out:
+            out.append(ev.agent)
+        elif isinstance(ev, trace.Arrive):
+            break  # every agent of the grid registers before the first task
+    return out
+
+
+#: a wake-up beyond [-1, +2] timer ticks: that task's draw does not match its seed (more than WAKE_MISMATCH of them: refused)
+WAKE_MISMATCH = 0.2
+
+
+def wake_from_run(trace_path: Path, cfg: argparse.Namespace, agent_seed: int, timer_ms: float = 1.0) -> np.ndarray:
+    """The agents' wake-up per task of a seeded run (ms): the signed handler time minus its draw rounded to the timer.
+
+    Each agent's draws are regenerated from its seed, one per task dispatched to it, in
+    dispatch order (one connection keeps the order; every attempt draws). The handler time
+    is the draw rounded to the event loop's timer (uvloop: whole ms) plus a wake-up, flat
+    in the draw (docs/SIMULATOR.md): that wake-up is what the run adds to the workload.
+    Tasks arriving in the warm-up are left out (their draws are still consumed).
+    """
+    names = fleet_indexes(cfg.agents, cfg.agent_procs)
+    order: list[tuple[str, str]] = []
+    ok: dict[tuple[str, str], float] = {}
+    arrive: dict[str, float] = {}
+    t0: float | None = None
+    for ev in trace.parse(trace_path.read_bytes()):
+        if isinstance(ev, trace.Arrive):
+            arrive[ev.task] = ev.t
+            t0 = ev.t if t0 is None else t0
+        elif isinstance(ev, trace.Dispatch):
+            order.append((ev.agent, ev.task))
+        elif isinstance(ev, trace.Reply) and ev.ok and ev.service_ms is not None:
+            ok[(ev.agent, ev.task)] = ev.service_ms
+    start = (t0 or 0.0) + cfg.warmup
+    gens: dict[str, Callable[[], float]] = {}
+    out: list[float] = []
+    for agent, task in order:
+        if agent not in gens:
+            if agent not in names:
+                raise stack_mod.CalibrationError(f"{trace_path}: agent {agent} is not one the grid starts")
+            gens[agent] = live_draws(cfg, names[agent], agent_seed)
+        drawn = gens[agent]() * 1000.0
+        got = ok.get((agent, task))
+        if got is not None and arrive.get(task, start) >= start:
+            out.append(got - round(drawn / timer_ms) * timer_ms)
+    wake = np.array(out)
+    if wake.size == 0 or np.mean((wake < -timer_ms) | (wake > 2 * timer_ms)) > WAKE_MISMATCH:
+        raise stack_mod.CalibrationError(f"{trace_path}: the handler times do not follow the agents' seeded draws")
+    return wake
+
+
+def same_calibration(lv: dict[str, Any], cfg: argparse.Namespace, run_dir: Path, fallback_slot_ms: float) -> stack_mod.Calibration:
+    """A run's costs for the ``same`` column: its round trips, slot gaps and load generator part as ``run_calibration``,
+    but the wake-ups over the agents' seeded draws instead of whole handler times (the draws come from the seeds)."""
+    wake = np.concatenate(
+        [wake_from_run(run_dir / f"{tag}.jsonl", cfg, agent_seed) for tag, (_, agent_seed) in zip(lv["tags"], lv["seeds"], strict=True)]
+    )
+    cal = stack_mod.from_run(
+        lv["costs"],
+        client_ms=lv["client_ms"] if lv["client_ms"].size else None,
+        handler=False,
+        fallback_slot_ms=fallback_slot_ms,
+        measured={"from_run": [str(run_dir / f"{t}.jsonl") for t in lv["tags"]], "what": "costs_from_trace, wake-ups over the seeded draws"},
+    )
+    cal.timer_ms = 1.0
+    cal.levels[0].wake_ms = stack_mod.thin(wake)
+    return cal
+
+
+def run_sim_same(
+    scenario: sc_mod.Scenario,
+    strategy: str,
+    calibration: Path,
+    cfg: argparse.Namespace,
+    blocks: list[tuple[int, int | None, list[str]]],
+    run_dir: Path,
+) -> dict[str, float]:
+    """The simulator on the live run's own workload: per block, the load generator's arrivals and every agent's
+    service draws regenerated from their seeds (``blocks``: loadgen seed, agent seed, the agents in join order),
+    the stack's costs from ``calibration``; p50 and p99 over the blocks' tasks pooled as live, mean over replications.
+
+    Common random numbers between the simulator and the live run: what is compared is the model, not two
+    samples of the workload (a 20 s live run's p99 moves by a third between two seeds). Only inputs are read:
+    the seeds and the agents' registration order, which the run fixes before its first task."""
+    from aicp.sim.engine import Simulation
+    from aicp.sim.metrics import COMPLETED
+    from aicp.sim.runner import replication_seed
+
+    names = fleet_indexes(cfg.agents, cfg.agent_procs)
+    horizon = cfg.warmup + cfg.duration / len(blocks)
+    scenarios = []
+    for b, (gen_seed, _, _) in enumerate(blocks):
+        times, t, gaps = [], 0.0, poisson_gaps(gen_seed, cfg.rate)
+        while True:
+            t += next(gaps)
+            if t >= horizon:
+                break
+            times.append(t)
+        csv = run_dir / f"{scenario.name}-{strategy}-b{b}-arrivals.csv"
+        csv.write_text("t_s\n" + "".join(f"{x!r}\n" for x in times))
+        data = sc_mod.to_data(scenario)
+        data.update(duration_s=horizon, warmup_s=cfg.warmup, calibration={"file": str(calibration.resolve())})
+        data["workload"][0]["arrival"] = {"process": "trace", "file": str(csv.resolve())}
+        scenarios.append(sc_mod.from_data(data, scenario.name))
+    p50, p99, util = [], [], []
+    for k in range(scenario.replications):
+        lat, busy = [], []
+        for b, (sc, (_, agent_seed, order)) in enumerate(zip(scenarios, blocks, strict=True)):
+            # unseeded agents (grids before seeded draws): the arrivals only; the calibration's handler times serve
+            draws = None if agent_seed is None else [live_draws(cfg, names[a], agent_seed) for a in order]
+            res = Simulation(sc, strategy, replication_seed(sc.seed, k * len(blocks) + b), draws=draws).run()
+            rec = res.records
+            m = (rec["arrival"] >= cfg.warmup) & (rec["outcome"] == COMPLETED)
+            lat.append((rec["end"][m] - rec["arrival"][m]) * 1000.0)
+            busy.append(res.summary["utilisation"]["mean"])
+        ms = np.concatenate(lat)
+        p50.append(float(np.percentile(ms, 50)) if ms.size else float("nan"))
+        p99.append(float(np.percentile(ms, 99)) if ms.size else float("nan"))
+        util.append(float(np.mean(busy)))
+    return {"p50": float(np.mean(p50)), "p99": float(np.mean(p99)), "utilisation": float(np.mean(util))}
+
+
+def old_seeds(row: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> list[tuple[int, int | None]]:
+    """(load generator seed, agent seed) per block of an earlier grid's run: recorded since AGENT_SEED_OFFSET;
+    before, seeded draws came with the blocks (agent seed = load generator seed), unless --fresh-draws."""
+    if row.get("live_seeds"):
+        return [(int(g), None if a is None else int(a)) for g, a in row["live_seeds"]]
+    tags = row.get("live_tags") or []
+    seeded = bool(tags) and all("-b" in t for t in tags) and "--fresh-draws" not in argv
+    return [(args.seed + 1000 * k, args.seed + 1000 * k if seeded else None) for k in range(max(1, len(tags)))]
+
+
 def flags(row: dict[str, Any]) -> str:
     """What to distrust in a row: its live run (failed tasks: an incident, rerun it; or under 90% throughput), or the run its ``other`` costs come from."""
     out = ""
@@ -545,9 +705,10 @@ def grid(args: argparse.Namespace) -> int:
     sign_ms = sign_cost_ms()
     rows: list[dict[str, Any]] = []
     wanted = set(args.columns.split(","))
-    if not wanted <= {"sim", "probe", "run", "other"}:
-        raise SystemExit(f"--columns: {', '.join(sorted(wanted - {'sim', 'probe', 'run', 'other'}))}: none such (sim, probe, run, other)")
-    cols = [c for c in ("sim", *(["probe"] if cal_path else []), "run", "other") if c in wanted]
+    known = {"sim", "probe", "run", "other", "same"}
+    if not wanted <= known:
+        raise SystemExit(f"--columns: {', '.join(sorted(wanted - known))}: none such (sim, probe, run, other, same)")
+    cols = [c for c in ("sim", *(["probe"] if cal_path else []), "run", "other", "same") if c in wanted]
     head = " ".join(f"{c:>6} {'err':>5}" for c in cols)
     header = f"{'workload':22} {'strategy':13} {'util':>5} | {'live p50':>8} {head} | {'live p99':>8} {head}"
     print(header + "\n" + "-" * len(header), flush=True)
@@ -561,25 +722,29 @@ def grid(args: argparse.Namespace) -> int:
             # the runs reaches both strategies alike; block k of every strategy draws the same arrivals and service times
             parts: dict[str, list[dict[str, Any]]] = {st: [] for st in scenario.strategies}
             tags: dict[str, list[str]] = {st: [] for st in scenario.strategies}
+            seeds: dict[str, list[tuple[int, int | None]]] = {st: [] for st in scenario.strategies}
             for k, strategy in block_plan(list(scenario.strategies), args.blocks):
                 cfg = copy.copy(cfgs[strategy])
                 cfg.duration = cfgs[strategy].duration / args.blocks
                 cfg.seed = args.seed + 1000 * k
                 if cfg.agent_seed is not None:
-                    cfg.agent_seed = cfg.seed
+                    cfg.agent_seed = cfg.seed + AGENT_SEED_OFFSET
                 tag = f"{scenario.name}-{strategy}" + (f"-b{k}" if args.blocks > 1 else "")
                 parts[strategy].append(run_live_retrying(cfg, run_dir, tag, args.live_retries))
                 tags[strategy].append(tag)
+                seeds[strategy].append((cfg.seed, cfg.agent_seed))
             for strategy in scenario.strategies:
                 cfgs[strategy].record = run_dir / f"{tags[strategy][0]}.jsonl"
                 block_s = cfgs[strategy].duration / args.blocks
                 lives[strategy] = merge_blocks(parts[strategy], run_dir, tags[strategy], cfgs[strategy], block_s)
+                lives[strategy]["seeds"] = seeds[strategy]
         else:
             for strategy in scenario.strategies:
                 if (scenario.name, strategy) not in earlier:
                     continue
                 old_row = earlier[(scenario.name, strategy)]
                 cfgs[strategy].warmup = old_row.get("live_warmup_s", cfgs[strategy].warmup)
+                cfgs[strategy].duration = old_row.get("live_duration_s", cfgs[strategy].duration)  # all blocks
                 blocks = []
                 for tag in old_row.get("live_tags") or [f"{scenario.name}-{strategy}"]:
                     cfgs[strategy].record = run_dir / f"{tag}.jsonl"
@@ -596,6 +761,7 @@ def grid(args: argparse.Namespace) -> int:
                     "client_ms": client,
                     "stack": stack_means(costs, client),
                     "tags": old_row.get("live_tags") or [f"{scenario.name}-{strategy}"],
+                    "seeds": old_seeds(old_row, args, old.get("argv", [])),
                 }
         if not lives:
             continue
@@ -608,6 +774,17 @@ def grid(args: argparse.Namespace) -> int:
             except stack_mod.CalibrationError as exc:
                 print(f"{scenario.name} {strategy}: no run costs: {exc}", file=sys.stderr)
                 cal_files[strategy] = None
+        same_files: dict[str, Path | None] = {}
+        for strategy, lv in lives.items():
+            same_files[strategy] = None
+            if "same" not in cols or any(a is None for _, a in lv["seeds"]):
+                continue
+            try:
+                out = run_dir / f"{scenario.name}-{strategy}-same-calibration.json"
+                stack_mod.write(same_calibration(lv, cfgs[strategy], run_dir, sign_ms), out)
+                same_files[strategy] = out
+            except stack_mod.CalibrationError as exc:
+                print(f"{scenario.name} {strategy}: no same-draws costs: {exc}", file=sys.stderr)
         order = [st for st in scenario.strategies if st in lives]
         for k, strategy in enumerate(order):
             lv = lives[strategy]
@@ -615,8 +792,15 @@ def grid(args: argparse.Namespace) -> int:
             own, theirs = cal_files[strategy], cal_files.get(other) if other else None
             inputs = {"sim": None, "probe": cal_path, "run": own, "other": theirs}
             sims: dict[str, dict[str, float] | None] = {
-                c: run_sim(scenario, strategy, inputs[c]) if c == "sim" or inputs[c] else None for c in cols
+                c: run_sim(scenario, strategy, inputs[c]) if c == "sim" or inputs[c] else None for c in cols if c != "same"
             }
+            theirs_same = same_files.get(other) if other else None
+            if "same" in cols:
+                # the other run's costs, on this run's own arrivals and service draws (regenerated from the seeds)
+                same_blocks = [(g, a, joined(run_dir / f"{t}.jsonl")) for t, (g, a) in zip(lv["tags"], lv["seeds"], strict=True)]
+                # unseeded agents: the run's own arrivals, and the other run's handler times as the other column draws them
+                same_cal = theirs_same if all(a is not None for _, a, _ in same_blocks) else theirs
+                sims["same"] = run_sim_same(scenario, strategy, same_cal, cfgs[strategy], same_blocks, run_dir) if same_cal else None
             lat = lv["latency_ms"]
             row: dict[str, Any] = {
                 "workload": scenario.name,
@@ -636,7 +820,9 @@ def grid(args: argparse.Namespace) -> int:
                 "live_failed": failed(lv),
                 "other_failed": bool(other and failed(lives[other])),
                 "live_warmup_s": cfgs[strategy].warmup,
+                "live_duration_s": cfgs[strategy].duration,
                 "live_tags": lv["tags"],
+                "live_seeds": lv["seeds"],
             }
             for c in cols:
                 got = sims.get(c)
@@ -753,8 +939,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--columns",
-        default="sim,probe,run,other",
-        help="--grid: the simulated columns, a comma-separated subset of sim,probe,run,other (default all; e.g. other with --resim)",
+        default="sim,probe,run,other,same",
+        help="--grid: the simulated columns, a comma-separated subset of sim,probe,run,other,same (default all; e.g. other,same with --resim)",
     )
     add("--live-retries", type=int, default=1, help="--grid: run a live run again, up to N times, if tasks failed or were lost (default 1)")
     add(

@@ -78,7 +78,17 @@ class RunResult:
 
 
 class Simulation:
-    def __init__(self, scenario: Scenario, strategy: str, seed: np.random.SeedSequence, trace: bool = False) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        strategy: str,
+        seed: np.random.SeedSequence,
+        trace: bool = False,
+        draws: list[Callable[[], float]] | None = None,
+    ) -> None:
+        """``draws``: one service draw (seconds) per agent, in registration order, replacing the scenario's
+        service distribution (a live run's own seeded draws, aicp calibrate's ``same`` column); the stack
+        model, if any, still adds its timer rounding and wake-up to each draw."""
         s = self.scenario = scenario
         self.strategy = strategy
         self.env = env = simpy.Environment()
@@ -107,6 +117,9 @@ class Simulation:
                 service = self.stack.service(service)
             prefix = group.name or f"g{g}"
             for i in range(group.count):
+                if draws is not None:
+                    draw = draws[len(self.agents)]
+                    service = self.stack.service(draw) if self.stack is not None else draw
                 ident = signing.Identity(key_rng.bytes(32)) if self.real_signing else None
                 idx = len(self.agents)
                 self.agents.append(

@@ -149,7 +149,7 @@ def test_the_grid_s_live_agents_draw_the_same_service_times_in_each_strategy_s_r
     sc = sc_mod.load(path)
     args = calibrate.bench_args(agent_procs=2, live_duration=10.0, live_samples=4000, live_warmup=2.0, seed=3, fresh_draws=False)
     cfgs = [calibrate.live_args_for(sc, path, strategy, args) for strategy in sc.strategies]
-    assert {(c.agent_seed, c.agent_max_queued) for c in cfgs} == {(3, calibrate.GRID_AGENT_QUEUE)}
+    assert {(c.agent_seed, c.agent_max_queued) for c in cfgs} == {(3 + calibrate.AGENT_SEED_OFFSET, calibrate.GRID_AGENT_QUEUE)}
     args.fresh_draws = True
     assert calibrate.live_args_for(sc, path, "round_robin", args).agent_seed is None
 
@@ -198,3 +198,85 @@ def test_the_live_runs_go_a_b_b_a_and_their_blocks_pool_into_one_run_s_costs(tmp
     assert both.handler_ms.tolist() == one.handler_ms.tolist() * 2 and both.idle_ms.size == 2 * one.idle_ms.size
     assert len(both.windows) == 2 * len(one.windows) and both.rate_per_s == pytest.approx(one.rate_per_s)
     assert stack.RunCosts.concat([one]) is one
+
+
+def test_the_grid_s_agents_draw_from_seeds_apart_from_the_load_generator_s() -> None:
+    # agent 0 used to draw from random.Random(seed), the load generator's own stream: its k-th service time was the
+    # k-th arrival gap, scaled
+    from aicp.lab.bench.loadgen import poisson_gaps
+    from aicp.live.handlers import Synthetic
+    from aicp.sim import scenario as sc_mod
+
+    path = GRID / "g6_exp2.5_a2c1.toml"
+    args = calibrate.bench_args(agent_procs=2, live_duration=10.0, live_samples=4000, live_warmup=2.0, seed=3, fresh_draws=False)
+    cfg = calibrate.live_args_for(sc_mod.load(path), path, "round_robin", args)
+    gaps = poisson_gaps(cfg.seed, cfg.rate)
+    arrivals = np.array([next(gaps) for _ in range(500)])
+    agent0 = Synthetic("exponential", 2.5, seed=cfg.agent_seed).service_time_s
+    assert abs(np.corrcoef(arrivals, [agent0() for _ in range(500)])[0, 1]) < 0.2
+    same = Synthetic("exponential", 2.5, seed=cfg.seed).service_time_s  # the old seeding
+    assert np.corrcoef(arrivals, [same() for _ in range(500)])[0, 1] > 0.99
+
+
+def test_fleet_indexes_name_the_agents_as_the_fleet_starts_them() -> None:
+    assert calibrate.fleet_indexes(2, 2) == {"bench-0": 0, "bench-1": 1}
+    assert calibrate.fleet_indexes(3, 2) == {"bench-0": 0, "bench-1-0": 1, "bench-1-1": 2}
+    assert calibrate.fleet_indexes(4, 2) == {"bench-0-0": 0, "bench-0-1": 1, "bench-1-0": 2, "bench-1-1": 3}
+
+
+def _seeded_run(tmp_path: Path, wake: float, agent_seed: int = 7) -> tuple[Path, object]:
+    """Two live agents (bench-0, bench-1) drawing exponential 5 ms from agent_seed + index, round robin, each
+    handler time the draw rounded to whole ms plus ``wake``; the first task arrives in the warm-up."""
+    import argparse
+
+    from aicp.live.handlers import Synthetic
+
+    cfg = argparse.Namespace(agents=2, agent_procs=2, service_time="exponential:5", warmup=0.5)
+    draws = [Synthetic("exponential", 5.0, seed=agent_seed + k).service_time_s for k in range(2)]
+    ev: list[trace.TraceEvent] = [trace.Header(t=T0, v=1, router="r", strategy="round_robin")]
+    ev += [trace.AgentUp(t=T0, agent=f"bench-{k}", capabilities=["m"], concurrency=1) for k in (1, 0)]
+    for i in range(40):
+        t, agent = T0 + 0.1 * i, i % 2
+        service = round(draws[agent]() * 1000.0) + wake
+        tid = f"g\n{i}"
+        ev.append(trace.Arrive(t=t, task=tid, method="m", bytes=1))
+        ev.append(trace.Dispatch(t=t, task=tid, agent=f"bench-{agent}", attempt=1))
+        ev.append(trace.Reply(t=t + 0.05, task=tid, agent=f"bench-{agent}", ok=True, service_ms=service))
+    path = tmp_path / "run.jsonl"
+    path.write_bytes(b"".join(trace.encode(e) for e in ev))
+    return path, cfg
+
+
+def test_wake_ups_are_read_over_each_agent_s_seeded_draws_in_dispatch_order(tmp_path: Path) -> None:
+    path, cfg = _seeded_run(tmp_path, wake=0.25)
+    wake = calibrate.wake_from_run(path, cfg, 7)  # type: ignore[arg-type]
+    assert wake.size == 35  # the 5 tasks of the warm-up draw, but are not measured
+    np.testing.assert_allclose(wake, 0.25, atol=1e-9)
+    assert calibrate.joined(path) == ["bench-1", "bench-0"]
+    with pytest.raises(stack.CalibrationError, match="seeded draws"):
+        calibrate.wake_from_run(path, cfg, 8)  # type: ignore[arg-type]  # other seeds: the handler times do not follow
+
+
+def test_the_same_column_simulates_the_seeded_arrivals_and_draws(tmp_path: Path) -> None:
+    import argparse
+
+    from aicp.lab.bench.loadgen import poisson_gaps
+    from aicp.sim import scenario as sc_mod
+
+    path = GRID / "g6_exp2.5_a2c1.toml"
+    sc = sc_mod.load(path)
+    sc = sc_mod.from_data({**sc_mod.to_data(sc), "replications": 1}, sc.name)
+    cal = tmp_path / "cal.json"
+    cal.write_text('{"v": 2, "timer_ms": 1.0, "slot_ms": 0.0, "levels": [{"rate_per_s": 520, "wake_ms": [0.0], '
+                   '"agent_overhead_ms": [0.0], "client_ms": []}]}')
+    cfg = argparse.Namespace(agents=2, agent_procs=2, service_time="exponential:2.5", warmup=0.5, duration=2.0, rate=520.0)
+    got = calibrate.run_sim_same(sc, "round_robin", cal, cfg, [(3, 103, ["bench-0", "bench-1"])], tmp_path)
+    again = calibrate.run_sim_same(sc, "round_robin", cal, cfg, [(3, 103, ["bench-0", "bench-1"])], tmp_path)
+    assert got == again and got["p50"] > 0  # nothing is drawn but the costs (none here): the same workload, the same answer
+    other = calibrate.run_sim_same(sc, "round_robin", cal, cfg, [(4, 104, ["bench-0", "bench-1"])], tmp_path)
+    assert other["p50"] != got["p50"]
+    written = np.loadtxt(tmp_path / f"{sc.name}-round_robin-b0-arrivals.csv", skiprows=1)
+    gaps = poisson_gaps(4, 520.0)
+    want = np.cumsum([next(gaps) for _ in range(written.size)])
+    np.testing.assert_allclose(written, want, rtol=1e-12)
+    assert written[-1] < 2.5 <= want[-1] + next(gaps)

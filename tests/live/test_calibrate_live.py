@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from live_helpers import ROOT, python_cmd
 
+from aicp.lab import calibrate
 from aicp.sim import stack
 
 pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.load]
@@ -84,7 +85,7 @@ def test_the_grid_runs_a_workload_live_and_simulated_and_writes_the_table(tmp_pa
     assert done.returncode == 0, done.stdout + done.stderr
     (folder,) = (tmp_path / "runs").iterdir()
     header, row = (folder / "grid.csv").read_text().splitlines()
-    assert header.startswith("workload,strategy,sim_utilisation,live_p50,sim_p50,probe_p50,run_p50,other_p50,live_p99")
+    assert header.startswith("workload,strategy,sim_utilisation,live_p50,sim_p50,probe_p50,run_p50,other_p50,same_p50,live_p99")
     cells = row.split(",")
     assert cells[:2] == ["small", "least_loaded"]
     live_p50, sim_p50, probe_p50, run_p50, other_p50 = (float(x) for x in cells[3:8])
@@ -98,3 +99,7 @@ def test_the_grid_runs_a_workload_live_and_simulated_and_writes_the_table(tmp_pa
     (row_json,) = json.loads((folder / "grid.json").read_text())["rows"]
     assert row_json["live_tags"] == ["small-least_loaded-b0", "small-least_loaded-b1"]
     assert all((folder / f"{t}.jsonl").exists() and (folder / f"{t}-gen0.npz").exists() for t in row_json["live_tags"])
+    # seeded: the agents' handler times follow their regenerated draws (rounded to whole ms, plus a wake-up)
+    assert row_json["live_seeds"] == [[1, 1 + calibrate.AGENT_SEED_OFFSET], [1001, 1001 + calibrate.AGENT_SEED_OFFSET]]
+    wake = np.array(stack.load(folder / "small-least_loaded-same-calibration.json").levels[0].wake_ms)
+    assert wake.size > 50 and -1.0 < float(np.median(wake)) < 2.0

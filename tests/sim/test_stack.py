@@ -218,3 +218,21 @@ def test_windowed_run_costs_follow_the_simulated_clock(tmp_path: Path) -> None:
     stack.write(stack.from_run(costs), tmp_path / "flat.json")
     flat = _latencies_ms(run(_scenario(tmp_path, {"dist": "constant", "mean_ms": 7.0}, "flat.json"), "least_loaded"))
     assert set(np.round(flat, 2)) == {3.0, 7.0, 11.0}  # 0.5 + 0.5, 0.5 + 4.5 or 4.5 + 4.5 ms of hops, plus 2
+
+
+def test_given_draws_replace_the_service_and_the_stack_still_rounds_them_and_adds_the_wake(tmp_path: Path) -> None:
+    # a live run's own seeded draws (aicp calibrate's "same" column): each agent takes its own sequence, in the order it
+    # starts its tasks; the calibration's timer rounding and wake-up apply to them as to the scenario's draws
+    import itertools
+
+    from aicp.sim.engine import Simulation
+
+    _write(tmp_path / "cal.json", timer_ms=1.0, wake_ms=[0.25], agent_overhead_ms=[0.0], client_ms=[0.0])
+    sc = _scenario(tmp_path, {"dist": "exponential", "mean_ms": 50.0}, "cal.json", agents=2)
+    seqs = [itertools.cycle([0.0021, 0.0038]), itertools.cycle([0.0064])]
+    result = Simulation(sc, "round_robin", np.random.SeedSequence(3), draws=[seqs[0].__next__, seqs[1].__next__]).run()
+    lat = _latencies_ms(result)
+    assert lat.size > 150
+    # round robin alternates the agents: 2.25 and 4.25 ms from the first (2.1 -> 2, 3.8 -> 4), 6.25 from the second
+    assert set(np.round(lat, 9)) == {2.25, 4.25, 6.25}
+    assert abs(np.mean(np.isclose(lat, 6.25)) - 0.5) < 0.01

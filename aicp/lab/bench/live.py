@@ -431,7 +431,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--agent-concurrency", type=int, default=64, help="tasks each agent runs at once (default 64)")
     add("--service-time", default="constant:0", help="synthetic service time [DIST:]MS (default constant:0)")
     add("--agent-seed", type=int, default=None, help="seed the agents' service draws (agent k: SEED + k), so that two runs draw the same "
-        "service times (default: unseeded)")
+        "service times (default: unseeded); keep it apart from --seed: the load generator draws its arrivals from --seed, and an agent "
+        "seeded alike would draw its service times from the same numbers (aicp calibrate adds 100)")
     add("--agent-max-queued", type=int, default=None, metavar="N", help="tasks one agent holds before it refuses more as overloaded "
         "(default 16 x --agent-concurrency)")
     add("--loadgens", type=int, default=1, help="load-generator processes (default 1)")

@@ -27,6 +27,7 @@ import contextlib
 import json
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +97,20 @@ class Recorder:
         return i
 
 
+def poisson_gaps(seed: int, rate: float) -> Iterator[float]:
+    """The open loop's gaps between intended send times (s): exponential, from ``random.Random(seed)``.
+
+    One definition for the load generator and for whoever regenerates its arrivals from
+    the seed (``aicp calibrate``'s ``same`` column)."""
+    rng = random.Random(seed)
+    while True:
+        yield rng.expovariate(rate)
+
+
 async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     clock = time.perf_counter
     wall = time.time
-    rng = random.Random(args.seed)
     session = PeerSession(Identity.generate(), args.id, "controller")
     body = payload({"text": "x" * max(0, args.payload_bytes)})
     plan = Schedule.load(args.schedule) if args.schedule else None
@@ -190,8 +200,9 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
                 await send_one(t, method, task_body, deadline_ms)
         elif args.rate:
             t = start
+            gaps = poisson_gaps(args.seed, args.rate)
             while True:
-                t += rng.expovariate(args.rate)
+                t += next(gaps)
                 if t >= end:
                     break
                 # Event-loop timers have millisecond resolution, so wake up to EARLY_S before the
