@@ -88,6 +88,17 @@ class TaskSubmission:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.decoder = msgspec.json.Decoder(TaskRequest)
+        self._coroutine_functions: dict[Any, bool] = {}  # send's function (uvicorn's one, in practice) → is it ``async def``
+
+    def _steppable(self, send: Send) -> bool:
+        """Whether ``send`` returns a coroutine ``_run_at_once`` can run; asked once per method (uvicorn's), not per request. O(1)."""
+        func = getattr(send, "__func__", None)
+        if func is None:  # a function made per request (a test client's): not kept
+            return inspect.iscoroutinefunction(send)
+        known = self._coroutine_functions.get(func)
+        if known is None:
+            known = self._coroutine_functions[func] = inspect.iscoroutinefunction(send)
+        return known
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         answered = 0  # how many of the answer's two messages have been sent
@@ -124,7 +135,7 @@ class TaskSubmission:
         """
         if task.ended:
             return 0
-        if task.on_end is not None or not inspect.iscoroutinefunction(send):  # another request for the same Idempotency-Key
+        if task.on_end is not None or not self._steppable(send):  # another request for the same Idempotency-Key
             await task.done.wait()  # holds the hook, or a wrapper's send is not a coroutine: answer from here
             return 0
         ended: asyncio.Future[tuple[int, Exception | None]] = asyncio.get_running_loop().create_future()
