@@ -49,6 +49,9 @@ class Received(msgspec.Struct, frozen=True, gc=False):
     key: str
 
 
+#: Decoded public keys a session keeps (``PeerSession.receive``); O(1) per frame to look one up.
+KEY_CACHE: Final = 1024
+
 CONNECTING: Final = "connecting"
 REGISTERING: Final = "registering"
 READY: Final = "ready"
@@ -84,7 +87,9 @@ class PeerSession:
         self.lease_s = 90.0
         self._prefix = secrets.token_hex(6) + "-"
         self._seq = 0
-        self._last_key: tuple[str, bytes] = ("", b"")  # the last key decoded: nearly every frame is the router's
+        #: keys already decoded (text form -> raw), at most ``KEY_CACHE`` of them: a controller gets results
+        #: signed by every agent it uses, round robin, so the last key alone missed on nearly every result
+        self._keys: dict[str, bytes] = {}
 
     def new_id(self) -> str:
         self._seq += 1
@@ -101,11 +106,12 @@ class PeerSession:
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogatepass")  # lone surrogates then fail as malformed
         frame = decode_frame(data)
-        if frame.key == self._last_key[0]:
-            key_raw = self._last_key[1]
-        else:
+        key_raw = self._keys.get(frame.key)
+        if key_raw is None:
             key_raw = decode_public_key(frame.key)
-            self._last_key = (frame.key, key_raw)
+            if len(self._keys) >= KEY_CACHE:
+                self._keys.clear()  # more signers than that: start over (O(1) amortised per frame)
+            self._keys[frame.key] = key_raw
         from_router = self.router_id is not None and frame.sender == self.router_id
         if from_router or self.state == CONNECTING:
             if self.router_key is not None and frame.key != self.router_key:

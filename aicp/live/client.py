@@ -703,7 +703,7 @@ class AICPWebSocketClient(PeerClient):
         except Exception as exc:
             self._finish(task, None, started, exc)
             return
-        if inspect.isawaitable(value):
+        if type(value) is not dict and inspect.isawaitable(value):  # most handlers return a dict, which never is
             self._spawn(self._await_result(task, value, started))
             return
         self._finish(task, value, started, None)

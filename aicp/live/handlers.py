@@ -177,6 +177,8 @@ class Synthetic:
 
     def __call__(self, payload: Any) -> dict[str, Any] | Coroutine[Any, Any, dict[str, Any]]:
         """The result at once for a zero service time (an agent then answers without a task switch), else an awaitable."""
+        if self.mean_ms <= 0.0 and self.fail_prob <= 0.0:
+            return {"service_ms": 0.0, "echo": payload}  # what the general path gives then, with no draw and no rounding
         delay = self.service_time_s()
         if delay > 0.0:
             return self._after(delay, payload)

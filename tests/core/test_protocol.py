@@ -361,3 +361,26 @@ def test_peers_may_not_send_progress_notices() -> None:
     c.send(seal(c.session.identity, "ctl", body))
     hub.run_until_idle()
     assert any(isinstance(r.body, Error) and r.body.code == errors.INVALID_MESSAGE for r in c.inbox)
+
+
+def test_a_peer_keeps_the_keys_of_many_signers_and_still_refuses_a_bad_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Results signed by several agents in turn all verify from the key cache; a cached key does not spare a
+    forged signature; past ``KEY_CACHE`` signers the cache starts over and keeps working."""
+    import aicp.peer as peer_module
+
+    monkeypatch.setattr(peer_module, "KEY_CACHE", 2)
+    ctl = PeerSession(Identity.generate(), "ctl", "controller")
+    agents = [PeerSession(Identity.generate(), f"a{i}", "agent") for i in range(3)]
+    task = Task(v=PROTOCOL_VERSION, id="t1", sender="ctl", ts=1.0, method="m", payload=payload(1))
+    frames = [a.result_frame(task, payload(i), 1.0) for i, a in enumerate(agents)]
+    for _ in range(2):
+        for i, f in enumerate(frames):
+            got = ctl.receive(f, 1.0)
+            assert isinstance(got.body, Result) and msgspec.json.decode(got.body.payload) == i
+            assert got.key == agents[i].identity.public_key_text
+    assert 1 <= len(ctl._keys) <= 2
+    forged = seal(agents[1].identity, "a0", msgspec.json.decode(frames[0][frames[0].index(b'"body":') + 7 : -1], type=Result))
+    forged = forged.replace(agents[1].identity.public_key_text.encode(), agents[0].identity.public_key_text.encode())
+    ctl.receive(frames[0], 1.0)  # a0's key is cached now
+    with pytest.raises(errors.VerifyError):
+        ctl.receive(forged, 1.0)  # a0's key, a1's signature

@@ -29,3 +29,4 @@ def test_gateway_and_direct_are_measured_in_one_run(tmp_path: Path) -> None:
     assert len(via["open_rounds"]) == 2 and len(via["added_p50_rounds_ms"]) == 2  # direct and gateway slices alternate, round by round
     assert via["gateway_open"]["completed"] == sum(r["gateway"]["completed"] for r in via["open_rounds"])
     assert "gateway  closed" in done.stdout
+    assert via["gateway_open"]["noise"]["seconds"] > 0 and "stalls" in via["direct_closed"]["noise"]  # the machine's noise, per trial

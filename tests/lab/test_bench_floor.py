@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -49,17 +50,28 @@ def test_annotate_summary_holds_the_relay_to_the_every_hop_floor() -> None:
 @pytest.mark.live
 @pytest.mark.slow
 @pytest.mark.load
-def test_a_short_live_bench_reports_cpu_per_task_for_every_role(tmp_path: Path) -> None:
+def test_a_short_live_bench_reports_cpu_per_task_for_every_role_and_alternates_router_and_relay(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "aicp", "bench", "--duration", "1", "--warmup", "0.5", "--agents", "2", "--agent-procs", "1",
-           "--concurrency", "8", "--out", str(tmp_path), "--json", str(tmp_path / "s.json")]
+           "--concurrency", "8", "--baseline", "--baseline-rounds", "2", "--out", str(tmp_path), "--json", str(tmp_path / "s.json")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((tmp_path / "s.json").read_text())
     per_task = summary["router"]["cpu_per_task"]
-    assert set(per_task["by_role_us"]) == {"router", "agents", "loadgen"}
+    assert set(per_task["by_role_us"]) == {"router", "agents", "loadgen"}  # the idle relay's agents are not charged to the router
     assert all(us > 0 for us in per_task["by_role_us"].values())
     assert per_task["ratio_to_floor"] == pytest.approx(per_task["total_us"] / summary["signature_floor"]["floor_us"])
     assert "x the signature floor" in proc.stdout
+    # the baseline: two rounds, router then relay, then relay then router; judged by the median of the rounds' ratios
+    rounds = summary["baseline"]["rounds"]
+    assert [r["order"] for r in rounds] == [["router", "relay"], ["relay", "router"]]
+    assert summary["relay_ratio"] == pytest.approx(statistics.median(r["router_over_relay"] for r in rounds))
+    assert summary["relay_ratio_pooled"] == pytest.approx(summary["router"]["throughput_per_s"] / summary["relay"]["throughput_per_s"])
+    assert summary["router"]["slices"] == 2 and summary["router"]["completed"] == sum(r["router"]["completed"] for r in rounds)
+    assert set(summary["relay"]["cpu_per_task"]["by_role_us"]) == {"relay", "agents", "loadgen"}
+    assert summary["lost_all_trials"] == 0
+    # machine noise, per trial and over the run (steal is None off Linux)
+    assert {"steal_share", "stalls", "stall_max_ms"} <= set(summary["noise"]) and summary["router"]["noise"]["seconds"] > 0
+    assert "machine over the whole run:" in proc.stdout
 
 
 def test_goals_judge_the_ratio_the_relay_and_the_half_capacity_latency() -> None:

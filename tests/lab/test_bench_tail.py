@@ -70,3 +70,22 @@ def test_open_loop_latency_charges_a_late_send_and_never_credits_an_early_one(tm
     got = summarise([out], Trial("open", rate=2.0, duration=1.0, warmup=0.5), {})
     assert got["latency_ms"]["max"] == pytest.approx(6.0)  # from the intended time: the 5 ms of lag count
     assert got["latency_ms"]["p50"] == pytest.approx((2.5 + 6.0) / 2)  # the early one from its send: 2.5 ms, not 2.0
+
+
+def test_tasks_in_flight_during_a_probe_stall_are_counted_per_row(tmp_path: Path) -> None:
+    from aicp.lab.bench.tail import in_a_stall, stalls_of_run
+
+    agent_ms = [1.0] * 300
+    agent_ms[150] = 40.0  # the slow task runs from about T0 + 1.150 to T0 + 1.1909
+    s = split(*_run(tmp_path, agent_ms), tag="router-main")
+    # one 30 ms stall inside the slow task's flight; one before any task started
+    (tmp_path / "summary.json").write_text(json.dumps({"noise": {"stall_list": [[T0 + 1.18, 30.0], [T0 + 0.2, 50.0]]}}))
+    stalls = stalls_of_run(tmp_path)
+    assert stalls is not None and stalls.shape == (2, 2) and stalls[0, 0] == T0 + 0.2  # sorted by end
+    hit = in_a_stall(s, stalls)
+    slow = int(np.argmax(s.total_ms))
+    assert hit[slow] and not hit[10] and not hit[299]  # tasks 10 and 299 ran well away from 1.15-1.18 s
+    assert hit.sum() == np.sum((s.done_wall >= T0 + 1.15) & (s.start_wall <= T0 + 1.18))
+    text = "\n".join(report(s, stalls))
+    assert "in a stall" in text and "stalled 1 time(s)" in text
+    assert stalls_of_run(tmp_path / "nowhere") is None

@@ -32,6 +32,7 @@ from typing import Any
 
 import psutil
 
+from aicp.lab.bench import noise as bench_noise
 from aicp.lab.bench import wakeup
 from aicp.lab.bench.live import (
     METHOD,
@@ -149,6 +150,7 @@ def load(fleet: Fleet, targets: list[tuple[str, float]], trial: Trial, cfg: argp
     """
     idle = idle_cpu(fleet, roles)
     fleet.mark_cpu()
+    noise0 = fleet.mark_noise()
     cpu0 = roles_cpu_s(fleet, roles)
     outs, gens = [], []
     for i, (url, rate) in enumerate(targets):
@@ -163,11 +165,13 @@ def load(fleet: Fleet, targets: list[tuple[str, float]], trial: Trial, cfg: argp
     cpu1 = roles_cpu_s(fleet, roles)
     wall = time.monotonic() - t0
     cpu = fleet.cpu_by_role(wall)
+    machine = fleet.noise_since(noise0)
     for g in gens:
         if g.popen.returncode != 0:
             raise RuntimeError(f"load generator failed (exit {g.popen.returncode}); see {fleet.run_dir}")
     fleet.procs = [p for p in fleet.procs if p.role != "loadgen"]
     result = summarise(outs, trial, cpu)
+    result["noise"] = machine
     tasks = result["submitted"]
     used = {r: cpu1[r] - cpu0[r] for r in cpu1}
     net = {r: max(0.0, used[r] - idle.get(r, 0.0) * wall) for r in used}
@@ -216,7 +220,8 @@ def hop_cost(args: argparse.Namespace) -> int:
           f"service {args.service_time}), open loop {rate:.0f} tasks/s, all local then all cross-router, alternating")
     pairs: list[dict[str, Any]] = []
     lost = 0
-    fleet = Fleet(run_dir)
+    meter = bench_noise.NoiseMeter()
+    fleet = Fleet(run_dir, noise=meter)
     try:
         url1, url2 = _two_routers(fleet, args)
         roles = ("router-a", "router-b")
@@ -232,19 +237,23 @@ def hop_cost(args: argparse.Namespace) -> int:
             print(f"  pair {i + 1}: router CPU ms/task local {row['local']:.3f}, cross {row['cross']:.3f}: {row['ratio']:.2f}x "
                   f"(gross {row['local_gross']:.3f} / {row['cross_gross']:.3f}: {row['ratio_gross']:.2f}x)", flush=True)
             print(f"          {_by_router_text(local['by_router'], 'local')}; {_by_router_text(cross['by_router'], 'cross')}", flush=True)
+            print(f"          machine: local [{bench_noise.format_noise(local['noise'])}]; cross [{bench_noise.format_noise(cross['noise'])}]", flush=True)
     finally:
         fleet.stop()
+    machine = meter.stop()
     # The floor under it: one loopback wake-up, read and write, at the rate a router wakes for a cross-router task's frames.
     wake = wakeup.measure(2 * rate, min(args.duration, 5.0))
     extra_us = 1000.0 * statistics.median(r["cross"] - r["local"] for r in pairs)
     ratio = statistics.median(r["ratio"] for r in pairs)
     summary = {"run_id": run_id, "rate": rate, "pairs": pairs, "median_ratio": ratio, "median_ratio_gross": statistics.median(r["ratio_gross"] for r in pairs),
-               "lost": lost, "wakeup": wake, "cross_extra_us_per_task": extra_us, "note": "figures from one run on this machine; others may be loading it"}
+               "lost": lost, "wakeup": wake, "cross_extra_us_per_task": extra_us, "noise": machine,
+               "note": "figures from one run on this machine; others may be loading it"}
     print(f"  a cross-router task costs {extra_us:.0f} us more router CPU than a local one (median); it adds 2 wake-ups, reads and writes "
           f"(one more frame in and out at each of 2 routers): one loopback wake-up+read+write alone costs {wake['us_per_message']:.0f} us "
           f"here (uvloop echo at {2 * rate:.0f}/s, python -m aicp.lab.bench.wakeup)")
     print(f"  {'PASS' if ratio < GOAL_CPU_RATIO else 'FAIL'}  goal: cross-router CPU/task < {GOAL_CPU_RATIO}x local, median of {len(pairs)}: {ratio:.2f}x "
           f"(gross {summary['median_ratio_gross']:.2f}x); lost {lost}")
+    print(f"  machine over the run: {bench_noise.format_noise(machine)}")
     write_summary(run_dir, summary, args.json)
     return 0 if lost == 0 else 1
 
@@ -264,9 +273,10 @@ def run_cluster(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"run_id": run_id, "routers": n, "rate": rate, "agents": args.agents, "split": split, "strategy": args.strategy,
                                "service_time": args.service_time, "note": "figures from one run on this machine; others may be loading it"}
     status = 0
+    meter = bench_noise.NoiseMeter()
     try:
         # 1. one router with every agent
-        fleet = Fleet(run_dir)
+        fleet = Fleet(run_dir, noise=meter)
         try:
             url, http = start_router(fleet, args, "router")
             start_agents_at(fleet, url, args.agents, args, "single")
@@ -275,7 +285,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         finally:
             fleet.stop()
         # 2. n routers, agents spread unevenly
-        fleet = Fleet(run_dir)
+        fleet = Fleet(run_dir, noise=meter)
         try:
             nats = start_nats(fleet)
             urls = [start_router(fleet, args, "router", nats, f"r{i + 1}") for i in range(n)]
@@ -293,7 +303,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         finally:
             fleet.stop()
         # 3. router CPU per task: local against cross-router, same two routers, same agents
-        fleet = Fleet(run_dir)
+        fleet = Fleet(run_dir, noise=meter)
         try:
             url1, url2 = _two_routers(fleet, args)
             summary["cpu_local"] = load(fleet, [(url1, rate)], trial, args, "cpu-local", ("router-a", "router-b"))
@@ -304,6 +314,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         summary["error"] = f"{type(exc).__name__}: {exc}"
         print(f"benchmark failed: {summary['error']}")
         status = 1
+    summary["noise"] = meter.stop()
     if status == 0:
         status = report(summary)
     write_summary(run_dir, summary, args.json)
@@ -313,14 +324,15 @@ def run_cluster(args: argparse.Namespace) -> int:
 def report(s: dict[str, Any]) -> int:
     single, cluster, local, cross = s["single"], s["cluster"], s["cpu_local"], s["cpu_cross"]
     print(f"{'':28} {'throughput/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'cross share':>11} {'router CPU ms/task':>18} {'(gross)':>8} {'idle CPU':>8} "
-          f"{'lost':>5} {'errors'}")
+          f"{'lost':>5} {'errors':8} machine")
     rows = [("1 router, every agent", single, None), (f"{s['routers']} routers, agents {s['split']}", cluster, cluster.get("cross_router_share")),
             ("2 routers, all local", local, 0.0), ("2 routers, all cross-router", cross, 1.0)]
     for name, r, share in rows:
         lat = r["latency_ms"]
         share_text = "-" if share is None else f"{100 * share:.0f}%"
         print(f"{name:28} {r['throughput_per_s']:12.0f} {lat['p50']:8.2f} {lat['p99']:8.2f} {share_text:>11} {r['router_cpu_ms_per_task']:18.3f} "
-              f"{r['router_cpu_ms_per_task_gross']:8.3f} {r['router_idle_cpu_percent']:7.1f}% {r['lost']:5d} {r['errors'] or ''}")
+              f"{r['router_cpu_ms_per_task_gross']:8.3f} {r['router_idle_cpu_percent']:7.1f}% {r['lost']:5d} {r['errors'] or ''!s:8} "
+              f"{bench_noise.format_noise(r.get('noise'))}")
     cpu_ratio = cross["router_cpu_ms_per_task"] / local["router_cpu_ms_per_task"]
     s["cpu_ratio_gross_cross_over_local"] = cross["router_cpu_ms_per_task_gross"] / local["router_cpu_ms_per_task_gross"]
     p99_ratio = cluster["latency_ms"]["p99"] / single["latency_ms"]["p99"]
@@ -334,6 +346,7 @@ def report(s: dict[str, Any]) -> int:
     for check, ok, measured in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {check:52} {measured}")
     print(f"  router CPU per task is net of the routers' idle CPU; with it left in, cross/local = {s['cpu_ratio_gross_cross_over_local']:.2f}x")
+    print(f"  machine over the whole run: {bench_noise.format_noise(s.get('noise'))}")
     print("  (one run on this machine; if other work loads it, the figures move)")
     return 0 if lost == 0 else 1
 

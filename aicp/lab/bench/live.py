@@ -20,6 +20,7 @@ import os
 import platform
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ import psutil
 
 from aicp import __version__
 from aicp.lab.bench import floor as bench_floor
+from aicp.lab.bench import noise as bench_noise
 
 #: The original design's claims, which are the floor.
 TARGET_P99_MS = 50.0
@@ -69,6 +71,7 @@ class Proc:
     ps: psutil.Process
     cpu0: float = 0.0
     io0: tuple[int, int] = (0, 0)
+    wait0: float | None = 0.0  # a process started after ``mark_cpu`` had waited 0 s then
 
     def io_calls(self) -> tuple[int, int]:
         """Read and write system calls so far (Linux /proc/PID/io syscr, syscw), or (0, 0)."""
@@ -90,6 +93,10 @@ class Fleet:
     procs: list[Proc] = field(default_factory=list)
     #: CPUs (taskset list) by role, "*" for every other role; empty: no pinning. See ``cpu_plan``.
     cpus: dict[str, str] = field(default_factory=dict)
+    #: The run's machine-noise meter: each trial on this fleet records the steal and stalls during it.
+    noise: bench_noise.NoiseMeter | None = None
+    #: Put before each log file's name, so that fleets alive at the same time keep their logs apart.
+    log_prefix: str = ""
 
     def spawn(self, role: str, args: list[str], program: str | None = None, env: dict[str, str] | None = None, cwd: Path | None = None) -> Proc:
         """Start ``program`` (default: this Python) with ``args``; its output goes to ``<role>-<n>.log`` (pinned with taskset if asked).
@@ -97,7 +104,7 @@ class Fleet:
         ``env``: variables set on top of this process's environment; with ``cwd`` (``python -m`` puts it first on
         ``sys.path``) and ``PYTHONPATH``, another source tree runs."""
         pinned = self.cpus.get(role, self.cpus.get("*"))
-        with open(self.run_dir / f"{role}-{len(self.procs)}.log", "wb") as log:  # the child keeps its own descriptor
+        with open(self.run_dir / f"{self.log_prefix}{role}-{len(self.procs)}.log", "wb") as log:  # the child keeps its own descriptor
             env = {**os.environ, "AICP_KEY_DIR": str((self.run_dir / "keys").resolve()), **(env or {})}  # keep agents' keys out of ~/.aicp
             popen = subprocess.Popen([*(["taskset", "-c", pinned] if pinned else []), program or sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True, env=env, cwd=cwd)
@@ -109,6 +116,15 @@ class Fleet:
         for p in self.procs:
             p.cpu0 = p.cpu_s()
             p.io0 = p.io_calls()
+            p.wait0 = bench_noise.runq_wait_s(p.popen.pid)
+
+    def mark_noise(self) -> bench_noise.Mark | None:
+        """The start of a trial's noise window (None without a meter)."""
+        return self.noise.mark() if self.noise is not None else None
+
+    def noise_since(self, mark: bench_noise.Mark | None) -> dict[str, Any] | None:
+        """Steal and stalls since ``mark`` (``NoiseMeter.since``); None without a meter."""
+        return self.noise.since(mark) if self.noise is not None and mark is not None else None
 
     def cpu_by_role(self, wall_s: float) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
@@ -120,8 +136,12 @@ class Fleet:
             reads, writes = p.io_calls()
             row["read_calls"] = row.get("read_calls", 0) + reads - p.io0[0]
             row["write_calls"] = row.get("write_calls", 0) + writes - p.io0[1]
+            wait = bench_noise.runq_wait_s(p.popen.pid)
+            if wait is not None and p.wait0 is not None:  # time ready to run but kept off a CPU
+                row["runq_wait_s"] = row.get("runq_wait_s", 0.0) + wait - p.wait0
         for row in out.values():
             row["cpu_percent_of_one_core"] = 100.0 * row["cpu_s"] / wall_s if wall_s > 0 else float("nan")
+            row["wall_s"] = wall_s
         return out
 
     def stop(self) -> None:
@@ -233,6 +253,100 @@ def bench_targets(cfg: argparse.Namespace) -> list[str]:
     return ["router", *(names[t] for t in cfg.relay_transports.split(","))]
 
 
+#: A slice of the alternating baseline gets at least this warm-up (its load generator is a new process).
+MIN_SLICE_WARMUP_S = 0.5
+
+
+def merge_cpu(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The CPU of equal-length slices together: seconds and calls add up, the share of a core is their mean."""
+    out: dict[str, dict[str, float]] = {}
+    for row in rows:
+        for role, v in row["cpu"].items():
+            m = out.setdefault(role, {"processes": 0, "cpu_s": 0.0, "read_calls": 0, "write_calls": 0, "cpu_percent_of_one_core": 0.0})
+            m["processes"] = max(m["processes"], v.get("processes", 1))
+            for k in ("cpu_s", "read_calls", "write_calls", *(x for x in ("runq_wait_s", "wall_s") if x in v)):
+                m[k] = m.get(k, 0) + v.get(k, 0)
+            m["cpu_percent_of_one_core"] += v["cpu_percent_of_one_core"] / len(rows)
+    return out
+
+
+def pool_slices(run_dir: Path, tags: list[str], piece: Trial, slices: list[dict[str, Any]], loadgens: int, total_s: float) -> dict[str, Any]:
+    """Equal slices (``piece`` each, run under ``tags``) summarised as one trial of ``total_s`` measured seconds: every
+    raw sample pooled, CPU added up, throughput over the measured time of all slices, noise merged."""
+    outs = [run_dir / f"{tag}-gen{i}.npz" for tag in tags for i in range(loadgens)]
+    cpu = merge_cpu(slices)
+    pooled = summarise(outs, piece, cpu)
+    if "loadgen" in cpu:  # summarise divides the generators' CPU of every slice by one slice's wall time
+        pooled["cpu"]["loadgen"]["cpu_percent_of_one_core"] = cpu["loadgen"]["cpu_percent_of_one_core"]
+    pooled["duration_s"] = total_s
+    pooled["throughput_per_s"] = pooled["throughput_per_s"] * piece.duration / total_s
+    pooled["slices"] = len(slices)
+    pooled["noise"] = bench_noise.merge_noise([s.get("noise") or {} for s in slices])
+    return pooled
+
+
+def baseline_rounds(systems: dict[str, tuple[Fleet, str]], trial: Trial, cfg: argparse.Namespace) -> dict[str, Any]:
+    """The main trial as ``cfg.baseline_rounds`` rounds of one slice per system (router first in ``systems``), the order
+    rotating each round (router relay, relay router, ...), ``trial.duration`` split among the rounds.
+
+    On a shared machine the speed drifts over a minute; run one after the other, the router and the
+    relay each met a different machine. The ratio judged is the median of the rounds' own ratios, each
+    between two slices seconds apart; the ratio of the pooled throughputs is kept next to it.
+    """
+    rounds = max(1, int(cfg.baseline_rounds))
+    piece = Trial(trial.mode, rate=trial.rate, concurrency=trial.concurrency, duration=trial.duration / rounds,
+                  warmup=max(MIN_SLICE_WARMUP_S, trial.warmup / rounds))
+    names = list(systems)
+    slices: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    tags: dict[str, list[str]] = {n: [] for n in names}
+    print(f"baseline: {rounds} round(s) of {len(names)} slices ({piece.duration:.2f} s measured after {piece.warmup:g} s warm-up each), "
+          "the order rotating each round, so a drift of the machine's speed hits the router and the relay alike", flush=True)
+    rows: list[dict[str, Any]] = []
+    for r in range(rounds):
+        k = r % len(names)
+        order = names[k:] + names[:k]
+        for name in order:
+            fleet, url = systems[name]
+            tag = f"{name}-main-r{r}"
+            slices[name].append(run_trial(fleet, url, piece, cfg, tag))
+            tags[name].append(tag)
+        row: dict[str, Any] = {"order": order}
+        for name in names:
+            s = slices[name][r]
+            row[name] = {"throughput_per_s": s["throughput_per_s"], "p50_ms": s["latency_ms"]["p50"], "p99_ms": s["latency_ms"]["p99"],
+                         "completed": s["completed"], "lost": s["lost"], "noise": {k: v for k, v in (s.get("noise") or {}).items() if k != "stall_list"}}
+        for name in names[1:]:
+            other = slices[name][r]["throughput_per_s"]
+            row[f"router_over_{name}"] = slices[names[0]][r]["throughput_per_s"] / other if other else float("nan")
+        rows.append(row)
+        cells = "  ".join(f"{n} {slices[n][r]['throughput_per_s']:6.0f}/s" for n in names)
+        ratios = "  ".join(f"router/{n} {row[f'router_over_{n}']:.2f}" for n in names[1:])
+        print(f"  round {r + 1} ({' '.join(order)}): {cells}  {ratios}  machine[{bench_noise.format_noise(slices[names[0]][r].get('noise'))}]", flush=True)
+    out: dict[str, Any] = {"rounds": rows, "slice": {"duration_s": piece.duration, "warmup_s": piece.warmup}}
+    for name in names:
+        out[name] = pool_slices(systems[name][0].run_dir, tags[name], piece, slices[name], cfg.loadgens, trial.duration)
+    for name in names[1:]:
+        per_round = [row[f"router_over_{name}"] for row in rows]
+        out[f"router_over_{name}_rounds"] = per_round
+        out[f"router_over_{name}_median"] = statistics.median(per_round)
+        pooled = out[name]["throughput_per_s"]
+        out[f"router_over_{name}_pooled"] = out[names[0]]["throughput_per_s"] / pooled if pooled else float("nan")
+    return out
+
+
+def sweep(fleet: Fleet, url: str, target: str, cfg: argparse.Namespace, summary: dict[str, Any]) -> None:
+    """Step open-loop load up ``cfg.sweep_rates`` until saturated; the curve goes in ``summary`` and ``<target>-curve.csv``."""
+    curve = []
+    for rate in [float(x) for x in cfg.sweep_rates.split(",")]:
+        r = run_trial(fleet, url, Trial("open", rate=rate, duration=cfg.duration, warmup=cfg.warmup), cfg, f"{target}-sweep-{int(rate)}")
+        curve.append(r)
+        print(format_result(target, r), flush=True)
+        if r["throughput_per_s"] < 0.9 * rate or r["latency_ms"]["p99"] > 1000.0:
+            break  # saturated
+    summary[f"{target}_sweep"] = curve
+    write_curve(fleet.run_dir / f"{target}-curve.csv", curve)
+
+
 def run_half_capacity(fleet: Fleet, url: str, saturated: dict[str, Any], cfg: argparse.Namespace) -> dict[str, Any]:
     """Open loop at half the throughput the closed-loop trial just measured: the latency at a sane load."""
     rate = round(0.5 * saturated["throughput_per_s"])
@@ -298,6 +412,7 @@ def agent_groups(agents: int, agent_procs: int) -> list[tuple[str, int, int]]:
 def run_trial(fleet: Fleet, url: str, trial: Trial, cfg: argparse.Namespace, tag: str) -> dict[str, Any]:
     """Drive one load level with ``cfg.loadgens`` processes; merge and summarise their samples."""
     fleet.mark_cpu()
+    noise0 = fleet.mark_noise()
     outs = []
     gens = []
     for i in range(cfg.loadgens):
@@ -316,11 +431,12 @@ def run_trial(fleet: Fleet, url: str, trial: Trial, cfg: argparse.Namespace, tag
         g.popen.wait(timeout=max(1.0, limit - (time.monotonic() - t0)))
     wall = time.monotonic() - t0
     cpu = fleet.cpu_by_role(wall)
+    machine = fleet.noise_since(noise0)
     for g in gens:
         if g.popen.returncode != 0:
             raise RuntimeError(f"load generator failed (exit {g.popen.returncode}); see {fleet.run_dir}")
     fleet.procs = [p for p in fleet.procs if p.role != "loadgen"]
-    return summarise(outs, trial, cpu)
+    return {**summarise(outs, trial, cpu), "noise": machine}
 
 
 def summarise(outs: list[Path], trial: Trial, cpu: dict[str, Any]) -> dict[str, Any]:
@@ -347,7 +463,8 @@ def summarise(outs: list[Path], trial: Trial, cpu: dict[str, Any]) -> dict[str, 
         gen_cpu += meta["cpu_s"]
         gen_io = [gen_io[0] + meta.get("read_calls", 0), gen_io[1] + meta.get("write_calls", 0)]
         gen_wall = max(gen_wall, meta["wall_s"])
-    cpu = {**cpu, "loadgen": {"processes": len(outs), "cpu_s": gen_cpu, "read_calls": gen_io[0], "write_calls": gen_io[1], "cpu_percent_of_one_core": 100.0 * gen_cpu / gen_wall if gen_wall else float("nan")}}
+    waited = {k: v for k, v in cpu.get("loadgen", {}).items() if k in ("runq_wait_s", "wall_s")}  # from the fleet, if it ran them
+    cpu = {**cpu, "loadgen": {"processes": len(outs), "cpu_s": gen_cpu, "read_calls": gen_io[0], "write_calls": gen_io[1], "cpu_percent_of_one_core": 100.0 * gen_cpu / gen_wall if gen_wall else float("nan"), **waited}}
     t_int = np.concatenate(intended)
     t_sent = np.concatenate(sent)
     t_done = np.concatenate(done)
@@ -418,9 +535,12 @@ def format_result(name: str, r: dict[str, Any]) -> str:
     lat = r["latency_ms"]
     load = f"offered {r['offered_rate_per_s']:.0f}/s" if r["mode"] == "open" else f"concurrency {r['concurrency']}"
     cpu = ", ".join(f"{role} {v['cpu_percent_of_one_core']:.0f}%" for role, v in r["cpu"].items())
+    waits = {role: 1e3 * v["runq_wait_s"] / v["wall_s"] for role, v in r["cpu"].items() if "runq_wait_s" in v and v.get("wall_s")}
+    if waits:  # the processes of a role together: 2 agent processes can wait up to 2000 ms a second
+        cpu += "; waiting for a CPU " + ", ".join(f"{role} {w:.0f} ms/s" for role, w in waits.items())
     return (f"{name:8} {r['mode']:6} {load:22} throughput {r['throughput_per_s']:8.0f}/s  p50 {lat['p50']:7.2f}  p90 {lat['p90']:7.2f}  "
             f"p99 {lat['p99']:7.2f}  p99.9 {lat['p999']:7.2f}  max {lat['max']:7.2f} ms  completed {r['completed']}  errors {r['errors'] or 0}  "
-            f"lost {r['lost']}  cpu[{cpu}]")
+            f"lost {r['lost']}  cpu[{cpu}]" + (f"  machine[{bench_noise.format_noise(r['noise'])}]" if r.get("noise") else ""))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -445,7 +565,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--verify", choices=["every-hop", "edge"], default="every-hop", help="router verification policy (default every-hop)")
     add("--state", action="store_true", help="the router keeps its lasting state in an SQLite file in the run folder (aicp serve --state)")
     add("--state-jetstream", action="store_true", help="with --state or --state-overhead: in JetStream KV on a nats-server -js the bench starts, not SQLite")
-    add("--baseline", action="store_true", help="also run the same load through the minimal relay and report the ratio")
+    add("--baseline", action="store_true", help="also run the same load through the minimal relay and report the ratio (in alternating rounds, "
+        "see --baseline-rounds)")
+    add("--baseline-rounds", type=int, default=4, metavar="N", help="with --baseline: the main trial alternates N rounds of a router and a relay "
+        "slice (order rotating), --duration split among them, each slice after max(0.5 s, --warmup / N); the ratio judged is the median of "
+        "the rounds' ratios (default 4)")
     add("--sweep", action="store_true", help="step open-loop load up to saturation and write a latency-throughput curve")
     add("--sweep-rates", default="250,500,1000,1500,2000,3000,4000,5000,6000", help="offered rates for --sweep")
     add("--also-1000", action="store_true", help="also run 1000 tasks/s open loop to judge the latency goals")
@@ -508,57 +632,77 @@ def run(args: argparse.Namespace) -> int:
     status = 0
     costs = [bench_floor.signature_costs()]  # before and after the trials: the machine's quietest moments
     sampler = bench_floor.FloorSampler().start()  # and while they run
+    meter = bench_noise.NoiseMeter()  # the host's steal and our stalls, over each trial and the whole run
+    relays = [t for t in bench_targets(args) if t != "router"]
     try:
-        for target in bench_targets(args):
-            fleet = Fleet(run_dir, cpus=cpu_plan(args.router_cpus, args.others_cpus))
-            try:
-                url = args.url if (args.url and target == "router") else start_system(fleet, target, args)
-                if target == "router" and args.via == "gateway":
-                    from aicp.lab.bench import via_gateway
+        fleet = Fleet(run_dir, cpus=cpu_plan(args.router_cpus, args.others_cpus), noise=meter)
+        try:
+            url = args.url or start_system(fleet, "router", args)
+            if args.via == "gateway":
+                from aicp.lab.bench import via_gateway
 
-                    summary["via_gateway"] = via_gateway.compare(fleet, url, args)
-                result = run_trial(fleet, url, main_trial, args, f"{target}-main")
-                summary[target] = result
-                print(format_result(target, result), flush=True)
-                if target == "router" and args.half_capacity and result["mode"] == "closed" and result["throughput_per_s"] > 0:
-                    with sampler.quiet():  # a latency trial: nothing else of ours takes a core meanwhile
-                        half = run_half_capacity(fleet, url, result, args)
-                    summary["router_at_half"] = half
-                    print(format_result("router", half), flush=True)
-                if target == "router" and args.also_1000:
-                    with sampler.quiet():
-                        r1000 = run_trial(fleet, url, Trial("open", rate=1000.0, duration=args.duration, warmup=args.warmup), args, "router-1000")
-                    summary["router_at_1000"] = r1000
-                    print(format_result("router", r1000), flush=True)
-                if args.sweep:
-                    curve = []
-                    for rate in [float(x) for x in args.sweep_rates.split(",")]:
-                        r = run_trial(fleet, url, Trial("open", rate=rate, duration=args.duration, warmup=args.warmup), args, f"{target}-sweep-{int(rate)}")
-                        curve.append(r)
-                        print(format_result(target, r), flush=True)
-                        if r["throughput_per_s"] < 0.9 * rate or r["latency_ms"]["p99"] > 1000.0:
-                            break  # saturated
-                    summary[f"{target}_sweep"] = curve
-                    write_curve(run_dir / f"{target}-curve.csv", curve)
-            finally:
-                fleet.stop()
+                summary["via_gateway"] = via_gateway.compare(fleet, url, args)
+            if relays:  # the router and every relay up at once, the main trial in alternating rounds
+                relay_systems: dict[str, tuple[Fleet, str]] = {}
+                try:
+                    for target in relays:
+                        relay_fleet = Fleet(run_dir, cpus=cpu_plan(args.router_cpus, args.others_cpus), noise=meter, log_prefix=f"{target}.")
+                        relay_systems[target] = (relay_fleet, "")
+                        relay_systems[target] = (relay_fleet, start_system(relay_fleet, target, args))
+                    based = baseline_rounds({"router": (fleet, url), **relay_systems}, main_trial, args)
+                    for target in ["router", *relays]:
+                        summary[target] = based.pop(target)
+                        print(format_result(target, summary[target]) + "  (all rounds)", flush=True)
+                    summary["baseline"] = based
+                    if args.sweep:
+                        for target in relays:
+                            sweep(*relay_systems[target], target, args, summary)
+                finally:
+                    for relay_fleet, _ in relay_systems.values():
+                        relay_fleet.stop()
+                result = summary["router"]
+            else:
+                result = run_trial(fleet, url, main_trial, args, "router-main")
+                summary["router"] = result
+                print(format_result("router", result), flush=True)
+            if args.half_capacity and result["mode"] == "closed" and result["throughput_per_s"] > 0:
+                with sampler.quiet():  # a latency trial: nothing else of ours takes a core meanwhile
+                    half = run_half_capacity(fleet, url, result, args)
+                summary["router_at_half"] = half
+                print(format_result("router", half), flush=True)
+            if args.also_1000:
+                with sampler.quiet():
+                    r1000 = run_trial(fleet, url, Trial("open", rate=1000.0, duration=args.duration, warmup=args.warmup), args, "router-1000")
+                summary["router_at_1000"] = r1000
+                print(format_result("router", r1000), flush=True)
+            if args.sweep:
+                sweep(fleet, url, "router", args, summary)
+        finally:
+            fleet.stop()
     except Exception as exc:
         summary["error"] = f"{type(exc).__name__}: {exc}"
         print(f"benchmark failed: {summary['error']}", file=sys.stderr)
         status = 1
     during = sampler.stop()
+    summary["noise"] = meter.stop()
     costs.append(bench_floor.signature_costs())
     for line in bench_floor.annotate_summary(summary, bench_floor.merge_costs(*costs), args.verify, during) + bench_floor.compare_relays(summary):
         print(line)
+    print(f"machine over the whole run: {bench_noise.format_noise(summary['noise'])}"
+          + ("" if summary["noise"].get("steal_share") is None else " (steal: the host ran other work on our vCPUs; stalls: a 1 ms sleep "
+             "in the bench process overslept)"))
     if "router" in summary:
         main_r = summary["router"]
-        ratio = main_r["throughput_per_s"] / summary["relay"]["throughput_per_s"] if "relay" in summary and summary["relay"]["throughput_per_s"] else None
+        ratio = summary.get("baseline", {}).get("router_over_relay_median")
         summary["relay_ratio"] = ratio
         summary.update({k: main_r[k] for k in ("throughput_per_s", "latency_ms", "completed", "errors", "lost")})
         rows = verdicts(main_r, summary.get("router_at_1000"), ratio)
         summary["verdicts"] = [{"check": c, "pass": p, "measured": m} for c, p, m in rows]
         if ratio is not None:
-            print(f"router / relay throughput: {ratio:.2f}")
+            based = summary["baseline"]
+            summary["relay_ratio_pooled"] = based["router_over_relay_pooled"]
+            print(f"router / relay throughput: {ratio:.2f} (median of {len(based['rounds'])} rounds: "
+                  + " ".join(f"{x:.2f}" for x in based["router_over_relay_rounds"]) + f"; all rounds pooled {based['router_over_relay_pooled']:.2f})")
         goal_rows = bench_floor.goals(summary)
         summary["goals"] = [{"check": c, "pass": p, "measured": m} for c, p, m in goal_rows]
         for check, ok, measured in rows + goal_rows:

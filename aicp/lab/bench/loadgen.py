@@ -48,20 +48,49 @@ from aicp.signing import Identity
 EARLY_S = 0.001  # how early an open-loop send may go out (timer resolution)
 OK = 0  # outcome code index 0 is a verified result; others index into `codes`
 PENDING = -1
+NAN = float("nan")
 
 
 class Recorder:
-    """Per-task times in preallocated arrays; outcome codes as small ints."""
+    """Per-task times and outcome codes (small ints), kept in plain lists while the run goes.
 
-    def __init__(self, capacity: int) -> None:
-        self.intended = np.full(capacity, np.nan)
-        self.sent = np.full(capacity, np.nan)
-        self.done = np.full(capacity, np.nan)
-        self.outcome = np.full(capacity, PENDING, dtype=np.int16)
+    ``new`` and ``finish`` are O(1) and cost a list append or store each: a NumPy
+    scalar store costs several times a list's, and they ran for every task. The
+    NumPy arrays (``intended``, ``sent``, ``done``, ``outcome``) are built when read,
+    after the run. ``capacity`` is kept for the callers' sake; the lists grow as needed.
+    """
+
+    def __init__(self, capacity: int = 0) -> None:
+        self._intended: list[float] = []
+        self._sent: list[float] = []
+        self._done: list[float] = []
+        self._outcome: list[int] = []
         self.codes: list[str] = ["ok"]
         self.n = 0
+        self.finished = 0  # tasks with an outcome
         self.index: dict[str, int] = {}
         self.duplicates = 0
+
+    @property
+    def intended(self) -> np.ndarray:
+        return np.array(self._intended, dtype=float)
+
+    @property
+    def sent(self) -> np.ndarray:
+        return np.array(self._sent, dtype=float)
+
+    @property
+    def done(self) -> np.ndarray:
+        return np.array(self._done, dtype=float)
+
+    @property
+    def outcome(self) -> np.ndarray:
+        return np.array(self._outcome, dtype=np.int16)
+
+    @property
+    def pending(self) -> int:
+        """Tasks recorded with no outcome yet."""
+        return self.n - self.finished
 
     def code_index(self, code: str) -> int:
         try:
@@ -70,30 +99,24 @@ class Recorder:
             self.codes.append(code)
             return len(self.codes) - 1
 
-    def grow(self) -> None:
-        extra = len(self.intended)
-        for name in ("intended", "sent", "done"):
-            setattr(self, name, np.concatenate([getattr(self, name), np.full(extra, np.nan)]))
-        self.outcome = np.concatenate([self.outcome, np.full(extra, PENDING, dtype=np.int16)])
-
     def new(self, task_id: str, intended: float, sent: float) -> None:
-        if self.n >= len(self.intended):
-            self.grow()
-        i = self.n
+        self.index[task_id] = self.n
         self.n += 1
-        self.index[task_id] = i
-        self.intended[i] = intended
-        self.sent[i] = sent
+        self._intended.append(intended)
+        self._sent.append(sent)
+        self._done.append(NAN)
+        self._outcome.append(PENDING)
 
     def finish(self, task_id: str, now: float, code: str) -> int | None:
         i = self.index.get(task_id)
         if i is None:
             return None
-        if self.outcome[i] != PENDING:
+        if self._outcome[i] != PENDING:
             self.duplicates += 1  # a second outcome for one task: must never happen
             return None
-        self.outcome[i] = OK if code == "ok" else self.code_index(code)
-        self.done[i] = now
+        self._outcome[i] = OK if code == "ok" else self.code_index(code)
+        self._done[i] = now
+        self.finished += 1
         return i
 
 
@@ -114,8 +137,7 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
     session = PeerSession(Identity.generate(), args.id, "controller")
     body = payload({"text": "x" * max(0, args.payload_bytes)})
     plan = Schedule.load(args.schedule) if args.schedule else None
-    expected = len(plan) + 16 if plan is not None else int((args.rate or 2000.0) * (args.duration + args.warmup) * 1.3) + 1024
-    rec = Recorder(expected)
+    rec = Recorder()
     verify_failures = 0
     closed_loop = False  # set once the closed loop starts: outcomes then send the next tasks
 
@@ -223,26 +245,27 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
                     await slots_done.wait()
         # drain: every task sent must get its outcome; wait up to the task timeout plus slack
         drain_until = clock() + (plan.max_deadline_s(args.task_timeout) if plan is not None else args.task_timeout) + 5.0
-        while clock() < drain_until and np.any(rec.outcome[: rec.n] == PENDING):
+        while clock() < drain_until and rec.pending:
             await asyncio.sleep(0.01)
         cpu_s = time.process_time() - cpu0
         io1 = io_calls(psutil.Process())
         wall_s = clock() - start
 
     n = rec.n
+    outcome = rec.outcome
     np.savez_compressed(
         args.out,
-        intended=rec.intended[:n] - start,
-        sent=rec.sent[:n] - start,
-        done=rec.done[:n] - start,
-        outcome=rec.outcome[:n],
+        intended=rec.intended - start,
+        sent=rec.sent - start,
+        done=rec.done - start,
+        outcome=outcome,
         task_ids=np.array(list(rec.index), dtype=str),  # in submission order: to join a router trace (aicp bench --record)
     )
     meta = {
         "id": args.id,
         "codes": rec.codes,
         "submitted": n,
-        "lost": int(np.sum(rec.outcome[:n] == PENDING)),
+        "lost": int(np.sum(outcome == PENDING)),
         "duplicate_outcomes": rec.duplicates,
         "verify_failures": verify_failures,
         "warmup_s": args.warmup,

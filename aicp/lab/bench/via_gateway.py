@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from aicp.lab.bench.floor import cpu_per_task
-from aicp.lab.bench.live import Fleet, Trial, _wait_port, format_result, free_port, run_trial, summarise
+from aicp.lab.bench.live import Fleet, Trial, _wait_port, format_result, free_port, pool_slices, run_trial, summarise
+from aicp.lab.bench.noise import format_noise
 
 GOAL_ADDED_P50_MS = 1.0
 GOAL_THROUGHPUT_SHARE = 0.5
@@ -64,6 +65,7 @@ def start_gateway(fleet: Fleet, router_url: str, role: str = "gateway", tree: st
 def run_http_trial(fleet: Fleet, http_url: str, trial: Trial, cfg: argparse.Namespace, tag: str) -> dict[str, Any]:
     """``run_trial`` with the HTTP load generator instead of the WebSocket one."""
     fleet.mark_cpu()
+    noise0 = fleet.mark_noise()
     outs, gens = [], []
     for i in range(cfg.loadgens):
         out = fleet.run_dir / f"{tag}-gen{i}.npz"
@@ -81,31 +83,15 @@ def run_http_trial(fleet: Fleet, http_url: str, trial: Trial, cfg: argparse.Name
         g.popen.wait(timeout=max(1.0, limit - (time.monotonic() - t0)))
     wall = time.monotonic() - t0
     cpu = fleet.cpu_by_role(wall)
+    machine = fleet.noise_since(noise0)
     for g in gens:
         if g.popen.returncode != 0:
             raise RuntimeError(f"HTTP load generator failed (exit {g.popen.returncode}); see {fleet.run_dir}")
     fleet.procs = [p for p in fleet.procs if p.role != "loadgen"]
-    return summarise(outs, trial, cpu)
+    return {**summarise(outs, trial, cpu), "noise": machine}
 
 
 Runner = Callable[[Fleet, str, Trial, argparse.Namespace, str], dict[str, Any]]
-
-
-def _outs(fleet: Fleet, tag: str, cfg: argparse.Namespace) -> list[Path]:
-    return [fleet.run_dir / f"{tag}-gen{i}.npz" for i in range(cfg.loadgens)]
-
-
-def _merge_cpu(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """The CPU of equal-length slices together: seconds and calls add up, the share of a core is their mean."""
-    out: dict[str, dict[str, float]] = {}
-    for row in rows:
-        for role, v in row["cpu"].items():
-            m = out.setdefault(role, {"processes": 0, "cpu_s": 0.0, "read_calls": 0, "write_calls": 0, "cpu_percent_of_one_core": 0.0})
-            m["processes"] = max(m["processes"], v.get("processes", 1))
-            for k in ("cpu_s", "read_calls", "write_calls"):
-                m[k] += v.get(k, 0)
-            m["cpu_percent_of_one_core"] += v["cpu_percent_of_one_core"] / len(rows)
-    return out
 
 
 def cpu_per_task_us(result: dict[str, Any], role: str) -> float:
@@ -131,13 +117,11 @@ def open_loop_rounds(fleet: Fleet, variants: list[tuple[str, Runner, str]], cfg:
         base = slices["direct"][r]["latency_ms"]["p50"]
         cells = "  ".join(f"{name} p50 {slices[name][r]['latency_ms']['p50']:6.2f}" for name, _, _ in variants)
         added = "  ".join(f"{name} {slices[name][r]['latency_ms']['p50'] - base:+.2f}" for name, _, _ in variants if name != "direct")
-        print(f"  round {r + 1}: {cells} ms; added: {added} ms", flush=True)
+        machine = format_noise(slices["direct"][r].get("noise"))
+        print(f"  round {r + 1}: {cells} ms; added: {added} ms; machine (direct slice)[{machine}]", flush=True)
     out: dict[str, Any] = {"rounds": [{name: slices[name][r] for name in slices} for r in range(rounds)]}
     for name, _, _ in variants:
-        outs = [o for tag in tags[name] for o in _outs(fleet, tag, cfg)]
-        pooled = summarise(outs, piece, _merge_cpu(slices[name]))
-        pooled["duration_s"] = cfg.duration
-        pooled["throughput_per_s"] = pooled["throughput_per_s"] * piece.duration / cfg.duration
+        pooled = pool_slices(fleet.run_dir, tags[name], piece, slices[name], cfg.loadgens, cfg.duration)
         out[name] = pooled
         if name != "direct":
             diffs = [s["latency_ms"]["p50"] - d["latency_ms"]["p50"] for s, d in zip(slices[name], slices["direct"])]
