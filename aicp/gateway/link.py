@@ -185,6 +185,8 @@ class GatewayLink(PeerClient):
         task = self.store.running.get(body.task_id)
         if task is None or task.watchers or body.method != task.method:
             return False
+        if isinstance(task.unverified, tuple):
+            task.unverified = []
         task.unverified.append((len(task.events), time.time(), data))
         return True
 
@@ -193,7 +195,7 @@ class GatewayLink(PeerClient):
         kept = task.unverified
         if not kept:
             return
-        task.unverified = []
+        task.unverified = ()
         shift = 0
         for index, ts, data in kept:
             frame = decode_frame(data)  # decoded once already: it does not fail now

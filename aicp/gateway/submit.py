@@ -16,9 +16,12 @@ RFC 9457 problems, in the same order of checks (401, 429, 415, 413, 400, 422, 40
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import inspect
 import logging
-from typing import Annotated, Any, Final
+from collections.abc import Coroutine
+from typing import Annotated, Any, Final, cast
 
 import msgspec
 from fastapi import FastAPI
@@ -85,20 +88,96 @@ class TaskSubmission:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.decoder = msgspec.json.Decoder(TaskRequest)
+        self._coroutine_functions: dict[Any, bool] = {}  # send's function (uvicorn's one, in practice) → is it ``async def``
+
+    def _steppable(self, send: Send) -> bool:
+        """Whether ``send`` returns a coroutine ``_run_at_once`` can run; asked once per method (uvicorn's), not per request. O(1)."""
+        func = getattr(send, "__func__", None)
+        if func is None:  # a function made per request (a test client's): not kept
+            return inspect.iscoroutinefunction(send)
+        known = self._coroutine_functions.get(func)
+        if known is None:
+            known = self._coroutine_functions[func] = inspect.iscoroutinefunction(send)
+        return known
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answered = 0  # how many of the answer's two messages have been sent
         try:
-            status, ctype, body, extra = await self.reply(scope, receive)
+            got = await self.prepare(scope, receive)
+            if isinstance(got, GatewayTask):
+                answered = await self._answer_at_end(got, send)
+                if answered == 2:
+                    return
+                got = outcome_reply(got)
         except Exception:
             log.exception("POST /tasks failed")
-            status, ctype, body, extra = problem_reply(500, "internal", "the gateway failed on this request; see its log")
-        if status == 0:
+            if answered:
+                return  # the status line is out: nothing else can be said on this response
+            got = problem_reply(500, "internal", "the gateway failed on this request; see its log")
+        if got[0] == 0:
             return
-        headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *extra]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        start, body = _messages(got)
+        if answered == 0:
+            await send(start)
+        await send(body)
+
+    async def _answer_at_end(self, task: GatewayTask, send: Send) -> int:
+        """Wait for ``task`` to end; its answer is sent from ``TaskStore.finish``, at once, when it can be. Returns the messages sent.
+
+        Resuming this coroutine after the outcome arrives takes a trip through the loop's
+        ready queue, behind whatever that iteration has queued (other requests' first steps),
+        before the answer is built and written. Instead the answer is built and sent in the
+        callback that ends the task (the router's frame, or the local deadline): uvicorn's
+        ``send`` runs to its end without waiting unless the connection is under flow
+        control, and the ``CoalescingHttpToolsProtocol`` writes the whole answer as soon as
+        it is complete. Should ``send`` want to wait (flow control), it is closed before it
+        wrote anything and this coroutine sends the rest itself.
+        """
+        if task.ended:
+            return 0
+        if task.on_end is not None or not self._steppable(send):  # another request for the same Idempotency-Key
+            await task.done.wait()  # holds the hook, or a wrapper's send is not a coroutine: answer from here
+            return 0
+        ended: asyncio.Future[tuple[int, Exception | None]] = asyncio.get_running_loop().create_future()
+
+        def answer() -> None:
+            sent = 0
+            try:
+                for message in _messages(outcome_reply(task)):
+                    if not _run_at_once(cast("Coroutine[Any, Any, None]", send(message))):
+                        break
+                    sent += 1
+            except Exception as exc:  # reported by __call__, as before
+                if not ended.done():
+                    ended.set_result((sent, exc))
+                return
+            if not ended.done():
+                ended.set_result((sent, None))
+
+        task.on_end = answer
+        try:
+            sent, exc = await ended  # bounded: the link ends every task by its local deadline
+        finally:
+            if task.on_end is answer:  # cancelled before the end
+                task.on_end = None
+        if exc is not None:
+            if sent == 0:
+                raise exc
+            log.error("POST /tasks: the answer to %s broke off after its status line: %r", task.id, exc)
+            return 2  # nothing more can be said on this response; uvicorn closes it
+        return sent
 
     async def reply(self, scope: Scope, receive: Receive) -> Reply:
+        """The answer to one ``POST /tasks`` (waiting for the outcome unless asked not to)."""
+        got = await self.prepare(scope, receive)
+        if isinstance(got, GatewayTask):
+            if not got.ended:
+                await got.done.wait()  # bounded: the link ends every task by its local deadline
+            return outcome_reply(got)
+        return got
+
+    async def prepare(self, scope: Scope, receive: Receive) -> Reply | GatewayTask:
+        """Check and submit one ``POST /tasks``: its answer now, or the task whose outcome is the answer."""
         gw = self.gw
         headers: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:  # ASGI header names are lower case; the first of a repeated one counts
@@ -155,9 +234,28 @@ class TaskSubmission:
             if task.ended:
                 return outcome_reply(task)
             return task_reply(task, 202, [(b"location", f"/tasks/{task.id}".encode()), (b"preference-applied", b"respond-async")])
-        if not task.ended:
-            await task.done.wait()  # bounded: the link ends every task by its local deadline
-        return outcome_reply(task)
+        return task
+
+
+def _messages(reply: Reply) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two ASGI messages of an answer."""
+    status, ctype, body, extra = reply
+    headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *extra]
+    return {"type": "http.response.start", "status": status, "headers": headers}, {"type": "http.response.body", "body": body}
+
+
+def _run_at_once(step: Coroutine[Any, Any, None]) -> bool:
+    """Run a coroutine that need not wait to its end now; False (and closed, having done nothing) if it wanted to wait.
+
+    Only for uvicorn's ``send``: it waits only first thing, for a paused transport to
+    drain, and closing it there leaves the response untouched.
+    """
+    try:
+        step.send(None)
+    except StopIteration:
+        return True
+    step.close()
+    return False
 
 
 class GatewayApp(FastAPI):

@@ -44,7 +44,7 @@ def test_an_unwatched_notice_waits_unverified_then_joins_the_events_where_it_arr
     task.record("completed", agent_id="agent-8")
     link.settle(task)
     assert names(task) == ["accepted", "submitted", "dispatched", "retried", "completed"]
-    assert [e.agent_id for e in task.events[2:4]] == ["agent-7", "agent-8"] and task.unverified == []
+    assert [e.agent_id for e in task.events[2:4]] == ["agent-7", "agent-8"] and not task.unverified
     assert link.rejected_frames == 0
     link.settle(task)  # nothing left: no change
     assert len(task.events) == 5
@@ -62,7 +62,7 @@ def test_a_watched_task_gets_its_notice_verified_at_once() -> None:
     link, task = link_with_task()
     queue = task.watch()
     link._frame(notice())
-    assert names(task)[-1] == "dispatched" and queue.get_nowait().agent_id == "agent-7" and task.unverified == []
+    assert names(task)[-1] == "dispatched" and queue.get_nowait().agent_id == "agent-7" and not task.unverified
     link._frame(notice().replace(b'"agent":"agent-7"', b'"agent":"agent-6"'))
     assert link.rejected_frames == 1 and len(task.events) == 3
 
@@ -70,4 +70,4 @@ def test_a_watched_task_gets_its_notice_verified_at_once() -> None:
 def test_a_notice_signed_by_another_key_is_not_kept() -> None:
     link, task = link_with_task()
     link._frame(notice(signer=Identity.generate()))
-    assert task.unverified == [] and names(task) == ["accepted", "submitted"] and link.rejected_frames == 1
+    assert not task.unverified and names(task) == ["accepted", "submitted"] and link.rejected_frames == 1

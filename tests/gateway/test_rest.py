@@ -90,6 +90,21 @@ def test_idempotency_key_gives_one_outcome_and_refuses_a_different_body(stack: S
     assert bobs.status_code == 200 and bobs.json()["id"] != first.json()["id"]
 
 
+def test_requests_waiting_on_one_idempotent_task_all_get_its_one_outcome(stack: Stack) -> None:
+    """The first waiter is answered from the task's end (``on_end``), the others from ``done``: each gets the same answer."""
+    key = "wait-" + uuid.uuid4().hex
+    h = {"Content-Type": "application/json", **stack.headers(), "Idempotency-Key": key}
+    body = json.dumps({"method": "slow.work", "payload": {"n": 1}, "timeout_ms": 8000})
+
+    async def three() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as c:
+            return await asyncio.gather(*(c.post(stack.gateway + "/tasks", content=body, headers=h) for _ in range(3)))
+
+    answers = asyncio.run(three())
+    assert [r.status_code for r in answers] == [200, 200, 200], [r.text for r in answers]
+    assert len({r.json()["signature"] for r in answers}) == 1 and len({r.json()["id"] for r in answers}) == 1
+
+
 def test_idempotency_survives_a_gateway_restart(stack: Stack) -> None:
     key_file = stack.tmp / "restart.key"
     gw = start_gateway(stack.router, key_file, stack.api_keys)

@@ -78,3 +78,26 @@ def test_post_tasks_stays_in_the_openapi_document_with_its_example(app: FastAPI)
     op = app.openapi()["paths"]["/tasks"]["post"]
     assert op["requestBody"]["content"]["application/json"]["example"]["method"] == "text.classify"
     assert {"200", "202", "400", "413", "415", "422", "503", "504"} <= set(op["responses"])
+
+
+def test_an_answer_is_sent_at_once_unless_send_would_wait() -> None:
+    """``_run_at_once`` runs a ``send`` that need not wait to its end; one that would wait is closed having written nothing."""
+    from aicp.gateway.submit import _run_at_once
+
+    written: list[str] = []
+    closed: list[bool] = []
+
+    async def send(message: str, paused: asyncio.Event | None) -> None:
+        try:
+            if paused is not None:
+                await paused.wait()  # uvicorn's send under flow control: waits first thing
+            written.append(message)
+        finally:
+            closed.append(True)
+
+    async def run() -> None:
+        assert _run_at_once(send("now", None)) is True
+        assert _run_at_once(send("later", asyncio.Event())) is False
+
+    asyncio.run(run())
+    assert written == ["now"] and closed == [True, True]
