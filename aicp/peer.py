@@ -42,11 +42,17 @@ from aicp.signing import Identity, decode_public_key, decode_signature, verify
 
 
 class Received(msgspec.Struct, frozen=True, gc=False):
-    """A verified frame: its decoded body, the exact bytes, and the signer's key (text form)."""
+    """A verified frame: its decoded body, the exact bytes, the signer's key and signature (text form), and the signed body bytes.
+
+    ``sig`` and ``signed`` are the envelope's, as verified: whoever hands the signature on
+    (the gateway, ``TaskResult``) takes them from here instead of decoding the frame again.
+    """
 
     body: AnyBody
     frame: bytes
     key: str
+    sig: str = ""
+    signed: Raw = Raw(b"")
 
 
 #: Decoded public keys a session keeps (``PeerSession.receive``); O(1) per frame to look one up.
@@ -139,7 +145,7 @@ class PeerSession:
             raise errors.VerifyError(errors.KEY_MISMATCH, "only the router sends errors, goaways and progress notices")
         elif isinstance(body, Result) and body.requester != self.peer_id:
             raise errors.DecodeError(errors.INVALID_MESSAGE, "result for another requester")
-        return Received(body, data, frame.key)
+        return Received(body, data, frame.key, frame.sig, frame.body)
 
     # ------------------------------------------------------------------ sending
     def register_frame(self, now: float) -> bytes:

@@ -230,6 +230,9 @@ class LeaseKeeper:
 class PeerClient:
     """One peer identity with a self-healing connection to the router."""
 
+    #: ``FrameBatcher(eager=...)``: write the first frame of each loop iteration at once (the gateway's link sets it)
+    eager_writes: bool = False
+
     def __init__(
         self,
         server_url: str | Sequence[str],
@@ -374,7 +377,7 @@ class PeerClient:
             ws.ping_interval = interval
             ws.start_keepalive()
         self.ws = ws
-        self._batch = FrameBatcher(ws, self._dropped)
+        self._batch = FrameBatcher(ws, self._dropped, eager=self.eager_writes)
         # The registration renewed the lease. The first heartbeat is due after a random half to
         # all of the interval, as if registered that much earlier: agents started together
         # do not renew their leases in bursts at the router.

@@ -28,7 +28,7 @@ import msgspec
 from aicp import errors
 from aicp.live.client import DEFAULT_URL, OutcomeWaiter, PeerClient
 from aicp.live.keys import identity_for
-from aicp.messages import Result, decode_frame, payload
+from aicp.messages import Result, payload
 from aicp.peer import Received
 from aicp.signing import CONTEXT, Identity, decode_public_key, decode_signature, verify
 
@@ -163,7 +163,6 @@ class TaskResult(msgspec.Struct, frozen=True):
     @classmethod
     def from_received(cls, received: Received, body: Result) -> TaskResult:
         """Build from a frame ``PeerSession.receive`` has verified and its decoded ``Result`` body."""
-        frame = decode_frame(received.frame)
         return cls(
             task_id=body.task_id,
             method=body.method,
@@ -171,8 +170,8 @@ class TaskResult(msgspec.Struct, frozen=True):
             value=msgspec.json.decode(body.payload),
             public_key=decode_public_key(received.key),
             public_key_text=received.key,
-            signature=decode_signature(frame.sig),
-            body=bytes(frame.body),
+            signature=decode_signature(received.sig),
+            body=bytes(received.signed),
             frame=bytes(received.frame),
         )
 
