@@ -13,7 +13,7 @@ from websockets.frames import apply_mask
 from websockets.protocol import Protocol, Side, State
 
 from aicp.live.inbound import DirectServerConnection
-from aicp.live.links import frame_texts
+from aicp.live.links import FrameBatcher, frame_texts
 
 #: Every header length form (7-bit, 16-bit, 64-bit) at its edges, and an empty message.
 MESSAGES = [b"", b"a" * 125, b"b" * 126, b"c" * 65535, b"d" * 65536, '{"x":"é"}'.encode()]
@@ -101,3 +101,38 @@ def test_direct_delivery_sees_every_message_once_in_order_however_the_bytes_are_
         return got
 
     assert asyncio.run(main()) == expected
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_a_batcher_keeps_the_order_and_an_eager_one_writes_the_first_frame_of_an_iteration_at_once(eager: bool) -> None:
+    """``FrameBatcher(eager=True)`` (the gateway's link): the first frame of a loop iteration leaves at
+    once, the ones after it in the same iteration wait for the flush; every frame arrives once, in order."""
+
+    async def main() -> list[bytes]:
+        got: list[bytes] = []
+        done = asyncio.Event()
+
+        async def handler(ws: object) -> None:
+            async for message in ws:  # type: ignore[attr-defined]
+                got.append(message.encode() if isinstance(message, str) else message)
+                if len(got) == 5:
+                    done.set()
+
+        async with serve(handler, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
+                batch = FrameBatcher(ws, eager=eager)
+                batch.add(b"a")
+                assert batch.pending == ([] if eager else [b"a"])  # eager: written, not held
+                batch.add(b"b")
+                batch.add(b"c")
+                assert batch.pending == ([b"b", b"c"] if eager else [b"a", b"b", b"c"])  # the rest of the iteration is batched
+                await asyncio.sleep(0)  # the flush scheduled by the first add runs
+                assert batch.pending == [] and not batch.window
+                batch.add(b"d")  # a new iteration: eager writes its first frame at once again
+                assert batch.pending == ([] if eager else [b"d"])
+                batch.add(b"e")
+                await asyncio.wait_for(done.wait(), 5)
+        return got
+
+    assert asyncio.run(main()) == [b"a", b"b", b"c", b"d", b"e"]
