@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import time
 
 import pytest
 from websockets.asyncio.client import connect
@@ -131,6 +132,41 @@ def test_a_batcher_keeps_the_order_and_an_eager_one_writes_the_first_frame_of_an
                 assert batch.pending == [] and not batch.window
                 batch.add(b"d")  # a new iteration: eager writes its first frame at once again
                 assert batch.pending == ([] if eager else [b"d"])
+                batch.add(b"e")
+                await asyncio.wait_for(done.wait(), 5)
+        return got
+
+    assert asyncio.run(main()) == [b"a", b"b", b"c", b"d", b"e"]
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_a_batch_held_longer_than_max_hold_is_written_before_the_iteration_ends(eager: bool) -> None:
+    """A long loop iteration (a backlog read after a pause) does not hold its first frames to its end: the
+    frame added after ``max_hold_s`` writes the batch at once; the frames keep their order and arrive once."""
+    async def main() -> list[bytes]:
+        got: list[bytes] = []
+        done = asyncio.Event()
+
+        async def handler(ws: object) -> None:
+            async for message in ws:  # type: ignore[attr-defined]
+                got.append(message.encode() if isinstance(message, str) else message)
+                if len(got) == 5:
+                    done.set()
+
+        async with serve(handler, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
+                batch = FrameBatcher(ws, eager=eager, max_hold_s=0.0005)
+                batch.add(b"a")
+                batch.add(b"b")  # within the hold: batched
+                assert batch.pending == ([b"b"] if eager else [b"a", b"b"])
+                time.sleep(0.002)  # this iteration goes on handling other frames
+                batch.add(b"c")  # past the hold: the batch is written now, not at the end of the iteration
+                assert batch.pending == []
+                batch.add(b"d")  # a new batch, its hold starting now
+                assert batch.pending == [b"d"]
+                await asyncio.sleep(0)  # the flush scheduled at the start of the iteration ends it
+                assert batch.pending == [] and not batch.window
                 batch.add(b"e")
                 await asyncio.wait_for(done.wait(), 5)
         return got

@@ -38,6 +38,8 @@ def one_run(tree: str, bench_args: list[str]) -> dict[str, float]:
     row = {role: 1e6 * trial["cpu"][role]["cpu_s"] / done for role in ROLES if role in trial["cpu"]}
     row["total"] = sum(row.values())
     row["throughput"] = trial["throughput_per_s"]
+    row["p50_ms"] = trial["latency_ms"]["p50"]
+    row["p99_ms"] = trial["latency_ms"]["p99"]
     row["lost"] = float(summary.get("lost_all_trials", trial["lost"]))
     return row
 
@@ -53,7 +55,7 @@ def main(argv: list[str]) -> int:
         for name, path in trees:
             row = one_run(path, bench_args)
             rows[name].append(row)
-            print(f"round {i} {name:10} " + "  ".join(f"{k} {v:.0f}" for k, v in row.items()), flush=True)
+            print(f"round {i} {name:10} " + "  ".join(f"{k} {v:.2f}" if k.endswith("_ms") else f"{k} {v:.0f}" for k, v in row.items()), flush=True)
     first = trees[0][0]
     print("medians (µs of CPU per task; paired ratio to " + first + ")")
     for name, runs in rows.items():
@@ -62,7 +64,8 @@ def main(argv: list[str]) -> int:
             median = statistics.median(r[key] for r in runs)
             ratio = statistics.median(r[key] / b[key] for r, b in zip(runs, rows[first]))
             cells.append(f"{key} {median:.0f} ({ratio:.2f}x)")
-        print(f"{name:10} " + "  ".join(cells) + f"  throughput {statistics.median(r['throughput'] for r in runs):.0f}/s  lost {sum(r['lost'] for r in runs):.0f}")
+        print(f"{name:10} " + "  ".join(cells) + f"  throughput {statistics.median(r['throughput'] for r in runs):.0f}/s"
+              + f"  p50 {statistics.median(r['p50_ms'] for r in runs):.2f} ms  p99 {statistics.median(r['p99_ms'] for r in runs):.2f} ms  lost {sum(r['lost'] for r in runs):.0f}")
     return 0
 
 
