@@ -691,7 +691,7 @@ def run(args: argparse.Namespace) -> int:
     for line in bench_floor.annotate_summary(summary, bench_floor.merge_costs(*costs), args.verify, during) + bench_floor.compare_relays(summary):
         print(line)
     print(f"machine over the whole run: {bench_noise.format_noise(summary['noise'])}"
-          + ("" if summary["noise"].get("steal_share") is None else " (steal: the host ran other work on our vCPUs; stalls: a 1 ms sleep "
+          + ("" if summary["noise"].get("steal_share") is None else " (steal: the host ran other work on our vCPUs; stalls: a 5 ms sleep "
              "in the bench process overslept)"))
     if "router" in summary:
         main_r = summary["router"]

@@ -12,11 +12,13 @@ Two measurements, over any window of a run (``mark`` then ``since``):
 * **steal share**: steal ticks / all ticks of the ``cpu`` line of ``/proc/stat`` (every
   CPU together; guest time is already inside user time, so it is not added again);
 * **stall probe** (optional, ``start_probe``): a thread of the bench process that sleeps
-  1 ms in a loop and records each oversleep above 10 ms (count, total, max, and the
+  5 ms in a loop and records each oversleep above 10 ms (count, total, max, and the
   wall-clock time each one ended, so ``python -m aicp.lab.bench.tail`` can line the
   stalls up with the slow tasks). At normal priority it is woken ahead of niced work,
   so a long oversleep means the whole vCPU was away (steal) or every core was busy.
-  Cost: about 1,000 wake-ups a second of one thread, 1-2% of a core.
+  Cost: about 200 wake-ups a second of one thread. It slept 1 ms at first: 1,000 wake-ups
+  a second made it a fifth process competing for the two cores the roles share, so it
+  sleeps 5 ms, which still sees every stall over 10 ms.
 
 Off Linux (no ``/proc/stat``) the steal share is ``None`` and prints as "unknown".
 Memory: the probe keeps at most ``MAX_STALLS`` stalls (O(1) per wake-up).
@@ -35,7 +37,7 @@ from typing import Any, Final
 #: The columns of a ``/proc/stat`` cpu line, in order (proc(5)); older kernels give fewer.
 CPU_FIELDS: Final = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal", "guest", "guest_nice")
 #: The probe's sleep and the oversleep it counts as a stall.
-PROBE_SLEEP_S: Final = 0.001
+PROBE_SLEEP_S: Final = 0.005
 STALL_S: Final = 0.010
 MAX_STALLS: Final = 100_000
 PROC_STAT: Final = Path("/proc/stat")

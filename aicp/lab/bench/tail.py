@@ -24,7 +24,7 @@ or below the median, between the median and p99, and at or above p99; the tail's
 start times show whether slow tasks come alone or in bursts (a pause of a process).
 
 If the run folder's ``summary.json`` lists the stalls of the bench's sleep probe
-(``aicp.lab.bench.noise``: the bench process overslept a 1 ms sleep by more than 10 ms,
+(``aicp.lab.bench.noise``: the bench process overslept a 5 ms sleep by more than 10 ms,
 i.e. the machine took its vCPU away), each row also says what share of its tasks were
 in flight during such a stall: a tail made of stalls of the whole machine is not one a
 code change removes.
@@ -145,7 +145,7 @@ def report(s: Split, stalls: np.ndarray | None = None) -> list[str]:
     lines.append(f"the {int(tail.sum())} tasks >= p99 started in {bursts} burst(s) (gaps > 50 ms): " + ", ".join(f"{t:.2f}" for t in starts[:40]) + " s")
     if stalls is not None and s.start_wall is not None and s.done_wall is not None:
         window = (stalls[:, 0] >= s.start_wall.min()) & (stalls[:, 0] - stalls[:, 1] / 1e3 <= s.done_wall.max())
-        lines.append(f"the bench's 1 ms sleep probe stalled {int(window.sum())} time(s) > 10 ms while these tasks ran "
+        lines.append(f"the bench's 5 ms sleep probe stalled {int(window.sum())} time(s) > 10 ms while these tasks ran "
                      f"(total {stalls[window, 1].sum():.0f} ms, max {stalls[window, 1].max(initial=0.0):.0f} ms); "
                      "'in a stall': share of the row's tasks in flight during one")
     return lines
