@@ -144,21 +144,17 @@ class FrameBatcher:
     def flush_held(self) -> None:
         """Write the pending batch now, in the middle of a long iteration; the scheduled flush
         still ends the iteration, and the next frame added starts a new batch (its clock restarts)."""
-        pending = self.pending
-        self.pending = []
         self.first_at = time.perf_counter()
-        protocol = self.protocol
-        if protocol.state is not State.OPEN:
-            if self.on_dropped is not None:
-                self.on_dropped(pending)
-            return
-        write_texts(protocol, self.transport, pending)
+        self._write_pending()
 
     def flush(self) -> None:
         self.window = False
+        if self.pending:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        """Hand the pending batch to the transport in one write, or to ``on_dropped`` if the connection is no longer open."""
         pending = self.pending
-        if not pending:
-            return
         self.pending = []
         protocol = self.protocol
         if protocol.state is not State.OPEN:
