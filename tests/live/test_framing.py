@@ -6,9 +6,10 @@ import asyncio
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import serve
 from websockets.frames import apply_mask
 from websockets.protocol import Protocol, Side, State
@@ -104,10 +105,8 @@ def test_direct_delivery_sees_every_message_once_in_order_however_the_bytes_are_
     assert asyncio.run(main()) == expected
 
 
-@pytest.mark.parametrize("eager", [False, True])
-def test_a_batcher_keeps_the_order_and_an_eager_one_writes_the_first_frame_of_an_iteration_at_once(eager: bool) -> None:
-    """``FrameBatcher(eager=True)`` (the gateway's link): the first frame of a loop iteration leaves at
-    once, the ones after it in the same iteration wait for the flush; every frame arrives once, in order."""
+def _delivered(drive: Callable[[ClientConnection], Awaitable[None]], count: int = 5) -> list[bytes]:
+    """Run ``drive`` on a client connected to a server on 127.0.0.1; the first ``count`` messages that server got, in order."""
 
     async def main() -> list[bytes]:
         got: list[bytes] = []
@@ -116,59 +115,57 @@ def test_a_batcher_keeps_the_order_and_an_eager_one_writes_the_first_frame_of_an
         async def handler(ws: object) -> None:
             async for message in ws:  # type: ignore[attr-defined]
                 got.append(message.encode() if isinstance(message, str) else message)
-                if len(got) == 5:
+                if len(got) == count:
                     done.set()
 
         async with serve(handler, "127.0.0.1", 0) as server:
             port = server.sockets[0].getsockname()[1]
             async with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
-                batch = FrameBatcher(ws, eager=eager)
-                batch.add(b"a")
-                assert batch.pending == ([] if eager else [b"a"])  # eager: written, not held
-                batch.add(b"b")
-                batch.add(b"c")
-                assert batch.pending == ([b"b", b"c"] if eager else [b"a", b"b", b"c"])  # the rest of the iteration is batched
-                await asyncio.sleep(0)  # the flush scheduled by the first add runs
-                assert batch.pending == [] and not batch.window
-                batch.add(b"d")  # a new iteration: eager writes its first frame at once again
-                assert batch.pending == ([] if eager else [b"d"])
-                batch.add(b"e")
+                await drive(ws)
                 await asyncio.wait_for(done.wait(), 5)
         return got
 
-    assert asyncio.run(main()) == [b"a", b"b", b"c", b"d", b"e"]
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_a_batcher_keeps_the_order_and_an_eager_one_writes_the_first_frame_of_an_iteration_at_once(eager: bool) -> None:
+    """``FrameBatcher(eager=True)`` (the gateway's link): the first frame of a loop iteration leaves at
+    once, the ones after it in the same iteration wait for the flush; every frame arrives once, in order."""
+
+    async def drive(ws: ClientConnection) -> None:
+        batch = FrameBatcher(ws, eager=eager)
+        batch.add(b"a")
+        assert batch.pending == ([] if eager else [b"a"])  # eager: written, not held
+        batch.add(b"b")
+        batch.add(b"c")
+        assert batch.pending == ([b"b", b"c"] if eager else [b"a", b"b", b"c"])  # the rest of the iteration is batched
+        await asyncio.sleep(0)  # the flush scheduled by the first add runs
+        assert batch.pending == [] and not batch.window
+        batch.add(b"d")  # a new iteration: eager writes its first frame at once again
+        assert batch.pending == ([] if eager else [b"d"])
+        batch.add(b"e")
+
+    assert _delivered(drive) == [b"a", b"b", b"c", b"d", b"e"]
 
 
 @pytest.mark.parametrize("eager", [False, True])
 def test_a_batch_held_longer_than_max_hold_is_written_before_the_iteration_ends(eager: bool) -> None:
     """A long loop iteration (a backlog read after a pause) does not hold its first frames to its end: the
     frame added after ``max_hold_s`` writes the batch at once; the frames keep their order and arrive once."""
-    async def main() -> list[bytes]:
-        got: list[bytes] = []
-        done = asyncio.Event()
 
-        async def handler(ws: object) -> None:
-            async for message in ws:  # type: ignore[attr-defined]
-                got.append(message.encode() if isinstance(message, str) else message)
-                if len(got) == 5:
-                    done.set()
+    async def drive(ws: ClientConnection) -> None:
+        batch = FrameBatcher(ws, eager=eager, max_hold_s=0.0005)
+        batch.add(b"a")
+        batch.add(b"b")  # within the hold: batched
+        assert batch.pending == ([b"b"] if eager else [b"a", b"b"])
+        time.sleep(0.002)  # this iteration goes on handling other frames
+        batch.add(b"c")  # past the hold: the batch is written now, not at the end of the iteration
+        assert batch.pending == []
+        batch.add(b"d")  # a new batch, its hold starting now
+        assert batch.pending == [b"d"]
+        await asyncio.sleep(0)  # the flush scheduled at the start of the iteration ends it
+        assert batch.pending == [] and not batch.window
+        batch.add(b"e")
 
-        async with serve(handler, "127.0.0.1", 0) as server:
-            port = server.sockets[0].getsockname()[1]
-            async with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
-                batch = FrameBatcher(ws, eager=eager, max_hold_s=0.0005)
-                batch.add(b"a")
-                batch.add(b"b")  # within the hold: batched
-                assert batch.pending == ([b"b"] if eager else [b"a", b"b"])
-                time.sleep(0.002)  # this iteration goes on handling other frames
-                batch.add(b"c")  # past the hold: the batch is written now, not at the end of the iteration
-                assert batch.pending == []
-                batch.add(b"d")  # a new batch, its hold starting now
-                assert batch.pending == [b"d"]
-                await asyncio.sleep(0)  # the flush scheduled at the start of the iteration ends it
-                assert batch.pending == [] and not batch.window
-                batch.add(b"e")
-                await asyncio.wait_for(done.wait(), 5)
-        return got
-
-    assert asyncio.run(main()) == [b"a", b"b", b"c", b"d", b"e"]
+    assert _delivered(drive) == [b"a", b"b", b"c", b"d", b"e"]
