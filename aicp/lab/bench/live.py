@@ -409,8 +409,10 @@ def agent_groups(agents: int, agent_procs: int) -> list[tuple[str, int, int]]:
     return groups
 
 
-def run_trial(fleet: Fleet, url: str, trial: Trial, cfg: argparse.Namespace, tag: str) -> dict[str, Any]:
-    """Drive one load level with ``cfg.loadgens`` processes; merge and summarise their samples."""
+def run_trial(fleet: Fleet, url: str, trial: Trial, cfg: argparse.Namespace, tag: str, loadgen: str = "aicp.lab.bench.loadgen",
+              label: str = "load generator") -> dict[str, Any]:
+    """Drive one load level with ``cfg.loadgens`` processes of the ``loadgen`` module (the WebSocket one by default;
+    ``via_gateway`` passes the HTTP one, which takes the same arguments); merge and summarise their samples."""
     fleet.mark_cpu()
     noise0 = fleet.mark_noise()
     outs = []
@@ -418,7 +420,7 @@ def run_trial(fleet: Fleet, url: str, trial: Trial, cfg: argparse.Namespace, tag
     for i in range(cfg.loadgens):
         out = fleet.run_dir / f"{tag}-gen{i}.npz"
         outs.append(out)
-        args = ["-m", "aicp.lab.bench.loadgen", "--url", url, "--id", f"{tag}-gen{i}", "--duration", str(trial.duration), "--warmup", str(trial.warmup),
+        args = ["-m", loadgen, "--url", url, "--id", f"{tag}-gen{i}", "--duration", str(trial.duration), "--warmup", str(trial.warmup),
                 "--seed", str(cfg.seed + i), "--out", str(out), "--task-timeout", str(cfg.task_timeout)]
         if trial.mode == "open":
             args += ["--rate", str(trial.rate / cfg.loadgens)]
@@ -434,7 +436,7 @@ def run_trial(fleet: Fleet, url: str, trial: Trial, cfg: argparse.Namespace, tag
     machine = fleet.noise_since(noise0)
     for g in gens:
         if g.popen.returncode != 0:
-            raise RuntimeError(f"load generator failed (exit {g.popen.returncode}); see {fleet.run_dir}")
+            raise RuntimeError(f"{label} failed (exit {g.popen.returncode}); see {fleet.run_dir}")
     fleet.procs = [p for p in fleet.procs if p.role != "loadgen"]
     return {**summarise(outs, trial, cpu), "noise": machine}
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from aicp.lab.bench.floor import cpu_per_task
-from aicp.lab.bench.live import Fleet, Trial, _wait_port, format_result, free_port, pool_slices, run_trial, summarise
+from aicp.lab.bench.live import Fleet, Trial, _wait_port, format_result, free_port, pool_slices, run_trial
 from aicp.lab.bench.noise import format_noise
 
 GOAL_ADDED_P50_MS = 1.0
@@ -64,31 +64,7 @@ def start_gateway(fleet: Fleet, router_url: str, role: str = "gateway", tree: st
 
 def run_http_trial(fleet: Fleet, http_url: str, trial: Trial, cfg: argparse.Namespace, tag: str) -> dict[str, Any]:
     """``run_trial`` with the HTTP load generator instead of the WebSocket one."""
-    fleet.mark_cpu()
-    noise0 = fleet.mark_noise()
-    outs, gens = [], []
-    for i in range(cfg.loadgens):
-        out = fleet.run_dir / f"{tag}-gen{i}.npz"
-        outs.append(out)
-        args = ["-m", "aicp.lab.bench.http_loadgen", "--url", http_url, "--id", f"{tag}-gen{i}", "--duration", str(trial.duration),
-                "--warmup", str(trial.warmup), "--seed", str(cfg.seed + i), "--out", str(out), "--task-timeout", str(cfg.task_timeout)]
-        if trial.mode == "open":
-            args += ["--rate", str(trial.rate / cfg.loadgens)]
-        else:
-            args += ["--concurrency", str(max(1, trial.concurrency // cfg.loadgens))]
-        gens.append(fleet.spawn("loadgen", args))
-    t0 = time.monotonic()
-    limit = trial.warmup + trial.duration + cfg.task_timeout + 30.0
-    for g in gens:
-        g.popen.wait(timeout=max(1.0, limit - (time.monotonic() - t0)))
-    wall = time.monotonic() - t0
-    cpu = fleet.cpu_by_role(wall)
-    machine = fleet.noise_since(noise0)
-    for g in gens:
-        if g.popen.returncode != 0:
-            raise RuntimeError(f"HTTP load generator failed (exit {g.popen.returncode}); see {fleet.run_dir}")
-    fleet.procs = [p for p in fleet.procs if p.role != "loadgen"]
-    return {**summarise(outs, trial, cpu), "noise": machine}
+    return run_trial(fleet, http_url, trial, cfg, tag, loadgen="aicp.lab.bench.http_loadgen", label="HTTP load generator")
 
 
 Runner = Callable[[Fleet, str, Trial, argparse.Namespace, str], dict[str, Any]]
