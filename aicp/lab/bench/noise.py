@@ -193,10 +193,16 @@ def runq_wait_s(pid: int) -> float | None:
     Contention among our own processes (and other work) shows here; the host's steal does not (it shows in ``steal_share``).
     """
     try:
-        total = 0
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
-                total += int(f.read().split()[1])
-        return total / 1e9
+        return schedstat_s(pid, 1)
     except (OSError, ValueError, IndexError):
         return None
+
+
+def schedstat_s(pid: int, column: int) -> float:
+    """One column of ``/proc/PID/task/*/schedstat`` summed over the threads of ``pid``, in seconds: 0 the CPU time
+    they used, 1 the time they waited for a CPU (ns in the file). Raises ``OSError`` where there is no such file."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+            total += int(f.read().split()[column])
+    return total / 1e9

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+from aicp.lab.bench.noise import schedstat_s
 from aicp.live.loop import run_async
 
 MESSAGE = b"x" * 400  # about a task frame's size
@@ -31,11 +32,7 @@ MESSAGE = b"x" * 400  # about a task frame's size
 
 def thread_cpu_s(pid: int) -> float:
     """CPU seconds of every thread of ``pid`` so far, to the nanosecond (``/proc/PID/task/*/schedstat``)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
-            total += int(f.read().split(maxsplit=1)[0])
-    return total / 1e9
+    return schedstat_s(pid, 0)
 
 
 class _Echo(asyncio.Protocol):
