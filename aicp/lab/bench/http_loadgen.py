@@ -16,7 +16,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import random
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any, cast
 import msgspec
 import numpy as np
 
-from aicp.lab.bench.loadgen import EARLY_S, PENDING, Recorder
+from aicp.lab.bench.loadgen import EARLY_S, PENDING, Recorder, poisson_gaps
 from aicp.live.loop import run_async
 from aicp.signing import CONTEXT, decode_public_key, verify
 
@@ -138,13 +137,11 @@ def check(status: int, data: bytes) -> tuple[str, str | None]:
 
 async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
     clock = time.perf_counter
-    rng = random.Random(args.seed)
     host, _, port_text = args.url.removeprefix("http://").rstrip("/").partition(":")
     port = int(port_text or 80)
     head = (f"POST /tasks HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n" + (f"Authorization: Bearer {args.token}\r\n" if args.token else "") + "Content-Length: ").encode()
     body = json.dumps({"method": args.method, "payload": {"text": "x" * max(0, args.payload_bytes)}, "timeout_ms": args.task_timeout * 1000.0}).encode()
-    expected = int((args.rate or 2000.0) * (args.duration + args.warmup) * 1.3) + 1024
-    rec = Recorder(expected)
+    rec = Recorder()
     verify_failures = 0
     idle: list[HttpConn] = []
     seq = 0
@@ -206,8 +203,9 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
                 idle.append(conn)
 
         t = start
+        gaps = poisson_gaps(args.seed, args.rate)
         while True:
-            t += rng.expovariate(args.rate)
+            t += next(gaps)
             if t >= end:
                 break
             delay = t - clock() - EARLY_S
@@ -245,12 +243,13 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         with contextlib.suppress(Exception):
             conn.close()
     n = rec.n
-    np.savez_compressed(args.out, intended=rec.intended[:n] - start, sent=rec.sent[:n] - start, done=rec.done[:n] - start, outcome=rec.outcome[:n])
+    outcome = rec.outcome  # built from the recorder's lists on each read
+    np.savez_compressed(args.out, intended=rec.intended - start, sent=rec.sent - start, done=rec.done - start, outcome=outcome)
     meta = {
         "id": args.id,
         "codes": rec.codes,
         "submitted": n,
-        "lost": int(np.sum(rec.outcome[:n] == PENDING)),
+        "lost": int(np.sum(outcome == PENDING)),
         "duplicate_outcomes": rec.duplicates,
         "verify_failures": verify_failures,
         "warmup_s": args.warmup,

@@ -56,11 +56,11 @@ class Recorder:
 
     ``new`` and ``finish`` are O(1) and cost a list append or store each: a NumPy
     scalar store costs several times a list's, and they ran for every task. The
-    NumPy arrays (``intended``, ``sent``, ``done``, ``outcome``) are built when read,
-    after the run. ``capacity`` is kept for the callers' sake; the lists grow as needed.
+    NumPy arrays (``intended``, ``sent``, ``done``, ``outcome``) are built on each read,
+    after the run.
     """
 
-    def __init__(self, capacity: int = 0) -> None:
+    def __init__(self) -> None:
         self._intended: list[float] = []
         self._sent: list[float] = []
         self._done: list[float] = []
