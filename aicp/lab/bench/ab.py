@@ -1,6 +1,12 @@
 """Before/after CPU per task by role: ``aicp bench`` on two or more source trees, interleaved.
 
     python -m aicp.lab.bench.ab 5 before=/tmp/aicp-before after=. -- --duration 5 --warmup 1
+    python -m aicp.lab.bench.ab 3 two=. "one=.::--agent-procs 1" -- --duration 6 --warmup 1 --rate 1000
+
+A tree may carry bench arguments of its own after ``::`` (split like a shell line), put
+after the common ones: two settings of one tree are compared the same way as two trees.
+Each run also prints the machine's noise during it (steal share, the bench's sleep-probe
+stalls) and each role's wait for a CPU (ms per second), so a tail can be told apart from noise.
 
 Each round runs the same bench command once per tree (``PYTHONPATH`` set to the tree, so
 its router, agents and load generator run), in turn, so slow drifts of the machine's load
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -22,6 +29,13 @@ from pathlib import Path
 from typing import Any
 
 ROLES = ("router", "agents", "loadgen")
+
+
+def parse_tree(spec: str) -> tuple[str, str, list[str]]:
+    """``name=PATH`` or ``name=PATH::ARGS``: the name, the tree, and its own bench arguments."""
+    name, _, rest = spec.partition("=")
+    path, _, extra = rest.partition("::")
+    return name, path, shlex.split(extra)
 
 
 def one_run(tree: str, bench_args: list[str]) -> dict[str, float]:
@@ -41,6 +55,16 @@ def one_run(tree: str, bench_args: list[str]) -> dict[str, float]:
     row["p50_ms"] = trial["latency_ms"]["p50"]
     row["p99_ms"] = trial["latency_ms"]["p99"]
     row["lost"] = float(summary.get("lost_all_trials", trial["lost"]))
+    noise = trial.get("noise") or {}
+    if noise.get("steal_share") is not None:
+        row["steal_pct"] = 100.0 * noise["steal_share"]
+    if "stalls" in noise:
+        row["stalls"] = float(noise["stalls"])
+        row["stall_max_ms"] = float(noise["stall_max_ms"])
+    for role in ROLES:
+        v = trial["cpu"].get(role, {})
+        if v.get("runq_wait_s") is not None and v.get("wall_s"):
+            row[f"wait_{role}_ms_per_s"] = 1e3 * v["runq_wait_s"] / v["wall_s"]
     return row
 
 
@@ -49,11 +73,11 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     sep = argv.index("--")
-    rounds, trees, bench_args = int(argv[0]), [a.split("=", 1) for a in argv[1:sep]], argv[sep + 1 :]
-    rows: dict[str, list[dict[str, float]]] = {name: [] for name, _ in trees}
+    rounds, trees, bench_args = int(argv[0]), [parse_tree(a) for a in argv[1:sep]], argv[sep + 1 :]
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in trees}
     for i in range(rounds):
-        for name, path in trees:
-            row = one_run(path, bench_args)
+        for name, path, extra in trees:
+            row = one_run(path, [*bench_args, *extra])
             rows[name].append(row)
             print(f"round {i} {name:10} " + "  ".join(f"{k} {v:.2f}" if k.endswith("_ms") else f"{k} {v:.0f}" for k, v in row.items()), flush=True)
     first = trees[0][0]
