@@ -12,6 +12,7 @@ import logging
 import os
 import struct
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 
@@ -72,6 +73,41 @@ def write_texts(protocol: Protocol, transport: asyncio.Transport, messages: list
     transport.write(b"".join([*queued, framed]) if queued else framed)
 
 
+class _Holds:
+    """The batchers of one event loop that hold a batch now, in the order their batches began.
+
+    ``FrameBatcher.max_hold_s`` bounds a frame's wait on every link of the loop, not only
+    on the link a frame is next added to: in a long iteration (a backlog read after a wait
+    for a CPU) the router hands out tasks round robin, so a link to one of 8 agents got its
+    next frame only every 8th task, 3-4 ms later, and its first task waited that long, not
+    ``max_hold_s``; an agent process's results on one of its connections waited for the
+    tasks of its other connections. O(1) amortised per frame: a batch joins once, leaves once,
+    and each add looks at the oldest batch only.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: dict[FrameBatcher, float] = {}  # batcher -> perf_counter() when its batch began; insertion order is age order
+
+    def flush_stale(self, now: float, max_hold_s: float) -> None:
+        """Write every batch that began more than ``max_hold_s`` before ``now``, oldest first."""
+        waiting = self.waiting
+        while waiting:
+            batcher, began = next(iter(waiting.items()))
+            if now - began <= max_hold_s:
+                return
+            batcher.flush_held()  # leaves ``waiting``
+
+
+_HOLDS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Holds] = weakref.WeakKeyDictionary()
+
+
+def _holds_of(loop: asyncio.AbstractEventLoop) -> _Holds:
+    holds = _HOLDS.get(loop)
+    if holds is None:
+        holds = _HOLDS[loop] = _Holds()
+    return holds
+
+
 class FrameBatcher:
     """Coalesces the text frames sent to one WebSocket in one loop iteration into one transport write.
 
@@ -90,14 +126,15 @@ class FrameBatcher:
     of the iteration and a poll; under load it costs at most one more write per
     iteration. Frames keep their order either way.
 
-    ``max_hold_s``: a batch is written as soon as a frame is added to it more than this
-    long after its first frame, without waiting for the end of the iteration. After a
-    pause of the process (a wait for a CPU), one iteration reads a backlog of frames and
-    verifies and handles each (about 0.3-0.5 ms of CPU a task); without the bound, the
-    first answer waited for the whole backlog, 10-20 ms, before its write: the tail of
-    ``aicp bench`` at 1000 tasks/s. With it a frame waits at most about ``max_hold_s``
-    plus one frame's handling, at the cost of a write per ``max_hold_s`` of a long
-    iteration. ``0`` would write every frame at once. Costs one ``perf_counter`` per frame.
+    ``max_hold_s``: a batch is written as soon as a frame is added to any batcher of the
+    same loop more than this long after the batch began, without waiting for the end of
+    the iteration (``_Holds``). After a pause of the process (a wait for a CPU), one
+    iteration reads a backlog of frames and verifies and handles each (about 0.3-0.5 ms
+    of CPU a task); without the bound, the first answer waited for the whole backlog,
+    10-20 ms, before its write: the tail of ``aicp bench`` at 1000 tasks/s. With it a
+    frame waits at most about ``max_hold_s`` plus one frame's handling, whichever link it
+    is on, at the cost of a write per link and ``max_hold_s`` of a long iteration. ``0``
+    would write every frame at once. Costs one ``perf_counter`` per frame.
     """
 
     def __init__(self, ws: Connection, on_dropped: Callable[[list[bytes]], None] | None = None, eager: bool = False,
@@ -109,10 +146,11 @@ class FrameBatcher:
         self.on_dropped = on_dropped
         self.pending: list[bytes] = []
         self.loop = asyncio.get_running_loop()
+        self.holds = _holds_of(self.loop)
         self.eager = eager
         self.window = False  # eager: a frame was written at once and the flush that ends this iteration's window is scheduled
         self.max_hold_s = max_hold_s
-        self.first_at = 0.0  # perf_counter() when the pending batch got its first frame
+        self.first_at = 0.0  # perf_counter() when the pending batch (eager: the window) began
 
     def writable(self) -> bool:
         """True if the fast path may take a frame now. A batch already pending was checked when it began:
@@ -120,26 +158,29 @@ class FrameBatcher:
         return bool(self.pending) or (self.protocol.state is State.OPEN and self.transport.get_write_buffer_size() < self.high_water)
 
     def add(self, data: bytes) -> None:
+        now = time.perf_counter()
+        holds = self.holds
         if self.eager:
             if self.window:
+                if not self.pending:
+                    holds.waiting[self] = now
                 self.pending.append(data)  # the flush ending the window is already scheduled
-                if time.perf_counter() - self.first_at > self.max_hold_s:
+                if now - self.first_at > self.max_hold_s:
                     self.flush_held()
-                return
-            self.window = True
-            self.first_at = time.perf_counter()
-            self.loop.call_soon(self.flush)
-            write_texts(self.protocol, self.transport, [data])  # writable() was checked by the caller
-            return
-        pending = self.pending
-        if not pending:
-            self.first_at = time.perf_counter()
-            self.loop.call_soon(self.flush)
+            else:
+                self.window = True
+                self.first_at = now
+                self.loop.call_soon(self.flush)
+                write_texts(self.protocol, self.transport, [data])  # writable() was checked by the caller
+        else:
+            pending = self.pending
+            if not pending:
+                self.first_at = now
+                self.loop.call_soon(self.flush)
+                holds.waiting[self] = now
             pending.append(data)
-            return
-        pending.append(data)
-        if time.perf_counter() - self.first_at > self.max_hold_s:
-            self.flush_held()
+        if holds.waiting:
+            holds.flush_stale(now, self.max_hold_s)
 
     def flush_held(self) -> None:
         """Write the pending batch now, in the middle of a long iteration; the scheduled flush
@@ -156,6 +197,7 @@ class FrameBatcher:
         """Hand the pending batch to the transport in one write, or to ``on_dropped`` if the connection is no longer open."""
         pending = self.pending
         self.pending = []
+        self.holds.waiting.pop(self, None)
         protocol = self.protocol
         if protocol.state is not State.OPEN:
             if self.on_dropped is not None:

@@ -169,3 +169,29 @@ def test_a_batch_held_longer_than_max_hold_is_written_before_the_iteration_ends(
         batch.add(b"e")
 
     assert _delivered(drive) == [b"a", b"b", b"c", b"d", b"e"]
+
+
+def test_a_held_batch_is_written_when_another_link_of_the_loop_adds_a_frame_past_the_hold() -> None:
+    """``max_hold_s`` holds across the links of one loop: in a long iteration the router's link to one of
+    several agents gets its next frame only every few tasks, so the frame added to *another* batcher
+    past the hold writes the stale batch; a batch younger than the hold is left to the end of the iteration."""
+
+    async def drive(ws: ClientConnection) -> None:
+        stale = FrameBatcher(ws, max_hold_s=0.0005)
+        other = FrameBatcher(ws, max_hold_s=0.0005)  # another link (the same connection here: what arrives shows the writes' order)
+        stale.add(b"a")
+        began = time.perf_counter()
+        while time.perf_counter() - began <= 0.001:  # this iteration goes on handling other frames
+            pass
+        other.add(b"b")  # past the hold of "a": "a" is written now; "b" begins a batch of its own
+        assert stale.pending == [] and other.pending == [b"b"]
+        stale.add(b"c")  # within the hold of "b": both held
+        assert stale.pending == [b"c"] and other.pending == [b"b"]
+        await asyncio.sleep(0)  # the flushes scheduled in the iteration end it
+        assert stale.pending == [] and other.pending == [] and not stale.holds.waiting
+        stale.add(b"d")
+        other.add(b"e")
+
+    # "a" left alone, at once; then the iteration's flushes in the order they were scheduled ("c" after
+    # "a", "b"): each batcher keeps its own frames' order, which is all a link needs (one batcher a link).
+    assert _delivered(drive) == [b"a", b"c", b"b", b"d", b"e"]
