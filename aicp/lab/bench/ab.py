@@ -63,6 +63,8 @@ def one_run(tree: str, bench_args: list[str]) -> dict[str, float]:
         row["stall_max_ms"] = float(noise["stall_max_ms"])
     for role in ROLES:
         v = trial["cpu"].get(role, {})
+        if v.get("write_calls") and done:
+            row[f"writes_{role}_per_task"] = v["write_calls"] / done
         if v.get("runq_wait_s") is not None and v.get("wall_s"):
             row[f"wait_{role}_ms_per_s"] = 1e3 * v["runq_wait_s"] / v["wall_s"]
     return row
@@ -79,7 +81,7 @@ def main(argv: list[str]) -> int:
         for name, path, extra in trees:
             row = one_run(path, [*bench_args, *extra])
             rows[name].append(row)
-            print(f"round {i} {name:10} " + "  ".join(f"{k} {v:.2f}" if k.endswith("_ms") else f"{k} {v:.0f}" for k, v in row.items()), flush=True)
+            print(f"round {i} {name:10} " + "  ".join(f"{k} {v:.2f}" if k.endswith(("_ms", "_per_task")) else f"{k} {v:.0f}" for k, v in row.items()), flush=True)
     first = trees[0][0]
     print("medians (µs of CPU per task; paired ratio to " + first + ")")
     for name, runs in rows.items():
