@@ -19,7 +19,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from aicp.gateway.submit import GatewayApp, TaskSubmission
 
 
 class CoalescingTransport:
@@ -67,10 +70,64 @@ class CoalescingTransport:
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """``HttpToolsProtocol`` writing through a ``CoalescingTransport``."""
+    """``HttpToolsProtocol`` writing through a ``CoalescingTransport``, answering a plain ``POST /tasks`` itself.
+
+    uvicorn starts an asyncio task per request (``RequestResponseCycle.run_asgi``) when its
+    headers are parsed; the request then waits a trip through the loop's ready queue, and
+    the task, its coroutines and the ASGI calls around them, before the gateway sees it.
+    For the gateway's hot path, a synchronous ``POST /tasks`` (on an app whose
+    ``submission`` is a ``TaskSubmission``: ``GatewayApp``) with a declared body length of at
+    most ``HIGH_WATER_LIMIT`` bytes, the task is not started: the request is held (uvicorn's
+    cycle, without its task) until its body is in, then ``TaskSubmission.take`` answers it
+    from ``on_message_complete``, with uvicorn's own ``send``, and no task. Anything else
+    (``Prefer: respond-async``, a chunked or larger body, ``Expect: 100-continue``, a
+    pipelined request, other paths and methods, an app wrapped in middleware) gets its task
+    as before. O(headers) per request.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        submission = getattr(self.app, "submission", None)
+        self.submission: TaskSubmission | None = submission if isinstance(submission, TaskSubmission) and isinstance(self.app, GatewayApp) else None
+        self._parsing_headers = False
+        self._held: tuple[RequestResponseCycle, dict[bytes, bytes]] | None = None  # the POST /tasks waiting for its body
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._held = None  # its ASGI task would have read a disconnect and answered nothing
+        super().connection_lost(exc)
+
+    def on_headers_complete(self) -> None:
+        self._parsing_headers = self.submission is not None
+        try:
+            super().on_headers_complete()
+        finally:
+            self._parsing_headers = False
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        """Called from ``on_headers_complete`` for a request not queued behind another (and for queued ones later)."""
+        if self._parsing_headers and app is self.app and self.submission is not None:
+            scope = cycle.scope
+            if scope["method"] == "POST" and scope["path"] == "/tasks" and not cycle.waiting_for_100_continue:
+                headers = self.submission.hold(scope["headers"], HIGH_WATER_LIMIT)
+                if headers is not None:
+                    self._held = (cycle, headers)
+                    return
+        super()._start_asgi_task(cycle, app)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        held = self._held
+        if held is None or held[0] is not self.cycle:
+            return
+        self._held = None
+        cycle, headers = held
+        body = bytes(cycle.body)
+        cycle.body = bytearray()
+        assert self.submission is not None
+        self.submission.take(headers, body, cycle.send, self.transport.close)  # type: ignore[arg-type]
 
     def on_response_complete(self) -> None:
         """The whole response is written: send it now, in one write (the ``call_soon`` flush then finds nothing)."""

@@ -79,6 +79,7 @@ class GatewayLink(PeerClient):
         self.grace_s = grace_s
         self.on_registered: Callable[[], None] | None = None  # called on each (re)registration, before resubmitting
         self._runner: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[bool]] = set()  # send_soon's frames waiting for room on the connection
 
     async def start(self) -> None:
         """Connect in the background (retrying until the router answers) and keep reading outcomes."""
@@ -106,20 +107,41 @@ class GatewayLink(PeerClient):
         """Send a tracked task now if connected (else it goes after the next registration)."""
         await self._send_task(task, SUBMITTED)
 
+    def send_soon(self, task: GatewayTask) -> None:
+        """``send`` for a caller that does not wait: the frame joins this iteration's writes at once, as ``send``'s
+        does, unless the connection is under flow control; then a task of its own awaits room for it."""
+        frame = self._task_frame(task)
+        sent = self._send_at_once(frame)
+        if sent is None:
+            waiting = asyncio.get_running_loop().create_task(self._send_frame(task, frame, SUBMITTED))
+            self._sending.add(waiting)
+            waiting.add_done_callback(self._sending.discard)
+        elif sent:
+            self._submitted(task, SUBMITTED)
+
     def cancel(self, task: GatewayTask) -> bool:
         """End a running task as canceled here; the router's outcome, when it comes, is dropped."""
         return self.store.finish(task, Outcome(False, "canceled", "canceled by the caller"), "canceled")
 
-    async def _send_task(self, task: GatewayTask, event: str) -> bool:
+    def _task_frame(self, task: GatewayTask) -> bytes:
         ask = True if self.progress_mode == ASYNC_PROGRESS and task.progress else None  # None: as registered (the field is left out)
-        _, frame = self.session.task_frame(task.method, task.payload, time.time(), task.id, task.timeout_ms, ask)
+        return self.session.task_frame(task.method, task.payload, time.time(), task.id, task.timeout_ms, ask)[1]
+
+    async def _send_task(self, task: GatewayTask, event: str) -> bool:
+        return await self._send_frame(task, self._task_frame(task), event)
+
+    async def _send_frame(self, task: GatewayTask, frame: bytes, event: str) -> bool:
         if not await self._send(frame):
             return False
+        self._submitted(task, event)
+        return True
+
+    @staticmethod
+    def _submitted(task: GatewayTask, event: str) -> None:
         if not task.ended:
             if task.state == "accepted":
                 task.state = "submitted"
             task.record(event)
-        return True
 
     def _expire(self, task: GatewayTask) -> None:
         task.deadline = None

@@ -536,16 +536,26 @@ class PeerClient:
             self.waiter.forget(task_id)
 
     # ------------------------------------------------------------------ internals
-    async def _send(self, frame: bytes) -> bool:
+    def _send_at_once(self, frame: bytes) -> bool | None:
+        """``_send`` where it need not wait: True (batched), False (not connected); None: it must wait, ``await _send``."""
         ws = self.ws
         if ws is None or not self.ready.is_set():
             return False
         batch = self._batch
+        if batch is not None and batch.ws is ws and batch.writable():
+            batch.add(frame)  # written at the end of this loop iteration, with the others
+            self._sent_at = batch.loop.time()
+            return True
+        return None
+
+    async def _send(self, frame: bytes) -> bool:
+        at_once = self._send_at_once(frame)
+        if at_once is not None:
+            return at_once
+        ws = self.ws
+        assert ws is not None
+        batch = self._batch
         if batch is not None and batch.ws is ws:
-            if batch.writable():
-                batch.add(frame)  # written at the end of this loop iteration, with the others
-                self._sent_at = batch.loop.time()
-                return True
             batch.flush()  # the transport is backed up: what the batch holds goes first, then flow control
         try:
             await ws.send(frame, text=True)
