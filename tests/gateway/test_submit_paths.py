@@ -101,3 +101,55 @@ def test_an_answer_is_sent_at_once_unless_send_would_wait() -> None:
 
     asyncio.run(run())
     assert written == ["now"] and closed == [True, True]
+
+
+def test_uvicorns_protocol_answers_a_plain_post_itself_and_the_same_as_the_asgi_path(app: FastAPI) -> None:
+    """A real uvicorn with ``CoalescingHttpToolsProtocol``: every case, sent plain (a declared length: the protocol
+    answers it without an ASGI task, counted in ``submission.taken``) and with a chunked body (the ASGI path, not
+    counted; so is a body over the limit), gets the same answer both ways, and the same as ``GatewayApp`` called directly. ``Prefer: respond-async``
+    and another path are not taken either."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from aicp.gateway.http import CoalescingHttpToolsProtocol
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, http=CoalescingHttpToolsProtocol, lifespan="off", log_level="warning", proxy_headers=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for _ in range(200):
+                if server.started:
+                    break
+                threading.Event().wait(0.05)
+            assert server.started
+            submission = app.submission  # type: ignore[attr-defined]
+            for name, headers, body, status, code in CASES:
+                before = submission.taken
+                held = len(body) <= 1024  # over the gateway's limit: the ASGI path answers 413 before the body
+                plain = client.post("/tasks", content=body, headers=headers)
+                assert submission.taken == before + held, name
+                chunked = client.post("/tasks", content=iter([body[:5], body[5:]]), headers=headers)
+                assert submission.taken == before + held, name
+                assert chunked.request.headers.get("transfer-encoding") == "chunked"
+                direct, _ = asyncio.run(both(app, headers, body))
+                assert plain.status_code == chunked.status_code == direct.status_code == status, (name, plain.text)
+                assert plain.json() == chunked.json() == direct.json() and plain.json()["code"] == code, name
+                served = {k: v for k, v in plain.headers.items() if k != "date"}
+                assert served == {k: v for k, v in chunked.headers.items() if k != "date"}, name
+                assert {k: v for k, v in served.items() if k not in ("server", "content-length")} == comparable(direct)["headers"], name
+            before = submission.taken
+            later = client.post("/tasks", content=b'{"method": "echo"}', headers={**AUTH, **JSON_CT, "Prefer": "respond-async"})
+            assert later.status_code == 503 and later.json()["code"] == "not-connected"
+            assert client.get("/tasks/nothing-here", headers=AUTH).status_code == 404
+            assert submission.taken == before
+            assert client.get("/healthz").json()["posts_in_protocol"] == before
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
