@@ -17,12 +17,15 @@ control and closing are the real transport's (``close`` sends what is held first
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from aicp.gateway.submit import GatewayApp, TaskSubmission
+from aicp.gateway.submit import GatewayApp, Reply, TaskSubmission, asgi_messages
+
+log = logging.getLogger("aicp.gateway")
 
 
 class CoalescingTransport:
@@ -127,7 +130,49 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         body = bytes(cycle.body)
         cycle.body = bytearray()
         assert self.submission is not None
-        self.submission.take(headers, body, cycle.send, self.transport.close)  # type: ignore[arg-type]
+        self.submission.take(headers, body, lambda reply: self._answer(cycle, reply))
+
+    def _answer(self, cycle: RequestResponseCycle, reply: Reply) -> None:
+        """Write ``reply`` as uvicorn's ``send`` writes a response with a ``content-length`` (the same bytes, its default
+        headers first), in one ``write``, and complete the cycle as it does. Under flow control, with an access log, or
+        with a header value uvicorn would refuse, uvicorn's ``send`` does it instead, from a task. Never raises."""
+        try:
+            if cycle.disconnected or cycle.response_started:
+                return  # uvicorn's send drops an answer to a client that left
+            status, ctype, body, extra = reply
+            if cycle.flow.write_paused or cycle.access_log or any(HEADER_VALUE_RE.search(value) for _, value in extra):
+                waiting = self.loop.create_task(self._send_later(cycle, reply))
+                self.tasks.add(waiting)
+                waiting.add_done_callback(self.tasks.discard)
+                return
+            out = [STATUS_LINE[status]]
+            for name, value in cycle.default_headers:
+                out += (name, b": ", value, b"\r\n")
+            out += (b"content-type: ", ctype, b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n")
+            for name, value in extra:
+                out += (name, b": ", value, b"\r\n")
+            if not cycle.keep_alive:
+                out.append(b"connection: close\r\n")
+            out += (b"\r\n", body)
+            cycle.response_started = True
+            cycle.waiting_for_100_continue = False
+            self.transport.write(b"".join(out))
+            cycle.response_complete = True
+            cycle.message_event.set()
+            if not cycle.keep_alive:
+                self.transport.close()
+            cycle.on_response()
+        except Exception:
+            log.exception("POST /tasks: the answer broke off")
+            self.transport.close()
+
+    async def _send_later(self, cycle: RequestResponseCycle, reply: Reply) -> None:
+        try:
+            for message in asgi_messages(reply):
+                await cycle.send(message)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("POST /tasks: the answer broke off")
+            self.transport.close()
 
     def on_response_complete(self) -> None:
         """The whole response is written: send it now, in one write (the ``call_soon`` flush then finds nothing)."""

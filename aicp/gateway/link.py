@@ -98,9 +98,14 @@ class GatewayLink(PeerClient):
         return True
 
     # ------------------------------------------------------------------ tasks
-    def track(self, task: GatewayTask) -> None:
-        """Start tracking ``task`` and its local deadline (synchronous: no other request can slip in between)."""
+    def track(self, task: GatewayTask, deadline: bool = True) -> None:
+        """Start tracking ``task`` (synchronous: no other request can slip in between) and its local deadline; ``deadline``
+        False: ``send_soon`` arms it once the task's frame is written (a timer less before the frame leaves)."""
         self.store.add(task)
+        if deadline:
+            self._arm(task)
+
+    def _arm(self, task: GatewayTask) -> None:
         task.deadline = asyncio.get_running_loop().call_later(task.timeout_ms / 1000.0 + self.grace_s, self._expire, task)
 
     async def send(self, task: GatewayTask) -> None:
@@ -109,15 +114,20 @@ class GatewayLink(PeerClient):
 
     def send_soon(self, task: GatewayTask) -> None:
         """``send`` for a caller that does not wait: the frame joins this iteration's writes at once, as ``send``'s
-        does, unless the connection is under flow control; then a task of its own awaits room for it."""
-        frame = self._task_frame(task)
-        sent = self._send_at_once(frame)
-        if sent is None:
-            waiting = asyncio.get_running_loop().create_task(self._send_frame(task, frame, SUBMITTED))
-            self._sending.add(waiting)
-            waiting.add_done_callback(self._sending.discard)
-        elif sent:
-            self._submitted(task, SUBMITTED)
+        does, unless the connection is under flow control; then a task of its own awaits room for it. Arms the task's
+        local deadline if ``track`` left it to this."""
+        try:
+            frame = self._task_frame(task)
+            sent = self._send_at_once(frame)
+            if sent is None:
+                waiting = asyncio.get_running_loop().create_task(self._send_frame(task, frame, SUBMITTED))
+                self._sending.add(waiting)
+                waiting.add_done_callback(self._sending.discard)
+            elif sent:
+                self._submitted(task, SUBMITTED)
+        finally:
+            if task.deadline is None and not task.ended:
+                self._arm(task)
 
     def cancel(self, task: GatewayTask) -> bool:
         """End a running task as canceled here; the router's outcome, when it comes, is dropped."""

@@ -79,6 +79,10 @@ def outcome_reply(task: GatewayTask) -> Reply:
     return problem_reply(status, o.code, o.message or o.code, loc, task_id=task.id, instance=f"/tasks/{task.id}")
 
 
+#: The answer to a request the gateway failed on (logged).
+INTERNAL: Final[Reply] = problem_reply(500, "internal", "the gateway failed on this request; see its log")
+
+
 def from_problem(p: Problem) -> Reply:
     return problem_reply(p.status, p.code, p.detail, [(b"retry-after", b"1")] if p.status == 503 else None)
 
@@ -116,10 +120,10 @@ class TaskSubmission:
             log.exception("POST /tasks failed")
             if answered:
                 return  # the status line is out: nothing else can be said on this response
-            got = problem_reply(500, "internal", "the gateway failed on this request; see its log")
+            got = INTERNAL
         if got[0] == 0:
             return
-        start, body = _messages(got)
+        start, body = asgi_messages(got)
         if answered == 0:
             await send(start)
         await send(body)
@@ -146,7 +150,7 @@ class TaskSubmission:
         def answer() -> None:
             sent = 0
             try:
-                for message in _messages(outcome_reply(task)):
+                for message in asgi_messages(outcome_reply(task)):
                     if not _run_at_once(cast("Coroutine[Any, Any, None]", send(message))):
                         break
                     sent += 1
@@ -231,8 +235,9 @@ class TaskSubmission:
             return problem_reply(413, errors.TOO_LARGE, f"the body is over {limit} bytes")
         return principal
 
-    def _accept(self, principal: Principal, headers: dict[bytes, bytes], body: bytes) -> Accepted | Reply:
-        """The checks of the whole body (400, 422), then ``Gateway.accept`` (403, 422, 503): the task, not sent yet, or the refusal."""
+    def _accept(self, principal: Principal, headers: dict[bytes, bytes], body: bytes, soon: bool = False) -> Accepted | Reply:
+        """The checks of the whole body (400, 422), then ``Gateway.accept`` (403, 422, 503): the task, not sent yet, or the refusal.
+        ``soon``: the caller sends a new task with ``link.send_soon``."""
         try:
             check_strict(body)
             req = self.decoder.decode(body)
@@ -246,7 +251,7 @@ class TaskSubmission:
         idem = idem_raw.decode("latin-1") if idem_raw is not None else None
         digest = hashlib.sha256(body).digest() if idem is not None else None
         respond_async = b"respond-async" in headers.get(b"prefer", b"")
-        task, prob, is_new = self.gw.accept(principal, req.method, req.payload, req.timeout_ms, idem, digest, watchable=respond_async)
+        task, prob, is_new = self.gw.accept(principal, req.method, req.payload, req.timeout_ms, idem, digest, watchable=respond_async, soon=soon)
         if task is None:
             assert prob is not None
             return from_problem(prob)
@@ -273,62 +278,49 @@ class TaskSubmission:
             return None
         return found
 
-    def take(self, headers: dict[bytes, bytes], body: bytes, send: Send, close: Callable[[], None]) -> None:
+    def take(self, headers: dict[bytes, bytes], body: bytes, answer: Callable[[Reply], None]) -> None:
         """Answer a held ``POST /tasks`` whose whole body is in: the checks, the task's frame and the answer run here, in
-        the protocol's callback, with no ASGI task in between; the outcome's answer is sent from the callback that ends
+        the protocol's callback, with no ASGI task in between; the outcome's answer is given from the callback that ends
         the task (``TaskStore.finish``). The same checks in the same order, the same answers as ``__call__``.
 
-        ``send`` is uvicorn's (``_run_at_once`` steps it); ``close`` drops the connection
-        where an answer broke off after its status line. Never raises.
+        ``answer`` writes a reply on the request's connection (``CoalescingHttpToolsProtocol``);
+        it is called once and must not raise. ``take`` never raises.
         """
         self.taken += 1
         try:
             principal = self._admit(headers)
-            got = self._accept(principal, headers, body) if isinstance(principal, Principal) else principal
+            got = self._accept(principal, headers, body, soon=True) if isinstance(principal, Principal) else principal
             if isinstance(got, Accepted):
                 task = got.task
                 if got.is_new:
                     self.gw.link.send_soon(task)
                 if not task.ended:
-                    self._answer_on_end(task, send, close)
+                    self._answer_on_end(task, answer)
                     return
                 got = outcome_reply(task)
         except Exception:
             log.exception("POST /tasks failed")
-            got = problem_reply(500, "internal", "the gateway failed on this request; see its log")
-        self._send_soon(_messages(got), send, close)
+            got = INTERNAL
+        answer(got)
 
-    def _answer_on_end(self, task: GatewayTask, send: Send, close: Callable[[], None]) -> None:
+    def _answer_on_end(self, task: GatewayTask, answer: Callable[[Reply], None]) -> None:
         if task.on_end is not None:  # another request for the same Idempotency-Key holds the hook: answer from a task
-            self._later(self._answer_when_done(task, send, close))
+            self._later(self._answer_when_done(task, answer))
             return
 
-        def answer() -> None:
+        def on_end() -> None:
             try:
-                messages = _messages(outcome_reply(task))
+                reply = outcome_reply(task)
             except Exception:
                 log.exception("POST /tasks failed")
-                messages = _messages(problem_reply(500, "internal", "the gateway failed on this request; see its log"))
-            self._send_soon(messages, send, close)
+                reply = INTERNAL
+            answer(reply)
 
-        task.on_end = answer
+        task.on_end = on_end
 
-    async def _answer_when_done(self, task: GatewayTask, send: Send, close: Callable[[], None]) -> None:
+    async def _answer_when_done(self, task: GatewayTask, answer: Callable[[Reply], None]) -> None:
         await task.done.wait()  # bounded: the link ends every task by its local deadline
-        self._send_soon(_messages(outcome_reply(task)), send, close)
-
-    def _send_soon(self, messages: tuple[dict[str, Any], dict[str, Any]], send: Send, close: Callable[[], None]) -> None:
-        """Send an answer's two messages now; from a task of its own if ``send`` has to wait (flow control). Never raises."""
-        for i, message in enumerate(messages):
-            try:
-                if _run_at_once(cast("Coroutine[Any, Any, None]", send(message))):
-                    continue
-            except Exception:
-                log.exception("POST /tasks: the answer broke off")
-                close()
-                return
-            self._later(_send_rest(messages[i:], send, close))
-            return
+        answer(outcome_reply(task))
 
     def _later(self, step: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(step)
@@ -356,16 +348,7 @@ def header_dict(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
     return out
 
 
-async def _send_rest(messages: tuple[dict[str, Any], ...], send: Send, close: Callable[[], None]) -> None:
-    try:
-        for message in messages:
-            await send(message)
-    except Exception:
-        log.exception("POST /tasks: the answer broke off")
-        close()
-
-
-def _messages(reply: Reply) -> tuple[dict[str, Any], dict[str, Any]]:
+def asgi_messages(reply: Reply) -> tuple[dict[str, Any], dict[str, Any]]:
     """The two ASGI messages of an answer."""
     status, ctype, body, extra = reply
     headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *extra]
