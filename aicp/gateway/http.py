@@ -57,6 +57,9 @@ class CoalescingTransport:
         if not self._transport.is_closing():
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
+    def is_closing(self) -> bool:  # asked on every response (uvicorn) and every flush: not through __getattr__
+        return self._transport.is_closing()
+
     def get_write_buffer_size(self) -> int:
         return self._transport.get_write_buffer_size() + sum(map(len, self._held))
 
@@ -94,12 +97,17 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self.submission: TaskSubmission | None = submission if isinstance(submission, TaskSubmission) and isinstance(self.app, GatewayApp) else None
         self._parsing_headers = False
         self._held: tuple[RequestResponseCycle, dict[bytes, bytes]] | None = None  # the POST /tasks waiting for its body
+        self._keep_alive: asyncio.TimerHandle | None = None  # see on_response_complete
+        self._idle_since: float | None = None  # loop time of the last response, if no byte arrived since
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._held = None  # its ASGI task would have read a disconnect and answered nothing
+        if self._keep_alive is not None:
+            self._keep_alive.cancel()
+            self._keep_alive = None
         super().connection_lost(exc)
 
     def on_headers_complete(self) -> None:
@@ -175,8 +183,43 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def on_response_complete(self) -> None:
-        """The whole response is written: send it now, in one write (the ``call_soon`` flush then finds nothing)."""
+        """The whole response is written: send it now, in one write (the ``call_soon`` flush then finds nothing).
+
+        Then uvicorn's ``on_response_complete``, but for its keep-alive timeout: uvicorn arms a
+        timer after each response and cancels it when the next request's bytes arrive, a
+        ``call_later`` and a ``cancel`` per request. Here one timer per connection stays armed
+        and, when it fires, closes the connection only if it has been idle (no byte since its
+        last response) for ``timeout_keep_alive``; else it is armed again for the rest. The
+        same closes, at most one timer per connection per ``timeout_keep_alive``.
+        """
         transport = self.transport
         if isinstance(transport, CoalescingTransport):
             transport.flush()
-        super().on_response_complete()
+        self.server_state.total_requests += 1
+        if transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self._keep_alive is None:
+            self._keep_alive = self.loop.call_later(self.timeout_keep_alive, self._keep_alive_due)
+
+    def _unset_keepalive_if_required(self) -> None:
+        """Bytes arrived (or the connection ended): not idle. O(1), no timer touched."""
+        self._idle_since = None
+        super()._unset_keepalive_if_required()  # uvicorn's own timer, never armed here
+
+    def _keep_alive_due(self) -> None:
+        self._keep_alive = None
+        idle_since = self._idle_since
+        if idle_since is None or self.transport.is_closing():
+            return  # a request is under way: its response arms the timer again
+        left = idle_since + self.timeout_keep_alive - self.loop.time()
+        if left <= 0:
+            self.timeout_keep_alive_handler()
+        else:
+            self._keep_alive = self.loop.call_later(left, self._keep_alive_due)

@@ -126,7 +126,7 @@ class GatewayTask:
         self._done: asyncio.Event | None = None
         self.watchers: list[asyncio.Queue[Event]] | tuple[()] = ()
         self.unverified: list[tuple[int, float, bytes]] | tuple[()] = ()
-        self.deadline: asyncio.TimerHandle | None = None
+        self.deadline = 0  # the number of its entry in ``GatewayLink.deadlines`` (0: none yet)
         self.on_end: Callable[[], None] | None = None  # called once, by ``TaskStore.finish`` as soon as the outcome is set (the synchronous POST answers from it)
 
     @property
@@ -218,9 +218,6 @@ class TaskStore:
         if hook is not None:  # first: the caller's answer is on the critical path, the bookkeeping below is not
             task.on_end = None
             hook()  # must not raise (TaskSubmission's catch everything); nothing else can run before the rest below
-        if task.deadline is not None:
-            task.deadline.cancel()
-            task.deadline = None
         if outcome.ok:
             task.record(COMPLETED, agent_id=outcome.agent_id)
         elif state == "canceled":
