@@ -153,3 +153,42 @@ def test_uvicorns_protocol_answers_a_plain_post_itself_and_the_same_as_the_asgi_
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def test_the_keep_alive_timeout_closes_an_idle_connection_and_not_a_busy_one(app: FastAPI) -> None:
+    """``CoalescingHttpToolsProtocol`` keeps one keep-alive timer per connection: requests 0.25 s apart for longer than
+    the 1 s timeout are all answered on one connection (the timer, due, is armed again); then idle, it is closed."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from aicp.gateway.http import CoalescingHttpToolsProtocol
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    config = uvicorn.Config(app, http=CoalescingHttpToolsProtocol, lifespan="off", log_level="warning", timeout_keep_alive=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            for _ in range(7):
+                conn.sendall(request)
+                answer = conn.recv(65536)
+                assert answer.startswith(b"HTTP/1.1 200"), answer
+                time.sleep(0.25)
+            started = time.monotonic()
+            assert conn.recv(65536) == b""  # closed by the server (the socket's timeout is 10 s)
+            assert time.monotonic() - started < 9
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        listener.close()
