@@ -9,9 +9,13 @@ sends them in one call, the way ``aicp.live.links.FrameBatcher`` does for WebSoc
 frames. A complete response does not wait for the end of the iteration: uvicorn calls
 ``on_response_complete`` right after writing its last byte, and the held bytes leave
 then (otherwise the answer would wait behind a poll and whatever else that iteration
-runs, on the critical path of every request). Nothing else changes: reading, flow
-control and closing are the real transport's (``close`` sends what is held first;
-``abort`` drops it).
+runs, on the critical path of every request). Reading, flow control and closing are
+the real transport's (``close`` sends what is held first; ``abort`` drops it).
+
+The protocol also answers the gateway's hot path itself: a plain synchronous
+``POST /tasks`` runs in the protocol's callbacks, with no ASGI task (see
+``CoalescingHttpToolsProtocol``), and its keep-alive timeout uses one timer per
+connection rather than one per request (``on_response_complete``).
 """
 
 from __future__ import annotations
@@ -49,6 +53,14 @@ class CoalescingTransport:
         for chunk in chunks:
             self.write(chunk)
 
+    def write_now(self, data: bytes) -> None:
+        """Send ``data`` now, after whatever is held: a whole response needs no ``call_soon`` flush."""
+        if self._held:
+            self._held.append(data)
+            self.flush()
+        elif not self._transport.is_closing():
+            self._transport.write(data)
+
     def flush(self) -> None:
         held = self._held
         if not held:
@@ -84,8 +96,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     For the gateway's hot path, a synchronous ``POST /tasks`` (on an app whose
     ``submission`` is a ``TaskSubmission``: ``GatewayApp``) with a declared body length of at
     most ``HIGH_WATER_LIMIT`` bytes, the task is not started: the request is held (uvicorn's
-    cycle, without its task) until its body is in, then ``TaskSubmission.take`` answers it
-    from ``on_message_complete``, with uvicorn's own ``send``, and no task. Anything else
+    cycle, without its task) until its body is in, then ``TaskSubmission.take`` checks and
+    submits it from ``on_message_complete``, and its answer (``_answer``: the bytes uvicorn's
+    ``send`` would write, in one write) leaves from the callback that ends the task, with no
+    task and no coroutine on the way. Anything else
     (``Prefer: respond-async``, a chunked or larger body, ``Expect: 100-continue``, a
     pipelined request, other paths and methods, an app wrapped in middleware) gets its task
     as before. O(headers) per request.
@@ -164,7 +178,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             out += (b"\r\n", body)
             cycle.response_started = True
             cycle.waiting_for_100_continue = False
-            self.transport.write(b"".join(out))
+            transport = self.transport
+            if isinstance(transport, CoalescingTransport):
+                transport.write_now(b"".join(out))
+            else:
+                transport.write(b"".join(out))
             cycle.response_complete = True
             cycle.message_event.set()
             if not cycle.keep_alive:
