@@ -103,7 +103,8 @@ def test_an_answer_is_sent_at_once_unless_send_would_wait() -> None:
     assert written == ["now"] and closed == [True, True]
 
 
-def test_uvicorns_protocol_answers_a_plain_post_itself_and_the_same_as_the_asgi_path(app: FastAPI) -> None:
+@pytest.mark.parametrize("access_log", [False, True], ids=["written-by-the-protocol", "with-an-access-log-uvicorns-send"])
+def test_uvicorns_protocol_answers_a_plain_post_itself_and_the_same_as_the_asgi_path(app: FastAPI, access_log: bool) -> None:
     """A real uvicorn with ``CoalescingHttpToolsProtocol``: every case, sent plain (a declared length: the protocol
     answers it without an ASGI task, counted in ``submission.taken``) and with a chunked body (the ASGI path, not
     counted; so is a body over the limit), gets the same answer both ways, and the same as ``GatewayApp`` called directly. ``Prefer: respond-async``
@@ -118,7 +119,9 @@ def test_uvicorns_protocol_answers_a_plain_post_itself_and_the_same_as_the_asgi_
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(app, http=CoalescingHttpToolsProtocol, lifespan="off", log_level="warning", proxy_headers=False))
+    # access_log off, as ``aicp gateway`` runs it: the protocol writes the answer itself (with one, uvicorn's send does)
+    config = uvicorn.Config(app, http=CoalescingHttpToolsProtocol, lifespan="off", log_level="warning", proxy_headers=False, access_log=access_log)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
