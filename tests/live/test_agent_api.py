@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import stat
+import subprocess
 import sys
 import textwrap
 import threading
@@ -279,6 +281,57 @@ def test_controller_with_an_id_keeps_its_key(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "ops.key").stat().st_mode) == 0o600
     anonymous = Controller("ws://127.0.0.1:1")
     assert anonymous.peer_id.startswith("controller-") and anonymous.identity.public_key_text != a.identity.public_key_text
+
+
+def _cli_agents(*argv: str) -> list[Agent]:
+    import argparse
+
+    from aicp.cli import agent as agent_cli
+
+    parser = argparse.ArgumentParser()
+    agent_cli.add_arguments(parser)
+    return agent_cli.build_agents(parser.parse_args(["--url", "ws://127.0.0.1:1", *argv]))
+
+
+def test_an_agent_without_an_id_takes_it_from_its_key_file(tmp_path: Path) -> None:
+    first = _cli_agents("--key", str(tmp_path / "k"))
+    again = _cli_agents("--key", str(tmp_path / "k"))  # a restart with the same key file
+    assert [a.agent_id for a in again] == [a.agent_id for a in first] == [keys.default_agent_id(first[0].identity)]
+    assert first[0].agent_id.startswith("agent-") and len(first[0].agent_id) == len("agent-") + 12
+    fleet = _cli_agents("--key", str(tmp_path / "f"), "--count", "3")
+    assert [a.agent_id for a in _cli_agents("--key", str(tmp_path / "f"), "--count", "3")] == [a.agent_id for a in fleet]
+    assert len({a.agent_id for a in fleet} | {first[0].agent_id}) == 4  # one id per key
+    named = _cli_agents("--key", str(tmp_path / "f"), "--count", "2", "--id", "w")
+    assert [a.agent_id for a in named] == ["w-0", "w-1"] and named[1].identity.public_key_text == fleet[1].identity.public_key_text
+
+
+def test_agents_without_id_or_key_keep_their_keys_in_the_first_free_default_slot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aicp.cli import agent as agent_cli
+
+    monkeypatch.setenv("AICP_KEY_DIR", str(tmp_path))
+    monkeypatch.setattr(agent_cli, "HELD_SLOTS", [])
+    # Another process holds slot 0 (as an agent running beside this one would): this one gets slot 1.
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from aicp.live import keys; keys.claim_default_slot(); print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        one = _cli_agents("--count", "2")
+        assert (tmp_path / "agent-default-1.key.0").exists() and (tmp_path / "agent-default-1.key.1").exists()
+        assert [a.agent_id for a in one] == [keys.default_agent_id(Identity.load(tmp_path / f"agent-default-1.key.{i}")) for i in range(2)]
+        beside = _cli_agents()  # slot 1 is held by this process now: slot 2
+        assert beside[0].identity.public_key_text == Identity.load(tmp_path / "agent-default-2.key").public_key_text
+    finally:
+        holder.kill()
+        holder.wait()
+        for fd in agent_cli.HELD_SLOTS:
+            os.close(fd)
+    agent_cli.HELD_SLOTS.clear()
+    # Everyone has stopped: a restart takes slot 0 again; started beside it, the two-agent restart takes slot 1, and its ids.
+    assert _cli_agents()[0].identity.public_key_text != beside[0].identity.public_key_text
+    assert (tmp_path / "agent-default-0.key").exists()
+    assert [a.agent_id for a in _cli_agents("--count", "2")] == [a.agent_id for a in one]
+    for fd in agent_cli.HELD_SLOTS:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- run() in a real process
