@@ -44,7 +44,9 @@ loses its disk loses everything, a cluster of servers with replicas does not).
   within ``batch_s`` plus a round trip. In that window B may accept the other key; B's
   ``create`` then fails, the entry stored first wins at every router, and B closes the
   peer that registered with the losing key (``key-mismatch``). So two keys are never
-  both bound for longer than the window, and never after it. A router that learned an
+  both bound for longer than the window, and never after it. After a reconnect the router
+  watches the bucket again at once (the server may have restarted, and the old watch would
+  notice only after 10-20 s of missed heartbeats). A router that learned an
   ephemeral binding frees its own copy ``window_s`` after it last saw the entry written,
   without touching the entry. When a router sees an entry purged (another router freed the
   id) while it still holds that id as its own (its controller registered there, and is
@@ -146,6 +148,8 @@ class JetStreamStore:
         self._writer: asyncio.Task[None] | None = None
         self._watcher: Any = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._rewatch_task: asyncio.Task[None] | None = None
+        self.rewatches = 0  # watches of the bindings started again after a reconnect
         self._learn: Callable[[Binding], None] | None = None
         self._dropped: Callable[[str], None] | None = None
         self._closing = False
@@ -180,7 +184,7 @@ class JetStreamStore:
         try:
             # once connected, it reconnects for ever (records wait meanwhile); the first connect gets ``timeout_s``
             self.nc = await asyncio.wait_for(nats.connect(self.url, connect_timeout=timeout_s, allow_reconnect=True, max_reconnect_attempts=-1,
-                                                          reconnect_time_wait=0.5, name="aicp-state"), timeout_s)
+                                                          reconnect_time_wait=0.5, name="aicp-state", reconnected_cb=self._reconnected), timeout_s)
         except TimeoutError as exc:
             raise StateFileError(f"cannot reach the state server {self.url} within {timeout_s:g} s") from exc
         except Exception as exc:
@@ -288,10 +292,11 @@ class JetStreamStore:
         elif self._buffer and self.js is not None:
             batch, self._buffer = self._buffer, []
             await self._write(batch)
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+        for task in (self._rewatch_task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._watcher is not None:
             with contextlib.suppress(Exception):
                 await self._watcher.stop()
@@ -395,6 +400,43 @@ class JetStreamStore:
             log.warning("id %r was bound to another key at another router first: the binding made here is dropped", mine.peer_id)
             if self._learn is not None:
                 self._learn(stored)
+
+    async def _reconnected(self) -> None:
+        """The connection is back (nats-py's ``reconnected_cb``): watch the bindings again.
+
+        The server may have restarted, and the watch's consumer with it. nats-py's ordered
+        consumer notices only after two missed idle heartbeats (10 to 20 s), and the bindings
+        other routers stored meanwhile would be learned that late; a new watch takes them in
+        at once. It delivers every live binding again: learning a known one changes nothing,
+        so a reconnect costs O(bindings) once.
+        """
+        if self._watch_task is None or self._closing:
+            return
+        if self._rewatch_task is not None:
+            self._rewatch_task.cancel()
+        self._rewatch_task = asyncio.get_running_loop().create_task(self._rewatch(), name="aicp-state-rewatch")
+
+    async def _rewatch(self) -> None:
+        """Replace the bindings' watch with a new one, retrying every 0.5 s until the server lets it start."""
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        old, self._watcher = self._watcher, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.stop()
+        while not self._closing:
+            try:
+                self._watcher = await self.kv["bindings"].watchall()
+                break
+            except Exception as exc:  # JetStream not ready yet on a restarted server, or the connection dropped again
+                log.info("cannot watch %s again yet: %s", self.buckets["bindings"], exc)
+                await asyncio.sleep(0.5)
+        else:
+            return
+        self.rewatches += 1
+        self._watch_task = asyncio.get_running_loop().create_task(self._watch_loop(), name="aicp-state-bindings")
 
     async def _watch_loop(self) -> None:
         """Every binding written to the bucket after ``connect`` (by any router) goes to ``learn``."""

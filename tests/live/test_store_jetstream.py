@@ -249,6 +249,9 @@ def test_after_the_server_restarts_records_are_written_and_bindings_still_learne
             while Binding("late", owner, "agent") not in learned_b:
                 assert time.monotonic() < deadline, "b's watch did not resume after the server restart"
                 await asyncio.sleep(0.05)
+            # b watched again when it reconnected, rather than waiting for nats-py's consumer to miss
+            # two idle heartbeats (10-20 s); the new watch delivered the bindings stored before too.
+            assert b.rewatches >= 1 and a.rewatches >= 1
         finally:
             await a.aclose()
             await b.aclose()
