@@ -10,7 +10,8 @@ do (docs/CLUSTER.md). It keeps the same three kinds of record as the SQLite stor
   stored for an id wins, at whichever router it was made. An ephemeral one (docs/PROTOCOL.md
   §4.4) is purged when a router that registered it frees it (``unbind``): only if the entry
   still holds the same key, at the revision read just before (``Nats-Expected-Last-Subject-Sequence``),
-  with a purge marker that itself expires after ``PURGE_MARKER_TTL_S``, so freed ids leave nothing behind;
+  with a purge marker that itself expires after ``purge_marker_ttl_s`` (``--state-purge-marker``, default
+  ``PURGE_MARKER_TTL_S``), so freed ids leave nothing behind;
 * ``<prefix>_seen``: key ``b64(sender).b64(message id)`` -> ``Seen``;
 * ``<prefix>_outcomes``: key ``b64(task key)`` -> ``StoredOutcome`` (the frame verbatim).
 
@@ -89,7 +90,9 @@ log = logging.getLogger("aicp.live.store_jetstream")
 
 Record = Binding | Unbind | Seen | StoredOutcome
 
-#: Seconds the purge marker of a freed ephemeral binding stays in the bucket (watchers see it at once).
+#: Default seconds the purge marker of a freed ephemeral binding stays in the bucket. Watching routers see it
+#: at once; one that watches again after a reconnect sees it only while it is there, and without it would not
+#: write again a binding it still holds (``RouterProtocol.binding_dropped``). ``--state-purge-marker`` sets it.
 PURGE_MARKER_TTL_S = 60
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -132,8 +135,13 @@ class JetStreamStore:
     the buckets' contents from ``connect`` until the server has restored them. Each sink call is O(1).
     """
 
-    def __init__(self, url: str, prefix: str = "aicp", batch_s: float = 0.010, max_backlog: int = 1_000_000, ack_timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, prefix: str = "aicp", batch_s: float = 0.010, max_backlog: int = 1_000_000, ack_timeout_s: float = 10.0,
+                 purge_marker_ttl_s: int = PURGE_MARKER_TTL_S) -> None:
+        """``purge_marker_ttl_s``: whole seconds (at least 1, the server's unit) a freed ephemeral binding's purge marker stays."""
+        if purge_marker_ttl_s < 1 or purge_marker_ttl_s != int(purge_marker_ttl_s):
+            raise ValueError(f"purge_marker_ttl_s must be a whole number of seconds >= 1, not {purge_marker_ttl_s!r}")
         self.url = url
+        self.purge_marker_ttl_s = int(purge_marker_ttl_s)
         self.prefix = prefix
         self.batch_s = batch_s
         self.max_backlog = max_backlog
@@ -170,9 +178,10 @@ class JetStreamStore:
 
     # ------------------------------------------------------------------ open
     @classmethod
-    async def connect(cls, url: str, prefix: str = "aicp", batch_s: float = 0.010, timeout_s: float = 5.0) -> JetStreamStore:
+    async def connect(cls, url: str, prefix: str = "aicp", batch_s: float = 0.010, timeout_s: float = 5.0,
+                      purge_marker_ttl_s: int = PURGE_MARKER_TTL_S) -> JetStreamStore:
         """Connect, create the buckets if missing and read them into ``snapshot``. Raises ``StateFileError``."""
-        store = cls(url, prefix, batch_s)
+        store = cls(url, prefix, batch_s, purge_marker_ttl_s=purge_marker_ttl_s)
         await store.open(timeout_s)
         return store
 
@@ -380,7 +389,7 @@ class JetStreamStore:
             return
         headers = {"KV-Operation": "PURGE", "Nats-Rollup": "sub", "Nats-Expected-Last-Subject-Sequence": str(entry.revision)}
         try:
-            await self.js.publish(f"$KV.{self.buckets['bindings']}.{token}", b"", headers=headers, msg_ttl=PURGE_MARKER_TTL_S)
+            await self.js.publish(f"$KV.{self.buckets['bindings']}.{token}", b"", headers=headers, msg_ttl=self.purge_marker_ttl_s)
         except APIError:  # written again meanwhile (by a router that still holds it): it stays
             return
         self.unbound += 1

@@ -289,10 +289,12 @@ def test_a_server_without_jetstream_or_with_foreign_entries_stops_the_router(pro
 
 
 def test_a_freed_ephemeral_binding_is_purged_only_with_its_own_key_and_the_others_hear_of_it(jetstream: JetStreamServer) -> None:
+    with pytest.raises(ValueError, match="whole number of seconds"):
+        JetStreamStore(jetstream.url, purge_marker_ttl_s=0)
     mine, other = Identity.generate().public_key_text, Identity.generate().public_key_text
 
     async def main() -> None:
-        a = await JetStreamStore.connect(jetstream.url, prefix="e")
+        a = await JetStreamStore.connect(jetstream.url, prefix="e", purge_marker_ttl_s=7)  # --state-purge-marker 7
         b = await JetStreamStore.connect(jetstream.url, prefix="e")
         dropped_b: list[str] = []
         learned_b: list[Binding] = []
@@ -311,6 +313,8 @@ def test_a_freed_ephemeral_binding_is_purged_only_with_its_own_key_and_the_other
                 assert time.monotonic() < deadline, "b never heard of the purge"
                 await asyncio.sleep(0.02)
             assert dropped_b == [eph.peer_id] and a.unbound == 1 and a.errors == 0
+            marker = await a.js.get_last_msg("KV_e_bindings", f"$KV.e_bindings.{kv_token(eph.peer_id)}")
+            assert marker.headers is not None and marker.headers["KV-Operation"] == "PURGE" and marker.headers["Nats-TTL"] == "7"
             assert eph in learned_b
             b.bind(Binding(eph.peer_id, other, "controller", ephemeral=True))  # the id is free: another key may take it
             await b.aclose()
@@ -326,3 +330,18 @@ def test_a_freed_ephemeral_binding_is_purged_only_with_its_own_key_and_the_other
             await c.aclose()
 
     run(main(), timeout=30)
+
+
+def test_the_purge_marker_s_is_a_router_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from aicp.cli import serve
+
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    args = parser.parse_args(["--state", "nats://127.0.0.1:1", "--key", str(tmp_path / "r.key")])
+    assert isinstance(store := serve.build_server(args).store, JetStreamStore) and store.purge_marker_ttl_s == 60  # the default, as before
+    args = parser.parse_args(["--state", "nats://127.0.0.1:1", "--key", str(tmp_path / "r.key"), "--state-purge-marker", "600"])
+    assert isinstance(store := serve.build_server(args).store, JetStreamStore) and store.purge_marker_ttl_s == 600
+    assert serve.main(["--state", "nats://127.0.0.1:1", "--state-purge-marker", "0"]) == 2
+    assert "--state-purge-marker must be at least 1" in capsys.readouterr().err
