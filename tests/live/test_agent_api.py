@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import nacl.exceptions
 import nacl.signing
 import pytest
 from live_helpers import Proc, run, serving, wait_until
+from live_helpers import agent as live_agent
 
 import aicp
 from aicp import errors
@@ -123,6 +125,38 @@ def test_stop_drains_running_tasks_and_refuses_new_ones(tmp_path: Path) -> None:
                 assert (await first).value == 42
                 await asyncio.wait_for(serve, 5)
             assert "drainer" not in server.proto.connected_peers()
+
+    run(main())
+
+
+def test_the_older_heartbeat_loop_skips_beats_after_results_and_after_a_stall(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with serving() as server, live_agent(server.url, "old-style", {"echo": lambda x: x}, heartbeat=0.2,
+                                                   identity=Identity.generate()) as client:
+            beats: list[float] = []  # loop times the heartbeat frames were made, counted where the frame is signed
+            make = client.session.heartbeat_frame
+
+            def counted(*args: Any) -> bytes:
+                beats.append(loop.time())
+                return make(*args)
+
+            client.session.heartbeat_frame = counted  # type: ignore[method-assign]
+            loop = asyncio.get_running_loop()
+            await wait_until(lambda: len(beats) >= 1, what="a heartbeat while idle")
+            # 1.2 s of results at least every ~40 ms: six intervals in which the results renew the lease
+            before = len(beats)
+            until = loop.time() + 1.2
+            while loop.time() < until:
+                assert await server.route_message("echo", 1, timeout=5.0) == 1
+                await asyncio.sleep(0.02)
+            assert len(beats) - before <= 2  # one may fall due as it starts, another in a stall of the loaded machine
+            await wait_until(lambda: len(beats) >= before + 3, what="heartbeats once idle again")
+            # The event loop is blocked for six intervals: one heartbeat when it runs again, not six.
+            time.sleep(1.2)
+            stalled = len(beats)
+            await asyncio.sleep(0.05)
+            assert len(beats) - stalled <= 2
+            assert client.heartbeats_sent == len(beats)
 
     run(main())
 
