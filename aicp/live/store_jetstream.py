@@ -264,6 +264,12 @@ class JetStreamStore:
     def outcome(self, outcome: StoredOutcome) -> None:
         self._add(outcome)
 
+    def touch(self, binding: Binding, now: float) -> None:
+        """Bindings in the shared buckets are kept for good: when a peer was last seen is not stored."""
+
+    #: bindings here do not expire, so the driver need not report connected peers (``SqliteStore.touch_every_s``)
+    touch_every_s: float | None = None
+
     def stats(self) -> dict[str, float]:
         """For /metrics (``aicp_state_*``)."""
         return {"written": self.written, "commits": self.commits, "backlog": self.backlog, "dropped": self.dropped, "errors": self.errors,
