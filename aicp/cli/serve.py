@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--state-bucket", default="aicp", metavar="PREFIX", help="with --state nats://...: the buckets' name prefix (default aicp)")
     add("--state-batch-ms", type=float, default=10.0, metavar="MS", help="commit state records every MS ms: what a crash can lose (default 10)")
     add("--binding-ttl", type=float, default=None, metavar="S",
-        help="with --state FILE: forget, when the router starts, the bindings of ids not seen for S seconds (default: keep them for good)")
+        help="with --state: forget, when the router starts, the bindings of ids not seen for S seconds (default: keep them for good)")
     add("--state-purge-marker", type=int, default=PURGE_MARKER_TTL_S, metavar="S",
         help=f"with --state nats://...: whole seconds a freed ephemeral id's purge marker stays in the bindings bucket; "
              f"a router reconnecting later than this misses it (default {PURGE_MARKER_TTL_S})")
@@ -102,7 +102,7 @@ def build_server(args: argparse.Namespace) -> AICPWebSocketServer:
     store: SqliteStore | JetStreamStore | None = None
     if shared:
         store = JetStreamStore(args.state, args.state_bucket, batch_s=args.state_batch_ms / 1000.0,
-                               purge_marker_ttl_s=args.state_purge_marker)  # connects in server.start()
+                               purge_marker_ttl_s=args.state_purge_marker, binding_ttl_s=args.binding_ttl)  # connects in server.start()
     elif args.state:
         store = SqliteStore.open(args.state, router_key=identity.public_key_text if identity else None, batch_s=args.state_batch_ms / 1000.0,
                                  binding_ttl_s=args.binding_ttl)
@@ -141,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("error: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
-    if args.binding_ttl is not None and (not args.binding_ttl > 0 or not args.state or is_state_url(args.state)):
-        print("error: --binding-ttl takes a positive number of seconds, with --state FILE (bindings in JetStream are kept for good)", file=sys.stderr)
+    if args.binding_ttl is not None and (not args.binding_ttl > 0 or not args.state):
+        print("error: --binding-ttl takes a positive number of seconds, with --state", file=sys.stderr)
         return 2
     if args.state_purge_marker < 1:
         print("error: --state-purge-marker must be at least 1 (s)", file=sys.stderr)

@@ -228,8 +228,8 @@ class AICPWebSocketServer:
                 self.store.start(self.loop, learn=self._learn_binding, dropped=self._binding_dropped)
             else:
                 self.store.start(self.loop)
-                if self.store.touch_every_s is not None:
-                    self._touch_timer = self.loop.call_later(self.store.touch_every_s, self._touch_connected)
+            if self.store.touch_every_s is not None:
+                self._touch_timer = self.loop.call_later(self.store.touch_every_s, self._touch_connected)
             log.info("state restored from %s: %d binding(s), %d seen id(s), %d outcome(s)", self.store.path, len(snap.bindings), len(snap.seen), len(snap.outcomes))
         self._stop_requested = asyncio.Event()
         if self.limits.verify_threads > 0 and self.proto.config.verify == "every-hop":

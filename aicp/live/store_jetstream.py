@@ -12,6 +12,11 @@ do (docs/CLUSTER.md). It keeps the same three kinds of record as the SQLite stor
   still holds the same key, at the revision read just before (``Nats-Expected-Last-Subject-Sequence``),
   with a purge marker that itself expires after ``purge_marker_ttl_s`` (``--state-purge-marker``, default
   ``PURGE_MARKER_TTL_S``), so freed ids leave nothing behind;
+  A binding entry also holds ``seen``, the wall-clock time its peer was last seen (``StoredBinding``;
+  a router that predates it reads the entry as a ``Binding`` and skips the field). With ``binding_ttl_s``
+  (``--binding-ttl``) a touch (the peer registered again, or is connected at ``touch_connected``) writes the
+  entry again with the new time, at the revision just read, and a router that starts purges, at their
+  revision, the entries of ids not seen for ``binding_ttl_s`` and does not restore them;
 * ``<prefix>_seen``: key ``b64(sender).b64(message id)`` -> ``Seen``;
 * ``<prefix>_outcomes``: key ``b64(task key)`` -> ``StoredOutcome`` (the frame verbatim).
 
@@ -83,12 +88,12 @@ from typing import Any
 
 import msgspec
 
-from aicp.live.store import StateFileError, Unbind
+from aicp.live.store import MAX_TOUCH_EVERY_S, StateFileError, Touch, Unbind
 from aicp.state import Binding, Seen, Snapshot, StoredOutcome
 
 log = logging.getLogger("aicp.live.store_jetstream")
 
-Record = Binding | Unbind | Seen | StoredOutcome
+Record = Binding | Unbind | Seen | StoredOutcome | Touch
 
 #: Default seconds the purge marker of a freed ephemeral binding stays in the bucket. Watching routers see it
 #: at once; one that watches again after a reconnect sees it only while it is there, and without it would not
@@ -97,6 +102,24 @@ PURGE_MARKER_TTL_S = 60
 
 _encode = msgspec.msgpack.Encoder().encode
 _dec_binding = msgspec.msgpack.Decoder(Binding)
+
+
+class StoredBinding(msgspec.Struct, frozen=True, gc=False):
+    """A binding entry as written: ``Binding``'s fields and ``seen``, when its peer was last seen (wall clock;
+    None in an entry written before the field). Decoded as ``Binding``, ``seen`` is skipped (msgspec ignores unknown fields)."""
+
+    peer_id: str
+    key: str
+    role: str
+    ephemeral: bool = False
+    seen: float | None = None
+
+    @classmethod
+    def of(cls, b: Binding, seen: float) -> StoredBinding:
+        return cls(b.peer_id, b.key, b.role, b.ephemeral, seen)
+
+
+_dec_stored_binding = msgspec.msgpack.Decoder(StoredBinding)
 _dec_seen = msgspec.msgpack.Decoder(Seen)
 _dec_outcome = msgspec.msgpack.Decoder(StoredOutcome)
 
@@ -136,10 +159,17 @@ class JetStreamStore:
     """
 
     def __init__(self, url: str, prefix: str = "aicp", batch_s: float = 0.010, max_backlog: int = 1_000_000, ack_timeout_s: float = 10.0,
-                 purge_marker_ttl_s: int = PURGE_MARKER_TTL_S) -> None:
-        """``purge_marker_ttl_s``: whole seconds (at least 1, the server's unit) a freed ephemeral binding's purge marker stays."""
+                 purge_marker_ttl_s: int = PURGE_MARKER_TTL_S, binding_ttl_s: float | None = None) -> None:
+        """``purge_marker_ttl_s``: whole seconds (at least 1, the server's unit) a freed ephemeral binding's purge marker stays.
+        ``binding_ttl_s``: at ``open``, purge the bindings (not ephemeral) whose peer was not seen for that long (None: keep them)."""
         if purge_marker_ttl_s < 1 or purge_marker_ttl_s != int(purge_marker_ttl_s):
             raise ValueError(f"purge_marker_ttl_s must be a whole number of seconds >= 1, not {purge_marker_ttl_s!r}")
+        if binding_ttl_s is not None and not binding_ttl_s > 0:
+            raise ValueError(f"binding_ttl_s must be positive, not {binding_ttl_s!r}")
+        self.binding_ttl_s = binding_ttl_s
+        #: how often the driver should call ``RouterProtocol.touch_connected`` (None: never, bindings are kept for good)
+        self.touch_every_s = None if binding_ttl_s is None else min(binding_ttl_s / 10.0, MAX_TOUCH_EVERY_S)
+        self.expired = 0  # bindings purged at open: not seen for binding_ttl_s
         self.url = url
         self.purge_marker_ttl_s = int(purge_marker_ttl_s)
         self.prefix = prefix
@@ -179,9 +209,9 @@ class JetStreamStore:
     # ------------------------------------------------------------------ open
     @classmethod
     async def connect(cls, url: str, prefix: str = "aicp", batch_s: float = 0.010, timeout_s: float = 5.0,
-                      purge_marker_ttl_s: int = PURGE_MARKER_TTL_S) -> JetStreamStore:
+                      purge_marker_ttl_s: int = PURGE_MARKER_TTL_S, binding_ttl_s: float | None = None) -> JetStreamStore:
         """Connect, create the buckets if missing and read them into ``snapshot``. Raises ``StateFileError``."""
-        store = cls(url, prefix, batch_s, purge_marker_ttl_s=purge_marker_ttl_s)
+        store = cls(url, prefix, batch_s, purge_marker_ttl_s=purge_marker_ttl_s, binding_ttl_s=binding_ttl_s)
         await store.open(timeout_s)
         return store
 
@@ -210,7 +240,7 @@ class JetStreamStore:
                     except Exception:
                         self.kv[kind] = await self.js.key_value(bucket)  # another router created it meanwhile
             now = time.time()
-            bindings = [_dec_binding.decode(v) for v in await self._read("bindings", keep_watching=True)]
+            bindings = await self._expire([_dec_stored_binding.decode(v) for v in await self._read("bindings", keep_watching=True)], now)
             seen = [s for s in (_dec_seen.decode(v) for v in await self._read("seen")) if s.expiry > now]
             outcomes = [o for o in (_dec_outcome.decode(v) for v in await self._read("outcomes")) if o.expiry > now]
         except StateFileError:
@@ -223,6 +253,43 @@ class JetStreamStore:
             await self.nc.close()
             raise StateFileError(f"cannot read the state buckets {self.prefix}_* at {self.url} (is JetStream on? nats-server -js): {exc}") from exc
         self.snapshot = Snapshot(bindings=bindings, seen=seen, outcomes=outcomes)
+
+    async def _expire(self, stored: list[StoredBinding], now: float) -> list[Binding]:
+        """The bindings to restore: with ``binding_ttl_s``, those not seen for that long are purged instead
+        (at the revision read, so one touched meanwhile stays), and those written before ``seen`` get it now."""
+        kept = [Binding(b.peer_id, b.key, b.role, b.ephemeral) for b in stored if self.binding_ttl_s is None or b.ephemeral or b.seen is None
+                or b.seen >= now - self.binding_ttl_s]
+        if self.binding_ttl_s is None:
+            return kept
+        from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+
+        kv = self.kv["bindings"]
+        for b in stored:
+            if b.ephemeral or (b.seen is not None and b.seen >= now - self.binding_ttl_s):
+                continue
+            token = kv_token(b.peer_id)
+            try:
+                entry = await kv.get(token)
+            except (KeyNotFoundError, KeyDeletedError):
+                continue
+            now_stored = _dec_stored_binding.decode(entry.value) if entry.value else None
+            if now_stored != b:  # written since it was read (a touch at a running router): restored as it is now
+                if now_stored is not None and b.seen is not None:
+                    kept.append(Binding(now_stored.peer_id, now_stored.key, now_stored.role, now_stored.ephemeral))
+                continue
+            try:
+                if b.seen is None:  # written before ``seen``: its expiry counts from now
+                    await kv.update(token, _encode(StoredBinding.of(Binding(b.peer_id, b.key, b.role), now)), last=entry.revision)
+                else:
+                    headers = {"KV-Operation": "PURGE", "Nats-Rollup": "sub", "Nats-Expected-Last-Subject-Sequence": str(entry.revision)}
+                    await self.js.publish(f"$KV.{self.buckets['bindings']}.{token}", b"", headers=headers, msg_ttl=self.purge_marker_ttl_s)
+                    self.expired += 1
+            except (APIError, KeyWrongLastSequenceError):  # written meanwhile (a touch): it stays
+                if b.seen is not None:
+                    kept.append(Binding(b.peer_id, b.key, b.role))
+        if self.expired:
+            log.info("state buckets %s_*: %d binding(s) not seen for %g s forgotten", self.prefix, self.expired, self.binding_ttl_s)
+        return kept
 
     async def _read(self, kind: str, keep_watching: bool = False) -> list[bytes]:
         """Every live entry of one bucket; the bindings' watcher is kept to follow the other routers."""
@@ -265,10 +332,8 @@ class JetStreamStore:
         self._add(outcome)
 
     def touch(self, binding: Binding, now: float) -> None:
-        """Bindings in the shared buckets are kept for good: when a peer was last seen is not stored."""
-
-    #: bindings here do not expire, so the driver need not report connected peers (``SqliteStore.touch_every_s``)
-    touch_every_s: float | None = None
+        if self.binding_ttl_s is not None:  # without an expiry, when a peer was last seen changes nothing
+            self._add(Touch(binding, now))
 
     def stats(self) -> dict[str, float]:
         """For /metrics (``aicp_state_*``)."""
@@ -341,7 +406,7 @@ class JetStreamStore:
         t0 = time.perf_counter()
         now = time.time()
         acks: list[asyncio.Future[Any]] = []
-        bindings: list[Binding | Unbind] = []  # in order: an id may be freed and bound again in one batch
+        bindings: list[Binding | Unbind | Touch] = []  # in order: an id may be freed and bound again in one batch
         try:
             for r in batch:
                 if isinstance(r, Seen):
@@ -362,8 +427,11 @@ class JetStreamStore:
                 if isinstance(b, Unbind):
                     await self._purge(b.binding)
                     continue
+                if isinstance(b, Touch):
+                    await self._touch(b)
+                    continue
                 try:
-                    await kv.create(kv_token(b.peer_id), _encode(b))
+                    await kv.create(kv_token(b.peer_id), _encode(StoredBinding.of(b, now)))
                 except KeyWrongLastSequenceError:
                     await self._lost_race(b)
         except Exception as exc:
@@ -400,6 +468,26 @@ class JetStreamStore:
             return
         self.unbound += 1
 
+    async def _touch(self, touch: Touch) -> None:
+        """Write the binding again with its new ``seen``, if the entry still holds its key (at the revision read)."""
+        from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+
+        mine = touch.binding
+        kv = self.kv["bindings"]
+        token = kv_token(mine.peer_id)
+        try:
+            entry = await kv.get(token)
+        except (KeyNotFoundError, KeyDeletedError):  # forgotten (expired at a router that started) while its peer is here: bind it again
+            try:
+                await kv.create(token, _encode(StoredBinding.of(mine, touch.now)))
+            except KeyWrongLastSequenceError:
+                await self._lost_race(mine)
+            return
+        if entry.value is None or _dec_binding.decode(entry.value).key != mine.key:
+            return  # another key won: learning it is the watcher's part
+        with contextlib.suppress(APIError, KeyWrongLastSequenceError):  # written meanwhile: by another touch
+            await kv.update(token, _encode(StoredBinding.of(mine, touch.now)), last=entry.revision)
+
     async def _lost_race(self, mine: Binding) -> None:
         """``create`` found the id bound: the same key is fine; another key won, and the core learns it."""
         from nats.js.errors import KeyDeletedError, KeyNotFoundError
@@ -407,7 +495,7 @@ class JetStreamStore:
         try:
             entry = await self.kv["bindings"].get(kv_token(mine.peer_id))
         except (KeyNotFoundError, KeyDeletedError):  # purged in between: the id is free again
-            await self.kv["bindings"].create(kv_token(mine.peer_id), _encode(mine))
+            await self.kv["bindings"].create(kv_token(mine.peer_id), _encode(StoredBinding.of(mine, time.time())))
             return
         stored = _dec_binding.decode(entry.value)
         if stored.key != mine.key or stored.role != mine.role:

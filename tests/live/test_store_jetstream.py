@@ -345,3 +345,51 @@ def test_the_purge_marker_s_is_a_router_option(tmp_path: Path, capsys: pytest.Ca
     assert isinstance(store := serve.build_server(args).store, JetStreamStore) and store.purge_marker_ttl_s == 600
     assert serve.main(["--state", "nats://127.0.0.1:1", "--state-purge-marker", "0"]) == 2
     assert "--state-purge-marker must be at least 1" in capsys.readouterr().err
+
+
+def test_with_a_binding_ttl_a_start_purges_the_bindings_not_seen_for_that_long_and_a_touch_renews_one(jetstream: JetStreamServer) -> None:
+    import msgspec
+    import nats
+    from nats.js.errors import KeyDeletedError, KeyNotFoundError
+
+    from aicp.live.store_jetstream import StoredBinding
+
+    keys = {name: Identity.generate().public_key_text for name in ("old", "legacy", "fresh", "eph")}
+
+    async def main() -> None:
+        await (await JetStreamStore.connect(jetstream.url, prefix="x")).aclose()  # creates the buckets
+        nc = await nats.connect(jetstream.url)
+        kv = await nc.jetstream().key_value("x_bindings")
+
+        async def stored(peer_id: str) -> StoredBinding:
+            return msgspec.msgpack.decode((await kv.get(kv_token(peer_id))).value, type=StoredBinding)
+
+        now = time.time()
+        encode = msgspec.msgpack.encode
+        await kv.put(kv_token("old"), encode(StoredBinding("old", keys["old"], "agent", False, now - 1000)))
+        await kv.put(kv_token("legacy"), encode(Binding("legacy", keys["legacy"], "agent")))  # written by a router before ``seen``
+        await kv.put(kv_token("fresh"), encode(StoredBinding("fresh", keys["fresh"], "agent", False, now - 10)))
+        await kv.put(kv_token("eph"), encode(StoredBinding("eph", keys["eph"], "controller", True, now - 1000)))
+        try:
+            kept = await JetStreamStore.connect(jetstream.url, prefix="x")  # no expiry: every binding is restored
+            assert sorted(b.peer_id for b in kept.snapshot.bindings) == ["eph", "fresh", "legacy", "old"]
+            await kept.aclose()
+            store = await JetStreamStore.connect(jetstream.url, prefix="x", binding_ttl_s=100)
+            try:
+                assert sorted(b.peer_id for b in store.snapshot.bindings) == ["eph", "fresh", "legacy"]  # an ephemeral one goes by its own rule
+                assert store.expired == 1 and store.touch_every_s == 10
+                with pytest.raises((KeyDeletedError, KeyNotFoundError)):
+                    await kv.get(kv_token("old"))
+                assert (legacy := await stored("legacy")).seen is not None and legacy.seen >= now  # its expiry counts from this start
+                store.start(asyncio.get_running_loop())
+                store.touch(Binding("fresh", keys["fresh"], "agent"), now + 50)
+                deadline = time.monotonic() + 10
+                while (await stored("fresh")).seen != now + 50:
+                    assert time.monotonic() < deadline, "the touch never reached the bucket"
+                    await asyncio.sleep(0.02)
+            finally:
+                await store.aclose()
+        finally:
+            await nc.close()
+
+    run(main(), timeout=30)
