@@ -12,6 +12,11 @@ runs where the shortcut does not match, e.g. under a ``root_path``).
 The answers are the ones the framework route gave: the same statuses, headers and
 RFC 9457 problems, in the same order of checks (401, 429, 415, 413, 400, 422, 403,
 503, then the task's outcome).
+
+A plain synchronous ``POST /tasks`` does not even reach the ASGI app: uvicorn's protocol
+(``aicp.gateway.http.CoalescingHttpToolsProtocol``) asks ``TaskSubmission.hold`` whether it
+may keep the request, and once its body is in, ``TaskSubmission.take`` makes the same
+checks (``_admit``, ``_accept``) from the protocol's callback, with no task or coroutine.
 """
 
 from __future__ import annotations
