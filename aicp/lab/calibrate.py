@@ -726,6 +726,49 @@ SPREAD_REF_S = 10.0
 SHORT = {"exponential": "exp", "constant": "const", "lognormal": "logn"}
 
 
+def plan_durations(
+    scenarios: list[tuple[Path, sc_mod.Scenario]], cal_path: Path | None, args: argparse.Namespace, width: int
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, float]]:
+    """Each workload's p99 spread over seeds of a simulated 10 s run, per strategy, and (no ``--resim``) the measured
+    seconds of its live runs: as long as the noisier strategy needs for ``--target-spread`` within
+    [``--live-duration``, ``--live-max``], the longest cut alike if all add up to more than ``--live-budget`` per workload.
+    Both strategies of a workload run equally long (the A B B A blocks). ``--target-spread 0``: nothing (the old rule)."""
+    if args.target_spread <= 0:
+        return {}, {}
+    spreads: dict[str, dict[str, dict[str, float]]] = {}
+    for _, scenario in scenarios:
+        spreads[scenario.name] = {}
+        for st in scenario.strategies:
+            got = sim_spread(scenario, st, cal_path, args.live_warmup, SPREAD_REF_S, args.spread_seeds)
+            spreads[scenario.name][st] = {q: noise.relative_spread(got[q]) for q in ("p50", "p99")}
+    needs = [
+        max(
+            noise.duration_for(v["p99"], SPREAD_REF_S, args.target_spread, args.live_duration, args.live_max)
+            for v in spreads[sc.name].values()
+        )
+        for _, sc in scenarios
+    ]
+    if args.resim is not None:
+        return spreads, {}
+    lengths = noise.allocate(needs, args.live_budget * len(scenarios), args.live_duration)
+    plan = {sc.name: round(d, 1) for (_, sc), d in zip(scenarios, lengths, strict=True)}
+    print(
+        f"live runs' lengths: p99 sd/mean over {args.spread_seeds} simulated {SPREAD_REF_S:g} s runs per strategy"
+        f"{' (with ' + str(cal_path) + ')' if cal_path else ' (no stack costs: a floor)'}, target {100 * args.target_spread:g}%, "
+        f"[{args.live_duration:g}, {args.live_max:g}] s, at most {args.live_budget:g} s per workload on average",
+        flush=True,
+    )
+    for (_, sc), need in zip(scenarios, needs, strict=True):
+        worst = max(v["p99"] for v in spreads[sc.name].values())
+        print(
+            f"  {sc.name:{width}} {what(sc):38} spread at {SPREAD_REF_S:g} s "
+            + " ".join(f"{st} {100 * v['p99']:4.1f}%" for st, v in spreads[sc.name].items())
+            + f"; needs {need:4.0f} s, runs {plan[sc.name]:4.0f} s (spread then {100 * worst * (SPREAD_REF_S / plan[sc.name]) ** 0.5:4.1f}%)",
+            flush=True,
+        )
+    return spreads, plan
+
+
 def what(scenario: sc_mod.Scenario) -> str:
     """A one-group, one-Poisson-workload scenario in a few words: ``4x1 exp 6.0 ms, 500/s, 75% busy``."""
     g, w = scenario.agents[0], scenario.workload[0]
@@ -818,8 +861,9 @@ def grid(args: argparse.Namespace) -> int:
     if not wanted <= known:
         raise SystemExit(f"--columns: {', '.join(sorted(wanted - known))}: none such (sim, probe, run, other, same)")
     cols = [c for c in ("sim", *(["probe"] if cal_path else []), "run", "other", "same") if c in wanted]
-    head = " ".join(f"{c:>6} {'err':>5}" for c in cols)
     width = max([22, *(len(sc.name) for _, sc in scenarios)])
+    spreads, plan = plan_durations(scenarios, cal_path, args, width)
+    head = " ".join(f"{c:>6} {'err':>5}" for c in cols)
     header = f"{'workload':{width}} {'what':38} {'strategy':13} {'util':>5} | {'live p50':>8} {head} | {'live p99':>8} {head}"
     print(header + "\n" + "-" * len(header), flush=True)
     for path, scenario in scenarios:
@@ -827,19 +871,10 @@ def grid(args: argparse.Namespace) -> int:
         cfgs: dict[str, argparse.Namespace] = {}
         for strategy in scenario.strategies:
             cfgs[strategy] = live_args_for(scenario, path, strategy, args)
-        spread10: dict[str, float] = {}
-        if args.target_spread > 0:
-            # how much a 10 s run's p99 moves between samples of this workload (the simulator, cheap), and so how long
-            # the live run must be for the target spread; both strategies as long as the noisier needs (A B B A alike)
+        spread10 = spreads.get(scenario.name, {})  # strategy -> p50/p99 -> sd/mean at 10 s
+        if scenario.name in plan:
             for strategy in scenario.strategies:
-                got = sim_spread(scenario, strategy, cal_path, args.live_warmup, SPREAD_REF_S, args.spread_seeds)
-                spread10[strategy] = noise.relative_spread(got["p99"])
-            need = max(
-                noise.duration_for(v, SPREAD_REF_S, args.target_spread, args.live_duration, args.live_max) for v in spread10.values()
-            )
-            for strategy in scenario.strategies:
-                if args.resim is None:  # --resim: the recorded runs' lengths (below)
-                    cfgs[strategy].duration = need
+                cfgs[strategy].duration = plan[scenario.name]
         if args.resim is None:
             # live first, all strategies back to back, each in args.blocks parts (A B B A): a drift of the machine between
             # the runs reaches both strategies alike; block k of every strategy draws the same arrivals and service times
@@ -948,12 +983,16 @@ def grid(args: argparse.Namespace) -> int:
                 "live_duration_s": cfgs[strategy].duration,
                 "live_tags": lv["tags"],
                 "live_seeds": lv["seeds"],
-                # the simulator's p99 spread (sd/mean) over seeds of a 10 s run, and what it gives at the live run's length
-                "spread_p99_10s": spread10.get(strategy, float("nan")),
-                "spread_p99_expected": spread10.get(strategy, float("nan")) * (SPREAD_REF_S / cfgs[strategy].duration) ** 0.5,
-                "live_p50_ci": live_ci[50.0],
-                "live_p99_ci": live_ci[99.0],
             }
+            for q, qf in (("p50", 50.0), ("p99", 99.0)):
+                # the simulator's spread (sd/mean) over seeds of a 10 s run, and what it gives at the live run's length
+                ref = spread10.get(strategy, {}).get(q, float("nan"))
+                row[f"spread_{q}_10s"] = ref
+                row[f"spread_{q}_expected"] = ref * (SPREAD_REF_S / cfgs[strategy].duration) ** 0.5
+                # the window bootstrap's interval, widened to +-1.96 x that spread where narrower: the bootstrap alone falls
+                # short where bursts outlast a window (docs/SIMULATOR.md)
+                row[f"live_{q}_ci_boot"] = live_ci[qf]
+                row[f"live_{q}_ci"] = noise.widen(live_ci[qf], lat[q], row[f"spread_{q}_expected"])
             for c in cols:
                 col = sims.get(c)
                 for q in ("p50", "p99"):
@@ -1068,7 +1107,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "estimates it, is at most this, within [--live-duration, --live-max] (default 0.06; 0: the --live-samples rule)",
     )
     add("--live-max", type=float, default=40.0, help="--grid: the longest live run per strategy, measured seconds (default 40)")
-    add("--spread-seeds", type=int, default=12, help="--grid: simulated 10 s runs per strategy that estimate the spread (default 12)")
+    add(
+        "--live-budget",
+        type=float,
+        default=18.0,
+        help="--grid: measured seconds per workload and strategy on average, at most; the longest runs are cut alike to fit (default 18)",
+    )
+    add("--spread-seeds", type=int, default=10, help="--grid: simulated 10 s runs per strategy that estimate the spread (default 10)")
     add("--ci-window", type=float, default=1.0, help="--grid: the time windows the intervals resample, seconds (default 1)")
     add("--calibration", type=Path, default=None, help="--grid: also simulate with this calibration (a 'probe' column)")
     add(

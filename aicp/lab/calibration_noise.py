@@ -101,6 +101,16 @@ def window_bootstrap(
     return {q: (float(lo[i]), float(hi[i])) for i, q in enumerate(qs)}
 
 
+def widen(ci: tuple[float, float], value: float, spread: float, z: float = 1.96) -> tuple[float, float]:
+    """``ci`` widened to ``value * (1 -+ z * spread)`` where that is wider (either may be unknown: NaN)."""
+    if not (np.isfinite(value) and np.isfinite(spread)):
+        return ci
+    lo, hi = value * (1.0 - z * spread), value * (1.0 + z * spread)
+    if not all(np.isfinite(ci)):
+        return (lo, hi)
+    return (min(ci[0], lo), max(ci[1], hi))
+
+
 def relative_spread(values: np.ndarray) -> float:
     """Standard deviation over mean of several runs' percentiles (NaN with fewer than two)."""
     v = values[np.isfinite(values)]
@@ -113,6 +123,21 @@ def duration_for(spread_at_ref: float, ref_s: float, target: float, lo_s: float,
     if not np.isfinite(spread_at_ref) or spread_at_ref <= 0 or target <= 0:
         return lo_s
     return float(min(hi_s, max(lo_s, ref_s * (spread_at_ref / target) ** 2)))
+
+
+def allocate(needs: list[float], total_s: float, lo_s: float) -> list[float]:
+    """Measured seconds per run: each its need, but if they add up to more than ``total_s``, the longest cut to one
+    common length (at least ``lo_s``) so that they add up to ``total_s`` (water-filling: the quiet runs keep theirs)."""
+    if sum(needs) <= total_s:
+        return list(needs)
+    lo, hi = lo_s, max(needs)
+    for _ in range(60):  # bisection on the common cap
+        mid = (lo + hi) / 2.0
+        if sum(max(lo_s, min(n, mid)) for n in needs) > total_s:
+            hi = mid
+        else:
+            lo = mid
+    return [max(lo_s, min(n, lo)) for n in needs]
 
 
 def verdict(pred: float, live: float, live_ci: tuple[float, float], pred_ci: tuple[float, float] | None = None, goal: float = 0.15) -> str:
