@@ -761,7 +761,7 @@ def plan_durations(
     for (_, sc), need in zip(scenarios, needs, strict=True):
         worst = max(v["p99"] for v in spreads[sc.name].values())
         print(
-            f"  {sc.name:{width}} {what(sc):38} spread at {SPREAD_REF_S:g} s "
+            f"  {sc.name:{width}} {what(sc):42} spread at {SPREAD_REF_S:g} s "
             + " ".join(f"{st} {100 * v['p99']:4.1f}%" for st, v in spreads[sc.name].items())
             + f"; needs {need:4.0f} s, runs {plan[sc.name]:4.0f} s (spread then {100 * worst * (SPREAD_REF_S / plan[sc.name]) ** 0.5:4.1f}%)",
             flush=True,
@@ -864,7 +864,7 @@ def grid(args: argparse.Namespace) -> int:
     width = max([22, *(len(sc.name) for _, sc in scenarios)])
     spreads, plan = plan_durations(scenarios, cal_path, args, width)
     head = " ".join(f"{c:>6} {'err':>5}" for c in cols)
-    header = f"{'workload':{width}} {'what':38} {'strategy':13} {'util':>5} | {'live p50':>8} {head} | {'live p99':>8} {head}"
+    header = f"{'workload':{width}} {'what':42} {'strategy':13} {'util':>5} | {'live p50':>8} {head} | {'live p99':>8} {head}"
     print(header + "\n" + "-" * len(header), flush=True)
     for path, scenario in scenarios:
         lives: dict[str, dict[str, Any]] = {}
@@ -1008,7 +1008,7 @@ def grid(args: argparse.Namespace) -> int:
                 return " ".join(f"{row[f'{c}_{q}']:6.2f} {_err(row[f'{c}_{q}'], row[f'live_{q}']):>5}" for c in cols)
 
             print(
-                f"{scenario.name:{width}} {row['what']:38} {strategy:13} {row['sim_utilisation']:5.2f} | {lat['p50']:8.2f} {cells('p50')} | "
+                f"{scenario.name:{width}} {row['what']:42} {strategy:13} {row['sim_utilisation']:5.2f} | {lat['p50']:8.2f} {cells('p50')} | "
                 f"{lat['p99']:8.2f} {cells('p99')}"
                 + flags(row),
                 flush=True,
@@ -1113,7 +1113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=18.0,
         help="--grid: measured seconds per workload and strategy on average, at most; the longest runs are cut alike to fit (default 18)",
     )
-    add("--spread-seeds", type=int, default=10, help="--grid: simulated 10 s runs per strategy that estimate the spread (default 10)")
+    add("--spread-seeds", type=int, default=8, help="--grid: simulated 10 s runs per strategy that estimate the spread (default 8)")
     add("--ci-window", type=float, default=1.0, help="--grid: the time windows the intervals resample, seconds (default 1)")
     add("--calibration", type=Path, default=None, help="--grid: also simulate with this calibration (a 'probe' column)")
     add(
