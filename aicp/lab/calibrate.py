@@ -34,6 +34,15 @@ workload differ by their strategy only, each is made in ``--blocks`` parts in th
 A B B A (a drift of the machine reaches both alike), block k of every strategy draws the
 same arrivals and service times (seeded agents), the agents queue without a cap as the
 simulated ones do, and a run with failed or lost tasks is run again (``--live-retries``).
+
+A short run's p99 is itself a noisy figure (docs/SIMULATOR.md, "How precise is a short run's
+p99"): before the live runs, the grid simulates each workload a few times for 10 s to learn
+how much its p99 moves between samples, and makes each live run long enough for
+``--target-spread`` within a time budget (:func:`plan_durations`); after them it prints every
+p99 with a 95% interval and tells a miss the intervals leave undecided (``noise``) from one
+beyond them (``MISS``), :mod:`aicp.lab.calibration_noise`. ``aicp calibrate --grid-random N
+--seed S`` draws the N workloads from the issue's box instead (:mod:`aicp.lab.calibration_draw`)
+and writes them into the run folder.
 """
 
 from __future__ import annotations
@@ -1110,8 +1119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--live-budget",
         type=float,
-        default=18.0,
-        help="--grid: measured seconds per workload and strategy on average, at most; the longest runs are cut alike to fit (default 18)",
+        default=16.0,
+        help="--grid: measured seconds per workload and strategy on average, at most; the longest runs are cut alike to fit (default 16)",
     )
     add("--spread-seeds", type=int, default=8, help="--grid: simulated 10 s runs per strategy that estimate the spread (default 8)")
     add("--ci-window", type=float, default=1.0, help="--grid: the time windows the intervals resample, seconds (default 1)")
