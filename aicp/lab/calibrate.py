@@ -821,6 +821,20 @@ def print_intervals(rows: list[dict[str, Any]], cols: list[str], width: int, win
             print(f"{c:5} {q}: {v.count('ok')} within 15%, {v.count('noise')} misses within the intervals, {v.count('MISS')} beyond them")
 
 
+def random_grid_files(args: argparse.Namespace, run_dir: Path) -> tuple[list[Path], dict[str, str]]:
+    """``--grid-random N``: N workloads drawn with ``--seed`` into ``run_dir/workloads``; their files and descriptions."""
+    box = calibration_draw.draw(args.grid_random, args.seed, max_rate=args.max_rate, min_rate=args.min_rate)
+    files = calibration_draw.write(box, run_dir / "workloads", args.seed)
+    print(
+        f"{len(files)} workloads drawn (seed {args.seed}) from the issue's box, rate in [{args.min_rate:g}, {args.max_rate:g}]/s "
+        f"({100 * box.accepted_share:.0f}% of the box's draws): {run_dir / 'workloads'}",
+        flush=True,
+    )
+    for f, w in zip(files, box.workloads, strict=True):
+        print(f"  {f.stem}: {w.describe()}", flush=True)
+    return files, {w.name: w.describe() for w in box.workloads}
+
+
 def grid(args: argparse.Namespace) -> int:
     """Each workload x strategy live, then simulated: ideal, [probe calibration], own-run costs, other-run costs."""
     if args.grid is not None and args.grid_random:
@@ -854,14 +868,7 @@ def grid(args: argparse.Namespace) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
     drawn: dict[str, str] = {}
     if args.grid_random:
-        box = calibration_draw.draw(args.grid_random, args.seed, max_rate=args.max_rate, min_rate=args.min_rate)
-        files = calibration_draw.write(box, run_dir / "workloads", args.seed)
-        drawn = {w.name: w.describe() for w in box.workloads}
-        print(
-            f"{len(files)} workloads drawn (seed {args.seed}) from the issue's box, rate in [{args.min_rate:g}, {args.max_rate:g}]/s "
-            f"({100 * box.accepted_share:.0f}% of the box's draws): {run_dir / 'workloads'}",
-            flush=True,
-        )
+        files, drawn = random_grid_files(args, run_dir)
     scenarios = [(f, sc_mod.load(f)) for f in files]
     sign_ms = sign_cost_ms()
     rows: list[dict[str, Any]] = []

@@ -106,3 +106,26 @@ def test_a_live_interval_is_widened_to_the_simulator_s_spread_where_the_bootstra
     assert cn.widen((70.0, 140.0), 100.0, 0.1) == (70.0, 140.0)
     assert cn.widen((90.0, 110.0), 100.0, float("nan")) == (90.0, 110.0)
     assert cn.widen((float("nan"), float("nan")), 100.0, 0.05) == pytest.approx((90.2, 109.8))
+
+
+def test_the_random_grid_writes_its_workloads_into_the_run_folder_and_plans_their_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from aicp.sim import scenario as sc_mod
+
+    parser = argparse.ArgumentParser()
+    calibrate.add_arguments(parser)
+    args = parser.parse_args(["--grid-random", "2", "--seed", "9", "--spread-seeds", "3", "--live-max", "30", "--live-budget", "12"])
+    files, drawn = calibrate.random_grid_files(args, tmp_path)
+    assert [f.parent for f in files] == [tmp_path / "workloads"] * 2 and list(drawn) == [w.name for w in cd.draw(2, 9).workloads]
+    out = capsys.readouterr().out
+    assert all(desc in out for desc in drawn.values())
+    scenarios = [(f, sc_mod.load(f)) for f in files]
+    # shortened so that the test stays quick: the plan runs the simulator 3 x 10 s per strategy and workload
+    for i, (f, sc) in enumerate(scenarios):
+        scenarios[i] = (f, sc_mod.from_data({**sc_mod.to_data(sc), "workload": [{"method": "bench.synthetic", "arrival": {"process": "poisson", "rate_per_s": 50.0}}]}, sc.name))
+    spreads, plan = calibrate.plan_durations(scenarios, None, args, 30)
+    assert set(plan) == set(drawn) and all(10.0 <= d <= 30.0 for d in plan.values()) and sum(plan.values()) <= 24.0 + 1e-6
+    assert all(set(v) == {"least_loaded", "round_robin"} and all(x["p99"] > 0 for x in v.values()) for v in spreads.values())
+    args.target_spread = 0.0
+    assert calibrate.plan_durations(scenarios, None, args, 30) == ({}, {})
