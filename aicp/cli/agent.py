@@ -63,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       f"without: ${KEY_DIR_ENV}/agent-default-N.key for the first slot N no running process holds; ${KEY_DIR_ENV} defaulting to ~/.config/aicp/keys")
     add("--concurrency", type=int, default=16, help="tasks one agent runs at once (default 16)")
     add("--service-time", default="0", metavar="[DIST:]MS", help="synthetic handler: constant|exponential|lognormal mean in ms (default 0)")
+    add("--service-sigma", type=float, default=0.5, metavar="S", help="synthetic handler: a lognormal service time's sigma (default 0.5)")
     add("--fail-prob", type=float, default=0.0, help="synthetic handler: probability a task fails (default 0)")
     add("--connect-concurrency", type=int, default=64, metavar="N",
         help="connection attempts (handshake and registration) in progress at once in this process (default 64)")
@@ -105,7 +106,11 @@ def iter_agents(args: argparse.Namespace) -> Iterator[Agent]:
         seed = None if args.seed is None else args.seed + i
         for cap in capabilities:
             name = cap if cap in handlers.BUILTINS else args.handler
-            agent.handler(cap)(handlers.builtin(name, args.service_time, args.fail_prob, seed))
+            if name == "synthetic":
+                dist, mean_ms = handlers.parse_service_time(args.service_time)
+                agent.handler(cap)(handlers.Synthetic(dist, mean_ms, args.fail_prob, sigma=args.service_sigma, seed=seed))
+            else:
+                agent.handler(cap)(handlers.builtin(name, args.service_time, args.fail_prob, seed))
         yield agent
 
 
@@ -198,6 +203,9 @@ def run(args: argparse.Namespace) -> int:
         handlers.parse_service_time(args.service_time)
     except ValueError as exc:
         print(f"error: --service-time: {exc}", file=sys.stderr)
+        return 2
+    if args.service_sigma < 0:
+        print("error: --service-sigma must be at least 0", file=sys.stderr)
         return 2
     if args.count > 1:
         tune_gc()  # thousands of agents' connections in one process
