@@ -22,12 +22,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Final
 
+import uvicorn
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from aicp.gateway.submit import GatewayApp, Reply, TaskSubmission, asgi_messages
+
+#: uvicorn releases (major, minor) whose httptools protocol internals the in-protocol ``POST /tasks``
+#: was written and tested against (``_start_asgi_task``, ``RequestResponseCycle``'s fields, ``STATUS_LINE``).
+#: With any other release every request takes the ASGI path, as it did before: slower, never wrong.
+TESTED_UVICORN: Final = frozenset({(0, 54)})
+IN_PROTOCOL: Final = (
+    tuple(int(p) for p in uvicorn.__version__.split(".")[:2] if p.isdigit()) in TESTED_UVICORN
+    and hasattr(HttpToolsProtocol, "_start_asgi_task")
+)
 
 log = logging.getLogger("aicp.gateway")
 
@@ -108,7 +118,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         submission = getattr(self.app, "submission", None)
-        self.submission: TaskSubmission | None = submission if isinstance(submission, TaskSubmission) and isinstance(self.app, GatewayApp) else None
+        self.submission: TaskSubmission | None = submission if IN_PROTOCOL and isinstance(submission, TaskSubmission) and isinstance(self.app, GatewayApp) else None
         self._parsing_headers = False
         self._held: tuple[RequestResponseCycle, dict[bytes, bytes]] | None = None  # the POST /tasks waiting for its body
         self._keep_alive: asyncio.TimerHandle | None = None  # see on_response_complete
