@@ -16,8 +16,10 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Final
 
 from aicp.live.client import DEFAULT_URL
+from aicp.live.keys import KEY_DIR_ENV, default_key_dir
 from aicp.live.logs import add_logging_arguments, setup_logging
 from aicp.live.loop import run_async, tune_gc
 
@@ -45,8 +47,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_logging_arguments(parser)
 
 
+#: where gateways before 2026-11-28 kept their key when ``AICP_KEY_DIR`` was not set (every other role used ``default_key_dir()``)
+LEGACY_KEY_FILE: Final = Path("~/.aicp/keys/gateway.key")
+
+
 def default_key_file() -> Path:
-    return Path(os.environ.get("AICP_KEY_DIR") or Path.home() / ".aicp" / "keys") / "gateway.key"
+    """``gateway.key`` in the key directory every role uses (``aicp.live.keys.default_key_dir``).
+
+    A key already kept at the old place (``LEGACY_KEY_FILE``) is used while none exists at the new one,
+    so an upgraded gateway stays the same controller and still finds its outcomes at the router.
+    """
+    path = default_key_dir() / "gateway.key"
+    legacy = LEGACY_KEY_FILE.expanduser()
+    if not os.environ.get(KEY_DIR_ENV) and not path.exists() and legacy.exists():
+        return legacy
+    return path
 
 
 def _loopback(host: str) -> bool:
