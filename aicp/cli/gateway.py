@@ -16,8 +16,10 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Final
 
 from aicp.live.client import DEFAULT_URL
+from aicp.live.keys import KEY_DIR_ENV, default_key_dir
 from aicp.live.logs import add_logging_arguments, setup_logging
 from aicp.live.loop import run_async, tune_gc
 
@@ -45,8 +47,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_logging_arguments(parser)
 
 
+#: where gateways before 2026-11-28 kept their key when ``AICP_KEY_DIR`` was not set (every other role used ``default_key_dir()``)
+LEGACY_KEY_FILE: Final = Path("~/.aicp/keys/gateway.key")
+
+
 def default_key_file() -> Path:
-    return Path(os.environ.get("AICP_KEY_DIR") or Path.home() / ".aicp" / "keys") / "gateway.key"
+    """``gateway.key`` in the key directory every role uses (``aicp.live.keys.default_key_dir``).
+
+    A key already kept at the old place (``LEGACY_KEY_FILE``) is used while none exists at the new one,
+    so an upgraded gateway stays the same controller and still finds its outcomes at the router.
+    """
+    path = default_key_dir() / "gateway.key"
+    legacy = LEGACY_KEY_FILE.expanduser()
+    if not os.environ.get(KEY_DIR_ENV) and not path.exists() and legacy.exists():
+        return legacy
+    return path
 
 
 def _loopback(host: str) -> bool:
@@ -111,9 +126,12 @@ def run(args: argparse.Namespace) -> int:
     # proxy_headers off: nothing here reads the client address, and uvicorn's ProxyHeadersMiddleware would wrap every request
     kwargs: dict[str, object] = {"log_level": "warning", "access_log": False, "lifespan": "on", "timeout_graceful_shutdown": 5, "proxy_headers": False}
     try:  # httptools, not h11 (several times the CPU per request), writing each answer in one syscall
-        from aicp.gateway.http import CoalescingHttpToolsProtocol
+        from aicp.gateway.http import IN_PROTOCOL, CoalescingHttpToolsProtocol
 
         kwargs["http"] = CoalescingHttpToolsProtocol
+        if not IN_PROTOCOL:
+            print(f"aicp gateway: uvicorn {uvicorn.__version__} is not a release the in-protocol POST /tasks was tested with; "
+                  "every request takes the ASGI path", file=sys.stderr)
     except ImportError:
         pass
     server = uvicorn.Server(uvicorn.Config(app, **kwargs))  # type: ignore[arg-type]

@@ -223,6 +223,7 @@ def create_app(config: GatewayConfig, gateway: Gateway | None = None) -> FastAPI
                 "gateway_key": gw.identity.public_key_text,
                 "router": gw.config.router_url,
                 "tasks_running": len(gw.store.running),
+                "posts_in_protocol": submission.taken,  # POST /tasks answered without an ASGI task (aicp.gateway.http)
             }
         )
 

@@ -94,10 +94,12 @@ class Gateway:
         digest: bytes | None = None,
         context_id: str = "",
         watchable: bool = True,
+        soon: bool = False,
     ) -> tuple[GatewayTask | None, Problem | None, bool]:
         """Take a task in and track it. Returns (task, None, is_new) or (None, problem, False).
 
-        A new task is tracked at once; the caller then awaits ``link.send(task)``.
+        A new task is tracked at once; the caller then awaits ``link.send(task)``, or with
+        ``soon`` calls ``link.send_soon(task)``, which arms its local deadline.
         ``watchable``: its caller gets the task id before the outcome (respond-async, A2A
         streaming), so someone may watch its events: it asks the router for progress notices.
 
@@ -131,5 +133,5 @@ class Gateway:
         task = GatewayTask(task_id, method, payload, timeout, principal.name, digest, context_id, watchable)
         if idempotency_key is not None and digest is not None and first is None:  # new key: write it down
             self.journal.record(task_id, digest)
-        self.link.track(task)
+        self.link.track(task, deadline=not soon)
         return task, None, True

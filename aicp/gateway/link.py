@@ -31,6 +31,8 @@ with ``timeout`` even if the router never comes back.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -53,6 +55,68 @@ ASYNC_PROGRESS: Final = "async"
 
 #: How a progress notice's frame reads (the body comes last in the envelope, its tag first); other frames skip ``_defer``.
 _PROGRESS_MARK: Final = b'"body":{"type":"progress"'
+
+
+class Deadlines:
+    """The local deadlines of the running tasks, on one loop timer (a timer per task cost more CPU than its task's frame).
+
+    A heap of (when, number, task id) and a timer for the earliest entry. A task that
+    ends is not looked for: its entry is dropped when it reaches the top and its task is
+    no longer running under that number (``GatewayTask.deadline``). So the timer fires about
+    once per deadline span (timeout plus grace) at a steady load, not once per task. ``add``
+    O(log n); each entry is dropped or expires once, O(log n). n: the entries whose time has
+    not come, at most the submission rate times the deadline span; each holds a float,
+    an int and a str, which the garbage collector does not track.
+    """
+
+    def __init__(self, store: TaskStore, expire: Callable[[GatewayTask], None]) -> None:
+        self.store = store
+        self.expire = expire
+        self.heap: list[tuple[float, int, str]] = []
+        self._numbers = itertools.count(1)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def add(self, task: GatewayTask, delay_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay_s
+        task.deadline = number = next(self._numbers)
+        heapq.heappush(self.heap, (when, number, task.id))
+        if self._timer is None or when < self._timer_at:
+            self._arm(loop, when)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        heap = self.heap
+        running = self.store.running
+        while heap:
+            when, number, task_id = heap[0]
+            task = running.get(task_id)
+            if task is None or task.deadline != number:  # ended (or another task of that id since)
+                heapq.heappop(heap)
+                continue
+            if when > now:
+                break
+            heapq.heappop(heap)
+            try:
+                self.expire(task)
+            except Exception:  # the other deadlines still come
+                log.exception("expiring task %s failed", task_id)
+        if heap:
+            self._arm(loop, heap[0][0])
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def default_gateway_id(identity: Identity) -> str:
@@ -79,6 +143,8 @@ class GatewayLink(PeerClient):
         self.grace_s = grace_s
         self.on_registered: Callable[[], None] | None = None  # called on each (re)registration, before resubmitting
         self._runner: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[bool]] = set()  # send_soon's frames waiting for room on the connection
+        self.deadlines = Deadlines(store, self._expire)
 
     async def start(self) -> None:
         """Connect in the background (retrying until the router answers) and keep reading outcomes."""
@@ -97,32 +163,62 @@ class GatewayLink(PeerClient):
         return True
 
     # ------------------------------------------------------------------ tasks
-    def track(self, task: GatewayTask) -> None:
-        """Start tracking ``task`` and its local deadline (synchronous: no other request can slip in between)."""
+    def track(self, task: GatewayTask, deadline: bool = True) -> None:
+        """Start tracking ``task`` (synchronous: no other request can slip in between) and its local deadline; ``deadline``
+        False: ``send_soon`` arms it once the task's frame is written (a timer less before the frame leaves)."""
         self.store.add(task)
-        task.deadline = asyncio.get_running_loop().call_later(task.timeout_ms / 1000.0 + self.grace_s, self._expire, task)
+        if deadline:
+            self._arm(task)
+
+    def _arm(self, task: GatewayTask) -> None:
+        self.deadlines.add(task, task.timeout_ms / 1000.0 + self.grace_s)
 
     async def send(self, task: GatewayTask) -> None:
         """Send a tracked task now if connected (else it goes after the next registration)."""
         await self._send_task(task, SUBMITTED)
 
+    def send_soon(self, task: GatewayTask) -> None:
+        """``send`` for a caller that does not wait: the frame joins this iteration's writes at once, as ``send``'s
+        does, unless the connection is under flow control; then a task of its own awaits room for it. Arms the task's
+        local deadline if ``track`` left it to this."""
+        try:
+            frame = self._task_frame(task)
+            sent = self._send_at_once(frame)
+            if sent is None:
+                waiting = asyncio.get_running_loop().create_task(self._send_frame(task, frame, SUBMITTED))
+                self._sending.add(waiting)
+                waiting.add_done_callback(self._sending.discard)
+            elif sent:
+                self._submitted(task, SUBMITTED)
+        finally:
+            if not task.deadline and not task.ended:
+                self._arm(task)
+
     def cancel(self, task: GatewayTask) -> bool:
         """End a running task as canceled here; the router's outcome, when it comes, is dropped."""
         return self.store.finish(task, Outcome(False, "canceled", "canceled by the caller"), "canceled")
 
-    async def _send_task(self, task: GatewayTask, event: str) -> bool:
+    def _task_frame(self, task: GatewayTask) -> bytes:
         ask = True if self.progress_mode == ASYNC_PROGRESS and task.progress else None  # None: as registered (the field is left out)
-        _, frame = self.session.task_frame(task.method, task.payload, time.time(), task.id, task.timeout_ms, ask)
+        return self.session.task_frame(task.method, task.payload, time.time(), task.id, task.timeout_ms, ask)[1]
+
+    async def _send_task(self, task: GatewayTask, event: str) -> bool:
+        return await self._send_frame(task, self._task_frame(task), event)
+
+    async def _send_frame(self, task: GatewayTask, frame: bytes, event: str) -> bool:
         if not await self._send(frame):
             return False
+        self._submitted(task, event)
+        return True
+
+    @staticmethod
+    def _submitted(task: GatewayTask, event: str) -> None:
         if not task.ended:
             if task.state == "accepted":
                 task.state = "submitted"
             task.record(event)
-        return True
 
     def _expire(self, task: GatewayTask) -> None:
-        task.deadline = None
         self.store.finish(task, Outcome(False, errors.TIMEOUT, f"no outcome from the router within {task.timeout_ms:g} ms"), "failed")
 
     # ------------------------------------------------------------------ frames
@@ -220,6 +316,7 @@ class GatewayLink(PeerClient):
                 return
 
     async def _on_close(self) -> None:
+        self.deadlines.close()
         for task in list(self.store.running.values()):
             self.store.finish(task, Outcome(False, errors.SHUTTING_DOWN, "the gateway is shutting down"), "failed")
         if self._runner is not None:

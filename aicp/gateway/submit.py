@@ -12,6 +12,11 @@ runs where the shortcut does not match, e.g. under a ``root_path``).
 The answers are the ones the framework route gave: the same statuses, headers and
 RFC 9457 problems, in the same order of checks (401, 429, 415, 413, 400, 422, 403,
 503, then the task's outcome).
+
+A plain synchronous ``POST /tasks`` does not even reach the ASGI app: uvicorn's protocol
+(``aicp.gateway.http.CoalescingHttpToolsProtocol``) asks ``TaskSubmission.hold`` whether it
+may keep the request, and once its body is in, ``TaskSubmission.take`` makes the same
+checks (``_admit``, ``_accept``) from the protocol's callback, with no task or coroutine.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import asyncio
 import hashlib
 import inspect
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Annotated, Any, Final, cast
 
 import msgspec
@@ -30,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 
 from aicp import errors
 from aicp.gateway import problems
+from aicp.gateway.auth import Principal
 from aicp.gateway.core import Gateway, Problem
 from aicp.gateway.problems import PROBLEM_JSON, problem_body
 from aicp.gateway.tasks import GatewayTask
@@ -78,6 +84,10 @@ def outcome_reply(task: GatewayTask) -> Reply:
     return problem_reply(status, o.code, o.message or o.code, loc, task_id=task.id, instance=f"/tasks/{task.id}")
 
 
+#: The answer to a request the gateway failed on (logged).
+INTERNAL: Final[Reply] = problem_reply(500, "internal", "the gateway failed on this request; see its log")
+
+
 def from_problem(p: Problem) -> Reply:
     return problem_reply(p.status, p.code, p.detail, [(b"retry-after", b"1")] if p.status == 503 else None)
 
@@ -89,6 +99,8 @@ class TaskSubmission:
         self.gw = gateway
         self.decoder = msgspec.json.Decoder(TaskRequest)
         self._coroutine_functions: dict[Any, bool] = {}  # send's function (uvicorn's one, in practice) → is it ``async def``
+        self.taken = 0  # requests answered by ``take``, without an ASGI task (shown on /healthz)
+        self._tasks: set[asyncio.Task[None]] = set()  # ``take``'s answers that had to wait
 
     def _steppable(self, send: Send) -> bool:
         """Whether ``send`` returns a coroutine ``_run_at_once`` can run; asked once per method (uvicorn's), not per request. O(1)."""
@@ -113,10 +125,10 @@ class TaskSubmission:
             log.exception("POST /tasks failed")
             if answered:
                 return  # the status line is out: nothing else can be said on this response
-            got = problem_reply(500, "internal", "the gateway failed on this request; see its log")
+            got = INTERNAL
         if got[0] == 0:
             return
-        start, body = _messages(got)
+        start, body = asgi_messages(got)
         if answered == 0:
             await send(start)
         await send(body)
@@ -143,7 +155,7 @@ class TaskSubmission:
         def answer() -> None:
             sent = 0
             try:
-                for message in _messages(outcome_reply(task)):
+                for message in asgi_messages(outcome_reply(task)):
                     if not _run_at_once(cast("Coroutine[Any, Any, None]", send(message))):
                         break
                     sent += 1
@@ -178,25 +190,11 @@ class TaskSubmission:
 
     async def prepare(self, scope: Scope, receive: Receive) -> Reply | GatewayTask:
         """Check and submit one ``POST /tasks``: its answer now, or the task whose outcome is the answer."""
-        gw = self.gw
-        headers: dict[bytes, bytes] = {}
-        for name, value in scope["headers"]:  # ASGI header names are lower case; the first of a repeated one counts
-            if name not in headers:
-                headers[name] = value
-        auth = headers.get(b"authorization")
-        principal = gw.keys.principal(auth.decode("latin-1") if auth is not None else None)
-        if principal is None:
-            return problem_reply(401, problems.UNAUTHORIZED, "send Authorization: Bearer <API key>", [(b"www-authenticate", b'Bearer realm="aicp"')])
-        if not gw.admit(principal):
-            return problem_reply(429, errors.RATE_LIMITED, f"over {gw.rates.rate:g} tasks/s for this API key", [(b"retry-after", str(gw.rates.retry_after_s).encode())])
-        ctype = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
-        if ctype != JSON and not ctype.endswith(b"+json"):
-            shown = repr(ctype.decode("latin-1")) if ctype else "'missing'"
-            return problem_reply(415, problems.UNSUPPORTED_MEDIA_TYPE, f"Content-Type must be application/json, not {shown}")
-        limit = gw.config.max_body_bytes
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return problem_reply(413, errors.TOO_LARGE, f"the body is over {limit} bytes")
+        headers = header_dict(scope["headers"])
+        principal = self._admit(headers)
+        if not isinstance(principal, Principal):
+            return principal
+        limit = self.gw.config.max_body_bytes
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -211,6 +209,40 @@ class TaskSubmission:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        got = self._accept(principal, headers, body)
+        if not isinstance(got, Accepted):
+            return got
+        task = got.task
+        if got.is_new:
+            await self.gw.link.send(task)
+        if got.respond_async:
+            if task.ended:
+                return outcome_reply(task)
+            return task_reply(task, 202, [(b"location", f"/tasks/{task.id}".encode()), (b"preference-applied", b"respond-async")])
+        return task
+
+    def _admit(self, headers: dict[bytes, bytes]) -> Principal | Reply:
+        """The checks made before the body is read, in their order: 401, 429, 415, 413 (declared length)."""
+        gw = self.gw
+        auth = headers.get(b"authorization")
+        principal = gw.keys.principal(auth.decode("latin-1") if auth is not None else None)
+        if principal is None:
+            return problem_reply(401, problems.UNAUTHORIZED, "send Authorization: Bearer <API key>", [(b"www-authenticate", b'Bearer realm="aicp"')])
+        if not gw.admit(principal):
+            return problem_reply(429, errors.RATE_LIMITED, f"over {gw.rates.rate:g} tasks/s for this API key", [(b"retry-after", str(gw.rates.retry_after_s).encode())])
+        ctype = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+        if ctype != JSON and not ctype.endswith(b"+json"):
+            shown = repr(ctype.decode("latin-1")) if ctype else "'missing'"
+            return problem_reply(415, problems.UNSUPPORTED_MEDIA_TYPE, f"Content-Type must be application/json, not {shown}")
+        limit = gw.config.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return problem_reply(413, errors.TOO_LARGE, f"the body is over {limit} bytes")
+        return principal
+
+    def _accept(self, principal: Principal, headers: dict[bytes, bytes], body: bytes, soon: bool = False) -> Accepted | Reply:
+        """The checks of the whole body (400, 422), then ``Gateway.accept`` (403, 422, 503): the task, not sent yet, or the refusal.
+        ``soon``: the caller sends a new task with ``link.send_soon``."""
         try:
             check_strict(body)
             req = self.decoder.decode(body)
@@ -224,20 +256,104 @@ class TaskSubmission:
         idem = idem_raw.decode("latin-1") if idem_raw is not None else None
         digest = hashlib.sha256(body).digest() if idem is not None else None
         respond_async = b"respond-async" in headers.get(b"prefer", b"")
-        task, prob, is_new = gw.accept(principal, req.method, req.payload, req.timeout_ms, idem, digest, watchable=respond_async)
+        task, prob, is_new = self.gw.accept(principal, req.method, req.payload, req.timeout_ms, idem, digest, watchable=respond_async, soon=soon)
         if task is None:
             assert prob is not None
             return from_problem(prob)
-        if is_new:
-            await gw.link.send(task)
-        if respond_async:
-            if task.ended:
-                return outcome_reply(task)
-            return task_reply(task, 202, [(b"location", f"/tasks/{task.id}".encode()), (b"preference-applied", b"respond-async")])
-        return task
+        return Accepted(task, is_new, respond_async)
+
+    # ------------------------------------------------------------------ without an ASGI task (aicp.gateway.http)
+    def hold(self, headers: Iterable[tuple[bytes, bytes]], max_body: int) -> dict[bytes, bytes] | None:
+        """Whether the HTTP protocol may keep this ``POST /tasks`` and answer it with ``take`` once its body is in.
+
+        Yes (its headers, read once) for a synchronous request whose body has a declared
+        length of at most ``max_body`` bytes and of at most the gateway's limit; None for any
+        other (``Prefer: respond-async``, a chunked or oversized body, no length): those go
+        the ASGI way, which answers a declared 413 before the body. O(headers).
+        """
+        found = header_dict(headers)
+        declared = found.get(b"content-length")
+        if (
+            declared is None
+            or not declared.isdigit()
+            or int(declared) > min(max_body, self.gw.config.max_body_bytes)
+            or b"transfer-encoding" in found
+            or b"respond-async" in found.get(b"prefer", b"")
+        ):
+            return None
+        return found
+
+    def take(self, headers: dict[bytes, bytes], body: bytes, answer: Callable[[Reply], None]) -> None:
+        """Answer a held ``POST /tasks`` whose whole body is in: the checks, the task's frame and the answer run here, in
+        the protocol's callback, with no ASGI task in between; the outcome's answer is given from the callback that ends
+        the task (``TaskStore.finish``). The same checks in the same order, the same answers as ``__call__``.
+
+        ``answer`` writes a reply on the request's connection (``CoalescingHttpToolsProtocol``);
+        it is called once and must not raise. ``take`` never raises.
+        """
+        self.taken += 1
+        try:
+            principal = self._admit(headers)
+            got = self._accept(principal, headers, body, soon=True) if isinstance(principal, Principal) else principal
+            if isinstance(got, Accepted):
+                task = got.task
+                if got.is_new:
+                    self.gw.link.send_soon(task)
+                if not task.ended:
+                    self._answer_on_end(task, answer)
+                    return
+                got = outcome_reply(task)
+        except Exception:
+            log.exception("POST /tasks failed")
+            got = INTERNAL
+        answer(got)
+
+    def _answer_on_end(self, task: GatewayTask, answer: Callable[[Reply], None]) -> None:
+        if task.on_end is not None:  # another request for the same Idempotency-Key holds the hook: answer from a task
+            self._later(self._answer_when_done(task, answer))
+            return
+
+        def on_end() -> None:
+            try:
+                reply = outcome_reply(task)
+            except Exception:
+                log.exception("POST /tasks failed")
+                reply = INTERNAL
+            answer(reply)
+
+        task.on_end = on_end
+
+    async def _answer_when_done(self, task: GatewayTask, answer: Callable[[Reply], None]) -> None:
+        await task.done.wait()  # bounded: the link ends every task by its local deadline
+        answer(outcome_reply(task))
+
+    def _later(self, step: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(step)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
-def _messages(reply: Reply) -> tuple[dict[str, Any], dict[str, Any]]:
+class Accepted:
+    """A task ``Gateway.accept`` took: new (to send) or an earlier one with the same Idempotency-Key."""
+
+    __slots__ = ("is_new", "respond_async", "task")
+
+    def __init__(self, task: GatewayTask, is_new: bool, respond_async: bool) -> None:
+        self.task = task
+        self.is_new = is_new
+        self.respond_async = respond_async
+
+
+def header_dict(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """ASGI headers (lower-case names) as a dict; the first of a repeated one counts. O(headers)."""
+    out: dict[bytes, bytes] = {}
+    for name, value in headers:
+        if name not in out:
+            out[name] = value
+    return out
+
+
+def asgi_messages(reply: Reply) -> tuple[dict[str, Any], dict[str, Any]]:
     """The two ASGI messages of an answer."""
     status, ctype, body, extra = reply
     headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *extra]

@@ -126,8 +126,8 @@ class GatewayTask:
         self._done: asyncio.Event | None = None
         self.watchers: list[asyncio.Queue[Event]] | tuple[()] = ()
         self.unverified: list[tuple[int, float, bytes]] | tuple[()] = ()
-        self.deadline: asyncio.TimerHandle | None = None
-        self.on_end: Callable[[], None] | None = None  # called once, at the end of ``TaskStore.finish`` (the synchronous POST answers from it)
+        self.deadline = 0  # the number of its entry in ``GatewayLink.deadlines`` (0: none yet)
+        self.on_end: Callable[[], None] | None = None  # called once, by ``TaskStore.finish`` as soon as the outcome is set (the synchronous POST answers from it)
 
     @property
     def ended(self) -> bool:
@@ -214,9 +214,10 @@ class TaskStore:
             return False
         task.outcome = outcome
         task.state = state
-        if task.deadline is not None:
-            task.deadline.cancel()
-            task.deadline = None
+        hook = task.on_end
+        if hook is not None:  # first: the caller's answer is on the critical path, the bookkeeping below is not
+            task.on_end = None
+            hook()  # must not raise (TaskSubmission's catch everything); nothing else can run before the rest below
         if outcome.ok:
             task.record(COMPLETED, agent_id=outcome.agent_id)
         elif state == "canceled":
@@ -228,8 +229,4 @@ class TaskStore:
         self.finished[task.id] = task
         while len(self.finished) > self.max_kept:
             self.finished.popitem(last=False)
-        hook = task.on_end
-        if hook is not None:
-            task.on_end = None
-            hook()  # must not raise (TaskSubmission's catches everything)
         return True

@@ -53,6 +53,28 @@ def test_post_waits_and_returns_a_result_the_caller_verifies_alone(stack: Stack)
         verify(tampered)
 
 
+def test_a_plain_post_is_answered_in_the_protocol_and_a_chunked_one_by_the_asgi_path(stack: Stack) -> None:
+    """The gateway's uvicorn answers a plain synchronous POST without an ASGI task (``posts_in_protocol`` counts it) and
+    one with a chunked body through the ASGI path (not counted); both get a verified result, with the same headers."""
+
+    def taken() -> int:
+        return int(httpx.get(stack.gateway + "/healthz", timeout=10).json()["posts_in_protocol"])
+
+    before = taken()
+    plain = post(stack, {"method": "echo", "payload": {"n": 1}})
+    assert taken() == before + 1
+    h = {"Content-Type": "application/json", **stack.headers()}
+    chunked = httpx.post(stack.gateway + "/tasks", content=iter([b'{"method": "echo", ', b'"payload": {"n": 2}}']), headers=h, timeout=30)
+    assert chunked.request.headers.get("transfer-encoding") == "chunked"
+    assert taken() == before + 1
+    for r, n in ((plain, 1), (chunked, 2)):
+        assert r.status_code == 200, r.text
+        data = r.json()
+        assert data["state"] == "completed" and data["result"] == {"n": n} and r.headers["location"] == f"/tasks/{data['id']}"
+        verify(data)
+    assert {k for k in plain.headers if k != "date"} == {k for k in chunked.headers if k != "date"}
+
+
 def test_respond_async_gives_202_location_then_events_and_state(stack: Stack) -> None:
     r = post(stack, {"method": "slow.work", "payload": {"n": 1}}, Prefer="respond-async")
     assert r.status_code == 202, r.text

@@ -101,3 +101,97 @@ def test_an_answer_is_sent_at_once_unless_send_would_wait() -> None:
 
     asyncio.run(run())
     assert written == ["now"] and closed == [True, True]
+
+
+@pytest.mark.parametrize("access_log", [False, True], ids=["written-by-the-protocol", "with-an-access-log-uvicorns-send"])
+def test_uvicorns_protocol_answers_a_plain_post_itself_and_the_same_as_the_asgi_path(app: FastAPI, access_log: bool) -> None:
+    """A real uvicorn with ``CoalescingHttpToolsProtocol``: every case, sent plain (a declared length: the protocol
+    answers it without an ASGI task, counted in ``submission.taken``) and with a chunked body (the ASGI path, not
+    counted; so is a body over the limit), gets the same answer both ways, and the same as ``GatewayApp`` called directly. ``Prefer: respond-async``
+    and another path are not taken either."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from aicp.gateway.http import CoalescingHttpToolsProtocol
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    # access_log off, as ``aicp gateway`` runs it: the protocol writes the answer itself (with one, uvicorn's send does)
+    config = uvicorn.Config(app, http=CoalescingHttpToolsProtocol, lifespan="off", log_level="warning", proxy_headers=False, access_log=access_log)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for _ in range(200):
+                if server.started:
+                    break
+                threading.Event().wait(0.05)
+            assert server.started
+            submission = app.submission  # type: ignore[attr-defined]
+            for name, headers, body, status, code in CASES:
+                before = submission.taken
+                held = len(body) <= 1024  # over the gateway's limit: the ASGI path answers 413 before the body
+                plain = client.post("/tasks", content=body, headers=headers)
+                assert submission.taken == before + held, name
+                chunked = client.post("/tasks", content=iter([body[:5], body[5:]]), headers=headers)
+                assert submission.taken == before + held, name
+                assert chunked.request.headers.get("transfer-encoding") == "chunked"
+                direct, _ = asyncio.run(both(app, headers, body))
+                assert plain.status_code == chunked.status_code == direct.status_code == status, (name, plain.text)
+                assert plain.json() == chunked.json() == direct.json() and plain.json()["code"] == code, name
+                served = {k: v for k, v in plain.headers.items() if k != "date"}
+                assert served == {k: v for k, v in chunked.headers.items() if k != "date"}, name
+                assert {k: v for k, v in served.items() if k not in ("server", "content-length")} == comparable(direct)["headers"], name
+            before = submission.taken
+            later = client.post("/tasks", content=b'{"method": "echo"}', headers={**AUTH, **JSON_CT, "Prefer": "respond-async"})
+            assert later.status_code == 503 and later.json()["code"] == "not-connected"
+            assert client.get("/tasks/nothing-here", headers=AUTH).status_code == 404
+            assert submission.taken == before
+            assert client.get("/healthz").json()["posts_in_protocol"] == before
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def test_the_keep_alive_timeout_closes_an_idle_connection_and_not_a_busy_one(app: FastAPI) -> None:
+    """``CoalescingHttpToolsProtocol`` keeps one keep-alive timer per connection: requests 0.25 s apart for longer than
+    the 1 s timeout are all answered on one connection (the timer, due, is armed again); then idle, it is closed."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from aicp.gateway.http import CoalescingHttpToolsProtocol
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    config = uvicorn.Config(app, http=CoalescingHttpToolsProtocol, lifespan="off", log_level="warning", timeout_keep_alive=1)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            for _ in range(7):
+                conn.sendall(request)
+                answer = conn.recv(65536)
+                assert answer.startswith(b"HTTP/1.1 200"), answer
+                time.sleep(0.25)
+            started = time.monotonic()
+            assert conn.recv(65536) == b""  # closed by the server (the socket's timeout is 10 s)
+            assert time.monotonic() - started < 9
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        listener.close()

@@ -54,3 +54,42 @@ def test_done_wakes_a_waiter_once_and_stays_set() -> None:
         assert task.watchers == ()
 
     asyncio.run(run())
+
+
+def test_deadlines_expire_only_tasks_still_running_under_their_own_entry_on_one_timer() -> None:
+    """``Deadlines``: a task that ended before its deadline is dropped, not expired; a new task reusing an id (an
+    Idempotency-Key) is not expired by the old task's entry; the running ones expire; the heap ends empty."""
+    from aicp.gateway.link import Deadlines
+
+    store = TaskStore()
+    expired: list[GatewayTask] = []
+
+    def expire(task: GatewayTask) -> None:
+        expired.append(task)
+        store.finish(task, Outcome(False, "timeout", "late"), "failed")
+
+    def new(task_id: str) -> GatewayTask:
+        task = GatewayTask(task_id, "echo", Raw(b"1"), 1000.0, "anonymous", None, progress=False)
+        store.add(task)
+        return task
+
+    async def run() -> None:
+        deadlines = Deadlines(store, expire)
+        early, reused, late = new("a"), new("b"), new("c")
+        for task, delay in ((early, 0.01), (reused, 0.01), (late, 0.03)):
+            deadlines.add(task, delay)
+        store.finish(early, Outcome(True, payload=Raw(b"1"), body=b"{}"), "completed")
+        store.finish(reused, Outcome(True, payload=Raw(b"1"), body=b"{}"), "completed")
+        again = new("b")
+        deadlines.add(again, 0.05)
+        timers = 0
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            timers = max(timers, int(deadlines._timer is not None))
+            if not deadlines.heap:
+                break
+        assert expired == [late, again]
+        assert early.state == reused.state == "completed" and late.state == again.state == "failed"
+        assert not deadlines.heap and deadlines._timer is None and timers == 1
+
+    asyncio.run(run())
