@@ -232,8 +232,8 @@ class LeaseKeeper:
 class PeerClient:
     """One peer identity with a self-healing connection to the router."""
 
-    #: ``FrameBatcher(eager=...)``: write the first frame of each loop iteration at once (agents, controllers, the gateway's link)
-    eager_writes: bool = True
+    #: ``FrameBatcher(eager=...)``: write the first frame of each loop iteration at once (the gateway's link sets it)
+    eager_writes: bool = False
 
     def __init__(
         self,

@@ -119,15 +119,12 @@ class FrameBatcher:
     ``ws.send`` (flow control) after ``flush()``, so frames keep their order.
     ``on_dropped`` gets the frames of a flush that found the connection closed.
 
-    ``eager`` (default): the first frame of a loop iteration is written at once, not at
-    the end of the iteration; the frames added after it in the same iteration are
-    batched and written by the ``call_soon`` flush it schedules. A lone frame (at 1000
-    tasks/s most iterations of every role handle one) then does not wait for the rest of
-    the iteration and a poll (0.2-0.4 ms a hop at p50, measured at the gateway), nor sit
-    in a batch while the process waits for a CPU; under load it costs at most one more
-    write per iteration (CPU per task and saturation unchanged, measured beside the
-    batching-only writes). ``eager=False`` batches every frame. Frames keep their order
-    either way.
+    ``eager``: the first frame of a loop iteration is written at once, not at the end of
+    the iteration; the frames added after it in the same iteration are batched as
+    before and written by the ``call_soon`` flush it schedules. A lone frame (a
+    lightly loaded gateway: one request per iteration) then does not wait for the rest
+    of the iteration and a poll; under load it costs at most one more write per
+    iteration. Frames keep their order either way.
 
     ``max_hold_s``: a batch is written as soon as a frame is added to any batcher of the
     same loop more than this long after the batch began, without waiting for the end of
@@ -140,7 +137,7 @@ class FrameBatcher:
     would write every frame at once. Costs one ``perf_counter`` per frame.
     """
 
-    def __init__(self, ws: Connection, on_dropped: Callable[[list[bytes]], None] | None = None, eager: bool = True,
+    def __init__(self, ws: Connection, on_dropped: Callable[[list[bytes]], None] | None = None, eager: bool = False,
                  max_hold_s: float = 0.001) -> None:
         self.ws = ws
         self.protocol = ws.protocol

@@ -130,7 +130,7 @@ def _delivered(drive: Callable[[ClientConnection], Awaitable[None]], count: int 
 
 @pytest.mark.parametrize("eager", [False, True])
 def test_a_batcher_keeps_the_order_and_an_eager_one_writes_the_first_frame_of_an_iteration_at_once(eager: bool) -> None:
-    """``FrameBatcher(eager=True)`` (the default): the first frame of a loop iteration leaves at
+    """``FrameBatcher(eager=True)`` (the gateway's link): the first frame of a loop iteration leaves at
     once, the ones after it in the same iteration wait for the flush; every frame arrives once, in order."""
 
     async def drive(ws: ClientConnection) -> None:
@@ -177,8 +177,8 @@ def test_a_held_batch_is_written_when_another_link_of_the_loop_adds_a_frame_past
     past the hold writes the stale batch; a batch younger than the hold is left to the end of the iteration."""
 
     async def drive(ws: ClientConnection) -> None:
-        stale = FrameBatcher(ws, eager=False, max_hold_s=0.0005)
-        other = FrameBatcher(ws, eager=False, max_hold_s=0.0005)  # another link (the same connection here: what arrives shows the writes' order)
+        stale = FrameBatcher(ws, max_hold_s=0.0005)
+        other = FrameBatcher(ws, max_hold_s=0.0005)  # another link (the same connection here: what arrives shows the writes' order)
         stale.add(b"a")
         began = time.perf_counter()
         while time.perf_counter() - began <= 0.001:  # this iteration goes on handling other frames
