@@ -308,6 +308,22 @@ class RouterProtocol:
         """peer id -> role, for peers with a live connection."""
         return {p.peer_id: p.role for p in self._peers.values() if p.conn is not None}
 
+    def touch_connected(self, now: float) -> int:
+        """Report every connected peer (not ephemeral) to ``store.touch`` as seen at ``now``; how many. O(bound ids).
+
+        A driver whose store expires bindings not seen for a while calls it every so often
+        (``SqliteStore.touch_every_s``), so a peer connected since long ago is not taken for
+        gone after a crash: its last touch is at most that long before it.
+        """
+        if self.store is None:
+            return 0
+        touched = 0
+        for p in self._peers.values():
+            if p.conn is not None and not p.ephemeral:
+                self.store.touch(p.binding(), now)
+                touched += 1
+        return touched
+
     def conn_of(self, peer_id: str) -> int | None:
         """The connection a registered peer is on now, if any."""
         peer = self._peers.get(peer_id)
@@ -792,6 +808,8 @@ class RouterProtocol:
                 self.store.bind(peer.binding())
         else:
             peer.owned = True  # registered here: this router frees it from the shared store too
+            if self.store is not None and not peer.ephemeral:
+                self.store.touch(peer.binding(), now)
         out: list[Output] = []
         old = peer.conn
         if old is not None and old is not c:

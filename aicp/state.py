@@ -4,7 +4,8 @@ Three things make a restarted router keep its word (docs/SECURITY.md, "What surv
 a router restart"):
 
 * **bindings**: peer id -> public key and role, bound on first use. A chosen id is bound
-  for good; an ephemeral one (a controller that registered with ``ephemeral: true``)
+  for the life of the router process, and in its store for good unless the store expires
+  bindings not seen for a while (``touch``; ``aicp serve --binding-ttl``); an ephemeral one (a controller that registered with ``ephemeral: true``)
   is freed ``window_s`` after its peer left and its last task ended, and reported
   to the sink with ``unbind`` then;
 * **seen ids**: ``(sender, message id)`` until the moment a copy can no longer be fresh,
@@ -101,6 +102,11 @@ class StateSink(Protocol):
 
     def outcome(self, outcome: StoredOutcome) -> None: ...
 
+    def touch(self, binding: Binding, now: float) -> None:
+        """``binding``'s peer (not ephemeral) was seen at ``now``: it registered again, or is connected
+        (``RouterProtocol.touch_connected``). A store that expires bindings not seen for a while counts from here."""
+        ...
+
 
 class Recorder:
     """An in-memory ``StateSink`` that keeps the latest record per key.
@@ -113,6 +119,7 @@ class Recorder:
         self.bindings: dict[str, Binding] = {}
         self.seen_ids: dict[tuple[str, str], Seen] = {}
         self.outcomes: dict[str, StoredOutcome] = {}
+        self.last_seen: dict[str, float] = {}  # peer id -> the last ``touch``
         self.records = 0
 
     def bind(self, binding: Binding) -> None:
@@ -131,6 +138,10 @@ class Recorder:
 
     def outcome(self, outcome: StoredOutcome) -> None:
         self.outcomes[outcome.key] = outcome
+        self.records += 1
+
+    def touch(self, binding: Binding, now: float) -> None:
+        self.last_seen[binding.peer_id] = now
         self.records += 1
 
     def purge(self, now: float) -> None:

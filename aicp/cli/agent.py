@@ -12,7 +12,15 @@ mode 0600 when missing. Without ``--key``, an agent with a chosen ``--id`` keeps
 its key where ``aicp.Agent`` does (``aicp.live.keys``): ``$AICP_KEY_DIR/ID.key``,
 default ``$XDG_CONFIG_HOME/aicp/keys`` or ``~/.config/aicp/keys``, because the
 router binds an id to its first key and would refuse the same id under a new one.
-An agent with a random id (no ``--id``) gets a fresh key each run and saves none.
+
+Without ``--id`` each agent's id comes from its key (``agent-`` and 12 hex digits of
+the key's SHA-256, ``keys.default_agent_id``), so the same key file gives the same id
+on every start and a router that keeps its bindings (``--state``) binds nothing new
+when the agent restarts. Without ``--id`` and ``--key`` the keys are kept in the first
+default slot of the key directory no other running process holds
+(``agent-default-N.key``, ``.i`` suffixes with ``--count``; ``keys.claim_default_slot``):
+a restart takes the same slot, hence the same keys and ids; agents started beside it
+take the next slots.
 
 Each agent prints one line when it first registers; with ``--count`` above 10, the
 first ten do, then a count at each tenth of the fleet and when all are in
@@ -28,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import secrets
 import signal
 import ssl as ssl_module
 import sys
@@ -37,7 +44,7 @@ from collections.abc import Iterator
 from aicp.live import handlers
 from aicp.live.agent import Agent
 from aicp.live.client import DEFAULT_URL
-from aicp.live.keys import KEY_DIR_ENV, identity_for
+from aicp.live.keys import KEY_DIR_ENV, claim_default_slot, default_agent_id, identity_for
 from aicp.live.logs import add_logging_arguments, setup_logging
 from aicp.live.loop import run_async, tune_gc
 from aicp.signing import Identity
@@ -51,10 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--capability", action="append", default=None, metavar="METHOD", help="capability to serve (repeatable; default text.classify)")
     add("--handler", default="synthetic", choices=handlers.BUILTINS, help="built-in handler for capabilities without one of their own name")
     add("--count", type=int, default=1, help="agents to run in this process (default 1)")
-    add("--id", default=None, help="agent id (default agent-<random>); with --count N, ID-0 … ID-(N-1)")
-    add("--key", metavar="FILE", help=f"identity file (created 0600 if missing); FILE.i for each agent when --count > 1; default with --id: ${KEY_DIR_ENV}/ID.key, ${KEY_DIR_ENV} defaulting to ~/.config/aicp/keys")
+    add("--id", default=None, help="agent id (default: agent-<12 hex digits of its key's SHA-256>, the same for the same key); with --count N, ID-0 … ID-(N-1)")
+    add("--key", metavar="FILE", help=f"identity file (created 0600 if missing); FILE.i for each agent when --count > 1; default with --id: ${KEY_DIR_ENV}/ID.key, "
+                                      f"without: ${KEY_DIR_ENV}/agent-default-N.key for the first slot N no running process holds; ${KEY_DIR_ENV} defaulting to ~/.config/aicp/keys")
     add("--concurrency", type=int, default=16, help="tasks one agent runs at once (default 16)")
     add("--service-time", default="0", metavar="[DIST:]MS", help="synthetic handler: constant|exponential|lognormal mean in ms (default 0)")
+    add("--service-sigma", type=float, default=0.5, metavar="S", help="synthetic handler: a lognormal service time's sigma (default 0.5)")
     add("--fail-prob", type=float, default=0.0, help="synthetic handler: probability a task fails (default 0)")
     add("--connect-concurrency", type=int, default=64, metavar="N",
         help="connection attempts (handshake and registration) in progress at once in this process (default 64)")
@@ -68,29 +77,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_logging_arguments(parser)
 
 
+#: Lock descriptors of the default key slots this process holds (``keys.claim_default_slot``): kept open until it ends.
+HELD_SLOTS: list[int] = []
+
+
 def iter_agents(args: argparse.Namespace) -> Iterator[Agent]:
     """The agents of ``args``, one at a time (each may create its key file on the way)."""
     capabilities = args.capability or ["text.classify"]
-    base_id = args.id or f"agent-{secrets.token_hex(4)}"
+    key_file = args.key
+    if key_file is None and args.id is None:
+        path, lock = claim_default_slot()
+        HELD_SLOTS.append(lock)  # held until the process ends
+        key_file = str(path)
     ssl_ctx = ssl_module.create_default_context(cafile=args.cafile) if args.url.startswith("wss://") else None
     # One gate for the whole process: N agents started together register a bounded number at a
     # time, so the handshakes in progress finish within their timeout instead of all failing together.
     gate = asyncio.Semaphore(max(1, args.connect_concurrency)) if args.count > 1 else None
     for i in range(args.count):
-        agent_id = base_id if args.count == 1 else f"{base_id}-{i}"
-        if args.key:
-            identity = Identity.load_or_create(args.key if args.count == 1 else f"{args.key}.{i}")
-        elif args.id:
-            identity = identity_for(agent_id)
+        if key_file is not None:
+            identity = Identity.load_or_create(key_file if args.count == 1 else f"{key_file}.{i}")
+            agent_id = default_agent_id(identity) if args.id is None else (args.id if args.count == 1 else f"{args.id}-{i}")
         else:
-            identity = Identity.generate()
+            agent_id = args.id if args.count == 1 else f"{args.id}-{i}"
+            identity = identity_for(agent_id)
         agent = Agent(agent_id, args.url, identity=identity, concurrency=args.concurrency, heartbeat=args.heartbeat,
                       drain_timeout=args.drain_timeout, router_key=args.router_key, ssl=ssl_ctx, connect_gate=gate,
                       **({"max_queued": args.max_queued} if args.max_queued is not None else {}))
         seed = None if args.seed is None else args.seed + i
         for cap in capabilities:
             name = cap if cap in handlers.BUILTINS else args.handler
-            agent.handler(cap)(handlers.builtin(name, args.service_time, args.fail_prob, seed))
+            if name == "synthetic":
+                dist, mean_ms = handlers.parse_service_time(args.service_time)
+                agent.handler(cap)(handlers.Synthetic(dist, mean_ms, args.fail_prob, sigma=args.service_sigma, seed=seed))
+            else:
+                agent.handler(cap)(handlers.builtin(name, args.service_time, args.fail_prob, seed))
         yield agent
 
 
@@ -183,6 +203,9 @@ def run(args: argparse.Namespace) -> int:
         handlers.parse_service_time(args.service_time)
     except ValueError as exc:
         print(f"error: --service-time: {exc}", file=sys.stderr)
+        return 2
+    if args.service_sigma < 0:
+        print("error: --service-sigma must be at least 0", file=sys.stderr)
         return 2
     if args.count > 1:
         tune_gc()  # thousands of agents' connections in one process

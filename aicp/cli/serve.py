@@ -14,7 +14,7 @@ from aicp.live.logs import add_logging_arguments, setup_logging
 from aicp.live.loop import run_async, tune_gc
 from aicp.live.server import AICPWebSocketServer, ServerLimits
 from aicp.live.store import SqliteStore, StateFileError
-from aicp.live.store_jetstream import JetStreamStore, is_state_url
+from aicp.live.store_jetstream import PURGE_MARKER_TTL_S, JetStreamStore, is_state_url
 from aicp.messages import MAX_FRAME_BYTES
 from aicp.protocol import ProtocolConfig
 from aicp.router import RouterConfig
@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(created if missing), or in JetStream key-value buckets at nats://HOST:PORT, shared by the routers using them (default: nothing kept)")
     add("--state-bucket", default="aicp", metavar="PREFIX", help="with --state nats://...: the buckets' name prefix (default aicp)")
     add("--state-batch-ms", type=float, default=10.0, metavar="MS", help="commit state records every MS ms: what a crash can lose (default 10)")
+    add("--binding-ttl", type=float, default=None, metavar="S",
+        help="with --state: forget, when the router starts, the bindings of ids not seen for S seconds (default: keep them for good)")
+    add("--state-purge-marker", type=int, default=PURGE_MARKER_TTL_S, metavar="S",
+        help=f"with --state nats://...: whole seconds a freed ephemeral id's purge marker stays in the bindings bucket; "
+             f"a router reconnecting later than this misses it (default {PURGE_MARKER_TTL_S})")
     add("--max-frame", type=int, default=MAX_FRAME_BYTES, metavar="BYTES", help="largest frame accepted (default 1 MiB)")
     add("--max-connections", type=int, default=10_000, help="concurrent WebSocket connections (default 10000)")
     add("--max-tasks", type=int, default=100_000, help="tasks in the router at once; beyond this new ones get overloaded (default 100000)")
@@ -96,9 +101,11 @@ def build_server(args: argparse.Namespace) -> AICPWebSocketServer:
     identity = Identity.load_or_create(key_file) if key_file else None
     store: SqliteStore | JetStreamStore | None = None
     if shared:
-        store = JetStreamStore(args.state, args.state_bucket, batch_s=args.state_batch_ms / 1000.0)  # connects in server.start()
+        store = JetStreamStore(args.state, args.state_bucket, batch_s=args.state_batch_ms / 1000.0,
+                               purge_marker_ttl_s=args.state_purge_marker, binding_ttl_s=args.binding_ttl)  # connects in server.start()
     elif args.state:
-        store = SqliteStore.open(args.state, router_key=identity.public_key_text if identity else None, batch_s=args.state_batch_ms / 1000.0)
+        store = SqliteStore.open(args.state, router_key=identity.public_key_text if identity else None, batch_s=args.state_batch_ms / 1000.0,
+                                 binding_ttl_s=args.binding_ttl)
     return AICPWebSocketServer(
         args.host, args.port, identity=identity, strategy=args.strategy, router_config=rcfg, protocol_config=pcfg, limits=limits, ssl=ssl_ctx, seed=args.seed,
         store=store, record=args.record,
@@ -133,6 +140,12 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.json_logs)
     if bool(args.tls_cert) != bool(args.tls_key):
         print("error: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.binding_ttl is not None and (not args.binding_ttl > 0 or not args.state):
+        print("error: --binding-ttl takes a positive number of seconds, with --state", file=sys.stderr)
+        return 2
+    if args.state_purge_marker < 1:
+        print("error: --state-purge-marker must be at least 1 (s)", file=sys.stderr)
         return 2
     if args.cluster:
         from aicp.live.cluster import ROUTER_ID

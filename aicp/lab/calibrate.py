@@ -34,6 +34,15 @@ workload differ by their strategy only, each is made in ``--blocks`` parts in th
 A B B A (a drift of the machine reaches both alike), block k of every strategy draws the
 same arrivals and service times (seeded agents), the agents queue without a cap as the
 simulated ones do, and a run with failed or lost tasks is run again (``--live-retries``).
+
+A short run's p99 is itself a noisy figure (docs/SIMULATOR.md, "How precise is a short run's
+p99"): before the live runs, the grid simulates each workload a few times for 10 s to learn
+how much its p99 moves between samples, and makes each live run long enough for
+``--target-spread`` within a time budget (:func:`plan_durations`); after them it prints every
+p99 with a 95% interval and tells a miss the intervals leave undecided (``noise``) from one
+beyond them (``MISS``), :mod:`aicp.lab.calibration_noise`. ``aicp calibrate --grid-random N
+--seed S`` draws the N workloads from the issue's box instead (:mod:`aicp.lab.calibration_draw`)
+and writes them into the run folder.
 """
 
 from __future__ import annotations
@@ -56,6 +65,8 @@ import msgspec
 import numpy as np
 
 from aicp import trace
+from aicp.lab import calibration_draw
+from aicp.lab import calibration_noise as noise
 from aicp.lab.bench import live
 from aicp.lab.bench.loadgen import poisson_gaps
 from aicp.live import handlers
@@ -326,8 +337,6 @@ def live_args_for(scenario: sc_mod.Scenario, path: Path, strategy: str, args: ar
     if not isinstance(work.arrival, sc_mod.PoissonArrival):
         raise SystemExit(f"{path}: the grid takes Poisson arrivals")
     dist = group.service_time
-    if isinstance(dist, sc_mod.LognormalDist) and dist.sigma != 0.5:
-        raise SystemExit(f"{path}: live agents draw lognormal service with sigma 0.5, the file says {dist.sigma}")
     if not isinstance(dist, sc_mod.ConstantDist | sc_mod.ExponentialDist | sc_mod.LognormalDist):
         raise SystemExit(f"{path}: live agents support constant, exponential and lognormal service")
     if scenario.faults or group.fail_prob or scenario.network.loss:
@@ -351,6 +360,8 @@ def live_args_for(scenario: sc_mod.Scenario, path: Path, strategy: str, args: ar
         # the simulated agents queue without limit; live, a 16-task queue (the default) overflows in a 50 ms stall of a
         # 2.5 ms workload, and the router then fails tasks and holds the agent out: a cascade the simulator does not model
         agent_max_queued=GRID_AGENT_QUEUE,
+        # a lognormal's shape, passed to the live agents (aicp agent --service-sigma)
+        agent_sigma=dist.sigma if isinstance(dist, sc_mod.LognormalDist) else None,
     )
 
 
@@ -484,22 +495,57 @@ def expected_stack(cal: stack_mod.Calibration, rate: float) -> dict[str, float]:
     return {k: (1 - w) * lo[k] + w * hi[k] for k in ("wake_mean_ms", "agent_overhead_mean_ms", "client_mean_ms")}
 
 
-def run_sim(scenario: sc_mod.Scenario, strategy: str, calibration: Path | None) -> dict[str, float]:
-    """Mean over the scenario's replications of each replication's p50 and p99 (as ``aicp sim`` reports them)."""
+def run_sim(scenario: sc_mod.Scenario, strategy: str, calibration: Path | None, ci_window_s: float = 1.0) -> dict[str, Any]:
+    """Mean over the scenario's replications of each replication's p50 and p99 (as ``aicp sim`` reports them), and
+    95% intervals (``p50_ci``, ``p99_ci``) from the replications' tasks pooled (:func:`noise.window_bootstrap`)."""
     from aicp.sim.engine import Simulation
+    from aicp.sim.metrics import COMPLETED
     from aicp.sim.runner import replication_seed
 
     data = sc_mod.to_data(scenario)
     data["calibration"] = None if calibration is None else {"file": str(calibration.resolve())}
     sc = sc_mod.from_data(data, scenario.name)
     p50, p99, util = [], [], []
+    samples = []
     for k in range(sc.replications):
-        summary = Simulation(sc, strategy, replication_seed(sc.seed, k)).run().summary
+        res = Simulation(sc, strategy, replication_seed(sc.seed, k)).run()
+        summary = res.summary
         lat = summary["latency_ms"]
         p50.append(lat["p50"] if lat["p50"] is not None else float("nan"))  # nothing completed: no percentile
         p99.append(lat["p99"] if lat["p99"] is not None else float("nan"))
         util.append(summary["utilisation"]["mean"])
-    return {"p50": float(np.mean(p50)), "p99": float(np.mean(p99)), "utilisation": float(np.mean(util))}
+        rec = res.records
+        m = (rec["arrival"] >= sc.warmup_s) & (rec["outcome"] == COMPLETED)
+        samples.append((rec["arrival"][m], (rec["end"][m] - rec["arrival"][m]) * 1000.0))
+    ci = noise.window_bootstrap(*noise.join_runs(samples, ci_window_s), ci_window_s)
+    return {"p50": float(np.mean(p50)), "p99": float(np.mean(p99)), "utilisation": float(np.mean(util)), "p50_ci": ci[50.0], "p99_ci": ci[99.0]}
+
+
+def sim_spread(
+    scenario: sc_mod.Scenario, strategy: str, calibration: Path | None, warmup_s: float, measured_s: float, seeds: int, first: int = 1000
+) -> dict[str, np.ndarray]:
+    """The p50 and p99 of ``seeds`` simulated runs as long as a live run (``warmup_s`` + ``measured_s``), each its own seed.
+
+    How much the percentile of one run of that length moves from one sample of the workload
+    to the next: the noise of a live estimate, which no model can predict below. Seeds
+    ``first``, ``first + 1``, ... are apart from the replications ``run_sim`` averages (0, 1, 2).
+    """
+    from aicp.sim.engine import Simulation
+    from aicp.sim.metrics import COMPLETED
+    from aicp.sim.runner import replication_seed
+
+    data = sc_mod.to_data(scenario)
+    data.update(duration_s=warmup_s + measured_s, warmup_s=warmup_s)
+    data["calibration"] = None if calibration is None else {"file": str(calibration.resolve())}
+    sc = sc_mod.from_data(data, scenario.name)
+    p50, p99 = [], []
+    for k in range(seeds):
+        rec = Simulation(sc, strategy, replication_seed(sc.seed, first + k)).run().records
+        m = (rec["arrival"] >= warmup_s) & (rec["outcome"] == COMPLETED)
+        ms = (rec["end"][m] - rec["arrival"][m]) * 1000.0
+        p50.append(float(np.percentile(ms, 50)) if ms.size else float("nan"))
+        p99.append(float(np.percentile(ms, 99)) if ms.size else float("nan"))
+    return {"p50": np.array(p50), "p99": np.array(p99)}
 
 
 # ----------------------------------------------------------------------------- the live run's own draws (the ``same`` column)
@@ -515,7 +561,8 @@ def fleet_indexes(agents: int, agent_procs: int) -> dict[str, int]:
 def live_draws(cfg: argparse.Namespace, fleet_index: int, agent_seed: int) -> Callable[[], float]:
     """The service draws (s) of one live agent, in the order it starts its tasks: the synthetic handler it runs, seeded alike."""
     dist, mean_ms = handlers.parse_service_time(cfg.service_time)
-    return handlers.Synthetic(dist, mean_ms, seed=agent_seed + fleet_index).service_time_s
+    sigma = getattr(cfg, "agent_sigma", None)
+    return handlers.Synthetic(dist, mean_ms, sigma=0.5 if sigma is None else sigma, seed=agent_seed + fleet_index).service_time_s
 
 
 def joined(trace_path: Path) -> list[str]:
@@ -598,7 +645,8 @@ def run_sim_same(
     cfg: argparse.Namespace,
     blocks: list[tuple[int, int | None, list[str]]],
     run_dir: Path,
-) -> dict[str, float]:
+    ci_window_s: float = 1.0,
+) -> dict[str, Any]:
     """The simulator on the live run's own workload: per block, the load generator's arrivals and every agent's
     service draws regenerated from their seeds (``blocks``: loadgen seed, agent seed, the agents in join order),
     the stack's costs from ``calibration``; p50 and p99 over the blocks' tasks pooled as live, mean over replications.
@@ -627,6 +675,7 @@ def run_sim_same(
         data["workload"][0]["arrival"] = {"process": "trace", "file": str(csv.resolve())}
         scenarios.append(sc_mod.from_data(data, scenario.name))
     p50, p99, util = [], [], []
+    samples = []
     for k in range(scenario.replications):
         lat, busy = [], []
         for b, (sc, (_, agent_seed, order)) in enumerate(zip(scenarios, blocks, strict=True)):
@@ -636,12 +685,14 @@ def run_sim_same(
             rec = res.records
             m = (rec["arrival"] >= cfg.warmup) & (rec["outcome"] == COMPLETED)
             lat.append((rec["end"][m] - rec["arrival"][m]) * 1000.0)
+            samples.append((rec["arrival"][m], lat[-1]))
             busy.append(res.summary["utilisation"]["mean"])
         ms = np.concatenate(lat)
         p50.append(float(np.percentile(ms, 50)) if ms.size else float("nan"))
         p99.append(float(np.percentile(ms, 99)) if ms.size else float("nan"))
         util.append(float(np.mean(busy)))
-    return {"p50": float(np.mean(p50)), "p99": float(np.mean(p99)), "utilisation": float(np.mean(util))}
+    ci = noise.window_bootstrap(*noise.join_runs(samples, ci_window_s), ci_window_s)
+    return {"p50": float(np.mean(p50)), "p99": float(np.mean(p99)), "utilisation": float(np.mean(util)), "p50_ci": ci[50.0], "p99_ci": ci[99.0]}
 
 
 def old_seeds(row: dict[str, Any], args: argparse.Namespace, argv: list[str]) -> list[tuple[int, int | None]]:
@@ -677,12 +728,125 @@ def _within(pred: float, live_v: float) -> bool:
 GOAL = 0.15
 
 
+#: the length of the simulated runs whose p99 spread sets a live run's length (seconds, after the warm-up)
+SPREAD_REF_S = 10.0
+
+
+SHORT = {"exponential": "exp", "constant": "const", "lognormal": "logn"}
+
+
+def plan_durations(
+    scenarios: list[tuple[Path, sc_mod.Scenario]], cal_path: Path | None, args: argparse.Namespace, width: int
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, float]]:
+    """Each workload's p99 spread over seeds of a simulated 10 s run, per strategy, and (no ``--resim``) the measured
+    seconds of its live runs: as long as the noisier strategy needs for ``--target-spread`` within
+    [``--live-duration``, ``--live-max``], the longest cut alike if all add up to more than ``--live-budget`` per workload.
+    Both strategies of a workload run equally long (the A B B A blocks). ``--target-spread 0``: nothing (the old rule)."""
+    if args.target_spread <= 0:
+        return {}, {}
+    spreads: dict[str, dict[str, dict[str, float]]] = {}
+    for _, scenario in scenarios:
+        spreads[scenario.name] = {}
+        for st in scenario.strategies:
+            got = sim_spread(scenario, st, cal_path, args.live_warmup, SPREAD_REF_S, args.spread_seeds)
+            spreads[scenario.name][st] = {q: noise.relative_spread(got[q]) for q in ("p50", "p99")}
+    needs = [
+        max(
+            noise.duration_for(v["p99"], SPREAD_REF_S, args.target_spread, args.live_duration, args.live_max)
+            for v in spreads[sc.name].values()
+        )
+        for _, sc in scenarios
+    ]
+    if args.resim is not None:
+        return spreads, {}
+    lengths = noise.allocate(needs, args.live_budget * len(scenarios), args.live_duration)
+    plan = {sc.name: round(d, 1) for (_, sc), d in zip(scenarios, lengths, strict=True)}
+    print(
+        f"live runs' lengths: p99 sd/mean over {args.spread_seeds} simulated {SPREAD_REF_S:g} s runs per strategy"
+        f"{' (with ' + str(cal_path) + ')' if cal_path else ' (no stack costs: a floor)'}, target {100 * args.target_spread:g}%, "
+        f"[{args.live_duration:g}, {args.live_max:g}] s, at most {args.live_budget:g} s per workload on average",
+        flush=True,
+    )
+    for (_, sc), need in zip(scenarios, needs, strict=True):
+        worst = max(v["p99"] for v in spreads[sc.name].values())
+        print(
+            f"  {sc.name:{width}} {what(sc):42} spread at {SPREAD_REF_S:g} s "
+            + " ".join(f"{st} {100 * v['p99']:4.1f}%" for st, v in spreads[sc.name].items())
+            + f"; needs {need:4.0f} s, runs {plan[sc.name]:4.0f} s (spread then {100 * worst * (SPREAD_REF_S / plan[sc.name]) ** 0.5:4.1f}%)",
+            flush=True,
+        )
+    return spreads, plan
+
+
+def what(scenario: sc_mod.Scenario) -> str:
+    """A one-group, one-Poisson-workload scenario in a few words: ``4x1 exp 6.0 ms, 500/s, 75% busy``."""
+    g, w = scenario.agents[0], scenario.workload[0]
+    d = g.service_time
+    mean = getattr(d, "mean_ms", float("nan")) / g.speed
+    shape = f"logn {mean:.1f} ms s={d.sigma:.2f}" if isinstance(d, sc_mod.LognormalDist) else f"{SHORT.get(str(type(d).__struct_config__.tag), 'other')} {mean:.1f} ms"
+    rate = getattr(w.arrival, "rate_per_s", float("nan"))
+    busy = rate * mean / 1000.0 / (g.count * g.concurrency)
+    return f"{g.count}x{g.concurrency} {shape}, {rate:.0f}/s, {100 * busy:.0f}% busy"
+
+
+def live_interval(run_dir: Path, tags: list[str], warmup_s: float, window_s: float) -> dict[float, tuple[float, float]]:
+    """95% intervals of a live run's p50 and p99 (its blocks' tasks pooled, as the table's figure), resampling time windows."""
+    runs = [noise.run_latencies(run_dir / f"{t}-gen0.npz", warmup_s) for t in tags if (run_dir / f"{t}-gen0.npz").exists()]
+    return noise.window_bootstrap(*noise.join_runs(runs, window_s), window_s)
+
+
+def print_intervals(rows: list[dict[str, Any]], cols: list[str], width: int, window_s: float) -> None:
+    """The p99s with their 95% intervals, each column's verdict, and the counts: misses that the intervals leave undecided apart."""
+
+    def iv(ci: tuple[float, float]) -> str:
+        return f"[{ci[0]:6.1f},{ci[1]:6.1f}]" if all(np.isfinite(ci)) else "[   n/a,   n/a]"
+
+    print(
+        f"\np99 with 95% intervals (time windows of {window_s:g} s resampled; 'noise': outside 15% but within it for some pair of "
+        "values in the intervals; 'same' shares the live run's sample, so only its own figure counts). spread: the simulator's p99 "
+        "sd/mean over seeds of a run as long as the live one"
+    )
+    head = " ".join(f"{c:>6} {'interval':15} {'':5}" for c in cols)
+    print(f"{'workload':{width}} {'strategy':13} {'secs':>4} {'spread':>6} | {'live p99':>8} {'interval':15} | {head}")
+    for r in rows:
+        cells = " ".join(f"{r[f'{c}_p99']:6.1f} {iv(r[f'{c}_p99_ci'])} {r[f'{c}_p99_verdict']:5}" for c in cols)
+        spread = r.get("spread_p99_expected", float("nan"))
+        print(
+            f"{r['workload']:{width}} {r['strategy']:13} {r['live_duration_s']:4.0f} {100 * spread:5.1f}% | {r['live_p99']:8.2f} "
+            f"{iv(r['live_p99_ci'])} | {cells}"
+        )
+    for c in cols:
+        for q in ("p50", "p99"):
+            v = [r.get(f"{c}_{q}_verdict") for r in rows]
+            print(f"{c:5} {q}: {v.count('ok')} within 15%, {v.count('noise')} misses within the intervals, {v.count('MISS')} beyond them")
+
+
+def random_grid_files(args: argparse.Namespace, run_dir: Path) -> tuple[list[Path], dict[str, str]]:
+    """``--grid-random N``: N workloads drawn with ``--seed`` into ``run_dir/workloads``; their files and descriptions."""
+    box = calibration_draw.draw(args.grid_random, args.seed, max_rate=args.max_rate, min_rate=args.min_rate)
+    files = calibration_draw.write(box, run_dir / "workloads", args.seed)
+    print(
+        f"{len(files)} workloads drawn (seed {args.seed}) from the issue's box, rate in [{args.min_rate:g}, {args.max_rate:g}]/s "
+        f"({100 * box.accepted_share:.0f}% of the box's draws): {run_dir / 'workloads'}",
+        flush=True,
+    )
+    for f, w in zip(files, box.workloads, strict=True):
+        print(f"  {f.stem}: {w.describe()}", flush=True)
+    return files, {w.name: w.describe() for w in box.workloads}
+
+
 def grid(args: argparse.Namespace) -> int:
     """Each workload x strategy live, then simulated: ideal, [probe calibration], own-run costs, other-run costs."""
-    files = sorted(args.grid.glob("*.toml")) if args.grid.is_dir() else [args.grid]
-    if not files:
-        raise SystemExit(f"{args.grid}: no scenario files")
-    scenarios = [(f, sc_mod.load(f)) for f in files]
+    if args.grid is not None and args.grid_random:
+        raise SystemExit("--grid and --grid-random: one or the other")
+    if args.grid_random and args.resim is not None:
+        raise SystemExit("--resim takes --grid RUN_FOLDER/workloads (the files --grid-random wrote), not --grid-random")
+    files: list[Path] = []
+    if args.grid is not None:
+        files = sorted(args.grid.glob("*.toml")) if args.grid.is_dir() else [args.grid]
+        if not files:
+            raise SystemExit(f"{args.grid}: no scenario files")
+        sc_mod.load(files[0])  # a bad folder fails before any live run
     t0 = time.monotonic()
     cal_path: Path | None = None
     earlier: dict[tuple[str, str], dict[str, Any]] = {}
@@ -702,6 +866,10 @@ def grid(args: argparse.Namespace) -> int:
     else:
         run_dir = args.out_dir / (time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}-grid")
         run_dir.mkdir(parents=True, exist_ok=True)
+    drawn: dict[str, str] = {}
+    if args.grid_random:
+        files, drawn = random_grid_files(args, run_dir)
+    scenarios = [(f, sc_mod.load(f)) for f in files]
     sign_ms = sign_cost_ms()
     rows: list[dict[str, Any]] = []
     wanted = set(args.columns.split(","))
@@ -709,14 +877,20 @@ def grid(args: argparse.Namespace) -> int:
     if not wanted <= known:
         raise SystemExit(f"--columns: {', '.join(sorted(wanted - known))}: none such (sim, probe, run, other, same)")
     cols = [c for c in ("sim", *(["probe"] if cal_path else []), "run", "other", "same") if c in wanted]
+    width = max([22, *(len(sc.name) for _, sc in scenarios)])
+    spreads, plan = plan_durations(scenarios, cal_path, args, width)
     head = " ".join(f"{c:>6} {'err':>5}" for c in cols)
-    header = f"{'workload':22} {'strategy':13} {'util':>5} | {'live p50':>8} {head} | {'live p99':>8} {head}"
+    header = f"{'workload':{width}} {'what':42} {'strategy':13} {'util':>5} | {'live p50':>8} {head} | {'live p99':>8} {head}"
     print(header + "\n" + "-" * len(header), flush=True)
     for path, scenario in scenarios:
         lives: dict[str, dict[str, Any]] = {}
         cfgs: dict[str, argparse.Namespace] = {}
         for strategy in scenario.strategies:
             cfgs[strategy] = live_args_for(scenario, path, strategy, args)
+        spread10 = spreads.get(scenario.name, {})  # strategy -> p50/p99 -> sd/mean at 10 s
+        if scenario.name in plan:
+            for strategy in scenario.strategies:
+                cfgs[strategy].duration = plan[scenario.name]
         if args.resim is None:
             # live first, all strategies back to back, each in args.blocks parts (A B B A): a drift of the machine between
             # the runs reaches both strategies alike; block k of every strategy draws the same arrivals and service times
@@ -791,8 +965,8 @@ def grid(args: argparse.Namespace) -> int:
             other = order[(k + 1) % len(order)] if len(order) > 1 else None
             own, theirs = cal_files[strategy], cal_files.get(other) if other else None
             inputs = {"sim": None, "probe": cal_path, "run": own, "other": theirs}
-            sims: dict[str, dict[str, float] | None] = {
-                c: run_sim(scenario, strategy, inputs[c]) if c == "sim" or inputs[c] else None for c in cols if c != "same"
+            sims: dict[str, dict[str, Any] | None] = {
+                c: run_sim(scenario, strategy, inputs[c], args.ci_window) if c == "sim" or inputs[c] else None for c in cols if c != "same"
             }
             theirs_same = same_files.get(other) if other else None
             if "same" in cols:
@@ -800,10 +974,12 @@ def grid(args: argparse.Namespace) -> int:
                 same_blocks = [(g, a, joined(run_dir / f"{t}.jsonl")) for t, (g, a) in zip(lv["tags"], lv["seeds"], strict=True)]
                 # unseeded agents: the run's own arrivals, and the other run's handler times as the other column draws them
                 same_cal = theirs_same if all(a is not None for _, a, _ in same_blocks) else theirs
-                sims["same"] = run_sim_same(scenario, strategy, same_cal, cfgs[strategy], same_blocks, run_dir) if same_cal else None
+                sims["same"] = run_sim_same(scenario, strategy, same_cal, cfgs[strategy], same_blocks, run_dir, args.ci_window) if same_cal else None
             lat = lv["latency_ms"]
+            live_ci = live_interval(run_dir, lv["tags"], cfgs[strategy].warmup, args.ci_window)
             row: dict[str, Any] = {
                 "workload": scenario.name,
+                "what": drawn.get(scenario.name) or what(scenario),
                 "file": str(path),
                 "strategy": strategy,
                 "other_strategy": other,
@@ -824,17 +1000,32 @@ def grid(args: argparse.Namespace) -> int:
                 "live_tags": lv["tags"],
                 "live_seeds": lv["seeds"],
             }
+            for q, qf in (("p50", 50.0), ("p99", 99.0)):
+                # the simulator's spread (sd/mean) over seeds of a 10 s run, and what it gives at the live run's length
+                ref = spread10.get(strategy, {}).get(q, float("nan"))
+                row[f"spread_{q}_10s"] = ref
+                row[f"spread_{q}_expected"] = ref * (SPREAD_REF_S / cfgs[strategy].duration) ** 0.5
+                # the window bootstrap's interval, widened to +-1.96 x that spread where narrower: the bootstrap alone falls
+                # short where bursts outlast a window (docs/SIMULATOR.md)
+                row[f"live_{q}_ci_boot"] = live_ci[qf]
+                row[f"live_{q}_ci"] = noise.widen(live_ci[qf], lat[q], row[f"spread_{q}_expected"])
             for c in cols:
-                got = sims.get(c)
+                col = sims.get(c)
                 for q in ("p50", "p99"):
-                    row[f"{c}_{q}"] = got[q] if got else float("nan")
+                    row[f"{c}_{q}"] = col[q] if col else float("nan")
+                    row[f"{c}_{q}_ci"] = col[f"{q}_ci"] if col else (float("nan"), float("nan"))
+                    # "same" shares the live run's sample: its interval is no allowance for the live one's noise
+                    row[f"{c}_{q}_verdict"] = noise.verdict(
+                        row[f"{c}_{q}"], lat[q], (lat[q], lat[q]) if c == "same" else row[f"live_{q}_ci"], None if c == "same" else row[f"{c}_{q}_ci"], GOAL
+                    )
             rows.append(row)
 
             def cells(q: str, row: dict[str, Any] = row) -> str:
                 return " ".join(f"{row[f'{c}_{q}']:6.2f} {_err(row[f'{c}_{q}'], row[f'live_{q}']):>5}" for c in cols)
 
             print(
-                f"{scenario.name:22} {strategy:13} {row['sim_utilisation']:5.2f} | {lat['p50']:8.2f} {cells('p50')} | {lat['p99']:8.2f} {cells('p99')}"
+                f"{scenario.name:{width}} {row['what']:42} {strategy:13} {row['sim_utilisation']:5.2f} | {lat['p50']:8.2f} {cells('p50')} | "
+                f"{lat['p99']:8.2f} {cells('p99')}"
                 + flags(row),
                 flush=True,
             )
@@ -859,15 +1050,18 @@ def grid(args: argparse.Namespace) -> int:
             f"{c:5}: p50 within 15% in {p50} of {len(rows)} rows, p99 in {p99}, both in {len(within)} "
             f"({len([r for r in within if r in carried])} of the {len(carried)} whose live runs, its and the other's, the stack carried)"
         )
+    print_intervals(rows, cols, width, args.ci_window)
     print(f"{time.monotonic() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
     keys = ["live_p50", *(f"{c}_p50" for c in cols), "live_p99", *(f"{c}_p99" for c in cols)]
-    lines = ["workload,strategy,sim_utilisation," + ",".join(keys) + ",live_samples,live_overloaded"]
+    cis = [f"{k}_ci_{e}" for k in ("live_p99", *(f"{c}_p99" for c in cols)) for e in ("lo", "hi")]
+    lines = ["workload,strategy,sim_utilisation," + ",".join(keys) + ",live_samples,live_overloaded,live_duration_s," + ",".join(cis)]
     for r in rows:
         lines.append(
             ",".join(
                 [r["workload"], r["strategy"], f"{r['sim_utilisation']:.3f}"]
                 + [f"{r[k]:.3f}" for k in keys]
-                + [str(r["live_samples"]), str(r["live_overloaded"]).lower()]
+                + [str(r["live_samples"]), str(r["live_overloaded"]).lower(), f"{r['live_duration_s']:.1f}"]
+                + [f"{r[k[: -len('_ci_lo')] + '_ci'][0 if k.endswith('_lo') else 1]:.3f}" for k in cis]
             )
         )
     suffix = "-resim" if args.resim is not None else ""
@@ -911,6 +1105,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="a folder of scenario files (or one file): run each live and simulated, print the table",
     )
+    add(
+        "--grid-random",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of --grid: N workloads drawn from the issue's box with --seed (aicp/lab/calibration_draw.py), written to the run folder's "
+        "workloads/ (rerun one with --grid FILE)",
+    )
+    add("--max-rate", type=float, default=800.0, help="--grid-random: draw again a workload above this rate, tasks/s (default 800)")
+    add("--min-rate", type=float, default=40.0, help="--grid-random: draw again a workload under this rate, tasks/s (default 40)")
+    add(
+        "--target-spread",
+        type=float,
+        default=0.06,
+        help="--grid: make each live run long enough that its p99's sd/mean over samples of the workload, as the simulator "
+        "estimates it, is at most this, within [--live-duration, --live-max] (default 0.06; 0: the --live-samples rule)",
+    )
+    add("--live-max", type=float, default=40.0, help="--grid: the longest live run per strategy, measured seconds (default 40)")
+    add(
+        "--live-budget",
+        type=float,
+        default=16.0,
+        help="--grid: measured seconds per workload and strategy on average, at most; the longest runs are cut alike to fit (default 16)",
+    )
+    add("--spread-seeds", type=int, default=8, help="--grid: simulated 10 s runs per strategy that estimate the spread (default 8)")
+    add("--ci-window", type=float, default=1.0, help="--grid: the time windows the intervals resample, seconds (default 1)")
     add("--calibration", type=Path, default=None, help="--grid: also simulate with this calibration (a 'probe' column)")
     add(
         "--resim",
@@ -954,7 +1174,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that every process started is stopped (finally blocks)
-    if args.grid is not None:
+    if args.grid is not None or args.grid_random:
         return grid(args)
     cal, run_dir = measure(args)
     out = args.out if args.out is not None else run_dir / "calibration.json"

@@ -22,7 +22,9 @@ Typical use (``aicp.Agent`` wraps this with a persistent key, decorators and sig
 only when the client sent no other frame for a whole interval (any verified frame
 renews an agent's lease, PROTOCOL.md §6). Callers of the older sequence
 (``connect()``, a task running ``heartbeat_loop()``, ``listen()``) keep working but
-must hold on to that task themselves.
+must hold on to that task themselves; ``heartbeat_loop()`` skips heartbeats by the same
+rule, and skips the beats it missed while its event loop was blocked rather than send
+them in a burst.
 """
 
 from __future__ import annotations
@@ -502,17 +504,32 @@ class PeerClient:
         return now + interval
 
     async def heartbeat_loop(self, interval: float | None = None) -> None:
-        """Renew the lease every ``interval`` seconds (default: what the router asked for) until ``close()``.
+        """Renew the lease until ``close()``: a heartbeat in each ``interval`` seconds (default: what
+        the router asked for) in which the client sent no other frame, as ``serve()``'s ``LeaseKeeper`` does.
 
-        The first heartbeat comes after a random fraction (half to all) of the interval, so
-        agents started together do not renew their leases in bursts at the router.
+        Any frame the router verifies renews an agent's lease (PROTOCOL.md §6), so the loop
+        sleeps until ``interval`` after the later of the last frame sent and its own last
+        heartbeat, and sends one only if nothing was sent meanwhile. The first heartbeat
+        comes after a random half to all of the interval, so agents started together do not
+        renew their leases in bursts at the router. A loop that falls behind (its event loop
+        blocked past several intervals) sends one heartbeat and counts the next interval
+        from it: the beats it missed are skipped, never sent in a burst. While not
+        registered it waits an interval at a time (the registration renews the lease).
         """
-        phase = random.uniform(0.5, 1.0)
+        loop = asyncio.get_running_loop()
+        beat_at = loop.time() - random.uniform(0.0, 0.5) * (interval if interval is not None else self.session.heartbeat_s)
         while not self.closing:
-            await asyncio.sleep(phase * (interval if interval is not None else self.session.heartbeat_s))
-            phase = 1.0
-            if self.ready.is_set():
-                await self.send_heartbeat(self._load())
+            every = interval if interval is not None else self.session.heartbeat_s
+            now = loop.time()
+            if not self.ready.is_set():
+                beat_at = now
+            wait = max(beat_at, self._sent_at) + every - now
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            beat_at = now
+            self.heartbeats_sent += 1
+            await self.send_heartbeat(self._load())
 
     async def send_message(self, method: str, obj: Any, *, task_id: str | None = None, timeout: float | None = None) -> str:
         """Send a signed task to the router and return its id; ``wait_outcome(id)`` awaits its result."""

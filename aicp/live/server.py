@@ -133,6 +133,7 @@ class AICPWebSocketServer:
         self._next_conn = 0
         self._ws_open = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._touch_timer: asyncio.TimerHandle | None = None  # with a store that expires bindings: touch_connected every touch_every_s
         self._timer_at: float | None = None
         self._server: Server | None = None
         self._verifier: VerifierPool | None = None
@@ -227,6 +228,8 @@ class AICPWebSocketServer:
                 self.store.start(self.loop, learn=self._learn_binding, dropped=self._binding_dropped)
             else:
                 self.store.start(self.loop)
+            if self.store.touch_every_s is not None:
+                self._touch_timer = self.loop.call_later(self.store.touch_every_s, self._touch_connected)
             log.info("state restored from %s: %d binding(s), %d seen id(s), %d outcome(s)", self.store.path, len(snap.bindings), len(snap.seen), len(snap.outcomes))
         self._stop_requested = asyncio.Event()
         if self.limits.verify_threads > 0 and self.proto.config.verify == "every-hop":
@@ -290,6 +293,10 @@ class AICPWebSocketServer:
         while self.proto.pending_tasks() and loop.time() < deadline:
             await asyncio.sleep(min(0.01, max(0.0, deadline - loop.time())))
         unfinished = self.proto.pending_tasks()
+        if self._touch_timer is not None:  # the peers connected now were seen now
+            self._touch_timer.cancel()
+            self._touch_timer = None
+            self.proto.touch_connected(time.time())
         self._apply(self.proto.shutdown(time.time()))
         log.info("drained: %d task(s) failed with shutting-down", unfinished)
         if self._server is not None:
@@ -315,6 +322,14 @@ class AICPWebSocketServer:
             self._stop_requested.set()
 
     # ------------------------------------------------------------------ the driver
+    def _touch_connected(self) -> None:
+        """Tell the store every connected peer was seen now; again in ``touch_every_s``. O(bound ids) each time."""
+        every = self.store.touch_every_s if self.store is not None else None
+        if self.loop is None or every is None or self._stopping:
+            return
+        self.proto.touch_connected(time.time())
+        self._touch_timer = self.loop.call_later(every, self._touch_connected)
+
     def _open_timed_out(self) -> None:
         if not self._stopping:
             self.count_transport_close("open-timeout")

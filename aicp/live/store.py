@@ -18,7 +18,10 @@ the last ``batch_s``. A committed transaction survives a process crash; a power 
 kernel crash may also lose the transactions since the last checkpoint (at most about a
 second). What the loss means is in docs/SECURITY.md. ``close()`` writes everything.
 
-**Retention.** Bindings of chosen ids are kept for good (at most ``max_peers`` rows); an
+**Retention.** Bindings of chosen ids are kept for good (at most ``max_peers`` rows),
+unless opened with ``binding_ttl_s`` (``aicp serve --binding-ttl``): then a binding whose
+peer was last seen (bound, registered again, or connected at a ``touch_connected``, every
+``touch_every_s``) more than ``binding_ttl_s`` ago is deleted at open and not restored. An
 ephemeral one (docs/PROTOCOL.md §4.4) is deleted when the router frees it, ``window_s``
 after its controller left and its last task ended (a restart counts as leaving). Seen ids and
 outcomes carry their expiry (wall-clock seconds); expired rows are deleted every 5 s
@@ -33,7 +36,8 @@ bound id to the first key that claims it. Move the file aside to start empty on 
 
 Tables (one row per key; ``aicp.live.store_jetstream`` holds the same entries in JetStream KV):
 
-* ``bindings(peer_id PK, key, role, ephemeral)`` (schema 1 had no ``ephemeral``: it is added at open, 0)
+* ``bindings(peer_id PK, key, role, ephemeral, seen)``: ``seen``, wall-clock time the peer was last
+  seen (schema 3; a schema 2 file gets it at open, set to that time). Schema 1 had no ``ephemeral``: it is added at open, 0
 * ``seen(sender, msg_id, expiry, task)``, primary key ``(sender, msg_id)``
 * ``outcomes(key PK, frame BLOB, expiry, fingerprint BLOB, assignees)`` (a JSON list)
 * ``meta(name PK, value)``: ``router_key`` of the last router that wrote the file
@@ -55,11 +59,11 @@ from aicp.state import Binding, Seen, Snapshot, StoredOutcome
 log = logging.getLogger("aicp.live.store")
 
 APPLICATION_ID = 0x41494350  # "AICP"
-SCHEMA_VERSION = 2  # 2: bindings.ephemeral
+SCHEMA_VERSION = 3  # 2: bindings.ephemeral; 3: bindings.seen
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS bindings (peer_id TEXT PRIMARY KEY, key TEXT NOT NULL, role TEXT NOT NULL,
-                                     ephemeral INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+                                     ephemeral INTEGER NOT NULL DEFAULT 0, seen REAL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS seen (sender TEXT NOT NULL, msg_id TEXT NOT NULL, expiry REAL NOT NULL, task INTEGER NOT NULL,
                                  PRIMARY KEY (sender, msg_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outcomes (key TEXT PRIMARY KEY, frame BLOB NOT NULL, expiry REAL NOT NULL,
@@ -73,7 +77,17 @@ class Unbind(msgspec.Struct, frozen=True, gc=False):
     binding: Binding
 
 
-Record = Binding | Unbind | Seen | StoredOutcome
+class Touch(msgspec.Struct, frozen=True, gc=False):
+    """A sink's record of ``StateSink.touch``: ``binding``'s peer was seen at ``now``."""
+
+    binding: Binding
+    now: float
+
+
+Record = Binding | Unbind | Seen | StoredOutcome | Touch
+
+#: Longest time between two ``touch_connected`` calls with a ``binding_ttl_s``: a tenth of it, at most this.
+MAX_TOUCH_EVERY_S = 3600.0
 
 
 class StateFileError(Exception):
@@ -96,8 +110,12 @@ class SqliteStore:
         batch_s: float = 0.010,
         max_backlog: int = 1_000_000,
         purge_every_s: float = 5.0,
+        binding_ttl_s: float | None = None,
     ) -> None:
         self.path = path
+        self.binding_ttl_s = binding_ttl_s
+        #: how often the driver should call ``RouterProtocol.touch_connected`` (None: never, bindings are kept for good)
+        self.touch_every_s = None if binding_ttl_s is None else min(binding_ttl_s / 10.0, MAX_TOUCH_EVERY_S)
         self.snapshot = snapshot  # what the file held at open, for RouterProtocol.restore
         self.batch_s = batch_s
         self.purge_every_s = purge_every_s
@@ -120,9 +138,15 @@ class SqliteStore:
     # ------------------------------------------------------------------ open
     @classmethod
     def open(
-        cls, path: str | Path, now: float | None = None, router_key: str | None = None, batch_s: float = 0.010, purge_every_s: float = 5.0
+        cls, path: str | Path, now: float | None = None, router_key: str | None = None, batch_s: float = 0.010, purge_every_s: float = 5.0,
+        binding_ttl_s: float | None = None,
     ) -> SqliteStore:
-        """Open or create the file, check it, drop expired rows and read the rest. Raises ``StateFileError``."""
+        """Open or create the file, check it, drop expired rows and read the rest. Raises ``StateFileError``.
+
+        ``binding_ttl_s``: also drop the bindings (not ephemeral) whose peer was last seen longer ago than that.
+        """
+        if binding_ttl_s is not None and not binding_ttl_s > 0:
+            raise ValueError(f"binding_ttl_s must be positive, not {binding_ttl_s!r}")
         p = Path(path)
         now = time.time() if now is None else now
         try:
@@ -130,7 +154,7 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StateFileError(f"cannot open state file {p}: {exc}") from exc
         try:
-            snapshot = cls._prepare(db, p, now, router_key)
+            snapshot = cls._prepare(db, p, now, router_key, binding_ttl_s)
         except sqlite3.Error as exc:
             db.close()
             raise StateFileError(f"state file {p} is damaged or not an SQLite database ({exc}); move it aside to start with an empty state") from exc
@@ -138,10 +162,10 @@ class SqliteStore:
             db.close()
             raise
         db.execute("PRAGMA busy_timeout=0")  # the event loop never waits for the file: a locked commit is retried later
-        return cls(p, db, snapshot, batch_s, purge_every_s=purge_every_s)
+        return cls(p, db, snapshot, batch_s, purge_every_s=purge_every_s, binding_ttl_s=binding_ttl_s)
 
     @staticmethod
-    def _prepare(db: sqlite3.Connection, p: Path, now: float, router_key: str | None) -> Snapshot:
+    def _prepare(db: sqlite3.Connection, p: Path, now: float, router_key: str | None, binding_ttl_s: float | None = None) -> Snapshot:
         app_id = db.execute("PRAGMA application_id").fetchone()[0]
         version = db.execute("PRAGMA user_version").fetchone()[0]
         tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
@@ -160,7 +184,14 @@ class SqliteStore:
         db.executescript(_SCHEMA)
         if "ephemeral" not in {row[1] for row in db.execute("PRAGMA table_info(bindings)")}:  # a schema 1 file
             db.execute("ALTER TABLE bindings ADD COLUMN ephemeral INTEGER NOT NULL DEFAULT 0")
+        if "seen" not in {row[1] for row in db.execute("PRAGMA table_info(bindings)")}:  # a schema 1 or 2 file
+            db.execute("ALTER TABLE bindings ADD COLUMN seen REAL")
         db.execute("BEGIN")
+        db.execute("UPDATE bindings SET seen = ? WHERE seen IS NULL", (now,))  # an expiry counts from the upgrade
+        if binding_ttl_s is not None:
+            gone = db.execute("DELETE FROM bindings WHERE ephemeral = 0 AND seen < ?", (now - binding_ttl_s,)).rowcount
+            if gone:
+                log.info("state file %s: %d binding(s) not seen for %g s forgotten", p, gone, binding_ttl_s)
         db.execute("DELETE FROM seen WHERE expiry <= ?", (now,))
         db.execute("DELETE FROM outcomes WHERE expiry <= ?", (now,))
         if router_key is not None:
@@ -203,6 +234,10 @@ class SqliteStore:
 
     def outcome(self, outcome: StoredOutcome) -> None:
         self._add(outcome)
+
+    def touch(self, binding: Binding, now: float) -> None:
+        if self.binding_ttl_s is not None:  # without an expiry, when a peer was last seen changes nothing
+            self._add(Touch(binding, now))
 
     def stats(self) -> dict[str, float]:
         """For /metrics (``aicp_state_*``)."""
@@ -254,17 +289,19 @@ class SqliteStore:
             return True
         t0 = time.perf_counter()
         seen, outcomes = [], []
-        by_id: dict[str, Binding | Unbind] = {}  # the last binding change per id wins: a batch may free an id and bind it again
+        by_id: dict[str, Binding | Unbind | Touch] = {}  # the last binding change per id wins: a batch may free an id and bind it again
+        wall = time.time()
         for r in batch:
             if isinstance(r, Seen):
                 seen.append((r.sender, r.msg_id, r.expiry, int(r.task)))
             elif isinstance(r, StoredOutcome):
                 outcomes.append((r.key, r.frame, r.expiry, r.fingerprint, msgspec.json.encode(r.assignees).decode()))
-            elif isinstance(r, Unbind):
+            elif isinstance(r, (Unbind, Touch)):
                 by_id[r.binding.peer_id] = r
             else:
                 by_id[r.peer_id] = r
-        bindings = [(r.peer_id, r.key, r.role, int(r.ephemeral)) for r in by_id.values() if isinstance(r, Binding)]
+        bindings = [(r.peer_id, r.key, r.role, int(r.ephemeral), wall) for r in by_id.values() if isinstance(r, Binding)]
+        bindings += [(t.peer_id, t.key, t.role, int(t.ephemeral), r.now) for r in by_id.values() if isinstance(r, Touch) for t in (r.binding,)]
         unbound = [(r.binding.peer_id, r.binding.key) for r in by_id.values() if isinstance(r, Unbind)]
         db = self._db
         try:
@@ -282,7 +319,7 @@ class SqliteStore:
         self._buffer = []
         try:
             if bindings:
-                db.executemany("INSERT OR REPLACE INTO bindings VALUES (?, ?, ?, ?)", bindings)
+                db.executemany("INSERT OR REPLACE INTO bindings (peer_id, key, role, ephemeral, seen) VALUES (?, ?, ?, ?, ?)", bindings)
             if unbound:
                 db.executemany("DELETE FROM bindings WHERE peer_id = ? AND key = ?", unbound)
             if seen:

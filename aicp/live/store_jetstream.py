@@ -10,7 +10,13 @@ do (docs/CLUSTER.md). It keeps the same three kinds of record as the SQLite stor
   stored for an id wins, at whichever router it was made. An ephemeral one (docs/PROTOCOL.md
   §4.4) is purged when a router that registered it frees it (``unbind``): only if the entry
   still holds the same key, at the revision read just before (``Nats-Expected-Last-Subject-Sequence``),
-  with a purge marker that itself expires after ``PURGE_MARKER_TTL_S``, so freed ids leave nothing behind;
+  with a purge marker that itself expires after ``purge_marker_ttl_s`` (``--state-purge-marker``, default
+  ``PURGE_MARKER_TTL_S``), so freed ids leave nothing behind;
+  A binding entry also holds ``seen``, the wall-clock time its peer was last seen (``StoredBinding``;
+  a router that predates it reads the entry as a ``Binding`` and skips the field). With ``binding_ttl_s``
+  (``--binding-ttl``) a touch (the peer registered again, or is connected at ``touch_connected``) writes the
+  entry again with the new time, at the revision just read, and a router that starts purges, at their
+  revision, the entries of ids not seen for ``binding_ttl_s`` and does not restore them;
 * ``<prefix>_seen``: key ``b64(sender).b64(message id)`` -> ``Seen``;
 * ``<prefix>_outcomes``: key ``b64(task key)`` -> ``StoredOutcome`` (the frame verbatim).
 
@@ -44,7 +50,9 @@ loses its disk loses everything, a cluster of servers with replicas does not).
   within ``batch_s`` plus a round trip. In that window B may accept the other key; B's
   ``create`` then fails, the entry stored first wins at every router, and B closes the
   peer that registered with the losing key (``key-mismatch``). So two keys are never
-  both bound for longer than the window, and never after it. A router that learned an
+  both bound for longer than the window, and never after it. After a reconnect the router
+  watches the bucket again at once (the server may have restarted, and the old watch would
+  notice only after 10-20 s of missed heartbeats). A router that learned an
   ephemeral binding frees its own copy ``window_s`` after it last saw the entry written,
   without touching the entry. When a router sees an entry purged (another router freed the
   id) while it still holds that id as its own (its controller registered there, and is
@@ -80,18 +88,38 @@ from typing import Any
 
 import msgspec
 
-from aicp.live.store import StateFileError, Unbind
+from aicp.live.store import MAX_TOUCH_EVERY_S, StateFileError, Touch, Unbind
 from aicp.state import Binding, Seen, Snapshot, StoredOutcome
 
 log = logging.getLogger("aicp.live.store_jetstream")
 
-Record = Binding | Unbind | Seen | StoredOutcome
+Record = Binding | Unbind | Seen | StoredOutcome | Touch
 
-#: Seconds the purge marker of a freed ephemeral binding stays in the bucket (watchers see it at once).
+#: Default seconds the purge marker of a freed ephemeral binding stays in the bucket. Watching routers see it
+#: at once; one that watches again after a reconnect sees it only while it is there, and without it would not
+#: write again a binding it still holds (``RouterProtocol.binding_dropped``). ``--state-purge-marker`` sets it.
 PURGE_MARKER_TTL_S = 60
 
 _encode = msgspec.msgpack.Encoder().encode
 _dec_binding = msgspec.msgpack.Decoder(Binding)
+
+
+class StoredBinding(msgspec.Struct, frozen=True, gc=False):
+    """A binding entry as written: ``Binding``'s fields and ``seen``, when its peer was last seen (wall clock;
+    None in an entry written before the field). Decoded as ``Binding``, ``seen`` is skipped (msgspec ignores unknown fields)."""
+
+    peer_id: str
+    key: str
+    role: str
+    ephemeral: bool = False
+    seen: float | None = None
+
+    @classmethod
+    def of(cls, b: Binding, seen: float) -> StoredBinding:
+        return cls(b.peer_id, b.key, b.role, b.ephemeral, seen)
+
+
+_dec_stored_binding = msgspec.msgpack.Decoder(StoredBinding)
 _dec_seen = msgspec.msgpack.Decoder(Seen)
 _dec_outcome = msgspec.msgpack.Decoder(StoredOutcome)
 
@@ -130,8 +158,20 @@ class JetStreamStore:
     the buckets' contents from ``connect`` until the server has restored them. Each sink call is O(1).
     """
 
-    def __init__(self, url: str, prefix: str = "aicp", batch_s: float = 0.010, max_backlog: int = 1_000_000, ack_timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, prefix: str = "aicp", batch_s: float = 0.010, max_backlog: int = 1_000_000, ack_timeout_s: float = 10.0,
+                 purge_marker_ttl_s: int = PURGE_MARKER_TTL_S, binding_ttl_s: float | None = None) -> None:
+        """``purge_marker_ttl_s``: whole seconds (at least 1, the server's unit) a freed ephemeral binding's purge marker stays.
+        ``binding_ttl_s``: at ``open``, purge the bindings (not ephemeral) whose peer was not seen for that long (None: keep them)."""
+        if purge_marker_ttl_s < 1 or purge_marker_ttl_s != int(purge_marker_ttl_s):
+            raise ValueError(f"purge_marker_ttl_s must be a whole number of seconds >= 1, not {purge_marker_ttl_s!r}")
+        if binding_ttl_s is not None and not binding_ttl_s > 0:
+            raise ValueError(f"binding_ttl_s must be positive, not {binding_ttl_s!r}")
+        self.binding_ttl_s = binding_ttl_s
+        #: how often the driver should call ``RouterProtocol.touch_connected`` (None: never, bindings are kept for good)
+        self.touch_every_s = None if binding_ttl_s is None else min(binding_ttl_s / 10.0, MAX_TOUCH_EVERY_S)
+        self.expired = 0  # bindings purged at open: not seen for binding_ttl_s
         self.url = url
+        self.purge_marker_ttl_s = int(purge_marker_ttl_s)
         self.prefix = prefix
         self.batch_s = batch_s
         self.max_backlog = max_backlog
@@ -146,6 +186,8 @@ class JetStreamStore:
         self._writer: asyncio.Task[None] | None = None
         self._watcher: Any = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._rewatch_task: asyncio.Task[None] | None = None
+        self.rewatches = 0  # watches of the bindings started again after a reconnect
         self._learn: Callable[[Binding], None] | None = None
         self._dropped: Callable[[str], None] | None = None
         self._closing = False
@@ -166,9 +208,10 @@ class JetStreamStore:
 
     # ------------------------------------------------------------------ open
     @classmethod
-    async def connect(cls, url: str, prefix: str = "aicp", batch_s: float = 0.010, timeout_s: float = 5.0) -> JetStreamStore:
+    async def connect(cls, url: str, prefix: str = "aicp", batch_s: float = 0.010, timeout_s: float = 5.0,
+                      purge_marker_ttl_s: int = PURGE_MARKER_TTL_S, binding_ttl_s: float | None = None) -> JetStreamStore:
         """Connect, create the buckets if missing and read them into ``snapshot``. Raises ``StateFileError``."""
-        store = cls(url, prefix, batch_s)
+        store = cls(url, prefix, batch_s, purge_marker_ttl_s=purge_marker_ttl_s, binding_ttl_s=binding_ttl_s)
         await store.open(timeout_s)
         return store
 
@@ -180,7 +223,7 @@ class JetStreamStore:
         try:
             # once connected, it reconnects for ever (records wait meanwhile); the first connect gets ``timeout_s``
             self.nc = await asyncio.wait_for(nats.connect(self.url, connect_timeout=timeout_s, allow_reconnect=True, max_reconnect_attempts=-1,
-                                                          reconnect_time_wait=0.5, name="aicp-state"), timeout_s)
+                                                          reconnect_time_wait=0.5, name="aicp-state", reconnected_cb=self._reconnected), timeout_s)
         except TimeoutError as exc:
             raise StateFileError(f"cannot reach the state server {self.url} within {timeout_s:g} s") from exc
         except Exception as exc:
@@ -197,7 +240,7 @@ class JetStreamStore:
                     except Exception:
                         self.kv[kind] = await self.js.key_value(bucket)  # another router created it meanwhile
             now = time.time()
-            bindings = [_dec_binding.decode(v) for v in await self._read("bindings", keep_watching=True)]
+            bindings = await self._expire([_dec_stored_binding.decode(v) for v in await self._read("bindings", keep_watching=True)], now)
             seen = [s for s in (_dec_seen.decode(v) for v in await self._read("seen")) if s.expiry > now]
             outcomes = [o for o in (_dec_outcome.decode(v) for v in await self._read("outcomes")) if o.expiry > now]
         except StateFileError:
@@ -210,6 +253,43 @@ class JetStreamStore:
             await self.nc.close()
             raise StateFileError(f"cannot read the state buckets {self.prefix}_* at {self.url} (is JetStream on? nats-server -js): {exc}") from exc
         self.snapshot = Snapshot(bindings=bindings, seen=seen, outcomes=outcomes)
+
+    async def _expire(self, stored: list[StoredBinding], now: float) -> list[Binding]:
+        """The bindings to restore: with ``binding_ttl_s``, those not seen for that long are purged instead
+        (at the revision read, so one touched meanwhile stays), and those written before ``seen`` get it now."""
+        kept = [Binding(b.peer_id, b.key, b.role, b.ephemeral) for b in stored if self.binding_ttl_s is None or b.ephemeral or b.seen is None
+                or b.seen >= now - self.binding_ttl_s]
+        if self.binding_ttl_s is None:
+            return kept
+        from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+
+        kv = self.kv["bindings"]
+        for b in stored:
+            if b.ephemeral or (b.seen is not None and b.seen >= now - self.binding_ttl_s):
+                continue
+            token = kv_token(b.peer_id)
+            try:
+                entry = await kv.get(token)
+            except (KeyNotFoundError, KeyDeletedError):
+                continue
+            now_stored = _dec_stored_binding.decode(entry.value) if entry.value else None
+            if now_stored != b:  # written since it was read (a touch at a running router): restored as it is now
+                if now_stored is not None and b.seen is not None:
+                    kept.append(Binding(now_stored.peer_id, now_stored.key, now_stored.role, now_stored.ephemeral))
+                continue
+            try:
+                if b.seen is None:  # written before ``seen``: its expiry counts from now
+                    await kv.update(token, _encode(StoredBinding.of(Binding(b.peer_id, b.key, b.role), now)), last=entry.revision)
+                else:
+                    headers = {"KV-Operation": "PURGE", "Nats-Rollup": "sub", "Nats-Expected-Last-Subject-Sequence": str(entry.revision)}
+                    await self.js.publish(f"$KV.{self.buckets['bindings']}.{token}", b"", headers=headers, msg_ttl=self.purge_marker_ttl_s)
+                    self.expired += 1
+            except (APIError, KeyWrongLastSequenceError):  # written meanwhile (a touch): it stays
+                if b.seen is not None:
+                    kept.append(Binding(b.peer_id, b.key, b.role))
+        if self.expired:
+            log.info("state buckets %s_*: %d binding(s) not seen for %g s forgotten", self.prefix, self.expired, self.binding_ttl_s)
+        return kept
 
     async def _read(self, kind: str, keep_watching: bool = False) -> list[bytes]:
         """Every live entry of one bucket; the bindings' watcher is kept to follow the other routers."""
@@ -251,6 +331,10 @@ class JetStreamStore:
     def outcome(self, outcome: StoredOutcome) -> None:
         self._add(outcome)
 
+    def touch(self, binding: Binding, now: float) -> None:
+        if self.binding_ttl_s is not None:  # without an expiry, when a peer was last seen changes nothing
+            self._add(Touch(binding, now))
+
     def stats(self) -> dict[str, float]:
         """For /metrics (``aicp_state_*``)."""
         return {"written": self.written, "commits": self.commits, "backlog": self.backlog, "dropped": self.dropped, "errors": self.errors,
@@ -288,10 +372,11 @@ class JetStreamStore:
         elif self._buffer and self.js is not None:
             batch, self._buffer = self._buffer, []
             await self._write(batch)
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+        for task in (self._rewatch_task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._watcher is not None:
             with contextlib.suppress(Exception):
                 await self._watcher.stop()
@@ -321,7 +406,7 @@ class JetStreamStore:
         t0 = time.perf_counter()
         now = time.time()
         acks: list[asyncio.Future[Any]] = []
-        bindings: list[Binding | Unbind] = []  # in order: an id may be freed and bound again in one batch
+        bindings: list[Binding | Unbind | Touch] = []  # in order: an id may be freed and bound again in one batch
         try:
             for r in batch:
                 if isinstance(r, Seen):
@@ -342,8 +427,11 @@ class JetStreamStore:
                 if isinstance(b, Unbind):
                     await self._purge(b.binding)
                     continue
+                if isinstance(b, Touch):
+                    await self._touch(b)
+                    continue
                 try:
-                    await kv.create(kv_token(b.peer_id), _encode(b))
+                    await kv.create(kv_token(b.peer_id), _encode(StoredBinding.of(b, now)))
                 except KeyWrongLastSequenceError:
                     await self._lost_race(b)
         except Exception as exc:
@@ -375,10 +463,30 @@ class JetStreamStore:
             return
         headers = {"KV-Operation": "PURGE", "Nats-Rollup": "sub", "Nats-Expected-Last-Subject-Sequence": str(entry.revision)}
         try:
-            await self.js.publish(f"$KV.{self.buckets['bindings']}.{token}", b"", headers=headers, msg_ttl=PURGE_MARKER_TTL_S)
+            await self.js.publish(f"$KV.{self.buckets['bindings']}.{token}", b"", headers=headers, msg_ttl=self.purge_marker_ttl_s)
         except APIError:  # written again meanwhile (by a router that still holds it): it stays
             return
         self.unbound += 1
+
+    async def _touch(self, touch: Touch) -> None:
+        """Write the binding again with its new ``seen``, if the entry still holds its key (at the revision read)."""
+        from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+
+        mine = touch.binding
+        kv = self.kv["bindings"]
+        token = kv_token(mine.peer_id)
+        try:
+            entry = await kv.get(token)
+        except (KeyNotFoundError, KeyDeletedError):  # forgotten (expired at a router that started) while its peer is here: bind it again
+            try:
+                await kv.create(token, _encode(StoredBinding.of(mine, touch.now)))
+            except KeyWrongLastSequenceError:
+                await self._lost_race(mine)
+            return
+        if entry.value is None or _dec_binding.decode(entry.value).key != mine.key:
+            return  # another key won: learning it is the watcher's part
+        with contextlib.suppress(APIError, KeyWrongLastSequenceError):  # written meanwhile: by another touch
+            await kv.update(token, _encode(StoredBinding.of(mine, touch.now)), last=entry.revision)
 
     async def _lost_race(self, mine: Binding) -> None:
         """``create`` found the id bound: the same key is fine; another key won, and the core learns it."""
@@ -387,7 +495,7 @@ class JetStreamStore:
         try:
             entry = await self.kv["bindings"].get(kv_token(mine.peer_id))
         except (KeyNotFoundError, KeyDeletedError):  # purged in between: the id is free again
-            await self.kv["bindings"].create(kv_token(mine.peer_id), _encode(mine))
+            await self.kv["bindings"].create(kv_token(mine.peer_id), _encode(StoredBinding.of(mine, time.time())))
             return
         stored = _dec_binding.decode(entry.value)
         if stored.key != mine.key or stored.role != mine.role:
@@ -395,6 +503,43 @@ class JetStreamStore:
             log.warning("id %r was bound to another key at another router first: the binding made here is dropped", mine.peer_id)
             if self._learn is not None:
                 self._learn(stored)
+
+    async def _reconnected(self) -> None:
+        """The connection is back (nats-py's ``reconnected_cb``): watch the bindings again.
+
+        The server may have restarted, and the watch's consumer with it. nats-py's ordered
+        consumer notices only after two missed idle heartbeats (10 to 20 s), and the bindings
+        other routers stored meanwhile would be learned that late; a new watch takes them in
+        at once. It delivers every live binding again: learning a known one changes nothing,
+        so a reconnect costs O(bindings) once.
+        """
+        if self._watch_task is None or self._closing:
+            return
+        if self._rewatch_task is not None:
+            self._rewatch_task.cancel()
+        self._rewatch_task = asyncio.get_running_loop().create_task(self._rewatch(), name="aicp-state-rewatch")
+
+    async def _rewatch(self) -> None:
+        """Replace the bindings' watch with a new one, retrying every 0.5 s until the server lets it start."""
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+        old, self._watcher = self._watcher, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.stop()
+        while not self._closing:
+            try:
+                self._watcher = await self.kv["bindings"].watchall()
+                break
+            except Exception as exc:  # JetStream not ready yet on a restarted server, or the connection dropped again
+                log.info("cannot watch %s again yet: %s", self.buckets["bindings"], exc)
+                await asyncio.sleep(0.5)
+        else:
+            return
+        self.rewatches += 1
+        self._watch_task = asyncio.get_running_loop().create_task(self._watch_loop(), name="aicp-state-bindings")
 
     async def _watch_loop(self) -> None:
         """Every binding written to the bucket after ``connect`` (by any router) goes to ``learn``."""

@@ -244,3 +244,22 @@ def test_after_the_restart_another_task_under_a_kept_id_is_an_id_conflict_and_as
     hub2.run_until_idle()
     assert hub2.proto.counters["results_late"] == 1 and refusal(bystander) == errors.NOT_ASSIGNED
     assert ctl2.outcome_count == {tid: 1}  # only the id-conflict refusal: nothing was forwarded
+
+
+def test_a_peer_registering_again_or_connected_at_touch_connected_is_reported_seen() -> None:
+    rec = Recorder()
+    hub = hub_with(rec)
+    owner, ctl_key = Identity.generate(), Identity.generate()
+    connect(hub, "a1", owner)
+    assert rec.last_seen == {}  # a new binding is recorded by bind
+    hub.advance(10.0)
+    again = connect(hub, "a1", owner)  # the same key registers again (a restarted agent)
+    assert again.session.state == READY and rec.last_seen == {"a1": hub.now}
+    ephemeral = hub.connect(PeerSession(ctl_key, "controller-1", "controller", ephemeral=True, router_key=ROUTER.public_key_text))
+    assert ephemeral.session.state == READY
+    hub.advance(5.0)
+    assert hub.proto.touch_connected(hub.now) == 1  # a1 only: an ephemeral id is freed by its own rule
+    assert rec.last_seen == {"a1": hub.now}
+    hub.disconnect(again)
+    hub.advance(5.0)
+    assert hub.proto.touch_connected(hub.now) == 0 and rec.last_seen["a1"] == hub.now - 5.0

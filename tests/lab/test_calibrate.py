@@ -120,13 +120,50 @@ def test_each_grid_workload_runs_live_as_its_file_says_and_is_in_the_issue_s_ran
     assert sorted(sc.strategies) == ["least_loaded", "round_robin"]
 
 
-def test_the_grid_refuses_what_the_live_agents_cannot_run(tmp_path: Path) -> None:
+def test_the_grid_refuses_what_the_live_agents_cannot_run_and_passes_a_lognormal_s_sigma(tmp_path: Path) -> None:
     from aicp.sim import scenario as sc_mod
 
-    sc = sc_mod.load(GRID / "g3_logn20_a8c2.toml", {"agents.0.service_time.sigma": 1.0})
+    path = GRID / "g3_logn20_a8c2.toml"
     args = calibrate.bench_args(agent_procs=2, live_duration=10.0, live_samples=4000, live_warmup=2.0, seed=1)
-    with pytest.raises(SystemExit, match=r"sigma 0\.5"):
-        calibrate.live_args_for(sc, GRID / "g3_logn20_a8c2.toml", "least_loaded", args)
+    sc = sc_mod.load(path, {"agents.0.service_time.sigma": 1.0})
+    cfg = calibrate.live_args_for(sc, path, "least_loaded", args)
+    assert cfg.agent_sigma == 1.0 and cfg.service_time == "lognormal:20"
+    # the same column regenerates the live agents' draws with that sigma
+    from aicp.live.handlers import Synthetic
+
+    want = Synthetic("lognormal", 20.0, sigma=1.0, seed=7 + 3)
+    draws = calibrate.live_draws(cfg, 3, 7)
+    assert [draws() for _ in range(5)] == [want.service_time_s() for _ in range(5)]
+    assert calibrate.live_args_for(sc_mod.load(GRID / "g1_exp6_a4c1.toml"), path, "round_robin", args).agent_sigma is None
+    with pytest.raises(SystemExit, match="failures"):
+        calibrate.live_args_for(sc_mod.load(path, {"agents.0.fail_prob": 0.1}), path, "least_loaded", args)
+
+
+def test_the_fleet_passes_the_sigma_to_the_agents_and_the_agents_draw_with_it(tmp_path: Path) -> None:
+    import argparse
+
+    from aicp.cli import agent as agent_cli
+    from aicp.lab.bench import live
+    from aicp.live.handlers import Synthetic
+
+    spawned: list[list[str]] = []
+
+    class Spawner:  # records what live.start_agents would start
+        def spawn(self, role: str, argv: list[str]) -> None:
+            spawned.append(argv)
+
+    cfg = calibrate.bench_args(agents=3, agent_procs=2, service_time="lognormal:8", agent_concurrency=1, agent_seed=5, agent_sigma=0.8)
+    live.start_agents(Spawner(), "ws://127.0.0.1:1", cfg)  # type: ignore[arg-type]
+    assert len(spawned) == 2 and all(argv[argv.index("--service-sigma") + 1] == "0.8" for argv in spawned)
+    parser = argparse.ArgumentParser()
+    agent_cli.add_arguments(parser)
+    argv = ["--id", "a", "--capability", "m", "--service-time", "lognormal:8", "--key", str(tmp_path / "k"), "--seed", "5"]
+    (agent,) = agent_cli.build_agents(parser.parse_args([*argv, "--service-sigma", "0.8"]))
+    handler = agent.client.handlers["m"].handler
+    want = Synthetic("lognormal", 8.0, sigma=0.8, seed=5)
+    assert isinstance(handler, Synthetic) and [handler.service_time_s() for _ in range(5)] == [want.service_time_s() for _ in range(5)]
+    (plain,) = agent_cli.build_agents(parser.parse_args(argv))
+    assert plain.client.handlers["m"].handler.sigma == 0.5  # type: ignore[attr-defined]
 
 
 def test_a_run_calibration_takes_the_run_s_handler_times_hops_and_client_part(tmp_path: Path) -> None:

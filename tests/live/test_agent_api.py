@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import stat
+import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ import nacl.exceptions
 import nacl.signing
 import pytest
 from live_helpers import Proc, run, serving, wait_until
+from live_helpers import agent as live_agent
 
 import aicp
 from aicp import errors
@@ -121,6 +125,38 @@ def test_stop_drains_running_tasks_and_refuses_new_ones(tmp_path: Path) -> None:
                 assert (await first).value == 42
                 await asyncio.wait_for(serve, 5)
             assert "drainer" not in server.proto.connected_peers()
+
+    run(main())
+
+
+def test_the_older_heartbeat_loop_skips_beats_after_results_and_after_a_stall(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with serving() as server, live_agent(server.url, "old-style", {"echo": lambda x: x}, heartbeat=0.2,
+                                                   identity=Identity.generate()) as client:
+            beats: list[float] = []  # loop times the heartbeat frames were made, counted where the frame is signed
+            make = client.session.heartbeat_frame
+
+            def counted(*args: Any) -> bytes:
+                beats.append(loop.time())
+                return make(*args)
+
+            client.session.heartbeat_frame = counted  # type: ignore[method-assign]
+            loop = asyncio.get_running_loop()
+            await wait_until(lambda: len(beats) >= 1, what="a heartbeat while idle")
+            # 1.2 s of results at least every ~40 ms: six intervals in which the results renew the lease
+            before = len(beats)
+            until = loop.time() + 1.2
+            while loop.time() < until:
+                assert await server.route_message("echo", 1, timeout=5.0) == 1
+                await asyncio.sleep(0.02)
+            assert len(beats) - before <= 2  # one may fall due as it starts, another in a stall of the loaded machine
+            await wait_until(lambda: len(beats) >= before + 3, what="heartbeats once idle again")
+            # The event loop is blocked for six intervals: one heartbeat when it runs again, not six.
+            time.sleep(1.2)
+            stalled = len(beats)
+            await asyncio.sleep(0.05)
+            assert len(beats) - stalled <= 2
+            assert client.heartbeats_sent == len(beats)
 
     run(main())
 
@@ -279,6 +315,57 @@ def test_controller_with_an_id_keeps_its_key(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "ops.key").stat().st_mode) == 0o600
     anonymous = Controller("ws://127.0.0.1:1")
     assert anonymous.peer_id.startswith("controller-") and anonymous.identity.public_key_text != a.identity.public_key_text
+
+
+def _cli_agents(*argv: str) -> list[Agent]:
+    import argparse
+
+    from aicp.cli import agent as agent_cli
+
+    parser = argparse.ArgumentParser()
+    agent_cli.add_arguments(parser)
+    return agent_cli.build_agents(parser.parse_args(["--url", "ws://127.0.0.1:1", *argv]))
+
+
+def test_an_agent_without_an_id_takes_it_from_its_key_file(tmp_path: Path) -> None:
+    first = _cli_agents("--key", str(tmp_path / "k"))
+    again = _cli_agents("--key", str(tmp_path / "k"))  # a restart with the same key file
+    assert [a.agent_id for a in again] == [a.agent_id for a in first] == [keys.default_agent_id(first[0].identity)]
+    assert first[0].agent_id.startswith("agent-") and len(first[0].agent_id) == len("agent-") + 12
+    fleet = _cli_agents("--key", str(tmp_path / "f"), "--count", "3")
+    assert [a.agent_id for a in _cli_agents("--key", str(tmp_path / "f"), "--count", "3")] == [a.agent_id for a in fleet]
+    assert len({a.agent_id for a in fleet} | {first[0].agent_id}) == 4  # one id per key
+    named = _cli_agents("--key", str(tmp_path / "f"), "--count", "2", "--id", "w")
+    assert [a.agent_id for a in named] == ["w-0", "w-1"] and named[1].identity.public_key_text == fleet[1].identity.public_key_text
+
+
+def test_agents_without_id_or_key_keep_their_keys_in_the_first_free_default_slot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aicp.cli import agent as agent_cli
+
+    monkeypatch.setenv("AICP_KEY_DIR", str(tmp_path))
+    monkeypatch.setattr(agent_cli, "HELD_SLOTS", [])
+    # Another process holds slot 0 (as an agent running beside this one would): this one gets slot 1.
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from aicp.live import keys; keys.claim_default_slot(); print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        one = _cli_agents("--count", "2")
+        assert (tmp_path / "agent-default-1.key.0").exists() and (tmp_path / "agent-default-1.key.1").exists()
+        assert [a.agent_id for a in one] == [keys.default_agent_id(Identity.load(tmp_path / f"agent-default-1.key.{i}")) for i in range(2)]
+        beside = _cli_agents()  # slot 1 is held by this process now: slot 2
+        assert beside[0].identity.public_key_text == Identity.load(tmp_path / "agent-default-2.key").public_key_text
+    finally:
+        holder.kill()
+        holder.wait()
+        for fd in agent_cli.HELD_SLOTS:
+            os.close(fd)
+    agent_cli.HELD_SLOTS.clear()
+    # Everyone has stopped: a restart takes slot 0 again; started beside it, the two-agent restart takes slot 1, and its ids.
+    assert _cli_agents()[0].identity.public_key_text != beside[0].identity.public_key_text
+    assert (tmp_path / "agent-default-0.key").exists()
+    assert [a.agent_id for a in _cli_agents("--count", "2")] == [a.agent_id for a in one]
+    for fd in agent_cli.HELD_SLOTS:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- run() in a real process

@@ -73,6 +73,10 @@ def test_the_grid_runs_a_workload_live_and_simulated_and_writes_the_table(tmp_pa
         "2",
         "--live-warmup",
         "1",
+        "--live-max",
+        "2",  # the run's length planned from the simulated spread, clamped to [2, 2] s
+        "--spread-seeds",
+        "2",
         "--probe",
     ]
     done = subprocess.run(
@@ -103,3 +107,9 @@ def test_the_grid_runs_a_workload_live_and_simulated_and_writes_the_table(tmp_pa
     assert row_json["live_seeds"] == [[1, 1 + calibrate.AGENT_SEED_OFFSET], [1001, 1001 + calibrate.AGENT_SEED_OFFSET]]
     wake = np.array(stack.load(folder / "small-least_loaded-same-calibration.json").levels[0].wake_ms)
     assert wake.size > 50 and -1.0 < float(np.median(wake)) < 2.0
+    # each p99 with a 95% interval around it, and a verdict per column
+    lo, hi = row_json["live_p99_ci"]
+    assert lo <= row_json["live_p99"] <= hi and row_json["live_duration_s"] == 2.0 and row_json["spread_p99_10s"] > 0
+    assert row_json["run_p99_verdict"] in ("ok", "noise", "MISS") and row_json["sim_p99_verdict"] in ("ok", "noise", "MISS")
+    assert row_json["same_p99_verdict"] == "n/a"  # one strategy: no other run's costs, no figure
+    assert "95% intervals" in done.stdout and "2x1 exp 5.0 ms, 60/s" in done.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import random
 import sqlite3
@@ -9,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from live_helpers import run, serving
+from live_helpers import agent, run, serving, wait_until
 
 from aicp import errors
+from aicp.cli import serve
 from aicp.inprocess import InProcessHub
 from aicp.live.store import SCHEMA_VERSION, SqliteStore, StateFileError
 from aicp.messages import Error
@@ -192,7 +194,8 @@ def test_a_schema_1_file_opens_and_its_bindings_stay_bound_for_good(tmp_path: Pa
     assert Binding("c-1", "ed25519:y", "controller", ephemeral=True) in again.snapshot.bindings
     again.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert db.execute("SELECT seen FROM bindings WHERE peer_id = 'a1'").fetchone()[0] == NOW  # an expiry would count from the upgrade
     db.close()
 
 
@@ -234,3 +237,65 @@ def test_a_router_restarted_on_its_file_keeps_the_rules_for_chosen_and_ephemeral
     assert register(hub, "chosen", Identity.generate(), True) == errors.KEY_MISMATCH  # bound for good, across restarts
     assert register(hub, "eph", Identity.generate(), True) is None  # free: a new controller may take it
     store.close()
+
+
+def test_with_a_binding_ttl_bindings_not_seen_for_that_long_are_forgotten_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    old, touched, fresh = (Binding(name, Identity.generate().public_key_text, "agent") for name in ("old", "touched", "fresh"))
+    eph = Binding("c-1", Identity.generate().public_key_text, "controller", ephemeral=True)
+    store = SqliteStore.open(path, now=NOW)
+    for b in (old, touched, eph):
+        store.bind(b)
+    store.touch(touched, NOW + 500)  # without an expiry a touch writes nothing
+    store.close()
+    store = SqliteStore.open(path, now=NOW, binding_ttl_s=1000)
+    assert store.touch_every_s == 100.0
+    store.touch(touched, NOW + 500)
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE bindings SET seen = ? WHERE peer_id != 'touched'", (NOW - 10,))  # bound before NOW
+    db.commit()
+    db.close()
+    store = SqliteStore.open(path, now=NOW + 1200)  # no expiry: every binding is kept
+    assert len(store.snapshot.bindings) == 3
+    store.bind(fresh)  # bound now (wall clock): far later than NOW
+    store.close()
+    store = SqliteStore.open(path, now=NOW + 1200, binding_ttl_s=1000)
+    assert sorted(b.peer_id for b in store.snapshot.bindings) == ["c-1", "fresh", "touched"]  # an ephemeral one goes by its own rule
+    store.close()
+    store = SqliteStore.open(path, now=NOW + 1600, binding_ttl_s=1000)
+    assert sorted(b.peer_id for b in store.snapshot.bindings) == ["c-1", "fresh"]
+    store.close()
+    with pytest.raises(ValueError):
+        SqliteStore.open(path, binding_ttl_s=0)
+
+
+def test_a_router_with_a_binding_ttl_touches_its_connected_peers_and_takes_the_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s.db"
+
+    def seen_of(peer_id: str) -> float:
+        db = sqlite3.connect(path)
+        try:
+            row = db.execute("SELECT seen FROM bindings WHERE peer_id = ?", (peer_id,)).fetchone()
+            return float(row[0]) if row is not None else 0.0
+        finally:
+            db.close()
+
+    async def main() -> None:
+        store = SqliteStore.open(path, binding_ttl_s=1.0)  # touch_connected every 0.1 s
+        async with serving(store=store) as server, agent(server.url, "w", {"echo": lambda x: x}, identity=Identity.generate()):
+            await wait_until(lambda: seen_of("w") > 0, what="the binding committed")
+            first = seen_of("w")
+            await wait_until(lambda: seen_of("w") > first, what="a touch of the connected agent")
+
+    run(main())
+
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    args = parser.parse_args(["--state", str(tmp_path / "o.db"), "--binding-ttl", "86400"])
+    built = serve.build_server(args).store
+    assert isinstance(built, SqliteStore) and built.binding_ttl_s == 86400 and built.touch_every_s == 3600
+    built.close()
+    assert serve.main(["--state", str(tmp_path / "o.db"), "--binding-ttl", "0"]) == 2
+    assert serve.main(["--binding-ttl", "60"]) == 2
+    assert "--binding-ttl takes a positive number of seconds, with --state" in capsys.readouterr().err

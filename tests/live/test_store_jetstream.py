@@ -249,6 +249,9 @@ def test_after_the_server_restarts_records_are_written_and_bindings_still_learne
             while Binding("late", owner, "agent") not in learned_b:
                 assert time.monotonic() < deadline, "b's watch did not resume after the server restart"
                 await asyncio.sleep(0.05)
+            # b watched again when it reconnected, rather than waiting for nats-py's consumer to miss
+            # two idle heartbeats (10-20 s); the new watch delivered the bindings stored before too.
+            assert b.rewatches >= 1 and a.rewatches >= 1
         finally:
             await a.aclose()
             await b.aclose()
@@ -286,10 +289,12 @@ def test_a_server_without_jetstream_or_with_foreign_entries_stops_the_router(pro
 
 
 def test_a_freed_ephemeral_binding_is_purged_only_with_its_own_key_and_the_others_hear_of_it(jetstream: JetStreamServer) -> None:
+    with pytest.raises(ValueError, match="whole number of seconds"):
+        JetStreamStore(jetstream.url, purge_marker_ttl_s=0)
     mine, other = Identity.generate().public_key_text, Identity.generate().public_key_text
 
     async def main() -> None:
-        a = await JetStreamStore.connect(jetstream.url, prefix="e")
+        a = await JetStreamStore.connect(jetstream.url, prefix="e", purge_marker_ttl_s=7)  # --state-purge-marker 7
         b = await JetStreamStore.connect(jetstream.url, prefix="e")
         dropped_b: list[str] = []
         learned_b: list[Binding] = []
@@ -308,6 +313,8 @@ def test_a_freed_ephemeral_binding_is_purged_only_with_its_own_key_and_the_other
                 assert time.monotonic() < deadline, "b never heard of the purge"
                 await asyncio.sleep(0.02)
             assert dropped_b == [eph.peer_id] and a.unbound == 1 and a.errors == 0
+            marker = await a.js.get_last_msg("KV_e_bindings", f"$KV.e_bindings.{kv_token(eph.peer_id)}")
+            assert marker.headers is not None and marker.headers["KV-Operation"] == "PURGE" and marker.headers["Nats-TTL"] == "7"
             assert eph in learned_b
             b.bind(Binding(eph.peer_id, other, "controller", ephemeral=True))  # the id is free: another key may take it
             await b.aclose()
@@ -321,5 +328,68 @@ def test_a_freed_ephemeral_binding_is_purged_only_with_its_own_key_and_the_other
                 Binding("chosen", mine, "controller"), Binding(eph.peer_id, other, "controller", ephemeral=True)]
         finally:
             await c.aclose()
+
+    run(main(), timeout=30)
+
+
+def test_the_purge_marker_s_is_a_router_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from aicp.cli import serve
+
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    args = parser.parse_args(["--state", "nats://127.0.0.1:1", "--key", str(tmp_path / "r.key")])
+    assert isinstance(store := serve.build_server(args).store, JetStreamStore) and store.purge_marker_ttl_s == 60  # the default, as before
+    args = parser.parse_args(["--state", "nats://127.0.0.1:1", "--key", str(tmp_path / "r.key"), "--state-purge-marker", "600"])
+    assert isinstance(store := serve.build_server(args).store, JetStreamStore) and store.purge_marker_ttl_s == 600
+    assert serve.main(["--state", "nats://127.0.0.1:1", "--state-purge-marker", "0"]) == 2
+    assert "--state-purge-marker must be at least 1" in capsys.readouterr().err
+
+
+def test_with_a_binding_ttl_a_start_purges_the_bindings_not_seen_for_that_long_and_a_touch_renews_one(jetstream: JetStreamServer) -> None:
+    import msgspec
+    import nats
+    from nats.js.errors import KeyDeletedError, KeyNotFoundError
+
+    from aicp.live.store_jetstream import StoredBinding
+
+    keys = {name: Identity.generate().public_key_text for name in ("old", "legacy", "fresh", "eph")}
+
+    async def main() -> None:
+        await (await JetStreamStore.connect(jetstream.url, prefix="x")).aclose()  # creates the buckets
+        nc = await nats.connect(jetstream.url)
+        kv = await nc.jetstream().key_value("x_bindings")
+
+        async def stored(peer_id: str) -> StoredBinding:
+            return msgspec.msgpack.decode((await kv.get(kv_token(peer_id))).value, type=StoredBinding)
+
+        now = time.time()
+        encode = msgspec.msgpack.encode
+        await kv.put(kv_token("old"), encode(StoredBinding("old", keys["old"], "agent", False, now - 1000)))
+        await kv.put(kv_token("legacy"), encode(Binding("legacy", keys["legacy"], "agent")))  # written by a router before ``seen``
+        await kv.put(kv_token("fresh"), encode(StoredBinding("fresh", keys["fresh"], "agent", False, now - 10)))
+        await kv.put(kv_token("eph"), encode(StoredBinding("eph", keys["eph"], "controller", True, now - 1000)))
+        try:
+            kept = await JetStreamStore.connect(jetstream.url, prefix="x")  # no expiry: every binding is restored
+            assert sorted(b.peer_id for b in kept.snapshot.bindings) == ["eph", "fresh", "legacy", "old"]
+            await kept.aclose()
+            store = await JetStreamStore.connect(jetstream.url, prefix="x", binding_ttl_s=100)
+            try:
+                assert sorted(b.peer_id for b in store.snapshot.bindings) == ["eph", "fresh", "legacy"]  # an ephemeral one goes by its own rule
+                assert store.expired == 1 and store.touch_every_s == 10
+                with pytest.raises((KeyDeletedError, KeyNotFoundError)):
+                    await kv.get(kv_token("old"))
+                assert (legacy := await stored("legacy")).seen is not None and legacy.seen >= now  # its expiry counts from this start
+                store.start(asyncio.get_running_loop())
+                store.touch(Binding("fresh", keys["fresh"], "agent"), now + 50)
+                deadline = time.monotonic() + 10
+                while (await stored("fresh")).seen != now + 50:
+                    assert time.monotonic() < deadline, "the touch never reached the bucket"
+                    await asyncio.sleep(0.02)
+            finally:
+                await store.aclose()
+        finally:
+            await nc.close()
 
     run(main(), timeout=30)

@@ -388,9 +388,11 @@ def start_agents(fleet: Fleet, url: str, cfg: argparse.Namespace, extra: tuple[s
         # seeded: agent k of the fleet (across processes) draws its service times from agent_seed + k
         seed = [] if getattr(cfg, "agent_seed", None) is None else ["--seed", str(cfg.agent_seed + first)]
         queued = [] if getattr(cfg, "agent_max_queued", None) is None else ["--max-queued", str(cfg.agent_max_queued)]
+        # a lognormal's shape (aicp calibrate's grid passes the scenario's; the agents' default is 0.5)
+        sigma = [] if getattr(cfg, "agent_sigma", None) is None else ["--service-sigma", repr(float(cfg.agent_sigma))]
         fleet.spawn("agents", ["-m", "aicp", "agent", "--url", url, "--capability", METHOD, "--handler", "synthetic", "--count", str(count),
                                "--id", base_id, "--service-time", cfg.service_time, "--concurrency", str(cfg.agent_concurrency),
-                               "--log-level", "WARNING", *seed, *queued, *extra])
+                               "--log-level", "WARNING", *seed, *queued, *sigma, *extra])
 
 
 def agent_groups(agents: int, agent_procs: int) -> list[tuple[str, int, int]]:
