@@ -31,8 +31,8 @@ PROTOCOL_VERSION: Final = "1.1"
 Version = Annotated[str, Meta(min_length=1, max_length=16)]
 MAX_FRAME_BYTES: Final = 1 << 20
 
-ID_PATTERN: Final = r"^[A-Za-z0-9._:@/+=-]+$"
-METHOD_PATTERN: Final = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$"
+ID_PATTERN: Final = r"^[A-Za-z0-9._:@/+=-]+\Z"
+METHOD_PATTERN: Final = r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*\Z"
 Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=ID_PATTERN)]
 Method = Annotated[str, Meta(min_length=1, max_length=128, pattern=METHOD_PATTERN)]
 #: What the wire classes below declare for an ``Id`` and a ``Method`` field: the same type
@@ -210,7 +210,7 @@ def _patterned_fields(cls: type[Struct], marker: str) -> tuple[str, ...]:
 _strict_frame_decoder: Final = msgspec.json.Decoder(_strict_twin(Frame))
 _BODY_CLASSES: Final = (Challenge, Register, RegisterAck, Heartbeat, Task, Result, Error, Progress, Deregister, Goaway)
 _strict_body_decoder: Final = msgspec.json.Decoder(functools.reduce(operator.or_, [_strict_twin(cls) for cls in _BODY_CLASSES]))
-_id_search: Final = re.compile(ID_PATTERN).search  # what msgspec calls for a pattern: search, so "$" also matches before a final newline
+_id_search: Final = re.compile(ID_PATTERN).search  # what msgspec calls for a pattern: search (hence \Z, not "$", which also matches before a final newline)
 _method_search: Final = re.compile(METHOD_PATTERN).search
 #: For each body class, its fields with an ``Id`` pattern and those with a ``Method`` pattern.
 _PATTERNED: Final[dict[type[Body], tuple[tuple[str, ...], tuple[str, ...]]]] = {cls: (_patterned_fields(cls, "_IdText"), _patterned_fields(cls, "_MethodText"))

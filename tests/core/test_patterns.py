@@ -75,7 +75,7 @@ def outcome(fn: Any, strict: Any, raw: bytes) -> tuple[str, str]:
 
 
 #: Ids and methods: valid ones, and ones that break a pattern anywhere (first character, a
-#: trailing newline that ``$`` lets through, a space, non-ASCII, empty, too long), or another type.
+#: trailing newline, a space, non-ASCII, empty, too long), or another type.
 TEXT = st.one_of(
     st.sampled_from(["t-1", "a.b:c@d/e+f=g-h_9", "bench.synthetic", "_x", ".x", "-x", "x\n", "x\n\n", "x y", "é", "", "a" * 129, "a" * 128, "x\r"]),
     st.text(alphabet=st.sampled_from("aZ09._:@/+=-\n é"), max_size=6),
@@ -120,3 +120,22 @@ def test_a_broken_pattern_is_invalid_message_naming_the_field(field: str, value:
     with pytest.raises(errors.DecodeError) as info:
         decode_body(msgspec.json.encode(doc))
     assert info.value.code == errors.INVALID_MESSAGE and f"$.{field}" in info.value.message
+
+
+@pytest.mark.parametrize("field,value", [("sender", "c1\n"), ("id", "m-1\n"), ("method", "echo\n")])
+def test_a_trailing_newline_breaks_an_id_or_a_method(field: str, value: str) -> None:
+    """docs/PROTOCOL.md allows only its characters; a regex ending in ``$`` let a final newline through."""
+    doc: dict[str, Any] = {"type": "task", "v": "1.1", "id": "m-1", "sender": "c1", "ts": 1.0, "method": "echo", "payload": {}}
+    decode_body(msgspec.json.encode(doc))  # the frame is fine without the newline
+    doc[field] = value
+    with pytest.raises(errors.DecodeError) as refused:
+        decode_body(msgspec.json.encode(doc))
+    assert refused.value.code == errors.INVALID_MESSAGE
+
+
+def test_router_ids_and_idempotency_keys_refuse_a_trailing_newline() -> None:
+    from aicp.gateway.core import IDEMPOTENCY_KEY
+    from aicp.live.cluster import ROUTER_ID
+
+    assert ROUTER_ID.match("r1") and not ROUTER_ID.match("r1\n")
+    assert IDEMPOTENCY_KEY.match("order-42") and not IDEMPOTENCY_KEY.match("order-42\n")
