@@ -61,7 +61,7 @@ def check_public_key(raw: bytes) -> None:
 
 
 def encode_signature(sig: bytes) -> str:
-    return base64.b64encode(sig).decode("ascii")
+    return binascii.b2a_base64(sig, newline=False).decode("ascii")  # what base64.b64encode returns, without its wrapper
 
 
 def decode_signature(text: str) -> bytes:

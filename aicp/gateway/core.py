@@ -30,7 +30,7 @@ from aicp.signing import Identity
 log = logging.getLogger("aicp.gateway")
 
 #: An Idempotency-Key: the characters of an AICP id, at most 96 of them (the task id adds a prefix).
-IDEMPOTENCY_KEY: Final = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,96}$")
+IDEMPOTENCY_KEY: Final = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,96}\Z")
 
 
 class GatewayConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -39,7 +39,7 @@ from aicp.protocol import Close, Forward, Send
 log = logging.getLogger("aicp.live.cluster")
 
 #: router ids become one NATS subject token
-ROUTER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ROUTER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 
 class NatsCluster:

@@ -147,7 +147,7 @@ class DirectMessages:
             self._deliver(b"".join(fragments), self._text)
 
     def _deliver(self, data: bytes, text: bool) -> None:
-        if text and self.check_utf8:
+        if text and self.check_utf8 and not data.isascii():  # ASCII is valid UTF-8: checked without decoding a copy
             try:
                 data.decode()
             except UnicodeDecodeError as exc:

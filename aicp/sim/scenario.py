@@ -214,7 +214,7 @@ class Routers(_Strict):
 
 
 class Scenario(_Strict):
-    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]+\Z")]
     duration_s: Pos
     agents: Annotated[list[AgentGroup], Meta(min_length=1)]
     workload: Annotated[list[Workload], Meta(min_length=1)]

@@ -371,3 +371,12 @@ def test_the_fast_strictness_proof_leaves_every_refusal_to_the_exact_check(text:
 
 def test_the_fast_strictness_proof_accepts_an_ordinary_frame() -> None:
     assert _proven_strict(GOOD)
+
+
+@pytest.mark.parametrize("arrays", [0, 100, 256])
+def test_the_fast_strictness_proof_counts_both_openings_towards_its_bound(arrays: int) -> None:
+    """Up to 256 openings, ``[`` and ``{`` together, are proven here; one more goes to the exact check."""
+    objects = 256 - arrays
+    text = "[" * arrays + '{"a":' * objects + "1" + "}" * objects + "]" * arrays
+    assert _proven_strict(text.encode())
+    assert not _proven_strict(("[" + text + "]").encode()) and not _proven_strict(('{"b":' + text + "}").encode())
