@@ -33,7 +33,8 @@ by side (also ``grid.csv`` and ``grid.json`` in the run folder). So that the two
 workload differ by their strategy only, each is made in ``--blocks`` parts in the order
 A B B A (a drift of the machine reaches both alike), block k of every strategy draws the
 same arrivals and service times (seeded agents), the agents queue without a cap as the
-simulated ones do, and a run with failed or lost tasks is run again (``--live-retries``).
+simulated ones do, and a run with failed or lost tasks, or whose seeded agents' handler times do not follow
+their draws, is run again (``--live-retries``).
 
 A short run's p99 is itself a noisy figure (docs/SIMULATOR.md, "How precise is a short run's
 p99"): before the live runs, the grid simulates each workload a few times for 10 s to learn
@@ -403,22 +404,36 @@ def run_live(cfg: argparse.Namespace, run_dir: Path, tag: str) -> dict[str, Any]
     return result
 
 
+def disturbed(result: dict[str, Any], cfg: argparse.Namespace) -> str:
+    """Why a live run measured an incident of the machine rather than the workload, or "" if it did not.
+
+    Failed or lost tasks (a stall that overflowed the agents' queues, a refusal cascade), or, with
+    seeded agents, handler times that do not follow their draws (:func:`wake_from_run`: more than
+    ``WAKE_MISMATCH`` of the tasks woke over 2 timer ticks late, so the agents were starved of CPU
+    for the whole run: the g4 round_robin run of 2026-11-28 19:19, 22.6 ms handlers for 20 ms draws).
+    Both are read from the run alone, never from a prediction.
+    """
+    if failed(result):
+        return f"{sum(result['errors'].values())} failed and {result['lost']} lost tasks"
+    if cfg.agent_seed is not None:
+        try:
+            wake_from_run(cfg.record, cfg, cfg.agent_seed)
+        except stack_mod.CalibrationError:
+            return "handler times that do not follow the agents' seeded draws (agents starved of CPU)"
+    return ""
+
+
 def run_live_retrying(cfg: argparse.Namespace, run_dir: Path, tag: str, retries: int) -> dict[str, Any]:
-    """:func:`run_live`, run again (up to ``retries`` times) while tasks failed or were lost; the failed runs' files kept aside."""
+    """:func:`run_live`, run again (up to ``retries`` times) while it is :func:`disturbed`; the disturbed runs' files kept aside."""
     result = run_live(cfg, run_dir, tag)
     for attempt in range(1, retries + 1):
-        if not failed(result):
+        why = disturbed(result, cfg)
+        if not why:
             break
-        # an incident of the machine (a stall that overflowed the agents' queues), not of the workload
         for f in run_dir.glob(f"{tag}[.-]*"):
             if not f.name.startswith(f"{tag}-failed"):
                 f.rename(f.with_name(f.name.replace(tag, f"{tag}-failed{attempt}", 1)))
-        print(
-            f"{tag}: live run {attempt} had {sum(result['errors'].values())} failed and {result['lost']} lost tasks; "
-            f"running it again (its files: {tag}-failed{attempt}*)",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"{tag}: live run {attempt} had {why}; running it again (its files: {tag}-failed{attempt}*)", file=sys.stderr, flush=True)
         result = run_live(cfg, run_dir, tag)
     return result
 
@@ -1162,7 +1177,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="sim,probe,run,other,same",
         help="--grid: the simulated columns, a comma-separated subset of sim,probe,run,other,same (default all; e.g. other,same with --resim)",
     )
-    add("--live-retries", type=int, default=1, help="--grid: run a live run again, up to N times, if tasks failed or were lost (default 1)")
+    add("--live-retries", type=int, default=1, help="--grid: run a live run again, up to N times, if tasks failed or were lost, or seeded "
+        "agents' handler times did not follow their draws (default 1)")
     add(
         "--fresh-draws",
         action="store_true",

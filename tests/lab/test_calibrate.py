@@ -317,3 +317,17 @@ def test_the_same_column_simulates_the_seeded_arrivals_and_draws(tmp_path: Path)
     want = np.cumsum([next(gaps) for _ in range(written.size)])
     np.testing.assert_allclose(written, want, rtol=1e-12)
     assert written[-1] < 2.5 <= want[-1] + next(gaps)
+
+
+def test_a_live_run_is_disturbed_when_tasks_failed_or_seeded_handlers_do_not_follow_their_draws(tmp_path: Path) -> None:
+    ok = {"errors": {}, "lost": 0}
+    path, cfg = _seeded_run(tmp_path, wake=0.4)
+    cfg.record, cfg.agent_seed = path, 7  # type: ignore[attr-defined]
+    assert calibrate.disturbed(ok, cfg) == ""  # type: ignore[arg-type]
+    assert "failed" in calibrate.disturbed({"errors": {"timeout": 2}, "lost": 0}, cfg)  # type: ignore[arg-type]
+    (tmp_path / "starved").mkdir()
+    starved, cfg2 = _seeded_run(tmp_path / "starved", wake=3.0)  # every handler 3 ms over its draw: the agents waited for a CPU
+    cfg2.record, cfg2.agent_seed = starved, 7  # type: ignore[attr-defined]
+    assert "seeded draws" in calibrate.disturbed(ok, cfg2)  # type: ignore[arg-type]
+    cfg2.agent_seed = None  # type: ignore[attr-defined]  # unseeded agents (--fresh-draws): nothing to compare with
+    assert calibrate.disturbed(ok, cfg2) == ""  # type: ignore[arg-type]
