@@ -55,7 +55,6 @@ import itertools
 import json
 import os
 import platform
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -1189,7 +1188,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that every process started is stopped (finally blocks)
+    live.exit_on_sigterm()  # so that every process started is stopped (finally blocks)
     if args.grid is not None or args.grid_random:
         return grid(args)
     cal, run_dir = measure(args)

@@ -91,3 +91,33 @@ def test_the_verify_pool_bench_completes_every_task_inline_and_on_threads() -> N
     for threads in (0, 2):
         cpu_us, wall_us = asyncio.run(verify_pool.one_round(threads, 200))
         assert cpu_us > 0 and wall_us > 0
+
+
+@pytest.mark.live
+@pytest.mark.load
+def test_a_bench_terminated_with_sigterm_stops_every_process_it_started(tmp_path: Path) -> None:
+    """Its router and agents run in their own sessions; killed under ``timeout``, the bench left them running."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    cmd = [sys.executable, "-m", "aicp", "bench", "--duration", "60", "--warmup", "0.5", "--agents", "2", "--agent-procs", "1",
+           "--rate", "20", "--out", str(tmp_path)]
+    bench = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30.0
+        children: list[psutil.Process] = []
+        while time.monotonic() < deadline and len(children) < 3:  # router, agents, load generator
+            time.sleep(0.2)
+            children = psutil.Process(bench.pid).children()
+        assert len(children) >= 3, "the bench did not start its fleet"
+        time.sleep(0.5)
+        os.kill(bench.pid, signal.SIGTERM)
+        assert bench.wait(timeout=30) == 128 + signal.SIGTERM
+        _gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, [p.cmdline()[:4] for p in alive]
+    finally:
+        if bench.poll() is None:
+            bench.kill()

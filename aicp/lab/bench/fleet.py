@@ -46,6 +46,7 @@ from aicp.lab.bench.live import (
     _wait_port,
     active_agents,
     agent_groups,
+    exit_on_sigterm,
     free_port,
     own_fleet_flags,
     registration_timeout,
@@ -221,6 +222,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    exit_on_sigterm()  # so that every process started is stopped (finally blocks)
     sizes = [int(x) for x in str(args.agents).split(",") if x.strip()]
     if not sizes or min(sizes) < 1:
         print("error: --agents takes positive sizes, e.g. 8,10000", file=sys.stderr)

@@ -606,7 +606,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--state-overhead", action="store_true", help="instead: alternate routers without and with --state at --rate (default 1000/s), 3 pairs, and report the cost")
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``timeout``, a CI runner, ``kill``) leave by ``SystemExit(143)``, so the ``finally`` blocks that stop
+    every spawned process run: the router, agents and gateways are started in their own sessions and, without this,
+    outlived a bench killed under ``timeout`` (found running two hours later)."""
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, leave)
+
+
 def run(args: argparse.Namespace) -> int:
+    exit_on_sigterm()
     if args.scenario is not None or args.arrivals is not None:
         if (args.scenario is not None and args.arrivals is not None) or args.url or args.record_overhead or args.state_overhead or args.sweep or args.baseline:
             print("error: --scenario and --arrivals go alone (not together, nor with --url, --record-overhead, --state-overhead, --sweep or --baseline)",
