@@ -134,8 +134,14 @@ def test_the_first_binding_stored_wins_and_the_other_store_learns_it(jetstream: 
 
 
 def test_no_jetstream_at_the_url_is_a_clear_error(procs: Callable[..., Proc]) -> None:
-    router = procs("-m", "aicp.server", "--port", "0", "--state", f"nats://127.0.0.1:{free_port()}")
-    assert router.popen.wait(timeout=30) == 2
+    import socket
+
+    # The port stays bound (never listening) while the router tries it for 5 s: connections are refused, and no other
+    # test's nats-server can take it meanwhile (a port that was merely free once was, and the router read its buckets).
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        router = procs("-m", "aicp.server", "--port", "0", "--state", f"nats://127.0.0.1:{held.getsockname()[1]}")
+        assert router.popen.wait(timeout=30) == 2
     router.wait_for_line(r"error: cannot reach the state server nats://127\.0\.0\.1:\d+", timeout=5)
 
 
