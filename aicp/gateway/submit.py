@@ -68,7 +68,7 @@ def problem_reply(status: int, code: str, detail: str, headers: list[tuple[bytes
 
 
 def task_reply(task: GatewayTask, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
-    return status, JSON, _encoder.encode(task.view()), headers or []
+    return status, JSON, task.view_json(), headers or []
 
 
 def outcome_reply(task: GatewayTask) -> Reply:

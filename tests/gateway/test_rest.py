@@ -73,6 +73,34 @@ def test_a_plain_post_is_answered_in_the_protocol_and_a_chunked_one_by_the_asgi_
         assert data["state"] == "completed" and data["result"] == {"n": n} and r.headers["location"] == f"/tasks/{data['id']}"
         verify(data)
     assert {k for k in plain.headers if k != "date"} == {k for k in chunked.headers if k != "date"}
+    # two requests in one write: the first is held until its outcome, the second waits behind it (uvicorn's pipeline) and
+    # goes the ASGI way; both are answered, in order, each with its own verified result
+    port = int(stack.gateway.rsplit(":", 1)[1])
+    heads = [f"POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{k}: {v}\r\n" for k, v in stack.headers().items()]
+    raw = b""
+    for n in (3, 4):
+        body = json.dumps({"method": "echo", "payload": {"n": n}}).encode()
+        raw += "".join(heads).encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(raw)
+        data = b""
+        got: list[dict[str, Any]] = []
+        while len(got) < 2:
+            chunk = conn.recv(65536)
+            assert chunk, data
+            data += chunk
+            while b"\r\n\r\n" in data:
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = next(int(line[15:]) for line in head.split(b"\r\n") if line[:15].lower() == b"content-length:")
+                if len(rest) < length:
+                    break
+                assert head.startswith(b"HTTP/1.1 200"), head
+                got.append(json.loads(rest[:length]))
+                data = rest[length:]
+    assert [g["result"] for g in got] == [{"n": 3}, {"n": 4}]
+    for g in got:
+        verify(g)
+    assert taken() == before + 2
 
 
 def test_respond_async_gives_202_location_then_events_and_state(stack: Stack) -> None:

@@ -195,3 +195,75 @@ def test_the_keep_alive_timeout_closes_an_idle_connection_and_not_a_busy_one(app
         server.should_exit = True
         thread.join(10)
         listener.close()
+
+
+def test_the_lean_path_keeps_http_semantics_pipelining_http10_split_bodies_and_query_strings(app: FastAPI) -> None:
+    """The protocol's held ``POST /tasks`` (no scope, no ``RequestResponseCycle``) on a raw socket: a body arriving in
+    pieces is held until it is all in; two requests in one write (pipelined) are both answered, in order; an HTTP/1.0 request is answered with ``connection: close`` and the connection closed; a query
+    string takes the ASGI path. Every answer is the gateway's (not connected: 503)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from aicp.gateway.http import CoalescingHttpToolsProtocol
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, http=CoalescingHttpToolsProtocol, lifespan="off", log_level="warning", proxy_headers=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    body = b'{"method": "echo"}'
+
+    def post(target: str = "/tasks", version: str = "1.1") -> bytes:
+        head = f"POST {target} HTTP/{version}\r\nHost: x\r\nAuthorization: {AUTH['Authorization']}\r\nContent-Type: application/json\r\n"
+        return head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+    def answers(conn: socket.socket, n: int) -> list[bytes]:
+        data = b""
+        found: list[bytes] = []
+        while len(found) < n:
+            chunk = conn.recv(65536)
+            assert chunk, (found, data)
+            data += chunk
+            while b"\r\n\r\n" in data:
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = next(int(line[15:]) for line in head.split(b"\r\n") if line[:15].lower() == b"content-length:")
+                if len(rest) < length:
+                    break
+                found.append(head + b"\r\n\r\n" + rest[:length])
+                data = rest[length:]
+        return found
+
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        submission = app.submission  # type: ignore[attr-defined]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            before = submission.taken
+            request = post()
+            conn.sendall(request[:-7])
+            time.sleep(0.05)
+            conn.sendall(request[-7:])
+            (one,) = answers(conn, 1)
+            assert one.startswith(b"HTTP/1.1 503") and b'"not-connected"' in one and submission.taken == before + 1
+            conn.sendall(post() + post())  # pipelined
+            two = answers(conn, 2)
+            assert all(a.startswith(b"HTTP/1.1 503") and b'"not-connected"' in a for a in two), two
+            assert submission.taken == before + 2
+            conn.sendall(post("/tasks?x=1"))
+            (asgi,) = answers(conn, 1)
+            assert asgi.startswith(b"HTTP/1.1 503") and submission.taken == before + 2
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(post(version="1.0"))
+            (old,) = answers(conn, 1)
+            assert old.startswith(b"HTTP/1.1 503") and b"connection: close\r\n" in old.lower() and submission.taken == before + 3
+            assert conn.recv(65536) == b""
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        listener.close()

@@ -93,3 +93,22 @@ def test_deadlines_expire_only_tasks_still_running_under_their_own_entry_on_one_
         assert not deadlines.heap and deadlines._timer is None and timers == 1
 
     asyncio.run(run())
+
+
+def test_view_json_is_the_encoded_view_for_every_outcome() -> None:
+    """A completed task's answer is encoded through ``ResultView``: byte for byte what encoding ``view()`` gives."""
+    import msgspec
+
+    store = TaskStore()
+    done = finished(store, 1)
+    body = bytes(range(256)) * 3  # every byte value, and a length whose base64 needs padding
+    payloads: list[Raw | None] = [Raw(b'{"a":[1,2.5,"\\u00e9"]}'), None]
+    for payload in payloads:
+        done.outcome = Outcome(True, agent_id="agent-\u00e9", agent_key="ed25519:k", signature="c2ln", body=body, payload=payload)
+        assert done.view_json() == msgspec.json.encode(done.view())
+    failed = GatewayTask("t-2", "echo", Raw(b"null"), 1000.0, "anonymous", None)
+    store.add(failed)
+    running = failed.view_json()
+    assert running == msgspec.json.encode(failed.view()) and b"result" not in running
+    store.finish(failed, Outcome(False, "timeout", "no outcome"), "failed")
+    assert failed.view_json() == msgspec.json.encode(failed.view())
