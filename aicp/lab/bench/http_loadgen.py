@@ -17,7 +17,7 @@ import base64
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,13 +40,20 @@ class _Answer(msgspec.Struct):
 _decode = msgspec.json.Decoder(_Answer).decode
 
 
+#: ``HttpConn.start``'s ``on_answer``: (connection, status, answer body, arrival time), or status -1 and an empty body if the
+#: connection failed before the whole answer came.
+OnAnswer = Callable[["HttpConn", int, bytes, float], None]
+
+
 class HttpConn(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection; one request at a time.
 
     A protocol, not asyncio streams: an answer is parsed in ``data_received`` and its
     arrival time (``done_at``) taken there, as the WebSocket load generator takes its
     own in its frame callback (aicp.live.inbound), so both transports are timed at the
-    same point, before the loop wakes the waiting task. O(answer size) per answer.
+    same point. With ``on_answer`` the answer is handed over in that same callback (the
+    open loop: no future and no task per request, as the WebSocket generator has none);
+    without, a future gets it. O(answer size) per answer.
     """
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
@@ -54,6 +61,7 @@ class HttpConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.on_answer: OnAnswer | None = None  # the request in flight's, if it was started with one
         self.closed = False
         self.done_at = 0.0  # clock() when the last answer was complete
 
@@ -68,11 +76,35 @@ class HttpConn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf += data
         waiter = self.waiter
+        on_answer = self.on_answer
+        if on_answer is not None:
+            got = self._answer()
+            if got is not None:
+                self.on_answer = None
+                if isinstance(got, Exception):
+                    self._failed(on_answer)
+                else:
+                    on_answer(self, got[0], got[1], self.done_at)
+            return
         if waiter is None or waiter.done():
             return
+        got = self._answer()
+        if isinstance(got, Exception):
+            waiter.set_exception(got)
+        elif got is not None:
+            waiter.set_result(got)
+
+    def _failed(self, on_answer: OnAnswer) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+        on_answer(self, -1, b"", self.clock())
+
+    def _answer(self) -> tuple[int, bytes] | Exception | None:
+        """The whole answer at the head of the buffer, taken out of it (its arrival time in ``done_at``); None if it is not all in."""
         end = self.buf.find(b"\r\n\r\n")
         if end < 0:
-            return
+            return None
         try:
             lines = bytes(self.buf[:end]).split(b"\r\n")
             status = int(lines[0].split(b" ", 2)[1])
@@ -81,15 +113,14 @@ class HttpConn(asyncio.Protocol):
                 if line[:15].lower() == b"content-length:":
                     length = int(line[15:])
         except (ValueError, IndexError) as exc:
-            waiter.set_exception(ValueError(f"bad HTTP answer: {exc}"))
-            return
+            return ValueError(f"bad HTTP answer: {exc}")
         total = end + 4 + length
         if len(self.buf) < total:
-            return
+            return None
         body = bytes(self.buf[end + 4 : total])
         del self.buf[:total]
         self.done_at = self.clock()
-        waiter.set_result((status, body))
+        return status, body
 
     def eof_received(self) -> bool:
         self.closed = True
@@ -97,6 +128,10 @@ class HttpConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        on_answer = self.on_answer
+        if on_answer is not None:
+            self.on_answer = None
+            on_answer(self, -1, b"", self.clock())
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(asyncio.IncompleteReadError(bytes(self.buf), None))
 
@@ -107,6 +142,15 @@ class HttpConn(asyncio.Protocol):
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
         return self.waiter
+
+    def send(self, request: bytes, on_answer: OnAnswer) -> None:
+        """Send a whole ``request`` now; ``on_answer`` is called once, from ``data_received`` when the answer is all in
+        (or when the connection fails first). Raises ``ConnectionResetError`` (and calls nothing) if it is already closed."""
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("the server closed this connection")
+        self.waiter = None
+        self.on_answer = on_answer
+        self.transport.write(request)
 
     async def post(self, head: bytes, body: bytes) -> tuple[int, bytes]:
         return await self.start(head, body)
@@ -195,12 +239,51 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
     start = clock() + 0.05
     end = start + args.warmup + args.duration
     if args.rate:
-        running: set[asyncio.Task[Any]] = set()
+        # As the WebSocket generator does: each request leaves from the schedule loop, its answer is timed, checked and
+        # recorded in the connection's callback, and the connection is idle again at once (before the check): no future
+        # and no task per request, so the generator's own cost per request, and what it holds up, stay as small as its twin's.
+        request = head + str(len(body)).encode() + b"\r\n\r\n" + body
+        keys: dict[HttpConn, str] = {}
+        opening: set[asyncio.Task[None]] = set()
 
-        async def spawned(answer: Awaitable[HttpConn | None]) -> None:
-            conn = await answer
-            if conn is not None:
-                idle.append(conn)
+        def answered(conn: HttpConn, status: int, data: bytes, at: float) -> None:
+            nonlocal verify_failures
+            key = keys.pop(conn)
+            if status < 0:
+                rec.finish(key, at, "connection-error")
+                conn.close()
+                return
+            idle.append(conn)
+            try:
+                code, _ = check(status, data)
+            except Exception:
+                verify_failures += 1
+                code = "verify-failed"
+            rec.finish(key, at, code)
+
+        def send_on(conn: HttpConn, intended: float) -> None:
+            nonlocal seq
+            seq += 1
+            key = f"req-{seq}"  # the gateway names the task; the recorder tracks the request
+            rec.new(key, intended, clock())
+            keys[conn] = key
+            try:
+                conn.send(request, answered)
+            except OSError:
+                keys.pop(conn, None)
+                rec.finish(key, clock(), "connection-error")
+                conn.close()
+
+        async def open_and_send(intended: float) -> None:
+            try:
+                conn = await HttpConn.open(host, port)
+            except OSError:
+                nonlocal seq
+                seq += 1
+                rec.new(f"req-{seq}", intended, clock())
+                rec.finish(f"req-{seq}", clock(), "connection-error")
+                return
+            send_on(conn, intended)
 
         t = start
         gaps = poisson_gaps(args.seed, args.rate)
@@ -211,21 +294,16 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
             delay = t - clock() - EARLY_S
             if delay > 0.0:
                 await asyncio.sleep(delay)
-            # On an idle connection the request leaves here, before any task runs (the WebSocket
-            # generator sends from its schedule loop too); without one, a task opens a connection.
             conn = idle_conn()
-            if conn is None:
-                answer: Awaitable[HttpConn | None] = one(t)
-            else:
-                started = begin(t, conn)
-                if started is None:
-                    continue  # failed at once, recorded
-                answer = settle(*started)
-            task = asyncio.get_running_loop().create_task(spawned(answer))
-            running.add(task)
-            task.add_done_callback(running.discard)
-        if running:
-            await asyncio.wait(running, timeout=args.task_timeout + 5.0)
+            if conn is not None:
+                send_on(conn, t)
+            else:  # no idle connection: a task opens one (its request is timed from its intended time all the same)
+                task = asyncio.get_running_loop().create_task(open_and_send(t))
+                opening.add(task)
+                task.add_done_callback(opening.discard)
+        drain_until = clock() + args.task_timeout + 5.0
+        while clock() < drain_until and (rec.pending or opening):
+            await asyncio.sleep(0.01)
     else:
 
         async def worker() -> None:

@@ -589,8 +589,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--via", choices=["websocket", "gateway"], default="websocket",
         help="gateway: also measure the HTTP gateway next to direct WebSocket submission (see aicp.lab.bench.via_gateway)")
     add("--gateway-rate", type=float, default=500.0, help="--via gateway: open-loop rate for the added-latency comparison (default 500)")
-    add("--gateway-rounds", type=int, default=3, help="--via gateway: the open-loop comparison alternates this many rounds of a direct and a "
-        "gateway slice, --duration split among them (default 3)")
+    add("--gateway-rounds", type=int, default=5, help="--via gateway: the open-loop comparison alternates this many rounds of a direct and a "
+        "gateway slice, --duration split among them, each slice after max(0.5 s, --warmup / N); the added p50 judged is the median of "
+        "the rounds' differences (default 5)")
     add("--gateway-baseline", default=None, metavar="TREE", help="--via gateway: also run a gateway from this source tree (PYTHONPATH=TREE) in "
         "each round, next to this tree's, on the same router and agents: a before/after in one run")
     add("--seed", type=int, default=1)

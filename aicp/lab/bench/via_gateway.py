@@ -3,9 +3,10 @@
 On the same router and agents it runs:
 
 1. open loop at ``--gateway-rate`` (default 500 tasks/s), as ``--gateway-rounds``
-   rounds (default 3) of one direct slice (WebSocket) and one gateway slice
+   rounds (default 5) of one direct slice (WebSocket) and one gateway slice
    (``POST /tasks``, keep-alive HTTP/1.1), ``--duration`` split among the rounds, each
-   slice after its own ``--warmup``; the order alternates from round to round;
+   slice after its own warm-up of max(0.5 s, ``--warmup`` / rounds) (as ``--baseline-rounds``
+   does); the order alternates from round to round;
 2. closed loop at ``--concurrency`` (saturation), direct, then through the gateway.
 
 The slices alternate because on a shared machine the speed drifts over a minute
@@ -13,7 +14,11 @@ The slices alternate because on a shared machine the speed drifts over a minute
 between the direct and the gateway phase went straight into the difference (the same
 code measured +1.3 ms and +2.6 ms 25 minutes apart). The added p50 it judges (goal:
 under 1 ms) is the median of the rounds' own differences, each between two slices
-seconds apart; the p50 of all slices pooled is printed next to it. It also reports
+seconds apart; the p50 of all slices pooled is printed next to it. Five rounds of
+1 s (at ``--duration 5``), each after 0.5 s of warm-up, take about the time three rounds of
+1.67 s after 1 s each took, and one disturbed slice (a burst of steal) moves the median of
+five much less than the median of three: two of the five may be off and it still falls
+between undisturbed rounds. It also reports
 the share of direct throughput the gateway keeps at saturation (goal: at least 50%),
 and the CPU per task of each process role (the gateway runs as its own process,
 ``aicp gateway``).
@@ -75,11 +80,17 @@ def cpu_per_task_us(result: dict[str, Any], role: str) -> float:
     return float(cpu_per_task(result["cpu"], result["completed"]).get("by_role_us", {}).get(role, float("nan")))
 
 
+def slice_warmup(warmup: float, rounds: int) -> float:
+    """Each open-loop slice's own warm-up: ``warmup`` shared among the rounds, but at least 0.5 s (never more than ``warmup``):
+    a new load generator's connections and the first requests on them come before the measured part."""
+    return min(warmup, max(0.5, warmup / rounds)) if rounds > 1 else warmup
+
+
 def open_loop_rounds(fleet: Fleet, variants: list[tuple[str, Runner, str]], cfg: argparse.Namespace) -> dict[str, Any]:
     """``cfg.gateway_rounds`` rounds of one open-loop slice per variant (name, runner, url), the order rotating each round."""
     rounds = max(1, int(cfg.gateway_rounds))
     rate = float(cfg.gateway_rate)
-    piece = Trial("open", rate=rate, duration=cfg.duration / rounds, warmup=cfg.warmup)
+    piece = Trial("open", rate=rate, duration=cfg.duration / rounds, warmup=slice_warmup(cfg.warmup, rounds))
     slices: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in variants}
     tags: dict[str, list[str]] = {name: [] for name, _, _ in variants}
     print(f"open loop at {rate:g}/s: {rounds} round(s) of {len(variants)} slices ({piece.duration:.2f} s measured after {piece.warmup:g} s warm-up each), "
