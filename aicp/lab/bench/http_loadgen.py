@@ -65,9 +65,12 @@ class HttpConn(asyncio.Protocol):
         self.closed = False
         self.done_at = 0.0  # clock() when the last answer was complete
 
+    opened = 0  # connections opened by this process (``meta["connections"]``)
+
     @classmethod
     async def open(cls, host: str, port: int, clock: Callable[[], float] = time.perf_counter) -> HttpConn:
         _, conn = await asyncio.get_running_loop().create_connection(lambda: cls(clock), host, port)
+        HttpConn.opened += 1
         return conn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -336,6 +339,7 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_s": cpu_s,
         "wall_s": wall_s,
         "transport": "http",
+        "connections": HttpConn.opened,
     }
     Path(str(args.out) + ".json").write_text(json.dumps(meta))
     return meta
