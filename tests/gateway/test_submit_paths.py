@@ -267,3 +267,38 @@ def test_the_lean_path_keeps_http_semantics_pipelining_http10_split_bodies_and_q
         server.should_exit = True
         thread.join(10)
         listener.close()
+
+
+def test_an_untested_uvicorn_release_sends_every_request_the_asgi_way(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``IN_PROTOCOL`` false (a uvicorn release other than ``TESTED_UVICORN``) the protocol holds nothing: a plain
+    ``POST /tasks`` is answered by the ASGI path (not counted in ``taken``), with the same answer."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from aicp.gateway import http
+
+    monkeypatch.setattr(http, "IN_PROTOCOL", False)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, http=http.CoalescingHttpToolsProtocol, lifespan="off", log_level="warning", proxy_headers=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        submission = app.submission  # type: ignore[attr-defined]
+        before = submission.taken
+        with httpx.Client(base_url=url, timeout=10) as client:
+            r = client.post("/tasks", content=b'{"method": "echo"}', headers={**AUTH, **JSON_CT})
+        assert r.status_code == 503 and r.json()["code"] == "not-connected" and r.headers["retry-after"] == "1"
+        assert submission.taken == before
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        listener.close()
