@@ -119,12 +119,26 @@ class Fleet:
             p.wait0 = bench_noise.runq_wait_s(p.popen.pid)
 
     def mark_noise(self) -> bench_noise.Mark | None:
-        """The start of a trial's noise window (None without a meter)."""
-        return self.noise.mark() if self.noise is not None else None
+        """The start of a trial's noise window (None without a meter), with the CPU of each of the fleet's processes then."""
+        if self.noise is None:
+            return None
+        mark = self.noise.mark()
+        mark.fleet_cpu0 = {p.popen.pid: p.cpu_s() for p in self.procs if p.popen.poll() is None}
+        return mark
 
     def noise_since(self, mark: bench_noise.Mark | None) -> dict[str, Any] | None:
-        """Steal and stalls since ``mark`` (``NoiseMeter.since``); None without a meter."""
-        return self.noise.since(mark) if self.noise is not None and mark is not None else None
+        """Steal, stalls and other processes' CPU since ``mark`` (``NoiseMeter.since``); None without a meter.
+
+        The fleet's CPU in the window: what its running processes used since the mark (0 at the mark for one started
+        after it); a process already reaped (a finished load generator) counts in the bench's own CPU (``getrusage``).
+        """
+        if self.noise is None or mark is None:
+            return None
+        fleet = 0.0
+        for p in self.procs:
+            if p.popen.poll() is None and (used := p.cpu_s() - mark.fleet_cpu0.get(p.popen.pid, 0.0)) == used:  # nan: just gone
+                fleet += used
+        return self.noise.since(mark, fleet_cpu_s=fleet)
 
     def cpu_by_role(self, wall_s: float) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
