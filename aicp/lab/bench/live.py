@@ -85,6 +85,11 @@ class Proc:
             return float("nan")
 
 
+#: (role, pid) of every process any ``Fleet`` of this run spawned, in order: ``summary.json``'s ``pids``
+#: (``python -m aicp.lab.bench.sched_trace`` tells the roles apart by them).
+SPAWNED: list[tuple[str, int]] = []
+
+
 @dataclass
 class Fleet:
     """Every process a trial started, so all of them are stopped whatever happens."""
@@ -110,6 +115,7 @@ class Fleet:
                                      start_new_session=True, env=env, cwd=cwd)
         proc = Proc(role, popen, psutil.Process(popen.pid))
         self.procs.append(proc)
+        SPAWNED.append((self.log_prefix + role, popen.pid))
         return proc
 
     def mark_cpu(self) -> None:
@@ -745,5 +751,8 @@ def run(args: argparse.Namespace) -> int:
         if summary["lost_all_trials"]:
             print(f"LOST TASKS: {summary['lost_all_trials']} across all trials", file=sys.stderr)
             status = 1
+    summary["pids"] = {"bench": [os.getpid()]}
+    for role, pid in SPAWNED:
+        summary["pids"].setdefault(role, []).append(pid)
     write_summary(run_dir, summary, args.json)
     return status
