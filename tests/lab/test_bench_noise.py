@@ -114,3 +114,15 @@ def test_a_fleets_cpu_counts_as_ours_whether_its_process_runs_or_was_reaped(tmp_
             assert got["others_cores"] >= 0.0
     finally:
         fleet.stop()
+
+
+def test_a_run_shared_with_other_processes_says_so_and_why_nice_did_not_help(tmp_path: Path) -> None:
+    on, off = tmp_path / "on", tmp_path / "off"
+    on.write_text("1\n")
+    off.write_text("0\n")
+    assert noise.autogroup_note(None, on) is None and noise.autogroup_note(0.1, on) is None
+    grouped = noise.autogroup_note(0.94, on)
+    assert grouped is not None and "0.94 cores" in grouped and "/proc/self/autogroup" in grouped
+    plain = noise.autogroup_note(0.94, off)
+    assert plain is not None and "0.94 cores" in plain and "autogroup" not in plain
+    assert noise.autogroup_note(0.94, tmp_path / "missing") == plain

@@ -729,6 +729,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"machine over the whole run: {bench_noise.format_noise(summary['noise'])}"
           + ("" if summary["noise"].get("steal_share") is None else " (steal: the host ran other work on our vCPUs; stalls: a 5 ms sleep "
              "in the bench process overslept)"))
+    trials_others = [t["noise"]["others_cores"] for k in ("router", "relay", "relay_picows", "router_at_half", "router_at_1000")
+                     if (t := summary.get(k)) and (t.get("noise") or {}).get("others_cores") is not None]
+    if note := bench_noise.autogroup_note(max(trials_others, default=None)):
+        print(note)
     if "router" in summary:
         main_r = summary["router"]
         ratio = summary.get("baseline", {}).get("router_over_relay_median")

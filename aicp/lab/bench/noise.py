@@ -52,6 +52,9 @@ PROBE_SLEEP_S: Final = 0.005
 STALL_S: Final = 0.010
 MAX_STALLS: Final = 100_000
 PROC_STAT: Final = Path("/proc/stat")
+AUTOGROUP: Final = Path("/proc/sys/kernel/sched_autogroup_enabled")
+#: Cores of other processes during a trial above which ``autogroup_note`` speaks.
+OTHERS_NOTED: Final = 0.2
 #: The ``/proc/stat`` columns that are CPU work (guest time is already inside user and nice).
 BUSY_FIELDS: Final = ("user", "nice", "system", "irq", "softirq")
 
@@ -212,6 +215,22 @@ def format_noise(n: dict[str, Any] | None) -> str:
         text += ", stalls unknown"
     if n.get("others_cores") is not None:
         text += f", other processes {n['others_cores']:.2f} cores"
+    return text
+
+
+def autogroup_note(others: float | None, path: Path = AUTOGROUP) -> str | None:
+    """A line for a run whose trials shared the CPUs with ``others`` cores of other processes, when the kernel groups
+    sessions (``sched_autogroup``): their ``nice`` then does not keep them off the bench's cores. None otherwise."""
+    if others is None or others < OTHERS_NOTED:
+        return None
+    try:
+        grouped = path.read_text().strip() == "1"
+    except OSError:
+        grouped = False
+    text = f"other processes took up to {others:.2f} cores during a trial: its latency and CPU figures include their contention"
+    if grouped:
+        text += ("; sched_autogroup is on, so a job's nice value does not yield to another session (sched(7)): run such jobs in a "
+                 "session of low weight (echo 19 > /proc/self/autogroup in their shell), or run the bench when they are done")
     return text
 
 
