@@ -24,11 +24,11 @@ Three measurements, over any window of a run (``mark`` then ``since``):
   ticks of ``/proc/stat``) less the bench's own (this process, its threads and the
   children it reaped in the window, from ``getrusage``) and the fleet's, in cores. Other
   people's jobs take the cores the roles share and so add run-queue waits and a latency
-  tail of their own, and ``nice`` does not keep them off: with ``sched_autogroup`` on (a
-  desktop kernel's default; ``/proc/sys/kernel/sched_autogroup_enabled``) each session is
-  scheduled as one group of equal weight whatever its processes' nice values, so a
-  ``nice -n 19`` job in another session took 50-110% of a core from a bench's roles on
-  this machine (traced with ``sched_switch`` on 28 Nov 2026).
+  tail of their own, and ``nice`` does not keep them off: with ``sched_autogroup`` on
+  (``/proc/sys/kernel/sched_autogroup_enabled``) each session is scheduled as one group of
+  equal weight whatever its processes' nice values (sched(7)), so ``nice -n 19`` jobs in
+  other sessions took 0.5-1.1 cores from a bench's roles on this machine (traced with
+  ``sched_switch`` on 28 Nov 2026).
 
 Off Linux (no ``/proc/stat``) the steal share is ``None`` and prints as "unknown".
 Memory: the probe keeps at most ``MAX_STALLS`` stalls (O(1) per wake-up).
