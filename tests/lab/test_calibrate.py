@@ -229,6 +229,10 @@ def test_seeded_agents_draw_from_seed_plus_their_index_and_take_a_queue_cap(tmp_
 def test_the_live_runs_go_a_b_b_a_and_their_blocks_pool_into_one_run_s_costs(tmp_path: Path) -> None:
     assert calibrate.block_plan(["ll", "rr"], 2) == [(0, "ll"), (0, "rr"), (1, "rr"), (1, "ll")]
     assert calibrate.block_plan(["ll", "rr"], 1) == [(0, "ll"), (0, "rr")]
+    # a run longer than --block-s x --blocks is cut into more parts, an even number: A B B A A B B A for 40 s of 10 s parts
+    assert [calibrate.block_count(d, 2, 10.0) for d in (10.0, 20.0, 20.5, 30.0, 40.0, 41.0)] == [2, 2, 4, 4, 4, 6]
+    assert calibrate.block_count(40.0, 2, 0.0) == 2 and calibrate.block_count(40.0, 1, 50.0) == 1
+    assert [st for _, st in calibrate.block_plan(["ll", "rr"], 4)] == ["ll", "rr", "rr", "ll", "ll", "rr", "rr", "ll"]
     path, _ = _files(tmp_path)
     one = stack.costs_from_trace(trace.parse(path.read_bytes()))
     both = stack.RunCosts.concat([one, one])
@@ -317,6 +321,27 @@ def test_the_same_column_simulates_the_seeded_arrivals_and_draws(tmp_path: Path)
     want = np.cumsum([next(gaps) for _ in range(written.size)])
     np.testing.assert_allclose(written, want, rtol=1e-12)
     assert written[-1] < 2.5 <= want[-1] + next(gaps)
+    # one calibration per block (--same-costs block): block k simulated with its own; the same file twice = the file for both
+    slow = tmp_path / "slow.json"
+    slow.write_text(cal.read_text().replace('"agent_overhead_ms": [0.0]', '"agent_overhead_ms": [4.0]'))
+    two = [(3, 103, ["bench-0", "bench-1"]), (4, 104, ["bench-0", "bench-1"])]
+    pooled = calibrate.run_sim_same(sc, "round_robin", cal, cfg, two, tmp_path)
+    assert calibrate.run_sim_same(sc, "round_robin", [cal, cal], cfg, two, tmp_path) == pooled
+    assert calibrate.run_sim_same(sc, "round_robin", [cal, slow], cfg, two, tmp_path)["p50"] > pooled["p50"]
+    with pytest.raises(ValueError, match="2 blocks"):
+        calibrate.run_sim_same(sc, "round_robin", [cal], cfg, two, tmp_path)
+
+
+def test_the_bias_lines_average_each_column_s_signed_error_per_strategy_leaving_failed_runs_out() -> None:
+    def row(st: str, live: float, pred: float, **flags: bool) -> dict[str, object]:
+        return {"strategy": st, "live_p50": live, "live_p99": live, "same_p50": pred, "same_p99": pred, **flags}
+
+    rows = [row("rr", 100.0, 80.0), row("rr", 100.0, 90.0), row("rr", 100.0, 10.0, live_failed=True), row("ll", 50.0, 55.0)]
+    got = {(b["strategy"], b["q"]): b for b in calibrate.bias(rows, ["same"])}
+    rr = got[("rr", "p99")]
+    assert rr["rows"] == 2 and rr["mean"] == pytest.approx(-0.15) and rr["low"] == 2 and rr["high"] == 0
+    assert rr["se"] == pytest.approx(np.std([-0.2, -0.1], ddof=1) / np.sqrt(2))
+    assert got[("ll", "p50")]["mean"] == pytest.approx(0.1) and np.isnan(got[("ll", "p50")]["se"])
 
 
 def test_a_live_run_is_disturbed_when_tasks_failed_or_seeded_handlers_do_not_follow_their_draws(tmp_path: Path) -> None:
