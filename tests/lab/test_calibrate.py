@@ -298,6 +298,23 @@ def test_wake_ups_are_read_over_each_agent_s_seeded_draws_in_dispatch_order(tmp_
         calibrate.wake_from_run(path, cfg, 8)  # type: ignore[arg-type]  # other seeds: the handler times do not follow
 
 
+def test_the_same_costs_of_one_block_are_that_block_s_alone(tmp_path: Path) -> None:
+    runs = []
+    for b, wake in enumerate((0.25, 0.75)):
+        (tmp_path / f"b{b}").mkdir()
+        path, cfg = _seeded_run(tmp_path / f"b{b}", wake=wake)
+        path.rename(tmp_path / f"w-b{b}.jsonl")
+        runs.append(stack.costs_from_trace(trace.parse((tmp_path / f"w-b{b}.jsonl").read_bytes()), skip_s=0.5))
+    clients = [np.full(30, 0.5), np.full(30, 1.5)]
+    lv = {"tags": ["w-b0", "w-b1"], "seeds": [(1, 7), (1001, 7)], "costs": stack.RunCosts.concat(runs),
+          "client_ms": np.concatenate(clients), "block_costs": runs, "block_client": clients}
+    one = calibrate.same_calibration(lv, cfg, tmp_path, 0.07, block=1)  # type: ignore[arg-type]
+    np.testing.assert_allclose(one.levels[0].wake_ms, 0.75, atol=1e-9)
+    assert set(one.levels[0].client_ms) == {1.5} and one.measured["from_run"] == [str(tmp_path / "w-b1.jsonl")]
+    both = calibrate.same_calibration(lv, cfg, tmp_path, 0.07)  # type: ignore[arg-type]
+    assert sorted(set(np.round(both.levels[0].wake_ms, 6))) == [0.25, 0.75] and set(both.levels[0].client_ms) == {0.5, 1.5}
+
+
 def test_the_same_column_simulates_the_seeded_arrivals_and_draws(tmp_path: Path) -> None:
     import argparse
 
