@@ -643,6 +643,35 @@ def wake_from_run(trace_path: Path, cfg: argparse.Namespace, agent_seed: int, ti
     return wake
 
 
+#: a task whose agent woke this much later than its seeded draw (rounded to the timer) says: its process stalled (ms)
+STALL_MS = 10.0
+
+
+def stalls(run_dir: Path, tags: list[str], seeds: list[tuple[int, int | None]], cfg: argparse.Namespace) -> dict[str, Any] | None:
+    """The stalls of a strategy's live run, read from its seeded agents' wake-ups (handler time - draw rounded to the
+    timer, :func:`wake_from_run`): how many measured tasks woke over ``STALL_MS`` late, of how many, and the longest
+    wake-up. A stall of one agent process queues every task that round_robin keeps sending
+    to its agents, which the simulator, drawing each task's costs independently, has no way to do (docs/SIMULATOR.md,
+    "Does the model lean against round_robin?"); for reading a row, never used to choose or drop one. ``None`` without
+    seeded agents or where the handler times do not follow the draws."""
+    wakes = []
+    for tag, (_, agent_seed) in zip(tags, seeds, strict=True):
+        if agent_seed is None:
+            return None
+        try:
+            wakes.append(wake_from_run(run_dir / f"{tag}.jsonl", cfg, agent_seed))
+        except (stack_mod.CalibrationError, OSError):
+            return None
+    w = np.concatenate(wakes) if wakes else np.array([])
+    return {"tasks": int((w > STALL_MS).sum()), "max_wake_ms": float(w.max()) if w.size else float("nan"), "of": int(w.size)}
+
+
+def stall_text(st: dict[str, Any] | None) -> str:
+    if not st:
+        return ""
+    return f"  stalls: {st['tasks']} of {st['of']} tasks woke >{STALL_MS:g} ms late (latest {st['max_wake_ms']:.1f} ms)"
+
+
 def same_calibration(
     lv: dict[str, Any], cfg: argparse.Namespace, run_dir: Path, fallback_slot_ms: float, block: int | None = None
 ) -> stack_mod.Calibration:
@@ -1085,6 +1114,7 @@ def grid(args: argparse.Namespace) -> int:
                 "live_duration_s": cfgs[strategy].duration,
                 "live_tags": lv["tags"],
                 "live_seeds": lv["seeds"],
+                "live_stalls": stalls(run_dir, lv["tags"], lv["seeds"], cfgs[strategy]),
             }
             for q, qf in (("p50", 50.0), ("p99", 99.0)):
                 # the simulator's spread (sd/mean) over seeds of a 10 s run, and what it gives at the live run's length
@@ -1125,7 +1155,7 @@ def grid(args: argparse.Namespace) -> int:
         print(
             f"{r['workload']:22} {r['strategy']:13} handler {a['handler_mean_ms']:6.3f}  round trip {a['agent_overhead_mean_ms']:6.3f} "
             f"({a['idle_dispatches']} idle dispatches)  slot gap {a['slot_gap_mean_ms']:6.3f} ({a['slot_waits']} waits)  "
-            f"client {a['client_mean_ms']:6.3f}  live throughput {r['live_throughput_per_s']:.0f}/s"
+            f"client {a['client_mean_ms']:6.3f}  live throughput {r['live_throughput_per_s']:.0f}/s" + stall_text(r.get("live_stalls"))
         )
     carried = [r for r in rows if not r["live_overloaded"] and not r.get("other_failed")]
     for c in (c for c in cols if c != "sim"):

@@ -315,6 +315,21 @@ def test_the_same_costs_of_one_block_are_that_block_s_alone(tmp_path: Path) -> N
     assert sorted(set(np.round(both.levels[0].wake_ms, 6))) == [0.25, 0.75] and set(both.levels[0].client_ms) == {0.5, 1.5}
 
 
+def test_stalls_count_the_tasks_whose_agent_woke_late_over_its_seeded_draw(tmp_path: Path) -> None:
+    path, cfg = _seeded_run(tmp_path, wake=0.25)
+    events = list(trace.parse(path.read_bytes()))
+    late = [i for i, e in enumerate(events) if isinstance(e, trace.Reply)][-3:]  # three measured tasks: a stalled process
+    for i, extra in zip(late, (30.0, 12.0, 5.0), strict=True):
+        e = events[i]
+        assert isinstance(e, trace.Reply) and e.service_ms is not None
+        events[i] = trace.Reply(t=e.t, task=e.task, agent=e.agent, ok=True, service_ms=e.service_ms + extra)
+    path.with_name("s.jsonl").write_bytes(b"".join(trace.encode(e) for e in events))
+    got = calibrate.stalls(tmp_path, ["run", "s"], [(1, 7), (1, 7)], cfg)  # type: ignore[arg-type]
+    assert got == {"tasks": 2, "max_wake_ms": pytest.approx(30.25), "of": 70}
+    assert calibrate.stalls(tmp_path, ["run"], [(1, None)], cfg) is None  # type: ignore[arg-type]  # unseeded: no draws to read against
+    assert "2 of 70 tasks" in calibrate.stall_text(got) and calibrate.stall_text(None) == ""
+
+
 def test_the_same_column_simulates_the_seeded_arrivals_and_draws(tmp_path: Path) -> None:
     import argparse
 
