@@ -423,8 +423,10 @@ def disturbed(result: dict[str, Any], cfg: argparse.Namespace) -> str:
 
 
 def run_live_retrying(cfg: argparse.Namespace, run_dir: Path, tag: str, retries: int) -> dict[str, Any]:
-    """:func:`run_live`, run again (up to ``retries`` times) while it is :func:`disturbed`; the disturbed runs' files kept aside."""
+    """:func:`run_live`, run again (up to ``retries`` times) while it is :func:`disturbed`; the disturbed runs' files kept
+    aside, and named with the reason in the result's ``retried`` (the grid reports them in its row: every run made is told)."""
     result = run_live(cfg, run_dir, tag)
+    retried: list[dict[str, str]] = []
     for attempt in range(1, retries + 1):
         why = disturbed(result, cfg)
         if not why:
@@ -433,7 +435,9 @@ def run_live_retrying(cfg: argparse.Namespace, run_dir: Path, tag: str, retries:
             if not f.name.startswith(f"{tag}-failed"):
                 f.rename(f.with_name(f.name.replace(tag, f"{tag}-failed{attempt}", 1)))
         print(f"{tag}: live run {attempt} had {why}; running it again (its files: {tag}-failed{attempt}*)", file=sys.stderr, flush=True)
+        retried.append({"files": f"{tag}-failed{attempt}", "why": why})
         result = run_live(cfg, run_dir, tag)
+    result["retried"] = retried
     return result
 
 
@@ -774,6 +778,8 @@ def flags(row: dict[str, Any]) -> str:
         out += "  LIVE OVERLOADED"
     if row.get("other_failed"):
         out += "  OTHER RUN FAILED"
+    if row.get("live_retried"):
+        out += f"  {len(row['live_retried'])} PART(S) RUN AGAIN (disturbed, kept aside: grid.json live_retried)"
     return out
 
 
@@ -1012,6 +1018,7 @@ def grid(args: argparse.Namespace) -> int:
                 lives[strategy] = merge_blocks(parts[strategy], run_dir, tags[strategy], cfgs[strategy], block_s)
                 lives[strategy]["seeds"] = seeds[strategy]
                 lives[strategy]["block_costs"] = [b["costs"] for b in parts[strategy]]
+                lives[strategy]["retried"] = [r for b in parts[strategy] for r in b.get("retried", [])]
                 lives[strategy]["block_client"] = [b["client_ms"] for b in parts[strategy]]
         else:
             for strategy in scenario.strategies:
@@ -1037,6 +1044,7 @@ def grid(args: argparse.Namespace) -> int:
                     "stack": stack_means(costs, client),
                     "tags": old_row.get("live_tags") or [f"{scenario.name}-{strategy}"],
                     "seeds": old_seeds(old_row, args, old.get("argv", [])),
+                    "retried": old_row.get("live_retried", []),
                     "block_costs": [b["costs"] for b in blocks],
                     "block_client": [b["client_ms"] for b in blocks],
                 }
@@ -1114,6 +1122,7 @@ def grid(args: argparse.Namespace) -> int:
                 "live_duration_s": cfgs[strategy].duration,
                 "live_tags": lv["tags"],
                 "live_seeds": lv["seeds"],
+                "live_retried": lv.get("retried", []),
                 "live_stalls": stalls(run_dir, lv["tags"], lv["seeds"], cfgs[strategy]),
             }
             for q, qf in (("p50", 50.0), ("p99", 99.0)):

@@ -376,6 +376,23 @@ def test_the_bias_lines_average_each_column_s_signed_error_per_strategy_leaving_
     assert got[("ll", "p50")]["mean"] == pytest.approx(0.1) and np.isnan(got[("ll", "p50")]["se"])
 
 
+def test_a_part_run_again_is_named_in_its_result_and_flags_the_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def fake_run(cfg: object, run_dir: Path, tag: str) -> dict[str, object]:  # the live run itself is tested live elsewhere
+        calls.append(tag)
+        (run_dir / f"{tag}.jsonl").write_text("x")
+        return {"errors": {"timeout": 1} if len(calls) == 1 else {}, "lost": 0}
+
+    monkeypatch.setattr(calibrate, "run_live", fake_run)
+    cfg = calibrate.bench_args()
+    got = calibrate.run_live_retrying(cfg, tmp_path, "w-b0", 2)
+    assert calls == ["w-b0", "w-b0"] and got["retried"] == [{"files": "w-b0-failed1", "why": "1 failed and 0 lost tasks"}]
+    assert (tmp_path / "w-b0-failed1.jsonl").exists() and (tmp_path / "w-b0.jsonl").exists()
+    row = {"live_overloaded": False, "live_retried": got["retried"]}
+    assert "1 PART(S) RUN AGAIN" in calibrate.flags(row) and calibrate.flags({**row, "live_retried": []}) == ""
+
+
 def test_a_live_run_is_disturbed_when_tasks_failed_or_seeded_handlers_do_not_follow_their_draws(tmp_path: Path) -> None:
     ok = {"errors": {}, "lost": 0}
     path, cfg = _seeded_run(tmp_path, wake=0.4)
