@@ -86,6 +86,11 @@ class Proc:
             return float("nan")
 
 
+#: (role, pid) of every process any ``Fleet`` of this run spawned, in order: ``summary.json``'s ``pids``
+#: (``python -m aicp.lab.bench.sched_trace`` tells the roles apart by them).
+SPAWNED: list[tuple[str, int]] = []
+
+
 @dataclass
 class Fleet:
     """Every process a trial started, so all of them are stopped whatever happens."""
@@ -111,6 +116,7 @@ class Fleet:
                                      start_new_session=True, env=env, cwd=cwd)
         proc = Proc(role, popen, psutil.Process(popen.pid))
         self.procs.append(proc)
+        SPAWNED.append((self.log_prefix + role, popen.pid))
         return proc
 
     def mark_cpu(self) -> None:
@@ -120,12 +126,26 @@ class Fleet:
             p.wait0 = bench_noise.runq_wait_s(p.popen.pid)
 
     def mark_noise(self) -> bench_noise.Mark | None:
-        """The start of a trial's noise window (None without a meter)."""
-        return self.noise.mark() if self.noise is not None else None
+        """The start of a trial's noise window (None without a meter), with the CPU of each of the fleet's processes then."""
+        if self.noise is None:
+            return None
+        mark = self.noise.mark()
+        mark.fleet_cpu0 = {p.popen.pid: p.cpu_s() for p in self.procs if p.popen.poll() is None}
+        return mark
 
     def noise_since(self, mark: bench_noise.Mark | None) -> dict[str, Any] | None:
-        """Steal and stalls since ``mark`` (``NoiseMeter.since``); None without a meter."""
-        return self.noise.since(mark) if self.noise is not None and mark is not None else None
+        """Steal, stalls and other processes' CPU since ``mark`` (``NoiseMeter.since``); None without a meter.
+
+        The fleet's CPU in the window: what its running processes used since the mark (0 at the mark for one started
+        after it); a process already reaped (a finished load generator) counts in the bench's own CPU (``getrusage``).
+        """
+        if self.noise is None or mark is None:
+            return None
+        fleet = 0.0
+        for p in self.procs:
+            if p.popen.poll() is None and (used := p.cpu_s() - mark.fleet_cpu0.get(p.popen.pid, 0.0)) == used:  # nan: just gone
+                fleet += used
+        return self.noise.since(mark, fleet_cpu_s=fleet)
 
     def cpu_by_role(self, wall_s: float) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
@@ -737,6 +757,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"machine over the whole run: {bench_noise.format_noise(summary['noise'])}"
           + ("" if summary["noise"].get("steal_share") is None else " (steal: the host ran other work on our vCPUs; stalls: a 5 ms sleep "
              "in the bench process overslept)"))
+    trials_others = [t["noise"]["others_cores"] for k in ("router", "relay", "relay_picows", "router_at_half", "router_at_1000")
+                     if (t := summary.get(k)) and (t.get("noise") or {}).get("others_cores") is not None]
+    if note := bench_noise.autogroup_note(max(trials_others, default=None)):
+        print(note)
     if "router" in summary:
         main_r = summary["router"]
         ratio = summary.get("baseline", {}).get("router_over_relay_median")
@@ -759,5 +783,8 @@ def run(args: argparse.Namespace) -> int:
         if summary["lost_all_trials"]:
             print(f"LOST TASKS: {summary['lost_all_trials']} across all trials", file=sys.stderr)
             status = 1
+    summary["pids"] = {"bench": [os.getpid()]}
+    for role, pid in SPAWNED:
+        summary["pids"].setdefault(role, []).append(pid)
     write_summary(run_dir, summary, args.json)
     return status
