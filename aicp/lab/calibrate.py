@@ -1069,6 +1069,10 @@ def grid(args: argparse.Namespace) -> int:
             if "same" not in cols or any(a is None for _, a in lv["seeds"]):
                 continue
             try:
+                # the pooled costs are always written (the run's record); with --same-costs block, each block's too
+                out = run_dir / f"{scenario.name}-{strategy}-same-calibration.json"
+                stack_mod.write(same_calibration(lv, cfgs[strategy], run_dir, sign_ms), out)
+                same_files[strategy] = out
                 if per_block and len(lv["tags"]) > 1:
                     outs = []
                     for b in range(len(lv["tags"])):
@@ -1076,10 +1080,6 @@ def grid(args: argparse.Namespace) -> int:
                         stack_mod.write(same_calibration(lv, cfgs[strategy], run_dir, sign_ms, block=b), out)
                         outs.append(out)
                     same_files[strategy] = outs
-                else:
-                    out = run_dir / f"{scenario.name}-{strategy}-same-calibration.json"
-                    stack_mod.write(same_calibration(lv, cfgs[strategy], run_dir, sign_ms), out)
-                    same_files[strategy] = out
             except stack_mod.CalibrationError as exc:
                 print(f"{scenario.name} {strategy}: no same-draws costs: {exc}", file=sys.stderr)
         order = [st for st in scenario.strategies if st in lives]
