@@ -977,10 +977,10 @@ def grid(args: argparse.Namespace) -> int:
     sign_ms = sign_cost_ms()
     rows: list[dict[str, Any]] = []
     wanted = set(args.columns.split(","))
-    known = {"sim", "probe", "run", "other", "same"}
+    known = {"sim", "probe", "run", "other", "same", "own"}
     if not wanted <= known:
-        raise SystemExit(f"--columns: {', '.join(sorted(wanted - known))}: none such (sim, probe, run, other, same)")
-    cols = [c for c in ("sim", *(["probe"] if cal_path else []), "run", "other", "same") if c in wanted]
+        raise SystemExit(f"--columns: {', '.join(sorted(wanted - known))}: none such (sim, probe, run, other, same, own)")
+    cols = [c for c in ("sim", *(["probe"] if cal_path else []), "run", "other", "same", "own") if c in wanted]
     width = max([22, *(len(sc.name) for _, sc in scenarios)])
     spreads, plan = plan_durations(scenarios, cal_path, args, width)
     head = " ".join(f"{c:>6} {'err':>5}" for c in cols)
@@ -1066,7 +1066,7 @@ def grid(args: argparse.Namespace) -> int:
         per_block = args.same_costs == "block" and len({len(lv["tags"]) for lv in lives.values()}) == 1
         for strategy, lv in lives.items():
             same_files[strategy] = None
-            if "same" not in cols or any(a is None for _, a in lv["seeds"]):
+            if not {"same", "own"} & set(cols) or any(a is None for _, a in lv["seeds"]):
                 continue
             try:
                 # the pooled costs are always written (the run's record); with --same-costs block, each block's too
@@ -1089,7 +1089,9 @@ def grid(args: argparse.Namespace) -> int:
             own, theirs = cal_files[strategy], cal_files.get(other) if other else None
             inputs = {"sim": None, "probe": cal_path, "run": own, "other": theirs}
             sims: dict[str, dict[str, Any] | None] = {
-                c: run_sim(scenario, strategy, inputs[c], args.ci_window) if c == "sim" or inputs[c] else None for c in cols if c != "same"
+                c: run_sim(scenario, strategy, inputs[c], args.ci_window) if c == "sim" or inputs[c] else None
+                for c in cols
+                if c not in ("same", "own")
             }
             theirs_same = same_files.get(other) if other else None
             if "same" in cols:
@@ -1098,6 +1100,12 @@ def grid(args: argparse.Namespace) -> int:
                 # unseeded agents: the run's own arrivals, and the other run's handler times as the other column draws them
                 same_cal: Path | list[Path] | None = theirs_same if all(a is not None for _, a, _ in same_blocks) else theirs
                 sims["same"] = run_sim_same(scenario, strategy, same_cal, cfgs[strategy], same_blocks, run_dir, args.ci_window) if same_cal else None
+            if "own" in cols:
+                # a check of the model, not a prediction: the run's OWN costs (block by block) on its own draws, as 'same'
+                # (never its latency): what costs drawn independently per task can do at best; what it misses, the model misses
+                own_blocks = [(g, a, joined(run_dir / f"{t}.jsonl")) for t, (g, a) in zip(lv["tags"], lv["seeds"], strict=True)]
+                mine = same_files.get(strategy)
+                sims["own"] = run_sim_same(scenario, strategy, mine, cfgs[strategy], own_blocks, run_dir, args.ci_window) if mine else None
             lat = lv["latency_ms"]
             live_ci = live_interval(run_dir, lv["tags"], cfgs[strategy].warmup, args.ci_window)
             row: dict[str, Any] = {
@@ -1141,7 +1149,9 @@ def grid(args: argparse.Namespace) -> int:
                     row[f"{c}_{q}_ci"] = col[f"{q}_ci"] if col else (float("nan"), float("nan"))
                     # "same" shares the live run's sample: its interval is no allowance for the live one's noise
                     row[f"{c}_{q}_verdict"] = noise.verdict(
-                        row[f"{c}_{q}"], lat[q], (lat[q], lat[q]) if c == "same" else row[f"live_{q}_ci"], None if c == "same" else row[f"{c}_{q}_ci"], GOAL
+                        row[f"{c}_{q}"], lat[q], (lat[q], lat[q]) if c in ("same", "own") else row[f"live_{q}_ci"],
+                        None if c in ("same", "own") else row[f"{c}_{q}_ci"],
+                        GOAL,
                     )
             rows.append(row)
 
@@ -1157,7 +1167,9 @@ def grid(args: argparse.Namespace) -> int:
     print(
         "\nsim: no stack costs; probe: a calibration measured before the grid; run: the costs read from this run's trace "
         "(handler times, hops, slot gaps, the load generator's part; never its latency); other: the same from the other "
-        "strategy's live run of the workload (nothing from the run predicted).\nthe stack's costs per live run, means in ms:"
+        "strategy's live run of the workload (nothing from the run predicted)."
+        + (" own: 'same' with the run's own costs, block by block (a check of the model, not a prediction)." if "own" in cols else "")
+        + "\nthe stack's costs per live run, means in ms:"
     )
     for r in rows:
         a = r["stack_live"]
@@ -1302,7 +1314,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--columns",
         default="sim,probe,run,other,same",
-        help="--grid: the simulated columns, a comma-separated subset of sim,probe,run,other,same (default all; e.g. other,same with --resim)",
+        help="--grid: the simulated columns, a comma-separated subset of sim,probe,run,other,same,own (default all but own; e.g. "
+        "other,same with --resim; own: 'same' with the run's own costs, a check of the model, not a prediction)",
     )
     add("--live-retries", type=int, default=1, help="--grid: run a live run again, up to N times, if tasks failed or were lost, or seeded "
         "agents' handler times did not follow their draws (default 1)")
