@@ -35,6 +35,7 @@ import psutil
 from aicp import __version__
 from aicp.lab.bench import floor as bench_floor
 from aicp.lab.bench import noise as bench_noise
+from aicp.live.handlers import parse_service_time
 
 #: The original design's claims, which are the floor.
 TARGET_P99_MS = 50.0
@@ -409,10 +410,31 @@ def start_agents(fleet: Fleet, url: str, cfg: argparse.Namespace, extra: tuple[s
         seed = [] if getattr(cfg, "agent_seed", None) is None else ["--seed", str(cfg.agent_seed + first)]
         queued = [] if getattr(cfg, "agent_max_queued", None) is None else ["--max-queued", str(cfg.agent_max_queued)]
         # a lognormal's shape (aicp calibrate's grid passes the scenario's; the agents' default is 0.5)
-        sigma = [] if getattr(cfg, "agent_sigma", None) is None else ["--service-sigma", repr(float(cfg.agent_sigma))]
+        sigma = sigma_flags(cfg)
         fleet.spawn("agents", ["-m", "aicp", "agent", "--url", url, "--capability", METHOD, "--handler", "synthetic", "--count", str(count),
                                "--id", base_id, "--service-time", cfg.service_time, "--concurrency", str(cfg.agent_concurrency),
                                "--log-level", "WARNING", *seed, *queued, *sigma, *extra])
+
+
+def sigma_flags(cfg: argparse.Namespace) -> list[str]:
+    """``aicp agent``'s ``--service-sigma`` for ``cfg.agent_sigma`` (``aicp bench --service-sigma``; the grid passes a scenario's), if set."""
+    sigma = getattr(cfg, "agent_sigma", None)
+    return [] if sigma is None else ["--service-sigma", repr(float(sigma))]
+
+
+def check_sigma(args: argparse.Namespace) -> str:
+    """Why ``--service-sigma`` cannot go with the other flags, or "": it shapes a lognormal ``--service-time`` only."""
+    sigma = getattr(args, "agent_sigma", None)
+    if sigma is None:
+        return ""
+    if args.scenario is not None:
+        return "--service-sigma: with --scenario, the file's lognormal sigma serves"
+    if sigma < 0:
+        return "--service-sigma must be at least 0"
+    dist, _ = parse_service_time(args.service_time)
+    if dist != "lognormal":
+        return f"--service-sigma shapes a lognormal service time, not {dist} (--service-time {args.service_time})"
+    return ""
 
 
 def agent_groups(agents: int, agent_procs: int) -> list[tuple[str, int, int]]:
@@ -574,6 +596,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--agent-procs", type=int, default=2, help="processes the agents are spread over (default 2)")
     add("--agent-concurrency", type=int, default=64, help="tasks each agent runs at once (default 64)")
     add("--service-time", default="constant:0", help="synthetic service time [DIST:]MS (default constant:0)")
+    add("--service-sigma", dest="agent_sigma", type=float, default=None, metavar="S", help="a lognormal --service-time's sigma "
+        "(aicp agent --service-sigma; default 0.5, the agents' default); refused with another distribution")
     add("--agent-seed", type=int, default=None, help="seed the agents' service draws (agent k: SEED + k), so that two runs draw the same "
         "service times (default: unseeded); keep it apart from --seed: the load generator draws its arrivals from --seed, and an agent "
         "seeded alike would draw its service times from the same numbers (aicp calibrate adds 100)")
@@ -639,6 +663,10 @@ def exit_on_sigterm() -> None:
 
 def run(args: argparse.Namespace) -> int:
     exit_on_sigterm()
+    why = check_sigma(args)
+    if why:
+        print(f"error: {why}", file=sys.stderr)
+        return 2
     if args.scenario is not None or args.arrivals is not None:
         if (args.scenario is not None and args.arrivals is not None) or args.url or args.record_overhead or args.state_overhead or args.sweep or args.baseline:
             print("error: --scenario and --arrivals go alone (not together, nor with --url, --record-overhead, --state-overhead, --sweep or --baseline)",
