@@ -26,8 +26,9 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m aicp demo
 
+# its run folder (logs, keys) is removed after a success and kept (path printed) after a failure; KEEP=1 keeps it always
 demo-cluster: $(STAMP)
-	$(BIN)/python -m aicp.lab.demo_cluster
+	$(BIN)/python -m aicp.lab.demo_cluster $(if $(filter-out 0,$(KEEP)),--keep)
 
 bench: $(STAMP)
 	$(BIN)/python -m aicp bench-core

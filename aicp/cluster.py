@@ -20,6 +20,7 @@ A live driver (NATS: ``aicp.live.cluster``; in memory: tests) calls::
     out = node.summary_received(data, now)             # a Publish from another router
     out = node.task_received(origin, data, timeout_s, now, key, method, fingerprint)  # a Forward "task"
     out = node.outcome_received(origin, key, data, now, ok)                         # a Forward "outcome"
+    # (or task_in / outcome_in: the same without the flush; the driver then sends take_forwards() itself)
     out = node.isolated(now)                           # the link to the others is down
     out = node.on_timer(now)                           # at node.next_deadline()
     out += node.flush()                                # after any RouterProtocol call of its own
@@ -258,6 +259,9 @@ class ClusterNode:
         )
         self.counters: dict[str, int] = self.view.counters
         self.counters.update({"tasks_forwarded_out": 0, "tasks_forwarded_in": 0, "outcomes_out": 0, "outcomes_in": 0})
+        #: router -> the id its forwarded tasks are pending under here, its stand-in added to the protocol once
+        #: (O(routers heard from); stand-ins are never removed from the protocol)
+        self._requesters: dict[str, str] = {}
 
     @property
     def peers(self) -> dict[str, _PeerRouter]:
@@ -287,6 +291,16 @@ class ClusterNode:
         out.extend(self.view.expire(now))
         return self.flush(out)
 
+    def _requester(self, origin: str) -> str | None:
+        """The requester id of router ``origin``'s forwarded tasks (its stand-in made on first use); None for a name that is not another router's. O(1)."""
+        rid = self._requesters.get(origin)
+        if rid is None:
+            if origin == self.name or REMOTE_MARK in origin:
+                return None
+            rid = self._requesters[origin] = requester_id(origin)
+            self.proto.add_remote(rid, origin, "router")
+        return rid
+
     def summary_received(self, data: bytes, now: float) -> list[ClusterOutput]:
         """Another router's ``Publish``."""
         try:
@@ -294,8 +308,7 @@ class ClusterNode:
         except (msgspec.DecodeError, msgspec.ValidationError):
             self.counters["summaries_bad"] += 1
             return []
-        if s.router != self.name and REMOTE_MARK not in s.router:
-            self.proto.add_remote(requester_id(s.router), s.router, "router")
+        self._requester(s.router)
         return self.flush(list(self.view.apply(s, now)))
 
     def task_received(self, origin: str, data: bytes, timeout_s: float, now: float, key: str = "", method: str = "",
@@ -304,17 +317,29 @@ class ClusterNode:
 
         ``key``, ``method``, ``fingerprint``: the ``Forward``'s, so the frame is not decoded again (see ``submit_forwarded``).
         """
-        if origin == self.name or REMOTE_MARK in origin:
+        return self.flush(list(self.task_in(origin, data, timeout_s, now, key, method, fingerprint)))
+
+    def task_in(self, origin: str, data: bytes, timeout_s: float, now: float, key: str = "", method: str = "",
+                fingerprint: bytes = b"") -> list[Output]:
+        """``task_received`` without the flush: only the protocol's outputs; frames for other routers wait for ``take_forwards``.
+
+        For a driver that sends those from its own hook (the live one: ``AICPWebSocketServer.cluster_flush``), so a
+        forwarded task's path from the frame to its ``Send`` builds no second list and no ``ClusterOutput`` mix.
+        """
+        rid = self._requester(origin)
+        if rid is None:
             return []
         self.counters["tasks_forwarded_in"] += 1
-        self.proto.add_remote(requester_id(origin), origin, "router")
-        timeout = max(0.001, timeout_s) + self.config.forward_grace_s
-        return self.flush(list(self.proto.submit_forwarded(requester_id(origin), data, timeout, now, key, method, fingerprint)))
+        return self.proto.submit_forwarded(rid, data, max(0.001, timeout_s) + self.config.forward_grace_s, now, key, method, fingerprint)
 
     def outcome_received(self, origin: str, key: str, data: bytes, now: float, ok: bool = False) -> list[ClusterOutput]:
         """Router ``origin`` sends the outcome of task ``key`` that this router forwarded to it (``ok``: the ``Forward``'s)."""
+        return self.flush(list(self.outcome_in(origin, key, data, now, ok)))
+
+    def outcome_in(self, origin: str, key: str, data: bytes, now: float, ok: bool = False) -> list[Output]:
+        """``outcome_received`` without the flush (see ``task_in``)."""
         self.counters["outcomes_in"] += 1
-        return self.flush(list(self.proto.remote_outcome(origin, key, data, now, ok)))
+        return self.proto.remote_outcome(origin, key, data, now, ok)
 
     def router_lost(self, name: str, now: float, reason: str) -> list[ClusterOutput]:
         """The driver knows ``name`` is gone: do not wait for the timeout."""
@@ -324,10 +349,20 @@ class ClusterNode:
         """This router lost its link to the others: route locally until summaries come back."""
         return self.flush(list(self.view.isolated(now, reason)))
 
+    def take_forwards(self) -> list[Forward]:
+        """The frames for other routers the protocol made since the last call, counted. O(their number)."""
+        proto = self.proto
+        fwds = proto.forwards
+        if not fwds:
+            return []
+        proto.forwards = []
+        counters = self.counters
+        for fwd in fwds:
+            counters["tasks_forwarded_out" if fwd.kind == "task" else "outcomes_out"] += 1
+        return fwds
+
     def flush(self, out: list[ClusterOutput] | None = None) -> list[ClusterOutput]:
         """``out`` plus the frames for other routers the protocol made meanwhile."""
         out = out if out is not None else []
-        for fwd in self.proto.take_forwards():
-            self.counters["tasks_forwarded_out" if fwd.kind == "task" else "outcomes_out"] += 1
-            out.append(fwd)
+        out.extend(self.take_forwards())
         return out

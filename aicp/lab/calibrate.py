@@ -423,8 +423,10 @@ def disturbed(result: dict[str, Any], cfg: argparse.Namespace) -> str:
 
 
 def run_live_retrying(cfg: argparse.Namespace, run_dir: Path, tag: str, retries: int) -> dict[str, Any]:
-    """:func:`run_live`, run again (up to ``retries`` times) while it is :func:`disturbed`; the disturbed runs' files kept aside."""
+    """:func:`run_live`, run again (up to ``retries`` times) while it is :func:`disturbed`; the disturbed runs' files kept
+    aside, and named with the reason in the result's ``retried`` (the grid reports them in its row: every run made is told)."""
     result = run_live(cfg, run_dir, tag)
+    retried: list[dict[str, str]] = []
     for attempt in range(1, retries + 1):
         why = disturbed(result, cfg)
         if not why:
@@ -433,7 +435,9 @@ def run_live_retrying(cfg: argparse.Namespace, run_dir: Path, tag: str, retries:
             if not f.name.startswith(f"{tag}-failed"):
                 f.rename(f.with_name(f.name.replace(tag, f"{tag}-failed{attempt}", 1)))
         print(f"{tag}: live run {attempt} had {why}; running it again (its files: {tag}-failed{attempt}*)", file=sys.stderr, flush=True)
+        retried.append({"files": f"{tag}-failed{attempt}", "why": why})
         result = run_live(cfg, run_dir, tag)
+    result["retried"] = retried
     return result
 
 
@@ -474,6 +478,15 @@ def merge_blocks(blocks: list[dict[str, Any]], run_dir: Path, tags: list[str], c
     costs = stack_mod.RunCosts.concat([b["costs"] for b in blocks])
     client = np.concatenate([b["client_ms"] for b in blocks])
     return {**result, "costs": costs, "client_ms": client, "stack": stack_means(costs, client), "tags": tags}
+
+
+def block_count(duration_s: float, blocks: int, block_s: float) -> int:
+    """How many parts a live run of ``duration_s`` measured seconds is made in: ``blocks``, or more where a part would
+    measure over ``block_s`` (``0``: ``blocks`` alone), an even number then, so that A B B A pairs hold every part."""
+    if block_s <= 0 or duration_s <= blocks * block_s * (1 + 1e-9):
+        return blocks
+    n = int(np.ceil(duration_s / block_s - 1e-9))
+    return n + n % 2
 
 
 def block_plan(strategies: list[str], blocks: int) -> list[tuple[int, str]]:
@@ -634,18 +647,51 @@ def wake_from_run(trace_path: Path, cfg: argparse.Namespace, agent_seed: int, ti
     return wake
 
 
-def same_calibration(lv: dict[str, Any], cfg: argparse.Namespace, run_dir: Path, fallback_slot_ms: float) -> stack_mod.Calibration:
+#: a task whose agent woke this much later than its seeded draw (rounded to the timer) says: its process stalled (ms)
+STALL_MS = 10.0
+
+
+def stalls(run_dir: Path, tags: list[str], seeds: list[tuple[int, int | None]], cfg: argparse.Namespace) -> dict[str, Any] | None:
+    """The stalls of a strategy's live run, read from its seeded agents' wake-ups (handler time - draw rounded to the
+    timer, :func:`wake_from_run`): how many measured tasks woke over ``STALL_MS`` late, of how many, and the longest
+    wake-up. A stall of one agent process queues every task that round_robin keeps sending
+    to its agents, which the simulator, drawing each task's costs independently, has no way to do (docs/SIMULATOR.md,
+    "Does the model lean against round_robin?"); for reading a row, never used to choose or drop one. ``None`` without
+    seeded agents or where the handler times do not follow the draws."""
+    wakes = []
+    for tag, (_, agent_seed) in zip(tags, seeds, strict=True):
+        if agent_seed is None:
+            return None
+        try:
+            wakes.append(wake_from_run(run_dir / f"{tag}.jsonl", cfg, agent_seed))
+        except (stack_mod.CalibrationError, OSError):
+            return None
+    w = np.concatenate(wakes) if wakes else np.array([])
+    return {"tasks": int((w > STALL_MS).sum()), "max_wake_ms": float(w.max()) if w.size else float("nan"), "of": int(w.size)}
+
+
+def stall_text(st: dict[str, Any] | None) -> str:
+    if not st:
+        return ""
+    return f"  stalls: {st['tasks']} of {st['of']} tasks woke >{STALL_MS:g} ms late (latest {st['max_wake_ms']:.1f} ms)"
+
+
+def same_calibration(
+    lv: dict[str, Any], cfg: argparse.Namespace, run_dir: Path, fallback_slot_ms: float, block: int | None = None
+) -> stack_mod.Calibration:
     """A run's costs for the ``same`` column: its round trips, slot gaps and load generator part as ``run_calibration``,
-    but the wake-ups over the agents' seeded draws instead of whole handler times (the draws come from the seeds)."""
-    wake = np.concatenate(
-        [wake_from_run(run_dir / f"{tag}.jsonl", cfg, agent_seed) for tag, (_, agent_seed) in zip(lv["tags"], lv["seeds"], strict=True)]
-    )
+    but the wake-ups over the agents' seeded draws instead of whole handler times (the draws come from the seeds).
+    ``block``: that block's costs alone (``--same-costs block``: the other strategy's block next to it in time); else all pooled."""
+    picked = range(len(lv["tags"])) if block is None else [block]
+    wake = np.concatenate([wake_from_run(run_dir / f"{lv['tags'][b]}.jsonl", cfg, lv["seeds"][b][1]) for b in picked])  # type: ignore[arg-type]
+    costs = lv["costs"] if block is None else lv["block_costs"][block]
+    client = lv["client_ms"] if block is None else lv["block_client"][block]
     cal = stack_mod.from_run(
-        lv["costs"],
-        client_ms=lv["client_ms"] if lv["client_ms"].size else None,
+        costs,
+        client_ms=client if client.size else None,
         handler=False,
         fallback_slot_ms=fallback_slot_ms,
-        measured={"from_run": [str(run_dir / f"{t}.jsonl") for t in lv["tags"]], "what": "costs_from_trace, wake-ups over the seeded draws"},
+        measured={"from_run": [str(run_dir / f"{lv['tags'][b]}.jsonl") for b in picked], "what": "costs_from_trace, wake-ups over the seeded draws"},
     )
     cal.timer_ms = 1.0
     cal.levels[0].wake_ms = stack_mod.thin(wake)
@@ -655,7 +701,7 @@ def same_calibration(lv: dict[str, Any], cfg: argparse.Namespace, run_dir: Path,
 def run_sim_same(
     scenario: sc_mod.Scenario,
     strategy: str,
-    calibration: Path,
+    calibration: Path | list[Path],
     cfg: argparse.Namespace,
     blocks: list[tuple[int, int | None, list[str]]],
     run_dir: Path,
@@ -663,7 +709,8 @@ def run_sim_same(
 ) -> dict[str, Any]:
     """The simulator on the live run's own workload: per block, the load generator's arrivals and every agent's
     service draws regenerated from their seeds (``blocks``: loadgen seed, agent seed, the agents in join order),
-    the stack's costs from ``calibration``; p50 and p99 over the blocks' tasks pooled as live, mean over replications.
+    the stack's costs from ``calibration`` (one file for every block, or one per block); p50 and p99 over the blocks'
+    tasks pooled as live, mean over replications.
 
     Common random numbers between the simulator and the live run: what is compared is the model, not two
     samples of the workload (a 20 s live run's p99 moves by a third between two seeds). Only inputs are read:
@@ -674,6 +721,9 @@ def run_sim_same(
 
     names = fleet_indexes(cfg.agents, cfg.agent_procs)
     horizon = cfg.warmup + cfg.duration / len(blocks)
+    cals = calibration if isinstance(calibration, list) else [calibration] * len(blocks)
+    if len(cals) != len(blocks):
+        raise ValueError(f"{len(cals)} calibrations for {len(blocks)} blocks")
     scenarios = []
     for b, (gen_seed, _, _) in enumerate(blocks):
         times, t, gaps = [], 0.0, poisson_gaps(gen_seed, cfg.rate)
@@ -685,7 +735,7 @@ def run_sim_same(
         csv = run_dir / f"{scenario.name}-{strategy}-b{b}-arrivals.csv"
         csv.write_text("t_s\n" + "".join(f"{x!r}\n" for x in times))
         data = sc_mod.to_data(scenario)
-        data.update(duration_s=horizon, warmup_s=cfg.warmup, calibration={"file": str(calibration.resolve())})
+        data.update(duration_s=horizon, warmup_s=cfg.warmup, calibration={"file": str(cals[b].resolve())})
         data["workload"][0]["arrival"] = {"process": "trace", "file": str(csv.resolve())}
         scenarios.append(sc_mod.from_data(data, scenario.name))
     p50, p99, util = [], [], []
@@ -728,6 +778,8 @@ def flags(row: dict[str, Any]) -> str:
         out += "  LIVE OVERLOADED"
     if row.get("other_failed"):
         out += "  OTHER RUN FAILED"
+    if row.get("live_retried"):
+        out += f"  {len(row['live_retried'])} PART(S) RUN AGAIN (disturbed, kept aside: grid.json live_retried)"
     return out
 
 
@@ -741,6 +793,10 @@ def _within(pred: float, live_v: float) -> bool:
 
 GOAL = 0.15
 
+
+#: what starting and stopping one live run's router, agents and load generator takes beside its warm-up (s; an estimate
+#: for the planner's print, from the grids of 2026-11-28 on an idle machine)
+RUN_START_S = 3.0
 
 #: the length of the simulated runs whose p99 spread sets a live run's length (seconds, after the warm-up)
 SPREAD_REF_S = 10.0
@@ -786,9 +842,17 @@ def plan_durations(
         print(
             f"  {sc.name:{width}} {what(sc):42} spread at {SPREAD_REF_S:g} s "
             + " ".join(f"{st} {100 * v['p99']:4.1f}%" for st, v in spreads[sc.name].items())
-            + f"; needs {need:4.0f} s, runs {plan[sc.name]:4.0f} s (spread then {100 * worst * (SPREAD_REF_S / plan[sc.name]) ** 0.5:4.1f}%)",
+            + f"; needs {need:4.0f} s, runs {plan[sc.name]:4.0f} s in {block_count(plan[sc.name], args.blocks, args.block_s)} parts "
+            f"(spread then {100 * worst * (SPREAD_REF_S / plan[sc.name]) ** 0.5:4.1f}%)",
             flush=True,
         )
+    runs = sum(len(sc.strategies) * block_count(plan[sc.name], args.blocks, args.block_s) for _, sc in scenarios)
+    measured = sum(len(sc.strategies) * plan[sc.name] for _, sc in scenarios)
+    print(
+        f"  live: {runs} runs, {measured:.0f} s measured, about {measured + runs * (args.live_warmup + RUN_START_S):.0f} s with their warm-ups "
+        f"and starts (~{RUN_START_S:g} s each), before the simulations",
+        flush=True,
+    )
     return spreads, plan
 
 
@@ -833,6 +897,32 @@ def print_intervals(rows: list[dict[str, Any]], cols: list[str], width: int, win
         for q in ("p50", "p99"):
             v = [r.get(f"{c}_{q}_verdict") for r in rows]
             print(f"{c:5} {q}: {v.count('ok')} within 15%, {v.count('noise')} misses within the intervals, {v.count('MISS')} beyond them")
+
+
+def bias(rows: list[dict[str, Any]], cols: list[str]) -> list[dict[str, Any]]:
+    """Each column's signed error (prediction / live - 1) per strategy and percentile over the rows: mean, its standard
+    error, median, and how many rows lean each way. A model that is right only on average scatters around 0; one that
+    misses something a strategy brings about leans one way in that strategy's rows. Rows whose live run (or the run
+    their costs came from) failed are left out, as from the counts of rows the live stack carried."""
+    out = []
+    for c in cols:
+        for st in sorted({r["strategy"] for r in rows}):
+            for q in ("p50", "p99"):
+                e = np.array([r[f"{c}_{q}"] / r[f"live_{q}"] - 1.0 for r in rows if r["strategy"] == st and r[f"live_{q}"] > 0
+                              and not r.get("live_failed") and not r.get("other_failed") and np.isfinite(r[f"{c}_{q}"])])
+                if e.size == 0:
+                    continue
+                out.append({"column": c, "strategy": st, "q": q, "rows": int(e.size), "mean": float(e.mean()),
+                            "se": float(e.std(ddof=1) / np.sqrt(e.size)) if e.size > 1 else float("nan"),
+                            "median": float(np.median(e)), "low": int((e < 0).sum()), "high": int((e > 0).sum())})
+    return out
+
+
+def print_bias(leans: list[dict[str, Any]]) -> None:
+    print("\nsigned error per column, strategy and percentile over the rows (prediction / live - 1): mean +- standard error, median, rows low/high")
+    for b in leans:
+        print(f"{b['column']:5} {b['strategy']:13} {b['q']}: mean {100 * b['mean']:+5.1f}% +- {100 * b['se']:4.1f}, "
+              f"median {100 * b['median']:+5.1f}%, {b['low']} low / {b['high']} high of {b['rows']}")
 
 
 def random_grid_files(args: argparse.Namespace, run_dir: Path) -> tuple[list[Path], dict[str, str]]:
@@ -887,10 +977,10 @@ def grid(args: argparse.Namespace) -> int:
     sign_ms = sign_cost_ms()
     rows: list[dict[str, Any]] = []
     wanted = set(args.columns.split(","))
-    known = {"sim", "probe", "run", "other", "same"}
+    known = {"sim", "probe", "run", "other", "same", "own"}
     if not wanted <= known:
-        raise SystemExit(f"--columns: {', '.join(sorted(wanted - known))}: none such (sim, probe, run, other, same)")
-    cols = [c for c in ("sim", *(["probe"] if cal_path else []), "run", "other", "same") if c in wanted]
+        raise SystemExit(f"--columns: {', '.join(sorted(wanted - known))}: none such (sim, probe, run, other, same, own)")
+    cols = [c for c in ("sim", *(["probe"] if cal_path else []), "run", "other", "same", "own") if c in wanted]
     width = max([22, *(len(sc.name) for _, sc in scenarios)])
     spreads, plan = plan_durations(scenarios, cal_path, args, width)
     head = " ".join(f"{c:>6} {'err':>5}" for c in cols)
@@ -911,21 +1001,25 @@ def grid(args: argparse.Namespace) -> int:
             parts: dict[str, list[dict[str, Any]]] = {st: [] for st in scenario.strategies}
             tags: dict[str, list[str]] = {st: [] for st in scenario.strategies}
             seeds: dict[str, list[tuple[int, int | None]]] = {st: [] for st in scenario.strategies}
-            for k, strategy in block_plan(list(scenario.strategies), args.blocks):
+            nblocks = block_count(max(c.duration for c in cfgs.values()), args.blocks, args.block_s)
+            for k, strategy in block_plan(list(scenario.strategies), nblocks):
                 cfg = copy.copy(cfgs[strategy])
-                cfg.duration = cfgs[strategy].duration / args.blocks
+                cfg.duration = cfgs[strategy].duration / nblocks
                 cfg.seed = args.seed + 1000 * k
                 if cfg.agent_seed is not None:
                     cfg.agent_seed = cfg.seed + AGENT_SEED_OFFSET
-                tag = f"{scenario.name}-{strategy}" + (f"-b{k}" if args.blocks > 1 else "")
+                tag = f"{scenario.name}-{strategy}" + (f"-b{k}" if nblocks > 1 else "")
                 parts[strategy].append(run_live_retrying(cfg, run_dir, tag, args.live_retries))
                 tags[strategy].append(tag)
                 seeds[strategy].append((cfg.seed, cfg.agent_seed))
             for strategy in scenario.strategies:
                 cfgs[strategy].record = run_dir / f"{tags[strategy][0]}.jsonl"
-                block_s = cfgs[strategy].duration / args.blocks
+                block_s = cfgs[strategy].duration / nblocks
                 lives[strategy] = merge_blocks(parts[strategy], run_dir, tags[strategy], cfgs[strategy], block_s)
                 lives[strategy]["seeds"] = seeds[strategy]
+                lives[strategy]["block_costs"] = [b["costs"] for b in parts[strategy]]
+                lives[strategy]["retried"] = [r for b in parts[strategy] for r in b.get("retried", [])]
+                lives[strategy]["block_client"] = [b["client_ms"] for b in parts[strategy]]
         else:
             for strategy in scenario.strategies:
                 if (scenario.name, strategy) not in earlier:
@@ -950,6 +1044,9 @@ def grid(args: argparse.Namespace) -> int:
                     "stack": stack_means(costs, client),
                     "tags": old_row.get("live_tags") or [f"{scenario.name}-{strategy}"],
                     "seeds": old_seeds(old_row, args, old.get("argv", [])),
+                    "retried": old_row.get("live_retried", []),
+                    "block_costs": [b["costs"] for b in blocks],
+                    "block_client": [b["client_ms"] for b in blocks],
                 }
         if not lives:
             continue
@@ -962,15 +1059,27 @@ def grid(args: argparse.Namespace) -> int:
             except stack_mod.CalibrationError as exc:
                 print(f"{scenario.name} {strategy}: no run costs: {exc}", file=sys.stderr)
                 cal_files[strategy] = None
-        same_files: dict[str, Path | None] = {}
+        same_files: dict[str, Path | list[Path] | None] = {}
+        # --same-costs block: block k of a strategy is predicted with block k of the other, its neighbour in time (A B B A),
+        # so that the machine's state between blocks (its round trips moved 1.06 -> 1.90 ms within one 40 s workload) is
+        # the predicted block's; pooled: every block of the other strategy alike (the grids before)
+        per_block = args.same_costs == "block" and len({len(lv["tags"]) for lv in lives.values()}) == 1
         for strategy, lv in lives.items():
             same_files[strategy] = None
-            if "same" not in cols or any(a is None for _, a in lv["seeds"]):
+            if not {"same", "own"} & set(cols) or any(a is None for _, a in lv["seeds"]):
                 continue
             try:
+                # the pooled costs are always written (the run's record); with --same-costs block, each block's too
                 out = run_dir / f"{scenario.name}-{strategy}-same-calibration.json"
                 stack_mod.write(same_calibration(lv, cfgs[strategy], run_dir, sign_ms), out)
                 same_files[strategy] = out
+                if per_block and len(lv["tags"]) > 1:
+                    outs = []
+                    for b in range(len(lv["tags"])):
+                        out = run_dir / f"{scenario.name}-{strategy}-b{b}-same-calibration.json"
+                        stack_mod.write(same_calibration(lv, cfgs[strategy], run_dir, sign_ms, block=b), out)
+                        outs.append(out)
+                    same_files[strategy] = outs
             except stack_mod.CalibrationError as exc:
                 print(f"{scenario.name} {strategy}: no same-draws costs: {exc}", file=sys.stderr)
         order = [st for st in scenario.strategies if st in lives]
@@ -980,15 +1089,23 @@ def grid(args: argparse.Namespace) -> int:
             own, theirs = cal_files[strategy], cal_files.get(other) if other else None
             inputs = {"sim": None, "probe": cal_path, "run": own, "other": theirs}
             sims: dict[str, dict[str, Any] | None] = {
-                c: run_sim(scenario, strategy, inputs[c], args.ci_window) if c == "sim" or inputs[c] else None for c in cols if c != "same"
+                c: run_sim(scenario, strategy, inputs[c], args.ci_window) if c == "sim" or inputs[c] else None
+                for c in cols
+                if c not in ("same", "own")
             }
             theirs_same = same_files.get(other) if other else None
             if "same" in cols:
                 # the other run's costs, on this run's own arrivals and service draws (regenerated from the seeds)
                 same_blocks = [(g, a, joined(run_dir / f"{t}.jsonl")) for t, (g, a) in zip(lv["tags"], lv["seeds"], strict=True)]
                 # unseeded agents: the run's own arrivals, and the other run's handler times as the other column draws them
-                same_cal = theirs_same if all(a is not None for _, a, _ in same_blocks) else theirs
+                same_cal: Path | list[Path] | None = theirs_same if all(a is not None for _, a, _ in same_blocks) else theirs
                 sims["same"] = run_sim_same(scenario, strategy, same_cal, cfgs[strategy], same_blocks, run_dir, args.ci_window) if same_cal else None
+            if "own" in cols:
+                # a check of the model, not a prediction: the run's OWN costs (block by block) on its own draws, as 'same'
+                # (never its latency): what costs drawn independently per task can do at best; what it misses, the model misses
+                own_blocks = [(g, a, joined(run_dir / f"{t}.jsonl")) for t, (g, a) in zip(lv["tags"], lv["seeds"], strict=True)]
+                mine = same_files.get(strategy)
+                sims["own"] = run_sim_same(scenario, strategy, mine, cfgs[strategy], own_blocks, run_dir, args.ci_window) if mine else None
             lat = lv["latency_ms"]
             live_ci = live_interval(run_dir, lv["tags"], cfgs[strategy].warmup, args.ci_window)
             row: dict[str, Any] = {
@@ -1013,6 +1130,8 @@ def grid(args: argparse.Namespace) -> int:
                 "live_duration_s": cfgs[strategy].duration,
                 "live_tags": lv["tags"],
                 "live_seeds": lv["seeds"],
+                "live_retried": lv.get("retried", []),
+                "live_stalls": stalls(run_dir, lv["tags"], lv["seeds"], cfgs[strategy]),
             }
             for q, qf in (("p50", 50.0), ("p99", 99.0)):
                 # the simulator's spread (sd/mean) over seeds of a 10 s run, and what it gives at the live run's length
@@ -1030,7 +1149,9 @@ def grid(args: argparse.Namespace) -> int:
                     row[f"{c}_{q}_ci"] = col[f"{q}_ci"] if col else (float("nan"), float("nan"))
                     # "same" shares the live run's sample: its interval is no allowance for the live one's noise
                     row[f"{c}_{q}_verdict"] = noise.verdict(
-                        row[f"{c}_{q}"], lat[q], (lat[q], lat[q]) if c == "same" else row[f"live_{q}_ci"], None if c == "same" else row[f"{c}_{q}_ci"], GOAL
+                        row[f"{c}_{q}"], lat[q], (lat[q], lat[q]) if c in ("same", "own") else row[f"live_{q}_ci"],
+                        None if c in ("same", "own") else row[f"{c}_{q}_ci"],
+                        GOAL,
                     )
             rows.append(row)
 
@@ -1046,14 +1167,16 @@ def grid(args: argparse.Namespace) -> int:
     print(
         "\nsim: no stack costs; probe: a calibration measured before the grid; run: the costs read from this run's trace "
         "(handler times, hops, slot gaps, the load generator's part; never its latency); other: the same from the other "
-        "strategy's live run of the workload (nothing from the run predicted).\nthe stack's costs per live run, means in ms:"
+        "strategy's live run of the workload (nothing from the run predicted)."
+        + (" own: 'same' with the run's own costs, block by block (a check of the model, not a prediction)." if "own" in cols else "")
+        + "\nthe stack's costs per live run, means in ms:"
     )
     for r in rows:
         a = r["stack_live"]
         print(
             f"{r['workload']:22} {r['strategy']:13} handler {a['handler_mean_ms']:6.3f}  round trip {a['agent_overhead_mean_ms']:6.3f} "
             f"({a['idle_dispatches']} idle dispatches)  slot gap {a['slot_gap_mean_ms']:6.3f} ({a['slot_waits']} waits)  "
-            f"client {a['client_mean_ms']:6.3f}  live throughput {r['live_throughput_per_s']:.0f}/s"
+            f"client {a['client_mean_ms']:6.3f}  live throughput {r['live_throughput_per_s']:.0f}/s" + stall_text(r.get("live_stalls"))
         )
     carried = [r for r in rows if not r["live_overloaded"] and not r.get("other_failed")]
     for c in (c for c in cols if c != "sim"):
@@ -1065,6 +1188,8 @@ def grid(args: argparse.Namespace) -> int:
             f"({len([r for r in within if r in carried])} of the {len(carried)} whose live runs, its and the other's, the stack carried)"
         )
     print_intervals(rows, cols, width, args.ci_window)
+    leans = bias(rows, cols)
+    print_bias(leans)
     print(f"{time.monotonic() - t0:.0f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
     keys = ["live_p50", *(f"{c}_p50" for c in cols), "live_p99", *(f"{c}_p99" for c in cols)]
     cis = [f"{k}_ci_{e}" for k in ("live_p99", *(f"{c}_p99" for c in cols)) for e in ("lo", "hi")]
@@ -1082,7 +1207,7 @@ def grid(args: argparse.Namespace) -> int:
     (run_dir / f"grid{suffix}.csv").write_text("\n".join(lines) + "\n")
     (run_dir / f"grid{suffix}.json").write_text(
         json.dumps(
-            {"probe_calibration": str(cal_path) if cal_path else None, "rows": rows, "load_avg_1m": os.getloadavg()[0], "argv": sys.argv},
+            {"probe_calibration": str(cal_path) if cal_path else None, "rows": rows, "bias": leans, "load_avg_1m": os.getloadavg()[0], "argv": sys.argv},
             indent=2,
             default=str,
         )
@@ -1140,8 +1265,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--live-budget",
         type=float,
-        default=16.0,
-        help="--grid: measured seconds per workload and strategy on average, at most; the longest runs are cut alike to fit (default 16)",
+        default=40.0,
+        help="--grid: measured seconds per workload and strategy on average, at most; the longest runs are cut alike to fit "
+        "(default 40, = --live-max: every run as long as planned; 16 before)",
     )
     add("--spread-seeds", type=int, default=8, help="--grid: simulated 10 s runs per strategy that estimate the spread (default 8)")
     add("--ci-window", type=float, default=1.0, help="--grid: the time windows the intervals resample, seconds (default 1)")
@@ -1169,12 +1295,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--blocks",
         type=int,
         default=2,
-        help="--grid: each strategy's live run in N parts, the order reversed every other part (2: A B B A; 1: A B, as before)",
+        help="--grid: each strategy's live run in at least N parts, the order reversed every other part (2: A B B A; 1: A B, as before)",
+    )
+    add(
+        "--block-s",
+        type=float,
+        default=10.0,
+        help="--grid: more parts (an even number) where a run is longer, so that none measures more than this many seconds "
+        "(default 10: a 40 s run is A B B A A B B A; 0: --blocks alone)",
+    )
+    add(
+        "--same-costs",
+        choices=["block", "pooled"],
+        default="block",
+        help="--grid: the 'same' column predicts block k of a run with the costs of block k of the other strategy's run, its neighbour "
+        "in time (block, default), or with the costs of all its blocks pooled (pooled, as before)",
     )
     add(
         "--columns",
         default="sim,probe,run,other,same",
-        help="--grid: the simulated columns, a comma-separated subset of sim,probe,run,other,same (default all; e.g. other,same with --resim)",
+        help="--grid: the simulated columns, a comma-separated subset of sim,probe,run,other,same,own (default all but own; e.g. "
+        "other,same with --resim; own: 'same' with the run's own costs, a check of the model, not a prediction)",
     )
     add("--live-retries", type=int, default=1, help="--grid: run a live run again, up to N times, if tasks failed or were lost, or seeded "
         "agents' handler times did not follow their draws (default 1)")

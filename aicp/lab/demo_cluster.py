@@ -7,6 +7,11 @@ router in the middle. Its agents and its controller move to another router, task
 that other routers had sent through it fail over, and every task must end with
 exactly one outcome. Prints the outcome table; exits 1 if a task was lost or
 answered twice.
+
+Every process's log and the agents' keys go to a run folder (``/tmp/aicp-demo-cluster-*``). It is removed when
+the demo succeeds; it is kept, and its path printed, when the demo fails or is interrupted, or when asked with
+``--keep`` or ``AICP_DEMO_KEEP=1`` (``make demo-cluster KEEP=1``). Every process started is stopped, also on
+SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import collections
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -25,7 +31,7 @@ from typing import Any
 
 from aicp import errors
 from aicp.lab.bench.cluster import healthz, start_nats, start_router, wait_cluster
-from aicp.lab.bench.live import METHOD, Fleet, _agents_ready
+from aicp.lab.bench.live import METHOD, Fleet, _agents_ready, exit_on_sigterm
 from aicp.live.controller import AICPController
 from aicp.messages import Error, Result, decode_body, decode_frame
 
@@ -86,17 +92,44 @@ async def drive(urls: list[str], rate: float, duration: float, kill_at: float, k
             "moved": moved}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m aicp.lab.demo_cluster", description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rate", type=float, default=150.0, help="tasks/s over all controllers (default 150)")
     parser.add_argument("--duration", type=float, default=6.0, help="seconds of load (default 6); the kill comes at a third")
     parser.add_argument("--agents-per-router", type=int, default=2)
     parser.add_argument("--service-time", default="constant:20")
-    args = parser.parse_args(argv)
+    parser.add_argument("--keep", action="store_true", default=os.environ.get("AICP_DEMO_KEEP", "") not in ("", "0"),
+                        help="keep the run folder (logs, keys) also when the demo succeeds (default: kept only on failure; "
+                             "also AICP_DEMO_KEEP=1)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    exit_on_sigterm()  # so that the finally blocks stop every process started
     run_dir = Path(tempfile.mkdtemp(prefix="aicp-demo-cluster-"))
+    ok = False
+    try:
+        ok = run(args, run_dir)
+    finally:  # also on an exception, SIGTERM or Ctrl-C: then ok is False and the folder stays
+        settle_run_dir(run_dir, ok, args.keep)
+    return 0 if ok else 1
+
+
+def settle_run_dir(run_dir: Path, ok: bool, keep: bool) -> None:
+    """Remove the run folder after a success unless ``keep``; otherwise say where it is."""
+    if ok and not keep:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        print(f"run folder kept: {run_dir} (logs and keys; remove it when done)", flush=True)
+
+
+def run(args: argparse.Namespace, run_dir: Path) -> bool:
+    """The demo with its processes' logs in ``run_dir``; True if every task ended exactly once. Stops every process it started."""
     cfg = argparse.Namespace(strategy="least_loaded", verify="every-hop", agents=3 * args.agents_per_router, service_time=args.service_time,
                              agent_concurrency=4)
     fleet = Fleet(run_dir)
+    print(f"run folder {run_dir} (logs, keys): removed if the demo succeeds, unless --keep", flush=True)
     try:
         nats = start_nats(fleet)
         print(f"nats-server at {nats}")
@@ -131,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, c in survivors.items():
         print(f"{name}: forwarded out {c['tasks_forwarded_out']}, in {c['tasks_forwarded_in']}, routers lost {c['routers_lost']}, hears {c['routers']}")
     ok = out["lost"] == 0 and out["duplicates"] == 0 and sum(codes.values()) == out["submitted"]
-    print("every task ended exactly once" if ok else "FAIL: a task was lost or answered twice")
-    return 0 if ok else 1
+    print("every task ended exactly once" if ok else "FAIL: a task was lost or answered twice", flush=True)
+    return ok
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ runs the commands of docs/TRACE.md, printing each, and a table:
    the simulator measures), and the prediction's error against the live measurement.
 
 The scenario must have one agent group with a constant, exponential or lognormal
-(default sigma) service time, since ``--arrivals`` builds its agents from the
-``aicp bench`` flags. Figures depend on the machine's load; they are measured, not goals.
+service time (a lognormal's sigma passed as ``--service-sigma``), since ``--arrivals``
+builds its agents from the ``aicp bench`` flags. Figures depend on the machine's load; they are measured, not goals.
 """
 
 from __future__ import annotations
@@ -52,10 +52,11 @@ def agent_flags(path: Path) -> list[str]:
         raise SystemExit(f"{path}: the what-if flow needs one agent group (aicp bench --arrivals makes one)")
     g = sc.agents[0]
     dist = msgspec_tag(g.service_time)
-    if dist not in ("constant", "exponential", "lognormal") or getattr(g.service_time, "sigma", 0.5) != 0.5 or g.speed != 1.0 or g.fail_prob:
-        raise SystemExit(f"{path}: agents[0] must have a constant, exponential or lognormal (sigma 0.5) service, speed 1, fail_prob 0")
+    if dist not in ("constant", "exponential", "lognormal") or g.speed != 1.0 or g.fail_prob:
+        raise SystemExit(f"{path}: agents[0] must have a constant, exponential or lognormal service, speed 1, fail_prob 0")
     mean = g.service_time.mean_ms  # type: ignore[union-attr]
-    return ["--agents", str(g.count), "--agent-concurrency", str(g.concurrency), "--service-time", f"{dist}:{mean}"]
+    sigma = ["--service-sigma", repr(float(g.service_time.sigma))] if isinstance(g.service_time, scenario_mod.LognormalDist) else []
+    return ["--agents", str(g.count), "--agent-concurrency", str(g.concurrency), "--service-time", f"{dist}:{mean}", *sigma]
 
 
 def msgspec_tag(obj: object) -> str:

@@ -26,6 +26,7 @@ benchmark.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import logging
 import re
 import time
@@ -115,44 +116,56 @@ class NatsCluster:
         self._apply(self.node.summary_received(data, time.time()))
 
     def _on_direct(self, data: bytes) -> None:
+        """A forwarded task or an outcome: straight to the core, its outputs straight to the server.
+
+        ``task_in``/``outcome_in`` return only the protocol's ``Send``/``Close``; the frames it made for
+        other routers are sent by ``_flush``, which the server calls after applying those outputs.
+        """
         parts = data.split(b"\x00", 6)
         if len(parts) != 7:
             return
         kind, origin, timeout, key, method, mark, frame = parts
-        now = time.time()
         try:
             if kind == b"t":
-                self._apply(self.node.task_received(origin.decode(), frame, float(timeout), now, key.decode().replace(" ", "\n"), method.decode(),
-                                                    bytes.fromhex(mark.decode())))
+                outs = self.node.task_in(origin.decode(), frame, float(timeout), time.time(), key.decode().replace(" ", "\n"), method.decode(),
+                                         binascii.unhexlify(mark))
             elif kind == b"o":
-                self._apply(self.node.outcome_received(origin.decode(), key.decode().replace(" ", "\n"), frame, now, mark == b"ok"))
-        except (UnicodeDecodeError, ValueError) as exc:
+                outs = self.node.outcome_in(origin.decode(), key.decode().replace(" ", "\n"), frame, time.time(), mark == b"ok")
+            else:
+                return
+        except (UnicodeDecodeError, ValueError) as exc:  # binascii.Error is a ValueError
             log.warning("bad cluster message from NATS: %s", exc)
+            return
+        self.server._apply(outs)  # also re-arms the server's timer: a failed remote attempt may have scheduled a retry
 
     # ------------------------------------------------------------------ outputs
     def _flush(self) -> None:
         """Called by the server after it applied the protocol's outputs: frames for other routers go out."""
-        self._apply(self.node.flush())
+        for fwd in self.node.take_forwards():
+            self._publish_forward(fwd)
+
+    def _publish_forward(self, fwd: Forward) -> None:
+        """One ``Forward`` to its router's subject: the routing prefix (docs/CLUSTER.md, Subjects), then the frame verbatim."""
+        key = fwd.key.replace("\n", " ").encode()
+        if fwd.kind == "task":
+            meta = b"t\x00%s\x00%.6f\x00%s\x00%s\x00%s\x00" % (self._origin, fwd.timeout_s, key, fwd.method.encode(), binascii.hexlify(fwd.fingerprint))
+        else:
+            meta = b"o\x00%s\x00\x00%s\x00\x00%s\x00" % (self._origin, key, b"ok" if fwd.ok else b"")
+        subject = self._subjects.get(fwd.router)
+        if subject is None:
+            subject = self._subjects[fwd.router] = self.subject_of(fwd.router).encode()
+        self.link.publish(subject, fwd.data, meta)
 
     def _apply(self, outs: list[ClusterOutput]) -> None:
         """Local frames to the server; the others to NATS (dropped while it is down: the owner's deadlines cover it)."""
         local: list[Send | Close] = []
-        publish = self.link.publish
         for out in outs:
             if isinstance(out, (Send, Close)):
                 local.append(out)
             elif isinstance(out, Publish):
-                publish(self._summary_subject, out.data)
+                self.link.publish(self._summary_subject, out.data)
             elif isinstance(out, Forward):
-                key = out.key.replace("\n", " ").encode()
-                if out.kind == "task":
-                    meta = b"t\x00%s\x00%.6f\x00%s\x00%s\x00%s\x00" % (self._origin, out.timeout_s, key, out.method.encode(), out.fingerprint.hex().encode())
-                else:
-                    meta = b"o\x00%s\x00\x00%s\x00\x00%s\x00" % (self._origin, key, b"ok" if out.ok else b"")
-                subject = self._subjects.get(out.router)
-                if subject is None:
-                    subject = self._subjects[out.router] = self.subject_of(out.router).encode()
-                publish(subject, out.data, meta)
+                self._publish_forward(out)
         if local:
             self.server._apply(local)  # type: ignore[arg-type]  # Send | Close is the server's Output
 

@@ -81,6 +81,12 @@ class _CoreCollector(Collector):
                 if "conflicts" in st:
                     yield CounterMetricFamily("aicp_state_binding_conflicts", "Bindings made here that another router had stored first (JetStream state)",
                                               value=st["conflicts"])
+                if "bindings_expired" in st:
+                    yield CounterMetricFamily("aicp_state_bindings_expired", "Bindings forgotten when this router started: not seen for --binding-ttl",
+                                              value=st["bindings_expired"])
+                if "rewatches" in st:
+                    yield CounterMetricFamily("aicp_state_rewatches", "Watches of the shared bindings started again after a reconnect to the "
+                                              "state server (JetStream state)", value=st["rewatches"])
 
 
 class LatencyCounts(Collector):

@@ -131,6 +131,7 @@ class SqliteStore:
         self.busy = 0  # commits put off because the maintenance thread held the file
         self.dropped = 0
         self.errors = 0
+        self.expired = 0  # bindings deleted at open: not seen for binding_ttl_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -154,7 +155,7 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StateFileError(f"cannot open state file {p}: {exc}") from exc
         try:
-            snapshot = cls._prepare(db, p, now, router_key, binding_ttl_s)
+            snapshot, expired = cls._prepare(db, p, now, router_key, binding_ttl_s)
         except sqlite3.Error as exc:
             db.close()
             raise StateFileError(f"state file {p} is damaged or not an SQLite database ({exc}); move it aside to start with an empty state") from exc
@@ -162,10 +163,13 @@ class SqliteStore:
             db.close()
             raise
         db.execute("PRAGMA busy_timeout=0")  # the event loop never waits for the file: a locked commit is retried later
-        return cls(p, db, snapshot, batch_s, purge_every_s=purge_every_s, binding_ttl_s=binding_ttl_s)
+        store = cls(p, db, snapshot, batch_s, purge_every_s=purge_every_s, binding_ttl_s=binding_ttl_s)
+        store.expired = expired
+        return store
 
     @staticmethod
-    def _prepare(db: sqlite3.Connection, p: Path, now: float, router_key: str | None, binding_ttl_s: float | None = None) -> Snapshot:
+    def _prepare(db: sqlite3.Connection, p: Path, now: float, router_key: str | None, binding_ttl_s: float | None = None) -> tuple[Snapshot, int]:
+        """Check and upgrade the file, drop what expired; returns what it holds and how many bindings expired (``binding_ttl_s``)."""
         app_id = db.execute("PRAGMA application_id").fetchone()[0]
         version = db.execute("PRAGMA user_version").fetchone()[0]
         tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
@@ -188,6 +192,7 @@ class SqliteStore:
             db.execute("ALTER TABLE bindings ADD COLUMN seen REAL")
         db.execute("BEGIN")
         db.execute("UPDATE bindings SET seen = ? WHERE seen IS NULL", (now,))  # an expiry counts from the upgrade
+        gone = 0
         if binding_ttl_s is not None:
             gone = db.execute("DELETE FROM bindings WHERE ephemeral = 0 AND seen < ?", (now - binding_ttl_s,)).rowcount
             if gone:
@@ -209,7 +214,7 @@ class SqliteStore:
                     StoredOutcome(str(a), bytes(b), float(c), bytes(d), tuple(msgspec.json.decode(e, type=list[str])))
                     for a, b, c, d, e in db.execute("SELECT key, frame, expiry, fingerprint, assignees FROM outcomes")
                 ],
-            )
+            ), gone
         except (TypeError, ValueError, msgspec.DecodeError) as exc:
             raise StateFileError(f"state file {p} holds a row of the wrong type ({exc})") from exc
 
@@ -242,7 +247,8 @@ class SqliteStore:
     def stats(self) -> dict[str, float]:
         """For /metrics (``aicp_state_*``)."""
         return {"written": self.written, "commits": self.commits, "backlog": self.backlog, "dropped": self.dropped, "errors": self.errors,
-                "busy": self.busy, "commit_seconds": self.commit_seconds, "commit_max_seconds": self.commit_max_s}
+                "busy": self.busy, "commit_seconds": self.commit_seconds, "commit_max_seconds": self.commit_max_s,
+                "bindings_expired": self.expired}
 
     @property
     def backlog(self) -> int:

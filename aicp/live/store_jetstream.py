@@ -100,6 +100,9 @@ Record = Binding | Unbind | Seen | StoredOutcome | Touch
 #: write again a binding it still holds (``RouterProtocol.binding_dropped``). ``--state-purge-marker`` sets it.
 PURGE_MARKER_TTL_S = 60
 
+#: Conditional writes in flight at once when a starting router expires bindings (``--binding-ttl``).
+EXPIRE_IN_FLIGHT = 64
+
 _encode = msgspec.msgpack.Encoder().encode
 _dec_binding = msgspec.msgpack.Decoder(Binding)
 
@@ -240,9 +243,9 @@ class JetStreamStore:
                     except Exception:
                         self.kv[kind] = await self.js.key_value(bucket)  # another router created it meanwhile
             now = time.time()
-            bindings = await self._expire([_dec_stored_binding.decode(v) for v in await self._read("bindings", keep_watching=True)], now)
-            seen = [s for s in (_dec_seen.decode(v) for v in await self._read("seen")) if s.expiry > now]
-            outcomes = [o for o in (_dec_outcome.decode(v) for v in await self._read("outcomes")) if o.expiry > now]
+            bindings = await self._expire([(_dec_stored_binding.decode(v), rev) for v, rev in await self._read("bindings", keep_watching=True)], now)
+            seen = [s for s in (_dec_seen.decode(v) for v, _ in await self._read("seen")) if s.expiry > now]
+            outcomes = [o for o in (_dec_outcome.decode(v) for v, _ in await self._read("outcomes")) if o.expiry > now]
         except StateFileError:
             await self.nc.close()
             raise
@@ -254,54 +257,67 @@ class JetStreamStore:
             raise StateFileError(f"cannot read the state buckets {self.prefix}_* at {self.url} (is JetStream on? nats-server -js): {exc}") from exc
         self.snapshot = Snapshot(bindings=bindings, seen=seen, outcomes=outcomes)
 
-    async def _expire(self, stored: list[StoredBinding], now: float) -> list[Binding]:
-        """The bindings to restore: with ``binding_ttl_s``, those not seen for that long are purged instead
-        (at the revision read, so one touched meanwhile stays), and those written before ``seen`` get it now."""
-        kept = [Binding(b.peer_id, b.key, b.role, b.ephemeral) for b in stored if self.binding_ttl_s is None or b.ephemeral or b.seen is None
-                or b.seen >= now - self.binding_ttl_s]
-        if self.binding_ttl_s is None:
-            return kept
-        from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+    async def _expire(self, stored: list[tuple[StoredBinding, int]], now: float) -> list[Binding]:
+        """The bindings to restore, from the entries read with their revisions: with ``binding_ttl_s``, those not seen
+        for that long are purged instead, and those written before ``seen`` get it now.
 
-        kv = self.kv["bindings"]
-        for b in stored:
-            if b.ephemeral or (b.seen is not None and b.seen >= now - self.binding_ttl_s):
-                continue
-            token = kv_token(b.peer_id)
-            try:
-                entry = await kv.get(token)
-            except (KeyNotFoundError, KeyDeletedError):
-                continue
-            now_stored = _dec_stored_binding.decode(entry.value) if entry.value else None
-            if now_stored != b:  # written since it was read (a touch at a running router): restored as it is now
-                if now_stored is not None and b.seen is not None:
-                    kept.append(Binding(now_stored.peer_id, now_stored.key, now_stored.role, now_stored.ephemeral))
-                continue
-            try:
-                if b.seen is None:  # written before ``seen``: its expiry counts from now
-                    await kv.update(token, _encode(StoredBinding.of(Binding(b.peer_id, b.key, b.role), now)), last=entry.revision)
-                else:
-                    headers = {"KV-Operation": "PURGE", "Nats-Rollup": "sub", "Nats-Expected-Last-Subject-Sequence": str(entry.revision)}
-                    await self.js.publish(f"$KV.{self.buckets['bindings']}.{token}", b"", headers=headers, msg_ttl=self.purge_marker_ttl_s)
-                    self.expired += 1
-            except (APIError, KeyWrongLastSequenceError):  # written meanwhile (a touch): it stays
-                if b.seen is not None:
-                    kept.append(Binding(b.peer_id, b.key, b.role))
+        Each is one conditional write at the revision read (``Nats-Expected-Last-Subject-Sequence``), so an entry
+        written since (a touch at a running router, another key after a purge) is neither purged nor overwritten:
+        it is read again and restored as it is now. The writes go ``EXPIRE_IN_FLIGHT`` at a time, not one after another:
+        a start with E expired bindings takes about E / ``EXPIRE_IN_FLIGHT`` round trips (it took 2 E)."""
+        ttl = self.binding_ttl_s
+        if ttl is None:
+            return [Binding(b.peer_id, b.key, b.role, b.ephemeral) for b, _ in stored]
+        kept = [Binding(b.peer_id, b.key, b.role, b.ephemeral) for b, _ in stored if b.ephemeral or (b.seen is not None and b.seen >= now - ttl)]
+        todo = [(b, rev) for b, rev in stored if not b.ephemeral and (b.seen is None or b.seen < now - ttl)]
+        gate = asyncio.Semaphore(EXPIRE_IN_FLIGHT)
+
+        async def one(b: StoredBinding, revision: int) -> Binding | None:
+            async with gate:
+                return await self._expire_one(b, revision, now)
+
+        for b in await asyncio.gather(*(one(b, rev) for b, rev in todo)):
+            if b is not None:
+                kept.append(b)
         if self.expired:
-            log.info("state buckets %s_*: %d binding(s) not seen for %g s forgotten", self.prefix, self.expired, self.binding_ttl_s)
+            log.info("state buckets %s_*: %d binding(s) not seen for %g s forgotten", self.prefix, self.expired, ttl)
         return kept
 
-    async def _read(self, kind: str, keep_watching: bool = False) -> list[bytes]:
-        """Every live entry of one bucket; the bindings' watcher is kept to follow the other routers."""
+    async def _expire_one(self, b: StoredBinding, revision: int, now: float) -> Binding | None:
+        """Purge a binding not seen for ``binding_ttl_s`` (``b.seen`` None: stamp it with ``now``), if its entry is still
+        at ``revision``; returns the binding to restore (None: purged, or gone meanwhile)."""
+        from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError
+
+        token = kv_token(b.peer_id)
+        try:
+            if b.seen is None:  # written before ``seen``: its expiry counts from now
+                await self.kv["bindings"].update(token, _encode(StoredBinding.of(Binding(b.peer_id, b.key, b.role), now)), last=revision)
+                return Binding(b.peer_id, b.key, b.role)
+            headers = {"KV-Operation": "PURGE", "Nats-Rollup": "sub", "Nats-Expected-Last-Subject-Sequence": str(revision)}
+            await self.js.publish(f"$KV.{self.buckets['bindings']}.{token}", b"", headers=headers, msg_ttl=self.purge_marker_ttl_s)
+        except APIError:  # written since it was read (a touch at a running router): it stays, as it is now
+            try:
+                entry = await self.kv["bindings"].get(token)
+            except (KeyNotFoundError, KeyDeletedError):
+                return None
+            if not entry.value:
+                return None
+            now_stored = _dec_stored_binding.decode(entry.value)
+            return Binding(now_stored.peer_id, now_stored.key, now_stored.role, now_stored.ephemeral)
+        self.expired += 1
+        return None
+
+    async def _read(self, kind: str, keep_watching: bool = False) -> list[tuple[bytes, int]]:
+        """Every live entry of one bucket, with its revision; the bindings' watcher is kept to follow the other routers."""
         # the bindings' watcher also reports purges after the initial values (freed ephemeral ids)
         watcher = await self.kv[kind].watchall(ignore_deletes=not keep_watching)
-        values: list[bytes] = []
+        values: list[tuple[bytes, int]] = []
         while True:
             entry = await watcher.updates(timeout=30.0)
             if entry is None:  # the end of the initial values
                 break
             if entry.value:
-                values.append(entry.value)
+                values.append((entry.value, entry.revision))
         if keep_watching:
             self._watcher = watcher
         else:
@@ -338,7 +354,8 @@ class JetStreamStore:
     def stats(self) -> dict[str, float]:
         """For /metrics (``aicp_state_*``)."""
         return {"written": self.written, "commits": self.commits, "backlog": self.backlog, "dropped": self.dropped, "errors": self.errors,
-                "conflicts": self.conflicts, "unbound": self.unbound, "commit_seconds": self.commit_seconds, "commit_max_seconds": self.commit_max_s}
+                "conflicts": self.conflicts, "unbound": self.unbound, "commit_seconds": self.commit_seconds, "commit_max_seconds": self.commit_max_s,
+                "bindings_expired": self.expired, "rewatches": self.rewatches}
 
     @property
     def backlog(self) -> int:

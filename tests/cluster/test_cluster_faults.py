@@ -12,7 +12,9 @@ import collections
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import psutil
 import pytest
 from live_helpers import CountingController, Proc, http_json, router_url, run
 from nats_helpers import NatsServer
@@ -102,10 +104,39 @@ def test_sigkill_one_of_three_routers_under_load_every_task_ends_exactly_once(pr
 
 def test_make_demo_cluster_prints_the_outcome_table(procs: Callable[..., Proc]) -> None:
     demo = procs("-m", "aicp.lab.demo_cluster", "--duration", "3", "--rate", "90")
+    run_dir = Path(demo.wait_for_line(r"run folder (\S+) ", timeout=30.0)[1])
+    demo.wait_for_line(r"router r2 SIGKILLed at", timeout=90.0)  # every process is started by then
+    started = psutil.Process(demo.popen.pid).children(recursive=True)
     demo.wait_for_line(r"every task ended exactly once|FAIL", timeout=90.0)
     assert demo.popen.wait(timeout=30) == 0, demo.output()
     out = demo.output()
+    assert len(started) >= 7, started  # nats-server, 3 routers, 3 agent processes
+    alive = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], alive  # nothing outlives the demo
+    assert not run_dir.exists(), sorted(run_dir.rglob("*"))  # a success leaves no folder behind
+    assert "run folder kept" not in out
     row = out.splitlines()[out.splitlines().index(next(line for line in out.splitlines() if line.strip().startswith("submitted"))) + 1].split()
     submitted, completed, failed, lost, duplicates = (int(x) for x in row[:5])
     assert submitted > 0 and completed + failed == submitted and lost == 0 and duplicates == 0
     assert "router r2 killed" in out
+
+
+@pytest.mark.parametrize(("ok", "keep", "kept"), [(True, False, False), (True, True, True), (False, False, True), (False, True, True)])
+def test_demo_cluster_run_folder_is_kept_only_on_failure_or_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str], ok: bool, keep: bool,
+                                                                       kept: bool) -> None:
+    from aicp.lab.demo_cluster import settle_run_dir
+
+    run_dir = tmp_path / "aicp-demo-cluster-x"
+    (run_dir / "keys").mkdir(parents=True)
+    (run_dir / "router-r1-1.log").write_text("log")
+    settle_run_dir(run_dir, ok, keep)
+    assert run_dir.exists() == kept
+    assert (f"run folder kept: {run_dir}" in capsys.readouterr().out) == kept
+
+
+def test_demo_cluster_keep_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aicp.lab.demo_cluster import parse_args
+
+    for env, argv, want in [("", [], False), ("1", [], True), ("0", [], False), ("", ["--keep"], True)]:
+        monkeypatch.setenv("AICP_DEMO_KEEP", env)
+        assert parse_args(argv).keep is want, (env, argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,7 @@ from aicp.lab.bench.live import free_port
 from aicp.live.cluster import NatsCluster
 from aicp.live.controller import Controller
 from aicp.live.server import AICPWebSocketServer
+from aicp.messages import decode_body, decode_frame, payload
 from aicp.protocol import ProtocolConfig
 
 pytestmark = pytest.mark.live
@@ -187,3 +189,34 @@ def test_aicp_submit_with_several_urls_skips_a_dead_router(nats_server: NatsServ
                 assert '{"n": 3}' in p.output() or '{"n":3}' in p.output()
 
     run(main(), timeout=30.0)
+
+
+def test_an_outcome_from_nats_that_schedules_a_retry_rearms_the_owners_timer() -> None:
+    """A failed remote attempt makes no output at the owner, only a retry after a backoff: the server's one
+    timer must be re-armed for it then, not left at the attempt's deadline (the retry would wait for the ticker)."""
+    from aicp.lab.bench.hop_core import DriverHop, _as_msg  # the live servers and NATS links, NATS in memory
+
+    async def go() -> None:
+        hop = DriverHop()
+        now = time.time()
+        sb = hop.sb
+        _, task = hop.ctl_b.task_frame("bench.synthetic", payload({}), now)
+        sb._apply(sb.proto.frame_received(3, task, now))
+        hop.soon.run()
+        attempt_deadline = sb._timer_at
+        assert attempt_deadline is not None
+        hop.wires[0].data_received(_as_msg(hop.sockets[1].written, hop.to_a, 2))
+        hop.soon.run()
+        assert hop.links[1].sent.pop() == task  # at ra's agent
+        failed = hop.agent.result_frame(decode_body(decode_frame(task).body), payload({}), now, ok=False, reason="no")  # type: ignore[arg-type]
+        hop.sa._apply(hop.sa.proto.frame_received(1, failed, now))
+        hop.soon.run()
+        hop.wires[1].data_received(_as_msg(hop.sockets[0].written, hop.to_b, 2))
+        hop.soon.run()
+        assert not hop.links[3].sent  # no outcome yet: the owner retries
+        assert sb.proto.router.stats.retries == 1 and sb.proto.pending_tasks() == 1
+        retry_at = sb.proto.next_deadline()
+        assert retry_at is not None and retry_at < attempt_deadline
+        assert sb._timer_at == retry_at
+
+    asyncio.run(go())

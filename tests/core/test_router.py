@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections import Counter
 
@@ -107,19 +108,63 @@ def test_unknown_strategy_names_the_known_ones() -> None:
         strategies.get("nope")
 
 
-def test_heartbeats_keep_an_agent_and_silence_evicts_it() -> None:
-    r = make(lease_s=10.0)
+@pytest.mark.parametrize(("lease_check_s", "noticed"), [(0.0, 39.0), (1.0, 39.0625)])
+def test_heartbeats_keep_an_agent_and_silence_evicts_it(lease_check_s: float, noticed: float) -> None:
+    r = make(lease_s=10.0, lease_check_s=lease_check_s)
     r.register_agent("a", ["m"], 0.0)
     for t in range(1, 30):
         r.heartbeat("a", float(t))
         assert r.on_timer(float(t)) == []
     assert r.registry.get("a").status is Status.ACTIVE  # type: ignore[union-attr]
-    # the lease check re-arms itself lazily: a check at 30 finds the lease renewed to 39
+    # the lease check re-arms itself lazily: a check at 30 finds the lease renewed to 39; with lease_check_s, checks fall
+    # on multiples of min(lease_check_s, lease_s / 32) = 0.3125 s, and 39.0625 is the first at or after 39
     assert r.on_timer(38.9) == []
-    assert r.next_deadline() == pytest.approx(39.0)
-    actions = r.on_timer(39.0)
+    assert r.next_deadline() == pytest.approx(noticed)
+    assert r.on_timer(noticed - 1e-6) == []
+    actions = r.on_timer(noticed)
     assert actions == [AgentDown("a", "lease expired")]
     assert r.registry.get("a").status is Status.DEAD  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("lease_check_s", [0.0, 1.0])
+def test_lease_wake_ups_per_second_do_not_grow_with_the_number_of_agents(lease_check_s: float) -> None:
+    """Agents renewing their leases at random phases: how often the core asks to be woken for them (``next_deadline``),
+    counted in the core over two lease periods of steady state. Each check at its own time (lease_check_s 0): one
+    wake-up per agent per lease, N / lease_s a second. Checks on multiples of a step: at most lease_s / step per lease."""
+    lease_s = 90.0
+    rate: dict[int, float] = {}
+    for n in (100, 1000, 10_000):
+        r = make(lease_s=lease_s, lease_check_s=lease_check_s)
+        rng = random.Random(n)
+        # each agent registers at a random time in the first lease, then renews every 30 s (heartbeat_s)
+        beats = [(rng.uniform(0.0, lease_s), f"a{i}") for i in range(n)]
+        heapq.heapify(beats)
+        registered: set[str] = set()
+        start, end = 2 * lease_s, 4 * lease_s
+        wake_ups = 0
+        while True:
+            due = r.next_deadline()
+            if due is not None and due <= beats[0][0]:
+                if due >= end:
+                    break
+                assert r.on_timer(due) == []  # nobody is late: no lease runs out
+                wake_ups += due >= start
+            else:
+                t, agent = heapq.heappop(beats)
+                if agent in registered:
+                    r.heartbeat(agent, t)
+                else:
+                    r.register_agent(agent, ["m"], t)
+                    registered.add(agent)
+                heapq.heappush(beats, (t + 30.0, agent))
+        assert r.registry.count_by_status()[Status.ACTIVE.value] == n
+        rate[n] = wake_ups / (end - start)
+    print(f"lease_check_s {lease_check_s}: lease wake-ups per second at 100, 1000, 10000 agents:", rate)
+    if lease_check_s == 0.0:  # the old way, for comparison: it grows with N, at least one wake-up per agent per lease
+        assert rate[10_000] > 50 * rate[100] and rate[10_000] >= 10_000 / lease_s
+    else:
+        assert max(rate.values()) <= 1.0 / lease_check_s
+        assert rate[10_000] <= rate[1000] * 1.05 + 0.01
 
 
 def test_attempt_timeout_fails_over_to_a_different_agent_after_backoff() -> None:

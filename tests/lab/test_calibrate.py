@@ -229,6 +229,10 @@ def test_seeded_agents_draw_from_seed_plus_their_index_and_take_a_queue_cap(tmp_
 def test_the_live_runs_go_a_b_b_a_and_their_blocks_pool_into_one_run_s_costs(tmp_path: Path) -> None:
     assert calibrate.block_plan(["ll", "rr"], 2) == [(0, "ll"), (0, "rr"), (1, "rr"), (1, "ll")]
     assert calibrate.block_plan(["ll", "rr"], 1) == [(0, "ll"), (0, "rr")]
+    # a run longer than --block-s x --blocks is cut into more parts, an even number: A B B A A B B A for 40 s of 10 s parts
+    assert [calibrate.block_count(d, 2, 10.0) for d in (10.0, 20.0, 20.5, 30.0, 40.0, 41.0)] == [2, 2, 4, 4, 4, 6]
+    assert calibrate.block_count(40.0, 2, 0.0) == 2 and calibrate.block_count(40.0, 1, 50.0) == 1
+    assert [st for _, st in calibrate.block_plan(["ll", "rr"], 4)] == ["ll", "rr", "rr", "ll", "ll", "rr", "rr", "ll"]
     path, _ = _files(tmp_path)
     one = stack.costs_from_trace(trace.parse(path.read_bytes()))
     both = stack.RunCosts.concat([one, one])
@@ -294,6 +298,38 @@ def test_wake_ups_are_read_over_each_agent_s_seeded_draws_in_dispatch_order(tmp_
         calibrate.wake_from_run(path, cfg, 8)  # type: ignore[arg-type]  # other seeds: the handler times do not follow
 
 
+def test_the_same_costs_of_one_block_are_that_block_s_alone(tmp_path: Path) -> None:
+    runs = []
+    for b, wake in enumerate((0.25, 0.75)):
+        (tmp_path / f"b{b}").mkdir()
+        path, cfg = _seeded_run(tmp_path / f"b{b}", wake=wake)
+        path.rename(tmp_path / f"w-b{b}.jsonl")
+        runs.append(stack.costs_from_trace(trace.parse((tmp_path / f"w-b{b}.jsonl").read_bytes()), skip_s=0.5))
+    clients = [np.full(30, 0.5), np.full(30, 1.5)]
+    lv = {"tags": ["w-b0", "w-b1"], "seeds": [(1, 7), (1001, 7)], "costs": stack.RunCosts.concat(runs),
+          "client_ms": np.concatenate(clients), "block_costs": runs, "block_client": clients}
+    one = calibrate.same_calibration(lv, cfg, tmp_path, 0.07, block=1)  # type: ignore[arg-type]
+    np.testing.assert_allclose(one.levels[0].wake_ms, 0.75, atol=1e-9)
+    assert set(one.levels[0].client_ms) == {1.5} and one.measured["from_run"] == [str(tmp_path / "w-b1.jsonl")]
+    both = calibrate.same_calibration(lv, cfg, tmp_path, 0.07)  # type: ignore[arg-type]
+    assert sorted(set(np.round(both.levels[0].wake_ms, 6))) == [0.25, 0.75] and set(both.levels[0].client_ms) == {0.5, 1.5}
+
+
+def test_stalls_count_the_tasks_whose_agent_woke_late_over_its_seeded_draw(tmp_path: Path) -> None:
+    path, cfg = _seeded_run(tmp_path, wake=0.25)
+    events = list(trace.parse(path.read_bytes()))
+    late = [i for i, e in enumerate(events) if isinstance(e, trace.Reply)][-3:]  # three measured tasks: a stalled process
+    for i, extra in zip(late, (30.0, 12.0, 5.0), strict=True):
+        e = events[i]
+        assert isinstance(e, trace.Reply) and e.service_ms is not None
+        events[i] = trace.Reply(t=e.t, task=e.task, agent=e.agent, ok=True, service_ms=e.service_ms + extra)
+    path.with_name("s.jsonl").write_bytes(b"".join(trace.encode(e) for e in events))
+    got = calibrate.stalls(tmp_path, ["run", "s"], [(1, 7), (1, 7)], cfg)  # type: ignore[arg-type]
+    assert got == {"tasks": 2, "max_wake_ms": pytest.approx(30.25), "of": 70}
+    assert calibrate.stalls(tmp_path, ["run"], [(1, None)], cfg) is None  # type: ignore[arg-type]  # unseeded: no draws to read against
+    assert "2 of 70 tasks" in calibrate.stall_text(got) and calibrate.stall_text(None) == ""
+
+
 def test_the_same_column_simulates_the_seeded_arrivals_and_draws(tmp_path: Path) -> None:
     import argparse
 
@@ -317,6 +353,44 @@ def test_the_same_column_simulates_the_seeded_arrivals_and_draws(tmp_path: Path)
     want = np.cumsum([next(gaps) for _ in range(written.size)])
     np.testing.assert_allclose(written, want, rtol=1e-12)
     assert written[-1] < 2.5 <= want[-1] + next(gaps)
+    # one calibration per block (--same-costs block): block k simulated with its own; the same file twice = the file for both
+    slow = tmp_path / "slow.json"
+    slow.write_text(cal.read_text().replace('"agent_overhead_ms": [0.0]', '"agent_overhead_ms": [4.0]'))
+    two = [(3, 103, ["bench-0", "bench-1"]), (4, 104, ["bench-0", "bench-1"])]
+    pooled = calibrate.run_sim_same(sc, "round_robin", cal, cfg, two, tmp_path)
+    assert calibrate.run_sim_same(sc, "round_robin", [cal, cal], cfg, two, tmp_path) == pooled
+    assert calibrate.run_sim_same(sc, "round_robin", [cal, slow], cfg, two, tmp_path)["p50"] > pooled["p50"]
+    with pytest.raises(ValueError, match="2 blocks"):
+        calibrate.run_sim_same(sc, "round_robin", [cal], cfg, two, tmp_path)
+
+
+def test_the_bias_lines_average_each_column_s_signed_error_per_strategy_leaving_failed_runs_out() -> None:
+    def row(st: str, live: float, pred: float, **flags: bool) -> dict[str, object]:
+        return {"strategy": st, "live_p50": live, "live_p99": live, "same_p50": pred, "same_p99": pred, **flags}
+
+    rows = [row("rr", 100.0, 80.0), row("rr", 100.0, 90.0), row("rr", 100.0, 10.0, live_failed=True), row("ll", 50.0, 55.0)]
+    got = {(b["strategy"], b["q"]): b for b in calibrate.bias(rows, ["same"])}
+    rr = got[("rr", "p99")]
+    assert rr["rows"] == 2 and rr["mean"] == pytest.approx(-0.15) and rr["low"] == 2 and rr["high"] == 0
+    assert rr["se"] == pytest.approx(np.std([-0.2, -0.1], ddof=1) / np.sqrt(2))
+    assert got[("ll", "p50")]["mean"] == pytest.approx(0.1) and np.isnan(got[("ll", "p50")]["se"])
+
+
+def test_a_part_run_again_is_named_in_its_result_and_flags_the_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def fake_run(cfg: object, run_dir: Path, tag: str) -> dict[str, object]:  # the live run itself is tested live elsewhere
+        calls.append(tag)
+        (run_dir / f"{tag}.jsonl").write_text("x")
+        return {"errors": {"timeout": 1} if len(calls) == 1 else {}, "lost": 0}
+
+    monkeypatch.setattr(calibrate, "run_live", fake_run)
+    cfg = calibrate.bench_args()
+    got = calibrate.run_live_retrying(cfg, tmp_path, "w-b0", 2)
+    assert calls == ["w-b0", "w-b0"] and got["retried"] == [{"files": "w-b0-failed1", "why": "1 failed and 0 lost tasks"}]
+    assert (tmp_path / "w-b0-failed1.jsonl").exists() and (tmp_path / "w-b0.jsonl").exists()
+    row = {"live_overloaded": False, "live_retried": got["retried"]}
+    assert "1 PART(S) RUN AGAIN" in calibrate.flags(row) and calibrate.flags({**row, "live_retried": []}) == ""
 
 
 def test_a_live_run_is_disturbed_when_tasks_failed_or_seeded_handlers_do_not_follow_their_draws(tmp_path: Path) -> None:

@@ -262,9 +262,11 @@ def test_with_a_binding_ttl_bindings_not_seen_for_that_long_are_forgotten_at_ope
     store.close()
     store = SqliteStore.open(path, now=NOW + 1200, binding_ttl_s=1000)
     assert sorted(b.peer_id for b in store.snapshot.bindings) == ["c-1", "fresh", "touched"]  # an ephemeral one goes by its own rule
+    assert store.stats()["bindings_expired"] == 1  # "old" (/metrics: aicp_state_bindings_expired_total)
     store.close()
     store = SqliteStore.open(path, now=NOW + 1600, binding_ttl_s=1000)
     assert sorted(b.peer_id for b in store.snapshot.bindings) == ["c-1", "fresh"]
+    assert store.stats()["bindings_expired"] == 1  # "touched"
     store.close()
     with pytest.raises(ValueError):
         SqliteStore.open(path, binding_ttl_s=0)

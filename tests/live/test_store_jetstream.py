@@ -399,3 +399,89 @@ def test_with_a_binding_ttl_a_start_purges_the_bindings_not_seen_for_that_long_a
             await nc.close()
 
     run(main(), timeout=30)
+
+
+def test_expiry_at_start_is_conditional_on_the_revision_read_and_runs_many_at_once(jetstream: JetStreamServer) -> None:
+    """Expiry purges at the revision read: entries written between the read and the purge stay, as they are now.
+    Many expired bindings (more than ``EXPIRE_IN_FLIGHT``) are all purged, and exactly those."""
+    import msgspec
+    import nats
+    from nats.js.errors import KeyDeletedError, KeyNotFoundError
+
+    from aicp.live.store_jetstream import EXPIRE_IN_FLIGHT, StoredBinding
+
+    encode = msgspec.msgpack.encode
+    n_old = 2 * EXPIRE_IN_FLIGHT + 3
+    key = Identity.generate().public_key_text
+    other = Identity.generate().public_key_text
+
+    async def main() -> None:
+        await (await JetStreamStore.connect(jetstream.url, prefix="r")).aclose()  # creates the buckets
+        nc = await nats.connect(jetstream.url)
+        kv = await nc.jetstream().key_value("r_bindings")
+        now = time.time()
+        for i in range(n_old):
+            await kv.put(kv_token(f"old-{i}"), encode(StoredBinding(f"old-{i}", key, "agent", False, now - 1000)))
+        for name in ("renewed", "rebound"):
+            await kv.put(kv_token(name), encode(StoredBinding(name, key, "agent", False, now - 1000)))
+        await kv.put(kv_token("legacy"), encode(Binding("legacy", key, "agent")))
+        await kv.put(kv_token("legacy-renewed"), encode(Binding("legacy-renewed", key, "agent")))
+        store = await JetStreamStore.connect(jetstream.url, prefix="r")  # no expiry at this start: it only reads
+        try:
+            read = [(msgspec.msgpack.decode(v, type=StoredBinding), rev) for v, rev in await store._read("bindings")]
+            assert len(read) == n_old + 4
+            # between the read and the expiry, a running router touches "renewed" and "legacy-renewed", and "rebound" is freed and bound to another key
+            await kv.put(kv_token("renewed"), encode(StoredBinding("renewed", key, "agent", False, now - 5)))
+            await kv.put(kv_token("legacy-renewed"), encode(StoredBinding("legacy-renewed", key, "agent", False, now - 5)))
+            await kv.purge(kv_token("rebound"))
+            await kv.create(kv_token("rebound"), encode(StoredBinding("rebound", other, "controller", False, now - 5)))
+            store.binding_ttl_s = 100
+            kept = await store._expire(read, now)
+            assert sorted(kept, key=lambda b: b.peer_id) == [Binding("legacy", key, "agent"), Binding("legacy-renewed", key, "agent"),
+                                                             Binding("rebound", other, "controller"), Binding("renewed", key, "agent")]
+            assert store.expired == n_old
+            for i in range(n_old):
+                with pytest.raises((KeyDeletedError, KeyNotFoundError)):
+                    await kv.get(kv_token(f"old-{i}"))
+            stored = {name: msgspec.msgpack.decode((await kv.get(kv_token(name))).value, type=StoredBinding)
+                      for name in ("renewed", "rebound", "legacy", "legacy-renewed")}
+            assert stored["renewed"].seen == now - 5 and stored["legacy-renewed"].seen == now - 5  # the touches were not overwritten
+            assert stored["rebound"].key == other
+            assert stored["legacy"].seen == now  # its expiry counts from this start
+        finally:
+            await store.aclose()
+            await nc.close()
+
+    run(main(), timeout=30)
+
+
+def test_metrics_count_the_bindings_expired_at_start_and_the_watches_after_a_reconnect(procs: Callable[..., Proc], jetstream: JetStreamServer,
+                                                                                       tmp_path: Path) -> None:
+    import msgspec
+    import nats
+
+    from aicp.live.store_jetstream import StoredBinding
+
+    async def main() -> None:
+        await (await JetStreamStore.connect(jetstream.url)).aclose()  # creates the buckets
+        nc = await nats.connect(jetstream.url)
+        kv = await nc.jetstream().key_value("aicp_bindings")
+        now = time.time()
+        for name, seen in (("gone-1", now - 1000), ("gone-2", now - 500), ("kept", now - 10)):
+            await kv.put(kv_token(name), msgspec.msgpack.encode(StoredBinding(name, Identity.generate().public_key_text, "agent", False, seen)))
+        await nc.close()
+        router = procs("-m", "aicp.server", "--port", str(free_port()), "--state", jetstream.url, "--key", str(tmp_path / "r.key"),
+                       "--log-level", "WARNING", "--binding-ttl", "100")
+        url = await asyncio.to_thread(router_url, router)
+        samples = await asyncio.to_thread(metric_samples, url)
+        assert samples[("aicp_state_bindings_expired_total", ())] == 2
+        assert samples[("aicp_state_rewatches_total", ())] == 0
+        await asyncio.to_thread(jetstream.restart)  # same port and store directory: the router reconnects and watches again
+        deadline = time.monotonic() + 20
+        while (await asyncio.to_thread(metric_samples, url))[("aicp_state_rewatches_total", ())] < 1:
+            assert time.monotonic() < deadline, "no watch again after the state server restarted"
+            await asyncio.sleep(0.1)
+        samples = await asyncio.to_thread(metric_samples, url)
+        assert samples[("aicp_state_rewatches_total", ())] == 1 and samples[("aicp_state_bindings_expired_total", ())] == 2
+
+    run(main(), timeout=60)

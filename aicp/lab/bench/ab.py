@@ -2,11 +2,16 @@
 
     python -m aicp.lab.bench.ab 5 before=/tmp/aicp-before after=. -- --duration 5 --warmup 1
     python -m aicp.lab.bench.ab 3 two=. "one=.::--agent-procs 1" -- --duration 6 --warmup 1 --rate 1000
+    python -m aicp.lab.bench.ab --trial router_at_half 3 before=/tmp/aicp-before after=. -- --concurrency 64 --half-capacity
 
 A tree may carry bench arguments of its own after ``::`` (split like a shell line), put
 after the common ones: two settings of one tree are compared the same way as two trees.
 Each run also prints the machine's noise during it (steal share, the bench's sleep-probe
-stalls) and each role's wait for a CPU (ms per second), so a tail can be told apart from noise.
+stalls, the cores other processes took) and each role's wait for a CPU (ms per second), so a
+tail can be told apart from noise. ``--trial KEY`` reads another trial of the bench's
+``summary.json`` than its main one (``router``): ``router_at_half`` (``--half-capacity``) or
+``router_at_1000`` (``--also-1000``), for the latency of two trees at one load; CPU per task
+is then that trial's.
 
 Each round runs the same bench command once per tree (``PYTHONPATH`` set to the tree, so
 its router, agents and load generator run), in turn, so slow drifts of the machine's load
@@ -38,7 +43,7 @@ def parse_tree(spec: str) -> tuple[str, str, list[str]]:
     return name, path, shlex.split(extra)
 
 
-def one_run(tree: str, bench_args: list[str]) -> dict[str, float]:
+def one_run(tree: str, bench_args: list[str], trial_key: str = "router") -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "summary.json"
         env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
@@ -47,7 +52,7 @@ def one_run(tree: str, bench_args: list[str]) -> dict[str, float]:
         if not out.exists():
             raise RuntimeError(f"bench failed in {tree}: {proc.stderr[-2000:]}")
         summary: dict[str, Any] = json.loads(out.read_text())
-    trial = summary["router"]
+    trial = summary[trial_key]
     done = trial["completed"]
     row = {role: 1e6 * trial["cpu"][role]["cpu_s"] / done for role in ROLES if role in trial["cpu"]}
     row["total"] = sum(row.values())
@@ -58,6 +63,8 @@ def one_run(tree: str, bench_args: list[str]) -> dict[str, float]:
     noise = trial.get("noise") or {}
     if noise.get("steal_share") is not None:
         row["steal_pct"] = 100.0 * noise["steal_share"]
+    if noise.get("others_cores") is not None:
+        row["others_cores"] = noise["others_cores"]
     if "stalls" in noise:
         row["stalls"] = float(noise["stalls"])
         row["stall_max_ms"] = float(noise["stall_max_ms"])
@@ -71,6 +78,9 @@ def one_run(tree: str, bench_args: list[str]) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
+    trial_key = "router"
+    if argv[:1] == ["--trial"] and len(argv) > 1:
+        trial_key, argv = argv[1], argv[2:]
     if "--" not in argv or len(argv) < 3:
         print(__doc__)
         return 2
@@ -79,9 +89,9 @@ def main(argv: list[str]) -> int:
     rows: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in trees}
     for i in range(rounds):
         for name, path, extra in trees:
-            row = one_run(path, [*bench_args, *extra])
+            row = one_run(path, [*bench_args, *extra], trial_key)
             rows[name].append(row)
-            print(f"round {i} {name:10} " + "  ".join(f"{k} {v:.2f}" if k.endswith(("_ms", "_per_task")) else f"{k} {v:.0f}" for k, v in row.items()), flush=True)
+            print(f"round {i} {name:10} " + "  ".join(f"{k} {v:.2f}" if k.endswith(("_ms", "_per_task", "_cores")) else f"{k} {v:.0f}" for k, v in row.items()), flush=True)
     first = trees[0][0]
     print("medians (µs of CPU per task; paired ratio to " + first + ")")
     for name, runs in rows.items():
@@ -90,8 +100,12 @@ def main(argv: list[str]) -> int:
             median = statistics.median(r[key] for r in runs)
             ratio = statistics.median(r[key] / b[key] for r, b in zip(runs, rows[first]))
             cells.append(f"{key} {median:.0f} ({ratio:.2f}x)")
-        print(f"{name:10} " + "  ".join(cells) + f"  throughput {statistics.median(r['throughput'] for r in runs):.0f}/s"
-              + f"  p50 {statistics.median(r['p50_ms'] for r in runs):.2f} ms  p99 {statistics.median(r['p99_ms'] for r in runs):.2f} ms  lost {sum(r['lost'] for r in runs):.0f}")
+        lat = "  ".join(f"{key[:3]} {statistics.median(r[key] for r in runs):.2f} ms ({statistics.median(r[key] / b[key] for r, b in zip(runs, rows[first])):.2f}x)"
+                        for key in ("p50_ms", "p99_ms"))
+        noise = "  ".join(f"{key} {statistics.median(vals):.2f}" for key in ("steal_pct", "others_cores", *(f"wait_{role}_ms_per_s" for role in ROLES))
+                          if (vals := [r[key] for r in runs if key in r]))
+        print(f"{name:10} " + "  ".join(cells) + f"  throughput {statistics.median(r['throughput'] for r in runs):.0f}/s  {lat}"
+              + f"  lost {sum(r['lost'] for r in runs):.0f}" + (f"  noise (medians): {noise}" if noise else ""))
     return 0
 
 

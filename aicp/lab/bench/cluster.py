@@ -44,6 +44,7 @@ from aicp.lab.bench.live import (
     _wait_port,
     free_port,
     own_fleet_flags,
+    sigma_flags,
     summarise,
     write_summary,
 )
@@ -84,7 +85,7 @@ def start_agents_at(fleet: Fleet, url: str, count: int, cfg: argparse.Namespace,
     if count > 0:
         fleet.spawn("agents", ["-m", "aicp", "agent", "--url", url, "--capability", METHOD, "--handler", "synthetic", "--count", str(count),
                                "--id", f"bench-{tag}", "--service-time", cfg.service_time, "--concurrency", str(cfg.agent_concurrency),
-                               "--log-level", "WARNING"])
+                               "--log-level", "WARNING", *sigma_flags(cfg)])
 
 
 def healthz(http: str) -> dict[str, Any]:

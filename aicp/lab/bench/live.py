@@ -35,6 +35,7 @@ import psutil
 from aicp import __version__
 from aicp.lab.bench import floor as bench_floor
 from aicp.lab.bench import noise as bench_noise
+from aicp.live.handlers import parse_service_time
 
 #: The original design's claims, which are the floor.
 TARGET_P99_MS = 50.0
@@ -85,6 +86,11 @@ class Proc:
             return float("nan")
 
 
+#: (role, pid) of every process any ``Fleet`` of this run spawned, in order: ``summary.json``'s ``pids``
+#: (``python -m aicp.lab.bench.sched_trace`` tells the roles apart by them).
+SPAWNED: list[tuple[str, int]] = []
+
+
 @dataclass
 class Fleet:
     """Every process a trial started, so all of them are stopped whatever happens."""
@@ -110,6 +116,7 @@ class Fleet:
                                      start_new_session=True, env=env, cwd=cwd)
         proc = Proc(role, popen, psutil.Process(popen.pid))
         self.procs.append(proc)
+        SPAWNED.append((self.log_prefix + role, popen.pid))
         return proc
 
     def mark_cpu(self) -> None:
@@ -119,12 +126,26 @@ class Fleet:
             p.wait0 = bench_noise.runq_wait_s(p.popen.pid)
 
     def mark_noise(self) -> bench_noise.Mark | None:
-        """The start of a trial's noise window (None without a meter)."""
-        return self.noise.mark() if self.noise is not None else None
+        """The start of a trial's noise window (None without a meter), with the CPU of each of the fleet's processes then."""
+        if self.noise is None:
+            return None
+        mark = self.noise.mark()
+        mark.fleet_cpu0 = {p.popen.pid: p.cpu_s() for p in self.procs if p.popen.poll() is None}
+        return mark
 
     def noise_since(self, mark: bench_noise.Mark | None) -> dict[str, Any] | None:
-        """Steal and stalls since ``mark`` (``NoiseMeter.since``); None without a meter."""
-        return self.noise.since(mark) if self.noise is not None and mark is not None else None
+        """Steal, stalls and other processes' CPU since ``mark`` (``NoiseMeter.since``); None without a meter.
+
+        The fleet's CPU in the window: what its running processes used since the mark (0 at the mark for one started
+        after it); a process already reaped (a finished load generator) counts in the bench's own CPU (``getrusage``).
+        """
+        if self.noise is None or mark is None:
+            return None
+        fleet = 0.0
+        for p in self.procs:
+            if p.popen.poll() is None and (used := p.cpu_s() - mark.fleet_cpu0.get(p.popen.pid, 0.0)) == used:  # nan: just gone
+                fleet += used
+        return self.noise.since(mark, fleet_cpu_s=fleet)
 
     def cpu_by_role(self, wall_s: float) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
@@ -389,10 +410,31 @@ def start_agents(fleet: Fleet, url: str, cfg: argparse.Namespace, extra: tuple[s
         seed = [] if getattr(cfg, "agent_seed", None) is None else ["--seed", str(cfg.agent_seed + first)]
         queued = [] if getattr(cfg, "agent_max_queued", None) is None else ["--max-queued", str(cfg.agent_max_queued)]
         # a lognormal's shape (aicp calibrate's grid passes the scenario's; the agents' default is 0.5)
-        sigma = [] if getattr(cfg, "agent_sigma", None) is None else ["--service-sigma", repr(float(cfg.agent_sigma))]
+        sigma = sigma_flags(cfg)
         fleet.spawn("agents", ["-m", "aicp", "agent", "--url", url, "--capability", METHOD, "--handler", "synthetic", "--count", str(count),
                                "--id", base_id, "--service-time", cfg.service_time, "--concurrency", str(cfg.agent_concurrency),
                                "--log-level", "WARNING", *seed, *queued, *sigma, *extra])
+
+
+def sigma_flags(cfg: argparse.Namespace) -> list[str]:
+    """``aicp agent``'s ``--service-sigma`` for ``cfg.agent_sigma`` (``aicp bench --service-sigma``; the grid passes a scenario's), if set."""
+    sigma = getattr(cfg, "agent_sigma", None)
+    return [] if sigma is None else ["--service-sigma", repr(float(sigma))]
+
+
+def check_sigma(args: argparse.Namespace) -> str:
+    """Why ``--service-sigma`` cannot go with the other flags, or "": it shapes a lognormal ``--service-time`` only."""
+    sigma = getattr(args, "agent_sigma", None)
+    if sigma is None:
+        return ""
+    if args.scenario is not None:
+        return "--service-sigma: with --scenario, the file's lognormal sigma serves"
+    if sigma < 0:
+        return "--service-sigma must be at least 0"
+    dist, _ = parse_service_time(args.service_time)
+    if dist != "lognormal":
+        return f"--service-sigma shapes a lognormal service time, not {dist} (--service-time {args.service_time})"
+    return ""
 
 
 def agent_groups(agents: int, agent_procs: int) -> list[tuple[str, int, int]]:
@@ -554,6 +596,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--agent-procs", type=int, default=2, help="processes the agents are spread over (default 2)")
     add("--agent-concurrency", type=int, default=64, help="tasks each agent runs at once (default 64)")
     add("--service-time", default="constant:0", help="synthetic service time [DIST:]MS (default constant:0)")
+    add("--service-sigma", dest="agent_sigma", type=float, default=None, metavar="S", help="a lognormal --service-time's sigma "
+        "(aicp agent --service-sigma; default 0.5, the agents' default); refused with another distribution")
     add("--agent-seed", type=int, default=None, help="seed the agents' service draws (agent k: SEED + k), so that two runs draw the same "
         "service times (default: unseeded); keep it apart from --seed: the load generator draws its arrivals from --seed, and an agent "
         "seeded alike would draw its service times from the same numbers (aicp calibrate adds 100)")
@@ -620,6 +664,10 @@ def exit_on_sigterm() -> None:
 
 def run(args: argparse.Namespace) -> int:
     exit_on_sigterm()
+    why = check_sigma(args)
+    if why:
+        print(f"error: {why}", file=sys.stderr)
+        return 2
     if args.scenario is not None or args.arrivals is not None:
         if (args.scenario is not None and args.arrivals is not None) or args.url or args.record_overhead or args.state_overhead or args.sweep or args.baseline:
             print("error: --scenario and --arrivals go alone (not together, nor with --url, --record-overhead, --state-overhead, --sweep or --baseline)",
@@ -710,6 +758,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"machine over the whole run: {bench_noise.format_noise(summary['noise'])}"
           + ("" if summary["noise"].get("steal_share") is None else " (steal: the host ran other work on our vCPUs; stalls: a 5 ms sleep "
              "in the bench process overslept)"))
+    trials_others = [t["noise"]["others_cores"] for k in ("router", "relay", "relay_picows", "router_at_half", "router_at_1000")
+                     if (t := summary.get(k)) and (t.get("noise") or {}).get("others_cores") is not None]
+    if note := bench_noise.autogroup_note(max(trials_others, default=None)):
+        print(note)
     if "router" in summary:
         main_r = summary["router"]
         ratio = summary.get("baseline", {}).get("router_over_relay_median")
@@ -732,5 +784,8 @@ def run(args: argparse.Namespace) -> int:
         if summary["lost_all_trials"]:
             print(f"LOST TASKS: {summary['lost_all_trials']} across all trials", file=sys.stderr)
             status = 1
+    summary["pids"] = {"bench": [os.getpid()]}
+    for role, pid in SPAWNED:
+        summary["pids"].setdefault(role, []).append(pid)
     write_summary(run_dir, summary, args.json)
     return status

@@ -70,7 +70,9 @@ def arrivals_plan(path: Path, args: argparse.Namespace) -> Plan:
     except (OSError, trace.TraceError) as exc:
         raise ScenarioError(f"{path}: {exc}") from None
     dist, mean_ms = parse_service_time(args.service_time)
-    service = {"dist": dist, "mean_ms": mean_ms}
+    service: dict[str, Any] = {"dist": dist, "mean_ms": mean_ms}
+    if getattr(args, "agent_sigma", None) is not None:  # aicp bench --service-sigma (a lognormal only: live.check_sigma)
+        service["sigma"] = float(args.agent_sigma)
     specs = [AgentSpec(f"replay-{i:04d}", "replay", list(sched.methods), args.agent_concurrency, service, 1.0, 0.0, args.seed * 1000 + i)
              for i in range(args.agents)]
     chunks = max(1, min(args.agent_procs, len(specs)))
