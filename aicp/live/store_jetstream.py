@@ -82,7 +82,7 @@ import shutil
 import sys
 import sysconfig
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +152,36 @@ def kv_untoken(token: str) -> str:
 def is_state_url(state: str) -> bool:
     """Does ``--state`` name a NATS server rather than an SQLite file?"""
     return state.startswith(("nats://", "tls://"))
+
+
+async def initial_values(next_update: Callable[[], Awaitable[Any]], delivered_seq: Callable[[], Awaitable[int]]) -> list[tuple[bytes, int]]:
+    """The values (with their revisions) a new KV watch delivers before any later update, skipping deletes and purges.
+
+    nats-py marks the end of those with ``None``, but it can put that marker first: when the
+    server has already pushed every message by the time the watch asks how many are pending
+    (``num_pending`` 0) and none has reached its callback yet, it reports an empty bucket and
+    the entries follow the marker (seen under load: a router read none of 135 bindings). So a
+    ``None`` ends the read only if the last entry (``delta`` 0: nothing pending after it) came
+    before it, or if the server delivered nothing past what was read (``delivered_seq``, one
+    round trip); after an early marker, the entry with ``delta`` 0 ends it. O(entries)."""
+    values: list[tuple[bytes, int]] = []
+    newest = 0  # the highest revision read
+    last_seen = False  # the entry with nothing pending after it was read
+    early_marker = False
+    while True:
+        entry = await next_update()
+        if entry is None:
+            if last_seen or await delivered_seq() <= newest:
+                return values
+            early_marker = True
+            continue
+        newest = max(newest, int(entry.revision))
+        if entry.value and entry.operation not in ("DEL", "PURGE"):
+            values.append((entry.value, entry.revision))
+        if entry.delta == 0:
+            last_seen = True
+            if early_marker:
+                return values
 
 
 class JetStreamStore:
@@ -309,15 +339,19 @@ class JetStreamStore:
 
     async def _read(self, kind: str, keep_watching: bool = False) -> list[tuple[bytes, int]]:
         """Every live entry of one bucket, with its revision; the bindings' watcher is kept to follow the other routers."""
-        # the bindings' watcher also reports purges after the initial values (freed ephemeral ids)
-        watcher = await self.kv[kind].watchall(ignore_deletes=not keep_watching)
-        values: list[tuple[bytes, int]] = []
-        while True:
-            entry = await watcher.updates(timeout=30.0)
-            if entry is None:  # the end of the initial values
-                break
-            if entry.value:
-                values.append((entry.value, entry.revision))
+        # deletes and purges are read too (and skipped by initial_values): every message delivered then yields an entry,
+        # which initial_values needs to tell when the last one has arrived; the bindings' watcher reports later purges too
+        watcher = await self.kv[kind].watchall()
+
+        async def delivered_seq() -> int:
+            info = await watcher._sub.consumer_info()  # nats-py keeps the watch's subscription there (2.16)
+            return int(info.delivered.stream_seq)
+
+        try:
+            values = await initial_values(lambda: watcher.updates(timeout=30.0), delivered_seq)
+        except BaseException:
+            await watcher.stop()
+            raise
         if keep_watching:
             self._watcher = watcher
         else:

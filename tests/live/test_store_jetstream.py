@@ -485,3 +485,43 @@ def test_metrics_count_the_bindings_expired_at_start_and_the_watches_after_a_rec
         assert samples[("aicp_state_rewatches_total", ())] == 1 and samples[("aicp_state_bindings_expired_total", ())] == 2
 
     run(main(), timeout=60)
+
+
+class _Entry:
+    """What a KV watch yields for one message: its value (empty for a delete or purge), revision, pending count after it."""
+
+    def __init__(self, value: bytes, revision: int, delta: int, operation: str | None = None) -> None:
+        self.value, self.revision, self.delta, self.operation = value, revision, delta, operation
+
+
+def _read_in_order(updates: list[_Entry | None], delivered: int) -> tuple[list[tuple[bytes, int]], int]:
+    """``initial_values`` over a scripted watch (then a later update that must not be read); and how many were taken."""
+    from aicp.live.store_jetstream import initial_values
+
+    queue = [*updates, _Entry(b"later", 99, 0)]
+    taken = 0
+
+    async def next_update() -> _Entry | None:
+        nonlocal taken
+        taken += 1
+        return queue.pop(0)
+
+    async def delivered_seq() -> int:
+        return delivered
+
+    return asyncio.run(initial_values(next_update, delivered_seq)), taken
+
+
+def test_initial_values_wait_for_entries_that_follow_an_early_end_marker() -> None:
+    """nats-py can put its end-of-initial-values marker before the entries (the server pushed them all before the watch
+    asked what is pending, none had reached the callback): a router then read 0 of 135 bindings in CI. The real server
+    cannot be made to lose that race on demand, so the orders a watch can deliver are scripted here."""
+    a, b, gone, c = _Entry(b"a", 1, 3), _Entry(b"b", 2, 2), _Entry(b"", 3, 1, "PURGE"), _Entry(b"c", 4, 0)
+    usual, taken = _read_in_order([a, b, gone, c, None], delivered=4)
+    assert usual == [(b"a", 1), (b"b", 2), (b"c", 4)] and taken == 5  # the marker after the last entry is consumed too
+    early, taken = _read_in_order([None, a, b, gone, c], delivered=4)
+    assert early == usual and taken == 5  # the marker came first: read on to the entry with nothing pending after it
+    last_deleted, _ = _read_in_order([a, b, _Entry(b"", 3, 0, "DEL"), None], delivered=3)
+    assert last_deleted == [(b"a", 1), (b"b", 2)]
+    empty, taken = _read_in_order([None], delivered=0)
+    assert empty == [] and taken == 1
