@@ -193,12 +193,27 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
     idle: list[HttpConn] = []
     seq = 0
 
-    def begin(intended: float, conn: HttpConn) -> tuple[str, HttpConn, asyncio.Future[tuple[int, bytes]]] | None:
-        """Send one request on ``conn`` now; None if it failed at once (recorded as a connection error)."""
+    def new_request(intended: float) -> str:
+        """The recorder's key of the next request, recorded as sent now (the gateway names the task; this tracks the request)."""
         nonlocal seq
         seq += 1
-        key = f"req-{seq}"  # the gateway names the task; the recorder tracks the request
+        key = f"req-{seq}"
         rec.new(key, intended, clock())
+        return key
+
+    def record_answer(key: str, status: int, data: bytes, at: float) -> None:
+        """Check the answer to ``key`` (arrived at ``at``) and record its outcome; a bad signature counts in ``verify_failures``."""
+        nonlocal verify_failures
+        try:
+            code, _ = check(status, data)
+        except Exception:
+            verify_failures += 1
+            code = "verify-failed"
+        rec.finish(key, at, code)
+
+    def begin(intended: float, conn: HttpConn) -> tuple[str, HttpConn, asyncio.Future[tuple[int, bytes]]] | None:
+        """Send one request on ``conn`` now; None if it failed at once (recorded as a connection error)."""
+        key = new_request(intended)
         try:
             return key, conn, conn.start(head, body)
         except OSError:
@@ -222,20 +237,13 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
 
     async def settle(key: str, conn: HttpConn, answer: asyncio.Future[tuple[int, bytes]]) -> HttpConn | None:
         """Wait for ``key``'s answer on ``conn``, check it and record it; ``conn`` again if it can be reused."""
-        nonlocal verify_failures
         try:
             status, data = await answer
         except (OSError, asyncio.IncompleteReadError, ValueError):
             rec.finish(key, clock(), "connection-error")
             conn.close()
             return None
-        now = conn.done_at  # when the answer arrived, not when this task woke up
-        try:
-            code, _ = check(status, data)
-        except Exception:
-            verify_failures += 1
-            code = "verify-failed"
-        rec.finish(key, now, code)
+        record_answer(key, status, data, conn.done_at)  # when the answer arrived, not when this task woke up
         return conn
 
     cpu0 = time.process_time()
@@ -250,26 +258,16 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         opening: set[asyncio.Task[None]] = set()
 
         def answered(conn: HttpConn, status: int, data: bytes, at: float) -> None:
-            nonlocal verify_failures
             key = keys.pop(conn)
             if status < 0:
                 rec.finish(key, at, "connection-error")
                 conn.close()
                 return
             idle.append(conn)
-            try:
-                code, _ = check(status, data)
-            except Exception:
-                verify_failures += 1
-                code = "verify-failed"
-            rec.finish(key, at, code)
+            record_answer(key, status, data, at)
 
         def send_on(conn: HttpConn, intended: float) -> None:
-            nonlocal seq
-            seq += 1
-            key = f"req-{seq}"  # the gateway names the task; the recorder tracks the request
-            rec.new(key, intended, clock())
-            keys[conn] = key
+            key = keys[conn] = new_request(intended)
             try:
                 conn.send(request, answered)
             except OSError:
@@ -281,10 +279,7 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 conn = await HttpConn.open(host, port)
             except OSError:
-                nonlocal seq
-                seq += 1
-                rec.new(f"req-{seq}", intended, clock())
-                rec.finish(f"req-{seq}", clock(), "connection-error")
+                rec.finish(new_request(intended), clock(), "connection-error")
                 return
             send_on(conn, intended)
 
