@@ -308,13 +308,10 @@ class NatsLink:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        out = self._out
-        if not out:
-            return
-        self._out = []
         wire = self._wire
-        if wire is not None and wire.transport is not None:
-            wire.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if wire is not None:
+            self._flush_to(wire)
+        self._out.clear()
 
     def _flush_to(self, wire: _Wire) -> None:
         if self._out and wire.transport is not None:
