@@ -298,17 +298,22 @@ class JetStreamStore:
         ttl = self.binding_ttl_s
         if ttl is None:
             return [Binding(b.peer_id, b.key, b.role, b.ephemeral) for b, _ in stored]
-        kept = [Binding(b.peer_id, b.key, b.role, b.ephemeral) for b, _ in stored if b.ephemeral or (b.seen is not None and b.seen >= now - ttl)]
-        todo = [(b, rev) for b, rev in stored if not b.ephemeral and (b.seen is None or b.seen < now - ttl)]
+        kept: list[Binding] = []
+        todo: list[tuple[StoredBinding, int]] = []
+        for b, rev in stored:
+            if b.ephemeral or (b.seen is not None and b.seen >= now - ttl):
+                kept.append(Binding(b.peer_id, b.key, b.role, b.ephemeral))
+            else:
+                todo.append((b, rev))
         gate = asyncio.Semaphore(EXPIRE_IN_FLIGHT)
 
         async def one(b: StoredBinding, revision: int) -> Binding | None:
             async with gate:
                 return await self._expire_one(b, revision, now)
 
-        for b in await asyncio.gather(*(one(b, rev) for b, rev in todo)):
-            if b is not None:
-                kept.append(b)
+        for restored in await asyncio.gather(*(one(b, rev) for b, rev in todo)):
+            if restored is not None:
+                kept.append(restored)
         if self.expired:
             log.info("state buckets %s_*: %d binding(s) not seen for %g s forgotten", self.prefix, self.expired, ttl)
         return kept
