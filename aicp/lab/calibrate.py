@@ -1094,18 +1094,20 @@ def grid(args: argparse.Namespace) -> int:
                 if c not in ("same", "own")
             }
             theirs_same = same_files.get(other) if other else None
+            # each block's seeds and agents in join order: the run's own workload, for 'same' and 'own' alike
+            same_blocks = (
+                [(g, a, joined(run_dir / f"{t}.jsonl")) for t, (g, a) in zip(lv["tags"], lv["seeds"], strict=True)] if {"same", "own"} & set(cols) else []
+            )
             if "same" in cols:
                 # the other run's costs, on this run's own arrivals and service draws (regenerated from the seeds)
-                same_blocks = [(g, a, joined(run_dir / f"{t}.jsonl")) for t, (g, a) in zip(lv["tags"], lv["seeds"], strict=True)]
                 # unseeded agents: the run's own arrivals, and the other run's handler times as the other column draws them
                 same_cal: Path | list[Path] | None = theirs_same if all(a is not None for _, a, _ in same_blocks) else theirs
                 sims["same"] = run_sim_same(scenario, strategy, same_cal, cfgs[strategy], same_blocks, run_dir, args.ci_window) if same_cal else None
             if "own" in cols:
                 # a check of the model, not a prediction: the run's OWN costs (block by block) on its own draws, as 'same'
                 # (never its latency): what costs drawn independently per task can do at best; what it misses, the model misses
-                own_blocks = [(g, a, joined(run_dir / f"{t}.jsonl")) for t, (g, a) in zip(lv["tags"], lv["seeds"], strict=True)]
                 mine = same_files.get(strategy)
-                sims["own"] = run_sim_same(scenario, strategy, mine, cfgs[strategy], own_blocks, run_dir, args.ci_window) if mine else None
+                sims["own"] = run_sim_same(scenario, strategy, mine, cfgs[strategy], same_blocks, run_dir, args.ci_window) if mine else None
             lat = lv["latency_ms"]
             live_ci = live_interval(run_dir, lv["tags"], cfgs[strategy].warmup, args.ci_window)
             row: dict[str, Any] = {
