@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -75,3 +76,19 @@ def wait_ready(url: str, capabilities: set[str], headers: dict[str, str], timeou
     raise AssertionError(f"gateway at {url} not ready; capabilities {last}")
 
 
+def http_answers(conn: socket.socket, n: int) -> list[bytes]:
+    """The next ``n`` whole HTTP answers (head, blank line, body of its ``content-length``) read from a raw socket, in order."""
+    data = b""
+    found: list[bytes] = []
+    while len(found) < n:
+        chunk = conn.recv(65536)
+        assert chunk, (found, data)
+        data += chunk
+        while b"\r\n\r\n" in data:
+            head, _, rest = data.partition(b"\r\n\r\n")
+            length = next(int(line[15:]) for line in head.split(b"\r\n") if line[:15].lower() == b"content-length:")
+            if len(rest) < length:
+                break
+            found.append(head + b"\r\n\r\n" + rest[:length])
+            data = rest[length:]
+    return found

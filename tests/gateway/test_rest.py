@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import nacl.signing
 import pytest
-from gateway_helpers import TOKENS, Stack, gateway_url, router_url, start, start_gateway, stop, wait_ready
+from gateway_helpers import TOKENS, Stack, gateway_url, http_answers, router_url, start, start_gateway, stop, wait_ready
 
 pytestmark = pytest.mark.live
 
@@ -83,20 +83,11 @@ def test_a_plain_post_is_answered_in_the_protocol_and_a_chunked_one_by_the_asgi_
         raw += "".join(heads).encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
     with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
         conn.sendall(raw)
-        data = b""
         got: list[dict[str, Any]] = []
-        while len(got) < 2:
-            chunk = conn.recv(65536)
-            assert chunk, data
-            data += chunk
-            while b"\r\n\r\n" in data:
-                head, _, rest = data.partition(b"\r\n\r\n")
-                length = next(int(line[15:]) for line in head.split(b"\r\n") if line[:15].lower() == b"content-length:")
-                if len(rest) < length:
-                    break
-                assert head.startswith(b"HTTP/1.1 200"), head
-                got.append(json.loads(rest[:length]))
-                data = rest[length:]
+        for answer in http_answers(conn, 2):
+            head, _, answer_body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            got.append(json.loads(answer_body))
     assert [g["result"] for g in got] == [{"n": 3}, {"n": 4}]
     for g in got:
         verify(g)

@@ -9,12 +9,15 @@ status, content type, problem body and headers, and the route must stay in OpenA
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from gateway_helpers import http_answers
 
 from aicp.gateway.app import create_app
 from aicp.gateway.core import GatewayConfig
@@ -57,6 +60,37 @@ async def both(app: FastAPI, headers: dict[str, str], body: bytes) -> tuple[http
 
 def comparable(r: httpx.Response) -> dict[str, Any]:
     return {"status": r.status_code, "body": r.json(), "headers": {k: v for k, v in r.headers.items() if k not in ("content-length",)}}
+
+
+@contextlib.contextmanager
+def serving(app: FastAPI, **config: Any) -> Iterator[int]:
+    """A real uvicorn with ``CoalescingHttpToolsProtocol`` serving ``app`` on a free 127.0.0.1 port, in a thread
+    (``config``: more ``uvicorn.Config`` options); yields the port once it serves, and stops it afterwards, also when
+    the test fails."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from aicp.gateway.http import CoalescingHttpToolsProtocol
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, http=CoalescingHttpToolsProtocol, lifespan="off", log_level="warning", **config))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        assert server.started
+        yield listener.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        listener.close()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -109,28 +143,9 @@ def test_uvicorns_protocol_answers_a_plain_post_itself_and_the_same_as_the_asgi_
     answers it without an ASGI task, counted in ``submission.taken``) and with a chunked body (the ASGI path, not
     counted; so is a body over the limit), gets the same answer both ways, and the same as ``GatewayApp`` called directly. ``Prefer: respond-async``
     and another path are not taken either."""
-    import socket
-    import threading
-
-    import uvicorn
-
-    from aicp.gateway.http import CoalescingHttpToolsProtocol
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     # access_log off, as ``aicp gateway`` runs it: the protocol writes the answer itself (with one, uvicorn's send does)
-    config = uvicorn.Config(app, http=CoalescingHttpToolsProtocol, lifespan="off", log_level="warning", proxy_headers=False, access_log=access_log)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        with httpx.Client(base_url=url, timeout=10) as client:
-            for _ in range(200):
-                if server.started:
-                    break
-                threading.Event().wait(0.05)
-            assert server.started
+    with serving(app, proxy_headers=False, access_log=access_log) as port:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             submission = app.submission  # type: ignore[attr-defined]
             for name, headers, body, status, code in CASES:
                 before = submission.taken
@@ -152,36 +167,16 @@ def test_uvicorns_protocol_answers_a_plain_post_itself_and_the_same_as_the_asgi_
             assert client.get("/tasks/nothing-here", headers=AUTH).status_code == 404
             assert submission.taken == before
             assert client.get("/healthz").json()["posts_in_protocol"] == before
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def test_the_keep_alive_timeout_closes_an_idle_connection_and_not_a_busy_one(app: FastAPI) -> None:
     """``CoalescingHttpToolsProtocol`` keeps one keep-alive timer per connection: requests 0.25 s apart for longer than
     the 1 s timeout are all answered on one connection (the timer, due, is armed again); then idle, it is closed."""
     import socket
-    import threading
     import time
 
-    import uvicorn
-
-    from aicp.gateway.http import CoalescingHttpToolsProtocol
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    config = uvicorn.Config(app, http=CoalescingHttpToolsProtocol, lifespan="off", log_level="warning", timeout_keep_alive=1)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
     request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
+    with serving(app, timeout_keep_alive=1) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
             for _ in range(7):
                 conn.sendall(request)
@@ -191,10 +186,6 @@ def test_the_keep_alive_timeout_closes_an_idle_connection_and_not_a_busy_one(app
             started = time.monotonic()
             assert conn.recv(65536) == b""  # closed by the server (the socket's timeout is 10 s)
             assert time.monotonic() - started < 9
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        listener.close()
 
 
 def test_the_lean_path_keeps_http_semantics_pipelining_http10_split_bodies_and_query_strings(app: FastAPI) -> None:
@@ -202,46 +193,15 @@ def test_the_lean_path_keeps_http_semantics_pipelining_http10_split_bodies_and_q
     pieces is held until it is all in; two requests in one write (pipelined) are both answered, in order; an HTTP/1.0 request is answered with ``connection: close`` and the connection closed; a query
     string takes the ASGI path. Every answer is the gateway's (not connected: 503)."""
     import socket
-    import threading
     import time
 
-    import uvicorn
-
-    from aicp.gateway.http import CoalescingHttpToolsProtocol
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, http=CoalescingHttpToolsProtocol, lifespan="off", log_level="warning", proxy_headers=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
     body = b'{"method": "echo"}'
 
     def post(target: str = "/tasks", version: str = "1.1") -> bytes:
         head = f"POST {target} HTTP/{version}\r\nHost: x\r\nAuthorization: {AUTH['Authorization']}\r\nContent-Type: application/json\r\n"
         return head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
 
-    def answers(conn: socket.socket, n: int) -> list[bytes]:
-        data = b""
-        found: list[bytes] = []
-        while len(found) < n:
-            chunk = conn.recv(65536)
-            assert chunk, (found, data)
-            data += chunk
-            while b"\r\n\r\n" in data:
-                head, _, rest = data.partition(b"\r\n\r\n")
-                length = next(int(line[15:]) for line in head.split(b"\r\n") if line[:15].lower() == b"content-length:")
-                if len(rest) < length:
-                    break
-                found.append(head + b"\r\n\r\n" + rest[:length])
-                data = rest[length:]
-        return found
-
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
+    with serving(app, proxy_headers=False) as port:
         submission = app.submission  # type: ignore[attr-defined]
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
             before = submission.taken
@@ -249,56 +209,32 @@ def test_the_lean_path_keeps_http_semantics_pipelining_http10_split_bodies_and_q
             conn.sendall(request[:-7])
             time.sleep(0.05)
             conn.sendall(request[-7:])
-            (one,) = answers(conn, 1)
+            (one,) = http_answers(conn, 1)
             assert one.startswith(b"HTTP/1.1 503") and b'"not-connected"' in one and submission.taken == before + 1
             conn.sendall(post() + post())  # pipelined
-            two = answers(conn, 2)
+            two = http_answers(conn, 2)
             assert all(a.startswith(b"HTTP/1.1 503") and b'"not-connected"' in a for a in two), two
             assert submission.taken == before + 2
             conn.sendall(post("/tasks?x=1"))
-            (asgi,) = answers(conn, 1)
+            (asgi,) = http_answers(conn, 1)
             assert asgi.startswith(b"HTTP/1.1 503") and submission.taken == before + 2
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
             conn.sendall(post(version="1.0"))
-            (old,) = answers(conn, 1)
+            (old,) = http_answers(conn, 1)
             assert old.startswith(b"HTTP/1.1 503") and b"connection: close\r\n" in old.lower() and submission.taken == before + 3
             assert conn.recv(65536) == b""
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        listener.close()
 
 
 def test_an_untested_uvicorn_release_sends_every_request_the_asgi_way(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
     """With ``IN_PROTOCOL`` false (a uvicorn release other than ``TESTED_UVICORN``) the protocol holds nothing: a plain
     ``POST /tasks`` is answered by the ASGI path (not counted in ``taken``), with the same answer."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
     from aicp.gateway import http
 
     monkeypatch.setattr(http, "IN_PROTOCOL", False)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(app, http=http.CoalescingHttpToolsProtocol, lifespan="off", log_level="warning", proxy_headers=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
+    with serving(app, proxy_headers=False) as port:
         submission = app.submission  # type: ignore[attr-defined]
         before = submission.taken
-        with httpx.Client(base_url=url, timeout=10) as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             r = client.post("/tasks", content=b'{"method": "echo"}', headers={**AUTH, **JSON_CT})
         assert r.status_code == 503 and r.json()["code"] == "not-connected" and r.headers["retry-after"] == "1"
         assert submission.taken == before
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        listener.close()
