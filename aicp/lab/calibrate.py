@@ -1422,7 +1422,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "other,same with --resim; own: 'same' with the run's own costs, a check of the model, not a prediction)",
     )
     add("--live-retries", type=int, default=1, help="--grid: run a live run again, up to N times, if tasks failed or were lost, or seeded "
-        "agents' handler times did not follow their draws (default 1)")
+        "agents' handler times did not follow their draws, and a pair of parts (the strategies' part k) if they kept the "
+        "slots busy so differently that they measured two states of the machine (default 1)")
     add(
         "--fresh-draws",
         action="store_true",
