@@ -4,9 +4,13 @@ The twin of ``loadgen`` (same arguments, same ``.npz`` samples, same open- and
 closed-loop rules), so the orchestrator summarises both the same way and the two
 transports are compared on one footing. The HTTP client is a small asyncio protocol
 rather than a general library, so the client's own cost stays small next to the
-gateway's, and an answer is timed where it arrives, as the WebSocket one is. Every 200 answer is verified like the WebSocket
-loadgen verifies its frames: the agent's signature over the signed bytes, and the
-task id inside them.
+gateway's. Both generators stop a task's clock when the client holds a verified result:
+the WebSocket one after its own signature check (a controller has no one else to check
+for it), this one when the answer arrives, since the gateway checked the signature before
+answering. Every 200 answer is also verified here, after its time is taken, as an HTTP
+caller who does not trust the gateway would (the README's five lines): the agent's
+signature over the signed bytes, and the task id inside them. A wrong one counts as a
+failure, never as a result.
 """
 
 from __future__ import annotations
@@ -49,9 +53,8 @@ class HttpConn(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection; one request at a time.
 
     A protocol, not asyncio streams: an answer is parsed in ``data_received`` and its
-    arrival time (``done_at``) taken there, as the WebSocket load generator takes its
-    own in its frame callback (aicp.live.inbound), so both transports are timed at the
-    same point. With ``on_answer`` the answer is handed over in that same callback (the
+    arrival time (``done_at``) taken there, in the same callback as the WebSocket load
+    generator takes its own (aicp.live.inbound; after its signature check). With ``on_answer`` the answer is handed over in that same callback (the
     open loop: no future and no task per request, as the WebSocket generator has none);
     without, a future gets it. O(answer size) per answer.
     """

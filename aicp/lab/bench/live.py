@@ -7,7 +7,8 @@ router that is already running (agents must then already be connected).
 
 Latency percentiles come from every raw sample (no average of averages).
 Open-loop latency is measured from each task's intended send time (never from an
-earlier actual send), so a stalled router cannot hide its delay.
+earlier actual send), so a stalled router cannot hide its delay, to the moment the load
+generator holds the verified result.
 Results go to ``results/bench/<run-id>/`` (``summary.json`` and the raw samples).
 """
 

@@ -14,7 +14,9 @@ Run by the benchmark orchestrator as ``python -m aicp.lab.bench.loadgen --out FI
 * **Closed loop** (``--concurrency C``): C tasks in flight; each completion sends
   the next one, from the frame callback. Latency is measured from the send.
 
-Every outcome is verified (signature and binding to its task) before it counts.
+Every outcome is verified (signature and binding to its task) before it counts, and
+its latency ends when that check is done: a controller cannot use a result before it,
+so the time a client waits includes it (``Controller.submit`` returns verified results).
 Samples are written as numpy arrays (``.npz``): intended/sent/done times,
 outcome codes, and which tasks never got an outcome (lost).
 """
@@ -152,12 +154,12 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
 
         def on_message(data: bytes, binary: bool) -> None:  # each frame as it is parsed (aicp.live.inbound)
             nonlocal verify_failures
-            now = clock()
             try:
                 got = session.receive(data, wall())
             except Exception:
                 verify_failures += 1
                 return
+            now = clock()  # the outcome is in hand once verified, as ``Controller.submit`` returns it
             msg = got.body
             if isinstance(msg, Result):
                 tid, code = msg.task_id, "ok"
