@@ -228,7 +228,7 @@ def load(fleet: Fleet, targets: list[tuple[str, float]], trial: Trial, cfg: argp
                                "reads_per_task": cpu[r].get("read_calls", 0) / tasks if tasks else float("nan"),
                                "writes_per_task": cpu[r].get("write_calls", 0) / tasks if tasks else float("nan"),
                                "wakeups_per_task": wakes.get(r, 0.0) / tasks if tasks else float("nan"),
-                               "idle_wakeups_per_s": idle_wake.get(r, 0.0)} for r in net}
+                               "idle_wakeups_per_s": idle_wake.get(r, 0.0), "idle_cpu_percent": 100.0 * idle.get(r, 0.0)} for r in net}
     return result
 
 
@@ -257,7 +257,8 @@ def _by_router_text(by: dict[str, dict[str, float]], kind: str) -> str:
     """router-a holds the agents; router-b is the owner of cross-router tasks (idle in the local run)."""
     names = {"router-a": "agents' router" if kind == "cross" else "router", "router-b": "owner" if kind == "cross" else "other"}
     return f"{kind}: " + ", ".join(f"{names.get(r, r)} {v['cpu_ms_per_task']:.3f} ms ({v['reads_per_task']:.1f} reads, {v['writes_per_task']:.1f} writes, "
-                                   f"{v.get('wakeups_per_task', float('nan')):.1f} wake-ups; idle {v.get('idle_wakeups_per_s', float('nan')):.0f}/s)"
+                                   f"{v.get('wakeups_per_task', float('nan')):.1f} wake-ups; idle {v.get('idle_wakeups_per_s', float('nan')):.0f} wake-ups/s, "
+                                   f"{v.get('idle_cpu_percent', float('nan')):.2f}% CPU)"
                                    for r, v in sorted(by.items()))
 
 
