@@ -291,6 +291,14 @@ def _medians(pairs: list[dict[str, Any]]) -> dict[str, float]:
             "median_local": statistics.median(r["local"] for r in pairs), "median_cross": statistics.median(r["cross"] for r in pairs)}
 
 
+def cpu_summary(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Part 3's pairs (``_pair``) as the summary's fields: each pair (without its runs), the medians (``cpu_median_ratio``
+    is judged), and as ``cpu_local``/``cpu_cross`` the runs of the median pair by ratio (the lower middle one of an even count)."""
+    middle = sorted(pairs, key=lambda r: r["ratio"])[(len(pairs) - 1) // 2]
+    return {"cpu_pairs": [{k: v for k, v in r.items() if k != "runs"} for r in pairs], **{"cpu_" + k: v for k, v in _medians(pairs).items()},
+            "cpu_local": middle["runs"]["local"], "cpu_cross": middle["runs"]["cross"]}
+
+
 def hop_cost(args: argparse.Namespace) -> int:
     """Part 3 alone, ``args.hop_cost`` times: local then cross-router on the same two routers, alternating; medians.
 
@@ -406,10 +414,7 @@ def run_cluster(args: argparse.Namespace) -> int:
             for i in range(args.cpu_pairs):
                 pairs.append(_pair(fleet, urls2, pair_trial, args, f"cpu{i}-", ("router-a", "router-b"), PAIR_IDLE_S))
                 _print_pair(f"pair {i + 1}", pairs[-1])
-            summary["cpu_pairs"] = [{k: v for k, v in r.items() if k != "runs"} for r in pairs]
-            summary.update({"cpu_" + k: v for k, v in _medians(pairs).items()})
-            middle = sorted(pairs, key=lambda r: r["ratio"])[(len(pairs) - 1) // 2]
-            summary["cpu_local"], summary["cpu_cross"] = middle["runs"]["local"], middle["runs"]["cross"]
+            summary.update(cpu_summary(pairs))
         finally:
             fleet.stop()
     except Exception as exc:
