@@ -94,7 +94,7 @@ class NatsCluster:
     def info(self) -> dict[str, object]:
         """For ``/healthz``: this router, the routers it hears, NATS state and the cluster counters."""
         return {"router": self.name, "nats_connected": self.connected, "routers": self.node.live_routers(), "nats_disconnects": self.disconnects,
-                **self.node.counters, **{"nats_" + k: v for k, v in self.link.counters.items()}}
+                "timer_calls": self.timer_calls, **self.node.counters, **{"nats_" + k: v for k, v in self.link.counters.items()}}
 
     async def stop(self) -> None:
         self._stopping = True

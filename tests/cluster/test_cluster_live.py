@@ -71,6 +71,7 @@ def test_the_cluster_timer_fires_at_the_views_deadlines_only(nats_server: NatsSe
             assert c1._timer is not None and c1._timer_at == view.next_deadline() == view.next_publish
             # the summary sent by start() went out without the timer; every other one is a timer firing, and no firing was wasted
             assert 1 <= c1.timer_calls <= c1.node.counters["summaries_sent"]
+            assert c1.info()["timer_calls"] == c1.timer_calls  # /healthz shows it
             await c2.stop()  # r2 falls silent: its expiry is the next deadline once r1's summaries stop moving it
             await wait_until(lambda: c1.node.live_routers() == [], what="r1 loses the silent r2 by its timer")
             assert c1.node.counters["routers_lost"] == 1
