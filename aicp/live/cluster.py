@@ -203,4 +203,7 @@ class NatsCluster:
         self._timer = None
         self._timer_at = None
         self.timer_calls += 1
-        self._apply(self.node.on_timer(time.time()))  # re-arms
+        try:
+            self._apply(self.node.on_timer(time.time()))  # re-arms
+        finally:
+            self._rearm()  # even if applying raised: a timer left unarmed would end the summaries for good
