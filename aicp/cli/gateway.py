@@ -126,9 +126,10 @@ def run(args: argparse.Namespace) -> int:
     # proxy_headers off: nothing here reads the client address, and uvicorn's ProxyHeadersMiddleware would wrap every request
     kwargs: dict[str, object] = {"log_level": "warning", "access_log": False, "lifespan": "on", "timeout_graceful_shutdown": 5, "proxy_headers": False}
     try:  # httptools, not h11 (several times the CPU per request), writing each answer in one syscall
-        from aicp.gateway.http import IN_PROTOCOL, CoalescingHttpToolsProtocol
+        from aicp.gateway.http import IN_PROTOCOL, CoalescingHttpToolsProtocol, LegsHttpToolsProtocol
+        from aicp.gateway.legs import LEGS
 
-        kwargs["http"] = CoalescingHttpToolsProtocol
+        kwargs["http"] = CoalescingHttpToolsProtocol if LEGS is None else LegsHttpToolsProtocol
         if not IN_PROTOCOL:
             print(f"aicp gateway: uvicorn {uvicorn.__version__} is not a release the in-protocol POST /tasks was tested with; "
                   "every request takes the ASGI path", file=sys.stderr)

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Final, cast
 
 import uvicorn
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
+from aicp.gateway.legs import LEGS
 from aicp.gateway.submit import GatewayApp, Reply, TaskSubmission, asgi_messages
 
 #: uvicorn releases (major, minor) whose httptools protocol internals the in-protocol ``POST /tasks``
@@ -232,6 +234,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             return
         if cycle.response_complete or cycle.response_started:
             return
+        if LEGS is not None:
+            LEGS.parsed = time.perf_counter()
         body = bytes(cycle.body)
         cycle.body = bytearray()
         assert self.submission is not None
@@ -335,3 +339,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self.timeout_keep_alive_handler()
         else:
             self._keep_alive = self.loop.call_later(left, self._keep_alive_due)
+
+
+class LegsHttpToolsProtocol(CoalescingHttpToolsProtocol):
+    """``aicp gateway``'s protocol when ``AICP_GATEWAY_LEGS`` is set (aicp.gateway.legs): also notes when bytes arrive, before
+    they are parsed. A class of its own, so that without the variable ``data_received`` is uvicorn's, untouched."""
+
+    def data_received(self, data: bytes) -> None:
+        if LEGS is not None:
+            LEGS.arrived = time.perf_counter()
+        super().data_received(data)

@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from aicp import errors
+from aicp.gateway.legs import LEGS
 from aicp.gateway.tasks import RESUBMITTED, SUBMITTED, Event, GatewayTask, Outcome, TaskStore
 from aicp.live.client import PeerClient
 from aicp.messages import Error, Goaway, Progress, Result, decode_body, decode_frame
@@ -190,6 +191,8 @@ class GatewayLink(PeerClient):
                 waiting.add_done_callback(self._sending.discard)
             elif sent:
                 self._submitted(task, SUBMITTED)
+            if LEGS is not None and sent:
+                LEGS.frame_out(task.id, self._batch is not None and not self._batch.pending)
         finally:
             if not task.deadline and not task.ended:
                 self._arm(task)
@@ -223,6 +226,8 @@ class GatewayLink(PeerClient):
 
     # ------------------------------------------------------------------ frames
     def _frame(self, data: bytes) -> None:
+        if LEGS is not None:
+            LEGS.result_in = time.perf_counter()
         if _PROGRESS_MARK in data and self._defer(data):
             return
         try:

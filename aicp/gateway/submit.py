@@ -37,6 +37,7 @@ from aicp import errors
 from aicp.gateway import problems
 from aicp.gateway.auth import Principal
 from aicp.gateway.core import Gateway, Problem
+from aicp.gateway.legs import LEGS
 from aicp.gateway.problems import PROBLEM_JSON, problem_body
 from aicp.gateway.tasks import GatewayTask
 from aicp.messages import Method, check_strict
@@ -320,6 +321,8 @@ class TaskSubmission:
                 log.exception("POST /tasks failed")
                 reply = INTERNAL
             answer(reply)
+            if LEGS is not None:
+                LEGS.answered(task.id)
 
         task.on_end = on_end
 

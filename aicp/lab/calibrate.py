@@ -53,6 +53,7 @@ import copy
 import heapq
 import itertools
 import json
+import math
 import os
 import platform
 import sys
@@ -431,14 +432,70 @@ def run_live_retrying(cfg: argparse.Namespace, run_dir: Path, tag: str, retries:
         why = disturbed(result, cfg)
         if not why:
             break
-        for f in run_dir.glob(f"{tag}[.-]*"):
-            if not f.name.startswith(f"{tag}-failed"):
-                f.rename(f.with_name(f.name.replace(tag, f"{tag}-failed{attempt}", 1)))
+        keep_aside(run_dir, tag, f"failed{attempt}")
         print(f"{tag}: live run {attempt} had {why}; running it again (its files: {tag}-failed{attempt}*)", file=sys.stderr, flush=True)
         retried.append({"files": f"{tag}-failed{attempt}", "why": why})
         result = run_live(cfg, run_dir, tag)
     result["retried"] = retried
     return result
+
+
+def keep_aside(run_dir: Path, tag: str, label: str) -> None:
+    """Rename a live run's files ``TAG.*``, ``TAG-*`` to ``TAG-LABEL*`` (files kept aside earlier stay as they are)."""
+    for f in run_dir.glob(f"{tag}[.-]*"):
+        rest = f.name[len(tag) :]
+        if not rest.startswith(("-failed", "-moved")):
+            f.rename(f.with_name(f"{tag}-{label}{rest}"))
+
+
+def pair_moved(got: dict[str, dict[str, Any]], pair: list[str], slots: int) -> str:
+    """Why the two strategies' part k (``got``: their live results) measured two states of the machine, or "" if they
+    did not: :func:`pair_drift` of their costs outside ``DRIFT``. Needs exactly two strategies; reads costs only."""
+    if len(pair) != 2 or any("costs" not in got.get(st, {}) for st in pair):
+        return ""
+    d = pair_drift([got[pair[0]]["costs"]], [got[pair[1]]["costs"]], slots)[0]
+    if not moved(d["factor"]):
+        return ""
+    return f"pair costs moved ({pair[0]} {d['busy']:.2f} busy, {pair[1]} {d['other_busy']:.2f})"
+
+
+def run_pair(
+    pair: list[str],
+    k: int,
+    nblocks: int,
+    cfgs: dict[str, argparse.Namespace],
+    name: str,
+    run_dir: Path,
+    args: argparse.Namespace,
+    slots: int,
+) -> dict[str, dict[str, Any]]:
+    """Part ``k`` of each strategy's live run, back to back in the order ``pair``; each result also holds its ``tag`` and
+    ``seeds`` (load generator, agents). If the two parts kept the slots so differently that they measured two states of
+    the machine (:func:`pair_moved`: their costs alone, never a latency), both are run again, up to ``--live-retries``
+    times, the first ones kept aside as ``TAG-movedN*`` and named in each result's ``retried``: the ``same`` column
+    predicts part k of one strategy with the costs of part k of the other, so the two must have seen one machine."""
+    got: dict[str, dict[str, Any]] = {}
+    moves: dict[str, list[dict[str, str]]] = {st: [] for st in pair}
+    tags = {st: f"{name}-{st}" + (f"-b{k}" if nblocks > 1 else "") for st in pair}
+    for attempt in range(args.live_retries + 1):
+        for strategy in pair:
+            cfg = copy.copy(cfgs[strategy])
+            cfg.duration = cfgs[strategy].duration / nblocks
+            cfg.seed = args.seed + 1000 * k
+            if cfg.agent_seed is not None:
+                cfg.agent_seed = cfg.seed + AGENT_SEED_OFFSET
+            got[strategy] = run_live_retrying(cfg, run_dir, tags[strategy], args.live_retries)
+            got[strategy]["tag"], got[strategy]["seeds"] = tags[strategy], (cfg.seed, cfg.agent_seed)
+        why = pair_moved(got, pair, slots) if attempt < args.live_retries else ""
+        if not why:
+            break
+        for strategy in pair:
+            keep_aside(run_dir, tags[strategy], f"moved{attempt + 1}")
+            moves[strategy].append({"files": f"{tags[strategy]}-moved{attempt + 1}", "why": why})
+        print(f"{name} part {k}: {why}; running the pair again", file=sys.stderr, flush=True)
+    for strategy in pair:
+        got[strategy]["retried"] = [*moves[strategy], *got[strategy].get("retried", [])]
+    return got
 
 
 def read_run(cfg: argparse.Namespace, run_dir: Path, tag: str) -> dict[str, Any]:
@@ -769,6 +826,50 @@ def old_seeds(row: dict[str, Any], args: argparse.Namespace, argv: list[str]) ->
     return [(args.seed + 1000 * k, args.seed + 1000 * k if seeded else None) for k in range(max(1, len(tags)))]
 
 
+#: a pair of parts (the two strategies' part k, back to back) whose slots were held so differently that the queueing
+#: factor 1 / (1 - busy) moved by more than this between them: they measured two states of the machine (docs/SIMULATOR.md)
+DRIFT = 0.15
+
+
+def busy_fraction(costs: stack_mod.RunCosts, slots: int) -> float:
+    """How busy a live part kept its agents' slots: arrivals per second x (mean signed handler time + mean slot gap) / slots.
+
+    Read from the stack's costs alone (what the simulator takes as inputs), never from a latency. NaN without tasks."""
+    if costs.handler_ms.size == 0 or slots <= 0:
+        return float("nan")
+    gap = float(costs.gap_ms.mean()) if costs.gap_ms.size else 0.0
+    return costs.rate_per_s * (float(costs.handler_ms.mean()) + max(0.0, gap)) / 1000.0 / slots
+
+
+def pair_drift(mine: list[stack_mod.RunCosts], theirs: list[stack_mod.RunCosts], slots: int) -> list[dict[str, float]]:
+    """Per part k, how much the other strategy's part k (its neighbour in time, whose costs ``same`` takes) held the
+    slots differently: ``busy`` and ``other_busy``, and ``factor`` = (1 - busy) / (1 - other_busy), the ratio of the
+    queueing factors 1 / (1 - busy) the two parts imply (above 1: the other part ran on a slower machine). Near
+    saturation a few percent of handler time moves this a lot: g6 of 2026-11-28 21:53, least_loaded's last part 0.87
+    busy (its agents woke 0.74 ms late on average) against round_robin's 0.77 just before it (0.37 ms)."""
+    out = []
+    for a, b in zip(mine, theirs, strict=False):
+        ra, rb = busy_fraction(a, slots), busy_fraction(b, slots)
+        factor = (1.0 - ra) / (1.0 - rb) if rb < 1.0 and ra < 1.0 else float("inf")
+        out.append({"busy": ra, "other_busy": rb, "factor": factor})
+    return out
+
+
+def moved(factor: float) -> bool:
+    """A :func:`pair_drift` factor outside [1 / (1 + DRIFT), 1 + DRIFT] (infinite: a part at or past saturation); NaN: no."""
+    if math.isnan(factor):
+        return False
+    return factor <= 0.0 or abs(math.log(factor)) > math.log(1.0 + DRIFT)
+
+
+def drift_text(drift: list[dict[str, float]]) -> str:
+    """The parts whose pair moved, for a row of the table ("" if none)."""
+    parts = [k for k, d in enumerate(drift) if moved(d["factor"])]
+    if not parts:
+        return ""
+    return "  PAIR COSTS MOVED (" + ", ".join(f"part {k}: busy {drift[k]['busy']:.2f} vs {drift[k]['other_busy']:.2f}" for k in parts) + ")"
+
+
 def flags(row: dict[str, Any]) -> str:
     """What to distrust in a row: its live run (failed tasks: an incident, rerun it; or under 90% throughput), or the run its ``other`` costs come from."""
     out = ""
@@ -780,7 +881,7 @@ def flags(row: dict[str, Any]) -> str:
         out += "  OTHER RUN FAILED"
     if row.get("live_retried"):
         out += f"  {len(row['live_retried'])} PART(S) RUN AGAIN (disturbed, kept aside: grid.json live_retried)"
-    return out
+    return out + drift_text(row.get("live_pair_drift") or [])
 
 
 def _err(pred: float, live_v: float) -> str:
@@ -992,6 +1093,7 @@ def grid(args: argparse.Namespace) -> int:
         for strategy in scenario.strategies:
             cfgs[strategy] = live_args_for(scenario, path, strategy, args)
         spread10 = spreads.get(scenario.name, {})  # strategy -> p50/p99 -> sd/mean at 10 s
+        slots = scenario.agents[0].count * scenario.agents[0].concurrency
         if scenario.name in plan:
             for strategy in scenario.strategies:
                 cfgs[strategy].duration = plan[scenario.name]
@@ -1002,16 +1104,14 @@ def grid(args: argparse.Namespace) -> int:
             tags: dict[str, list[str]] = {st: [] for st in scenario.strategies}
             seeds: dict[str, list[tuple[int, int | None]]] = {st: [] for st in scenario.strategies}
             nblocks = block_count(max(c.duration for c in cfgs.values()), args.blocks, args.block_s)
-            for k, strategy in block_plan(list(scenario.strategies), nblocks):
-                cfg = copy.copy(cfgs[strategy])
-                cfg.duration = cfgs[strategy].duration / nblocks
-                cfg.seed = args.seed + 1000 * k
-                if cfg.agent_seed is not None:
-                    cfg.agent_seed = cfg.seed + AGENT_SEED_OFFSET
-                tag = f"{scenario.name}-{strategy}" + (f"-b{k}" if nblocks > 1 else "")
-                parts[strategy].append(run_live_retrying(cfg, run_dir, tag, args.live_retries))
-                tags[strategy].append(tag)
-                seeds[strategy].append((cfg.seed, cfg.agent_seed))
+            plan_k = block_plan(list(scenario.strategies), nblocks)
+            for k in range(nblocks):
+                pair = [st for kk, st in plan_k if kk == k]
+                got = run_pair(pair, k, nblocks, cfgs, scenario.name, run_dir, args, slots)
+                for strategy in pair:
+                    parts[strategy].append(got[strategy])
+                    tags[strategy].append(got[strategy]["tag"])
+                    seeds[strategy].append(got[strategy]["seeds"])
             for strategy in scenario.strategies:
                 cfgs[strategy].record = run_dir / f"{tags[strategy][0]}.jsonl"
                 block_s = cfgs[strategy].duration / nblocks
@@ -1134,6 +1234,8 @@ def grid(args: argparse.Namespace) -> int:
                 "live_seeds": lv["seeds"],
                 "live_retried": lv.get("retried", []),
                 "live_stalls": stalls(run_dir, lv["tags"], lv["seeds"], cfgs[strategy]),
+                # per part, how busy it and the other strategy's part next to it kept the slots (their costs alone)
+                "live_pair_drift": pair_drift(lv["block_costs"], lives[other]["block_costs"], slots) if other else [],
             }
             for q, qf in (("p50", 50.0), ("p99", 99.0)):
                 # the simulator's spread (sd/mean) over seeds of a 10 s run, and what it gives at the live run's length
@@ -1320,7 +1422,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "other,same with --resim; own: 'same' with the run's own costs, a check of the model, not a prediction)",
     )
     add("--live-retries", type=int, default=1, help="--grid: run a live run again, up to N times, if tasks failed or were lost, or seeded "
-        "agents' handler times did not follow their draws (default 1)")
+        "agents' handler times did not follow their draws, and a pair of parts (the strategies' part k) if they kept the "
+        "slots busy so differently that they measured two states of the machine (default 1)")
     add(
         "--fresh-draws",
         action="store_true",

@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from gateway_helpers import python_cmd
 from live_helpers import ROOT
@@ -29,4 +30,7 @@ def test_gateway_and_direct_are_measured_in_one_run(tmp_path: Path) -> None:
     assert len(via["open_rounds"]) == 2 and len(via["added_p50_rounds_ms"]) == 2  # direct and gateway slices alternate, round by round
     assert via["gateway_open"]["completed"] == sum(r["gateway"]["completed"] for r in via["open_rounds"])
     assert "gateway  closed" in done.stdout
+    gen = np.load(run_dir / "via-gateway-open-r0-gen0.npz")  # the HTTP load generator names each answered task (aicp.lab.bench.gateway_legs joins on it)
+    assert len(gen["task_ids"]) == len(gen["outcome"]) and all(t for t, o in zip(gen["task_ids"], gen["outcome"]) if o == 0)
+    assert "start_clock" in json.loads((run_dir / "via-gateway-open-r0-gen0.npz.json").read_text())
     assert via["gateway_open"]["noise"]["seconds"] > 0 and "stalls" in via["direct_closed"]["noise"]  # the machine's noise, per trial

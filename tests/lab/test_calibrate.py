@@ -405,3 +405,53 @@ def test_a_live_run_is_disturbed_when_tasks_failed_or_seeded_handlers_do_not_fol
     assert "seeded draws" in calibrate.disturbed(ok, cfg2)  # type: ignore[arg-type]
     cfg2.agent_seed = None  # type: ignore[attr-defined]  # unseeded agents (--fresh-draws): nothing to compare with
     assert calibrate.disturbed(ok, cfg2) == ""  # type: ignore[arg-type]
+
+
+def _costs(handler_ms: float, gap_ms: float, rate: float, n: int = 200) -> stack.RunCosts:
+    h = np.full(n, handler_ms)
+    return stack.RunCosts(h, np.ones(n), np.ones(n), np.full(n, gap_ms), rate, 1.0, [])
+
+
+def test_a_part_s_busy_fraction_is_its_rate_times_handler_and_slot_gap_per_slot() -> None:
+    # g6 of 2026-11-28 21:53: 520/s on 2 slots, 2.92 ms handlers, 0.11 ms slot gaps
+    assert calibrate.busy_fraction(_costs(2.92, 0.11, 520.0), 2) == pytest.approx(520.0 * 3.03 / 1000.0 / 2)
+    assert calibrate.busy_fraction(_costs(2.92, -0.5, 520.0), 2) == pytest.approx(520.0 * 2.92 / 1000.0 / 2)  # no negative gap
+    assert np.isnan(calibrate.busy_fraction(stack.RunCosts(np.array([]), *(np.array([]),) * 3, 1.0, 1.0, []), 2))
+
+
+def test_a_pair_of_parts_that_kept_the_slots_busy_differently_is_flagged_and_a_close_pair_is_not() -> None:
+    steady, slow = _costs(2.90, 0.11, 520.0), _costs(3.25, 0.12, 520.0)  # 0.78 vs 0.88 busy: 1 / (1 - busy) x1.8
+    close = _costs(2.95, 0.11, 520.0)  # 0.80: x1.06
+    drift = calibrate.pair_drift([steady, steady], [close, slow], 2)
+    assert [round(d["busy"], 2) for d in drift] == [0.78, 0.78] and [round(d["other_busy"], 2) for d in drift] == [0.80, 0.88]
+    assert not calibrate.moved(drift[0]["factor"]) and calibrate.moved(drift[1]["factor"])
+    assert calibrate.drift_text(drift) == "  PAIR COSTS MOVED (part 1: busy 0.78 vs 0.88)"
+    assert calibrate.moved(calibrate.pair_drift([steady], [_costs(4.0, 0.1, 520.0)], 2)[0]["factor"])  # past saturation
+    assert not calibrate.moved(float("nan"))
+    row = {"live_overloaded": False, "live_pair_drift": drift}
+    assert "PAIR COSTS MOVED (part 1" in calibrate.flags(row) and calibrate.flags({**row, "live_pair_drift": drift[:1]}) == ""
+
+
+def test_a_pair_whose_costs_moved_is_run_again_and_its_first_files_kept_aside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def fake_run(cfg: object, run_dir: Path, tag: str, retries: int) -> dict[str, object]:  # live runs are tested live elsewhere
+        calls.append(tag)
+        (run_dir / f"{tag}.jsonl").write_text("x")
+        slow = len(calls) == 2  # the second run of the first attempt ran on a slower machine
+        return {"costs": _costs(3.25 if slow else 2.90, 0.11, 520.0), "retried": []}
+
+    monkeypatch.setattr(calibrate, "run_live_retrying", fake_run)
+    args = calibrate.bench_args()
+    args.live_retries, args.seed = 1, 1
+    cfgs = {st: calibrate.bench_args(agent_seed=None, duration=40.0) for st in ("least_loaded", "round_robin")}
+    got = calibrate.run_pair(["round_robin", "least_loaded"], 3, 4, cfgs, "w", tmp_path, args, 2)
+    assert calls == ["w-round_robin-b3", "w-least_loaded-b3"] * 2
+    assert got["least_loaded"]["retried"][0]["files"] == "w-least_loaded-b3-moved1" and len(got["least_loaded"]["retried"]) == 1
+    assert "pair costs moved" in got["round_robin"]["retried"][0]["why"]
+    assert (tmp_path / "w-least_loaded-b3-moved1.jsonl").exists() and (tmp_path / "w-least_loaded-b3.jsonl").exists()
+    assert got["least_loaded"]["seeds"] == (3001, None) and got["least_loaded"]["tag"] == "w-least_loaded-b3"
+    calls.clear()
+    args.live_retries = 0  # no retry left: the moved pair is kept (and flagged in its row)
+    got = calibrate.run_pair(["least_loaded", "round_robin"], 0, 4, cfgs, "v", tmp_path, args, 2)
+    assert calls == ["v-least_loaded-b0", "v-round_robin-b0"] and got["round_robin"]["retried"] == []

@@ -195,3 +195,36 @@ def test_a_held_batch_is_written_when_another_link_of_the_loop_adds_a_frame_past
     # "a" left alone, at once; then the iteration's flushes in the order they were scheduled ("c" after
     # "a", "b"): each batcher keeps its own frames' order, which is all a link needs (one batcher a link).
     assert _delivered(drive) == [b"a", b"c", b"b", b"d", b"e"]
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
+def test_a_lone_masked_frame_parses_back_at_every_header_length(size: int) -> None:
+    message = b"m" * size
+    server = Protocol(Side.SERVER, state=State.OPEN, max_size=None)
+    server.receive_data(frame_texts([message], masked=True))
+    [event] = server.events_received()
+    assert bytes(event.data) == message and event.fin and event.opcode.name == "TEXT"  # type: ignore[union-attr]
+
+
+def test_masking_keys_are_fresh_per_frame_and_read_in_bulk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aicp.live import links
+
+    calls: list[int] = []
+    real = os.urandom
+
+    def counting(n: int) -> bytes:
+        calls.append(n)
+        return real(n)
+
+    monkeypatch.setattr(links.os, "urandom", counting)
+    keys = links.MaskKeys(size=64)
+    taken = [keys.take() for _ in range(40)]
+    assert calls == [64, 64, 64]  # 16 keys per block of 64 bytes: 40 keys, 3 reads
+    assert all(len(k) == 4 for k in taken) and len(set(taken)) == 40
+    keys.reset()
+    keys.take()
+    assert len(calls) == 4  # after a reset (a fork's child) the next key starts a new block
+    # each frame of a batch carries its own key: the 4 bytes after each 2-byte header differ
+    monkeypatch.setattr(links, "mask_keys", links.MaskKeys(size=64))
+    framed = frame_texts([b"a", b"b", b"c"], masked=True)
+    assert len({framed[i * 7 + 2 : i * 7 + 6] for i in range(3)}) == 3

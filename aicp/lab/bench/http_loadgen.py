@@ -192,6 +192,8 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
     verify_failures = 0
     idle: list[HttpConn] = []
     seq = 0
+    task_of: dict[str, str] = {}  # request key -> the task id its answer named (to join the gateway's legs)
+    waited_open: set[int] = set()  # requests (recorder index) that waited for a new connection
 
     def new_request(intended: float) -> str:
         """The recorder's key of the next request, recorded as sent now (the gateway names the task; this tracks the request)."""
@@ -205,10 +207,12 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         """Check the answer to ``key`` (arrived at ``at``) and record its outcome; a bad signature counts in ``verify_failures``."""
         nonlocal verify_failures
         try:
-            code, _ = check(status, data)
+            code, task_id = check(status, data)
         except Exception:
             verify_failures += 1
-            code = "verify-failed"
+            code, task_id = "verify-failed", None
+        if task_id is not None:
+            task_of[key] = task_id
         rec.finish(key, at, code)
 
     def begin(intended: float, conn: HttpConn) -> tuple[str, HttpConn, asyncio.Future[tuple[int, bytes]]] | None:
@@ -246,6 +250,10 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         record_answer(key, status, data, conn.done_at)  # when the answer arrived, not when this task woke up
         return conn
 
+    if args.rate:
+        # The pool a keep-alive client holds, opened before the clock starts (the WebSocket generator's one connection is
+        # open before it too): a request that finds every connection busy still opens one more, and waits for it (counted).
+        idle.extend(await asyncio.gather(*(HttpConn.open(host, port) for _ in range(max(0, args.connections)))))
     cpu0 = time.process_time()
     start = clock() + 0.05
     end = start + args.warmup + args.duration
@@ -282,6 +290,8 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
                 rec.finish(new_request(intended), clock(), "connection-error")
                 return
             send_on(conn, intended)
+            waited_open.add(rec.n - 1)
+
 
         t = start
         gaps = poisson_gaps(args.seed, args.rate)
@@ -320,7 +330,9 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
             conn.close()
     n = rec.n
     outcome = rec.outcome  # built from the recorder's lists on each read
-    np.savez_compressed(args.out, intended=rec.intended - start, sent=rec.sent - start, done=rec.done - start, outcome=outcome)
+    np.savez_compressed(args.out, intended=rec.intended - start, sent=rec.sent - start, done=rec.done - start, outcome=outcome,
+                        task_ids=np.array([task_of.get(key, "") for key in rec.index], dtype=str),  # in request order ("" if none named)
+                        opened=np.isin(np.arange(n), np.fromiter(waited_open, dtype=np.int64, count=len(waited_open))))  # waited for a new connection
     meta = {
         "id": args.id,
         "codes": rec.codes,
@@ -335,6 +347,7 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         "wall_s": wall_s,
         "transport": "http",
         "connections": HttpConn.opened,
+        "start_clock": start,  # perf_counter() at time 0 (CLOCK_MONOTONIC: the gateway's legs use the same clock)
     }
     Path(str(args.out) + ".json").write_text(json.dumps(meta))
     return meta
@@ -348,6 +361,7 @@ def main() -> None:
     p.add_argument("--token", default=None, help="bearer API key, if the gateway has a key file")
     p.add_argument("--rate", type=float, default=0.0, help="open loop: tasks/s (Poisson)")
     p.add_argument("--concurrency", type=int, default=16, help="closed loop: requests in flight (one connection each)")
+    p.add_argument("--connections", type=int, default=16, help="open loop: keep-alive connections opened before the clock starts (more open when all are busy)")
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--task-timeout", type=float, default=10.0)

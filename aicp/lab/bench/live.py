@@ -454,7 +454,7 @@ def agent_groups(agents: int, agent_procs: int) -> list[tuple[str, int, int]]:
 
 
 def run_trial(fleet: Fleet, url: str, trial: Trial, cfg: argparse.Namespace, tag: str, loadgen: str = "aicp.lab.bench.loadgen",
-              label: str = "load generator") -> dict[str, Any]:
+              label: str = "load generator", extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """Drive one load level with ``cfg.loadgens`` processes of the ``loadgen`` module (the WebSocket one by default;
     ``via_gateway`` passes the HTTP one, which takes the same arguments); merge and summarise their samples."""
     fleet.mark_cpu()
@@ -470,6 +470,7 @@ def run_trial(fleet: Fleet, url: str, trial: Trial, cfg: argparse.Namespace, tag
             args += ["--rate", str(trial.rate / cfg.loadgens)]
         else:
             args += ["--concurrency", str(max(1, trial.concurrency // cfg.loadgens))]
+        args += extra  # the load generator's own options (aicp.lab.bench.gateway_legs: the HTTP one's --connections)
         gens.append(fleet.spawn("loadgen", args))
     t0 = time.monotonic()
     limit = trial.warmup + trial.duration + cfg.task_timeout + 30.0

@@ -276,6 +276,7 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
         "write_calls": io1[1] - io0[1],
         "wall_s": wall_s,
         "start_wall": start_wall,  # time.time() at this generator's time 0: its times + this = the router's clock
+        "start_clock": start,  # perf_counter() at time 0 (CLOCK_MONOTONIC, as aicp.lab.bench.gateway_legs reads it)
     }
     Path(str(args.out) + ".json").write_text(json.dumps(meta))
     return meta
