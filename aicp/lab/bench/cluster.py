@@ -13,8 +13,8 @@ Three parts, every process started here and stopped at the end (docs/CLUSTER.md)
    second (every task crosses: both routers' CPU counts). The ratio is the cost of a hop.
    Both routers' CPU counts in both runs, less what they use idle (summaries and
    keep-alives are a fixed cost, paid with or without tasks; shown as "idle CPU").
-   ``--cpu-pairs`` such pairs (default 3) of ``--cpu-duration`` s each run alternating
-   (local, cross, local, cross, ...) on the same routers; each pair is printed and the
+   ``--cpu-pairs`` such pairs (default 3) of ``--cpu-duration`` s each, the order of each
+   pair alternating (local then cross, cross then local, ...) on the same routers; each pair is printed and the
    ratio judged is their median (one pair of 5 s runs spread 1.49-1.68x between two
    identical runs on an idle machine). The table's two rows are the median pair's.
    ``--hop-cost PAIRS`` runs this part alone, PAIRS times alternating, and reports medians.
@@ -263,10 +263,19 @@ def _by_router_text(by: dict[str, dict[str, float]], kind: str) -> str:
 
 
 def _pair(fleet: Fleet, urls: tuple[str, str], trial: Trial, cfg: argparse.Namespace, tag: str, roles: tuple[str, str],
-          idle_s: float = IDLE_S) -> dict[str, Any]:
-    """One local run then one cross-router run on the routers at ``urls`` (``roles``): their CPU per task and ratio."""
-    local = load(fleet, [(urls[0], trial.rate)], trial, cfg, f"{tag}local", roles, idle_s)
-    cross = load(fleet, [(urls[1], trial.rate)], trial, cfg, f"{tag}cross", roles, idle_s)
+          idle_s: float = IDLE_S, cross_first: bool = False) -> dict[str, Any]:
+    """A local run and a cross-router run on the routers at ``urls`` (``roles``), the local one first unless ``cross_first``:
+    their CPU per task and ratio. Callers alternate the order pair by pair, so a drift of the machine, or the first run's
+    colder caches, weighs on both sides alike."""
+    def run(kind: str) -> dict[str, Any]:
+        return load(fleet, [(urls[0 if kind == "local" else 1], trial.rate)], trial, cfg, f"{tag}{kind}", roles, idle_s)
+
+    if cross_first:
+        cross = run("cross")
+        local = run("local")
+    else:
+        local = run("local")
+        cross = run("cross")
     row: dict[str, Any] = {"local": local["router_cpu_ms_per_task"], "cross": cross["router_cpu_ms_per_task"],
                            "local_gross": local["router_cpu_ms_per_task_gross"], "cross_gross": cross["router_cpu_ms_per_task_gross"],
                            "lost": local["lost"] + cross["lost"]}
@@ -300,7 +309,7 @@ def cpu_summary(pairs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def hop_cost(args: argparse.Namespace) -> int:
-    """Part 3 alone, ``args.hop_cost`` times: local then cross-router on the same two routers, alternating; medians.
+    """Part 3 alone, ``args.hop_cost`` times: local and cross-router on the same two routers, the order alternating; medians.
 
     With ``args.hop_baseline`` (a source tree), two more routers from that tree (their own nats-server and agents)
     run the same pair beside this tree's in each round, the two trees taking turns to go first: before and after in one
@@ -313,7 +322,7 @@ def hop_cost(args: argparse.Namespace) -> int:
     trial = Trial("open", rate=rate, duration=args.duration, warmup=args.warmup)
     baseline = getattr(args, "hop_baseline", None)
     print(f"aicp bench --routers --hop-cost {args.hop_cost}: 2 routers, {args.agents} agents at the first (x{args.agent_concurrency}, "
-          f"service {args.service_time}), open loop {rate:.0f} tasks/s, all local then all cross-router, alternating"
+          f"service {args.service_time}), open loop {rate:.0f} tasks/s, all local and all cross-router, the order alternating pair by pair"
           + (f"; baseline routers from {baseline} beside this tree's in each round, taking turns to go first" if baseline else ""))
     pairs: list[dict[str, Any]] = []
     base_pairs: list[dict[str, Any]] = []
@@ -326,10 +335,10 @@ def hop_cost(args: argparse.Namespace) -> int:
             # With a baseline, the two trees take turns going first (round 2 starts with the baseline), so an order effect falls on both.
             for base_turn in (False, True) if i % 2 == 0 else (True, False):
                 if not base_turn:
-                    pairs.append(_pair(fleet, urls, trial, args, f"{i}-", ("router-a", "router-b")))
+                    pairs.append(_pair(fleet, urls, trial, args, f"{i}-", ("router-a", "router-b"), cross_first=i % 2 == 1))
                     _print_pair(f"pair {i + 1}" + (" (this tree)" if baseline else ""), pairs[-1])
                 elif base_urls is not None:
-                    base_pairs.append(_pair(fleet, base_urls, trial, args, f"{i}-base-", ("base-router-a", "base-router-b")))
+                    base_pairs.append(_pair(fleet, base_urls, trial, args, f"{i}-base-", ("base-router-a", "base-router-b"), cross_first=i % 2 == 1))
                     _print_pair(f"pair {i + 1} (baseline)  ", base_pairs[-1])
     finally:
         fleet.stop()
@@ -412,8 +421,8 @@ def run_cluster(args: argparse.Namespace) -> int:
                   f"(idle CPU measured {PAIR_IDLE_S:g} s before each run)", flush=True)
             pairs = []
             for i in range(args.cpu_pairs):
-                pairs.append(_pair(fleet, urls2, pair_trial, args, f"cpu{i}-", ("router-a", "router-b"), PAIR_IDLE_S))
-                _print_pair(f"pair {i + 1}", pairs[-1])
+                pairs.append(_pair(fleet, urls2, pair_trial, args, f"cpu{i}-", ("router-a", "router-b"), PAIR_IDLE_S, cross_first=i % 2 == 1))
+                _print_pair(f"pair {i + 1}" + (" (cross first)" if i % 2 == 1 else " (local first)"), pairs[-1])
             summary.update(cpu_summary(pairs))
         finally:
             fleet.stop()
