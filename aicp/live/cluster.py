@@ -62,7 +62,11 @@ class NatsCluster:
         self.link.subscribe(self.prefix + "summary", self._on_summary)
         self.link.subscribe(self.subject_of(self.name), self._on_direct)
         self.disconnects = 0
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: one timer, armed at the view's next deadline (the next summary to publish, or a peer's expiry)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self.timer_calls = 0  # on_timer calls made by the timer
         self._stopping = False
 
     @property
@@ -77,8 +81,8 @@ class NatsCluster:
         """Connect (or keep trying in the background if NATS is not up yet: the router routes locally) and start publishing."""
         self.server.cluster_flush = self._flush
         self.server.cluster_info = self.info
-        self._tasks = [asyncio.get_running_loop().create_task(self._ticker())]
-        self._apply(self.node.start(time.time()))
+        self._loop = asyncio.get_running_loop()
+        self._apply(self.node.start(time.time()))  # arms the timer
         try:
             await self.link.start()
         except (OSError, TimeoutError, ConnectionError) as exc:
@@ -90,15 +94,16 @@ class NatsCluster:
     def info(self) -> dict[str, object]:
         """For ``/healthz``: this router, the routers it hears, NATS state and the cluster counters."""
         return {"router": self.name, "nats_connected": self.connected, "routers": self.node.live_routers(), "nats_disconnects": self.disconnects,
-                **self.node.counters, **{"nats_" + k: v for k, v in self.link.counters.items()}}
+                "timer_calls": self.timer_calls, **self.node.counters, **{"nats_" + k: v for k, v in self.link.counters.items()}}
 
     async def stop(self) -> None:
         self._stopping = True
         self.server.cluster_flush = None
         self.server.cluster_info = None
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._loop = None  # nothing arms the timer again
         await self.link.close()
 
     # ------------------------------------------------------------------ NATS events
@@ -168,13 +173,37 @@ class NatsCluster:
                 self._publish_forward(out)
         if local:
             self.server._apply(local)  # type: ignore[arg-type]  # Send | Close is the server's Output
+        self._rearm()
 
-    async def _ticker(self) -> None:
-        """Wake at the view's next deadline (the next summary to publish, or a peer's expiry), not on a fixed beat."""
-        view = self.node.view
-        interval = self.node.config.publish_interval_s
-        while True:
-            deadline = view.next_deadline()
-            delay = interval if deadline is None else min(interval, deadline - time.time())
-            await asyncio.sleep(max(0.001, delay))
-            self._apply(self.node.on_timer(time.time()))
+    # ------------------------------------------------------------------ the timer
+    def _rearm(self) -> None:
+        """Arm the one timer for the view's next deadline, unless the armed one fires no later. O(routers).
+
+        Only the view's events move that deadline (a summary published or received, a peer lost), and each ends in
+        ``_apply``; a forwarded task or an outcome does not, so the direct path never touches the timer. The
+        router's own deadlines (attempts, retries, leases) are the server's timer's. A summary received moves a
+        peer's expiry later: the timer armed for the earlier deadline is kept (firing early is harmless: nothing
+        is due, and it re-arms). 1 ms slack, as the server's: loop time is in milliseconds and drifts from wall
+        time, and a timer that fires before the deadline is a wasted wake-up (the 50 ms ticker this replaces woke
+        a second time, 1 ms later, whenever it came early).
+        """
+        deadline = self.node.view.next_deadline()
+        armed = self._timer_at
+        if deadline == armed or (armed is not None and (deadline is None or armed <= deadline)):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is None or self._loop is None:
+            return
+        self._timer = self._loop.call_at(self._loop.time() + max(0.0, deadline - time.time()) + 0.001, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.timer_calls += 1
+        try:
+            self._apply(self.node.on_timer(time.time()))  # re-arms
+        finally:
+            self._rearm()  # even if applying raised: a timer left unarmed would end the summaries for good

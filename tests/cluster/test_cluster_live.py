@@ -24,7 +24,8 @@ pytestmark = pytest.mark.live
 
 
 @asynccontextmanager
-async def routers(nats_url: str, names: list[str], strategy: str = "least_loaded") -> AsyncIterator[list[tuple[AICPWebSocketServer, NatsCluster]]]:
+async def routers(nats_url: str, names: list[str], strategy: str = "least_loaded",
+                  config: ClusterConfig | None = None) -> AsyncIterator[list[tuple[AICPWebSocketServer, NatsCluster]]]:
     started: list[tuple[AICPWebSocketServer, NatsCluster]] = []
     try:
         for name in names:
@@ -32,7 +33,7 @@ async def routers(nats_url: str, names: list[str], strategy: str = "least_loaded
             await server.start()
             # peers are lost on a dropped link at once; silence (the partition test) takes peer_timeout_s, which
             # must outlast a stall of this one event loop on a busy machine (at 0.5 s, r1 dropped r2 right after a heal)
-            cluster = NatsCluster(server, nats_url, ClusterConfig(publish_interval_s=0.05, peer_timeout_s=1.5))
+            cluster = NatsCluster(server, nats_url, config or ClusterConfig(publish_interval_s=0.05, peer_timeout_s=1.5))
             await cluster.start()
             started.append((server, cluster))
         yield started
@@ -58,12 +59,35 @@ def test_a_task_submitted_at_one_router_runs_at_another_and_its_signature_checks
     run(main(), timeout=30.0)
 
 
+def test_the_cluster_timer_fires_at_the_views_deadlines_only(nats_server: NatsServer) -> None:
+    """One timer armed at the view's next deadline: summaries keep going out on it, a silent peer is lost by it,
+    and it wakes for nothing else (each firing publishes a summary while the peers are alive)."""
+    async def main() -> None:
+        async with routers(nats_server.url, ["r1", "r2"], config=ClusterConfig(publish_interval_s=0.1, peer_timeout_s=0.4)) as rs:
+            (_, c1), (_, c2) = rs
+            await wait_until(lambda: c1.node.live_routers() == ["r2"] and c2.node.live_routers() == ["r1"], what="the routers hear each other")
+            await wait_until(lambda: c1.node.counters["summaries_sent"] >= 5, what="summaries keep going out on the timer")
+            view = c1.node.view
+            assert c1._timer is not None and c1._timer_at == view.next_deadline() == view.next_publish
+            # the summary sent by start() went out without the timer; every other one is a timer firing, and no firing was wasted
+            assert 1 <= c1.timer_calls <= c1.node.counters["summaries_sent"]
+            assert c1.info()["timer_calls"] == c1.timer_calls  # /healthz shows it
+            await c2.stop()  # r2 falls silent: its expiry is the next deadline once r1's summaries stop moving it
+            await wait_until(lambda: c1.node.live_routers() == [], what="r1 loses the silent r2 by its timer")
+            assert c1.node.counters["routers_lost"] == 1
+            sent = c1.node.counters["summaries_sent"]
+            await wait_until(lambda: c1.node.counters["summaries_sent"] > sent, what="r1 still publishes")
+
+    run(main(), timeout=30.0)
+
+
 def test_nats_restart_degrades_to_local_routing_and_heals(nats_server: NatsServer) -> None:
     async def main() -> None:
         async with routers(nats_server.url, ["r1", "r2"]) as rs:
             (s1, c1), (s2, _) = rs
             async with agent(s1.url, "local-agent", {"here": lambda x: 1}), agent(s2.url, "remote-agent", {"there": lambda x: 2}):
-                await wait_until(lambda: c1.node.live_routers() == ["r2"], what="r1 sees r2")
+                # r2's agent, not only r2: a summary from before the agent registered makes r2 live without it
+                await wait_until(lambda: len(c1.node.router.registry.agents_with("there")) > 0, what="r1 sees r2's agent")
                 async with Controller(s1.url) as ctl:
                     assert (await ctl.submit("there", {}, timeout=5.0)).value == 2
                     nats_server.stop()
@@ -154,7 +178,8 @@ def test_a_router_partitioned_from_nats_routes_locally_and_heals(nats_server: Na
             async with routers(nats_server.url, ["r1"]) as rs1, routers(f"nats://127.0.0.1:{cut.port}", ["r2"]) as rs2:
                 (s1, c1), (s2, c2) = rs1[0], rs2[0]
                 async with agent(s1.url, "a1", {"here": lambda x: 1}), agent(s2.url, "a2", {"there": lambda x: 2}):
-                    await wait_until(lambda: c1.node.live_routers() == ["r2"] and c2.node.live_routers() == ["r1"], what="both see each other")
+                    await wait_until(lambda: len(c1.node.router.registry.agents_with("there")) > 0 and len(c2.node.router.registry.agents_with("here")) > 0,
+                                     what="both see the other's agent")
                     async with Controller(s1.url) as ctl1, Controller(s2.url) as ctl2:
                         assert (await ctl1.submit("there", {}, timeout=5.0)).value == 2
                         assert (await ctl2.submit("here", {}, timeout=5.0)).value == 1

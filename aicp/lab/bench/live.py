@@ -628,6 +628,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--arrivals", type=Path, default=None, metavar="TRACE", help="open loop on the arrivals a trace recorded (aicp bench --record; docs/TRACE.md), "
         "against agents from --agents/--service-time/--agent-concurrency")
     add("--routers", type=int, default=1, help="N > 1: N routers over a real nats-server next to one router, in one run (aicp.lab.bench.cluster)")
+    add("--cpu-pairs", type=int, default=3, metavar="PAIRS", help="with --routers: the router CPU part runs PAIRS pairs (local, cross-router), "
+        "alternating, and judges the median of their cross/local ratios (default 3)")
+    add("--cpu-duration", type=float, default=3.0, metavar="S", help="with --routers: the measured seconds of each run of those pairs (default 3)")
     add("--hop-cost", type=int, default=0, metavar="PAIRS", help="with --routers: instead, only the router CPU of a cross-router task against a "
         "local one, PAIRS runs of each, alternating, and their medians")
     add("--hop-baseline", default=None, metavar="TREE", help="with --hop-cost: in each pair, also run the pair on two routers started from this "
