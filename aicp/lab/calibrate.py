@@ -268,7 +268,8 @@ def measure(args: argparse.Namespace) -> tuple[stack_mod.Calibration, Path]:
         levels.append(
             stack_mod.Level(
                 rate_per_s=rate,
-                wake_ms=_thin(got["service_ms"] - args.probe_ms),
+                # the probe's agents sleep its constant less their lead, rounded to the timer (stack_mod.timer_sleep)
+                wake_ms=_thin(got["service_ms"] - stack_mod.timer_sleep(args.probe_ms, handlers.SLEEP_LEAD_MS, args.timer_ms)),
                 agent_overhead_ms=_thin(got["overhead_ms"]),
                 client_ms=_thin(got["client_ms"]),
             )
@@ -278,6 +279,7 @@ def measure(args: argparse.Namespace) -> tuple[stack_mod.Calibration, Path]:
     cal = stack_mod.Calibration(
         v=stack_mod.CALIBRATION_VERSION,
         timer_ms=args.timer_ms,
+        lead_ms=handlers.SLEEP_LEAD_MS,
         slot_ms=round(slot_ms, 4),
         levels=levels,
         measured={
@@ -363,6 +365,8 @@ def live_args_for(scenario: sc_mod.Scenario, path: Path, strategy: str, args: ar
         agent_max_queued=GRID_AGENT_QUEUE,
         # a lognormal's shape, passed to the live agents (aicp agent --service-sigma)
         agent_sigma=dist.sigma if isinstance(dist, sc_mod.LognormalDist) else None,
+        # the lead the live agents' sleeps take off their draws (what wake_from_run and the 'same' column round at)
+        sleep_lead_ms=handlers.SLEEP_LEAD_MS,
     )
 
 
@@ -665,14 +669,16 @@ WAKE_MISMATCH = 0.2
 
 
 def wake_from_run(trace_path: Path, cfg: argparse.Namespace, agent_seed: int, timer_ms: float = 1.0) -> np.ndarray:
-    """The agents' wake-up per task of a seeded run (ms): the signed handler time minus its draw rounded to the timer.
+    """The agents' wake-up per task of a seeded run (ms): the signed handler time minus what its draw asked the timer
+    for, the draw less the agents' lead (``cfg.sleep_lead_ms``; absent: 0, agents before the lead), rounded to the timer.
 
     Each agent's draws are regenerated from its seed, one per task dispatched to it, in
     dispatch order (one connection keeps the order; every attempt draws). The handler time
-    is the draw rounded to the event loop's timer (uvloop: whole ms) plus a wake-up, flat
+    is that sleep rounded to the event loop's timer (uvloop: whole ms) plus a wake-up, flat
     in the draw (docs/SIMULATOR.md): that wake-up is what the run adds to the workload.
     Tasks arriving in the warm-up are left out (their draws are still consumed).
     """
+    lead_ms = float(getattr(cfg, "sleep_lead_ms", 0.0) or 0.0)
     names = fleet_indexes(cfg.agents, cfg.agent_procs)
     order: list[tuple[str, str]] = []
     ok: dict[tuple[str, str], float] = {}
@@ -697,7 +703,7 @@ def wake_from_run(trace_path: Path, cfg: argparse.Namespace, agent_seed: int, ti
         drawn = gens[agent]() * 1000.0
         got = ok.get((agent, task))
         if got is not None and arrive.get(task, start) >= start:
-            out.append(got - round(drawn / timer_ms) * timer_ms)
+            out.append(got - stack_mod.timer_sleep(drawn, lead_ms, timer_ms))
     wake = np.array(out)
     if wake.size == 0 or np.mean((wake < -timer_ms) | (wake > 2 * timer_ms)) > WAKE_MISMATCH:
         raise stack_mod.CalibrationError(f"{trace_path}: the handler times do not follow the agents' seeded draws")
@@ -751,6 +757,7 @@ def same_calibration(
         measured={"from_run": [str(run_dir / f"{lv['tags'][b]}.jsonl") for b in picked], "what": "costs_from_trace, wake-ups over the seeded draws"},
     )
     cal.timer_ms = 1.0
+    cal.lead_ms = float(getattr(cfg, "sleep_lead_ms", 0.0) or 0.0)  # the agents' rule, as wake_from_run read the wake-ups
     cal.levels[0].wake_ms = stack_mod.thin(wake)
     return cal
 
@@ -1055,9 +1062,11 @@ def grid(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     cal_path: Path | None = None
     earlier: dict[tuple[str, str], dict[str, Any]] = {}
+    lead_ms = handlers.SLEEP_LEAD_MS  # what the live agents' sleeps take off their draws
     if args.resim is not None:  # the live runs of an earlier grid, simulated again (no live run now)
         old = json.loads((args.resim / "grid.json").read_text())
         earlier = {(r["workload"], r["strategy"]): r for r in old["rows"]}
+        lead_ms = float(old.get("sleep_lead_ms", 0.0))  # grids before the lead: its agents slept their whole draw
     if args.calibration is not None:
         cal_path = args.calibration
         stack_mod.load(cal_path)
@@ -1092,6 +1101,7 @@ def grid(args: argparse.Namespace) -> int:
         cfgs: dict[str, argparse.Namespace] = {}
         for strategy in scenario.strategies:
             cfgs[strategy] = live_args_for(scenario, path, strategy, args)
+            cfgs[strategy].sleep_lead_ms = lead_ms
         spread10 = spreads.get(scenario.name, {})  # strategy -> p50/p99 -> sd/mean at 10 s
         slots = scenario.agents[0].count * scenario.agents[0].concurrency
         if scenario.name in plan:
@@ -1311,7 +1321,7 @@ def grid(args: argparse.Namespace) -> int:
     (run_dir / f"grid{suffix}.csv").write_text("\n".join(lines) + "\n")
     (run_dir / f"grid{suffix}.json").write_text(
         json.dumps(
-            {"probe_calibration": str(cal_path) if cal_path else None, "rows": rows, "bias": leans, "load_avg_1m": os.getloadavg()[0], "argv": sys.argv},
+            {"probe_calibration": str(cal_path) if cal_path else None, "sleep_lead_ms": lead_ms, "rows": rows, "bias": leans, "load_avg_1m": os.getloadavg()[0], "argv": sys.argv},
             indent=2,
             default=str,
         )

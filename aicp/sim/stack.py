@@ -11,6 +11,9 @@ measured on one machine, per task, from a recorded live run with idle agents:
 * ``timer_ms``: the agent's timer granularity. The synthetic handler sleeps with
   ``asyncio.sleep``; uvloop rounds a delay to whole milliseconds, so the agent is
   busy for ``round(d)``, not ``d``.
+* ``lead_ms``: how much earlier than its draw the agent asks to be woken
+  (``aicp.live.handlers.SLEEP_LEAD_MS``; 0 in calibrations of agents before it): the
+  agent is busy for ``round(max(0, d - lead))`` plus the wake-up (:func:`timer_sleep`).
 * ``wake_ms``: how much longer than its rounded request a sleep lasts (the event
   loop's wake-up, process scheduling on a shared machine). ``service_ms`` signed by
   the agent minus the constant service of the probe.
@@ -93,6 +96,8 @@ class Calibration(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     v: int
     timer_ms: Annotated[float, Meta(ge=0.0)] = 1.0  # 0: the agent's sleep is not rounded
+    # the agents asked their timer for the draw less this (ms): absent (0) in files of agents before the lead
+    lead_ms: Annotated[float, Meta(ge=0.0)] = 0.0
     slot_ms: Annotated[float, Meta(ge=0.0)] = 0.0
     levels: list[Level]
     measured: dict[str, object] = {}  # provenance: when, where, probe settings, summaries
@@ -158,6 +163,16 @@ def _sampler(
     return Blocks(lambda n: np.where(rng.random(n) < w, rng.choice(hi, n), rng.choice(lo, n)))
 
 
+def timer_sleep(draw: float, lead: float, timer: float) -> float:
+    """What an agent's sleep for a service draw lasts before its wake-up, in the units of the arguments: the
+    draw less the lead (never negative: 0 yields once), rounded to the timer (``timer`` 0: not rounded).
+
+    The live synthetic handler (``aicp.live.handlers.timer_sleep_s``) asks uvloop for ``max(0, d - lead)``,
+    and uvloop rounds that to whole milliseconds; a test holds the two to the same numbers."""
+    asked = max(0.0, draw - lead)
+    return round(asked / timer) * timer if timer > 0.0 else asked
+
+
 class StackModel:
     """Samplers for the calibrated costs; one per replication (its own random stream).
 
@@ -167,6 +182,7 @@ class StackModel:
     def __init__(self, cal: Calibration, rng: np.random.Generator, rate_per_s: float) -> None:
         self.calibration = cal
         self.timer_s = cal.timer_ms / 1000.0
+        self.lead_s = cal.lead_ms / 1000.0
         self.slot_s = cal.slot_ms / 1000.0
         low, high, w = bracket(cal.levels, rate_per_s)
         # a wake-up may be negative: a timer counts from the loop's cached millisecond, so it can end early
@@ -197,20 +213,21 @@ class StackModel:
         return self._handler is not None
 
     def service(self, draw: Callable[[], float]) -> Callable[[], float]:
-        """An agent's busy time per task: the drawn service rounded to the timer, plus the wake-up.
+        """An agent's busy time per task: the drawn service less the agent's lead, rounded to the timer
+        (:func:`timer_sleep`), plus the wake-up.
 
         With handler samples (``handler_ms``), one of them instead: the scenario's draw is not used.
         """
         if self._handler is not None:
             return self._handler
-        timer, wake = self.timer_s, self._wake
-        if self._no_wake and timer <= 0.0:
+        timer, wake, lead = self.timer_s, self._wake, self.lead_s
+        if self._no_wake and timer <= 0.0 and lead <= 0.0:
             return draw
-        if timer <= 0.0:
+        if timer <= 0.0 and lead <= 0.0:
             return lambda: max(0.0, draw() + wake())
 
         def busy() -> float:
-            return max(0.0, round(draw() / timer) * timer + wake())
+            return max(0.0, timer_sleep(draw(), lead, timer) + wake())
 
         return busy
 

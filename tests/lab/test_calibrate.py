@@ -9,6 +9,7 @@ import pytest
 
 from aicp import trace
 from aicp.lab import calibrate
+from aicp.live.handlers import SLEEP_LEAD_MS
 from aicp.sim import stack
 
 T0 = 1_700_000_000.0  # router clock (epoch seconds)
@@ -114,6 +115,7 @@ def test_each_grid_workload_runs_live_as_its_file_says_and_is_in_the_issue_s_ran
         assert (cfg.agents, cfg.agent_concurrency, cfg.strategy) == (group.count, group.concurrency, strategy)
         assert cfg.service_time == f"{type(group.service_time).__struct_config__.tag}:{group.service_time.mean_ms:g}"  # type: ignore[union-attr]
         assert cfg.rate == work.arrival.rate_per_s  # type: ignore[union-attr]
+        assert cfg.sleep_lead_ms == SLEEP_LEAD_MS  # what wake_from_run and the 'same' column round the draws at
     busy = work.arrival.rate_per_s * group.service_time.mean_ms / 1000.0 / (group.count * group.concurrency)  # type: ignore[union-attr]
     assert 0.5 <= busy <= 0.85 and 2 <= group.count <= 16 and 1 <= group.concurrency <= 4
     assert 2.0 <= group.service_time.mean_ms <= 20.0  # type: ignore[union-attr]
@@ -265,20 +267,23 @@ def test_fleet_indexes_name_the_agents_as_the_fleet_starts_them() -> None:
     assert calibrate.fleet_indexes(4, 2) == {"bench-0-0": 0, "bench-0-1": 1, "bench-1-0": 2, "bench-1-1": 3}
 
 
-def _seeded_run(tmp_path: Path, wake: float, agent_seed: int = 7) -> tuple[Path, object]:
+def _seeded_run(tmp_path: Path, wake: float, agent_seed: int = 7, lead_ms: float | None = None) -> tuple[Path, object]:
     """Two live agents (bench-0, bench-1) drawing exponential 5 ms from agent_seed + index, round robin, each
-    handler time the draw rounded to whole ms plus ``wake``; the first task arrives in the warm-up."""
+    handler time the draw rounded to whole ms plus ``wake``; the first task arrives in the warm-up. ``lead_ms``: the
+    agents asked their timer for the draw less it (the run's ``sleep_lead_ms``); None: agents before the lead."""
     import argparse
 
     from aicp.live.handlers import Synthetic
 
     cfg = argparse.Namespace(agents=2, agent_procs=2, service_time="exponential:5", warmup=0.5)
+    if lead_ms is not None:
+        cfg.sleep_lead_ms = lead_ms
     draws = [Synthetic("exponential", 5.0, seed=agent_seed + k).service_time_s for k in range(2)]
     ev: list[trace.TraceEvent] = [trace.Header(t=T0, v=1, router="r", strategy="round_robin")]
     ev += [trace.AgentUp(t=T0, agent=f"bench-{k}", capabilities=["m"], concurrency=1) for k in (1, 0)]
     for i in range(40):
         t, agent = T0 + 0.1 * i, i % 2
-        service = round(draws[agent]() * 1000.0) + wake
+        service = round(max(0.0, draws[agent]() * 1000.0 - (lead_ms or 0.0))) + wake
         tid = f"g\n{i}"
         ev.append(trace.Arrive(t=t, task=tid, method="m", bytes=1))
         ev.append(trace.Dispatch(t=t, task=tid, agent=f"bench-{agent}", attempt=1))
@@ -296,6 +301,20 @@ def test_wake_ups_are_read_over_each_agent_s_seeded_draws_in_dispatch_order(tmp_
     assert calibrate.joined(path) == ["bench-1", "bench-0"]
     with pytest.raises(stack.CalibrationError, match="seeded draws"):
         calibrate.wake_from_run(path, cfg, 8)  # type: ignore[arg-type]  # other seeds: the handler times do not follow
+
+
+def test_wake_ups_are_read_over_the_draws_less_the_agents_lead_and_the_same_column_carries_that_lead(tmp_path: Path) -> None:
+    path, cfg = _seeded_run(tmp_path, wake=0.25, lead_ms=0.3)
+    np.testing.assert_allclose(calibrate.wake_from_run(path, cfg, 7), 0.25, atol=1e-9)  # type: ignore[arg-type]
+    del cfg.sleep_lead_ms  # type: ignore[attr-defined]  # read as a run of agents before the lead: rounded at the draw
+    wrong = calibrate.wake_from_run(path, cfg, 7)  # type: ignore[arg-type]
+    assert np.mean(np.isclose(wrong, 0.25)) < 0.9 and set(np.round(wrong, 6)) <= {0.25, -0.75}
+    cfg.sleep_lead_ms = 0.3  # type: ignore[attr-defined]
+    runs = [stack.costs_from_trace(trace.parse(path.read_bytes()), skip_s=0.5)]
+    lv = {"tags": ["run"], "seeds": [(1, 7)], "costs": runs[0], "client_ms": np.full(35, 0.5), "block_costs": runs, "block_client": [np.full(35, 0.5)]}
+    cal = calibrate.same_calibration(lv, cfg, tmp_path, 0.07)  # type: ignore[arg-type]
+    assert (cal.timer_ms, cal.lead_ms) == (1.0, 0.3)
+    np.testing.assert_allclose(cal.levels[0].wake_ms, 0.25, atol=1e-9)
 
 
 def test_the_same_costs_of_one_block_are_that_block_s_alone(tmp_path: Path) -> None:

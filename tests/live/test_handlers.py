@@ -11,6 +11,7 @@ import pytest
 from live_helpers import agent, run, serving, wait_until
 
 from aicp import errors
+from aicp.live import handlers
 from aicp.live.controller import AICPController
 from aicp.live.handlers import Synthetic, builtin, echo, invoke, parse_service_time, text_classify
 
@@ -54,6 +55,33 @@ def test_synthetic_service_time_has_the_requested_mean(dist: str) -> None:
     assert statistics.fmean(samples) == pytest.approx(0.010, rel=0.05)
     if dist == "constant":
         assert min(samples) == max(samples) == 0.010
+
+
+@pytest.mark.parametrize("lead_ms", [handlers.SLEEP_LEAD_MS, 0.0])
+def test_synthetic_asks_its_timer_for_the_draw_less_its_lead_never_below_zero(monkeypatch: pytest.MonkeyPatch, lead_ms: float) -> None:
+    # the schedule, not its timing: what the handler passes to asyncio.sleep for each of its seeded draws
+    asked: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def record(delay: float) -> None:
+        asked.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr(handlers.asyncio, "sleep", record)
+    h, twin = Synthetic("exponential", 2.5, seed=4, lead_ms=lead_ms), Synthetic("exponential", 2.5, seed=4)
+    draws = [twin.service_time_s() for _ in range(300)]
+
+    async def main() -> list[Any]:
+        return [await invoke(h, "x") for _ in draws]
+
+    results = asyncio.run(main())
+    assert asked == [max(0.0, d - lead_ms / 1000.0) for d in draws]
+    assert [r["service_ms"] for r in results] == [round(d * 1000.0, 3) for d in draws]  # the payload still names the draw
+    if lead_ms > 0.0:
+        assert handlers.SLEEP_LEAD_MS == lead_ms and 0.0 < handlers.SLEEP_LEAD_MS < 1.0
+        assert 0 < asked.count(0.0) < len(draws) // 4  # a draw under the lead yields once
+    with pytest.raises(ValueError):
+        Synthetic("constant", 1.0, lead_ms=-0.1)
 
 
 def test_synthetic_failure_probability_and_zero_default() -> None:

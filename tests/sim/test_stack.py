@@ -17,7 +17,7 @@ from aicp.sim import stack
 
 def _write(path: Path, levels: list[dict[str, Any]] | None = None, **fields: Any) -> Path:
     """A calibration file; ``fields`` go to its one level unless they are ``v``, ``timer_ms`` or ``slot_ms``."""
-    top = {k: fields.pop(k) for k in ("v", "timer_ms", "slot_ms") if k in fields}
+    top = {k: fields.pop(k) for k in ("v", "timer_ms", "slot_ms", "lead_ms") if k in fields}
     level = {"rate_per_s": 100.0, "wake_ms": [0.5], "agent_overhead_ms": [1.0], "client_ms": [2.0], **fields}
     cal = {"v": 1, "timer_ms": 0.0, "slot_ms": 0.0, **top, "levels": levels if levels is not None else [level]}
     path.write_text(json.dumps(cal))
@@ -67,6 +67,32 @@ def test_the_agent_sleeps_whole_timer_ticks(tmp_path: Path) -> None:
     _write(tmp_path / "cal.json", timer_ms=1.0, wake_ms=[0.0], agent_overhead_ms=[0.0], client_ms=[0.0])
     lat = _latencies_ms(run(_scenario(tmp_path, {"dist": "constant", "mean_ms": 3.4}, "cal.json"), "least_loaded"))
     np.testing.assert_allclose(lat, 3.0, atol=1e-9)
+
+
+def test_the_agent_sleeps_its_draw_less_the_calibration_s_lead_in_whole_ticks(tmp_path: Path) -> None:
+    # 3.7 ms less a 0.3 ms lead asks for 3.4 ms: 3 ticks; an older file (no lead_ms: agents that slept the whole draw) 4
+    _write(tmp_path / "lead.json", v=2, timer_ms=1.0, lead_ms=0.3, wake_ms=[0.25], agent_overhead_ms=[0.0], client_ms=[0.0])
+    _write(tmp_path / "old.json", v=2, timer_ms=1.0, wake_ms=[0.25], agent_overhead_ms=[0.0], client_ms=[0.0])
+    for name, want in (("lead.json", 3.25), ("old.json", 4.25)):
+        lat = _latencies_ms(run(_scenario(tmp_path, {"dist": "constant", "mean_ms": 3.7}, name), "least_loaded"))
+        np.testing.assert_allclose(lat, want, atol=1e-9)
+    _write(tmp_path / "short.json", v=2, timer_ms=1.0, lead_ms=0.3, wake_ms=[0.0], agent_overhead_ms=[0.0], client_ms=[0.0])
+    lat = _latencies_ms(run(_scenario(tmp_path, {"dist": "constant", "mean_ms": 0.2}, "short.json"), "least_loaded"))
+    np.testing.assert_allclose(lat, 0.0, atol=1e-9)  # a draw under the lead asks for no sleep: never a negative one
+
+
+def test_the_model_rounds_what_the_live_synthetic_handler_asks_its_timer_for() -> None:
+    # the live handler asks asyncio.sleep for handlers.timer_sleep_s(draw); uvloop's call_later waits round(delay * 1000)
+    # whole ms (0: the next loop turn). The model must round the same request: this fails if either side changes alone
+    from aicp.live.handlers import SLEEP_LEAD_MS, timer_sleep_s
+
+    assert SLEEP_LEAD_MS > 0.0
+    draws_ms = [0.0, 0.1, 0.29, 0.31, 0.7, 0.9, 1.2, 1.4, 2.5, 2.7, 2.9, 7.04, *np.random.default_rng(1).exponential(2.5, 2000)]
+    for d in draws_ms:
+        live_ms = round(timer_sleep_s(d / 1000.0) * 1000.0)
+        assert stack.timer_sleep(d, SLEEP_LEAD_MS, 1.0) == pytest.approx(live_ms, abs=1e-9), d
+        assert stack.timer_sleep(d, SLEEP_LEAD_MS, 0.0) == pytest.approx(timer_sleep_s(d / 1000.0) * 1000.0, abs=1e-9)
+    assert stack.timer_sleep(2.7, 0.0, 1.0) == 3.0 and stack.timer_sleep(2.7, SLEEP_LEAD_MS, 1.0) == 2.0
 
 
 def test_the_slot_part_holds_the_agent_and_the_rest_is_split_over_the_hops(tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ concurrency, serving every capability with a handler that:
 
 * sleeps a service time drawn by the simulator's own sampler
   (``aicp.sim.distributions.seconds``: constant, exponential, lognormal with its
-  ``sigma``, empirical files with their ``scale``), divided by the group's ``speed``;
+  ``sigma``, empirical files with their ``scale``), divided by the group's ``speed``,
+  asking the timer for it a lead early as the synthetic handler does
+  (``aicp.live.handlers.timer_sleep_s``), so that it lasts the draw on average;
 * fails with probability ``fail_prob`` after the service, as the simulator's agents do.
 
 The network latency of the scenario (``[network] latency``, one way, per hop between
@@ -31,6 +33,7 @@ import numpy as np
 
 from aicp.live.agent import Agent
 from aicp.live.client import AICPWebSocketClient
+from aicp.live.handlers import timer_sleep_s
 from aicp.live.loop import run_async
 from aicp.messages import Task
 from aicp.peer import Received
@@ -54,7 +57,7 @@ class ScenarioService:
     async def __call__(self, payload: Any) -> dict[str, Any]:
         delay = self.draw() / self.speed
         if delay > 0.0:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(timer_sleep_s(delay))  # woken a lead early: on average it lasts ``delay`` (handlers.SLEEP_LEAD_MS)
         if self.fail_prob > 0.0 and self.rng.random() < self.fail_prob:
             raise RuntimeError("scenario failure (fail_prob)")
         return {"service_ms": round(delay * 1000.0, 3)}
