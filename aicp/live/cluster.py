@@ -33,6 +33,7 @@ import time
 
 from aicp import errors
 from aicp.cluster import ClusterConfig, ClusterNode, ClusterOutput, Publish
+from aicp.live.loop import DeadlineTimer
 from aicp.live.nats_link import NatsLink
 from aicp.live.server import AICPWebSocketServer
 from aicp.protocol import Close, Forward, Send
@@ -64,8 +65,7 @@ class NatsCluster:
         self.disconnects = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         #: one timer, armed at the view's next deadline (the next summary to publish, or a peer's expiry)
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self._on_timer)
         self.timer_calls = 0  # on_timer calls made by the timer
         self._stopping = False
 
@@ -81,7 +81,7 @@ class NatsCluster:
         """Connect (or keep trying in the background if NATS is not up yet: the router routes locally) and start publishing."""
         self.server.cluster_flush = self._flush
         self.server.cluster_info = self.info
-        self._loop = asyncio.get_running_loop()
+        self._loop = self._timer.loop = asyncio.get_running_loop()
         self._apply(self.node.start(time.time()))  # arms the timer
         try:
             await self.link.start()
@@ -100,10 +100,8 @@ class NatsCluster:
         self._stopping = True
         self.server.cluster_flush = None
         self.server.cluster_info = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._loop = None  # nothing arms the timer again
+        self._timer.cancel()
+        self._loop = self._timer.loop = None  # nothing arms the timer again
         await self.link.close()
 
     # ------------------------------------------------------------------ NATS events
@@ -182,26 +180,13 @@ class NatsCluster:
         Only the view's events move that deadline (a summary published or received, a peer lost), and each ends in
         ``_apply``; a forwarded task or an outcome does not, so the direct path never touches the timer. The
         router's own deadlines (attempts, retries, leases) are the server's timer's. A summary received moves a
-        peer's expiry later: the timer armed for the earlier deadline is kept (firing early is harmless: nothing
-        is due, and it re-arms). 1 ms slack, as the server's: loop time is in milliseconds and drifts from wall
-        time, and a timer that fires before the deadline is a wasted wake-up (the 50 ms ticker this replaces woke
-        a second time, 1 ms later, whenever it came early).
+        peer's expiry later: ``DeadlineTimer`` keeps the timer armed for the earlier deadline (firing early is
+        harmless: nothing is due, and it re-arms) and adds the server's 1 ms slack (the 50 ms ticker this replaces
+        woke a second time, 1 ms later, whenever it came early).
         """
-        deadline = self.node.view.next_deadline()
-        armed = self._timer_at
-        if deadline == armed or (armed is not None and (deadline is None or armed <= deadline)):
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is None or self._loop is None:
-            return
-        self._timer = self._loop.call_at(self._loop.time() + max(0.0, deadline - time.time()) + 0.001, self._on_timer)
+        self._timer.arm(self.node.view.next_deadline())
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         self.timer_calls += 1
         try:
             self._apply(self.node.on_timer(time.time()))  # re-arms

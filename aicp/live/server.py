@@ -52,6 +52,7 @@ from aicp.live.handlers import Handler
 from aicp.live.inbound import DirectServerConnection
 from aicp.live.links import LocalLink, WsLink
 from aicp.live.local_peers import LocalPeer
+from aicp.live.loop import DeadlineTimer
 from aicp.live.prometheus import RouterMetrics
 from aicp.live.record import TraceWriter
 from aicp.live.store import SqliteStore, StateFileError
@@ -132,9 +133,8 @@ class AICPWebSocketServer:
         self._links: dict[int, WsLink | LocalLink] = {}
         self._next_conn = 0
         self._ws_open = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = DeadlineTimer(self._on_timer)  # armed at the core's next deadline
         self._touch_timer: asyncio.TimerHandle | None = None  # with a store that expires bindings: touch_connected every touch_every_s
-        self._timer_at: float | None = None
         self._server: Server | None = None
         self._verifier: VerifierPool | None = None
         self._stop_requested: asyncio.Event | None = None
@@ -213,7 +213,7 @@ class AICPWebSocketServer:
     # ------------------------------------------------------------------ life cycle
     async def start(self) -> None:
         """Listen. With ``port=0`` the kernel picks a port; ``self.port`` holds it afterwards."""
-        self.loop = asyncio.get_running_loop()
+        self.loop = self._timer.loop = asyncio.get_running_loop()
         if self.store is not None:
             if isinstance(self.store, JetStreamStore) and self.store.nc is None:
                 await self.store.open()  # connects and reads the buckets (the SQLite file is read when it is opened)
@@ -304,10 +304,7 @@ class AICPWebSocketServer:
                 await asyncio.wait_for(self._server.wait_closed(), self.limits.close_timeout_s + 1.0)
             except TimeoutError:
                 log.warning("some connections did not close in time")
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._timer_at = None
+        self._timer.cancel()
         if self._verifier is not None:
             self._verifier.close()
         if self.recorder is not None:
@@ -431,32 +428,13 @@ class AICPWebSocketServer:
         self._rearm()
 
     def _rearm(self) -> None:
-        """Arm the one timer for the core's next deadline, unless the armed one fires no later.
-
-        Calling ``on_timer`` before anything is due is harmless (it runs what is due: nothing),
-        so a timer armed for an earlier deadline is kept when the next deadline moves later, as
-        it does on nearly every result (the oldest task's attempt deadline leaves the head of
-        the heap). It fires, finds nothing due and arms the timer for the deadline of then:
-        about one early wake-up per attempt timeout, instead of a timer cancelled and created
-        per task.
-        """
-        deadline = self.proto.next_deadline()
-        armed = self._timer_at
-        if deadline == armed or (armed is not None and (deadline is None or armed <= deadline)):
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is None or self.loop is None:
-            return
-        # 1 ms slack: loop time and wall time drift apart by microseconds, and firing early is a wasted wake-up.
-        when = self.loop.time() + max(0.0, deadline - time.time()) + 0.001
-        self._timer = self.loop.call_at(when, self._on_timer)
+        """Arm the one timer for the core's next deadline, unless the armed one fires no later (``DeadlineTimer``):
+        a timer armed for an earlier deadline is kept when the next deadline moves later, as it does on nearly every
+        result (the oldest task's attempt deadline leaves the head of the heap), so it costs about one early wake-up
+        per attempt timeout instead of a timer cancelled and created per task."""
+        self._timer.arm(self.proto.next_deadline())
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
         self._apply(self.proto.on_timer(time.time()))
 
     # ------------------------------------------------------------------ HTTP on the same port

@@ -68,7 +68,7 @@ def test_the_cluster_timer_fires_at_the_views_deadlines_only(nats_server: NatsSe
             await wait_until(lambda: c1.node.live_routers() == ["r2"] and c2.node.live_routers() == ["r1"], what="the routers hear each other")
             await wait_until(lambda: c1.node.counters["summaries_sent"] >= 5, what="summaries keep going out on the timer")
             view = c1.node.view
-            assert c1._timer is not None and c1._timer_at == view.next_deadline() == view.next_publish
+            assert c1._timer.armed and c1._timer.at == view.next_deadline() == view.next_publish
             # the summary sent by start() went out without the timer; every other one is a timer firing, and no firing was wasted
             assert 1 <= c1.timer_calls <= c1.node.counters["summaries_sent"]
             assert c1.info()["timer_calls"] == c1.timer_calls  # /healthz shows it
@@ -228,7 +228,7 @@ def test_an_outcome_from_nats_that_schedules_a_retry_rearms_the_owners_timer() -
         _, task = hop.ctl_b.task_frame("bench.synthetic", payload({}), now)
         sb._apply(sb.proto.frame_received(3, task, now))
         hop.soon.run()
-        attempt_deadline = sb._timer_at
+        attempt_deadline = sb._timer.at
         assert attempt_deadline is not None
         hop.wires[0].data_received(_as_msg(hop.sockets[1].written, hop.to_a, 2))
         hop.soon.run()
@@ -242,6 +242,6 @@ def test_an_outcome_from_nats_that_schedules_a_retry_rearms_the_owners_timer() -
         assert sb.proto.router.stats.retries == 1 and sb.proto.pending_tasks() == 1
         retry_at = sb.proto.next_deadline()
         assert retry_at is not None and retry_at < attempt_deadline
-        assert sb._timer_at == retry_at
+        assert sb._timer.at == retry_at
 
     asyncio.run(go())

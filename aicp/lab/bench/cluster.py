@@ -36,6 +36,7 @@ import statistics
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,22 +151,23 @@ def process_wakeups(proc: Proc) -> int:
     return total
 
 
-def roles_cpu_s(fleet: Fleet, roles: tuple[str, ...]) -> dict[str, float]:
-    """CPU seconds so far of each process whose role is in ``roles`` (``process_cpu_s``), summed by role."""
+def _by_role(fleet: Fleet, roles: tuple[str, ...], read: Callable[[Any], float]) -> dict[str, float]:
+    """``read`` of each process whose role is in ``roles``, summed by role."""
     out: dict[str, float] = {}
     for p in fleet.procs:
         if p.role in roles:
-            out[p.role] = out.get(p.role, 0.0) + process_cpu_s(p)
+            out[p.role] = out.get(p.role, 0) + read(p)
     return out
 
 
-def roles_wakeups(fleet: Fleet, roles: tuple[str, ...]) -> dict[str, int]:
+def roles_cpu_s(fleet: Fleet, roles: tuple[str, ...]) -> dict[str, float]:
+    """CPU seconds so far of each process whose role is in ``roles`` (``process_cpu_s``), summed by role."""
+    return _by_role(fleet, roles, process_cpu_s)
+
+
+def roles_wakeups(fleet: Fleet, roles: tuple[str, ...]) -> dict[str, float]:
     """Wake-ups so far of each process whose role is in ``roles`` (``process_wakeups``), summed by role."""
-    out: dict[str, int] = {}
-    for p in fleet.procs:
-        if p.role in roles:
-            out[p.role] = out.get(p.role, 0) + process_wakeups(p)
-    return out
+    return _by_role(fleet, roles, process_wakeups)
 
 
 def idle_usage(fleet: Fleet, roles: tuple[str, ...], seconds: float = IDLE_S) -> tuple[dict[str, float], dict[str, float]]:
