@@ -63,7 +63,6 @@ class NatsCluster:
         self.link.subscribe(self.prefix + "summary", self._on_summary)
         self.link.subscribe(self.subject_of(self.name), self._on_direct)
         self.disconnects = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         #: one timer, armed at the view's next deadline (the next summary to publish, or a peer's expiry)
         self._timer = DeadlineTimer(self._on_timer)
         self.timer_calls = 0  # on_timer calls made by the timer
@@ -81,7 +80,7 @@ class NatsCluster:
         """Connect (or keep trying in the background if NATS is not up yet: the router routes locally) and start publishing."""
         self.server.cluster_flush = self._flush
         self.server.cluster_info = self.info
-        self._loop = self._timer.loop = asyncio.get_running_loop()
+        self._timer.loop = asyncio.get_running_loop()
         self._apply(self.node.start(time.time()))  # arms the timer
         try:
             await self.link.start()
@@ -101,7 +100,7 @@ class NatsCluster:
         self.server.cluster_flush = None
         self.server.cluster_info = None
         self._timer.cancel()
-        self._loop = self._timer.loop = None  # nothing arms the timer again
+        self._timer.loop = None  # nothing arms the timer again
         await self.link.close()
 
     # ------------------------------------------------------------------ NATS events

@@ -180,11 +180,6 @@ def idle_usage(fleet: Fleet, roles: tuple[str, ...], seconds: float = IDLE_S) ->
     return {r: (after[r] - before[r]) / wall for r in after}, {r: (wake1[r] - wake0[r]) / wall for r in wake1}
 
 
-def idle_cpu(fleet: Fleet, roles: tuple[str, ...], seconds: float = IDLE_S) -> dict[str, float]:
-    """CPU seconds per second each role in ``roles`` uses with no task running (summaries, pings, timers)."""
-    return idle_usage(fleet, roles, seconds)[0]
-
-
 def load(fleet: Fleet, targets: list[tuple[str, float]], trial: Trial, cfg: argparse.Namespace, tag: str, roles: tuple[str, ...],
          idle_s: float = IDLE_S) -> dict[str, Any]:
     """One open-loop load generator per (url, rate); CPU of the processes whose role is in ``roles``.
