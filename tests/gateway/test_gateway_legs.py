@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from aicp import trace as aicp_trace
 from aicp.gateway.legs import LEGS, Legs
 from aicp.lab.bench.gateway_legs import router_times
 
@@ -46,10 +47,11 @@ def test_a_process_with_the_variable_writes_its_legs_at_exit(tmp_path: Path) -> 
 def test_router_times_join_arrive_and_end_by_task_id_on_the_perf_counter_clock(tmp_path: Path) -> None:
     trace = tmp_path / "t.jsonl.gz"
     now = time.time()
-    lines = [{"e": "header", "t": now, "v": 1}, {"e": "arrive", "t": now + 1.0, "task": "ctl\nA"}, {"e": "dispatch", "t": now + 1.1, "task": "ctl\nA"},
-             {"e": "arrive", "t": now + 2.0, "task": "gw\nB"}, {"e": "end", "t": now + 1.5, "task": "ctl\nA", "outcome": "completed"}]
-    with gzip.open(trace, "wt") as f:
-        f.write("\n".join(json.dumps(x) for x in lines) + "\n{cut")
+    events = [aicp_trace.Header(t=now, v=aicp_trace.TRACE_VERSION, router="r", strategy="round_robin"),
+              aicp_trace.Arrive(t=now + 1.0, task="ctl\nA", method="m", bytes=2), aicp_trace.Dispatch(t=now + 1.1, task="ctl\nA", agent="a", attempt=1),
+              aicp_trace.Arrive(t=now + 2.0, task="gw\nB", method="m", bytes=2), aicp_trace.End(t=now + 1.5, task="ctl\nA", outcome="completed", attempts=1)]
+    with gzip.open(trace, "wb") as f:  # as the router writes it (aicp.trace.encode), with a line cut by a crash at the end
+        f.write(b"".join(aicp_trace.encode(e) for e in events) + b'{"e": "arr')
     got = router_times(trace)
     assert list(got) == ["A"]  # B never ended
     arrive, end = got["A"]

@@ -27,7 +27,6 @@ seconds each plus warm-ups. Run it under ``flock /tmp/aicp-bench.lock``.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import signal
@@ -38,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from aicp import trace as trace_mod
 from aicp.lab.bench.live import Fleet, Trial, add_arguments, run_trial, start_system
 from aicp.lab.bench.noise import NoiseMeter, format_noise
 from aicp.lab.bench.via_gateway import run_http_trial, start_gateway
@@ -73,19 +73,13 @@ def router_times(trace: Path) -> dict[str, tuple[float, float]]:
     offset = time.time() - time.perf_counter()
     arrive: dict[str, float] = {}
     out: dict[str, tuple[float, float]] = {}
-    with gzip.open(trace, "rt") as f:
-        for line in f:
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue  # a cut last line
-            e = ev.get("e")
-            if e in ("arrive", "end"):
-                tid = ev["task"].split("\n", 1)[-1]
-                if e == "arrive":
-                    arrive[tid] = ev["t"] - offset
-                elif tid in arrive:
-                    out[tid] = (arrive[tid], ev["t"] - offset)
+    for ev in trace_mod.parse(trace.read_bytes(), trace.name):  # a torn last line is dropped
+        if isinstance(ev, (trace_mod.Arrive, trace_mod.End)):
+            tid = ev.task.split("\n", 1)[-1]  # the trace's key is "controller\ntask id"
+            if isinstance(ev, trace_mod.Arrive):
+                arrive[tid] = ev.t - offset
+            elif tid in arrive:
+                out[tid] = (arrive[tid], ev.t - offset)
     return out
 
 
