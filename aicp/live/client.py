@@ -697,9 +697,6 @@ class AICPWebSocketClient(PeerClient):
             frame = self.session.result_frame(task, payload(None), time.time(), ok=False, reason="overloaded: agent queue is full")
             self._spawn(self._send_result(frame))
             return
-        if not self._waiting and self.running < self.concurrency:
-            self._start(task)  # a free slot and nobody ahead: straight in, without the queue
-            return
         self._waiting.append(task)
         self._start_waiting()
 
