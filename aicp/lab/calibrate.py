@@ -668,6 +668,12 @@ def joined(trace_path: Path) -> list[str]:
 WAKE_MISMATCH = 0.2
 
 
+def agents_lead_ms(cfg: argparse.Namespace) -> float:
+    """The lead a live run's agents took off their draws before sleeping (ms; ``cfg.sleep_lead_ms``): 0 when the
+    configuration has none, as runs made before the lead (their agents slept their whole draw)."""
+    return float(getattr(cfg, "sleep_lead_ms", 0.0) or 0.0)
+
+
 def wake_from_run(trace_path: Path, cfg: argparse.Namespace, agent_seed: int, timer_ms: float = 1.0) -> np.ndarray:
     """The agents' wake-up per task of a seeded run (ms): the signed handler time minus what its draw asked the timer
     for, the draw less the agents' lead (``cfg.sleep_lead_ms``; absent: 0, agents before the lead), rounded to the timer.
@@ -678,7 +684,7 @@ def wake_from_run(trace_path: Path, cfg: argparse.Namespace, agent_seed: int, ti
     in the draw (docs/SIMULATOR.md): that wake-up is what the run adds to the workload.
     Tasks arriving in the warm-up are left out (their draws are still consumed).
     """
-    lead_ms = float(getattr(cfg, "sleep_lead_ms", 0.0) or 0.0)
+    lead_ms = agents_lead_ms(cfg)
     names = fleet_indexes(cfg.agents, cfg.agent_procs)
     order: list[tuple[str, str]] = []
     ok: dict[tuple[str, str], float] = {}
@@ -757,7 +763,7 @@ def same_calibration(
         measured={"from_run": [str(run_dir / f"{lv['tags'][b]}.jsonl") for b in picked], "what": "costs_from_trace, wake-ups over the seeded draws"},
     )
     cal.timer_ms = 1.0
-    cal.lead_ms = float(getattr(cfg, "sleep_lead_ms", 0.0) or 0.0)  # the agents' rule, as wake_from_run read the wake-ups
+    cal.lead_ms = agents_lead_ms(cfg)  # the agents' rule, as wake_from_run read the wake-ups
     cal.levels[0].wake_ms = stack_mod.thin(wake)
     return cal
 
