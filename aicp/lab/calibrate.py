@@ -169,6 +169,42 @@ def analyse(trace_path: Path, gen_npz: Path, requester: str, concurrency: int = 
     return {"service_ms": np.array(service), "overhead_ms": np.array(overhead), "client_ms": np.array(client)}
 
 
+def intake_track(trace_path: Path, gen_npz: Path, requester: str, skip_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The way into the router of one load generator's measured, completed tasks, in intended order: their intended
+    send times (s after the warm-up), how long after that (or after the send, if earlier) each frame reached the
+    router (ms: the send lag, the hop, the router's read), and the part after the router (ms: its end -> the
+    generator's outcome). The two add up to ``client_ms`` of :func:`analyse`; the first, as a track in time, is what
+    a stall of the generator or the router does to the arrivals (``stack.Level.intake_ms``, docs/SIMULATOR.md).
+    The router's and the generator's clocks are the machine's wall clock (``start_wall`` of the samples)."""
+    arrive: list[float] = []
+    end: dict[str, tuple[float, str]] = {}
+    order: list[str] = []
+    n = len(requester)
+    for ev in trace.parse(trace_path.read_bytes()):
+        if isinstance(ev, trace.Arrive):
+            if ev.task.startswith(requester) and ev.task[n : n + 1] in ("/", "\n"):
+                arrive.append(ev.t)
+                order.append(ev.task)
+        elif isinstance(ev, trace.End):
+            end[ev.task] = (ev.t, ev.outcome)
+    data = np.load(gen_npz)
+    start_wall = float(json.loads(Path(str(gen_npz) + ".json").read_text())["start_wall"])
+    intended, sent, done, outcome = data["intended"], data["sent"], data["done"], data["outcome"]
+    if len(order) != len(intended):
+        raise RuntimeError(f"{trace_path}: {len(order)} arrivals from {requester} but the load generator sent {len(intended)}")
+    t, lag, after = [], [], []
+    for k, task in enumerate(order):
+        e = end.get(task)
+        if intended[k] < skip_s or e is None or e[1] != "completed" or outcome[k] != 0:
+            continue
+        start = start_wall + min(intended[k], sent[k])
+        t.append(intended[k] - skip_s)
+        lag.append((arrive[k] - start) * 1000.0)
+        after.append((start_wall + done[k] - e[0]) * 1000.0)
+    i = np.argsort(np.array(t), kind="stable")
+    return np.array(t)[i], np.array(lag)[i], np.array(after)[i]
+
+
 def busy_gaps(trace_path: Path) -> np.ndarray:
     """What holds a busy agent's slot beyond its signed ``service_ms`` (ms), one figure per back-to-back pair.
 
@@ -746,11 +782,13 @@ def stall_text(st: dict[str, Any] | None) -> str:
 
 
 def same_calibration(
-    lv: dict[str, Any], cfg: argparse.Namespace, run_dir: Path, fallback_slot_ms: float, block: int | None = None
+    lv: dict[str, Any], cfg: argparse.Namespace, run_dir: Path, fallback_slot_ms: float, block: int | None = None, intake: bool = True
 ) -> stack_mod.Calibration:
     """A run's costs for the ``same`` column: its round trips, slot gaps and load generator part as ``run_calibration``,
     but the wake-ups over the agents' seeded draws instead of whole handler times (the draws come from the seeds).
-    ``block``: that block's costs alone (``--same-costs block``: the other strategy's block next to it in time); else all pooled."""
+    ``block``: that block's costs alone (``--same-costs block``: the other strategy's block next to it in time); else all pooled.
+    ``intake``: the way into the router as the run's track in time (:func:`intake_track`), ``client_ms`` then the part after
+    the router; else the whole client part per task, drawn independently (the model before, ``--no-intake``)."""
     picked = range(len(lv["tags"])) if block is None else [block]
     wake = np.concatenate([wake_from_run(run_dir / f"{lv['tags'][b]}.jsonl", cfg, lv["seeds"][b][1]) for b in picked])  # type: ignore[arg-type]
     costs = lv["costs"] if block is None else lv["block_costs"][block]
@@ -765,6 +803,22 @@ def same_calibration(
     cal.timer_ms = 1.0
     cal.lead_ms = agents_lead_ms(cfg)  # the agents' rule, as wake_from_run read the wake-ups
     cal.levels[0].wake_ms = stack_mod.thin(wake)
+    gens = [run_dir / f"{lv['tags'][b]}-gen0.npz" for b in picked]
+    if intake and cal.levels[0].client_ms and all(g.exists() and Path(f"{g}.json").exists() for g in gens):
+        # the way in as a track in time (the blocks one after another), the rest of the client part per task
+        ts, lags, afters, off = [], [], [], 0.0
+        for b in picked:
+            tag = lv["tags"][b]
+            t, lag, after = intake_track(run_dir / f"{tag}.jsonl", run_dir / f"{tag}-gen0.npz", f"{tag}-gen0", cfg.warmup)
+            if t.size:
+                ts.append(t + off)
+                lags.append(lag)
+                afters.append(after)
+                off += float(t[-1]) + float(np.mean(np.diff(t))) if t.size > 1 else 1.0
+        if ts:
+            cal.levels[0].intake_t_s = np.concatenate(ts).tolist()
+            cal.levels[0].intake_ms = np.round(np.concatenate(lags), 4).tolist()
+            cal.levels[0].client_ms = stack_mod.thin(np.concatenate(afters))
     return cal
 
 
@@ -1187,13 +1241,13 @@ def grid(args: argparse.Namespace) -> int:
             try:
                 # the pooled costs are always written (the run's record); with --same-costs block, each block's too
                 out = run_dir / f"{scenario.name}-{strategy}-same-calibration.json"
-                stack_mod.write(same_calibration(lv, cfgs[strategy], run_dir, sign_ms), out)
+                stack_mod.write(same_calibration(lv, cfgs[strategy], run_dir, sign_ms, intake=not args.no_intake), out)
                 same_files[strategy] = out
                 if per_block and len(lv["tags"]) > 1:
                     outs = []
                     for b in range(len(lv["tags"])):
                         out = run_dir / f"{scenario.name}-{strategy}-b{b}-same-calibration.json"
-                        stack_mod.write(same_calibration(lv, cfgs[strategy], run_dir, sign_ms, block=b), out)
+                        stack_mod.write(same_calibration(lv, cfgs[strategy], run_dir, sign_ms, block=b, intake=not args.no_intake), out)
                         outs.append(out)
                     same_files[strategy] = outs
             except stack_mod.CalibrationError as exc:
@@ -1444,6 +1498,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fresh-draws",
         action="store_true",
         help="--grid: the live agents draw unseeded service times, each run its own (default: seeded, the same draws in each strategy's run)",
+    )
+    add(
+        "--no-intake",
+        action="store_true",
+        help="--grid: 'same' and 'own' draw the load generator's part per task as before, instead of taking the way into the "
+        "router as the other run's track in time (default: the track; a stall bunches the arrivals as live)",
     )
     add("--live-warmup", type=float, default=2.0, help="--grid: warm-up seconds per live run (default 2)")
     add("--seed", type=int, default=1)

@@ -185,6 +185,7 @@ class ClusterSimulation:
         self.fixed_service: dict[int, float] = {}
         self.trace: array[int] | None = array("q") if trace else None
         self.submitted = 0
+        self.arrival_lag_s = 0.0  # a stream's way-in lag (aicp.sim.streams.Intake); a cluster takes no calibration, so none
         self.ended = 0
         self.duplicate_outcomes = 0
         self.forwards = 0

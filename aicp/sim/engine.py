@@ -14,7 +14,8 @@ from __future__ import annotations
 import random
 import time
 from array import array
-from collections.abc import Callable, Generator
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +153,7 @@ class Simulation:
         self.records = Records(int(expected * 1.1) + 1024)
         self.trace: array[int] | None = array("q") if trace else None
         self.submitted = 0
+        self.arrival_lag_s = 0.0  # set by a stream just before each submit when the way in is calibrated
         self.ended = 0
         self.stopped = False
         self.arrivals_end_s = s.duration_s  # earlier when max_tasks stops the arrivals
@@ -189,9 +191,16 @@ class Simulation:
                 for _, method, _ in rows:
                     if method is not None:
                         self.method_index(method)
-                stream: Stream = TraceStream(env, self, iter(rows), w_i, timeout_s)
+                items: Iterator[Any] = iter(rows)
             else:
-                stream = Stream(env, self, arrival_times(w.arrival, rng, s.duration_s), w_i, timeout_s)
+                items = arrival_times(w.arrival, rng, s.duration_s)
+            lags: deque[float] | None = None
+            if self.stack is not None and self.stack.intake is not None:
+                # a calibrated way in: each task reaches the router when the recorded track says, in order
+                lags = deque()
+                items = stack_mod.shifted(items, self.stack.intake, lags, isinstance(w.arrival, TraceArrival))
+            kind = TraceStream if isinstance(w.arrival, TraceArrival) else Stream
+            stream: Stream = kind(env, self, items, w_i, timeout_s, lags)
             self._streams_left += 1
             stream.start()
         self._clock = env.process(self._clock_loop())
@@ -262,7 +271,8 @@ class Simulation:
         if i == rec.capacity:
             rec.grow()
         # with a calibration, the time outside the router (load generator, its hops) counts from an earlier start
-        rec.arrival[i] = now if self.stack is None else now - self.stack.client()
+        # (and, with a calibrated way in, from the intended time, before the lag that brought it here now)
+        rec.arrival[i] = now if self.stack is None else now - self.stack.client() - self.arrival_lag_s
         if method:
             rec.method[i] = method
         self.submitted = rec.n = i + 1
@@ -306,7 +316,9 @@ class Simulation:
             body = b"%s:%d:%d" % (task.encode(), ok, agent.index)
             self.link.send(agent.index, self._on_result_signed, (agent, task, ok, body, agent.sign(body)), self.verify_s)
         else:
-            self.link.send(agent.index, self._on_result, (agent, task, ok, agent.misbehave), self.verify_s)
+            # a calibrated way in: the router reads the result as late as it reads arrivals at that moment
+            late = self.stack.intake.backlog(self.env.now) if self.stack is not None and self.stack.intake is not None else 0.0
+            self.link.send(agent.index, self._on_result, (agent, task, ok, agent.misbehave), self.verify_s + late)
 
     def _on_result_signed(self, message: tuple[SimAgent, str, bool, bytes, bytes]) -> None:
         agent, task, ok, body, sig = message

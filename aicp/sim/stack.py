@@ -45,10 +45,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -89,6 +90,13 @@ class Level(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # the run come together as they did live instead of being spread over the whole run
     window_s: Annotated[float, Meta(ge=0.0)] = 0.0
     windows: list[Window] = []
+    # the way in, as a track in time: a run's tasks' intended send times (s from the run's start, ascending) and how
+    # long after each its frame reached the router (ms). When given, a simulated task reaches the router that much
+    # after its intended time, read off the track at a random offset per replication (cyclic), so that a stall of
+    # the load generator or the router, which holds every frame sent meanwhile and hands them over together, queues
+    # them together as live; ``client_ms`` then holds only the part after the router (its end -> the generator's).
+    intake_t_s: list[float] = []
+    intake_ms: list[float] = []
 
 
 class Calibration(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -125,6 +133,10 @@ def load(path: str | Path) -> Calibration:
     for level in cal.levels:
         if level.windows and (len(cal.levels) > 1 or level.window_s <= 0.0):
             raise CalibrationError(f"{p}: windows need a single level and window_s > 0")
+        if len(level.intake_t_s) != len(level.intake_ms) or (level.intake_ms and len(cal.levels) > 1):
+            raise CalibrationError(f"{p}: an intake track needs a single level and as many times as lags")
+        if any(b < a for a, b in itertools.pairwise(level.intake_t_s)):
+            raise CalibrationError(f"{p}: intake_t_s must ascend")
         for k, win in enumerate(level.windows):
             if not win.agent_overhead_ms or (level.handler_ms and not win.handler_ms):
                 raise CalibrationError(f"{p}: window {k} holds no samples")
@@ -193,6 +205,10 @@ class StackModel:
         self._client = _sampler(low.client_ms, high.client_ms, w, rng, clip=False)
         self._handler = _sampler(low.handler_ms, high.handler_ms, w, rng) if low.handler_ms else None
         self._no_wake = not low.wake_ms and not high.wake_ms
+        self.intake: Intake | None = None
+        if low.intake_ms:
+            # its own stream (spawned, so the other costs draw exactly as without a track)
+            self.intake = Intake(low.intake_t_s, low.intake_ms, rng.spawn(1)[0])
         #: the simulated clock (s); the engine sets it. Read only by windowed costs.
         self.clock: Callable[[], float] = lambda: 0.0
         if low.windows and low.window_s > 0.0:  # one level (a run's calibration): its windows
@@ -239,6 +255,54 @@ class StackModel:
     def client(self) -> float:
         """Seconds outside the router added to one task's latency."""
         return self._client()
+
+
+class Intake:
+    """The way into the router as a track in time (:attr:`Level.intake_ms`): a task intended at ``t`` reaches the
+    router ``lag(t)`` later, the lag read off the recorded track at ``t`` plus one random offset per replication
+    (cyclic over the track's span), never earlier than the task before it (one connection keeps the order).
+
+    Why a track and not independent draws: the lags come in stretches. A load generator or router descheduled for
+    30 ms holds every frame sent meanwhile; they reach the router together, each lagging by what was left of the
+    stall, and queue together at the agents. Drawn per task, the same lags delay tasks one by one and queue
+    nobody (docs/SIMULATOR.md, "The way in"). O(log n) per task (a bisection of the track).
+    """
+
+    def __init__(self, t_s: list[float], lag_ms: list[float], rng: np.random.Generator) -> None:
+        self.t = np.asarray(t_s, dtype=np.float64)
+        self.lag = np.asarray(lag_ms, dtype=np.float64) / 1000.0
+        self.span = float(self.t[-1] - self.t[0]) if self.t.size > 1 else 0.0
+        self.offset = float(rng.random() * self.span) if self.span > 0 else 0.0
+        #: the way in's usual lag (its median): what a frame takes when the router keeps up
+        self.base = float(np.median(self.lag))
+
+    def backlog(self, t: float) -> float:
+        """How far behind its usual lag the router reads at ``t`` (s, >= 0): a result the router reads then waits as long
+        as an arrival does, since one event loop reads both (the slow stretches of a live run are the router's: frames
+        sent on time, read tens of ms late)."""
+        return max(0.0, self.lag_at(t) - self.base)
+
+    def lag_at(self, t: float) -> float:
+        """The track's lag (s) for a task intended at ``t`` (s, the simulated clock): the recorded task's intended
+        at or just before ``t`` + the offset."""
+        if self.span <= 0:
+            return float(self.lag[0])
+        x = self.t[0] + (t + self.offset) % self.span
+        k = int(np.searchsorted(self.t, x, side="right")) - 1
+        return float(self.lag[min(max(k, 0), self.t.size - 1)])
+
+
+def shifted(items: Iterator[Any], intake: Intake, lags: deque[float], rows: bool) -> Iterator[Any]:
+    """A stream's arrival times (floats, or a trace's rows with the time first when ``rows``) moved to when each task
+    reaches the router, never before the one ahead of it; each task's lag (s) is appended to ``lags`` for the
+    driver to take at its arrival (the latency still counts from the intended time)."""
+    last = -math.inf
+    for item in items:
+        t = item[0] if rows else item
+        at = max(t + intake.lag_at(t), last)
+        last = at
+        lags.append(at - t)
+        yield (at, *item[1:]) if rows else at
 
 
 def summary(level: Level) -> dict[str, float]:

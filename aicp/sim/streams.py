@@ -6,6 +6,7 @@ take tasks in. It never sees the router or the rest of the simulation.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -20,6 +21,9 @@ class Intake(Protocol):
     def stopped(self) -> bool:
         """True once arrivals must stop (``max_tasks`` reached, or every stream ran out)."""
         ...
+
+    #: how long after its intended time the task about to be submitted reaches the router (s; a calibrated way in)
+    arrival_lag_s: float
 
     def submit(self, method: int, timeout_s: float | None, service_s: float | None) -> None:
         """A task of method ``method`` (an index) arrives now; ``service_s`` fixes its service time (traces)."""
@@ -37,12 +41,20 @@ class Intake(Protocol):
 class Stream:
     """One workload stream: each arrival schedules the next one (one event per task, no generator)."""
 
-    __slots__ = ("env", "intake", "method", "timeout_s", "times")
+    __slots__ = ("env", "intake", "lags", "method", "timeout_s", "times")
 
     def __init__(
-        self, env: simpy.Environment, intake: Intake, times: Iterator[Any], method: int, timeout_s: float | None
+        self,
+        env: simpy.Environment,
+        intake: Intake,
+        times: Iterator[Any],
+        method: int,
+        timeout_s: float | None,
+        lags: deque[float] | None = None,
     ) -> None:
         self.env, self.intake, self.times, self.method, self.timeout_s = env, intake, times, method, timeout_s
+        #: with a calibrated way in (aicp.sim.stack.shifted): each task's lag behind its intended time, in order
+        self.lags = lags
 
     def start(self) -> None:
         self._schedule(next(self.times, None))
@@ -59,6 +71,8 @@ class Stream:
         if intake.stopped:
             intake.stream_done()
             return
+        if self.lags is not None:
+            intake.arrival_lag_s = self.lags.popleft()
         intake.submit(self.method, self.timeout_s, None)
         item = next(self.times, None)
         if item is None or intake.stopped:
@@ -88,5 +102,7 @@ class TraceStream(Stream):
             return
         row: tuple[float, str | None, float | None] = event.value  # type: ignore[assignment]
         _, method, service = row
+        if self.lags is not None:
+            intake.arrival_lag_s = self.lags.popleft()
         intake.submit(self.method if method is None else intake.method_index(method), self.timeout_s, service)
         self._schedule(next(self.times, None))

@@ -262,3 +262,67 @@ def test_given_draws_replace_the_service_and_the_stack_still_rounds_them_and_add
     # round robin alternates the agents: 2.25 and 4.25 ms from the first (2.1 -> 2, 3.8 -> 4), 6.25 from the second
     assert set(np.round(lat, 9)) == {2.25, 4.25, 6.25}
     assert abs(np.mean(np.isclose(lat, 6.25)) - 0.5) < 0.01
+
+
+# ----------------------------------------------------------------------------- the way in as a track in time
+def _stall_track(stall_ms: float, every_s: float = 1.0, span_s: float = 20.0, base_ms: float = 0.3) -> dict[str, list[float]]:
+    """A way-in track sampled every ms: the usual ``base_ms``, and once every ``every_s`` a stall of the router of
+    ``stall_ms``: frames sent in it are read when it ends (each lags by what was left of it), as live."""
+    t = np.arange(0.0, span_s, 0.001)
+    into = np.mod(t, every_s) * 1000.0  # ms since the stall began
+    lag = np.where(into < stall_ms, stall_ms - into + base_ms, base_ms)
+    return {"intake_t_s": t.round(6).tolist(), "intake_ms": lag.round(4).tolist()}
+
+
+def test_a_router_stall_on_the_way_in_queues_the_held_tasks_together(tmp_path: Path) -> None:
+    # 2 agents, exponential 2.5 ms at 65%: a 40 ms stall once a second holds ~20 tasks, handed over at once; they queue
+    # at the agents and raise the p99 by more than the stall's own lag. The same lags drawn per task (client_ms) do not.
+    service = {"dist": "exponential", "mean_ms": 2.5}
+    track = _stall_track(40.0, span_s=10.0)
+    _write(tmp_path / "track.json", v=2, wake_ms=[], agent_overhead_ms=[0.5], client_ms=[0.0], **track)
+    _write(tmp_path / "flat.json", v=2, wake_ms=[], agent_overhead_ms=[0.5], client_ms=[0.0], **_stall_track(0.0, span_s=10.0))
+    _write(tmp_path / "drawn.json", v=2, wake_ms=[], agent_overhead_ms=[0.5], client_ms=track["intake_ms"])
+    p99 = {}
+    for name in ("track", "flat", "drawn"):
+        sc = _scenario(tmp_path, service, f"{name}.json", rate=520.0, agents=2)
+        poisson = [{"method": "m", "arrival": {"process": "poisson", "rate_per_s": 520.0}}]
+        sc = scenario_mod.from_data({**scenario_mod.to_data(sc), "duration_s": 10.0, "workload": poisson})
+        p99[name] = float(np.percentile(_latencies_ms(run(sc, "least_loaded")), 99))
+    assert p99["track"] > p99["drawn"] + 6.0, p99
+    assert p99["drawn"] > p99["flat"], p99
+
+
+def test_a_flat_way_in_track_changes_nothing_but_the_latency_start(tmp_path: Path) -> None:
+    # a track of zero lags: every task reaches the router at its intended time, as without a track, task for task
+    service = {"dist": "exponential", "mean_ms": 4.0}
+    _write(tmp_path / "plain.json", v=2, wake_ms=[0.2], agent_overhead_ms=[0.5, 0.9], client_ms=[1.0, 2.0])
+    zero = {"intake_t_s": [0.0, 5.0, 10.0], "intake_ms": [0.0, 0.0, 0.0]}
+    _write(tmp_path / "zero.json", v=2, wake_ms=[0.2], agent_overhead_ms=[0.5, 0.9], client_ms=[1.0, 2.0], **zero)
+    a = run(_scenario(tmp_path, service, "plain.json", rate=300.0, agents=2), "least_loaded").records
+    b = run(_scenario(tmp_path, service, "zero.json", rate=300.0, agents=2), "least_loaded").records
+    for k in ("arrival", "dispatch", "end", "agent"):
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_the_way_in_keeps_the_order_and_reads_the_track_cyclically() -> None:
+    from collections import deque
+
+    intake = stack.Intake([0.0, 1.0, 2.0], [5.0, 50.0, 1.0], np.random.default_rng(1))
+    intake.offset = 0.0
+    assert intake.lag_at(0.5) == pytest.approx(0.005) and intake.lag_at(1.2) == pytest.approx(0.05)
+    assert intake.lag_at(2.5) == pytest.approx(0.005)  # the span is 2 s: 2.5 reads 0.5
+    assert intake.backlog(1.5) == pytest.approx(0.045) and intake.backlog(0.5) == 0.0  # beyond the median lag (5 ms)
+    lags: deque[float] = deque()
+    times = list(stack.shifted(iter([1.00, 1.01, 1.99, 2.0]), intake, lags, rows=False))
+    # 1.00 and 1.01 lag 50 ms; 1.99 would lag 50 ms too; 2.0 reads 1 ms but may not overtake 1.99's 2.04
+    assert times == pytest.approx([1.05, 1.06, 2.04, 2.04])
+    assert list(lags) == pytest.approx([0.05, 0.05, 0.05, 0.04])
+
+
+def test_a_way_in_track_must_be_one_level_with_ascending_times(tmp_path: Path) -> None:
+    _write(tmp_path / "bad.json", v=2, intake_t_s=[1.0, 0.5], intake_ms=[1.0, 1.0])
+    with pytest.raises(stack.CalibrationError, match="ascend"):
+        stack.load(tmp_path / "bad.json")
+    _write(tmp_path / "bad2.json", v=2, intake_t_s=[1.0], intake_ms=[1.0, 1.0])
+    with pytest.raises(stack.CalibrationError, match="as many"):
+        stack.load(tmp_path / "bad2.json")
