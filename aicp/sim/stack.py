@@ -30,6 +30,13 @@ measured on one machine, per task, from a recorded live run with idle agents:
   router's own arrival-to-end time: sending late on a millisecond timer, signing,
   the hops between load generator and router, verifying the outcome. Outside the
   router's queues, so it is added to each task's latency.
+* ``intake_t_s``, ``intake_ms`` (optional, a run's calibration): the way into the router as a
+  track in time, each recorded task's intended send time and how long after it the router read
+  its frame. A simulated task reaches the router as late as the track says at its time (a
+  random offset per replication), in order, and the router reads results as far behind as it
+  reads arrivals then (:class:`Intake`): a router that falls tens of ms behind hands over the
+  frames it held together, and they queue together at the agents. ``client_ms`` is then only
+  the part after the router.
 
 The stack's costs grow with the task rate through it (its processes share the
 machine's cores), so the probe measures them at a few rates (``levels``) and a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,19 @@ def test_analyse_takes_service_overhead_of_idle_dispatches_and_client_time(tmp_p
     # client: generator latency from min(intended, sent) (a late send's lag is charged, an early
     # send is not credited) minus the router's arrive-to-end span
     np.testing.assert_allclose(got["client_ms"], [7.0 - 6.0, 9.5 - 8.0, 4.5 - 3.0], atol=1e-3)
+
+
+def test_the_way_in_and_the_part_after_the_router_add_up_to_the_client_part(tmp_path: Path) -> None:
+    path, gen = _files(tmp_path)
+    # the generator's clock started 2 ms before the router's T0: task 1, intended at 1.0 and read at T0 + 1.000, lagged 2 ms
+    Path(f"{gen}.json").write_text(json.dumps({"start_wall": T0 - 0.002}))
+    t, lag, after = calibrate.intake_track(path, gen, "gen-a", skip_s=0.0)
+    np.testing.assert_allclose(t, [1.0, 1.5, 2.0])
+    assert lag[0] == pytest.approx(2.0, abs=1e-3)
+    client = calibrate.analyse(path, gen, "gen-a", concurrency=1, skip_s=0.0)["client_ms"]
+    np.testing.assert_allclose(lag + after, client, atol=1e-3)
+    t, _, _ = calibrate.intake_track(path, gen, "gen-a", skip_s=1.2)  # the warm-up's tasks left out, times from its end
+    np.testing.assert_allclose(t, [0.3, 0.8])
 
 
 def test_analyse_with_two_slots_counts_the_second_dispatch_as_idle(tmp_path: Path) -> None:
