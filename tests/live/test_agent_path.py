@@ -13,6 +13,8 @@ from aicp.live.handlers import Synthetic
 def test_every_task_gets_one_signed_result_carrying_its_handler_time() -> None:
     got = asyncio.run(agent_path.run_tasks(20))
     assert got["tasks"] == 20 and got["cpu_s"] > 0.0
+    times = got["service_ms"]
+    assert len(times) == 20 and all(0.0 <= t < 1000.0 and t == round(t, 4) for t in times)  # ms, to 0.1 µs
 
 
 def test_the_harness_refuses_results_without_a_handler_time(monkeypatch: pytest.MonkeyPatch) -> None:

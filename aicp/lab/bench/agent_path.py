@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
@@ -47,8 +48,8 @@ from aicp.signing import Identity
 METHOD = "bench.synthetic"
 
 
-async def run_tasks(n: int) -> dict[str, float]:
-    """Feed ``n`` tasks through one agent client; every result is checked. CPU seconds of the loop."""
+async def run_tasks(n: int) -> dict[str, Any]:
+    """Feed ``n`` tasks through one agent client; every result is checked. CPU seconds of the loop, and the handler times signed."""
     controller = PeerSession(Identity.generate(), "lg", "controller")
     controller.router_id = "router"
     controller.state = READY
@@ -96,7 +97,7 @@ async def run_tasks(n: int) -> dict[str, float]:
     if ({getattr(r, "task_id", None) for r in results} != sent or any(not isinstance(r, Result) or not r.ok or r.service_ms is None for r in results)
             or agent.completed != n):
         raise RuntimeError("a result is missing, failed or carries no handler time")
-    return {"tasks": n, "cpu_s": cpu}
+    return {"tasks": n, "cpu_s": cpu, "service_ms": [r.service_ms for r in results if isinstance(r, Result)]}
 
 
 def callgrind_ir(n: int) -> int:
