@@ -38,6 +38,9 @@ def encode_public_key(raw: bytes) -> str:
     return KEY_PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
+_BASE64URL: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
 def decode_public_key(text: str) -> bytes:
     """Text form to raw bytes; rejects anything but the one canonical encoding."""
     if not text.startswith(KEY_PREFIX):
@@ -45,11 +48,13 @@ def decode_public_key(text: str) -> bytes:
     body = text[len(KEY_PREFIX) :]
     if len(body) != 43:
         raise errors.VerifyError(errors.INVALID_KEY, "public key must be 43 base64url characters")
+    if not _BASE64URL.issuperset(body):  # urlsafe_b64decode would skip other characters and return fewer bytes
+        raise errors.VerifyError(errors.INVALID_KEY, "public key is not base64url")
     try:
         raw = base64.urlsafe_b64decode(body + "=")
     except (binascii.Error, ValueError) as exc:
         raise errors.VerifyError(errors.INVALID_KEY, "public key is not base64url") from exc
-    if encode_public_key(raw) != text:  # rejects non-zero padding bits
+    if len(raw) != PUBLIC_KEY_BYTES or encode_public_key(raw) != text:  # rejects non-zero padding bits
         raise errors.VerifyError(errors.INVALID_KEY, "public key is not canonically encoded")
     return raw
 

@@ -52,6 +52,16 @@ def test_public_key_text_form_is_canonical() -> None:
     assert exc.value.code == errors.INVALID_KEY
 
 
+@pytest.mark.parametrize("body", ["7Ukox" + "#" * 2 + "A" * 36, "A" * 42 + "=", "A" * 21 + " " + "A" * 21, "A" * 42 + "\u00e9"])
+def test_a_public_key_with_characters_outside_base64url_is_an_invalid_key_error(body: str) -> None:
+    # urlsafe_b64decode skips characters outside its alphabet and returns fewer than 32 bytes:
+    # found by test_fuzz (a '#' in the key raised LocalError from the re-encoding, not INVALID_KEY)
+    assert len(body) == 43
+    with pytest.raises(errors.VerifyError) as exc:
+        signing.decode_public_key("ed25519:" + body)
+    assert exc.value.code == errors.INVALID_KEY
+
+
 def test_signature_covers_the_context_so_a_bare_body_signature_fails() -> None:
     ident = Identity.generate()
     body = b'{"type":"heartbeat"}'

@@ -134,7 +134,7 @@ def test_a_batcher_keeps_the_order_and_an_eager_one_writes_the_first_frame_of_an
     once, the ones after it in the same iteration wait for the flush; every frame arrives once, in order."""
 
     async def drive(ws: ClientConnection) -> None:
-        batch = FrameBatcher(ws, eager=eager)
+        batch = FrameBatcher(ws, eager=eager, max_hold_s=60.0)  # the hold is another test's: a preempted test must not hit it
         batch.add(b"a")
         assert batch.pending == ([] if eager else [b"a"])  # eager: written, not held
         batch.add(b"b")
