@@ -185,7 +185,6 @@ class ClusterSimulation:
         self.fixed_service: dict[int, float] = {}
         self.trace: array[int] | None = array("q") if trace else None
         self.submitted = 0
-        self.arrival_lag_s = 0.0  # a stream's way-in lag (aicp.sim.streams.Intake); a cluster takes no calibration, so none
         self.ended = 0
         self.duplicate_outcomes = 0
         self.forwards = 0
@@ -270,7 +269,8 @@ class ClusterSimulation:
         return idx
 
     # ------------------------------------------------------------------ arrivals
-    def submit(self, method: int, timeout_s: float | None, service_s: float | None) -> None:
+    def submit(self, method: int, timeout_s: float | None, service_s: float | None, lag_s: float = 0.0) -> None:
+        """One arrival at the next live router in turn. ``lag_s`` is always 0: a cluster takes no calibration."""
         now = self.env.now
         i = self.records.add(now, method)
         self.submitted = self.records.n

@@ -153,7 +153,6 @@ class Simulation:
         self.records = Records(int(expected * 1.1) + 1024)
         self.trace: array[int] | None = array("q") if trace else None
         self.submitted = 0
-        self.arrival_lag_s = 0.0  # set by a stream just before each submit when the way in is calibrated
         self.ended = 0
         self.stopped = False
         self.arrivals_end_s = s.duration_s  # earlier when max_tasks stops the arrivals
@@ -261,7 +260,7 @@ class Simulation:
         return idx
 
     # ------------------------------------------------------------------ router side
-    def submit(self, method: int, timeout_s: float | None, service_s: float | None) -> None:
+    def submit(self, method: int, timeout_s: float | None, service_s: float | None, lag_s: float = 0.0) -> None:
         """One arrival: a record row, the router's ``submit``, its actions, the clock. The hot path,
         written flat (``Records.add``, ``apply`` for the common single ``Dispatch``, and ``rearm``
         inlined)."""
@@ -272,7 +271,7 @@ class Simulation:
             rec.grow()
         # with a calibration, the time outside the router (load generator, its hops) counts from an earlier start
         # (and, with a calibrated way in, from the intended time, before the lag that brought it here now)
-        rec.arrival[i] = now if self.stack is None else now - self.stack.client() - self.arrival_lag_s
+        rec.arrival[i] = now if self.stack is None else now - self.stack.client() - lag_s
         if method:
             rec.method[i] = method
         self.submitted = rec.n = i + 1

@@ -34,7 +34,7 @@ measured on one machine, per task, from a recorded live run with idle agents:
   track in time, each recorded task's intended send time and how long after it the router read
   its frame. A simulated task reaches the router as late as the track says at its time (a
   random offset per replication), in order, and the router reads results as far behind as it
-  reads arrivals then (:class:`Intake`): a router that falls tens of ms behind hands over the
+  reads arrivals then (:class:`IntakeTrack`): a router that falls tens of ms behind hands over the
   frames it held together, and they queue together at the agents. ``client_ms`` is then only
   the part after the router.
 
@@ -212,10 +212,10 @@ class StackModel:
         self._client = _sampler(low.client_ms, high.client_ms, w, rng, clip=False)
         self._handler = _sampler(low.handler_ms, high.handler_ms, w, rng) if low.handler_ms else None
         self._no_wake = not low.wake_ms and not high.wake_ms
-        self.intake: Intake | None = None
+        self.intake: IntakeTrack | None = None
         if low.intake_ms:
             # its own stream (spawned, so the other costs draw exactly as without a track)
-            self.intake = Intake(low.intake_t_s, low.intake_ms, rng.spawn(1)[0])
+            self.intake = IntakeTrack(low.intake_t_s, low.intake_ms, rng.spawn(1)[0])
         #: the simulated clock (s); the engine sets it. Read only by windowed costs.
         self.clock: Callable[[], float] = lambda: 0.0
         if low.windows and low.window_s > 0.0:  # one level (a run's calibration): its windows
@@ -264,7 +264,7 @@ class StackModel:
         return self._client()
 
 
-class Intake:
+class IntakeTrack:
     """The way into the router as a track in time (:attr:`Level.intake_ms`): a task intended at ``t`` reaches the
     router ``lag(t)`` later, the lag read off the recorded track at ``t`` plus one random offset per replication
     (cyclic over the track's span), never earlier than the task before it (one connection keeps the order).
@@ -299,7 +299,7 @@ class Intake:
         return float(self.lag[min(max(k, 0), self.t.size - 1)])
 
 
-def shifted(items: Iterator[Any], intake: Intake, lags: deque[float], rows: bool) -> Iterator[Any]:
+def shifted(items: Iterator[Any], intake: IntakeTrack, lags: deque[float], rows: bool) -> Iterator[Any]:
     """A stream's arrival times (floats, or a trace's rows with the time first when ``rows``) moved to when each task
     reaches the router, never before the one ahead of it; each task's lag (s) is appended to ``lags`` for the
     driver to take at its arrival (the latency still counts from the intended time)."""

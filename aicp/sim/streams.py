@@ -22,11 +22,9 @@ class Intake(Protocol):
         """True once arrivals must stop (``max_tasks`` reached, or every stream ran out)."""
         ...
 
-    #: how long after its intended time the task about to be submitted reaches the router (s; a calibrated way in)
-    arrival_lag_s: float
-
-    def submit(self, method: int, timeout_s: float | None, service_s: float | None) -> None:
-        """A task of method ``method`` (an index) arrives now; ``service_s`` fixes its service time (traces)."""
+    def submit(self, method: int, timeout_s: float | None, service_s: float | None, lag_s: float = 0.0) -> None:
+        """A task of method ``method`` (an index) arrives now; ``service_s`` fixes its service time (traces);
+        ``lag_s``: how long after its intended time it reached the router (a calibrated way in)."""
         ...
 
     def stream_done(self) -> None:
@@ -71,9 +69,7 @@ class Stream:
         if intake.stopped:
             intake.stream_done()
             return
-        if self.lags is not None:
-            intake.arrival_lag_s = self.lags.popleft()
-        intake.submit(self.method, self.timeout_s, None)
+        intake.submit(self.method, self.timeout_s, None, 0.0 if self.lags is None else self.lags.popleft())
         item = next(self.times, None)
         if item is None or intake.stopped:
             intake.stream_done()
@@ -102,7 +98,6 @@ class TraceStream(Stream):
             return
         row: tuple[float, str | None, float | None] = event.value  # type: ignore[assignment]
         _, method, service = row
-        if self.lags is not None:
-            intake.arrival_lag_s = self.lags.popleft()
-        intake.submit(self.method if method is None else intake.method_index(method), self.timeout_s, service)
+        lag_s = 0.0 if self.lags is None else self.lags.popleft()
+        intake.submit(self.method if method is None else intake.method_index(method), self.timeout_s, service, lag_s)
         self._schedule(next(self.times, None))

@@ -307,7 +307,7 @@ def test_a_flat_way_in_track_changes_nothing_but_the_latency_start(tmp_path: Pat
 def test_the_way_in_keeps_the_order_and_reads_the_track_cyclically() -> None:
     from collections import deque
 
-    intake = stack.Intake([0.0, 1.0, 2.0], [5.0, 50.0, 1.0], np.random.default_rng(1))
+    intake = stack.IntakeTrack([0.0, 1.0, 2.0], [5.0, 50.0, 1.0], np.random.default_rng(1))
     intake.offset = 0.0
     assert intake.lag_at(0.5) == pytest.approx(0.005) and intake.lag_at(1.2) == pytest.approx(0.05)
     assert intake.lag_at(2.5) == pytest.approx(0.005)  # the span is 2 s: 2.5 reads 0.5

@@ -100,7 +100,7 @@ def test_stream_submits_through_its_intake() -> None:
             self.got: list[tuple[float, int]] = []
             self.done = 0
 
-        def submit(self, method: int, timeout_s: float | None, service_s: float | None) -> None:
+        def submit(self, method: int, timeout_s: float | None, service_s: float | None, lag_s: float = 0.0) -> None:
             self.got.append((env.now, method))
 
         def stream_done(self) -> None:
