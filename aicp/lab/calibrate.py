@@ -60,7 +60,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -109,15 +109,38 @@ def _thin(values: np.ndarray) -> list[float]:
     return [round(float(v), 4) for v in values]
 
 
-def analyse(trace_path: Path, gen_npz: Path, requester: str, concurrency: int = 1, skip_s: float = 0.5) -> dict[str, np.ndarray]:
-    """Per-task figures of one load generator's tasks, from the router's trace and the generator's samples.
+class GeneratorRun(NamedTuple):
+    """One load generator's tasks as the router's trace and the generator's samples saw them, read once.
 
-    ``service_ms`` (what the agents signed, every completed task), ``overhead_ms``
-    (dispatch to result minus ``service_ms``, for tasks whose agent had fewer than
-    ``concurrency`` tasks in hand) and ``client_ms`` (the generator's latency minus the
-    router's arrival-to-end time; the k-th task sent is the k-th arrival from
-    ``requester``, since one connection keeps the order).
-    """
+    ``order``: its task ids in arrival order; the k-th is the k-th task it sent (one connection keeps the order),
+    so ``intended[k]``, ``sent[k]``, ``done[k]`` (s after the generator's start) and ``outcome[k]`` are that task's.
+    ``arrive``, ``end`` (``(t, outcome)``), ``first_dispatch`` (``(t, agent)``) and ``reply`` (ok results:
+    ``(t, service_ms, agent)``) are the router's, in wall-clock seconds."""
+
+    order: list[str]
+    arrive: dict[str, float]
+    first_dispatch: dict[str, tuple[float, str]]
+    reply: dict[str, tuple[float, float | None, str]]
+    end: dict[str, tuple[float, str]]
+    intended: np.ndarray
+    sent: np.ndarray
+    done: np.ndarray
+    outcome: np.ndarray
+
+    def completed(self, skip_s: float) -> list[tuple[int, str, float]]:
+        """``(k, task, router end time)`` of each task intended at or after ``skip_s`` that both the router and the
+        generator saw complete, in arrival order."""
+        out = []
+        for k, task in enumerate(self.order):
+            e = self.end.get(task)
+            if e is not None and e[1] == "completed" and self.outcome[k] == 0 and self.intended[k] >= skip_s:
+                out.append((k, task, e[0]))
+        return out
+
+
+def read_generator_run(trace_path: Path, gen_npz: Path, requester: str) -> GeneratorRun:
+    """The router's trace (one pass) and the generator ``requester``'s samples of one run; refuses a pair whose task
+    counts differ (the k-th arrival would not be the k-th task sent)."""
     arrive: dict[str, float] = {}
     order: list[str] = []
     first_dispatch: dict[str, tuple[float, str]] = {}
@@ -138,10 +161,24 @@ def analyse(trace_path: Path, gen_npz: Path, requester: str, concurrency: int = 
         elif isinstance(ev, trace.End):
             end[ev.task] = (ev.t, ev.outcome)
     data = np.load(gen_npz)
-    intended, sent, done, outcome = data["intended"], data["sent"], data["done"], data["outcome"]
-    if len(order) != len(intended):
-        raise RuntimeError(f"{trace_path}: {len(order)} arrivals from {requester} but the load generator sent {len(intended)}")
-    measured = {task for k, task in enumerate(order) if intended[k] >= skip_s}
+    run = GeneratorRun(order, arrive, first_dispatch, reply, end, data["intended"], data["sent"], data["done"], data["outcome"])
+    if len(order) != len(run.intended):
+        raise RuntimeError(f"{trace_path}: {len(order)} arrivals from {requester} but the load generator sent {len(run.intended)}")
+    return run
+
+
+def analyse(trace_path: Path, gen_npz: Path, requester: str, concurrency: int = 1, skip_s: float = 0.5) -> dict[str, np.ndarray]:
+    """Per-task figures of one load generator's tasks, from the router's trace and the generator's samples.
+
+    ``service_ms`` (what the agents signed, every completed task), ``overhead_ms``
+    (dispatch to result minus ``service_ms``, for tasks whose agent had fewer than
+    ``concurrency`` tasks in hand) and ``client_ms`` (the generator's latency minus the
+    router's arrival-to-end time; the k-th task sent is the k-th arrival from
+    ``requester``, since one connection keeps the order).
+    """
+    run = read_generator_run(trace_path, gen_npz, requester)
+    first_dispatch, reply, intended = run.first_dispatch, run.reply, run.intended
+    measured = {task for k, task in enumerate(run.order) if intended[k] >= skip_s}
     service, overhead = [], []
     in_hand: dict[str, list[float]] = {}  # agent -> result times of its earlier dispatches (a heap)
     for task in sorted(first_dispatch, key=lambda k: first_dispatch[k][0]):
@@ -160,12 +197,9 @@ def analyse(trace_path: Path, gen_npz: Path, requester: str, concurrency: int = 
         if idle:
             overhead.append((got[0] - t_d) * 1000.0 - got[1])
     client: list[float] = []
-    for k, task in enumerate(order):
-        e = end.get(task)
-        if e is None or e[1] != "completed" or outcome[k] != 0 or task not in measured:
-            continue
-        live_ms = (done[k] - min(intended[k], sent[k])) * 1000.0  # from the intended time; from the send if that was earlier
-        client.append(live_ms - (e[0] - arrive[task]) * 1000.0)
+    for k, task, t_end in run.completed(skip_s):
+        live_ms = (run.done[k] - min(intended[k], run.sent[k])) * 1000.0  # from the intended time; from the send if that was earlier
+        client.append(live_ms - (t_end - run.arrive[task]) * 1000.0)
     return {"service_ms": np.array(service), "overhead_ms": np.array(overhead), "client_ms": np.array(client)}
 
 
@@ -176,31 +210,14 @@ def intake_track(trace_path: Path, gen_npz: Path, requester: str, skip_s: float)
     generator's outcome). The two add up to ``client_ms`` of :func:`analyse`; the first, as a track in time, is what
     a stall of the generator or the router does to the arrivals (``stack.Level.intake_ms``, docs/SIMULATOR.md).
     The router's and the generator's clocks are the machine's wall clock (``start_wall`` of the samples)."""
-    arrive: list[float] = []
-    end: dict[str, tuple[float, str]] = {}
-    order: list[str] = []
-    n = len(requester)
-    for ev in trace.parse(trace_path.read_bytes()):
-        if isinstance(ev, trace.Arrive):
-            if ev.task.startswith(requester) and ev.task[n : n + 1] in ("/", "\n"):
-                arrive.append(ev.t)
-                order.append(ev.task)
-        elif isinstance(ev, trace.End):
-            end[ev.task] = (ev.t, ev.outcome)
-    data = np.load(gen_npz)
+    run = read_generator_run(trace_path, gen_npz, requester)
     start_wall = float(json.loads(Path(str(gen_npz) + ".json").read_text())["start_wall"])
-    intended, sent, done, outcome = data["intended"], data["sent"], data["done"], data["outcome"]
-    if len(order) != len(intended):
-        raise RuntimeError(f"{trace_path}: {len(order)} arrivals from {requester} but the load generator sent {len(intended)}")
     t, lag, after = [], [], []
-    for k, task in enumerate(order):
-        e = end.get(task)
-        if intended[k] < skip_s or e is None or e[1] != "completed" or outcome[k] != 0:
-            continue
-        start = start_wall + min(intended[k], sent[k])
-        t.append(intended[k] - skip_s)
-        lag.append((arrive[k] - start) * 1000.0)
-        after.append((start_wall + done[k] - e[0]) * 1000.0)
+    for k, task, t_end in run.completed(skip_s):
+        start = start_wall + min(run.intended[k], run.sent[k])
+        t.append(run.intended[k] - skip_s)
+        lag.append((run.arrive[task] - start) * 1000.0)
+        after.append((start_wall + run.done[k] - t_end) * 1000.0)
     i = np.argsort(np.array(t), kind="stable")
     return np.array(t)[i], np.array(lag)[i], np.array(after)[i]
 
