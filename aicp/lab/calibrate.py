@@ -798,6 +798,16 @@ def stall_text(st: dict[str, Any] | None) -> str:
     return f"  stalls: {st['tasks']} of {st['of']} tasks woke >{STALL_MS:g} ms late (latest {st['max_wake_ms']:.1f} ms)"
 
 
+def chain_tracks(tracks: list[np.ndarray]) -> np.ndarray:
+    """Time tracks of blocks run one after another (each ascending, from its own start) as one ascending track: a
+    block starts one mean gap of the block before it after that block's last time (1 s after it, for a block of one)."""
+    out, off = [], 0.0
+    for t in tracks:
+        out.append(t + off)
+        off += float(t[-1]) + (float(np.mean(np.diff(t))) if t.size > 1 else 1.0)
+    return np.concatenate(out)
+
+
 def same_calibration(
     lv: dict[str, Any], cfg: argparse.Namespace, run_dir: Path, fallback_slot_ms: float, block: int | None = None, intake: bool = True
 ) -> stack_mod.Calibration:
@@ -823,17 +833,16 @@ def same_calibration(
     gens = [run_dir / f"{lv['tags'][b]}-gen0.npz" for b in picked]
     if intake and cal.levels[0].client_ms and all(g.exists() and Path(f"{g}.json").exists() for g in gens):
         # the way in as a track in time (the blocks one after another), the rest of the client part per task
-        ts, lags, afters, off = [], [], [], 0.0
+        ts, lags, afters = [], [], []
         for b in picked:
             tag = lv["tags"][b]
             t, lag, after = intake_track(run_dir / f"{tag}.jsonl", run_dir / f"{tag}-gen0.npz", f"{tag}-gen0", cfg.warmup)
             if t.size:
-                ts.append(t + off)
+                ts.append(t)
                 lags.append(lag)
                 afters.append(after)
-                off += float(t[-1]) + float(np.mean(np.diff(t))) if t.size > 1 else 1.0
         if ts:
-            cal.levels[0].intake_t_s = np.concatenate(ts).tolist()
+            cal.levels[0].intake_t_s = chain_tracks(ts).tolist()
             cal.levels[0].intake_ms = np.round(np.concatenate(lags), 4).tolist()
             cal.levels[0].client_ms = stack_mod.thin(np.concatenate(afters))
     return cal

@@ -488,3 +488,12 @@ def test_a_pair_whose_costs_moved_is_run_again_and_its_first_files_kept_aside(tm
     args.live_retries = 0  # no retry left: the moved pair is kept (and flagged in its row)
     got = calibrate.run_pair(["least_loaded", "round_robin"], 0, 4, cfgs, "v", tmp_path, args, 2)
     assert calls == ["v-least_loaded-b0", "v-round_robin-b0"] and got["round_robin"]["retried"] == []
+
+
+def test_block_tracks_chain_into_one_ascending_track() -> None:
+    # the second block starts one mean gap (1 s) after the first's last time
+    assert calibrate.chain_tracks([np.array([0.0, 1.0, 2.0]), np.array([0.5, 1.5])]).tolist() == [0.0, 1.0, 2.0, 3.5, 4.5]
+    # a block of a single task: the next starts 1 s after that task, never before it
+    chained = calibrate.chain_tracks([np.array([3.0]), np.array([0.0, 0.25])])
+    assert chained.tolist() == [3.0, 4.0, 4.25]
+    assert np.all(np.diff(chained) >= 0)
