@@ -295,7 +295,6 @@ async def run_loadgen(args: argparse.Namespace) -> dict[str, Any]:
             send_on(conn, intended)
             waited_open.add(rec.n - 1)
 
-
         t = start
         gaps = poisson_gaps(args.seed, args.rate)
         while True:
