@@ -699,6 +699,15 @@ def fleet_indexes(agents: int, agent_procs: int) -> dict[str, int]:
     return out
 
 
+def fleet_procs(agents: int, agent_procs: int) -> dict[str, int]:
+    """Each live agent's name -> the index of the process that runs it, as ``live.start_agents`` spreads them."""
+    out: dict[str, int] = {}
+    for proc, (base_id, count, _) in enumerate(live.agent_groups(agents, agent_procs)):
+        for j in range(count):
+            out[base_id if count == 1 else f"{base_id}-{j}"] = proc
+    return out
+
+
 def live_draws(cfg: argparse.Namespace, fleet_index: int, agent_seed: int) -> Callable[[], float]:
     """The service draws (s) of one live agent, in the order it starts its tasks: the synthetic handler it runs, seeded alike."""
     dist, mean_ms = handlers.parse_service_time(cfg.service_time)
@@ -727,9 +736,18 @@ def agents_lead_ms(cfg: argparse.Namespace) -> float:
     return float(getattr(cfg, "sleep_lead_ms", 0.0) or 0.0)
 
 
-def wake_from_run(trace_path: Path, cfg: argparse.Namespace, agent_seed: int, timer_ms: float = 1.0) -> np.ndarray:
+class Wakes(NamedTuple):
+    """The agents' wake-ups of a seeded run's measured tasks (:func:`wakes_from_run`), in dispatch order."""
+
+    wake_ms: np.ndarray  # signed handler time - the draw's sleep rounded to the timer
+    proc: np.ndarray  # the agent process the task ran in (its index in ``live.agent_groups``)
+    reply_t: np.ndarray  # when the router read the task's result (wall clock, s)
+
+
+def wakes_from_run(trace_path: Path, cfg: argparse.Namespace, agent_seed: int, timer_ms: float = 1.0) -> Wakes:
     """The agents' wake-up per task of a seeded run (ms): the signed handler time minus what its draw asked the timer
-    for, the draw less the agents' lead (``cfg.sleep_lead_ms``; absent: 0, agents before the lead), rounded to the timer.
+    for, the draw less the agents' lead (``cfg.sleep_lead_ms``; absent: 0, agents before the lead), rounded to the timer;
+    with the process each task ran in and when the router read its result.
 
     Each agent's draws are regenerated from its seed, one per task dispatched to it, in
     dispatch order (one connection keeps the order; every attempt draws). The handler time
@@ -739,8 +757,9 @@ def wake_from_run(trace_path: Path, cfg: argparse.Namespace, agent_seed: int, ti
     """
     lead_ms = agents_lead_ms(cfg)
     names = fleet_indexes(cfg.agents, cfg.agent_procs)
+    procs = fleet_procs(cfg.agents, cfg.agent_procs)
     order: list[tuple[str, str]] = []
-    ok: dict[tuple[str, str], float] = {}
+    ok: dict[tuple[str, str], tuple[float, float]] = {}
     arrive: dict[str, float] = {}
     t0: float | None = None
     for ev in trace.parse(trace_path.read_bytes()):
@@ -750,10 +769,10 @@ def wake_from_run(trace_path: Path, cfg: argparse.Namespace, agent_seed: int, ti
         elif isinstance(ev, trace.Dispatch):
             order.append((ev.agent, ev.task))
         elif isinstance(ev, trace.Reply) and ev.ok and ev.service_ms is not None:
-            ok[(ev.agent, ev.task)] = ev.service_ms
+            ok[(ev.agent, ev.task)] = (ev.service_ms, ev.t)
     start = (t0 or 0.0) + cfg.warmup
     gens: dict[str, Callable[[], float]] = {}
-    out: list[float] = []
+    out: list[tuple[float, int, float]] = []
     for agent, task in order:
         if agent not in gens:
             if agent not in names:
@@ -762,15 +781,22 @@ def wake_from_run(trace_path: Path, cfg: argparse.Namespace, agent_seed: int, ti
         drawn = gens[agent]() * 1000.0
         got = ok.get((agent, task))
         if got is not None and arrive.get(task, start) >= start:
-            out.append(got - stack_mod.timer_sleep(drawn, lead_ms, timer_ms))
-    wake = np.array(out)
+            out.append((got[0] - stack_mod.timer_sleep(drawn, lead_ms, timer_ms), procs[agent], got[1]))
+    wake = np.array([w for w, _, _ in out])
     if wake.size == 0 or np.mean((wake < -timer_ms) | (wake > 2 * timer_ms)) > WAKE_MISMATCH:
         raise stack_mod.CalibrationError(f"{trace_path}: the handler times do not follow the agents' seeded draws")
-    return wake
+    return Wakes(wake, np.array([p for _, p, _ in out], dtype=np.int64), np.array([t for _, _, t in out]))
+
+
+def wake_from_run(trace_path: Path, cfg: argparse.Namespace, agent_seed: int, timer_ms: float = 1.0) -> np.ndarray:
+    """The agents' wake-up per measured task of a seeded run (ms): :func:`wakes_from_run`'s ``wake_ms``."""
+    return wakes_from_run(trace_path, cfg, agent_seed, timer_ms).wake_ms
 
 
 #: a task whose agent woke this much later than its seeded draw (rounded to the timer) says: its process stalled (ms)
 STALL_MS = 10.0
+#: a wake-up over this many timer ticks is the task's process stalling (the stall track), not its timer's rounding
+STALL_FROM_TICKS = 2.0
 
 
 def stalls(run_dir: Path, tags: list[str], seeds: list[tuple[int, int | None]], cfg: argparse.Namespace) -> dict[str, Any] | None:
@@ -798,26 +824,66 @@ def stall_text(st: dict[str, Any] | None) -> str:
     return f"  stalls: {st['tasks']} of {st['of']} tasks woke >{STALL_MS:g} ms late (latest {st['max_wake_ms']:.1f} ms)"
 
 
-def chain_tracks(tracks: list[np.ndarray]) -> np.ndarray:
-    """Time tracks of blocks run one after another (each ascending, from its own start) as one ascending track: a
-    block starts one mean gap of the block before it after that block's last time (1 s after it, for a block of one)."""
+def chain_offsets(tracks: list[np.ndarray]) -> list[float]:
+    """Where each of the time tracks of blocks run one after another (each ascending, from its own start) begins on
+    one track: a block starts one mean gap of the block before it after that block's last time (1 s after it, for a
+    block of one)."""
     out, off = [], 0.0
     for t in tracks:
-        out.append(t + off)
+        out.append(off)
         off += float(t[-1]) + (float(np.mean(np.diff(t))) if t.size > 1 else 1.0)
-    return np.concatenate(out)
+    return out
+
+
+def chain_tracks(tracks: list[np.ndarray]) -> np.ndarray:
+    """The blocks' time tracks as one ascending track (:func:`chain_offsets`)."""
+    return np.concatenate([t + off for t, off in zip(tracks, chain_offsets(tracks), strict=True)])
+
+
+def stall_intervals(wakes: Wakes, start_wall: float, skip_s: float, back_ms: float, procs: int, timer_ms: float = 1.0) -> list[list[tuple[float, float]]]:
+    """The agent processes' stalls in one run, per process, as disjoint ascending ``[start, end)`` intervals (s on the
+    intake track's clock: after ``start_wall + skip_s``).
+
+    A task whose agent woke over two timer ticks late (what :data:`WAKE_MISMATCH` still takes for a wake-up) waited
+    that long for its process, beyond the run's usual wake-up (the median): its process ran nothing from that much
+    before it woke until it woke. It woke ``back_ms`` (the return hop) before the router read its result. Tasks of
+    one process whose stalls overlap are one stall. O(n log n) for n tasks."""
+    late = wakes.wake_ms > STALL_FROM_TICKS * timer_ms
+    usual = float(np.median(wakes.wake_ms))
+    end = wakes.reply_t - start_wall - skip_s - back_ms / 1000.0
+    out: list[list[tuple[float, float]]] = []
+    for proc in range(procs):
+        m = late & (wakes.proc == proc)
+        spans = sorted(zip((end[m] - (wakes.wake_ms[m] - usual) / 1000.0).tolist(), end[m].tolist(), strict=True))
+        merged: list[tuple[float, float]] = []
+        for s0, e0 in spans:
+            if merged and s0 <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], e0))
+            else:
+                merged.append((s0, e0))
+        out.append([(round(a, 6), round(b, 6)) for a, b in merged if b > 0.0])
+    return out
 
 
 def same_calibration(
-    lv: dict[str, Any], cfg: argparse.Namespace, run_dir: Path, fallback_slot_ms: float, block: int | None = None, intake: bool = True
+    lv: dict[str, Any],
+    cfg: argparse.Namespace,
+    run_dir: Path,
+    fallback_slot_ms: float,
+    block: int | None = None,
+    intake: bool = True,
+    stall_track: bool = False,
 ) -> stack_mod.Calibration:
     """A run's costs for the ``same`` column: its round trips, slot gaps and load generator part as ``run_calibration``,
     but the wake-ups over the agents' seeded draws instead of whole handler times (the draws come from the seeds).
     ``block``: that block's costs alone (``--same-costs block``: the other strategy's block next to it in time); else all pooled.
     ``intake``: the way into the router as the run's track in time (:func:`intake_track`), ``client_ms`` then the part after
-    the router; else the whole client part per task, drawn independently (the model before, ``--no-intake``)."""
+    the router; else the whole client part per task, drawn independently (the model before, ``--no-intake``).
+    ``stall_track`` (with ``intake``, ``--stalls``): the agent processes' stalls as a track on the same clock
+    (:func:`stall_intervals`), and the wake-ups over two timer ticks out of the per-task draws; else every wake-up drawn
+    per task (the default: on this machine the track changed no count, docs/SIMULATOR.md, "The agents' stalls")."""
     picked = range(len(lv["tags"])) if block is None else [block]
-    wake = np.concatenate([wake_from_run(run_dir / f"{lv['tags'][b]}.jsonl", cfg, lv["seeds"][b][1]) for b in picked])  # type: ignore[arg-type]
+    wakes = {b: wakes_from_run(run_dir / f"{lv['tags'][b]}.jsonl", cfg, lv["seeds"][b][1]) for b in picked}  # type: ignore[arg-type]
     costs = lv["costs"] if block is None else lv["block_costs"][block]
     client = lv["client_ms"] if block is None else lv["block_client"][block]
     cal = stack_mod.from_run(
@@ -829,11 +895,11 @@ def same_calibration(
     )
     cal.timer_ms = 1.0
     cal.lead_ms = agents_lead_ms(cfg)  # the agents' rule, as wake_from_run read the wake-ups
-    cal.levels[0].wake_ms = stack_mod.thin(wake)
+    cal.levels[0].wake_ms = stack_mod.thin(np.concatenate([w.wake_ms for w in wakes.values()]))
     gens = [run_dir / f"{lv['tags'][b]}-gen0.npz" for b in picked]
     if intake and cal.levels[0].client_ms and all(g.exists() and Path(f"{g}.json").exists() for g in gens):
         # the way in as a track in time (the blocks one after another), the rest of the client part per task
-        ts, lags, afters = [], [], []
+        ts, lags, afters, tracked = [], [], [], []
         for b in picked:
             tag = lv["tags"][b]
             t, lag, after = intake_track(run_dir / f"{tag}.jsonl", run_dir / f"{tag}-gen0.npz", f"{tag}-gen0", cfg.warmup)
@@ -841,10 +907,23 @@ def same_calibration(
                 ts.append(t)
                 lags.append(lag)
                 afters.append(after)
+                tracked.append(b)
         if ts:
             cal.levels[0].intake_t_s = chain_tracks(ts).tolist()
             cal.levels[0].intake_ms = np.round(np.concatenate(lags), 4).tolist()
             cal.levels[0].client_ms = stack_mod.thin(np.concatenate(afters))
+        if ts and stall_track:
+            # the agent processes' stalls on the same clock; the wake-ups they explain leave the per-task draws
+            procs = len(live.agent_groups(cfg.agents, cfg.agent_procs))
+            back_ms = 0.5 * float(np.median(costs.idle_ms)) if costs.idle_ms.size else 0.0
+            track: list[list[tuple[float, float]]] = [[] for _ in range(procs)]
+            for b, off in zip(tracked, chain_offsets(ts), strict=True):
+                start_wall = float(json.loads(Path(f"{run_dir / lv['tags'][b]}-gen0.npz.json").read_text())["start_wall"])
+                for proc, spans in enumerate(stall_intervals(wakes[b], start_wall, cfg.warmup, back_ms, procs, cal.timer_ms)):
+                    track[proc].extend((s0 + off, e0 + off) for s0, e0 in spans)
+            cal.levels[0].stall_s = track
+            kept = [w.wake_ms[w.wake_ms <= STALL_FROM_TICKS * cal.timer_ms] if b in tracked else w.wake_ms for b, w in wakes.items()]
+            cal.levels[0].wake_ms = stack_mod.thin(np.concatenate(kept))
     return cal
 
 
@@ -870,6 +949,7 @@ def run_sim_same(
     from aicp.sim.runner import replication_seed
 
     names = fleet_indexes(cfg.agents, cfg.agent_procs)
+    procs = fleet_procs(cfg.agents, cfg.agent_procs)
     horizon = cfg.warmup + cfg.duration / len(blocks)
     cals = calibration if isinstance(calibration, list) else [calibration] * len(blocks)
     if len(cals) != len(blocks):
@@ -895,7 +975,8 @@ def run_sim_same(
         for b, (sc, (_, agent_seed, order)) in enumerate(zip(scenarios, blocks, strict=True)):
             # unseeded agents (grids before seeded draws): the arrivals only; the calibration's handler times serve
             draws = None if agent_seed is None else [live_draws(cfg, names[a], agent_seed) for a in order]
-            res = Simulation(sc, strategy, replication_seed(sc.seed, k * len(blocks) + b), draws=draws).run()
+            # each agent takes the stalls of the process it ran in (the calibrated run's processes are the same)
+            res = Simulation(sc, strategy, replication_seed(sc.seed, k * len(blocks) + b), draws=draws, procs=[procs[a] for a in order]).run()
             rec = res.records
             m = (rec["arrival"] >= cfg.warmup) & (rec["outcome"] == COMPLETED)
             lat.append((rec["end"][m] - rec["arrival"][m]) * 1000.0)
@@ -1267,13 +1348,13 @@ def grid(args: argparse.Namespace) -> int:
             try:
                 # the pooled costs are always written (the run's record); with --same-costs block, each block's too
                 out = run_dir / f"{scenario.name}-{strategy}-same-calibration.json"
-                stack_mod.write(same_calibration(lv, cfgs[strategy], run_dir, sign_ms, intake=not args.no_intake), out)
+                stack_mod.write(same_calibration(lv, cfgs[strategy], run_dir, sign_ms, intake=not args.no_intake, stall_track=args.stalls), out)
                 same_files[strategy] = out
                 if per_block and len(lv["tags"]) > 1:
                     outs = []
                     for b in range(len(lv["tags"])):
                         out = run_dir / f"{scenario.name}-{strategy}-b{b}-same-calibration.json"
-                        stack_mod.write(same_calibration(lv, cfgs[strategy], run_dir, sign_ms, block=b, intake=not args.no_intake), out)
+                        stack_mod.write(same_calibration(lv, cfgs[strategy], run_dir, sign_ms, block=b, intake=not args.no_intake, stall_track=args.stalls), out)
                         outs.append(out)
                     same_files[strategy] = outs
             except stack_mod.CalibrationError as exc:
@@ -1530,6 +1611,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="--grid: 'same' and 'own' draw the load generator's part per task as before, instead of taking the way into the "
         "router as the other run's track in time (default: the track; a stall bunches the arrivals as live)",
+    )
+    add(
+        "--stalls",
+        action="store_true",
+        help="--grid: 'same' and 'own' take the agent processes' stalls (wake-ups over two timer ticks) as a track on the way "
+        "in's clock, a stall holding every task of its process at once, instead of drawing every wake-up per task (the default)",
     )
     add("--live-warmup", type=float, default=2.0, help="--grid: warm-up seconds per live run (default 2)")
     add("--seed", type=int, default=1)

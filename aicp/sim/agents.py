@@ -51,6 +51,7 @@ class SimAgent:
         "service",
         "slow",
         "speed",
+        "thaw",
         "trust",
         "uniform",
         "up",
@@ -97,6 +98,9 @@ class SimAgent:
         self.misbehave = False
         self.hb_lost = False
         self.epoch = 0
+        #: when its process stalls (a calibrated run's stall track): ``thaw(t)`` is the first moment at or after ``t``
+        #: at which the process runs. A task that arrives in a stall starts at its end, one due to end in it ends then.
+        self.thaw: Callable[[float], float] | None = None
 
     # ------------------------------------------------------------------ tasks
     def receive(self, message: tuple[str, float | None]) -> None:
@@ -108,7 +112,8 @@ class SimAgent:
             self.busy = busy + 1  # _start(), inlined
             task, fixed = message
             duration = (fixed if fixed is not None else self.service()) * self.slow / self.speed + self.cost_s
-            Timeout(self.env, duration, (task, self.epoch, duration)).callbacks.append(self._done)  # type: ignore[union-attr]
+            hold = duration if self.thaw is None else self._thawed(duration)
+            Timeout(self.env, hold, (task, self.epoch, duration)).callbacks.append(self._done)  # type: ignore[union-attr]
         else:
             self.mailbox.append(message)
 
@@ -116,7 +121,15 @@ class SimAgent:
         self.busy += 1
         task, fixed = message
         duration = (fixed if fixed is not None else self.service()) * self.slow / self.speed + self.cost_s
-        Timeout(self.env, duration, (task, self.epoch, duration)).callbacks.append(self._done)  # type: ignore[union-attr]
+        hold = duration if self.thaw is None else self._thawed(duration)
+        Timeout(self.env, hold, (task, self.epoch, duration)).callbacks.append(self._done)  # type: ignore[union-attr]
+
+    def _thawed(self, duration: float) -> float:
+        """How long from now a task of ``duration`` started now holds its slot when the process stalls: it starts
+        when the process next runs and ends when the process next runs after its duration."""
+        thaw, now = self.thaw, self.env.now
+        assert thaw is not None
+        return thaw(thaw(now) + duration) - now
 
     def _done(self, event: Timeout) -> None:
         value: tuple[str, int, float] = event.value  # type: ignore[assignment]

@@ -11,6 +11,7 @@ per network hop when latency is not zero.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from array import array
@@ -86,10 +87,13 @@ class Simulation:
         seed: np.random.SeedSequence,
         trace: bool = False,
         draws: list[Callable[[], float]] | None = None,
+        procs: list[int] | None = None,
     ) -> None:
         """``draws``: one service draw (seconds) per agent, in registration order, replacing the scenario's
         service distribution (a live run's own seeded draws, aicp calibrate's ``same`` column); the stack
-        model, if any, still adds its timer rounding and wake-up to each draw."""
+        model, if any, still adds its timer rounding and wake-up to each draw. ``procs``: the process of the
+        calibrated run whose stalls each agent takes, in registration order (default: the agents split over
+        the run's processes in order, as ``aicp bench`` starts them)."""
         s = self.scenario = scenario
         self.strategy = strategy
         self.env = env = simpy.Environment()
@@ -141,6 +145,12 @@ class Simulation:
                         self.send_result,
                     )
                 )
+        intake = self.stack.intake if self.stack is not None else None
+        if intake is not None and intake.stalls:
+            n, n_procs = len(self.agents), len(intake.stalls)
+            for k, agent in enumerate(self.agents):
+                proc = procs[k] if procs is not None else min(k // max(1, n // n_procs), n_procs - 1)
+                agent.thaw = functools.partial(intake.thaw, proc % n_procs)
         self.by_id = {a.agent_id: a for a in self.agents}
         self.controller = signing.Identity(key_rng.bytes(32)) if self.real_signing else None
         self._task_sigs: dict[int, tuple[bytes, bytes]] = {}

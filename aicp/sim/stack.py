@@ -49,6 +49,7 @@ scenario names a calibration, so an uncalibrated scenario runs as before.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
@@ -104,6 +105,11 @@ class Level(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # them together as live; ``client_ms`` then holds only the part after the router (its end -> the generator's).
     intake_t_s: list[float] = []
     intake_ms: list[float] = []
+    # the agents' processes' stalls, on the intake track's clock (needs one): per process of the run, the [start, end)
+    # intervals (s, ascending, disjoint) in which it ran nothing, read from its tasks that woke late. A simulated agent
+    # of process p neither starts nor ends a task inside one of p's intervals (read at the track's offset): a stall
+    # delays every task the process holds at once, as live, instead of one task's wake-up at a time.
+    stall_s: list[list[tuple[float, float]]] = []
 
 
 class Calibration(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -144,6 +150,11 @@ def load(path: str | Path) -> Calibration:
             raise CalibrationError(f"{p}: an intake track needs a single level and as many times as lags")
         if any(b < a for a, b in itertools.pairwise(level.intake_t_s)):
             raise CalibrationError(f"{p}: intake_t_s must ascend")
+        if level.stall_s and not level.intake_ms:
+            raise CalibrationError(f"{p}: stall_s needs an intake track (its clock)")
+        for proc in level.stall_s:
+            if any(e <= s for s, e in proc) or any(b[0] < a[1] for a, b in itertools.pairwise(proc)):
+                raise CalibrationError(f"{p}: each process's stall_s must be ascending, disjoint [start, end) intervals")
         for k, win in enumerate(level.windows):
             if not win.agent_overhead_ms or (level.handler_ms and not win.handler_ms):
                 raise CalibrationError(f"{p}: window {k} holds no samples")
@@ -215,7 +226,7 @@ class StackModel:
         self.intake: IntakeTrack | None = None
         if low.intake_ms:
             # its own stream (spawned, so the other costs draw exactly as without a track)
-            self.intake = IntakeTrack(low.intake_t_s, low.intake_ms, rng.spawn(1)[0])
+            self.intake = IntakeTrack(low.intake_t_s, low.intake_ms, rng.spawn(1)[0], low.stall_s)
         #: the simulated clock (s); the engine sets it. Read only by windowed costs.
         self.clock: Callable[[], float] = lambda: 0.0
         if low.windows and low.window_s > 0.0:  # one level (a run's calibration): its windows
@@ -273,15 +284,33 @@ class IntakeTrack:
     30 ms holds every frame sent meanwhile; they reach the router together, each lagging by what was left of the
     stall, and queue together at the agents. Drawn per task, the same lags delay tasks one by one and queue
     nobody (docs/SIMULATOR.md, "The way in"). O(log n) per task (a bisection of the track).
+
+    The same track holds the agents' processes' stalls of the run (``stall_s``), on the same clock and read at the
+    same offset, so that a moment when the machine held the router and an agent process together comes back as one
+    (:meth:`thaw`). O(log s) per task for s stalls of its process.
     """
 
-    def __init__(self, t_s: list[float], lag_ms: list[float], rng: np.random.Generator) -> None:
+    def __init__(
+        self, t_s: list[float], lag_ms: list[float], rng: np.random.Generator, stall_s: list[list[tuple[float, float]]] | None = None
+    ) -> None:
         self.t = np.asarray(t_s, dtype=np.float64)
         self.lag = np.asarray(lag_ms, dtype=np.float64) / 1000.0
         self.span = float(self.t[-1] - self.t[0]) if self.t.size > 1 else 0.0
         self.offset = float(rng.random() * self.span) if self.span > 0 else 0.0
         #: the way in's usual lag (its median): what a frame takes when the router keeps up
         self.base = float(np.median(self.lag))
+        #: per agent process: its stalls' starts and ends (s, the track's clock)
+        self.stalls = [([s for s, _ in proc], [e for _, e in proc]) for proc in (stall_s or [])]
+
+    def thaw(self, proc: int, t: float) -> float:
+        """The first moment at or after ``t`` (s, the simulated clock) at which agent process ``proc`` runs: the end of
+        the recorded stall of that process that covers ``t`` at this replication's offset, else ``t`` itself."""
+        starts, ends = self.stalls[proc]
+        if not starts or self.span <= 0:
+            return t
+        x = self.t[0] + (t + self.offset) % self.span
+        k = bisect.bisect_right(starts, x) - 1
+        return t + (ends[k] - x) if k >= 0 and x < ends[k] else t
 
     def backlog(self, t: float) -> float:
         """How far behind its usual lag the router reads at ``t`` (s, >= 0): a result the router reads then waits as long

@@ -281,10 +281,13 @@ def test_fleet_indexes_name_the_agents_as_the_fleet_starts_them() -> None:
     assert calibrate.fleet_indexes(4, 2) == {"bench-0-0": 0, "bench-0-1": 1, "bench-1-0": 2, "bench-1-1": 3}
 
 
-def _seeded_run(tmp_path: Path, wake: float, agent_seed: int = 7, lead_ms: float | None = None) -> tuple[Path, object]:
+def _seeded_run(
+    tmp_path: Path, wake: float, agent_seed: int = 7, lead_ms: float | None = None, late: dict[int, float] | None = None, requester: str = "g"
+) -> tuple[Path, object]:
     """Two live agents (bench-0, bench-1) drawing exponential 5 ms from agent_seed + index, round robin, each
     handler time the draw rounded to whole ms plus ``wake``; the first task arrives in the warm-up. ``lead_ms``: the
-    agents asked their timer for the draw less it (the run's ``sleep_lead_ms``); None: agents before the lead."""
+    agents asked their timer for the draw less it (the run's ``sleep_lead_ms``); None: agents before the lead.
+    ``late``: task index -> ms more its agent woke late. Task ``i`` is ``requester``'s, sent at 0.1 i s."""
     import argparse
 
     from aicp.live.handlers import Synthetic
@@ -297,11 +300,12 @@ def _seeded_run(tmp_path: Path, wake: float, agent_seed: int = 7, lead_ms: float
     ev += [trace.AgentUp(t=T0, agent=f"bench-{k}", capabilities=["m"], concurrency=1) for k in (1, 0)]
     for i in range(40):
         t, agent = T0 + 0.1 * i, i % 2
-        service = round(max(0.0, draws[agent]() * 1000.0 - (lead_ms or 0.0))) + wake
-        tid = f"g\n{i}"
+        service = round(max(0.0, draws[agent]() * 1000.0 - (lead_ms or 0.0))) + wake + (late or {}).get(i, 0.0)
+        tid = f"{requester}\n{i}"
         ev.append(trace.Arrive(t=t, task=tid, method="m", bytes=1))
         ev.append(trace.Dispatch(t=t, task=tid, agent=f"bench-{agent}", attempt=1))
         ev.append(trace.Reply(t=t + 0.05, task=tid, agent=f"bench-{agent}", ok=True, service_ms=service))
+        ev.append(trace.End(t=t + 0.05, task=tid, outcome="completed", attempts=1, agent=f"bench-{agent}"))
     path = tmp_path / "run.jsonl"
     path.write_bytes(b"".join(trace.encode(e) for e in ev))
     return path, cfg
@@ -497,3 +501,38 @@ def test_block_tracks_chain_into_one_ascending_track() -> None:
     chained = calibrate.chain_tracks([np.array([3.0]), np.array([0.0, 0.25])])
     assert chained.tolist() == [3.0, 4.0, 4.25]
     assert np.all(np.diff(chained) >= 0)
+
+
+def test_late_wake_ups_are_their_process_s_stalls_merged_per_process() -> None:
+    # wall clock: the run started at 100 s, 0.5 s of warm-up; results read 1 ms after the agent woke (back_ms)
+    wakes = calibrate.Wakes(
+        wake_ms=np.array([0.3, 20.3, 15.3, 0.3, 1.9, 3.3, 0.3, 0.3, 0.3]),  # the usual wake-up (the median): 0.3 ms
+        proc=np.array([0, 0, 0, 1, 1, 1, 1, 1, 0]),
+        reply_t=np.array([101.0, 101.021, 101.026, 101.5, 102.0, 102.601, 103.0, 103.5, 104.0]),
+    )
+    got = calibrate.stall_intervals(wakes, 100.0, 0.5, 1.0, 2)
+    # proc 0: woke 20 ms late at 0.52 -> [0.50, 0.52); 15 ms late at 0.525 -> [0.51, 0.525): one stall [0.50, 0.525)
+    assert [tuple(round(x, 6) for x in iv) for iv in got[0]] == [(0.5, 0.525)]
+    # proc 1: 1.9 ms is within two ticks (the timer); 3.3 ms late at 2.1 -> [2.097, 2.1)
+    assert [tuple(round(x, 6) for x in iv) for iv in got[1]] == [(2.097, 2.1)]
+    assert calibrate.chain_offsets([np.array([0.0, 1.0, 2.0]), np.array([0.5, 1.5])]) == [0.0, 3.0]
+
+
+def test_the_same_column_can_take_the_agents_stalls_as_a_track_on_the_way_in_s_clock(tmp_path: Path) -> None:
+    # task 21 (bench-1, the second process) woke 15 ms late: with --stalls, a stall of that process ending when it woke,
+    # and its wake-up out of the per-task draws; without, that wake-up drawn per task as before
+    path, cfg = _seeded_run(tmp_path, wake=0.25, late={21: 15.0}, requester="run-gen0")
+    intended = 0.1 * np.arange(40)
+    np.savez(tmp_path / "run-gen0.npz", intended=intended, sent=intended, done=intended + 0.06, outcome=np.zeros(40, dtype=np.int16))
+    (tmp_path / "run-gen0.npz.json").write_text(json.dumps({"start_wall": T0}))
+    runs = [stack.costs_from_trace(trace.parse(path.read_bytes()), skip_s=0.5)]
+    lv = {"tags": ["run"], "seeds": [(1, 7)], "costs": runs[0], "client_ms": np.full(35, 0.5), "block_costs": runs, "block_client": [np.full(35, 0.5)]}
+    plain = calibrate.same_calibration(lv, cfg, tmp_path, 0.07)  # type: ignore[arg-type]
+    assert plain.levels[0].intake_ms and not plain.levels[0].stall_s and max(plain.levels[0].wake_ms) == pytest.approx(15.25)
+    cal = calibrate.same_calibration(lv, cfg, tmp_path, 0.07, stall_track=True)  # type: ignore[arg-type]
+    level = cal.levels[0]
+    assert level.stall_s[0] == [] and len(level.stall_s[1]) == 1
+    # woke at the result (2.1 + 0.05 s) less half the idle round trip (0.05 s less the handler), 15 ms beyond the usual 0.25
+    (start, end), back = level.stall_s[1][0], 0.5 * float(np.median(runs[0].idle_ms)) / 1000.0
+    assert end == pytest.approx(2.15 - 0.5 - back, abs=1e-6) and end - start == pytest.approx(0.015, abs=1e-6)
+    assert max(level.wake_ms) == pytest.approx(0.25) and len(level.wake_ms) == len(plain.levels[0].wake_ms) - 1

@@ -326,3 +326,52 @@ def test_a_way_in_track_must_be_one_level_with_ascending_times(tmp_path: Path) -
     _write(tmp_path / "bad2.json", v=2, intake_t_s=[1.0], intake_ms=[1.0, 1.0])
     with pytest.raises(stack.CalibrationError, match="as many"):
         stack.load(tmp_path / "bad2.json")
+
+
+# ----------------------------------------------------------------------------- the agent processes' stalls
+def test_a_process_stall_holds_its_tasks_until_it_ends_read_at_the_track_s_offset() -> None:
+    intake = stack.IntakeTrack([0.0, 10.0], [0.0, 0.0], np.random.default_rng(1), stall_s=[[(1.0, 1.05), (3.0, 3.01)], []])
+    intake.offset = 0.0
+    assert intake.thaw(0, 1.02) == pytest.approx(1.05)  # inside the stall: runs again at its end
+    assert intake.thaw(0, 1.05) == 1.05 and intake.thaw(0, 0.99) == 0.99  # [start, end): not at or before
+    assert intake.thaw(0, 11.0) == pytest.approx(11.05)  # cyclic over the track's 10 s
+    assert intake.thaw(1, 1.02) == 1.02  # the other process never stalled
+    intake.offset = 2.0  # the replication's offset moves every stall: t = 1.005 reads the track at 3.005
+    assert intake.thaw(0, 1.005) == pytest.approx(1.01)
+
+
+def _stalled_run(tmp_path: Path, procs: list[int], stall_s: list[list[tuple[float, float]]]) -> np.ndarray:
+    """Latencies (ms) of 2 agents, constant 10 ms, 150 tasks/s round robin, on a track whose process 0 stalls."""
+    from aicp.sim.engine import Simulation
+
+    flat = {"intake_t_s": [0.0, 20.0], "intake_ms": [0.0, 0.0]}
+    _write(tmp_path / "s.json", v=2, wake_ms=[], agent_overhead_ms=[0.0], client_ms=[0.0], stall_s=stall_s, **flat)
+    sc = _scenario(tmp_path, {"dist": "constant", "mean_ms": 10.0}, "s.json", rate=150.0, agents=2)
+    return _latencies_ms(Simulation(sc, "round_robin", np.random.SeedSequence(3), procs=procs).run())
+
+
+def test_a_process_stall_delays_every_task_its_agents_hold_at_once(tmp_path: Path) -> None:
+    # process 0 stalls 30 ms once a second. Without stalls every task takes its 10 ms; with them, the tasks its agents
+    # hold or receive meanwhile end at the stall's end (at most 10 + 30 ms); two agents in that process, twice as many
+    stalls = [[(k + 0.5, k + 0.53) for k in range(20)], []]
+    none = _stalled_run(tmp_path, [0, 1], [[], []])
+    np.testing.assert_allclose(none, 10.0, atol=1e-9)
+    one = _stalled_run(tmp_path, [0, 1], stalls)  # agent 0 in the stalling process, agent 1 not
+    both = _stalled_run(tmp_path, [0, 0], stalls)
+    late_one, late_both = int(np.sum(one > 10.001)), int(np.sum(both > 10.001))
+    assert one.max() <= 40.0 + 1e-6 and both.max() <= 40.0 + 1e-6 and both.max() > 35.0
+    # a 30 ms stall holds the task in the slot and the ~2 sent meanwhile, and at 75% busy the queue takes ~0.1 s to
+    # drain: several tasks a stall for each agent it stalls
+    assert 19 * 3 <= late_one <= 19 * 12, late_one
+    assert 1.7 * late_one <= late_both <= 2.3 * late_one, (late_one, late_both)
+
+
+def test_stalls_need_a_way_in_track_and_disjoint_ascending_intervals(tmp_path: Path) -> None:
+    _write(tmp_path / "a.json", v=2, stall_s=[[(1.0, 2.0)]])
+    with pytest.raises(stack.CalibrationError, match="needs an intake track"):
+        stack.load(tmp_path / "a.json")
+    flat = {"intake_t_s": [0.0, 20.0], "intake_ms": [0.0, 0.0]}
+    for bad in ([[(1.0, 2.0), (1.5, 3.0)]], [[(2.0, 1.0)]]):
+        _write(tmp_path / "b.json", v=2, stall_s=bad, **flat)
+        with pytest.raises(stack.CalibrationError, match="disjoint"):
+            stack.load(tmp_path / "b.json")
