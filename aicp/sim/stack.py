@@ -37,6 +37,9 @@ measured on one machine, per task, from a recorded live run with idle agents:
   reads arrivals then (:class:`IntakeTrack`): a router that falls tens of ms behind hands over the
   frames it held together, and they queue together at the agents. ``client_ms`` is then only
   the part after the router.
+* ``stall_s`` (optional, with an intake track; ``aicp calibrate --grid ... --stalls``): the agents' processes'
+  stalls on the track's clock, read from tasks that woke late: an agent of a stalled process starts and ends
+  nothing until the stall ends (:meth:`IntakeTrack.thaw`), instead of one task's wake-up at a time.
 
 The stack's costs grow with the task rate through it (its processes share the
 machine's cores), so the probe measures them at a few rates (``levels``) and a
