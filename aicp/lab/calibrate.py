@@ -690,22 +690,23 @@ def sim_spread(
 
 
 # ----------------------------------------------------------------------------- the live run's own draws (the ``same`` column)
+def _fleet(agents: int, agent_procs: int) -> list[tuple[str, int, int]]:
+    """Each live agent as ``live.start_agents`` starts it: its name, its index in the fleet, its process's index."""
+    return [
+        (base_id if count == 1 else f"{base_id}-{j}", first + j, proc)
+        for proc, (base_id, count, first) in enumerate(live.agent_groups(agents, agent_procs))
+        for j in range(count)
+    ]
+
+
 def fleet_indexes(agents: int, agent_procs: int) -> dict[str, int]:
     """Each live agent's name -> its index in the fleet (what its seed adds), as ``live.start_agents`` names them."""
-    out: dict[str, int] = {}
-    for base_id, count, first in live.agent_groups(agents, agent_procs):
-        for j in range(count):
-            out[base_id if count == 1 else f"{base_id}-{j}"] = first + j
-    return out
+    return {name: index for name, index, _ in _fleet(agents, agent_procs)}
 
 
 def fleet_procs(agents: int, agent_procs: int) -> dict[str, int]:
     """Each live agent's name -> the index of the process that runs it, as ``live.start_agents`` spreads them."""
-    out: dict[str, int] = {}
-    for proc, (base_id, count, _) in enumerate(live.agent_groups(agents, agent_procs)):
-        for j in range(count):
-            out[base_id if count == 1 else f"{base_id}-{j}"] = proc
-    return out
+    return {name: proc for name, _, proc in _fleet(agents, agent_procs)}
 
 
 def live_draws(cfg: argparse.Namespace, fleet_index: int, agent_seed: int) -> Callable[[], float]:

@@ -147,9 +147,8 @@ class Simulation:
                 )
         intake = self.stack.intake if self.stack is not None else None
         if intake is not None and intake.stalls:
-            n, n_procs = len(self.agents), len(intake.stalls)
-            for k, agent in enumerate(self.agents):
-                proc = procs[k] if procs is not None else min(k // max(1, n // n_procs), n_procs - 1)
+            n_procs = len(intake.stalls)
+            for agent, proc in zip(self.agents, procs if procs is not None else stack_mod.agent_processes(len(self.agents), n_procs), strict=True):
                 agent.thaw = functools.partial(intake.thaw, proc % n_procs)
         self.by_id = {a.agent_id: a for a in self.agents}
         self.controller = signing.Identity(key_rng.bytes(32)) if self.real_signing else None

@@ -331,6 +331,14 @@ class IntakeTrack:
         return float(self.lag[min(max(k, 0), self.t.size - 1)])
 
 
+def agent_processes(agents: int, processes: int) -> list[int]:
+    """The process each of ``agents`` agents runs in, in order, when they are spread over ``processes`` processes as
+    ``aicp bench`` starts them: the first ``processes - 1`` take ``agents // processes`` each, the last the rest (a test
+    holds this to ``aicp.lab.bench.live.agent_groups``)."""
+    per = max(1, agents // processes)
+    return [min(k // per, processes - 1) for k in range(agents)]
+
+
 def shifted(items: Iterator[Any], intake: IntakeTrack, lags: deque[float], rows: bool) -> Iterator[Any]:
     """A stream's arrival times (floats, or a trace's rows with the time first when ``rows``) moved to when each task
     reaches the router, never before the one ahead of it; each task's lag (s) is appended to ``lags`` for the

@@ -536,3 +536,12 @@ def test_the_same_column_can_take_the_agents_stalls_as_a_track_on_the_way_in_s_c
     (start, end), back = level.stall_s[1][0], 0.5 * float(np.median(runs[0].idle_ms)) / 1000.0
     assert end == pytest.approx(2.15 - 0.5 - back, abs=1e-6) and end - start == pytest.approx(0.015, abs=1e-6)
     assert max(level.wake_ms) == pytest.approx(0.25) and len(level.wake_ms) == len(plain.levels[0].wake_ms) - 1
+
+
+def test_the_simulator_spreads_agents_over_processes_as_the_live_fleet_does() -> None:
+    # the engine's default process per agent (a calibration's stalls without the run's names) and the live fleet's;
+    # processes capped at the agents, as the grid and the probe start them
+    for agents, procs in ((2, 2), (3, 2), (8, 2), (7, 3), (1, 1), (16, 2), (5, 4)):
+        live_procs = [p for _, _, p in calibrate._fleet(agents, procs)]
+        assert stack.agent_processes(agents, procs) == live_procs, (agents, procs)
+    assert calibrate.fleet_procs(3, 2) == {"bench-0": 0, "bench-1-0": 1, "bench-1-1": 1}
